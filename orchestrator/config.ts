@@ -1,0 +1,116 @@
+import { z } from 'zod';
+import { OrchestratorError } from './errors';
+
+/**
+ * Every environment variable the orchestrator reads, in one schema, parsed once at start by a
+ * composition root (`loadConfig(process.env)`). Nothing else reads `process.env`.
+ * Defaults point at the embedded local services that `npm run services:up` starts.
+ */
+const port = z.coerce.number().int().min(1).max(65535);
+const bool = z
+  .enum(['true', 'false', '1', '0'])
+  .transform((v) => v === 'true' || v === '1');
+
+export const configSchema = z
+  .object({
+    NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+    LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+    /** Where the project keeps its local state (services' data, host image, hosts). Git-ignored. */
+    CORTEX_STATE_DIR: z.string().min(1).default('.local'),
+
+    /** `postgres`: direct connection (local mode, throughput). `supabase`: supabase-js `.rpc()`. */
+    RPC_ADAPTER: z.enum(['postgres', 'supabase']).default('postgres'),
+    DATABASE_URL: z
+      .url({ protocol: /^postgres(ql)?$/ })
+      .default('postgres://postgres@127.0.0.1:54329/cortex?sslmode=disable'),
+    DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+    SUPABASE_URL: z.url({ protocol: /^https?$/ }).optional(),
+    /** A service-role key (legacy JWT or `sb_secret_…`). Secret: never logged. */
+    SUPABASE_SERVICE_ROLE_KEY: z.string().min(20).optional(),
+
+    REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:63799'),
+
+    /** `local`: systemd-nspawn hosts on this machine. `hcloud`: Hetzner Cloud through Pulumi. */
+    HOST_PROVIDER: z.enum(['local', 'hcloud']).default('local'),
+    /** Where the orchestrator's SSH private key comes from: a 0600 file, or a platform-scoped vault secret. */
+    SSH_KEY_SOURCE: z.enum(['file', 'vault']).default('file'),
+    SSH_PRIVATE_KEY_FILE: z.string().min(1).default('.local/keys/orchestrator_ed25519'),
+    SSH_PRIVATE_KEY_SECRET: z.string().min(1).default('orchestrator-ssh-key'),
+    SSH_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
+    SSH_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(120_000),
+
+    DNS_ZONE: z
+      .string()
+      .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, 'must be a DNS zone like agents.example.com')
+      .default('agents.localhost.test'),
+    ACME_EMAIL: z.email().optional(),
+
+    HCLOUD_TOKEN: z.string().length(64, 'must be a 64-character Hetzner API token').optional(),
+    HCLOUD_LOCATION: z.string().regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1').default('fsn1'),
+    HCLOUD_SERVER_TYPE: z.string().regex(/^[a-z]+\d+$/).default('cx23'),
+    HCLOUD_POLL_INTERVAL: z.string().regex(/^\d+(ms|s)$/).default('5s'),
+    /** CIDRs allowed to reach SSH on agent servers: the orchestrator's egress addresses. */
+    ORCHESTRATOR_SSH_CIDRS: z
+      .string()
+      .default('127.0.0.1/32')
+      .transform((s) => s.split(',').map((c) => c.trim()).filter(Boolean))
+      .pipe(z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1)),
+    PULUMI_BACKEND_URL: z.string().regex(/^(file|s3|https?|gs|azblob):\/\//).optional(),
+    PULUMI_CONFIG_PASSPHRASE: z.string().min(1).optional(),
+    PULUMI_SECRETS_PROVIDER: z.string().min(1).optional(),
+    PULUMI_STALE_LOCK_MS: z.coerce.number().int().min(60_000).default(30 * 60_000),
+
+    API_HOST: z.string().default('127.0.0.1'),
+    API_PORT: port.default(18080),
+    SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
+    METRICS_ENABLED: bool.default(false),
+  })
+  .superRefine((c, ctx) => {
+    if (c.RPC_ADAPTER === 'supabase') {
+      if (!c.SUPABASE_URL) ctx.addIssue({ code: 'custom', path: ['SUPABASE_URL'], message: 'is required when RPC_ADAPTER=supabase' });
+      if (!c.SUPABASE_SERVICE_ROLE_KEY)
+        ctx.addIssue({ code: 'custom', path: ['SUPABASE_SERVICE_ROLE_KEY'], message: 'is required when RPC_ADAPTER=supabase' });
+    }
+    if (c.HOST_PROVIDER === 'hcloud' && !c.HCLOUD_TOKEN)
+      ctx.addIssue({ code: 'custom', path: ['HCLOUD_TOKEN'], message: 'is required when HOST_PROVIDER=hcloud' });
+  });
+
+export type Config = Readonly<z.output<typeof configSchema>>;
+
+/** Names of config keys whose values are secrets: never printed, even in a validation error. */
+export const SECRET_CONFIG_KEYS = ['SUPABASE_SERVICE_ROLE_KEY', 'HCLOUD_TOKEN', 'PULUMI_CONFIG_PASSPHRASE'] as const;
+
+/**
+ * Parse the environment. On failure the error lists each variable and what is wrong with it —
+ * never the value, which may be a secret.
+ */
+export const loadConfig = (env: Record<string, string | undefined>): Config => {
+  // Empty strings mean "unset": a blank line in an env file should not defeat a default.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const result = configSchema.safeParse(cleaned);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${describeIssue(i)}`);
+    throw new OrchestratorError('config_invalid', `invalid configuration:\n${lines.join('\n')}`);
+  }
+  return Object.freeze(result.data);
+};
+
+// zod's default messages can quote the received value ("Invalid option: expected one of …" is safe,
+// but some include the input); keep only messages that cannot echo input.
+const describeIssue = (i: z.core.$ZodIssue): string => {
+  switch (i.code) {
+    case 'invalid_value':
+      return `must be one of ${i.values.map(String).join(', ')}`;
+    case 'invalid_type':
+      return `must be a ${i.expected}`;
+    case 'too_small':
+      return `is too small (minimum ${String(i.minimum)})`;
+    case 'too_big':
+      return `is too big (maximum ${String(i.maximum)})`;
+    case 'invalid_format':
+      return `has an invalid format (expected ${i.format})`;
+    default:
+      return i.message;
+  }
+};

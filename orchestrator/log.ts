@@ -1,0 +1,34 @@
+import pino, { type Logger as PinoLogger, type DestinationStream } from 'pino';
+import { Secret } from './secret';
+
+export type Logger = PinoLogger;
+
+/**
+ * Paths pino censors whatever their value. The Secret wrapper is the first layer (it prints
+ * `[REDACTED]` on its own); these catch plain strings that slipped past it.
+ */
+export const REDACT_PATHS = [
+  'secret', '*.secret', 'value', '*.value', '*.*.value', 'password', '*.password', 'token', '*.token',
+  'apiKey', '*.apiKey', 'privateKey', '*.privateKey', 'authorization', '*.authorization',
+  'headers.authorization', 'req.headers.authorization', 'req.headers.apikey', 'env', '*.env',
+  'p_value', '*.p_value', 'decrypted_secret', '*.decrypted_secret', '*.*.decrypted_secret',
+  'SUPABASE_SERVICE_ROLE_KEY', 'HCLOUD_TOKEN', 'PULUMI_CONFIG_PASSPHRASE',
+  '*.SUPABASE_SERVICE_ROLE_KEY', '*.HCLOUD_TOKEN', '*.PULUMI_CONFIG_PASSPHRASE',
+];
+
+export const makeLogger = (opts: { level: string; name?: string }, destination?: DestinationStream): Logger =>
+  pino(
+    {
+      level: opts.level,
+      name: opts.name ?? 'cortex',
+      redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
+      serializers: { err: pino.stdSerializers.err },
+      hooks: {
+        // Secret already prints as [REDACTED]; this keeps it that way through pino's own fast paths.
+        logMethod(args, method) {
+          method.apply(this, args.map((a) => (a instanceof Secret ? '[REDACTED]' : a)) as Parameters<typeof method>);
+        },
+      },
+    },
+    destination ?? pino.destination(2),
+  );

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Stop exactly what services-up started (by its data directories and pid files); keep the data.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE=${CORTEX_STATE_DIR:-$ROOT/.local}
+case "$STATE" in /*) ;; *) STATE=$ROOT/$STATE ;; esac
+PGBIN=/usr/lib/postgresql/15/bin
+if [ -s "$STATE/pg/data/postmaster.pid" ]; then
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$STATE/pg/data" -m fast -w stop >/dev/null && echo "[services] PostgreSQL stopped"
+fi
+if [ -s "$STATE/redis/redis.pid" ]; then
+  pid=$(cat "$STATE/redis/redis.pid")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "[services] Redis stopped"
+  fi
+fi
+exit 0

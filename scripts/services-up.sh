@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Make this machine ready for the project: Debian packages, a private PostgreSQL and Redis on
+# 127.0.0.1 at non-standard ports with their data under .local/, the database with Supabase's
+# local stand-ins and the project's migrations. Idempotent: a second run changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+STATE=${CORTEX_STATE_DIR:-$ROOT/.local}
+case "$STATE" in /*) ;; *) STATE=$ROOT/$STATE ;; esac
+PGPORT=${CORTEX_PG_PORT:-54329}
+REDIS_PORT=${CORTEX_REDIS_PORT:-63799}
+PGBIN=/usr/lib/postgresql/15/bin
+DB=cortex
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+need_pkgs=()
+for p in postgresql-15 postgresql-15-pgtap postgresql-15-plpgsql-check redis-server caddy debootstrap \
+  systemd-container cloud-init iproute2 openssh-client curl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { log "missing packages ${need_pkgs[*]}: run as root or install them"; exit 1; }
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  # policy-rc.d keeps package scripts from starting system-wide services on standard ports.
+  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
+  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
+  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
+fi
+
+mkdir -p "$STATE"
+chmod 0711 "$STATE"
+
+# ---- PostgreSQL -------------------------------------------------------------------------------
+PGDATA=$STATE/pg/data
+PGSOCK=$STATE/pg/sock
+VAULT_KEY=$STATE/pg/vault_root.key
+mkdir -p "$STATE/pg"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  log "initialising PostgreSQL cluster in $PGDATA"
+  mkdir -p "$PGDATA" "$PGSOCK"
+  chown -R postgres:postgres "$STATE/pg"
+  chmod 0700 "$PGDATA"
+  runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust --auth-host=trust \
+    --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+fi
+# The vault stand-in's root key lives outside the database, readable only by the postgres OS user,
+# like the root key Supabase hands to supabase_vault at server start.
+if [ ! -s "$VAULT_KEY" ]; then
+  umask 077
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$VAULT_KEY"
+  chown postgres:postgres "$VAULT_KEY"; chmod 0400 "$VAULT_KEY"
+fi
+chown postgres:postgres "$STATE/pg" "$PGSOCK" 2>/dev/null || true
+if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
+  log "starting PostgreSQL on 127.0.0.1:$PGPORT"
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg/server.log" -w -t 60 start \
+    -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGSOCK -c max_connections=200 \
+        -c shared_preload_libraries=plpgsql_check -c cortex.vault_root_key_file=$VAULT_KEY" >/dev/null
+fi
+psql_su() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U postgres "$@"; }
+if [ "$(psql_su -d postgres -Atc "select 1 from pg_database where datname='$DB'")" != 1 ]; then
+  psql_su -d postgres -c "create database $DB"
+fi
+
+# ---- Redis ------------------------------------------------------------------------------------
+RDIR=$STATE/redis
+mkdir -p "$RDIR"
+if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  log "starting Redis on 127.0.0.1:$REDIS_PORT"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode yes --daemonize yes \
+    --dir "$RDIR" --pidfile "$RDIR/redis.pid" --logfile "$RDIR/redis.log" \
+    --save '' --appendonly yes --maxmemory-policy noeviction >/dev/null
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+# ---- Database schema --------------------------------------------------------------------------
+DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/$DB"
+bash scripts/db-setup.sh "$DATABASE_URL" >&2
+
+cat <<INFO
+PostgreSQL  $DATABASE_URL?sslmode=disable   (data: $PGDATA)
+Redis       redis://127.0.0.1:$REDIS_PORT    (data: $RDIR)
+INFO

@@ -1,0 +1,34 @@
+import { createClient } from '@supabase/supabase-js';
+import { OrchestratorError } from '../errors';
+import { checkCall, mapDbError, type Rpc } from './rpc';
+
+/**
+ * The supabase-js adapter: `.rpc()` over PostgREST, for a hosted Supabase. The key must map to
+ * `service_role` (a legacy service-role JWT or an `sb_secret_…` key); with any other key the
+ * secret functions refuse to run.
+ */
+export const makeSupabaseRpc = (opts: { url: string; serviceRoleKey: string; fetch?: typeof fetch }): { rpc: Rpc } => {
+  const client = createClient(opts.url, opts.serviceRoleKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    db: { schema: 'public' },
+    global: opts.fetch ? { fetch: opts.fetch } : {},
+  });
+  const rpc: Rpc = async <T>(fn: string, args: Readonly<Record<string, unknown>>): Promise<T> => {
+    const body = Object.fromEntries(checkCall(fn, args));
+    let res: Awaited<ReturnType<typeof client.rpc>>;
+    try {
+      res = await client.rpc(fn, body);
+    } catch (err) {
+      throw new OrchestratorError('db_unavailable', `${fn}: Supabase unreachable`, { cause: err });
+    }
+    if (res.error) {
+      // supabase-js reports a failed fetch as an error with an empty code.
+      if (!res.error.code) throw new OrchestratorError('db_unavailable', `${fn}: ${res.error.message}`);
+      if (res.error.code.startsWith('PGRST'))
+        throw new OrchestratorError('internal', `${fn}: PostgREST ${res.error.code}: ${res.error.message}`);
+      throw mapDbError(fn, res.error);
+    }
+    return res.data as T;
+  };
+  return { rpc };
+};

@@ -1,0 +1,59 @@
+import { z } from 'zod';
+import { invalidInput } from '../errors';
+import { Secret } from '../secret';
+
+/**
+ * Input rules shared by the API, the CLI and the secrets service, mirrored by the SQL functions
+ * (which stay the last line of defence). Messages name the field and never echo a value.
+ */
+export const ENV_VAR_NAME = /^[A-Z_][A-Z0-9_]*$/;
+export const MAX_SECRET_LENGTH = 4096;
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+
+export const uuid = z.uuid({ error: 'must be a UUID' });
+export const envVarName = z
+  .string()
+  .max(200, 'must be at most 200 characters')
+  .regex(ENV_VAR_NAME, 'must match ^[A-Z_][A-Z0-9_]*$');
+export const secretName = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
+export const secretProvider = z.enum(['anthropic', 'openai', 'other'], { error: 'must be one of anthropic, openai, other' });
+
+export interface AuditContext {
+  readonly actor?: string;
+  readonly jobId?: string;
+  readonly requestIp?: string;
+  readonly userAgent?: string;
+}
+export const auditContext = z
+  .object({
+    actor: z.string().max(200).optional(),
+    jobId: z.string().max(200).optional(),
+    requestIp: z.union([z.ipv4(), z.ipv6()], { error: 'must be an IP address' }).optional(),
+    userAgent: z.string().max(500).optional(),
+  })
+  .strict();
+
+/** Parse with a schema; on failure throw `invalid_input` naming the first offending field. */
+export const parseInput = <S extends z.ZodType>(schema: S, input: unknown, prefix = ''): z.output<S> => {
+  const r = schema.safeParse(input);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const field = [prefix, ...(issue?.path ?? []).map(String)].filter(Boolean).join('.') || 'input';
+  throw invalidInput(field, issue?.message ?? 'is invalid');
+};
+
+/** Check a secret value's shape without ever putting it in an error. */
+export const checkSecretValue = (field: string, value: Secret): string => {
+  if (!(value instanceof Secret)) throw invalidInput(field, 'must be passed as a Secret');
+  const v = value.reveal();
+  if (v.length === 0) throw invalidInput(field, 'must not be empty');
+  if (v.length > MAX_SECRET_LENGTH) throw invalidInput(field, `must be at most ${MAX_SECRET_LENGTH} characters`);
+  if (CONTROL_CHARS.test(v)) throw invalidInput(field, 'must not contain control characters');
+  return v;
+};
+
+export const auditArgs = (ctx: AuditContext | undefined): Record<string, string | undefined> => {
+  const c = parseInput(auditContext, ctx ?? {}, 'audit');
+  return { p_actor: c.actor, p_job_id: c.jobId, p_request_ip: c.requestIp, p_user_agent: c.userAgent };
+};

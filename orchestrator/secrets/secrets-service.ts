@@ -1,0 +1,165 @@
+import { z } from 'zod';
+import type { Rpc } from '../db/rpc';
+import { OrchestratorError } from '../errors';
+import { Secret } from '../secret';
+import {
+  auditArgs,
+  checkSecretValue,
+  envVarName,
+  parseInput,
+  secretName,
+  secretProvider,
+  uuid,
+  type AuditContext,
+} from './secret-input';
+
+export interface SecretMetadata {
+  readonly secretId: string;
+  readonly version: number;
+  readonly displayPrefix: string;
+  readonly fingerprint: string;
+}
+
+export interface BoundSecret {
+  readonly envVar: string;
+  readonly secretId: string;
+  readonly version: number;
+  readonly value: Secret;
+}
+
+export type ReadResult = { readonly status: 'ok'; readonly secrets: BoundSecret[] } | { readonly status: 'denied'; readonly reason: string };
+
+export interface AuditVerification {
+  readonly ok: boolean;
+  readonly rowsChecked: number;
+  readonly firstBadId: number | null;
+  readonly problem: 'changed' | 'removed' | 'reordered' | null;
+}
+
+type MetaRow = { secret_id: string; version: number; display_prefix: string; fingerprint: string };
+const toMeta = (r: MetaRow): SecretMetadata => ({
+  secretId: r.secret_id,
+  version: r.version,
+  displayPrefix: r.display_prefix,
+  fingerprint: r.fingerprint,
+});
+
+const createInput = z.object({
+  orgId: uuid,
+  name: secretName,
+  provider: secretProvider,
+  deploymentId: uuid.optional(),
+});
+
+/**
+ * The secrets service: everything the orchestrator does with customer keys, on top of the rpc
+ * port. Values come in and go out only as `Secret`; reading goes through the one audited SQL
+ * function, and a denial is a value (the audit row of a denial must commit).
+ */
+export const makeSecretsService = (deps: { rpc: Rpc }) => {
+  const { rpc } = deps;
+
+  const create = async (
+    input: { orgId: string; name: string; provider: string; value: Secret; deploymentId?: string },
+    ctx?: AuditContext,
+  ): Promise<SecretMetadata> => {
+    const { value, ...rest } = input;
+    const i = parseInput(createInput, rest);
+    const plain = checkSecretValue('value', value);
+    const r = await rpc<MetaRow>('secrets__create', {
+      p_org_id: i.orgId,
+      p_name: i.name,
+      p_provider: i.provider,
+      p_value: plain,
+      p_deployment_id: i.deploymentId,
+      ...auditArgs(ctx),
+    });
+    return toMeta(r);
+  };
+
+  /** Rotation's first half: a new value becomes a new version; the old one stays until retired. */
+  const addVersion = async (secretId: string, value: Secret, ctx?: AuditContext): Promise<SecretMetadata> => {
+    const id = parseInput(uuid, secretId, 'secret_id');
+    const plain = checkSecretValue('value', value);
+    return toMeta(await rpc<MetaRow>('secrets__add_version', { p_secret_id: id, p_value: plain, ...auditArgs(ctx) }));
+  };
+
+  const retireVersion = async (secretId: string, version: number, ctx?: AuditContext): Promise<void> => {
+    const id = parseInput(uuid, secretId, 'secret_id');
+    const v = parseInput(z.number().int().min(1), version, 'version');
+    await rpc('secret_versions__retire', { p_secret_id: id, p_version: v, ...auditArgs(ctx) });
+  };
+
+  const revoke = async (secretId: string, ctx?: AuditContext): Promise<void> => {
+    await rpc('secrets__revoke', { p_secret_id: parseInput(uuid, secretId, 'secret_id'), ...auditArgs(ctx) });
+  };
+
+  const bind = async (deploymentId: string, envVar: string, secretId: string, ctx?: AuditContext): Promise<void> => {
+    await rpc('deployment_secrets__bind', {
+      p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
+      p_env_var: parseInput(envVarName, envVar, 'env_var'),
+      p_secret_id: parseInput(uuid, secretId, 'secret_id'),
+      ...auditArgs(ctx),
+    });
+  };
+
+  const unbind = async (deploymentId: string, envVar: string, ctx?: AuditContext): Promise<void> => {
+    await rpc('deployment_secrets__unbind', {
+      p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
+      p_env_var: parseInput(envVarName, envVar, 'env_var'),
+      ...auditArgs(ctx),
+    });
+  };
+
+  /**
+   * Read the secrets bound to a deployment (all of them, or the given ids). Every read and every
+   * denial is audited by the SQL function in the same transaction as the read.
+   */
+  const readForDeployment = async (
+    deploymentId: string,
+    opts: { secretIds?: string[] } & AuditContext = {},
+  ): Promise<ReadResult> => {
+    const { secretIds, ...ctx } = opts;
+    const r = await rpc<
+      | { status: 'ok'; secrets: { env_var: string; secret_id: string; version: number; value: string }[] }
+      | { status: 'denied'; reason: string }
+    >('deployment_secrets__read', {
+      p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
+      p_secret_ids: secretIds === undefined ? undefined : parseInput(z.array(uuid), secretIds, 'secret_ids'),
+      ...auditArgs(ctx),
+    });
+    if (r.status === 'denied') return { status: 'denied', reason: r.reason };
+    if (r.status !== 'ok') throw new OrchestratorError('internal', 'deployment_secrets__read: unexpected result shape');
+    return {
+      status: 'ok',
+      secrets: r.secrets.map((s) => ({ envVar: s.env_var, secretId: s.secret_id, version: s.version, value: new Secret(s.value) })),
+    };
+  };
+
+  /** Like readForDeployment, but a denial is an error (`secret_denied`, never retried). */
+  const readForDeploymentOrThrow = async (deploymentId: string, opts: { secretIds?: string[] } & AuditContext = {}) => {
+    const r = await readForDeployment(deploymentId, opts);
+    if (r.status === 'denied') throw new OrchestratorError('secret_denied', `deployment ${deploymentId}: ${r.reason}`);
+    return r.secrets;
+  };
+
+  const deleteForDeployment = async (deploymentId: string, ctx?: AuditContext): Promise<number> => {
+    const r = await rpc<{ deleted: number }>('secrets__delete_for_deployment', {
+      p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
+      ...auditArgs(ctx),
+    });
+    return r.deleted;
+  };
+
+  const verifyAuditLog = async (orgId?: string): Promise<AuditVerification> => {
+    const r = await rpc<{ ok: boolean; rows_checked: number; first_bad_id: number | null; problem: AuditVerification['problem'] }>(
+      'secret_access_log__verify',
+      { p_org_id: orgId === undefined ? undefined : parseInput(uuid, orgId, 'org_id') },
+    );
+    return { ok: r.ok, rowsChecked: r.rows_checked, firstBadId: r.first_bad_id === null ? null : Number(r.first_bad_id), problem: r.problem };
+  };
+
+  return { create, addVersion, retireVersion, revoke, bind, unbind, readForDeployment, readForDeploymentOrThrow, deleteForDeployment, verifyAuditLog };
+};
+
+export type SecretsService = ReturnType<typeof makeSecretsService>;

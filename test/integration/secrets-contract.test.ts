@@ -1,0 +1,189 @@
+import { createHash, randomUUID } from 'node:crypto';
+import type { Pool } from 'pg';
+import { makePgRpc } from '../../orchestrator/db/pg-rpc';
+import type { Rpc } from '../../orchestrator/db/rpc';
+import { makeSupabaseRpc } from '../../orchestrator/db/supabase-rpc';
+import { OrchestratorError } from '../../orchestrator/errors';
+import { Secret } from '../../orchestrator/secret';
+import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
+import { canary } from '../support/canary';
+import { adminPool, auditRows, makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+import { signJwt, startPostgrestStandIn, type PostgrestStandIn } from '../support/postgrest-rpc';
+
+/**
+ * One contract, two adapters: the same secrets service runs over a direct Postgres connection and
+ * over supabase-js `.rpc()` against the PostgREST stand-in, which executes the same SQL functions
+ * as the role its key maps to.
+ */
+const jwtSecret = randomUUID() + randomUUID();
+let standIn: PostgrestStandIn;
+let pg: ReturnType<typeof makePgRpc>;
+let admin: Pool;
+
+beforeAll(async () => {
+  pg = makePgRpc({ connectionString: testDatabaseUrl(), max: 4 });
+  standIn = await startPostgrestStandIn({ databaseUrl: testDatabaseUrl(), jwtSecret });
+  admin = adminPool();
+});
+afterAll(async () => {
+  await standIn.close();
+  await pg.close();
+  await admin.end();
+});
+
+const supabaseWith = (role: string): Rpc =>
+  makeSupabaseRpc({ url: standIn.url, serviceRoleKey: signJwt({ role, iss: 'supabase-test' }, jwtSecret) }).rpc;
+
+const adapters: [string, () => Rpc][] = [
+  ['postgres', () => pg.rpc],
+  ['supabase-js', () => supabaseWith('service_role')],
+];
+
+const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+const caught = async (p: Promise<unknown>): Promise<OrchestratorError> => {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof OrchestratorError) return err;
+    throw err;
+  }
+  throw new Error('expected an OrchestratorError');
+};
+
+describe.each(adapters)('secrets contract through the %s adapter', (_name, getRpc) => {
+  it('creates, binds and reads a secret, auditing each step; metadata never holds the value', async () => {
+    const rpc = getRpc();
+    const secrets = makeSecretsService({ rpc });
+    const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
+    const key = canary('anthropic');
+    const ctx = { actor: 'test:contract', jobId: `job-${randomUUID()}`, requestIp: '203.0.113.7', userAgent: 'jest' };
+
+    const meta = await secrets.create({ orgId, name: 'Anthropic', provider: 'anthropic', value: new Secret(key) }, ctx);
+    expect(meta.version).toBe(1);
+    expect(meta.fingerprint).toBe(sha256(key));
+    expect(meta.displayPrefix.endsWith(key.slice(-4))).toBe(true);
+    expect(JSON.stringify(meta)).not.toContain(key.slice(8, -4));
+
+    await secrets.bind(deploymentId, 'ANTHROPIC_API_KEY', meta.secretId, ctx);
+    const read = await secrets.readForDeployment(deploymentId, ctx);
+    expect(read.status).toBe('ok');
+    if (read.status !== 'ok') return;
+    expect(read.secrets.map((s) => [s.envVar, s.secretId, s.version])).toEqual([['ANTHROPIC_API_KEY', meta.secretId, 1]]);
+    expect(read.secrets[0]?.value.reveal()).toBe(key);
+
+    const rows = await auditRows(admin, { secretId: meta.secretId });
+    expect(rows.map((r) => `${r.operation}/${r.outcome}`)).toEqual(['create/success', 'bind/success', 'read/success']);
+    const readRow = rows[2];
+    expect(readRow).toMatchObject({ deployment_id: deploymentId, org_id: orgId, version: 1, actor: ctx.actor, job_id: ctx.jobId });
+    expect(readRow?.request_ip).toBe('203.0.113.7');
+    expect(readRow?.user_agent).toBe('jest');
+    expect(JSON.stringify(rows)).not.toContain(key);
+  });
+
+  it('denies and audits a read of an unbound secret and of another organisation’s secret, returning no value', async () => {
+    const rpc = getRpc();
+    const secrets = makeSecretsService({ rpc });
+    const a = await makeOrgWithDeployment(rpc);
+    const b = await makeOrgWithDeployment(rpc);
+    const keyA = canary('openai');
+    const keyB = canary('openai');
+    const unbound = await secrets.create({ orgId: a.orgId, name: 'unbound', provider: 'openai', value: new Secret(keyA) });
+    const foreign = await secrets.create({ orgId: b.orgId, name: 'foreign', provider: 'openai', value: new Secret(keyB) });
+    await secrets.bind(b.deploymentId, 'OPENAI_API_KEY', foreign.secretId);
+
+    for (const secretId of [unbound.secretId, foreign.secretId]) {
+      const r = await secrets.readForDeployment(a.deploymentId, { secretIds: [secretId], actor: 'test:deny' });
+      expect(r.status).toBe('denied');
+      expect(JSON.stringify(r)).not.toContain(keyA);
+      expect(JSON.stringify(r)).not.toContain(keyB);
+      const denied = (await auditRows(admin, { deploymentId: a.deploymentId })).filter(
+        (row) => row.secret_id === secretId && row.operation === 'read',
+      );
+      expect(denied.map((row) => row.outcome)).toEqual(['denied']);
+      expect(denied[0]?.actor).toBe('test:deny');
+    }
+    await expect(secrets.readForDeploymentOrThrow(a.deploymentId, { secretIds: [foreign.secretId] })).rejects.toMatchObject({
+      code: 'secret_denied',
+    });
+    // Binding another org's secret is refused outright.
+    expect((await caught(secrets.bind(a.deploymentId, 'OPENAI_API_KEY', foreign.secretId))).code).not.toBe('internal');
+  });
+
+  it('rotates: a new version is read next, the old one can be retired, the current one cannot', async () => {
+    const rpc = getRpc();
+    const secrets = makeSecretsService({ rpc });
+    const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
+    const v1 = canary('anthropic');
+    const v2 = canary('anthropic');
+    const meta = await secrets.create({ orgId, name: 'rot', provider: 'anthropic', value: new Secret(v1) });
+    await secrets.bind(deploymentId, 'ANTHROPIC_API_KEY', meta.secretId);
+    const next = await secrets.addVersion(meta.secretId, new Secret(v2), { actor: 'test:rotate' });
+    expect(next.version).toBe(2);
+    expect(next.fingerprint).toBe(sha256(v2));
+    const read = await secrets.readForDeploymentOrThrow(deploymentId);
+    expect(read.map((s) => [s.version, s.value.reveal()])).toEqual([[2, v2]]);
+    await secrets.retireVersion(meta.secretId, 1);
+    expect((await caught(secrets.retireVersion(meta.secretId, 2))).code).toBe('invalid_input');
+    const ops = (await auditRows(admin, { secretId: meta.secretId })).map((r) => r.operation);
+    expect(ops).toEqual(expect.arrayContaining(['rotate', 'delete']));
+  });
+
+  it('rejects bad input at the SQL boundary with the field named and no value echoed', async () => {
+    const rpc = getRpc();
+    const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
+    const key = canary();
+    const calls: [Promise<unknown>, string][] = [
+      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: '' }), 'value'],
+      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: `${key}\u0007` }), 'value'],
+      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: key.repeat(200) }), 'value'],
+    ];
+    const ok = await rpc<{ secret_id: string }>('secrets__create', { p_org_id: orgId, p_name: 'ok', p_provider: 'other', p_value: key });
+    calls.push([rpc('deployment_secrets__bind', { p_deployment_id: deploymentId, p_env_var: 'not-valid', p_secret_id: ok.secret_id }), 'env_var']);
+    for (const [call, field] of calls) {
+      const err = await caught(call);
+      expect(err.code).toBe('invalid_input');
+      expect(err.field).toBe(field);
+      expect(err.message).not.toContain(key);
+    }
+  });
+
+  it('deletes a deployment’s secrets (audited) and then denies reads', async () => {
+    const rpc = getRpc();
+    const secrets = makeSecretsService({ rpc });
+    const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
+    const meta = await secrets.create({ orgId, deploymentId, name: 'scoped', provider: 'other', value: new Secret(canary()) });
+    await secrets.bind(deploymentId, 'AGENT_KEY', meta.secretId);
+    expect(await secrets.deleteForDeployment(deploymentId, { actor: 'test:teardown' })).toBe(1);
+    expect(await secrets.deleteForDeployment(deploymentId)).toBe(0);
+    expect((await secrets.readForDeployment(deploymentId, { secretIds: [meta.secretId] })).status).toBe('denied');
+    const del = (await auditRows(admin, { secretId: meta.secretId })).filter((r) => r.operation === 'delete');
+    expect(del).toHaveLength(1);
+    expect(del[0]).toMatchObject({ outcome: 'success', actor: 'test:teardown' });
+    const gone = await admin.query(`select count(*)::int as n from vault.secrets where name like $1`, [`%${meta.secretId}%`]);
+    expect(gone.rows[0]).toEqual({ n: 0 });
+  });
+
+  it('verifies the audit chain', async () => {
+    const secrets = makeSecretsService({ rpc: getRpc() });
+    const { orgId } = await makeOrgWithDeployment(getRpc());
+    await secrets.create({ orgId, name: 'chain', provider: 'other', value: new Secret(canary()) });
+    const v = await secrets.verifyAuditLog(orgId);
+    expect(v).toEqual({ ok: true, rowsChecked: 1, firstBadId: null, problem: null });
+  });
+});
+
+describe('the supabase-js adapter under non-service roles', () => {
+  it.each(['anon', 'authenticated'])('a %s key cannot read secrets or create them', async (role) => {
+    const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+    const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
+    const err = await caught(secrets.readForDeployment(deploymentId));
+    expect(err.message).toMatch(/permission denied/);
+  });
+
+  it('a key signed with another secret is refused before any SQL runs', async () => {
+    const rpc = makeSupabaseRpc({ url: standIn.url, serviceRoleKey: signJwt({ role: 'service_role' }, 'not-the-secret-'.repeat(3)) }).rpc;
+    const err = await caught(rpc('organizations__create', { p_name: 'nope' }));
+    expect(err.message).toMatch(/PGRST301/);
+  });
+});

@@ -1,0 +1,128 @@
+import * as pulumi from '@pulumi/pulumi';
+import type { ConfigMap } from '@pulumi/pulumi/automation';
+import { z } from 'zod';
+import { OrchestratorError } from '../errors';
+import { PULUMI_PROJECT } from './stack-names';
+
+/**
+ * The inputs of one agent stack, and their two encodings: the stack config the workers write
+ * (through the Automation API) and ops write by hand (`Pulumi.agent-<id>.yaml`), and the typed
+ * object the program is a pure function of. One schema validates both directions, so a key that a
+ * worker writes is a key the program reads.
+ */
+
+// Hetzner label values: at most 63 characters, alphanumeric at both ends.
+const labelValue = z
+  .string()
+  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$/, 'must be a Hetzner label value');
+
+export const agentSettingsSchema = z.object({
+  // The server and firewall are named `agent-<id>`: a hostname label, so lowercase and at most 63.
+  deploymentId: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9-]{0,55}[a-z0-9])?$/, 'must be a lowercase id like a uuid'),
+  orgId: labelValue,
+  subdomain: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'must be one DNS label'),
+  zone: z
+    .string()
+    .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, 'must be a DNS zone name'),
+  location: z
+    .string()
+    .regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1')
+    .default('fsn1'),
+  serverType: z
+    .string()
+    .regex(/^[a-z]+\d+$/, 'must be a Hetzner server type like cx23')
+    .default('cx23'),
+  image: z.string().min(1).default('ubuntu-24.04'),
+  /** Id of the orchestrator's `hcloud.SshKey`, an output of the platform stack. */
+  sshKeyId: z.string().regex(/^\d+$/, 'must be a numeric Hetzner SSH key id'),
+  /** CIDRs allowed to reach port 22: the orchestrator's egress addresses. */
+  sshCidrs: z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1, 'must list at least one CIDR'),
+  /** The host key the orchestrator generated and pinned; exported so `describe` can return it. */
+  hostPublicKey: z
+    .string()
+    .regex(
+      /^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$/,
+      'must be an OpenSSH public key',
+    ),
+  /** The hcloud provider's action polling interval (its default, 500ms, spends the rate limit). */
+  pollInterval: z
+    .string()
+    .regex(/^\d+(ms|s)$/, 'must be a duration like 5s')
+    .default('5s'),
+});
+
+export type AgentSettings = z.output<typeof agentSettingsSchema>;
+export type AgentSettingsInput = z.input<typeof agentSettingsSchema>;
+
+/**
+ * What the program needs: the settings plus the user data, which only ever travels as a secret.
+ * Absent only when ops run the program by hand without `cortex:userData`: the server ignores
+ * changes to it after creation, so an existing server is unaffected.
+ */
+export interface AgentStackInputs extends AgentSettings {
+  readonly userData: pulumi.Input<string> | undefined;
+}
+
+/** Validate settings; the first problem becomes an `invalid_input` naming the config key (never its value). */
+export const parseAgentSettings = (raw: unknown): AgentSettings =>
+  parseStackSettings(agentSettingsSchema, raw);
+
+export const parseStackSettings = <S extends z.ZodType>(schema: S, raw: unknown): z.output<S> => {
+  const result = schema.safeParse(raw);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const field = issue?.path.join('.') || '(root)';
+  throw new OrchestratorError(
+    'invalid_input',
+    `stack config ${PULUMI_PROJECT}:${field}: ${issue?.message ?? 'invalid'}`,
+    {
+      field,
+    },
+  );
+};
+
+/** Ops may set the user data as an encrypted config value (`pulumi config set --secret`, value on stdin). */
+export const USER_DATA_KEY = 'userData';
+
+/**
+ * The stack config a worker writes before `up`: every setting, in plain text, and nothing secret.
+ * The Automation API's `setAllConfig` passes values as command-line arguments (`pulumi config
+ * set-all --secret k=v`), visible in /proc and echoed into its error message when the command
+ * fails, so the user data (it carries the generated host private key) never goes through it: the
+ * worker hands it to the inline program instead (`agentProgram(userData)`).
+ */
+export const agentStackConfig = (settings: AgentSettings): ConfigMap => {
+  const config: ConfigMap = {};
+  for (const [name, value] of Object.entries(settings) as [
+    keyof AgentSettings,
+    AgentSettings[keyof AgentSettings],
+  ][]) {
+    // Lists travel as JSON strings; `Config.requireObject` parses them, exactly as it parses a YAML
+    // list that ops wrote in Pulumi.<stack>.yaml.
+    config[`${PULUMI_PROJECT}:${name}`] = {
+      value: typeof value === 'string' ? value : JSON.stringify(value),
+      secret: false,
+    };
+  }
+  return config;
+};
+
+/**
+ * Read the inputs from the running stack's config (inside a Pulumi program). `userData`, when
+ * given (the workers' inline program), wins over the `cortex:userData` config value (ops).
+ */
+export const readAgentStackInputs = (
+  userData?: string,
+  config: pulumi.Config = new pulumi.Config(PULUMI_PROJECT),
+): AgentStackInputs => {
+  const raw: Record<string, unknown> = {};
+  for (const name of agentSettingsSchema.keyof().options) {
+    raw[name] = name === 'sshCidrs' ? config.getObject<unknown>(name) : config.get(name);
+  }
+  return {
+    ...parseAgentSettings(raw),
+    userData: userData !== undefined ? pulumi.secret(userData) : config.getSecret(USER_DATA_KEY),
+  };
+};

@@ -1,0 +1,375 @@
+import * as pulumi from '@pulumi/pulumi';
+import {
+  CommandError,
+  type ConfigMap,
+  type DestroyOptions,
+  type DestroyResult,
+  type InlineProgramArgs,
+  type OutputMap,
+  type PulumiFn,
+  type StackSummary,
+  type UpdateSummary,
+  type UpOptions,
+  type UpResult,
+} from '@pulumi/pulumi/automation';
+import * as automationCmd from '@pulumi/pulumi/automation/cmd';
+import * as automationErrors from '@pulumi/pulumi/automation/errors';
+import type { MockResourceArgs } from '@pulumi/pulumi/runtime';
+import type { StackHandle, WorkspaceFactory } from '../../orchestrator/infra/pulumi-workspace';
+
+/**
+ * An in-memory Pulumi backend behind the Automation API's contract: stacks are selected or
+ * created, hold config and outputs, run their inline program (under `pulumi.runtime.setMocks`) on
+ * `up`, keep history, honour locks, and fail with the SDK's own error classes, built by the SDK's
+ * own `createCommandError` from CLI-shaped stderr — so `instanceof ConcurrentUpdateError` and
+ * friends behave as they do against the real CLI.
+ */
+
+// The SDK builds its errors from a CommandResult with `createCommandError` (both @internal, so
+// absent from the .d.ts). Reaching them here keeps the class chosen from stderr the SDK's choice.
+type CommandResultLike = { stdout: string; stderr: string; code: number; err?: Error };
+const internals = {
+  CommandResult: (
+    automationCmd as unknown as {
+      CommandResult?: new (o: string, e: string, c: number, err?: Error) => object;
+    }
+  ).CommandResult,
+  createCommandError: (automationErrors as unknown as { createCommandError?: (r: object) => CommandError })
+    .createCommandError,
+};
+if (typeof internals.CommandResult !== 'function' || typeof internals.createCommandError !== 'function')
+  throw new Error(
+    '@pulumi/pulumi no longer exports CommandResult/createCommandError: update the fake workspace',
+  );
+
+/** An error exactly as the SDK throws it when the CLI exits non-zero with this stderr. */
+export const commandError = ({
+  stdout = '',
+  stderr,
+  code = 255,
+  err,
+}: Partial<CommandResultLike> & { stderr: string }) =>
+  internals.createCommandError!(new internals.CommandResult!(stdout, stderr, code, err));
+
+/** The DIY backend's message for a locked stack (pkg/backend/diy/lock.go). */
+export const diyLockedStderr = (stack: string, at: Date, by = 'root@worker-2 (pid 4242)'): string =>
+  'error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or delete the lock file with `pulumi cancel`.\n' +
+  `  file:///var/lib/cortex/pulumi/backend/.pulumi/locks/organization/cortex/${stack}/0b9e1c52.json: created by ${by} at ${at.toISOString().replace(/\.\d{3}Z$/, 'Z')}`;
+
+export const CLOUD_CONFLICT_STDERR = 'error: [409] Conflict: Another update is currently in progress.';
+
+/** A resource as the engine received it (inputs with secrets still marked), and the id it got. */
+export type RegisteredResource = MockResourceArgs & { readonly assignedId: string };
+
+export interface ProgramRun {
+  readonly outputs: OutputMap;
+  readonly resources: readonly RegisteredResource[];
+}
+
+/** How a stack's program is "deployed". The default runs it for real under Pulumi's mocks. */
+export type Engine = (
+  program: PulumiFn,
+  ctx: { project: string; stack: string; config: ConfigMap; previous: readonly RegisteredResource[] },
+) => Promise<ProgramRun>;
+
+export interface MockAddresses {
+  readonly ipv4: string;
+  readonly ipv6: string;
+}
+
+let nextId = 4_200_000;
+
+/**
+ * Runs a Pulumi program under `setMocks` with the given stack config: servers get `addresses`,
+ * every resource a numeric id (as Hetzner's are). Returns the outputs with their secret flags.
+ */
+export const runProgramWithMocks = async (
+  program: PulumiFn,
+  ctx: {
+    project: string;
+    stack: string;
+    config: ConfigMap;
+    addresses?: MockAddresses;
+    /** Resources of the last deployment: one with the same type and name keeps its id, as an update does. */
+    previous?: readonly RegisteredResource[];
+  },
+): Promise<ProgramRun> => {
+  const resources: RegisteredResource[] = [];
+  const addresses = ctx.addresses ?? { ipv4: '203.0.113.10', ipv6: '2001:db8::1' };
+  await pulumi.runtime.setMocks(
+    {
+      newResource: (args) => {
+        const before = ctx.previous?.find((r) => r.type === args.type && r.name === args.name);
+        const assignedId = before?.assignedId ?? String(nextId++);
+        resources.push({ ...args, assignedId });
+        const extra: Record<string, unknown> =
+          args.type === 'hcloud:index/server:Server'
+            ? { ipv4Address: addresses.ipv4, ipv6Address: addresses.ipv6, status: 'running' }
+            : args.type === 'hcloud:index/sshKey:SshKey'
+              ? { fingerprint: 'aa:bb:cc:dd' }
+              : {};
+        return { id: assignedId, state: { ...args.inputs, ...extra } };
+      },
+      call: (args) => args.inputs as Record<string, unknown>,
+    },
+    ctx.project,
+    ctx.stack,
+    false,
+  );
+  const plain: Record<string, string> = {};
+  for (const [k, v] of Object.entries(ctx.config)) plain[k] = v.value;
+  pulumi.runtime.setAllConfig(
+    plain,
+    Object.entries(ctx.config)
+      .filter(([, v]) => v.secret === true)
+      .map(([k]) => k),
+  );
+  const exported = ((await program()) ?? {}) as Record<string, unknown>;
+  const outputs: OutputMap = {};
+  for (const [name, value] of Object.entries(exported)) {
+    const out: pulumi.Output<unknown> = pulumi.output(value as pulumi.Input<unknown>);
+    outputs[name] = {
+      value: await new Promise((resolve) => out.apply(resolve)),
+      secret: await pulumi.isSecret(out),
+    };
+  }
+  // Let the mock monitor finish registering anything still in flight.
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  return { outputs, resources };
+};
+
+interface StackRecord {
+  config: ConfigMap;
+  outputs: OutputMap;
+  resources: readonly RegisteredResource[];
+  history: UpdateSummary[];
+  lock?: { at: Date; flavor: 'diy' | 'cloud' };
+}
+
+type Op = 'select' | 'create' | 'up' | 'destroy' | 'remove' | 'cancel' | 'outputs' | 'config' | 'list';
+
+export interface FakeWorkspace {
+  readonly workspace: WorkspaceFactory;
+  readonly stacks: Map<string, StackRecord>;
+  /** Every CLI invocation the real SDK would have made, as its argv (config values included). */
+  readonly commandLines: string[][];
+  /** Highest number of up/destroy operations that ran at the same time. */
+  readonly maxConcurrent: () => number;
+  /** The next `op` (on `stack`, if given) fails as the CLI would with this stderr. */
+  failNext(op: Op, stderr: string, stack?: string): void;
+  /** Someone else holds the stack's lock since `at`. */
+  lock(stack: string, at: Date, flavor?: 'diy' | 'cloud'): void;
+  /** The next up/destroy prints this to stdout (in chunks) before finishing. */
+  printNext(text: string): void;
+  /**
+   * The next up/destroy runs until its signal aborts; with `ignoreSignal`, forever. Like the SDK,
+   * it listens for `abort` only once the CLI runs: a signal aborted earlier is never seen.
+   * Resolves when the operation starts hanging.
+   */
+  hangNext(opts?: { ignoreSignal?: boolean; leaveLock?: boolean }): Promise<void>;
+}
+
+export const makeFakeWorkspace = (
+  opts: { engine?: Engine; project?: string; now?: () => Date } = {},
+): FakeWorkspace => {
+  const project = opts.project ?? 'cortex';
+  const now = opts.now ?? (() => new Date());
+  const engine: Engine = opts.engine ?? ((program, ctx) => runProgramWithMocks(program, ctx));
+  const stacks = new Map<string, StackRecord>();
+  const commandLines: string[][] = [];
+  const faults: { op: Op; stderr: string; stack?: string }[] = [];
+  let printed: string | undefined;
+  let hang: { ignoreSignal?: boolean; leaveLock?: boolean; started: () => void } | undefined;
+  let running = 0;
+  let maxRunning = 0;
+
+  /** Records the CLI call; `first` (a lock check) fails before any injected fault. */
+  const run = (op: Op, stack: string | undefined, argv: string[], first?: () => void): void => {
+    commandLines.push(['pulumi', ...argv, '--non-interactive']);
+    first?.();
+    const i = faults.findIndex((f) => f.op === op && (f.stack === undefined || f.stack === stack));
+    if (i >= 0) {
+      const [fault] = faults.splice(i, 1);
+      throw commandError({ stderr: fault!.stderr });
+    }
+  };
+  const notFound = (name: string): CommandError =>
+    commandError({ stderr: `error: no stack named '${name}' found` });
+  const get = (name: string): StackRecord => {
+    const record = stacks.get(name);
+    if (!record) throw notFound(name);
+    return record;
+  };
+  const checkLock = (name: string, record: StackRecord): void => {
+    if (record.lock)
+      throw commandError({
+        stderr: record.lock.flavor === 'diy' ? diyLockedStderr(name, record.lock.at) : CLOUD_CONFLICT_STDERR,
+      });
+  };
+  const summary = (
+    kind: 'update' | 'destroy',
+    record: StackRecord,
+    startTime: Date,
+    result: UpdateSummary['result'],
+  ) =>
+    ({
+      kind,
+      startTime,
+      endTime: now(),
+      message: '',
+      environment: { 'exec.kind': 'auto.inline' },
+      config: record.config,
+      result,
+      version: record.history.length + 1,
+      resourceChanges: { create: record.resources.length },
+    }) satisfies UpdateSummary;
+
+  /** The shared part of up and destroy: lock, concurrency accounting, printing, hanging. */
+  const operate = async <T>(
+    name: string,
+    o: { signal?: AbortSignal; onOutput?: (out: string) => void },
+    body: (record: StackRecord) => Promise<T>,
+  ): Promise<T> => {
+    const record = get(name);
+    running++;
+    maxRunning = Math.max(maxRunning, running);
+    try {
+      const text = printed ?? `Updating (${name})\n`;
+      printed = undefined;
+      // Chunks cut mid-line, as a pipe delivers them.
+      for (let i = 0; i < text.length; i += 7) o.onOutput?.(text.slice(i, i + 7));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      if (hang) {
+        const h = hang;
+        hang = undefined;
+        if (h.leaveLock) record.lock = { at: now(), flavor: 'diy' };
+        await new Promise<void>((resolve) => {
+          if (!h.ignoreSignal) o.signal?.addEventListener('abort', () => resolve(), { once: true });
+          h.started();
+        });
+        // SIGINT makes the CLI cancel and exit non-zero.
+        throw commandError({ stderr: 'error: update canceled', code: 255 });
+      }
+      return await body(record);
+    } finally {
+      running--;
+    }
+  };
+
+  const handle = (name: string, program: PulumiFn): StackHandle =>
+    ({
+      name,
+      async up(o?: UpOptions): Promise<UpResult> {
+        run('up', name, ['up', '--yes', '--skip-preview', '--stack', name], () => checkLock(name, get(name)));
+        return operate(name, o ?? {}, async (record) => {
+          const started = now();
+          const deployed = await engine(o?.program ?? program, {
+            project,
+            stack: name,
+            config: record.config,
+            previous: record.resources,
+          });
+          record.outputs = deployed.outputs;
+          record.resources = deployed.resources;
+          const s = summary('update', record, started, 'succeeded');
+          record.history.unshift(s);
+          return {
+            stdout: `Updating (${name})`,
+            stderr: '',
+            outputs: record.outputs,
+            summary: s,
+          } satisfies UpResult;
+        });
+      },
+      async destroy(o?: DestroyOptions): Promise<DestroyResult> {
+        run('destroy', name, ['destroy', '--yes', '--skip-preview', '--stack', name], () =>
+          checkLock(name, get(name)),
+        );
+        const result = await operate(name, o ?? {}, async (record) => {
+          const started = now();
+          record.outputs = {};
+          record.resources = [];
+          const s = summary('destroy', record, started, 'succeeded');
+          record.history.unshift(s);
+          return { stdout: `Destroying (${name})`, stderr: '', summary: s } satisfies DestroyResult;
+        });
+        if (o?.remove) await removeStack(name);
+        return result;
+      },
+      async cancel(): Promise<void> {
+        run('cancel', name, ['cancel', '--yes', '--stack', name]);
+        // The DIY backend deletes every lock file of the stack; no lock is not an error.
+        const record = get(name);
+        delete record.lock;
+      },
+      async outputs(): Promise<OutputMap> {
+        run('outputs', name, ['stack', 'output', '--json', '--show-secrets', '--stack', name]);
+        return { ...get(name).outputs };
+      },
+      async setAllConfig(config: ConfigMap, path?: boolean): Promise<void> {
+        // As LocalWorkspace.setAllConfig: every value becomes a command-line argument.
+        const argv = ['config', 'set-all', '--stack', name, ...(path ? ['--path'] : [])];
+        for (const [k, v] of Object.entries(config))
+          argv.push(v.secret ? '--secret' : '--plaintext', `${k}=${v.value}`);
+        run('config', name, argv);
+        const record = get(name);
+        record.config = { ...record.config, ...config };
+      },
+      async info(): Promise<UpdateSummary | undefined> {
+        const record = get(name);
+        if (record.lock?.flavor === 'cloud')
+          return { ...summary('update', record, record.lock.at, 'in-progress'), endTime: record.lock.at };
+        return record.history[0];
+      },
+    }) satisfies StackHandle;
+
+  const removeStack = async (name: string): Promise<void> => {
+    run('remove', name, ['stack', 'rm', '--yes', name]);
+    const record = get(name);
+    if (record.resources.length > 0)
+      throw commandError({
+        stderr: `error: '${name}' still has resources; removal rejected. Possible actions:\n- Make sure that '${name}' is the stack that you want to destroy\n- Run \`pulumi destroy\` to delete the resources, then run \`pulumi stack rm\`\n- Run \`pulumi stack rm --force\` to override this error`,
+      });
+    stacks.delete(name);
+  };
+
+  const workspace = {
+    async createOrSelectStack(args: InlineProgramArgs) {
+      run('select', args.stackName, ['stack', 'select', '--create', '--stack', args.stackName]);
+      if (!stacks.has(args.stackName)) {
+        run('create', args.stackName, ['stack', 'init', args.stackName]);
+        stacks.set(args.stackName, { config: {}, outputs: {}, resources: [], history: [] });
+      }
+      return handle(args.stackName, args.program);
+    },
+    async selectStack(args: InlineProgramArgs) {
+      run('select', args.stackName, ['stack', 'select', '--stack', args.stackName]);
+      get(args.stackName);
+      return handle(args.stackName, args.program);
+    },
+    async listStacks(): Promise<StackSummary[]> {
+      run('list', undefined, ['stack', 'ls', '--json']);
+      return [...stacks.entries()].map(([name, r]) => ({
+        name,
+        current: false,
+        updateInProgress: r.lock !== undefined,
+        resourceCount: r.resources.length,
+      }));
+    },
+    removeStack,
+  } satisfies WorkspaceFactory;
+
+  return {
+    workspace,
+    stacks,
+    commandLines,
+    maxConcurrent: () => maxRunning,
+    failNext: (op, stderr, stack) =>
+      void faults.push({ op, stderr, ...(stack === undefined ? {} : { stack }) }),
+    lock: (stack, at, flavor = 'diy') => {
+      get(stack).lock = { at, flavor };
+    },
+    printNext: (text) => void (printed = text),
+    hangNext: (o = {}) => new Promise<void>((started) => void (hang = { ...o, started })),
+  };
+};

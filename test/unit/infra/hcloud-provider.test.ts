@@ -1,0 +1,212 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { utils } from 'ssh2';
+import YAML from 'yaml';
+import { loadConfig } from '../../../orchestrator/config';
+import { classify, isOrchestratorError, type ErrorCode } from '../../../orchestrator/errors';
+import { makeLogger } from '../../../orchestrator/log';
+import type { HostSpec } from '../../../orchestrator/infra/host-provider';
+import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provider';
+import { ensurePlatformStack, platformSshKeyId } from '../../../orchestrator/infra/platform-stack';
+import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
+import { canary } from '../../support/canary';
+import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
+
+const addresses = { ipv4: '198.51.100.77', ipv6: '2001:db8:77::1' };
+const orchestratorKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrchestratorKeyForTests00000000000000 cortex';
+
+const hostKeys = () => {
+  const pair = utils.generateKeyPairSync('ed25519');
+  return { privateKey: pair.private, publicKey: pair.public.trim() };
+};
+
+const specFor = (over: Partial<HostSpec> = {}): HostSpec & { hostPrivateKey: string } => {
+  const keys = hostKeys();
+  const userData = `#cloud-config\n${YAML.stringify({
+    ssh_deletekeys: true,
+    ssh_keys: { ed25519_private: keys.privateKey, ed25519_public: keys.publicKey },
+    ssh_authorized_keys: [orchestratorKey],
+  })}`;
+  return {
+    deploymentId: randomUUID(),
+    orgId: randomUUID(),
+    subdomain: `agent-${randomBytes(3).toString('hex')}`,
+    userData,
+    hostPublicKey: keys.publicKey,
+    hostPrivateKey: keys.privateKey,
+    ...over,
+  };
+};
+
+const setup = async (env: Record<string, string> = {}) => {
+  const config = loadConfig({
+    HOST_PROVIDER: 'hcloud',
+    HCLOUD_TOKEN: 'a'.repeat(64),
+    DNS_ZONE: 'agents.example.com',
+    ORCHESTRATOR_SSH_CIDRS: '192.0.2.10/32,2001:db8:ffff::/48',
+    HCLOUD_POLL_INTERVAL: '6s',
+    ...env,
+  });
+  const engine: Engine = (program, ctx) => runProgramWithMocks(program, { ...ctx, addresses });
+  const fake = makeFakeWorkspace({ engine });
+  const logs: string[] = [];
+  const log = makeLogger({ level: 'debug' }, { write: (s: string) => void logs.push(s) });
+  const runner = makeStackRunner({
+    workspace: fake.workspace,
+    log,
+    staleLockMs: 60 * 60_000,
+    timeoutMs: 30_000,
+  });
+  await ensurePlatformStack(runner, {
+    orchestratorPublicKey: orchestratorKey,
+    pollInterval: config.HCLOUD_POLL_INTERVAL,
+  });
+  const hosts = makeHcloudHostProvider({ runner, settings: config, sshKeyId: platformSshKeyId(runner), log });
+  return { config, fake, hosts, runner, logs };
+};
+
+const rejection = async (p: Promise<unknown>): Promise<{ code: ErrorCode; field?: string | undefined }> => {
+  try {
+    await p;
+  } catch (err) {
+    if (isOrchestratorError(err)) return err;
+    throw err;
+  }
+  throw new Error('expected a rejection');
+};
+
+describe('hcloud host provider (stack runner + fake workspace + the real program under mocks)', () => {
+  it('ensures a host: server, firewall and DNS in one stack; returns the shared host description', async () => {
+    const { fake, hosts } = await setup();
+    const spec = specFor({ location: 'nbg1' });
+    const host = await hosts.ensure(spec);
+
+    const stack = fake.stacks.get(`agent-${spec.deploymentId}`)!;
+    const server = stack.resources.find((r) => r.type === 'hcloud:index/server:Server')!;
+    const sshKey = fake.stacks
+      .get('platform')!
+      .resources.find((r) => r.type === 'hcloud:index/sshKey:SshKey')!;
+    expect(host).toEqual({
+      deploymentId: spec.deploymentId,
+      serverId: server.assignedId,
+      ipv4: addresses.ipv4,
+      ipv6: addresses.ipv6,
+      dnsName: `${spec.subdomain}.agents.example.com`,
+      hostPublicKey: spec.hostPublicKey,
+      state: 'running',
+    });
+    expect(server.inputs).toMatchObject({
+      location: 'nbg1',
+      serverType: 'cx23',
+      sshKeys: [sshKey.assignedId],
+    });
+    expect(stack.config['cortex:sshCidrs']?.value).toBe('["192.0.2.10/32","2001:db8:ffff::/48"]');
+    expect(stack.config['cortex:pollInterval']?.value).toBe('6s');
+    expect(stack.resources.find((r) => r.type === 'pulumi:providers:hcloud')?.inputs.pollInterval).toBe('6s');
+  });
+
+  it('is idempotent: a second ensure returns the same host and adds nothing', async () => {
+    const { fake, hosts } = await setup();
+    const spec = specFor();
+    const first = await hosts.ensure(spec);
+    const second = await hosts.ensure(spec);
+    expect(second).toEqual(first);
+    expect([...fake.stacks.keys()].sort()).toEqual([`agent-${spec.deploymentId}`, 'platform'].sort());
+    expect(await hosts.describe(spec.deploymentId)).toEqual(first);
+  });
+
+  it('refuses to re-pin an existing host to another key, without touching it', async () => {
+    const { fake, hosts } = await setup();
+    const spec = specFor();
+    await hosts.ensure(spec);
+    const ups = fake.commandLines.filter((c) => c[1] === 'up').length;
+    const other = hostKeys();
+    const err = await rejection(hosts.ensure({ ...spec, hostPublicKey: other.publicKey }));
+    expect([err.code, err.field, classify(err)]).toEqual(['invalid_input', 'hostPublicKey', 'permanent']);
+    expect(fake.commandLines.filter((c) => c[1] === 'up').length).toBe(ups);
+  });
+
+  it('describes a missing host as undefined, and rejects a malformed id', async () => {
+    const { hosts } = await setup();
+    expect(await hosts.describe(randomUUID())).toBeUndefined();
+    expect((await rejection(hosts.describe('../etc'))).field).toBe('deploymentId');
+  });
+
+  it('destroys the host and its stack; destroying again is done; list follows', async () => {
+    const { fake, hosts } = await setup();
+    const a = specFor();
+    const b = specFor();
+    await hosts.ensure(a);
+    await hosts.ensure(b);
+    expect((await hosts.list()).sort()).toEqual([a.deploymentId, b.deploymentId].sort());
+    await hosts.destroy(a.deploymentId);
+    expect(fake.stacks.has(`agent-${a.deploymentId}`)).toBe(false);
+    expect(await hosts.describe(a.deploymentId)).toBeUndefined();
+    await expect(hosts.destroy(a.deploymentId)).resolves.toBeUndefined();
+    expect(await hosts.list()).toEqual([b.deploymentId]);
+  });
+
+  it('rejects bad input naming the field before any stack operation', async () => {
+    const { fake, hosts } = await setup();
+    const before = fake.commandLines.length;
+    expect((await rejection(hosts.ensure(specFor({ subdomain: 'Bad_Label' })))).field).toBe('subdomain');
+    expect((await rejection(hosts.ensure(specFor({ userData: '  ' })))).field).toBe('userData');
+    expect((await rejection(hosts.ensure(specFor({ hostPublicKey: 'not a key' })))).field).toBe(
+      'hostPublicKey',
+    );
+    expect(fake.commandLines.length).toBe(before);
+  });
+
+  it('says how to create the platform stack when it is missing', async () => {
+    const fake = makeFakeWorkspace();
+    const log = makeLogger({ level: 'silent' });
+    const runner = makeStackRunner({
+      workspace: fake.workspace,
+      log,
+      staleLockMs: 60 * 60_000,
+      timeoutMs: 30_000,
+    });
+    const err = await rejection(platformSshKeyId(runner)());
+    expect(err.code).toBe('config_invalid');
+    expect(String((err as unknown as Error).message)).toContain('pulumi up -s platform');
+  });
+
+  it('keeps canaries out of resource inputs, stack config, CLI command lines, outputs and logs', async () => {
+    const customerKey = canary('anthropic');
+    const serviceKey = canary('other');
+    const token = randomBytes(32).toString('hex');
+    const saved = { ...process.env };
+    process.env.ANTHROPIC_API_KEY = customerKey;
+    process.env.HCLOUD_TOKEN = token;
+    try {
+      const { fake, hosts, logs } = await setup({
+        HCLOUD_TOKEN: token,
+        SUPABASE_SERVICE_ROLE_KEY: serviceKey,
+        PULUMI_CONFIG_PASSPHRASE: canary('other'),
+      });
+      const spec = specFor();
+      const host = await hosts.ensure(spec);
+      await hosts.describe(spec.deploymentId);
+      const stack = fake.stacks.get(`agent-${spec.deploymentId}`)!;
+      const server = stack.resources.find((r) => r.type === 'hcloud:index/server:Server')!;
+      const { userData: _secretUserData, ...serverRest } = server.inputs as Record<string, unknown>;
+      const everywhere = [
+        JSON.stringify(stack.resources.filter((r) => r !== server).map((r) => r.inputs)),
+        JSON.stringify(serverRest),
+        JSON.stringify([...fake.stacks.values()].map((s) => s.config)),
+        JSON.stringify(fake.commandLines),
+        JSON.stringify(stack.outputs),
+        JSON.stringify(host),
+        logs.join(''),
+      ].join('\n');
+      // The search can see the program's inputs: the host's public key is there…
+      expect(everywhere).toContain(spec.hostPublicKey.split(' ')[1]);
+      // …but no platform or customer secret, and the host private key only in the secret user data.
+      const privateKeyLine = spec.hostPrivateKey.split('\n')[1]!;
+      for (const secret of [customerKey, serviceKey, token, privateKeyLine])
+        expect(everywhere).not.toContain(secret);
+      expect(JSON.stringify(server.inputs.userData)).toContain(privateKeyLine);
+    } finally {
+      process.env = saved;
+    }
+  });
+});

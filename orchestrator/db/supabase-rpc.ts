@@ -1,4 +1,5 @@
 import { createClient } from '@supabase/supabase-js';
+import WebSocket from 'ws';
 import { OrchestratorError } from '../errors';
 import { checkCall, mapDbError, type Rpc } from './rpc';
 
@@ -11,6 +12,9 @@ export const makeSupabaseRpc = (opts: { url: string; serviceRoleKey: string; fet
   const client = createClient(opts.url, opts.serviceRoleKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     db: { schema: 'public' },
+    // supabase-js builds a realtime client even when it is unused, and Node 20 has no global
+    // WebSocket; `ws` is the transport Supabase documents for that case.
+    realtime: { transport: WebSocket as never },
     global: opts.fetch ? { fetch: opts.fetch } : {},
   });
   const rpc: Rpc = async <T>(fn: string, args: Readonly<Record<string, unknown>>): Promise<T> => {

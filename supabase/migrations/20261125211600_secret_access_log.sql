@@ -1,0 +1,370 @@
+-- The secret access log: append-only and hash-chained, one chain per organization.
+--
+-- Each row carries its chain's sequence number, the id and hash of the row before it, and
+-- hash = sha256 of its canonical content (including seq, prev_id and prev_hash). A per-chain head
+-- row, locked for update by each insert, serializes writers of one org only; events with no org
+-- (a denied read of an unknown deployment) form the chain of the nil uuid. The head also records
+-- the last row, so a removed tail is detected, and the anchor left by retention.
+--
+-- Rows leave only through secret_access_log__apply_retention. A superuser can still disable
+-- triggers; the chain is what makes that visible to secret_access_log__verify.
+
+create table public.secret_access_log (
+  id bigint generated always as identity primary key,
+  at timestamptz not null default clock_timestamp(),
+  org_id uuid,
+  deployment_id uuid,
+  secret_id uuid,
+  version integer,
+  operation text not null check (operation in ('create', 'read', 'rotate', 'revoke', 'delete', 'bind', 'unbind')),
+  outcome text not null check (outcome in ('success', 'denied', 'error')),
+  actor text,
+  job_id text,
+  request_ip inet,
+  user_agent text,
+  reason text,
+  chain_id uuid not null generated always as (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)) stored,
+  seq bigint not null,
+  prev_id bigint,
+  prev_hash text not null,
+  hash text not null,
+  unique (chain_id, seq)
+);
+-- No foreign keys: an audit row must outlive what it names and record ids that never existed.
+create index secret_access_log_org_id_at_idx on public.secret_access_log (org_id, at);
+create index secret_access_log_secret_id_idx on public.secret_access_log (secret_id) where secret_id is not null;
+create index secret_access_log_deployment_id_idx on public.secret_access_log (deployment_id) where deployment_id is not null;
+
+create table public.secret_access_log_chains (
+  chain_id uuid primary key,
+  head_seq bigint not null default 0,
+  head_id bigint,
+  head_hash text not null default pg_catalog.repeat('0', 64),
+  anchor_seq bigint not null default 0,
+  anchor_id bigint,
+  anchor_hash text not null default pg_catalog.repeat('0', 64),
+  updated_at timestamptz not null default now()
+);
+
+-- Canonical content: a JSON array in fixed order, the time in UTC with microseconds, so the hash
+-- depends on neither TimeZone nor DateStyle. `id` is left out: it is the row's position, which
+-- verify checks against seq and prev_id instead.
+create function public.secret_access_log__hash(p_row public.secret_access_log)
+returns text
+language sql stable
+set search_path = ''
+as $$
+  select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+    'cortex.secret_access_log.v1',
+    p_row.seq,
+    p_row.prev_id,
+    p_row.prev_hash,
+    pg_catalog.to_char(p_row.at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    p_row.org_id,
+    p_row.deployment_id,
+    p_row.secret_id,
+    p_row.version,
+    p_row.operation,
+    p_row.outcome,
+    p_row.actor,
+    p_row.job_id,
+    p_row.request_ip::text,
+    p_row.user_agent,
+    p_row.reason
+  )::text, 'UTF8')), 'hex')
+$$;
+
+create function public.secret_access_log__chain()
+returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_chain uuid := coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid);
+  v_head public.secret_access_log_chains%rowtype;
+begin
+  insert into public.secret_access_log_chains (chain_id) values (v_chain) on conflict (chain_id) do nothing;
+  select * into strict v_head from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  -- id and time are taken under the chain lock, so within a chain they grow with seq
+  new.id := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('public.secret_access_log', 'id')::regclass);
+  new.at := pg_catalog.clock_timestamp();
+  new.seq := v_head.head_seq + 1;
+  new.prev_id := v_head.head_id;
+  new.prev_hash := v_head.head_hash;
+  new.hash := public.secret_access_log__hash(new);
+  update public.secret_access_log_chains c
+  set head_seq = new.seq, head_id = new.id, head_hash = new.hash, updated_at = new.at
+  where c.chain_id = v_chain;
+  return new;
+end
+$$;
+
+create trigger secret_access_log_chain
+  before insert on public.secret_access_log
+  for each row execute function public.secret_access_log__chain();
+
+-- Refuses UPDATE, DELETE and TRUNCATE for everyone, superuser included. The one exception is the
+-- transaction-local flag that only secret_access_log__apply_retention sets (nobody else holds
+-- DELETE on the table, and retention records an anchor so the chain still verifies).
+create function public.secret_access_log__refuse_change()
+returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if tg_op = 'DELETE' and pg_catalog.current_setting('cortex.audit_retention', true) = 'on' then
+    return old;
+  end if;
+  raise exception using errcode = '42501', message = pg_catalog.format(
+    'secret_access_log is append-only: %s refused (rows leave only through secret_access_log__apply_retention)',
+    pg_catalog.lower(tg_op));
+end
+$$;
+
+create trigger secret_access_log_append_only
+  before update or delete on public.secret_access_log
+  for each row execute function public.secret_access_log__refuse_change();
+create trigger secret_access_log_no_truncate
+  before truncate on public.secret_access_log
+  for each statement execute function public.secret_access_log__refuse_change();
+
+-- Internal: every audited function appends through here, inside its own transaction.
+create function public.secret_access_log__append(
+  p_operation text,
+  p_outcome text,
+  p_org_id uuid,
+  p_deployment_id uuid,
+  p_secret_id uuid,
+  p_version integer,
+  p_reason text,
+  p_actor text,
+  p_job_id text,
+  p_request_ip inet,
+  p_user_agent text
+) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  insert into public.secret_access_log
+    (org_id, deployment_id, secret_id, version, operation, outcome, reason, actor, job_id, request_ip, user_agent,
+     seq, prev_hash, hash)
+  values
+    (p_org_id, p_deployment_id, p_secret_id, p_version, p_operation, p_outcome, p_reason, p_actor, p_job_id,
+     p_request_ip, p_user_agent,
+     -- placeholders: the chain trigger sets them
+     0, '', '')
+  returning id into v_id;
+  return v_id;
+end
+$$;
+
+-- Internal: the audit context every secret function accepts.
+create function public.audit_context__check(p_actor text, p_job_id text, p_user_agent text)
+returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_actor is not null then
+    perform public.input__check_text('actor', p_actor, 200);
+  end if;
+  if p_job_id is not null then
+    perform public.input__check_text('job_id', p_job_id, 200);
+  end if;
+  if p_user_agent is not null then
+    perform public.input__check_text('user_agent', p_user_agent, 1000);
+  end if;
+end
+$$;
+
+-- Walks one chain in id order (insertion order) from its anchor and names the first bad row:
+--   changed   - a row's content no longer matches its hash, or no longer matches the hash its
+--               successor (or the head) recorded for it;
+--   removed   - a row that a successor (or the head) names as its predecessor is gone; the id
+--               reported is that missing row's;
+--   reordered - a row is not where its seq and prev_id place it.
+create function public.secret_access_log__verify_chain(
+  p_chain_id uuid,
+  out rows_checked bigint,
+  out first_bad_id bigint,
+  out problem text
+)
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_head public.secret_access_log_chains%rowtype;
+  v_has_head boolean;
+  r public.secret_access_log%rowtype;
+  v_seq bigint;
+  v_id bigint;
+  v_hash text;
+begin
+  rows_checked := 0;
+  select * into v_head from public.secret_access_log_chains c where c.chain_id = p_chain_id;
+  v_has_head := found;
+  v_seq := coalesce(v_head.anchor_seq, 0);
+  v_id := v_head.anchor_id;
+  v_hash := coalesce(v_head.anchor_hash, pg_catalog.repeat('0', 64));
+  for r in select * from public.secret_access_log l where l.chain_id = p_chain_id order by l.id loop
+    rows_checked := rows_checked + 1;
+    continue when problem is not null;
+    if r.hash is distinct from public.secret_access_log__hash(r) then
+      first_bad_id := r.id;
+      problem := 'changed';
+    elsif r.seq = v_seq + 1 and r.prev_id is not distinct from v_id and r.prev_hash = v_hash then
+      null;
+    elsif r.seq = v_seq + 1 and r.prev_id is not distinct from v_id then
+      -- in its place, but its predecessor is no longer the row it was chained to
+      first_bad_id := case when v_id is not distinct from v_head.anchor_id then r.id else v_id end;
+      problem := 'changed';
+    elsif r.prev_id is not null and exists (
+      select 1 from public.secret_access_log l where l.id = r.prev_id and l.chain_id = p_chain_id
+    ) then
+      first_bad_id := r.id;
+      problem := 'reordered';
+    else
+      first_bad_id := coalesce(r.prev_id, r.id);
+      problem := 'removed';
+    end if;
+    v_seq := r.seq;
+    v_id := r.id;
+    v_hash := r.hash;
+  end loop;
+  if problem is not null then
+    return;
+  end if;
+  if not v_has_head then
+    if rows_checked > 0 then
+      problem := 'removed';  -- the chain's head row itself
+    end if;
+  elsif v_head.head_seq = v_seq and v_head.head_id is not distinct from v_id and v_head.head_hash = v_hash then
+    null;
+  elsif v_head.head_id is not null and not exists (
+    select 1 from public.secret_access_log l where l.id = v_head.head_id and l.chain_id = p_chain_id
+  ) then
+    first_bad_id := v_head.head_id;
+    problem := 'removed';
+  elsif v_head.head_id is not distinct from v_id then
+    first_bad_id := v_id;
+    problem := 'changed';
+  else
+    first_bad_id := v_head.head_id;
+    problem := 'reordered';
+  end if;
+end
+$$;
+
+create function public.secret_access_log__verify(p_org_id uuid default null)
+returns jsonb
+language plpgsql stable security definer
+set search_path = ''
+as $$
+declare
+  v_chain uuid;
+  v_result record;
+  v_rows bigint := 0::bigint;
+  v_bad_id bigint;
+  v_problem text;
+begin
+  for v_chain in
+    select c.chain_id from public.secret_access_log_chains c where p_org_id is null or c.chain_id = p_org_id
+    union
+    select distinct l.chain_id from public.secret_access_log l where p_org_id is null or l.chain_id = p_org_id
+    order by 1
+  loop
+    select * into v_result from public.secret_access_log__verify_chain(v_chain);
+    v_rows := v_rows + v_result.rows_checked;
+    -- across chains, report the earliest bad row
+    if v_result.problem is not null
+       and (v_problem is null or v_result.first_bad_id < v_bad_id or (v_bad_id is null and v_result.first_bad_id is not null)) then
+      v_bad_id := v_result.first_bad_id;
+      v_problem := v_result.problem;
+    end if;
+  end loop;
+  return pg_catalog.jsonb_build_object(
+    'ok', v_problem is null, 'rows_checked', v_rows, 'first_bad_id', v_bad_id, 'problem', v_problem);
+end
+$$;
+
+-- Deletes, chain by chain, the longest prefix of rows older than p_before and records the last
+-- deleted row as the chain's anchor, so the remaining rows still verify. A chain that does not
+-- verify is left alone (and listed): trimming it would destroy the evidence.
+create function public.secret_access_log__apply_retention(p_before timestamptz)
+returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_chain public.secret_access_log_chains%rowtype;
+  v_check record;
+  v_stop bigint;
+  v_cut public.secret_access_log%rowtype;
+  v_count bigint;
+  v_deleted bigint := 0::bigint;
+  v_trimmed integer := 0;
+  v_skipped uuid[] := array[]::uuid[];
+begin
+  if p_before is null or p_before > pg_catalog.clock_timestamp() then
+    raise exception using errcode = '22023', message = 'before: must be a point in time that is not in the future';
+  end if;
+  for v_chain in select * from public.secret_access_log_chains c order by c.chain_id for update loop
+    select * into v_check from public.secret_access_log__verify_chain(v_chain.chain_id);
+    if v_check.problem is not null then
+      v_skipped := v_skipped || v_chain.chain_id;
+      continue;
+    end if;
+    select min(l.seq) into v_stop
+    from public.secret_access_log l where l.chain_id = v_chain.chain_id and l.at >= p_before;
+    select * into v_cut
+    from public.secret_access_log l
+    where l.chain_id = v_chain.chain_id and l.at < p_before and (v_stop is null or l.seq < v_stop)
+    order by l.seq desc
+    limit 1;
+    continue when not found;
+    perform pg_catalog.set_config('cortex.audit_retention', 'on', true);
+    delete from public.secret_access_log l where l.chain_id = v_chain.chain_id and l.seq <= v_cut.seq;
+    get diagnostics v_count = row_count;
+    perform pg_catalog.set_config('cortex.audit_retention', 'off', true);
+    update public.secret_access_log_chains c
+    set anchor_seq = v_cut.seq, anchor_id = v_cut.id, anchor_hash = v_cut.hash, updated_at = now()
+    where c.chain_id = v_chain.chain_id;
+    v_deleted := v_deleted + v_count;
+    v_trimmed := v_trimmed + 1;
+  end loop;
+  return pg_catalog.jsonb_build_object(
+    'deleted', v_deleted, 'chains_trimmed', v_trimmed, 'chains_skipped', pg_catalog.to_jsonb(v_skipped));
+end
+$$;
+
+revoke all on function public.secret_access_log__hash(public.secret_access_log) from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__chain() from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__refuse_change() from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__append(text, text, uuid, uuid, uuid, integer, text, text, text, inet, text)
+  from public, anon, authenticated, service_role;
+revoke all on function public.audit_context__check(text, text, text) from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__verify_chain(uuid) from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__verify(uuid) from public, anon, authenticated;
+revoke all on function public.secret_access_log__apply_retention(timestamptz) from public, anon, authenticated;
+grant execute on function public.secret_access_log__verify(uuid) to service_role;
+grant execute on function public.secret_access_log__apply_retention(timestamptz) to service_role;
+
+alter table public.secret_access_log enable row level security;
+alter table public.secret_access_log_chains enable row level security;
+
+create policy secret_access_log_select_member on public.secret_access_log
+  for select to authenticated
+  using (org_id in (select m.org_id from public.organization_members m where m.user_id = (select auth.uid())));
+
+create policy secret_access_log_chains_select_member on public.secret_access_log_chains
+  for select to authenticated
+  using (chain_id in (select m.org_id from public.organization_members m where m.user_id = (select auth.uid())));
+
+-- Read-only for every API role, service_role included: rows are written by the functions only.
+revoke all on table public.secret_access_log, public.secret_access_log_chains
+  from public, anon, authenticated, service_role;
+grant select on table public.secret_access_log, public.secret_access_log_chains to authenticated, service_role;
+revoke all on sequence public.secret_access_log_id_seq from public, anon, authenticated, service_role;

@@ -1,0 +1,172 @@
+-- Secret lifecycle: create, add a version, retire a version, bind, unbind, revoke, delete for a
+-- deployment. Values live in the vault under scoped names; metadata never holds one; every change
+-- is audited.
+begin;
+create extension if not exists pgtap with schema extensions;
+set local search_path = extensions, public;
+select plan(55);
+
+select public.organizations__create('Test Org Secrets A') ->> 'id' as org_a \gset
+select public.organizations__create('Test Org Secrets B') ->> 'id' as org_b \gset
+select public.deployments__create(:'org_a', 'A1', 'test-secrets-a1') ->> 'id' as dep_a1 \gset
+select public.deployments__create(:'org_a', 'A2', 'test-secrets-a2') ->> 'id' as dep_a2 \gset
+select public.deployments__create(:'org_b', 'B1', 'test-secrets-b1') ->> 'id' as dep_b1 \gset
+
+-- ---- create ----------------------------------------------------------------------------------------
+select public.secrets__create(:'org_a', 'anthropic', 'anthropic', 'sk-ant-api03-canarysecretsvalue0001-ab12',
+  null, 'tester', 'job-1', '192.0.2.10', 'pgtap') as created \gset
+select (:'created'::jsonb) ->> 'secret_id' as s1 \gset
+select is((:'created'::jsonb) - 'secret_id',
+  jsonb_build_object('version', 1, 'display_prefix', 'sk-ant-…ab12',
+    'fingerprint', encode(sha256(convert_to('sk-ant-api03-canarysecretsvalue0001-ab12', 'UTF8')), 'hex'),
+    'vault_name', format('org:%s:secret:%s:v1', :'org_a', :'s1')),
+  'secrets__create returns version 1, display prefix, sha-256 fingerprint and the org-scoped vault name');
+select is((select decrypted_secret from vault.decrypted_secrets where name = format('org:%s:secret:%s:v1', :'org_a', :'s1')),
+  'sk-ant-api03-canarysecretsvalue0001-ab12', 'the value is in the vault under that name');
+select is((select v.vault_secret_id from public.secret_versions v where v.secret_id = :'s1' and v.version = 1),
+  (select id from vault.secrets where name = format('org:%s:secret:%s:v1', :'org_a', :'s1')),
+  'secret_versions references the vault secret');
+select is((select count(*) from public.secrets s where s.id = :'s1' and s.org_id = :'org_a' and s.deployment_id is null
+           and s.name = 'anthropic' and s.provider = 'anthropic' and s.current_version = 1 and s.status = 'active'),
+  1::bigint, 'the metadata row is org-wide, active, at version 1');
+select is((select count(*) from public.secret_access_log l where l.secret_id = :'s1' and l.operation = 'create'
+           and l.outcome = 'success' and l.version = 1 and l.org_id = :'org_a' and l.actor = 'tester'
+           and l.job_id = 'job-1' and l.request_ip = '192.0.2.10' and l.user_agent = 'pgtap'),
+  1::bigint, 'create is audited with the audit context');
+
+select public.secrets__create(:'org_a', 'openai', 'openai', 'sk-proj-canarysecretsvalue0002-cd34', :'dep_a1')
+  ->> 'vault_name' as scoped_name \gset
+select matches(:'scoped_name'::text, format('^org:%s:deployment:%s:secret:[0-9a-f-]{36}:v1$', :'org_a', :'dep_a1'),
+  'a deployment-scoped secret''s vault name carries the deployment');
+select public.secrets__create(:'org_b', 'anthropic', 'anthropic', 'sk-ant-api03-canarysecretsvalue0003-ef56')
+  ->> 'secret_id' as sb \gset
+select isnt((select count(*) from vault.secrets where name like format('org:%s:%%', :'org_b')), 0::bigint,
+  'org B''s secret of the same name lives under org B''s prefix: names cannot collide across orgs');
+
+select is((select count(*) from public.secrets s, public.secret_versions v
+           where v.secret_id = s.id and s.org_id in (:'org_a', :'org_b')
+             and (s::text like '%canarysecretsvalue%' or v::text like '%canarysecretsvalue%')),
+  0::bigint, 'no metadata row holds a value');
+select is((select count(*) from public.secret_access_log l where l::text like '%canarysecretsvalue%'),
+  0::bigint, 'no audit row holds a value');
+
+select is((public.secrets__create(:'org_a', 'short', 'other', 'abcdefghijklmnop') ->> 'display_prefix'), '…mnop',
+  'a 16-character value shows only its last four');
+select is((public.secrets__create(:'org_a', 'tiny', 'other', 'abcdefghijk') ->> 'display_prefix'), '…',
+  'a short value shows nothing');
+
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic', 'x'),
+  '23505', 'name: an active secret with this name already exists in this scope; add a version to it instead',
+  'a second active secret of the same name in the same scope is refused');
+select lives_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic',
+  'sk-ant-api03-canarysecretsvalue0009-0000', :'dep_a2'),
+  'the same name in another scope (deployment A2) is fine');
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'cross', 'other', 'x', :'dep_b1'),
+  '22023', format('deployment_id: deployment %s belongs to another organization; scope the secret to a deployment of organization %s',
+    :'dep_b1', :'org_a'),
+  'a secret cannot be scoped to another org''s deployment');
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', '00000000-0000-0000-0000-00000000dead', 'x', 'other', 'x'),
+  'P0002', 'organization 00000000-0000-0000-0000-00000000dead not found', 'a secret of an unknown org: not_found');
+
+-- ---- add a version, retire the old one ---------------------------------------------------------
+select is(public.secrets__add_version(:'s1', 'sk-ant-api03-canarysecretsvalue0004-gh78', 'rotator') - 'secret_id',
+  jsonb_build_object('version', 2, 'display_prefix', 'sk-ant-…gh78',
+    'fingerprint', encode(sha256(convert_to('sk-ant-api03-canarysecretsvalue0004-gh78', 'UTF8')), 'hex')),
+  'secrets__add_version returns version 2 with its prefix and fingerprint');
+select is((select current_version || '|' || display_prefix from public.secrets where id = :'s1'), '2|sk-ant-…gh78',
+  'the secret points at version 2');
+select is((select decrypted_secret from vault.decrypted_secrets where name = format('org:%s:secret:%s:v2', :'org_a', :'s1')),
+  'sk-ant-api03-canarysecretsvalue0004-gh78', 'version 2 is a new vault secret');
+select is((select count(*) from vault.secrets where name = format('org:%s:secret:%s:v1', :'org_a', :'s1')), 1::bigint,
+  'version 1 stays in the vault until retired');
+select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'rotate'
+           and outcome = 'success' and version = 2 and actor = 'rotator'), 1::bigint, 'the new version is audited as rotate');
+
+select throws_ok(format('select public.secret_versions__retire(%L, 2)', :'s1'), '22023',
+  format('version: 2 is the current version of secret %s; add a new version before retiring this one', :'s1'),
+  'the current version cannot be retired');
+select throws_ok(format('select public.secret_versions__retire(%L, 7)', :'s1'), 'P0002',
+  format('secret %s version 7 not found', :'s1'), 'retiring an unknown version: not_found');
+select is((public.secret_versions__retire(:'s1', 1) ->> 'version')::int, 1, 'secret_versions__retire retires version 1');
+select is((select count(*) from vault.secrets where name = format('org:%s:secret:%s:v1', :'org_a', :'s1')), 0::bigint,
+  'the retired version''s vault secret is deleted');
+select isnt((select retired_at from public.secret_versions where secret_id = :'s1' and version = 1), null,
+  'retired_at is set');
+select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'delete' and version = 1),
+  1::bigint, 'retiring is audited as delete');
+select lives_ok(format('select public.secret_versions__retire(%L, 1)', :'s1'), 'retiring again is harmless');
+select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'delete' and version = 1),
+  1::bigint, 'retiring again changes and audits nothing');
+
+-- ---- bind and unbind ----------------------------------------------------------------------------
+select is(public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s1', 'binder'),
+  jsonb_build_object('deployment_id', :'dep_a1', 'env_var', 'ANTHROPIC_API_KEY', 'secret_id', :'s1'),
+  'deployment_secrets__bind binds an org-wide secret');
+select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'bind'
+           and deployment_id = :'dep_a1' and actor = 'binder'), 1::bigint, 'bind is audited');
+select public.secrets__create(:'org_a', 'anthropic-2', 'anthropic', 'sk-ant-api03-canarysecretsvalue0005-ij90')
+  ->> 'secret_id' as s2 \gset
+select lives_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'ANTHROPIC_API_KEY', :'s2'),
+  'binding the same env var again replaces the binding');
+select is((select secret_id from public.deployment_secrets where deployment_id = :'dep_a1' and env_var = 'ANTHROPIC_API_KEY'),
+  :'s2'::uuid, 'one binding per (deployment, env var), now to the new secret');
+select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'OTHER_ORG', :'sb'), '22023',
+  format('secret_id: secret %s belongs to another organization than deployment %s', :'sb', :'dep_a1'),
+  'a secret of another org cannot be bound');
+select public.secrets__create(:'org_a', 'a2-only', 'other', 'canary-secrets-a2-only', :'dep_a2') ->> 'secret_id' as s_a2 \gset
+select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'A2_ONLY', :'s_a2'), '22023',
+  format('secret_id: secret %s is scoped to another deployment; bind an org-wide secret or one scoped to deployment %s',
+    :'s_a2', :'dep_a1'),
+  'a secret scoped to another deployment cannot be bound');
+select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'X', '00000000-0000-0000-0000-00000000dead'),
+  'P0002', 'secret 00000000-0000-0000-0000-00000000dead not found', 'binding an unknown secret: not_found');
+select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', '00000000-0000-0000-0000-00000000dead', 'X', :'s1'),
+  'P0002', 'deployment 00000000-0000-0000-0000-00000000dead not found', 'binding to an unknown deployment: not_found');
+
+select is(public.deployment_secrets__unbind(:'dep_a1', 'ANTHROPIC_API_KEY', 'unbinder'),
+  jsonb_build_object('deployment_id', :'dep_a1', 'env_var', 'ANTHROPIC_API_KEY', 'secret_id', :'s2', 'unbound', true),
+  'deployment_secrets__unbind removes the binding');
+select is((select count(*) from public.secret_access_log where secret_id = :'s2' and operation = 'unbind'
+           and actor = 'unbinder'), 1::bigint, 'unbind is audited');
+select is(public.deployment_secrets__unbind(:'dep_a1', 'ANTHROPIC_API_KEY') ->> 'unbound', 'false',
+  'unbinding again is harmless');
+
+-- ---- revoke ---------------------------------------------------------------------------------------
+select public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s1') is not null as bound \gset
+select public.deployment_secrets__bind(:'dep_a2', 'ANTHROPIC_API_KEY', :'s1') is not null as bound \gset
+select is(public.secrets__revoke(:'s1', 'revoker') - 'secret_id',
+  '{"status": "revoked", "vault_secrets_deleted": 1, "bindings_removed": 2}'::jsonb,
+  'secrets__revoke deletes the remaining vault secret and both bindings');
+select is((select status from public.secrets where id = :'s1'), 'revoked', 'the secret is revoked');
+select is((select count(*) from vault.secrets where name like format('org:%s:secret:%s:%%', :'org_a', :'s1')), 0::bigint,
+  'no vault secret of it remains');
+select is((select count(*) from public.secret_versions where secret_id = :'s1' and retired_at is null), 0::bigint,
+  'all its versions are retired');
+select is((select count(*) from public.deployment_secrets where secret_id = :'s1'), 0::bigint, 'no binding of it remains');
+select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'revoke'
+           and actor = 'revoker'), 1::bigint, 'revoke is audited');
+select throws_ok(format('select public.secrets__add_version(%L, %L)', :'s1', 'x'), '22023',
+  format('secret_id: secret %s is revoked; create a new secret instead', :'s1'), 'a revoked secret takes no new version');
+select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'X', :'s1'), '22023',
+  format('secret_id: secret %s is revoked; bind an active secret', :'s1'), 'a revoked secret cannot be bound');
+select is(public.secrets__revoke(:'s1') ->> 'status', 'revoked', 'revoking again is harmless');
+
+-- ---- delete for a deployment ----------------------------------------------------------------------
+select public.secrets__create(:'org_a', 'a1-second', 'other', 'canary-secrets-a1-second', :'dep_a1') ->> 'secret_id' as s_a1b \gset
+select public.deployment_secrets__bind(:'dep_a1', 'SECOND', :'s_a1b') is not null as bound \gset
+select public.deployment_secrets__bind(:'dep_a1', 'ORG_WIDE', :'s2') is not null as bound \gset
+select is(public.secrets__delete_for_deployment(:'dep_a1', 'deprovisioner'), '{"deleted": 2}'::jsonb,
+  'secrets__delete_for_deployment deletes the deployment''s two scoped secrets');
+select is((select count(*) from vault.secrets where name like format('org:%s:deployment:%s:%%', :'org_a', :'dep_a1')),
+  0::bigint, 'their vault secrets are gone');
+select is((select count(*) from public.secrets where deployment_id = :'dep_a1' and status <> 'deleted'), 0::bigint,
+  'they are marked deleted');
+select is((select count(*) from public.deployment_secrets where deployment_id = :'dep_a1'), 0::bigint,
+  'the deployment has no binding left');
+select is((select status from public.secrets where id = :'s2'), 'active', 'the org-wide secret it used stays active');
+select is((select count(*) from public.secret_access_log where deployment_id = :'dep_a1' and operation = 'delete'
+           and actor = 'deprovisioner'), 2::bigint, 'each deleted secret is audited');
+select is(public.secrets__delete_for_deployment(:'dep_a1'), '{"deleted": 0}'::jsonb, 'it is idempotent');
+
+select * from finish();
+rollback;

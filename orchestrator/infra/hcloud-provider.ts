@@ -53,6 +53,8 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
     async ensure(spec: HostSpec, opts) {
       const log = deps.log.child({ deploymentId: spec.deploymentId, provider: 'hcloud' });
       if (spec.userData.trim() === '') throw invalidInput('userData', 'must not be empty');
+      // Trimmed as the local provider does: both pin the same key line.
+      const hostPublicKey = spec.hostPublicKey.trim();
       // Validated before the SSH key id is read: bad input must not cost a stack operation.
       const checked = parseStackSettings(agentSettingsSchema.omit({ sshKeyId: true }), {
         deploymentId: spec.deploymentId,
@@ -62,14 +64,14 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
         location: spec.location ?? deps.settings.HCLOUD_LOCATION,
         serverType: spec.serverType ?? deps.settings.HCLOUD_SERVER_TYPE,
         sshCidrs: deps.settings.ORCHESTRATOR_SSH_CIDRS,
-        hostPublicKey: spec.hostPublicKey,
+        hostPublicKey,
         pollInterval: deps.settings.HCLOUD_POLL_INTERVAL,
       });
       const settings = parseAgentSettings({ ...checked, sshKeyId: await deps.sshKeyId() });
       // The server ignores later user-data changes, so an `up` with another host key would leave
       // the old key on the server and pin the new one: refuse rather than mis-pin.
       const existing = await describe(spec.deploymentId, opts?.signal);
-      if (existing && existing.hostPublicKey !== spec.hostPublicKey)
+      if (existing && existing.hostPublicKey !== hostPublicKey)
         throw invalidInput(
           'hostPublicKey',
           'the host exists with another pinned key; pass the stored key, or destroy the host first',

@@ -20,7 +20,11 @@ const setup = async (rpc: Rpc, orgs: number): Promise<{ orgId: string; deploymen
   for (let i = 0; i < orgs; i++) {
     const tag = randomUUID().slice(0, 8);
     const org = await rpc<{ id: string }>('organizations__create', { p_name: `bench-${tag}` });
-    const dep = await rpc<{ id: string }>('deployments__create', { p_org_id: org.id, p_name: `bench-${tag}`, p_subdomain: `bench-${tag}` });
+    const dep = await rpc<{ id: string }>('deployments__create', {
+      p_org_id: org.id,
+      p_name: `bench-${tag}`,
+      p_subdomain: `bench-${tag}`,
+    });
     const meta = await secrets.create({
       orgId: org.id,
       name: 'bench',
@@ -41,7 +45,10 @@ const readLoad = async (rpc: Rpc, targets: { deploymentId: string }[], seconds: 
     const target = targets[i % targets.length];
     if (!target) return;
     while (Date.now() < until) {
-      const r = await secrets.readForDeploymentOrThrow(target.deploymentId, { actor: 'bench', jobId: `bench-${i}` });
+      const r = await secrets.readForDeploymentOrThrow(target.deploymentId, {
+        actor: 'bench',
+        jobId: `bench-${i}`,
+      });
       reads += r.length;
     }
   };
@@ -80,7 +87,9 @@ export const run = async (args: string[]): Promise<void> => {
       );
       await admin.query('reset role');
     }
-    console.log(`wrote ${auditRowsWanted} audit rows through deployment_secrets__read in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    console.log(
+      `wrote ${auditRowsWanted} audit rows through deployment_secrets__read in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+    );
     const secrets = makeSecretsService({ rpc: db.rpc });
     const t1 = process.hrtime.bigint();
     const v = await secrets.verifyAuditLog(big.orgId);

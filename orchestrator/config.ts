@@ -7,9 +7,7 @@ import { OrchestratorError } from './errors';
  * Defaults point at the embedded local services that `npm run services:up` starts.
  */
 const port = z.coerce.number().int().min(1).max(65535);
-const bool = z
-  .enum(['true', 'false', '1', '0'])
-  .transform((v) => v === 'true' || v === '1');
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 
 export const configSchema = z
   .object({
@@ -42,24 +40,48 @@ export const configSchema = z
 
     DNS_ZONE: z
       .string()
-      .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, 'must be a DNS zone like agents.example.com')
+      .regex(
+        /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/,
+        'must be a DNS zone like agents.example.com',
+      )
       .default('agents.localhost.test'),
     ACME_EMAIL: z.email().optional(),
 
     HCLOUD_TOKEN: z.string().length(64, 'must be a 64-character Hetzner API token').optional(),
-    HCLOUD_LOCATION: z.string().regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1').default('fsn1'),
-    HCLOUD_SERVER_TYPE: z.string().regex(/^[a-z]+\d+$/).default('cx23'),
-    HCLOUD_POLL_INTERVAL: z.string().regex(/^\d+(ms|s)$/).default('5s'),
+    HCLOUD_LOCATION: z
+      .string()
+      .regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1')
+      .default('fsn1'),
+    HCLOUD_SERVER_TYPE: z
+      .string()
+      .regex(/^[a-z]+\d+$/)
+      .default('cx23'),
+    HCLOUD_POLL_INTERVAL: z
+      .string()
+      .regex(/^\d+(ms|s)$/)
+      .default('5s'),
     /** CIDRs allowed to reach SSH on agent servers: the orchestrator's egress addresses. */
     ORCHESTRATOR_SSH_CIDRS: z
       .string()
       .default('127.0.0.1/32')
-      .transform((s) => s.split(',').map((c) => c.trim()).filter(Boolean))
+      .transform((s) =>
+        s
+          .split(',')
+          .map((c) => c.trim())
+          .filter(Boolean),
+      )
       .pipe(z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1)),
-    PULUMI_BACKEND_URL: z.string().regex(/^(file|s3|https?|gs|azblob):\/\//).optional(),
+    PULUMI_BACKEND_URL: z
+      .string()
+      .regex(/^(file|s3|https?|gs|azblob):\/\//)
+      .optional(),
     PULUMI_CONFIG_PASSPHRASE: z.string().min(1).optional(),
     PULUMI_SECRETS_PROVIDER: z.string().min(1).optional(),
-    PULUMI_STALE_LOCK_MS: z.coerce.number().int().min(60_000).default(30 * 60_000),
+    PULUMI_STALE_LOCK_MS: z.coerce
+      .number()
+      .int()
+      .min(60_000)
+      .default(30 * 60_000),
 
     API_HOST: z.string().default('127.0.0.1'),
     API_PORT: port.default(18080),
@@ -68,18 +90,35 @@ export const configSchema = z
   })
   .superRefine((c, ctx) => {
     if (c.RPC_ADAPTER === 'supabase') {
-      if (!c.SUPABASE_URL) ctx.addIssue({ code: 'custom', path: ['SUPABASE_URL'], message: 'is required when RPC_ADAPTER=supabase' });
+      if (!c.SUPABASE_URL)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['SUPABASE_URL'],
+          message: 'is required when RPC_ADAPTER=supabase',
+        });
       if (!c.SUPABASE_SERVICE_ROLE_KEY)
-        ctx.addIssue({ code: 'custom', path: ['SUPABASE_SERVICE_ROLE_KEY'], message: 'is required when RPC_ADAPTER=supabase' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['SUPABASE_SERVICE_ROLE_KEY'],
+          message: 'is required when RPC_ADAPTER=supabase',
+        });
     }
     if (c.HOST_PROVIDER === 'hcloud' && !c.HCLOUD_TOKEN)
-      ctx.addIssue({ code: 'custom', path: ['HCLOUD_TOKEN'], message: 'is required when HOST_PROVIDER=hcloud' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['HCLOUD_TOKEN'],
+        message: 'is required when HOST_PROVIDER=hcloud',
+      });
   });
 
 export type Config = Readonly<z.output<typeof configSchema>>;
 
 /** Names of config keys whose values are secrets: never printed, even in a validation error. */
-export const SECRET_CONFIG_KEYS = ['SUPABASE_SERVICE_ROLE_KEY', 'HCLOUD_TOKEN', 'PULUMI_CONFIG_PASSPHRASE'] as const;
+export const SECRET_CONFIG_KEYS = [
+  'SUPABASE_SERVICE_ROLE_KEY',
+  'HCLOUD_TOKEN',
+  'PULUMI_CONFIG_PASSPHRASE',
+] as const;
 
 /**
  * Parse the environment. On failure the error lists each variable and what is wrong with it —

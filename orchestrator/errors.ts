@@ -41,7 +41,8 @@ export class OrchestratorError extends Error {
   readonly field: string | undefined;
 }
 
-export const isOrchestratorError = (err: unknown): err is OrchestratorError => err instanceof OrchestratorError;
+export const isOrchestratorError = (err: unknown): err is OrchestratorError =>
+  err instanceof OrchestratorError;
 
 export const invalidInput = (field: string, message: string): OrchestratorError =>
   new OrchestratorError('invalid_input', `${field}: ${message}`, { field });

@@ -8,12 +8,37 @@ export type Logger = PinoLogger;
  * `[REDACTED]` on its own); these catch plain strings that slipped past it.
  */
 export const REDACT_PATHS = [
-  'secret', '*.secret', 'value', '*.value', '*.*.value', 'password', '*.password', 'token', '*.token',
-  'apiKey', '*.apiKey', 'privateKey', '*.privateKey', 'authorization', '*.authorization',
-  'headers.authorization', 'req.headers.authorization', 'req.headers.apikey', 'env', '*.env',
-  'p_value', '*.p_value', 'decrypted_secret', '*.decrypted_secret', '*.*.decrypted_secret',
-  'SUPABASE_SERVICE_ROLE_KEY', 'HCLOUD_TOKEN', 'PULUMI_CONFIG_PASSPHRASE',
-  '*.SUPABASE_SERVICE_ROLE_KEY', '*.HCLOUD_TOKEN', '*.PULUMI_CONFIG_PASSPHRASE',
+  'secret',
+  '*.secret',
+  'value',
+  '*.value',
+  '*.*.value',
+  'password',
+  '*.password',
+  'token',
+  '*.token',
+  'apiKey',
+  '*.apiKey',
+  'privateKey',
+  '*.privateKey',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  'req.headers.authorization',
+  'req.headers.apikey',
+  'env',
+  '*.env',
+  'p_value',
+  '*.p_value',
+  'decrypted_secret',
+  '*.decrypted_secret',
+  '*.*.decrypted_secret',
+  'SUPABASE_SERVICE_ROLE_KEY',
+  'HCLOUD_TOKEN',
+  'PULUMI_CONFIG_PASSPHRASE',
+  '*.SUPABASE_SERVICE_ROLE_KEY',
+  '*.HCLOUD_TOKEN',
+  '*.PULUMI_CONFIG_PASSPHRASE',
 ];
 
 export const makeLogger = (opts: { level: string; name?: string }, destination?: DestinationStream): Logger =>
@@ -26,7 +51,10 @@ export const makeLogger = (opts: { level: string; name?: string }, destination?:
       hooks: {
         // Secret already prints as [REDACTED]; this keeps it that way through pino's own fast paths.
         logMethod(args, method) {
-          method.apply(this, args.map((a) => (a instanceof Secret ? '[REDACTED]' : a)) as Parameters<typeof method>);
+          method.apply(
+            this,
+            args.map((a) => (a instanceof Secret ? '[REDACTED]' : a)) as Parameters<typeof method>,
+          );
         },
       },
     },

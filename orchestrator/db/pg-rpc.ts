@@ -11,7 +11,11 @@ export interface PgRpc {
  * The direct Postgres adapter: `select public.<fn>(p_a => $1, …)`. Values always travel as bind
  * parameters, so statement logging never sees a secret literal.
  */
-export const makePgRpc = (opts: { connectionString: string; max?: number; statementTimeoutMs?: number }): PgRpc => {
+export const makePgRpc = (opts: {
+  connectionString: string;
+  max?: number;
+  statementTimeoutMs?: number;
+}): PgRpc => {
   const config: PoolConfig = {
     connectionString: opts.connectionString,
     max: opts.max ?? 10,
@@ -32,7 +36,9 @@ export const makePgRpc = (opts: { connectionString: string; max?: number; statem
     } catch (err) {
       const e = err as { code?: unknown; message?: unknown };
       if (typeof e.code === 'string' && TRANSIENT_SYSTEM_CODES.has(e.code))
-        throw new OrchestratorError('db_unavailable', `${fn}: database unreachable (${e.code})`, { cause: err });
+        throw new OrchestratorError('db_unavailable', `${fn}: database unreachable (${e.code})`, {
+          cause: err,
+        });
       throw mapDbError(fn, e, err);
     }
   };

@@ -12,10 +12,12 @@ export const FN_NAME = /^[a-z_][a-z0-9_]*$/;
 export const ARG_NAME = /^p_[a-z0-9_]+$/;
 
 export const checkCall = (fn: string, args: Readonly<Record<string, unknown>>): [string, unknown][] => {
-  if (!FN_NAME.test(fn)) throw new OrchestratorError('internal', `rpc: bad function name ${JSON.stringify(fn)}`);
+  if (!FN_NAME.test(fn))
+    throw new OrchestratorError('internal', `rpc: bad function name ${JSON.stringify(fn)}`);
   const entries = Object.entries(args).filter(([, v]) => v !== undefined);
   for (const [k] of entries)
-    if (!ARG_NAME.test(k)) throw new OrchestratorError('internal', `rpc ${fn}: bad argument name ${JSON.stringify(k)}`);
+    if (!ARG_NAME.test(k))
+      throw new OrchestratorError('internal', `rpc ${fn}: bad argument name ${JSON.stringify(k)}`);
   return entries;
 };
 
@@ -38,7 +40,11 @@ const SQLSTATE_CODES: Readonly<Record<string, ErrorCode>> = {
  * `message`) to an OrchestratorError. Only the message is kept: Postgres puts values into
  * `detail` ("Key (name)=(…) already exists"), and a value may be a secret.
  */
-export const mapDbError = (fn: string, err: { code?: unknown; message?: unknown }, cause?: unknown): OrchestratorError => {
+export const mapDbError = (
+  fn: string,
+  err: { code?: unknown; message?: unknown },
+  cause?: unknown,
+): OrchestratorError => {
   const sqlstate = typeof err.code === 'string' ? err.code : '';
   const message = typeof err.message === 'string' ? err.message : 'database error';
   let code: ErrorCode = SQLSTATE_CODES[sqlstate] ?? 'db_error';

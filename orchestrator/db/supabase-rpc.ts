@@ -8,7 +8,11 @@ import { checkCall, mapDbError, type Rpc } from './rpc';
  * `service_role` (a legacy service-role JWT or an `sb_secret_…` key); with any other key the
  * secret functions refuse to run.
  */
-export const makeSupabaseRpc = (opts: { url: string; serviceRoleKey: string; fetch?: typeof fetch }): { rpc: Rpc } => {
+export const makeSupabaseRpc = (opts: {
+  url: string;
+  serviceRoleKey: string;
+  fetch?: typeof fetch;
+}): { rpc: Rpc } => {
   const client = createClient(opts.url, opts.serviceRoleKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     db: { schema: 'public' },

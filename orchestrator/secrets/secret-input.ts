@@ -8,7 +8,6 @@ import { Secret } from '../secret';
  */
 export const ENV_VAR_NAME = /^[A-Z_][A-Z0-9_]*$/;
 export const MAX_SECRET_LENGTH = 4096;
-// eslint-disable-next-line no-control-regex
 const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
 
 export const uuid = z.uuid({ error: 'must be a UUID' });
@@ -16,8 +15,14 @@ export const envVarName = z
   .string()
   .max(200, 'must be at most 200 characters')
   .regex(ENV_VAR_NAME, 'must match ^[A-Z_][A-Z0-9_]*$');
-export const secretName = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
-export const secretProvider = z.enum(['anthropic', 'openai', 'other'], { error: 'must be one of anthropic, openai, other' });
+export const secretName = z
+  .string()
+  .trim()
+  .min(1, 'must not be empty')
+  .max(200, 'must be at most 200 characters');
+export const secretProvider = z.enum(['anthropic', 'openai', 'other'], {
+  error: 'must be one of anthropic, openai, other',
+});
 
 export interface AuditContext {
   readonly actor?: string;
@@ -48,7 +53,8 @@ export const checkSecretValue = (field: string, value: Secret): string => {
   if (!(value instanceof Secret)) throw invalidInput(field, 'must be passed as a Secret');
   const v = value.reveal();
   if (v.length === 0) throw invalidInput(field, 'must not be empty');
-  if (v.length > MAX_SECRET_LENGTH) throw invalidInput(field, `must be at most ${MAX_SECRET_LENGTH} characters`);
+  if (v.length > MAX_SECRET_LENGTH)
+    throw invalidInput(field, `must be at most ${MAX_SECRET_LENGTH} characters`);
   if (CONTROL_CHARS.test(v)) throw invalidInput(field, 'must not contain control characters');
   return v;
 };

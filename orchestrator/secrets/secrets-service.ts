@@ -27,7 +27,10 @@ export interface BoundSecret {
   readonly value: Secret;
 }
 
-export type ReadResult = { readonly status: 'ok'; readonly secrets: BoundSecret[] } | { readonly status: 'denied'; readonly reason: string };
+/** `denied`: entitlement refused; `error`: a vault row missing or undecryptable. Both audited, neither holds a value. */
+export type ReadResult =
+  | { readonly status: 'ok'; readonly secrets: BoundSecret[] }
+  | { readonly status: 'denied' | 'error'; readonly reason: string };
 
 export interface AuditVerification {
   readonly ok: boolean;
@@ -81,7 +84,9 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
   const addVersion = async (secretId: string, value: Secret, ctx?: AuditContext): Promise<SecretMetadata> => {
     const id = parseInput(uuid, secretId, 'secret_id');
     const plain = checkSecretValue('value', value);
-    return toMeta(await rpc<MetaRow>('secrets__add_version', { p_secret_id: id, p_value: plain, ...auditArgs(ctx) }));
+    return toMeta(
+      await rpc<MetaRow>('secrets__add_version', { p_secret_id: id, p_value: plain, ...auditArgs(ctx) }),
+    );
   };
 
   const retireVersion = async (secretId: string, version: number, ctx?: AuditContext): Promise<void> => {
@@ -94,7 +99,12 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     await rpc('secrets__revoke', { p_secret_id: parseInput(uuid, secretId, 'secret_id'), ...auditArgs(ctx) });
   };
 
-  const bind = async (deploymentId: string, envVar: string, secretId: string, ctx?: AuditContext): Promise<void> => {
+  const bind = async (
+    deploymentId: string,
+    envVar: string,
+    secretId: string,
+    ctx?: AuditContext,
+  ): Promise<void> => {
     await rpc('deployment_secrets__bind', {
       p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
       p_env_var: parseInput(envVarName, envVar, 'env_var'),
@@ -122,25 +132,37 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     const { secretIds, ...ctx } = opts;
     const r = await rpc<
       | { status: 'ok'; secrets: { env_var: string; secret_id: string; version: number; value: string }[] }
-      | { status: 'denied'; reason: string }
+      | { status: 'denied' | 'error'; reason: string }
     >('deployment_secrets__read', {
       p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
       p_secret_ids: secretIds === undefined ? undefined : parseInput(z.array(uuid), secretIds, 'secret_ids'),
       ...auditArgs(ctx),
     });
-    if (r.status === 'denied') return { status: 'denied', reason: r.reason };
-    if (r.status !== 'ok') throw new OrchestratorError('internal', 'deployment_secrets__read: unexpected result shape');
+    if (r.status === 'denied' || r.status === 'error') return { status: r.status, reason: r.reason };
+    if (r.status !== 'ok')
+      throw new OrchestratorError('internal', 'deployment_secrets__read: unexpected result shape');
     return {
       status: 'ok',
-      secrets: r.secrets.map((s) => ({ envVar: s.env_var, secretId: s.secret_id, version: s.version, value: new Secret(s.value) })),
+      secrets: r.secrets.map((s) => ({
+        envVar: s.env_var,
+        secretId: s.secret_id,
+        version: s.version,
+        value: new Secret(s.value),
+      })),
     };
   };
 
   /** Like readForDeployment, but a denial is an error (`secret_denied`, never retried). */
-  const readForDeploymentOrThrow = async (deploymentId: string, opts: { secretIds?: string[] } & AuditContext = {}) => {
+  const readForDeploymentOrThrow = async (
+    deploymentId: string,
+    opts: { secretIds?: string[] } & AuditContext = {},
+  ): Promise<BoundSecret[]> => {
     const r = await readForDeployment(deploymentId, opts);
-    if (r.status === 'denied') throw new OrchestratorError('secret_denied', `deployment ${deploymentId}: ${r.reason}`);
-    return r.secrets;
+    if (r.status === 'ok') return r.secrets;
+    throw new OrchestratorError(
+      r.status === 'denied' ? 'secret_denied' : 'db_error',
+      `deployment ${deploymentId}: ${r.reason}`,
+    );
   };
 
   const deleteForDeployment = async (deploymentId: string, ctx?: AuditContext): Promise<number> => {
@@ -152,14 +174,34 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
   };
 
   const verifyAuditLog = async (orgId?: string): Promise<AuditVerification> => {
-    const r = await rpc<{ ok: boolean; rows_checked: number; first_bad_id: number | null; problem: AuditVerification['problem'] }>(
-      'secret_access_log__verify',
-      { p_org_id: orgId === undefined ? undefined : parseInput(uuid, orgId, 'org_id') },
-    );
-    return { ok: r.ok, rowsChecked: r.rows_checked, firstBadId: r.first_bad_id === null ? null : Number(r.first_bad_id), problem: r.problem };
+    const r = await rpc<{
+      ok: boolean;
+      rows_checked: number;
+      first_bad_id: number | null;
+      problem: AuditVerification['problem'];
+    }>('secret_access_log__verify', {
+      p_org_id: orgId === undefined ? undefined : parseInput(uuid, orgId, 'org_id'),
+    });
+    return {
+      ok: r.ok,
+      rowsChecked: r.rows_checked,
+      firstBadId: r.first_bad_id === null ? null : Number(r.first_bad_id),
+      problem: r.problem,
+    };
   };
 
-  return { create, addVersion, retireVersion, revoke, bind, unbind, readForDeployment, readForDeploymentOrThrow, deleteForDeployment, verifyAuditLog };
+  return {
+    create,
+    addVersion,
+    retireVersion,
+    revoke,
+    bind,
+    unbind,
+    readForDeployment,
+    readForDeploymentOrThrow,
+    deleteForDeployment,
+    verifyAuditLog,
+  };
 };
 
 export type SecretsService = ReturnType<typeof makeSecretsService>;

@@ -32,7 +32,8 @@ afterAll(async () => {
 });
 
 const supabaseWith = (role: string): Rpc =>
-  makeSupabaseRpc({ url: standIn.url, serviceRoleKey: signJwt({ role, iss: 'supabase-test' }, jwtSecret) }).rpc;
+  makeSupabaseRpc({ url: standIn.url, serviceRoleKey: signJwt({ role, iss: 'supabase-test' }, jwtSecret) })
+    .rpc;
 
 const adapters: [string, () => Rpc][] = [
   ['postgres', () => pg.rpc],
@@ -57,9 +58,17 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const secrets = makeSecretsService({ rpc });
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
     const key = canary('anthropic');
-    const ctx = { actor: 'test:contract', jobId: `job-${randomUUID()}`, requestIp: '203.0.113.7', userAgent: 'jest' };
+    const ctx = {
+      actor: 'test:contract',
+      jobId: `job-${randomUUID()}`,
+      requestIp: '203.0.113.7',
+      userAgent: 'jest',
+    };
 
-    const meta = await secrets.create({ orgId, name: 'Anthropic', provider: 'anthropic', value: new Secret(key) }, ctx);
+    const meta = await secrets.create(
+      { orgId, name: 'Anthropic', provider: 'anthropic', value: new Secret(key) },
+      ctx,
+    );
     expect(meta.version).toBe(1);
     expect(meta.fingerprint).toBe(sha256(key));
     expect(meta.displayPrefix.endsWith(key.slice(-4))).toBe(true);
@@ -69,13 +78,25 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const read = await secrets.readForDeployment(deploymentId, ctx);
     expect(read.status).toBe('ok');
     if (read.status !== 'ok') return;
-    expect(read.secrets.map((s) => [s.envVar, s.secretId, s.version])).toEqual([['ANTHROPIC_API_KEY', meta.secretId, 1]]);
+    expect(read.secrets.map((s) => [s.envVar, s.secretId, s.version])).toEqual([
+      ['ANTHROPIC_API_KEY', meta.secretId, 1],
+    ]);
     expect(read.secrets[0]?.value.reveal()).toBe(key);
 
     const rows = await auditRows(admin, { secretId: meta.secretId });
-    expect(rows.map((r) => `${r.operation}/${r.outcome}`)).toEqual(['create/success', 'bind/success', 'read/success']);
+    expect(rows.map((r) => `${r.operation}/${r.outcome}`)).toEqual([
+      'create/success',
+      'bind/success',
+      'read/success',
+    ]);
     const readRow = rows[2];
-    expect(readRow).toMatchObject({ deployment_id: deploymentId, org_id: orgId, version: 1, actor: ctx.actor, job_id: ctx.jobId });
+    expect(readRow).toMatchObject({
+      deployment_id: deploymentId,
+      org_id: orgId,
+      version: 1,
+      actor: ctx.actor,
+      job_id: ctx.jobId,
+    });
     expect(readRow?.request_ip).toBe('203.0.113.7');
     expect(readRow?.user_agent).toBe('jest');
     expect(JSON.stringify(rows)).not.toContain(key);
@@ -88,12 +109,25 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const b = await makeOrgWithDeployment(rpc);
     const keyA = canary('openai');
     const keyB = canary('openai');
-    const unbound = await secrets.create({ orgId: a.orgId, name: 'unbound', provider: 'openai', value: new Secret(keyA) });
-    const foreign = await secrets.create({ orgId: b.orgId, name: 'foreign', provider: 'openai', value: new Secret(keyB) });
+    const unbound = await secrets.create({
+      orgId: a.orgId,
+      name: 'unbound',
+      provider: 'openai',
+      value: new Secret(keyA),
+    });
+    const foreign = await secrets.create({
+      orgId: b.orgId,
+      name: 'foreign',
+      provider: 'openai',
+      value: new Secret(keyB),
+    });
     await secrets.bind(b.deploymentId, 'OPENAI_API_KEY', foreign.secretId);
 
     for (const secretId of [unbound.secretId, foreign.secretId]) {
-      const r = await secrets.readForDeployment(a.deploymentId, { secretIds: [secretId], actor: 'test:deny' });
+      const r = await secrets.readForDeployment(a.deploymentId, {
+        secretIds: [secretId],
+        actor: 'test:deny',
+      });
       expect(r.status).toBe('denied');
       expect(JSON.stringify(r)).not.toContain(keyA);
       expect(JSON.stringify(r)).not.toContain(keyB);
@@ -103,11 +137,15 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
       expect(denied.map((row) => row.outcome)).toEqual(['denied']);
       expect(denied[0]?.actor).toBe('test:deny');
     }
-    await expect(secrets.readForDeploymentOrThrow(a.deploymentId, { secretIds: [foreign.secretId] })).rejects.toMatchObject({
+    await expect(
+      secrets.readForDeploymentOrThrow(a.deploymentId, { secretIds: [foreign.secretId] }),
+    ).rejects.toMatchObject({
       code: 'secret_denied',
     });
     // Binding another org's secret is refused outright.
-    expect((await caught(secrets.bind(a.deploymentId, 'OPENAI_API_KEY', foreign.secretId))).code).not.toBe('internal');
+    expect((await caught(secrets.bind(a.deploymentId, 'OPENAI_API_KEY', foreign.secretId))).code).not.toBe(
+      'internal',
+    );
   });
 
   it('rotates: a new version is read next, the old one can be retired, the current one cannot', async () => {
@@ -135,11 +173,39 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const key = canary();
     const calls: [Promise<unknown>, string][] = [
       [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: '' }), 'value'],
-      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: `${key}\u0007` }), 'value'],
-      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: key.repeat(200) }), 'value'],
+      [
+        rpc('secrets__create', {
+          p_org_id: orgId,
+          p_name: 'x',
+          p_provider: 'other',
+          p_value: `${key}\u0007`,
+        }),
+        'value',
+      ],
+      [
+        rpc('secrets__create', {
+          p_org_id: orgId,
+          p_name: 'x',
+          p_provider: 'other',
+          p_value: key.repeat(200),
+        }),
+        'value',
+      ],
     ];
-    const ok = await rpc<{ secret_id: string }>('secrets__create', { p_org_id: orgId, p_name: 'ok', p_provider: 'other', p_value: key });
-    calls.push([rpc('deployment_secrets__bind', { p_deployment_id: deploymentId, p_env_var: 'not-valid', p_secret_id: ok.secret_id }), 'env_var']);
+    const ok = await rpc<{ secret_id: string }>('secrets__create', {
+      p_org_id: orgId,
+      p_name: 'ok',
+      p_provider: 'other',
+      p_value: key,
+    });
+    calls.push([
+      rpc('deployment_secrets__bind', {
+        p_deployment_id: deploymentId,
+        p_env_var: 'not-valid',
+        p_secret_id: ok.secret_id,
+      }),
+      'env_var',
+    ]);
     for (const [call, field] of calls) {
       const err = await caught(call);
       expect(err.code).toBe('invalid_input');
@@ -152,15 +218,25 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const rpc = getRpc();
     const secrets = makeSecretsService({ rpc });
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
-    const meta = await secrets.create({ orgId, deploymentId, name: 'scoped', provider: 'other', value: new Secret(canary()) });
+    const meta = await secrets.create({
+      orgId,
+      deploymentId,
+      name: 'scoped',
+      provider: 'other',
+      value: new Secret(canary()),
+    });
     await secrets.bind(deploymentId, 'AGENT_KEY', meta.secretId);
     expect(await secrets.deleteForDeployment(deploymentId, { actor: 'test:teardown' })).toBe(1);
     expect(await secrets.deleteForDeployment(deploymentId)).toBe(0);
-    expect((await secrets.readForDeployment(deploymentId, { secretIds: [meta.secretId] })).status).toBe('denied');
+    expect((await secrets.readForDeployment(deploymentId, { secretIds: [meta.secretId] })).status).toBe(
+      'denied',
+    );
     const del = (await auditRows(admin, { secretId: meta.secretId })).filter((r) => r.operation === 'delete');
     expect(del).toHaveLength(1);
     expect(del[0]).toMatchObject({ outcome: 'success', actor: 'test:teardown' });
-    const gone = await admin.query(`select count(*)::int as n from vault.secrets where name like $1`, [`%${meta.secretId}%`]);
+    const gone = await admin.query(`select count(*)::int as n from vault.secrets where name like $1`, [
+      `%${meta.secretId}%`,
+    ]);
     expect(gone.rows[0]).toEqual({ n: 0 });
   });
 
@@ -182,7 +258,10 @@ describe('the supabase-js adapter under non-service roles', () => {
   });
 
   it('a key signed with another secret is refused before any SQL runs', async () => {
-    const rpc = makeSupabaseRpc({ url: standIn.url, serviceRoleKey: signJwt({ role: 'service_role' }, 'not-the-secret-'.repeat(3)) }).rpc;
+    const rpc = makeSupabaseRpc({
+      url: standIn.url,
+      serviceRoleKey: signJwt({ role: 'service_role' }, 'not-the-secret-'.repeat(3)),
+    }).rpc;
     const err = await caught(rpc('organizations__create', { p_name: 'nope' }));
     expect(err.message).toMatch(/PGRST301/);
   });

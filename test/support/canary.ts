@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
  */
 export const canary = (provider: 'anthropic' | 'openai' | 'other' = 'anthropic'): string => {
   const body = randomBytes(24).toString('base64url');
-  const prefix = provider === 'anthropic' ? 'sk-ant-canary-' : provider === 'openai' ? 'sk-canary-' : 'canary-';
+  const prefix =
+    provider === 'anthropic' ? 'sk-ant-canary-' : provider === 'openai' ? 'sk-canary-' : 'canary-';
   return `${prefix}${body}`;
 };

@@ -37,7 +37,10 @@ export interface AuditRow {
   reason: string | null;
 }
 
-export const auditRows = async (pool: Pool, where: { deploymentId?: string; secretId?: string }): Promise<AuditRow[]> => {
+export const auditRows = async (
+  pool: Pool,
+  where: { deploymentId?: string; secretId?: string },
+): Promise<AuditRow[]> => {
   const r = await pool.query<AuditRow>(
     `select id::text, org_id, deployment_id, secret_id, version, operation, outcome, actor, job_id,
             host(request_ip) as request_ip, user_agent, reason

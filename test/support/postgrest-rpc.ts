@@ -80,22 +80,46 @@ export const startPostgrestStandIn = async (opts: {
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
-    const fn = /^\/rest\/v1\/rpc\/([a-z_][a-z0-9_]*)$/.exec(new URL(req.url ?? '/', 'http://x').pathname)?.[1];
-    if (req.method !== 'POST' || !fn) return send(res, 404, { code: 'PGRST125', message: 'Invalid path specified in request URL', details: null, hint: null });
+    const fn = /^\/rest\/v1\/rpc\/([a-z_][a-z0-9_]*)$/.exec(
+      new URL(req.url ?? '/', 'http://x').pathname,
+    )?.[1];
+    if (req.method !== 'POST' || !fn)
+      return send(res, 404, {
+        code: 'PGRST125',
+        message: 'Invalid path specified in request URL',
+        details: null,
+        hint: null,
+      });
     const who = roleOf(req);
-    if (!who) return send(res, 401, { code: 'PGRST301', message: 'JWT could not be decoded or is invalid', details: null, hint: null });
+    if (!who)
+      return send(res, 401, {
+        code: 'PGRST301',
+        message: 'JWT could not be decoded or is invalid',
+        details: null,
+        hint: null,
+      });
     let body: Record<string, unknown>;
     try {
       const text = await readBody(req);
       body = text ? (JSON.parse(text) as Record<string, unknown>) : {};
       if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new Error('not an object');
     } catch {
-      return send(res, 400, { code: 'PGRST102', message: 'Empty or invalid json', details: null, hint: null });
+      return send(res, 400, {
+        code: 'PGRST102',
+        message: 'Empty or invalid json',
+        details: null,
+        hint: null,
+      });
     }
     const client = await pool.connect();
     try {
       // The schema cache: which function in public has exactly these argument names.
-      const found = await client.query<{ names: string[] | null; types: string[]; nargs: number; ndefaults: number }>(
+      const found = await client.query<{
+        names: string[] | null;
+        types: string[];
+        nargs: number;
+        ndefaults: number;
+      }>(
         `select p.proargnames as names,
                 array(select format_type(t, null) from unnest(p.proargtypes::oid[]) t) as types,
                 p.pronargs as nargs, p.pronargdefaults as ndefaults
@@ -133,7 +157,12 @@ export const startPostgrestStandIn = async (opts: {
         await client.query('rollback');
         const e = err as { code?: string; message?: string; detail?: string; hint?: string };
         const code = e.code ?? 'XX000';
-        return send(res, httpStatus(code, who.role), { code, message: e.message ?? 'error', details: e.detail ?? null, hint: e.hint ?? null });
+        return send(res, httpStatus(code, who.role), {
+          code,
+          message: e.message ?? 'error',
+          details: e.detail ?? null,
+          hint: e.hint ?? null,
+        });
       }
     } finally {
       client.release();
@@ -141,7 +170,9 @@ export const startPostgrestStandIn = async (opts: {
   };
 
   const server: Server = createServer((req, res) => {
-    handle(req, res).catch(() => send(res, 500, { code: 'XX000', message: 'stand-in failure', details: null, hint: null }));
+    handle(req, res).catch(() =>
+      send(res, 500, { code: 'XX000', message: 'stand-in failure', details: null, hint: null }),
+    );
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;

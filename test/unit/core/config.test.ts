@@ -36,10 +36,9 @@ describe('config', () => {
   });
 
   it('parses SSH CIDR lists and rejects a bad one by name', () => {
-    expect(loadConfig({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8, 2001:db8::/32' }).ORCHESTRATOR_SSH_CIDRS).toEqual([
-      '10.0.0.0/8',
-      '2001:db8::/32',
-    ]);
+    expect(
+      loadConfig({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8, 2001:db8::/32' }).ORCHESTRATOR_SSH_CIDRS,
+    ).toEqual(['10.0.0.0/8', '2001:db8::/32']);
     expect(failure({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8,nope' })).toContain('ORCHESTRATOR_SSH_CIDRS');
     expect(failure({ LOG_LEVEL: 'loud' })).toMatch(/LOG_LEVEL: must be one of/);
   });

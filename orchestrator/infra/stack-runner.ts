@@ -114,7 +114,11 @@ export const makeStackRunner = (deps: StackRunnerDeps): StackRunner => {
           ctl.signal.aborted && ctl.signal.reason instanceof OrchestratorError
             ? ctl.signal.reason
             : mapStackError(err, { stack, op });
-        log.warn({ code: mapped.code, ms: now() - started, err: mapped }, 'stack operation failed');
+        // The message, not the error: its cause holds the CLI's whole output.
+        log.warn(
+          { code: mapped.code, ms: now() - started, reason: mapped.message },
+          'stack operation failed',
+        );
         throw mapped;
       } finally {
         clearTimeout(timer);

@@ -1,6 +1,9 @@
 import hcloudPackage from '@pulumi/hcloud/package.json';
 import { loadConfig } from '../config';
+import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { isOrchestratorError } from '../errors';
+import { makeSecretsService } from '../secrets/secrets-service';
+import { formatAuditVerification, parseAuditVerifyArgs } from './audit-verify';
 import { defaultPulumiHome, formatDoctor, runDoctor, systemProbes, type DoctorProbes } from './doctor';
 
 /**
@@ -20,6 +23,20 @@ export interface CliCommand {
 }
 
 export const commands: Record<string, CliCommand> = {
+  'audit-verify': {
+    summary: 'verify the secret access log hash chain; names the first changed, removed or reordered row',
+    async run(args, ctx) {
+      const { orgId } = parseAuditVerifyArgs(args);
+      const db = makeRpcFromConfig(loadConfig(ctx.env));
+      try {
+        const v = await makeSecretsService({ rpc: db.rpc }).verifyAuditLog(orgId);
+        ctx.out(formatAuditVerification(v, orgId));
+        return v.ok ? 0 : 1;
+      } finally {
+        await db.close();
+      }
+    },
+  },
   doctor: {
     summary: 'check that the Pulumi CLI, the hcloud plugin and a Hetzner token are present',
     async run(_args, ctx) {

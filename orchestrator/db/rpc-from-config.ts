@@ -1,0 +1,17 @@
+import type { Config } from '../config';
+import { makePgRpc } from './pg-rpc';
+import type { Rpc } from './rpc';
+import { makeSupabaseRpc } from './supabase-rpc';
+
+/** For composition roots only: the rpc adapter the configuration names, and how to release it. */
+export const makeRpcFromConfig = (config: Config): { rpc: Rpc; close: () => Promise<void> } => {
+  if (config.RPC_ADAPTER === 'supabase') {
+    // The schema guarantees both are present for this adapter.
+    const { rpc } = makeSupabaseRpc({
+      url: config.SUPABASE_URL ?? '',
+      serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY ?? '',
+    });
+    return { rpc, close: async () => undefined };
+  }
+  return makePgRpc({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_SIZE });
+};

@@ -20,18 +20,16 @@ describe('logging never prints a secret', () => {
     const key = canary('anthropic');
     const out = capture();
     const log = makeLogger({ level: 'info' }, out.stream);
-    log
-      .child({ deploymentId: 'd1' })
-      .info(
-        {
-          job: {
-            secrets: [{ envVar: 'ANTHROPIC_API_KEY', value: new Secret(key) }],
-            extra: { nested: new Secret(key) },
-          },
+    log.child({ deploymentId: 'd1' }).info(
+      {
+        job: {
+          secrets: [{ envVar: 'ANTHROPIC_API_KEY', value: new Secret(key) }],
+          extra: { nested: new Secret(key) },
         },
-        'read %s',
-        new Secret(key),
-      );
+      },
+      'read %s',
+      new Secret(key),
+    );
     const text = out.text();
     expect(text).toContain('ANTHROPIC_API_KEY');
     expect(text).toContain('[REDACTED]');

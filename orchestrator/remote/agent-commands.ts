@@ -1,0 +1,66 @@
+import { invalidInput } from '../errors';
+
+/**
+ * Remote commands as data (argv arrays): the steps compose them, RemoteShell quotes and runs them,
+ * unit tests assert on them without SSH. Nothing here ever carries a secret.
+ */
+export type Argv = readonly string[];
+
+const UNIT = /^[a-zA-Z0-9@._-]+\.(service|socket|target|timer)$/;
+const ABS = /^\/[^\0]*$/;
+
+const unit = (name: string): string => {
+  if (!UNIT.test(name)) throw invalidInput('unit', 'must be a systemd unit name like cortex-agent.service');
+  return name;
+};
+const absPath = (p: string): string => {
+  if (!ABS.test(p) || p.split('/').includes('..'))
+    throw invalidInput('path', 'must be an absolute path without ..');
+  return p;
+};
+
+export const agentCommands = {
+  /** Blocks until cloud-init's first boot has finished (exit 0 = done, 1 = error, 2 = recoverable). */
+  cloudInitWait: (): Argv => ['cloud-init', 'status', '--wait'],
+  daemonReload: (): Argv => ['systemctl', 'daemon-reload'],
+  enable: (u: string): Argv => ['systemctl', 'enable', unit(u)],
+  restart: (u: string): Argv => ['systemctl', 'restart', unit(u)],
+  /** Picks up a new Caddyfile without dropping connections (Caddy's admin socket). */
+  reloadOrRestart: (u: string): Argv => ['systemctl', 'reload-or-restart', unit(u)],
+  isActive: (u: string): Argv => ['systemctl', 'is-active', '--quiet', unit(u)],
+  mainPid: (u: string): Argv => ['systemctl', 'show', '--property=MainPID', '--value', unit(u)],
+  /** NUL-separated `NAME=value` entries of a running process, read as root. */
+  processEnviron: (pid: number): Argv => {
+    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
+    return ['cat', `/proc/${pid}/environ`];
+  },
+  readFile: (p: string): Argv => ['cat', '--', absPath(p)],
+  /** `uid gid octal-mode type`, e.g. `0 0 600 regular file`. */
+  stat: (p: string): Argv => ['stat', '--format=%u %g %a %F', '--', absPath(p)],
+  /** One name per line, hidden files included. */
+  listDir: (p: string): Argv => ['ls', '-A1', '--', absPath(p)],
+  removeFile: (p: string): Argv => ['rm', '-f', '--', absPath(p)],
+} as const;
+
+/** Parse `systemctl show --value MainPID` output; 0 means "not running". */
+export const parseMainPid = (stdout: string): number => {
+  const n = Number(stdout.trim());
+  return Number.isInteger(n) && n >= 0 ? n : 0;
+};
+
+/** Split /proc/<pid>/environ bytes into name → value bytes (exact, no decoding). */
+export const parseEnviron = (raw: Buffer): Map<string, Buffer> => {
+  const out = new Map<string, Buffer>();
+  let start = 0;
+  for (let i = 0; i <= raw.length; i++) {
+    if (i === raw.length || raw[i] === 0) {
+      if (i > start) {
+        const entry = raw.subarray(start, i);
+        const eq = entry.indexOf(0x3d);
+        if (eq > 0) out.set(entry.subarray(0, eq).toString('utf8'), Buffer.from(entry.subarray(eq + 1)));
+      }
+      start = i + 1;
+    }
+  }
+  return out;
+};

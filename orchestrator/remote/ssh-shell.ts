@@ -1,0 +1,387 @@
+import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from 'ssh2';
+import { OrchestratorError, isOrchestratorError } from '../errors';
+import type { Logger } from '../log';
+import { Secret, isSecret } from '../secret';
+import { HOST_KEY_TYPE, fingerprintSha256, parsePublicKey, sameKeyBlob } from './host-keys';
+import { type AtomicWriteOptions, writeFileAtomicSftp } from './remote-file';
+import { quoteArgv } from './shell-quote';
+
+/** Options of one remote command. */
+export interface ExecOptions {
+  readonly signal?: AbortSignal;
+  /** Default: the shell's command timeout (SSH_COMMAND_TIMEOUT_MS). */
+  readonly timeoutMs?: number;
+  /** Bytes for the command's standard input; a Secret is revealed only onto the channel. */
+  readonly stdin?: Buffer | string | Secret;
+}
+
+export interface ExecResult {
+  /** Exit status; 128 + n when killed by signal n's name is known to OpenSSH, 255 when unknown. */
+  readonly code: number;
+  readonly signal?: string;
+  readonly stdout: Buffer;
+  readonly stderr: Buffer;
+}
+
+export interface WriteFileOptions extends AtomicWriteOptions {
+  readonly signal?: AbortSignal;
+  readonly timeoutMs?: number;
+}
+
+/**
+ * The port the provisioning steps use to act on an agent server. Commands are argv arrays (the
+ * adapter quotes them); files are replaced atomically and verified root:root with the requested
+ * mode (0600 by default) in a root:root directory (0700 by default).
+ */
+export interface RemoteShell {
+  exec(argv: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
+  writeFileAtomic(path: string, content: Buffer | Secret, opts?: WriteFileOptions): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface SshTarget {
+  readonly host: string;
+  readonly port?: number;
+  /** The pinned host key, `ssh-ed25519 AAAA…`; any other key fails the handshake. */
+  readonly hostPublicKey: string;
+}
+
+export interface SshConnectOptions {
+  readonly privateKey: Secret;
+  readonly connectTimeoutMs: number;
+  readonly commandTimeoutMs: number;
+  readonly username?: string;
+  readonly signal?: AbortSignal;
+  readonly log?: Logger;
+}
+
+const MAX_OUTPUT_BYTES = 16 * 1024 * 1024;
+const SIGNALS: Record<string, number> = {
+  HUP: 1,
+  INT: 2,
+  QUIT: 3,
+  ABRT: 6,
+  KILL: 9,
+  SEGV: 11,
+  PIPE: 13,
+  ALRM: 14,
+  TERM: 15,
+};
+
+const where = (t: SshTarget): string => `${t.host}:${t.port ?? 22}`;
+
+const abortError = (what: string): OrchestratorError =>
+  new OrchestratorError('aborted', `${what} was aborted`);
+
+/** Map an ssh2/socket error to the orchestrator's codes (retry semantics live in the code). */
+const toSshError = (err: unknown, target: SshTarget, mismatch: string | undefined): OrchestratorError => {
+  if (isOrchestratorError(err)) return err;
+  const e = err as { level?: string; code?: string; message?: string };
+  const pinned = fingerprintSha256(target.hostPublicKey);
+  if (mismatch !== undefined || /no matching host key format/.test(e.message ?? ''))
+    return new OrchestratorError(
+      'ssh_host_key_mismatch',
+      `${where(target)} presented host key ${mismatch ?? '(not ssh-ed25519)'}, but ${pinned} is pinned; refusing to connect`,
+      { cause: err },
+    );
+  if (e.level === 'client-authentication')
+    return new OrchestratorError(
+      'ssh_auth_failed',
+      `${where(target)} refused the orchestrator's key for root`,
+      { cause: err },
+    );
+  if (e.level === 'client-timeout')
+    return new OrchestratorError('ssh_timeout', `${where(target)}: SSH handshake timed out`, { cause: err });
+  return new OrchestratorError(
+    'ssh_connect_failed',
+    `${where(target)}: ${e.code ?? e.message ?? 'connection failed'}`,
+    {
+      cause: err,
+    },
+  );
+};
+
+/**
+ * Run `fn` against a deadline and a signal; `onCancel` tears the operation down (closes a channel)
+ * so nothing keeps running after we gave up on it.
+ */
+const bounded = <T>(
+  what: string,
+  timeoutMs: number,
+  signal: AbortSignal | undefined,
+  onCancel: () => void,
+  fn: () => Promise<T>,
+): Promise<T> => {
+  if (signal?.aborted) return Promise.reject(abortError(what));
+  return new Promise<T>((resolve, reject) => {
+    let done = false;
+    const finish = (f: () => void): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      f();
+    };
+    const onAbort = (): void => finish(() => (onCancel(), reject(abortError(what))));
+    const timer = setTimeout(
+      () =>
+        finish(
+          () => (
+            onCancel(),
+            reject(new OrchestratorError('ssh_timeout', `${what} did not finish within ${timeoutMs} ms`))
+          ),
+        ),
+      timeoutMs,
+    );
+    signal?.addEventListener('abort', onAbort, { once: true });
+    fn().then(
+      (v) => finish(() => resolve(v)),
+      (err: unknown) => finish(() => reject(err)),
+    );
+  });
+};
+
+/** Connect as root with the orchestrator key, verifying the host key against the pinned one. */
+export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<RemoteShell> => {
+  const pinned = parsePublicKey(target.hostPublicKey);
+  const client = new Client();
+  let mismatch: string | undefined;
+  let closed = false;
+  const pending = new Set<(err: Error) => void>();
+
+  client.on('close', () => {
+    closed = true;
+    const err = new OrchestratorError('ssh_connect_failed', `${where(target)}: connection closed`);
+    for (const reject of pending) reject(err);
+    pending.clear();
+  });
+  // After the handshake, errors surface through 'close' on the pending operations.
+  client.on('error', () => undefined);
+
+  const config: ConnectConfig = {
+    host: target.host,
+    port: target.port ?? 22,
+    username: opts.username ?? 'root',
+    privateKey: opts.privateKey.reveal(),
+    readyTimeout: opts.connectTimeoutMs,
+    keepaliveInterval: 15_000,
+    keepaliveCountMax: 3,
+    algorithms: { serverHostKey: [HOST_KEY_TYPE] },
+    // Raw key blob (no hostHash): compare the whole key, not a fingerprint of it.
+    hostVerifier: (key: Buffer): boolean => {
+      if (sameKeyBlob(key, pinned.blob)) return true;
+      mismatch = fingerprintSha256(key);
+      return false;
+    },
+  };
+
+  const connected = bounded(
+    `SSH connect to ${where(target)}`,
+    opts.connectTimeoutMs + 1_000,
+    opts.signal,
+    () => client.destroy(),
+    () =>
+      new Promise<void>((resolve, reject) => {
+        client.once('ready', () => resolve());
+        client.once('error', (err) => reject(toSshError(err, target, mismatch)));
+        client.once('close', () =>
+          reject(toSshError(new Error('connection closed during handshake'), target, mismatch)),
+        );
+        client.connect(config);
+      }),
+  );
+
+  /** Track an operation so a dropped connection rejects it instead of leaving it hanging. */
+  const tracked = <T>(fn: (reject: (err: Error) => void) => Promise<T>): Promise<T> => {
+    if (closed)
+      return Promise.reject(
+        new OrchestratorError('ssh_connect_failed', `${where(target)}: connection closed`),
+      );
+    let rej: (err: Error) => void = () => undefined;
+    const dropped = new Promise<never>((_, reject) => {
+      rej = reject;
+      pending.add(reject);
+    });
+    return Promise.race([fn(rej), dropped]).finally(() => pending.delete(rej));
+  };
+
+  const exec = (argv: readonly string[], eo: ExecOptions = {}): Promise<ExecResult> => {
+    const command = quoteArgv(argv);
+    let channel: ClientChannel | undefined;
+    return tracked(() =>
+      bounded(
+        `remote command ${argv[0] ?? ''}`,
+        eo.timeoutMs ?? opts.commandTimeoutMs,
+        eo.signal,
+        () => channel?.close(),
+        () =>
+          new Promise<ExecResult>((resolve, reject) => {
+            client.exec(command, (err, stream) => {
+              if (err)
+                return reject(
+                  new OrchestratorError('ssh_connect_failed', `${where(target)}: ${err.message}`, {
+                    cause: err,
+                  }),
+                );
+              channel = stream;
+              const out: Buffer[] = [];
+              const errOut: Buffer[] = [];
+              let size = 0;
+              let code = 255;
+              let sig: string | undefined;
+              const collect = (into: Buffer[]) => (d: Buffer) => {
+                size += d.length;
+                if (size > MAX_OUTPUT_BYTES) {
+                  stream.close();
+                  reject(
+                    new OrchestratorError(
+                      'remote_command_failed',
+                      `${argv[0] ?? ''}: output exceeds ${MAX_OUTPUT_BYTES} bytes`,
+                    ),
+                  );
+                } else into.push(d);
+              };
+              stream.on('data', collect(out));
+              stream.stderr.on('data', collect(errOut));
+              stream.on('exit', (c: number | null, signalName?: string) => {
+                if (typeof c === 'number') code = c;
+                else if (signalName) {
+                  sig = signalName;
+                  code = 128 + (SIGNALS[signalName] ?? 127);
+                }
+              });
+              stream.on('close', () =>
+                resolve({
+                  code,
+                  stdout: Buffer.concat(out),
+                  stderr: Buffer.concat(errOut),
+                  ...(sig ? { signal: sig } : {}),
+                }),
+              );
+              if (eo.stdin === undefined) stream.end();
+              else {
+                const buf = isSecret(eo.stdin)
+                  ? Buffer.from(eo.stdin.reveal(), 'utf8')
+                  : Buffer.from(eo.stdin);
+                stream.end(buf);
+              }
+            });
+          }),
+      ),
+    );
+  };
+
+  const writeFileAtomic = (
+    path: string,
+    content: Buffer | Secret,
+    wo: WriteFileOptions = {},
+  ): Promise<void> => {
+    let sftp: SFTPWrapper | undefined;
+    return tracked(() =>
+      bounded(
+        `atomic write of ${path}`,
+        wo.timeoutMs ?? opts.commandTimeoutMs,
+        wo.signal,
+        () => sftp?.end(),
+        async () => {
+          sftp = await new Promise<SFTPWrapper>((resolve, reject) =>
+            client.sftp((err, s) =>
+              err
+                ? reject(new OrchestratorError('ssh_connect_failed', err.message, { cause: err }))
+                : resolve(s),
+            ),
+          );
+          const buf = isSecret(content) ? Buffer.from(content.reveal(), 'utf8') : content;
+          try {
+            const { removedTemps } = await writeFileAtomicSftp(sftp, path, buf, wo);
+            if (removedTemps.length > 0)
+              opts.log?.warn({ path, removedTemps }, 'removed temp files of an interrupted write');
+          } finally {
+            if (isSecret(content)) buf.fill(0);
+            sftp.end();
+          }
+        },
+      ),
+    );
+  };
+
+  const close = (): Promise<void> =>
+    new Promise<void>((resolve) => {
+      if (closed) return resolve();
+      client.once('close', () => resolve());
+      client.end();
+    });
+
+  return connected.then(
+    () => ({ exec, writeFileAtomic, close }) satisfies RemoteShell,
+    (err: unknown) => {
+      client.destroy();
+      throw err;
+    },
+  );
+};
+
+export interface WaitUntilReadyOptions extends SshConnectOptions {
+  /** Overall budget for the host to boot and accept the pinned key. */
+  readonly timeoutMs: number;
+  readonly intervalMs?: number;
+}
+
+/**
+ * Connect to a booting host: retries refused/reset connections, handshake timeouts and early
+ * authentication failures (sshd can answer a moment before cloud-init has installed the
+ * authorized key) until `timeoutMs`; never retries a host key mismatch or an abort.
+ */
+export const waitUntilReady = async (
+  target: SshTarget,
+  opts: WaitUntilReadyOptions,
+): Promise<RemoteShell> => {
+  const deadline = Date.now() + opts.timeoutMs;
+  let last: unknown;
+  for (let attempt = 1; ; attempt++) {
+    if (opts.signal?.aborted) throw abortError(`waiting for SSH on ${where(target)}`);
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    try {
+      return await connectSsh(target, {
+        ...opts,
+        connectTimeoutMs: Math.max(100, Math.min(opts.connectTimeoutMs, left)),
+      });
+    } catch (err) {
+      if (isOrchestratorError(err) && (err.code === 'ssh_host_key_mismatch' || err.code === 'aborted'))
+        throw err;
+      last = err;
+      opts.log?.debug(
+        { attempt, code: isOrchestratorError(err) ? err.code : undefined },
+        'SSH not ready yet',
+      );
+    }
+    const wait = Math.min(opts.intervalMs ?? 250, deadline - Date.now());
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+  const lastMsg = last instanceof Error ? last.message : 'no attempt finished';
+  throw new OrchestratorError(
+    'timeout',
+    `${where(target)} was not SSH-ready within ${opts.timeoutMs} ms (last: ${lastMsg})`,
+    {
+      cause: last,
+    },
+  );
+};
+
+/** Run a command and fail with `remote_command_failed` on a non-zero exit (stderr tail, no stdin). */
+export const run = async (
+  shell: RemoteShell,
+  argv: readonly string[],
+  opts?: ExecOptions,
+): Promise<ExecResult> => {
+  const r = await shell.exec(argv, opts);
+  if (r.code !== 0) {
+    const tail = r.stderr.toString('utf8').trim().slice(-500);
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `${argv.join(' ')} exited ${r.code}${tail ? `: ${tail}` : ''}`,
+    );
+  }
+  return r;
+};

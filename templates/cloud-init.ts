@@ -1,0 +1,157 @@
+import YAML from 'yaml';
+import { invalidInput } from '../orchestrator/errors';
+import { type HostKeyPair, parsePublicKey } from '../orchestrator/remote/host-keys';
+import { isSecret } from '../orchestrator/secret';
+import { CADDYFILE_PATH, type CaddyTls, renderCaddyfile } from './caddyfile';
+import { fillTemplate, loadTemplate } from './render';
+import type { RuntimeProfile } from './runtime-profiles';
+import { AGENT_UNIT_PATH, renderAgentUnit } from './systemd-unit';
+
+/**
+ * Cloud-init user data for an agent server, built as an object and serialized with `yaml` —
+ * the same document for Hetzner and for local hosts (NoCloud seed). It carries the host key the
+ * orchestrator generated (so the first SSH connection is already pinned) and the orchestrator's
+ * public key, and places only non-secret files. The metadata service serves this document to
+ * anything on the server, so it must never hold a customer secret: the builder accepts no field
+ * that could carry one and rejects unknown fields and Secret values at run time too.
+ */
+export type MetadataBlock = 'required' | 'best-effort';
+
+export interface ServerFile {
+  readonly path: string;
+  readonly content: string;
+  readonly permissions: '0644' | '0755';
+}
+
+export interface AgentServerFilesInput {
+  /** `<subdomain>.<zone>`: the Caddy site. */
+  readonly siteName: string;
+  readonly tls: CaddyTls;
+  readonly runtime: RuntimeProfile;
+  /** `required` in production; `best-effort` where the image may lack nft/iptables and there is no metadata service (local). */
+  readonly metadataBlock: MetadataBlock;
+  /** HTTPS port for Caddy; default 443. */
+  readonly httpsPort?: number;
+}
+
+export interface UserDataInput extends AgentServerFilesInput {
+  /** Host name label (the subdomain). */
+  readonly hostname: string;
+  readonly hostKey: HostKeyPair;
+  /** The orchestrator's OpenSSH public key, installed for root. */
+  readonly orchestratorPublicKey: string;
+  /** Install `packages` at first boot: only where the server can reach a package mirror. */
+  readonly installPackages: boolean;
+}
+
+export const SSHD_DROPIN_PATH = '/etc/ssh/sshd_config.d/10-cortex.conf';
+export const METADATA_BLOCK_SCRIPT_PATH = '/usr/local/sbin/cortex-block-metadata';
+export const METADATA_BLOCK_UNIT = 'cortex-metadata-block.service';
+export const ENV_DIR = '/etc/cortex';
+/** Packages every agent server needs (present in the local image; installed on Hetzner). */
+export const BASE_PACKAGES = ['caddy', 'nftables', 'openssh-server'] as const;
+
+const ALLOWED_INPUT_KEYS: ReadonlySet<string> = new Set([
+  'siteName',
+  'tls',
+  'runtime',
+  'metadataBlock',
+  'httpsPort',
+  'hostname',
+  'hostKey',
+  'orchestratorPublicKey',
+  'installPackages',
+]);
+const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** The non-secret files of an agent server: cloud-init places them at boot, the configure step rewrites them over SSH. */
+export const agentServerFiles = (input: AgentServerFilesInput): ServerFile[] => {
+  if (input.metadataBlock !== 'required' && input.metadataBlock !== 'best-effort')
+    throw invalidInput('metadataBlock', 'must be required or best-effort');
+  return [
+    { path: SSHD_DROPIN_PATH, content: loadTemplate('sshd-cortex.conf'), permissions: '0644' },
+    {
+      path: METADATA_BLOCK_SCRIPT_PATH,
+      content: loadTemplate('cortex-block-metadata.sh'),
+      permissions: '0755',
+    },
+    {
+      path: `/etc/systemd/system/${METADATA_BLOCK_UNIT}`,
+      content: fillTemplate(loadTemplate('cortex-metadata-block.service.tmpl'), {
+        requiredFlag: input.metadataBlock === 'required' ? ' --required' : '',
+      }),
+      permissions: '0644',
+    },
+    ...input.runtime.files,
+    { path: AGENT_UNIT_PATH, content: renderAgentUnit(input.runtime), permissions: '0644' },
+    {
+      path: CADDYFILE_PATH,
+      content: renderCaddyfile({
+        siteName: input.siteName,
+        agentPort: input.runtime.port,
+        tls: input.tls,
+        ...(input.httpsPort === undefined ? {} : { httpsPort: input.httpsPort }),
+      }),
+      permissions: '0644',
+    },
+  ];
+};
+
+const rejectForeignInput = (input: object): void => {
+  for (const [k, v] of Object.entries(input)) {
+    if (!ALLOWED_INPUT_KEYS.has(k))
+      throw invalidInput(k, 'is not accepted in user data (it must never carry a secret)');
+    if (isSecret(v))
+      throw invalidInput(k, 'must not be a Secret: user data is readable through the metadata service');
+  }
+};
+
+export const buildUserData = (input: UserDataInput): Record<string, unknown> => {
+  rejectForeignInput(input);
+  if (!LABEL.test(input.hostname)) throw invalidInput('hostname', 'must be a DNS label (a-z, 0-9, -)');
+  parsePublicKey(input.hostKey.publicKey, 'hostKey.publicKey');
+  const authorized = input.orchestratorPublicKey.trim();
+  if (!/^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/]+={0,2}$/.test(authorized))
+    throw invalidInput(
+      'orchestratorPublicKey',
+      'must be one OpenSSH public key line without options or comment',
+    );
+
+  const files = agentServerFiles(input);
+  const packages = [...new Set([...BASE_PACKAGES, ...input.runtime.packages])];
+  const runcmd: (readonly string[])[] = [
+    ['systemctl', 'daemon-reload'],
+    ['systemctl', 'enable', '--now', METADATA_BLOCK_UNIT],
+    ['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', ENV_DIR],
+    ...input.runtime.installCommands,
+    // sshd may have started before the drop-in was written; pick it up now.
+    ['systemctl', 'try-reload-or-restart', 'ssh.service'],
+    // Caddy and the agent are started by the provisioning `start` step, once the env file exists.
+  ];
+
+  return {
+    hostname: input.hostname,
+    // The host key we generated and pin. Given `ssh_keys`, cloud-init generates no other type
+    // (`ssh_genkeytypes: []` would be a schema error), and `ssh_deletekeys` removes any the image had.
+    ssh_deletekeys: true,
+    ssh_keys: { ed25519_private: input.hostKey.privateKey.reveal(), ed25519_public: input.hostKey.publicKey },
+    ssh_pwauth: false,
+    disable_root: false,
+    // Listing only root keeps cloud-init from creating the distribution's default user.
+    users: [{ name: 'root', lock_passwd: true }],
+    ssh_authorized_keys: [authorized],
+    write_files: files.map((f) => ({
+      path: f.path,
+      content: f.content,
+      owner: 'root:root',
+      permissions: f.permissions,
+      // Files a package may also ship (Caddyfile) are written after package installation.
+      ...(f.path === CADDYFILE_PATH ? { defer: true } : {}),
+    })),
+    ...(input.installPackages ? { package_update: true, packages } : {}),
+    runcmd,
+  };
+};
+
+export const renderUserData = (config: Record<string, unknown>): string =>
+  `#cloud-config\n${YAML.stringify(config, { lineWidth: 0, blockQuote: 'literal' })}`;

@@ -1,0 +1,190 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import YAML from 'yaml';
+import { isOrchestratorError } from '../../../orchestrator/errors';
+import { renderEnvFile } from '../../../orchestrator/remote/env-file';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
+import { Secret } from '../../../orchestrator/secret';
+import { CADDYFILE_PATH } from '../../../templates/caddyfile';
+import {
+  agentServerFiles,
+  buildUserData,
+  renderUserData,
+  type UserDataInput,
+} from '../../../templates/cloud-init';
+import { echoRuntime, openclawRuntime } from '../../../templates/runtime-profiles';
+import { AGENT_UNIT_PATH } from '../../../templates/systemd-unit';
+import { canary } from '../../support/canary';
+
+const orchestratorPub = generateHostKeyPair().publicKey;
+
+const localInput = (): UserDataInput => ({
+  hostname: 'a1b2',
+  siteName: 'a1b2.agents.localhost.test',
+  hostKey: generateHostKeyPair(),
+  orchestratorPublicKey: orchestratorPub,
+  tls: { mode: 'internal' },
+  runtime: echoRuntime(),
+  metadataBlock: 'best-effort',
+  installPackages: false,
+});
+const productionInput = (): UserDataInput => ({
+  ...localInput(),
+  siteName: 'a1b2.agents.example.com',
+  tls: { mode: 'acme', email: 'ops@example.com' },
+  runtime: openclawRuntime(),
+  metadataBlock: 'required',
+  installPackages: true,
+});
+
+const schema = (text: string) => {
+  const dir = mkdtempSync(join(tmpdir(), 'ci-'));
+  try {
+    writeFileSync(join(dir, 'user-data'), text);
+    const r = spawnSync('cloud-init', ['schema', '--config-file', join(dir, 'user-data')], {
+      encoding: 'utf8',
+    });
+    return { code: r.status, out: `${r.stdout}${r.stderr}` };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+};
+
+type Doc = {
+  ssh_keys: Record<string, string>;
+  ssh_authorized_keys: string[];
+  write_files: { path: string; content: string; owner: string; permissions: string; defer?: boolean }[];
+  runcmd: string[][];
+  users: unknown[];
+  packages?: string[];
+  [k: string]: unknown;
+};
+
+describe('cloud-init user data', () => {
+  it.each([
+    ['local', localInput],
+    ['production', productionInput],
+  ])('the %s document passes `cloud-init schema`', (_, make) => {
+    const text = renderUserData(buildUserData(make()));
+    expect(text.startsWith('#cloud-config\n')).toBe(true);
+    const r = schema(text);
+    expect(r.out).toMatch(/Valid cloud-config/);
+    expect(r.code).toBe(0);
+  });
+
+  it('the schema check is sharp: `users: []` is rejected', () => {
+    const doc = buildUserData(localInput());
+    expect(schema(renderUserData({ ...doc, users: [] })).code).not.toBe(0);
+  });
+
+  it('installs the pinned host key, deletes others, generates none, and lets only root in by key', () => {
+    const input = localInput();
+    const doc = YAML.parse(renderUserData(buildUserData(input))) as Doc;
+    expect(doc.ssh_keys).toEqual({
+      ed25519_private: input.hostKey.privateKey.reveal(),
+      ed25519_public: input.hostKey.publicKey,
+    });
+    expect(doc.ssh_deletekeys).toBe(true);
+    expect(doc).not.toHaveProperty('ssh_genkeytypes');
+    expect(doc.disable_root).toBe(false);
+    expect(doc.ssh_pwauth).toBe(false);
+    expect(doc.ssh_authorized_keys).toEqual([orchestratorPub]);
+    expect(doc.users).toEqual([{ name: 'root', lock_passwd: true }]);
+    const sshd =
+      doc.write_files.find((f) => f.path === '/etc/ssh/sshd_config.d/10-cortex.conf')?.content ?? '';
+    expect(sshd).toMatch(/^PermitRootLogin prohibit-password$/m);
+    expect(sshd).toMatch(/^PasswordAuthentication no$/m);
+  });
+
+  it('places exactly the non-secret server files, byte for byte, root-owned', () => {
+    const input = localInput();
+    const doc = YAML.parse(renderUserData(buildUserData(input))) as Doc;
+    const expected = agentServerFiles(input);
+    expect(doc.write_files.map((f) => f.path)).toEqual(expected.map((f) => f.path));
+    for (const f of expected) {
+      const placed = doc.write_files.find((w) => w.path === f.path);
+      expect(placed?.content).toBe(f.content);
+      expect(placed?.owner).toBe('root:root');
+      expect(placed?.permissions).toBe(f.permissions);
+    }
+    expect(doc.write_files.map((f) => f.path)).toEqual(
+      expect.arrayContaining([CADDYFILE_PATH, AGENT_UNIT_PATH]),
+    );
+    expect(doc.write_files.find((f) => f.path === CADDYFILE_PATH)?.defer).toBe(true);
+    expect(doc.write_files.some((f) => f.path.startsWith('/etc/cortex'))).toBe(false);
+  });
+
+  it('runcmd is argv lists: metadata block, the 0700 env directory, no agent start', () => {
+    const doc = buildUserData(localInput()) as Doc;
+    expect(doc.runcmd).toContainEqual(['systemctl', 'enable', '--now', 'cortex-metadata-block.service']);
+    expect(doc.runcmd).toContainEqual([
+      'install',
+      '-d',
+      '-m',
+      '0700',
+      '-o',
+      'root',
+      '-g',
+      'root',
+      '/etc/cortex',
+    ]);
+    expect(doc.runcmd.every((c) => Array.isArray(c))).toBe(true);
+    expect(JSON.stringify(doc.runcmd)).not.toContain('cortex-agent');
+  });
+
+  it('installs packages only where a mirror is reachable', () => {
+    expect(buildUserData(localInput())).not.toHaveProperty('packages');
+    const prod = buildUserData(productionInput()) as Doc;
+    expect(prod.packages).toEqual(expect.arrayContaining(['caddy', 'nftables', 'curl']));
+    expect(prod.package_update).toBe(true);
+    expect(prod.runcmd).toContainEqual(['/usr/local/lib/cortex/install-openclaw.sh', '2026.9.6']);
+  });
+
+  it('never contains a customer secret, even when one is handled in the same flow', () => {
+    const key = canary();
+    // The flow a provision runs: the env file is rendered (for SSH), the user data built beside it.
+    const env = renderEnvFile([{ name: 'ANTHROPIC_API_KEY', value: new Secret(key) }]);
+    expect(env.reveal()).toContain(key);
+    for (const make of [localInput, productionInput]) {
+      const text = renderUserData(buildUserData(make()));
+      expect(text).not.toContain(key);
+      expect(text).not.toContain(Buffer.from(key).toString('base64'));
+      expect(text).not.toContain('ANTHROPIC_API_KEY');
+    }
+  });
+
+  it('does not even accept a place to put one', () => {
+    const key = canary();
+    const withEnv = { ...localInput(), env: [{ name: 'ANTHROPIC_API_KEY', value: new Secret(key) }] };
+    const err = (() => {
+      try {
+        buildUserData(withEnv as UserDataInput);
+      } catch (e) {
+        return e;
+      }
+      return undefined;
+    })();
+    expect(isOrchestratorError(err) && err.code).toBe('invalid_input');
+    expect(isOrchestratorError(err) && err.field).toBe('env');
+    expect(() => buildUserData({ ...localInput(), hostname: new Secret(key) as unknown as string })).toThrow(
+      /Secret/,
+    );
+  });
+
+  it.each([
+    ['hostname', { hostname: 'Bad_Name' }],
+    ['orchestratorPublicKey', { orchestratorPublicKey: 'command="sh" ssh-ed25519 AAAA' }],
+    ['orchestratorPublicKey', { orchestratorPublicKey: `${orchestratorPub}\nssh-ed25519 AAAAother` }],
+    ['hostKey.publicKey', { hostKey: { privateKey: new Secret('x'), publicKey: 'ssh-rsa AAAA' } }],
+    ['metadataBlock', { metadataBlock: 'maybe' }],
+  ] as const)('rejects a bad %s', (field, patch) => {
+    try {
+      buildUserData({ ...localInput(), ...(patch as unknown as Partial<UserDataInput>) });
+      throw new Error('expected invalid_input');
+    } catch (err) {
+      expect(isOrchestratorError(err) && err.field).toBe(field);
+    }
+  });
+});

@@ -34,6 +34,11 @@ export const agentCommands = {
     if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
     return ['cat', `/proc/${pid}/environ`];
   },
+  /** NUL-separated argv of a running process (to tell an exec'd agent from the fork before exec). */
+  processCmdline: (pid: number): Argv => {
+    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
+    return ['cat', `/proc/${pid}/cmdline`];
+  },
   readFile: (p: string): Argv => ['cat', '--', absPath(p)],
   /** `uid gid octal-mode type`, e.g. `0 0 600 regular file`. */
   stat: (p: string): Argv => ['stat', '--format=%u %g %a %F', '--', absPath(p)],

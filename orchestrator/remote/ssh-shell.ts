@@ -208,66 +208,67 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
   const exec = (argv: readonly string[], eo: ExecOptions = {}): Promise<ExecResult> => {
     const command = quoteArgv(argv);
     let channel: ClientChannel | undefined;
-    return tracked(() =>
-      bounded(
-        `remote command ${argv[0] ?? ''}`,
-        eo.timeoutMs ?? opts.commandTimeoutMs,
-        eo.signal,
-        () => channel?.close(),
-        () =>
-          new Promise<ExecResult>((resolve, reject) => {
-            client.exec(command, (err, stream) => {
-              if (err)
-                return reject(
-                  new OrchestratorError('ssh_connect_failed', `${where(target)}: ${err.message}`, {
-                    cause: err,
+    return bounded(
+      `remote command ${argv[0] ?? ''}`,
+      eo.timeoutMs ?? opts.commandTimeoutMs,
+      eo.signal,
+      () => channel?.close(),
+      () =>
+        tracked(
+          () =>
+            new Promise<ExecResult>((resolve, reject) => {
+              client.exec(command, (err, stream) => {
+                if (err)
+                  return reject(
+                    new OrchestratorError('ssh_connect_failed', `${where(target)}: ${err.message}`, {
+                      cause: err,
+                    }),
+                  );
+                channel = stream;
+                const out: Buffer[] = [];
+                const errOut: Buffer[] = [];
+                let size = 0;
+                let code = 255;
+                let sig: string | undefined;
+                const collect = (into: Buffer[]) => (d: Buffer) => {
+                  size += d.length;
+                  if (size > MAX_OUTPUT_BYTES) {
+                    stream.close();
+                    reject(
+                      new OrchestratorError(
+                        'remote_command_failed',
+                        `${argv[0] ?? ''}: output exceeds ${MAX_OUTPUT_BYTES} bytes`,
+                      ),
+                    );
+                  } else into.push(d);
+                };
+                stream.on('data', collect(out));
+                stream.stderr.on('data', collect(errOut));
+                stream.on('exit', (c: number | null, signalName?: string) => {
+                  if (typeof c === 'number') code = c;
+                  else if (signalName) {
+                    sig = signalName;
+                    code = 128 + (SIGNALS[signalName] ?? 127);
+                  }
+                });
+                stream.on('close', () =>
+                  resolve({
+                    code,
+                    stdout: Buffer.concat(out),
+                    stderr: Buffer.concat(errOut),
+                    ...(sig ? { signal: sig } : {}),
                   }),
                 );
-              channel = stream;
-              const out: Buffer[] = [];
-              const errOut: Buffer[] = [];
-              let size = 0;
-              let code = 255;
-              let sig: string | undefined;
-              const collect = (into: Buffer[]) => (d: Buffer) => {
-                size += d.length;
-                if (size > MAX_OUTPUT_BYTES) {
-                  stream.close();
-                  reject(
-                    new OrchestratorError(
-                      'remote_command_failed',
-                      `${argv[0] ?? ''}: output exceeds ${MAX_OUTPUT_BYTES} bytes`,
-                    ),
-                  );
-                } else into.push(d);
-              };
-              stream.on('data', collect(out));
-              stream.stderr.on('data', collect(errOut));
-              stream.on('exit', (c: number | null, signalName?: string) => {
-                if (typeof c === 'number') code = c;
-                else if (signalName) {
-                  sig = signalName;
-                  code = 128 + (SIGNALS[signalName] ?? 127);
+                if (eo.stdin === undefined) stream.end();
+                else {
+                  const buf = isSecret(eo.stdin)
+                    ? Buffer.from(eo.stdin.reveal(), 'utf8')
+                    : Buffer.from(eo.stdin);
+                  stream.end(buf);
                 }
               });
-              stream.on('close', () =>
-                resolve({
-                  code,
-                  stdout: Buffer.concat(out),
-                  stderr: Buffer.concat(errOut),
-                  ...(sig ? { signal: sig } : {}),
-                }),
-              );
-              if (eo.stdin === undefined) stream.end();
-              else {
-                const buf = isSecret(eo.stdin)
-                  ? Buffer.from(eo.stdin.reveal(), 'utf8')
-                  : Buffer.from(eo.stdin);
-                stream.end(buf);
-              }
-            });
-          }),
-      ),
+            }),
+        ),
     );
   };
 
@@ -277,13 +278,13 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
     wo: WriteFileOptions = {},
   ): Promise<void> => {
     let sftp: SFTPWrapper | undefined;
-    return tracked(() =>
-      bounded(
-        `atomic write of ${path}`,
-        wo.timeoutMs ?? opts.commandTimeoutMs,
-        wo.signal,
-        () => sftp?.end(),
-        async () => {
+    return bounded(
+      `atomic write of ${path}`,
+      wo.timeoutMs ?? opts.commandTimeoutMs,
+      wo.signal,
+      () => sftp?.end(),
+      () =>
+        tracked(async () => {
           sftp = await new Promise<SFTPWrapper>((resolve, reject) =>
             client.sftp((err, s) =>
               err
@@ -300,8 +301,7 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
             if (isSecret(content)) buf.fill(0);
             sftp.end();
           }
-        },
-      ),
+        }),
     );
   };
 

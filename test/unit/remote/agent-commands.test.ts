@@ -29,6 +29,8 @@ describe('agent commands as data', () => {
 
   it('reads a process environment only for a real pid', () => {
     expect(agentCommands.processEnviron(1234)).toEqual(['cat', '/proc/1234/environ']);
+    expect(agentCommands.processCmdline(1234)).toEqual(['cat', '/proc/1234/cmdline']);
+    expect(() => agentCommands.processCmdline(-1)).toThrow(/pid/);
     expect(() => agentCommands.processEnviron(0)).toThrow(/pid/);
     expect(() => agentCommands.processEnviron(1.5)).toThrow(/pid/);
   });

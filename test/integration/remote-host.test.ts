@@ -1,0 +1,320 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { request } from 'node:https';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
+import { loadConfig } from '../../orchestrator/config';
+import { isOrchestratorError } from '../../orchestrator/errors';
+import type { HostDescription, HostProvider } from '../../orchestrator/infra/host-provider';
+import { ensureLocalImage } from '../../orchestrator/infra/local-image';
+import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
+import { agentCommands, parseEnviron, parseMainPid } from '../../orchestrator/remote/agent-commands';
+import { ENV_FILE_PATH, renderEnvFile, type EnvEntry } from '../../orchestrator/remote/env-file';
+import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
+import { rekeyHost } from '../../orchestrator/remote/rekey';
+import {
+  connectSsh,
+  run,
+  waitUntilReady,
+  type RemoteShell,
+  type SshTarget,
+} from '../../orchestrator/remote/ssh-shell';
+import { Secret } from '../../orchestrator/secret';
+import { caddyLocalRootCaPath } from '../../templates/caddyfile';
+import { buildUserData, renderUserData } from '../../templates/cloud-init';
+import { echoRuntime } from '../../templates/runtime-profiles';
+import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
+import { canary } from '../support/canary';
+
+/**
+ * The remote shell and the templates against a real local host (systemd-nspawn, booted by the
+ * `local` provider with the user data from templates/cloud-init.ts): pinned login, atomic 0600 env
+ * file, a connection cut mid-write, the agent's environment byte for byte through systemd's
+ * EnvironmentFile=, Caddy over verified HTTPS, and re-keying.
+ */
+jest.setTimeout(180_000);
+
+const { CORTEX_STATE_DIR: stateDir } = loadConfig(process.env);
+
+/** The issue's awkward characters: quotes, backslashes, $, #, = and spaces, and their neighbours. */
+const TRICKY: Record<string, string> = {
+  DOUBLE_QUOTES: 'say "hi" "',
+  SINGLE_QUOTES: "it's 'quoted'",
+  BACKSLASHES: 'C:\\path\\to\\ \\n \\\\ \\',
+  DOLLARS: '$HOME ${PATH} $(id) $$ $',
+  BACKTICKS: '`id` `',
+  HASHES: '#start # middle #',
+  EQUALS: '=a=b==',
+  SPACES: '  leading and trailing  ',
+  SEMICOLON: ';not a comment',
+  PERCENT: '%h %i %%',
+  UNICODE: 'ünïcødé ✓ 𝄞 日本',
+  EMPTY: '',
+  MIXED: `"'\\$#= \`x\` ; %n`,
+};
+
+const sha256 = (v: string): string => createHash('sha256').update(Buffer.from(v, 'utf8')).digest('hex');
+const text = async (shell: RemoteShell, argv: readonly string[]): Promise<string> =>
+  (await run(shell, argv)).stdout.toString('utf8');
+
+/** A TCP relay that can be cut once `cutAfter` bytes have gone upstream. */
+const relay = async (to: { host: string; port: number }, cutAfter: number) => {
+  const sockets = new Set<Socket>();
+  let upstreamBytes = 0;
+  let cut = false;
+  const server: Server = createServer((client) => {
+    const up = connect(to);
+    sockets.add(client).add(up);
+    client.on('data', (d: Buffer) => {
+      upstreamBytes += d.length;
+      if (upstreamBytes > cutAfter && !cut) {
+        cut = true;
+        for (const s of sockets) s.destroy();
+        return;
+      }
+      up.write(d);
+    });
+    up.on('data', (d: Buffer) => client.write(d));
+    for (const s of [client, up])
+      s.on('error', () => undefined).on('close', () => (client.destroy(), up.destroy()));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as AddressInfo).port,
+    wasCut: () => cut,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+};
+
+const httpsGet = (o: {
+  ip: string;
+  servername: string;
+  path: string;
+  ca?: string;
+}): Promise<{ status: number; body: string }> =>
+  new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: o.ip,
+        port: 443,
+        path: o.path,
+        servername: o.servername,
+        agent: false,
+        headers: { host: o.servername },
+        ...(o.ca ? { ca: o.ca } : {}),
+        timeout: 5_000,
+      },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+
+describe('remote shell and templates on a real local host', () => {
+  const orchestratorKey = generateHostKeyPair();
+  const hostKey = generateHostKeyPair();
+  const deploymentId = randomUUID();
+  const subdomain = `r-${deploymentId.slice(0, 8)}`;
+  const siteName = `${subdomain}.agents.localhost.test`;
+  const runtime = echoRuntime();
+  const sshOpts = {
+    privateKey: orchestratorKey.privateKey,
+    connectTimeoutMs: 5_000,
+    commandTimeoutMs: 60_000,
+  };
+  const customerKey = canary('anthropic');
+  const envEntries: EnvEntry[] = [
+    { name: 'ANTHROPIC_API_KEY', value: new Secret(customerKey) },
+    ...Object.entries(TRICKY).map(([name, v]) => ({ name, value: new Secret(v) })),
+  ];
+  const expected = new Map<string, string>([['ANTHROPIC_API_KEY', customerKey], ...Object.entries(TRICKY)]);
+
+  let provider: HostProvider;
+  let host: HostDescription;
+  let target: SshTarget;
+  let shell: RemoteShell;
+
+  beforeAll(async () => {
+    const image = await ensureLocalImage({ stateDir });
+    provider = makeLocalHostProvider({ stateDir, image: image.rootfs });
+    const userData = renderUserData(
+      buildUserData({
+        hostname: subdomain,
+        siteName,
+        hostKey,
+        orchestratorPublicKey: orchestratorKey.publicKey,
+        tls: { mode: 'internal' },
+        runtime,
+        // The base image has neither nft nor iptables, and a local host has no metadata service.
+        metadataBlock: 'best-effort',
+        installPackages: false,
+      }),
+    );
+    expect(userData).not.toContain(customerKey);
+    host = await provider.ensure({
+      deploymentId,
+      orgId: randomUUID(),
+      subdomain,
+      userData,
+      hostPublicKey: hostKey.publicKey,
+    });
+    target = { host: host.ipv4, hostPublicKey: host.hostPublicKey };
+    shell = await waitUntilReady(target, { ...sshOpts, timeoutMs: 60_000 });
+    // First boot done: write_files, users, ssh keys and runcmd applied.
+    await run(shell, agentCommands.cloudInitWait());
+  });
+
+  afterAll(async () => {
+    await shell?.close();
+    await provider?.destroy(deploymentId);
+  });
+
+  it('logs in as root with the pinned key; the host has only that key and no default user', async () => {
+    expect(host.hostPublicKey.trim()).toBe(hostKey.publicKey);
+    expect((await text(shell, ['id', '-u'])).trim()).toBe('0');
+    const keys = (await text(shell, ['sh', '-c', 'ls /etc/ssh | grep ^ssh_host_'])).trim().split('\n');
+    expect(keys.sort()).toEqual(['ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub']);
+    expect(
+      (await text(shell, ['cat', '/etc/ssh/ssh_host_ed25519_key.pub']))
+        .trim()
+        .split(' ')
+        .slice(0, 2)
+        .join(' '),
+    ).toBe(hostKey.publicKey);
+    expect((await shell.exec(['id', 'debian'])).code).not.toBe(0);
+    const sshd = await text(shell, ['sshd', '-T']);
+    expect(sshd).toMatch(/^permitrootlogin without-password$/m);
+    expect(sshd).toMatch(/^passwordauthentication no$/m);
+  });
+
+  it('refuses a wrong pinned key', async () => {
+    const err = await connectSsh(
+      { ...target, hostPublicKey: generateHostKeyPair().publicKey },
+      sshOpts,
+    ).catch((e: unknown) => e);
+    expect(isOrchestratorError(err) && err.code).toBe('ssh_host_key_mismatch');
+  });
+
+  it('writes the env file root:root 0600 in a root:root 0700 directory', async () => {
+    await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
+    expect((await text(shell, agentCommands.stat(ENV_FILE_PATH))).trim()).toBe('0 0 600 regular file');
+    expect((await text(shell, agentCommands.stat('/etc/cortex'))).trim()).toBe('0 0 700 directory');
+    expect(await text(shell, agentCommands.readFile(ENV_FILE_PATH))).toBe(renderEnvFile(envEntries).reveal());
+  });
+
+  it('a connection cut mid-write leaves the old file intact; the next write removes the temp file', async () => {
+    const before = (await run(shell, agentCommands.readFile(ENV_FILE_PATH))).stdout;
+    const r = await relay({ host: host.ipv4, port: 22 }, 1024 * 1024);
+    try {
+      const viaRelay = await connectSsh({ ...target, host: '127.0.0.1', port: r.port }, sshOpts);
+      const big = Buffer.alloc(8 * 1024 * 1024, 0x41);
+      const err = await viaRelay.writeFileAtomic(ENV_FILE_PATH, big).catch((e: unknown) => e);
+      expect(r.wasCut()).toBe(true);
+      expect(isOrchestratorError(err) && err.code).toBe('ssh_connect_failed');
+      await viaRelay.close();
+    } finally {
+      await r.close();
+    }
+    expect((await run(shell, agentCommands.readFile(ENV_FILE_PATH))).stdout.equals(before)).toBe(true);
+    const listing = (await text(shell, agentCommands.listDir('/etc/cortex'))).trim().split('\n');
+    // The cut really happened mid-write: a partial temp file is there, beside the untouched target.
+    expect(listing.some((f) => /^\.agent\.env\.tmp-[0-9a-f]{16}$/.test(f))).toBe(true);
+    await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
+    expect((await text(shell, agentCommands.listDir('/etc/cortex'))).trim().split('\n')).toEqual([
+      'agent.env',
+    ]);
+  });
+
+  it("the agent's environment holds exactly the bytes written (systemd EnvironmentFile= round trip)", async () => {
+    await run(shell, agentCommands.daemonReload());
+    await run(shell, agentCommands.restart(AGENT_UNIT_NAME));
+    // MainPID is set at fork; its environment is the agent's only once it has exec'd the runtime.
+    let pid = 0;
+    for (let i = 0; i < 100; i++) {
+      pid = parseMainPid(await text(shell, agentCommands.mainPid(AGENT_UNIT_NAME)));
+      const cmdline = pid > 1 ? (await shell.exec(agentCommands.processCmdline(pid))).stdout.toString() : '';
+      if (cmdline.includes('echo-agent.py')) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    expect(pid).toBeGreaterThan(1);
+    const environ = parseEnviron((await run(shell, agentCommands.processEnviron(pid))).stdout);
+    for (const [name, value] of expected)
+      expect({ name, bytes: environ.get(name)?.toString('hex') }).toEqual({
+        name,
+        bytes: Buffer.from(value, 'utf8').toString('hex'),
+      });
+    // It runs as an unprivileged dynamic user.
+    const uid = (await text(shell, ['stat', '--format=%u', `/proc/${pid}`])).trim();
+    expect(Number(uid)).toBeGreaterThan(0);
+  });
+
+  it('Caddy serves the agent over HTTPS, verified against the local CA root fetched over SSH', async () => {
+    await run(shell, agentCommands.restart('caddy.service'));
+    const ca = await text(shell, agentCommands.readFile(caddyLocalRootCaPath()));
+    expect(ca).toContain('BEGIN CERTIFICATE');
+    let res: { status: number; body: string } | undefined;
+    let lastErr: unknown;
+    for (let i = 0; i < 60 && res?.status !== 200; i++) {
+      res = await httpsGet({ ip: host.ipv4, servername: siteName, path: runtime.healthPath, ca }).catch(
+        (e: unknown) => {
+          lastErr = e;
+          return undefined;
+        },
+      );
+      if (res?.status !== 200) await new Promise((r) => setTimeout(r, 250));
+    }
+    expect({ status: res?.status, lastErr: res ? undefined : String(lastErr) }).toEqual({
+      status: 200,
+      lastErr: undefined,
+    });
+    const body = JSON.parse(res?.body ?? '{}') as { env: { name: string; sha256: string }[] };
+    expect(body.env).toEqual(
+      [...expected]
+        .map(([name, v]) => ({ name, sha256: sha256(v) }))
+        .sort((a, b) => (a.name < b.name ? -1 : 1)),
+    );
+    expect(res?.body).not.toContain(customerKey);
+    // Verification is real: without the local CA the same request fails.
+    const unverified = await httpsGet({ ip: host.ipv4, servername: siteName, path: '/health' }).catch(
+      (e: unknown) => e,
+    );
+    expect((unverified as { code?: string }).code).toMatch(
+      /UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED|UNABLE_TO_GET_ISSUER_CERT/,
+    );
+  });
+
+  it('an agent restart is invisible to clients (Caddy retries the upstream)', async () => {
+    const ca = await text(shell, agentCommands.readFile(caddyLocalRootCaPath()));
+    const restart = run(shell, agentCommands.restart(AGENT_UNIT_NAME));
+    const statuses = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        new Promise((r) => setTimeout(r, i * 50)).then(() =>
+          httpsGet({ ip: host.ipv4, servername: siteName, path: runtime.healthPath, ca }).then(
+            (x) => x.status,
+          ),
+        ),
+      ),
+    );
+    await restart;
+    expect(statuses).toEqual(Array(10).fill(200));
+  });
+
+  it('after re-keying, the old host key is refused and the new one accepted', async () => {
+    const recorded: string[] = [];
+    const newKey = await rekeyHost(shell, { onNewKey: async (k) => void recorded.push(k) });
+    expect(recorded).toEqual([newKey]);
+    expect(newKey).not.toBe(hostKey.publicKey);
+    const old = await connectSsh(target, sshOpts).catch((e: unknown) => e);
+    expect(isOrchestratorError(old) && old.code).toBe('ssh_host_key_mismatch');
+    const fresh = await connectSsh({ ...target, hostPublicKey: newKey }, sshOpts);
+    expect((await text(fresh, ['id', '-u'])).trim()).toBe('0');
+    await fresh.close();
+  });
+});

@@ -81,6 +81,9 @@ fi
 DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/$DB"
 bash scripts/db-setup.sh "$DATABASE_URL" >&2
 
+# ---- Local host image (debootstrap; rebuilt only when its recipe changes) -------------------------
+npx --no-install tsx scripts/image-build.ts >&2
+
 cat <<INFO
 PostgreSQL  $DATABASE_URL?sslmode=disable   (data: $PGDATA)
 Redis       redis://127.0.0.1:$REDIS_PORT    (data: $RDIR)

@@ -207,6 +207,10 @@ describe('remote shell and templates on a real local host', () => {
     expect((await text(shell, agentCommands.stat(ENV_FILE_PATH))).trim()).toBe('0 0 600 regular file');
     expect((await text(shell, agentCommands.stat('/etc/cortex'))).trim()).toBe('0 0 700 directory');
     expect(await text(shell, agentCommands.readFile(ENV_FILE_PATH))).toBe(renderEnvFile(envEntries).reveal());
+    // An unprivileged user (as the agent is) cannot read it.
+    const asNobody = await shell.exec(['runuser', '-u', 'nobody', '--', 'cat', ENV_FILE_PATH]);
+    expect(asNobody.code).not.toBe(0);
+    expect(asNobody.stdout.toString()).not.toContain(customerKey);
   });
 
   it('a connection cut mid-write leaves the old file intact; the next write removes the temp file', async () => {
@@ -281,6 +285,20 @@ describe('remote shell and templates on a real local host', () => {
         .sort((a, b) => (a.name < b.name ? -1 : 1)),
     );
     expect(res?.body).not.toContain(customerKey);
+    // Caddy's admin API (a unix socket) refuses a non-root, non-caddy user such as the agent's.
+    const admin = await shell.exec([
+      'runuser',
+      '-u',
+      'nobody',
+      '--',
+      'curl',
+      '-sS',
+      '--unix-socket',
+      '/var/lib/caddy/admin.sock',
+      'http://admin/config/',
+    ]);
+    expect(admin.code).not.toBe(0);
+    expect(admin.stderr.toString()).toMatch(/Permission denied|Couldn't connect/i);
     // Verification is real: without the local CA the same request fails.
     const unverified = await httpsGet({ ip: host.ipv4, servername: siteName, path: '/health' }).catch(
       (e: unknown) => e,

@@ -1,11 +1,13 @@
 /**
  * `npm run local:cleanup`: remove every local host and every leftover of crashed runs under
  * `$CORTEX_STATE_DIR` — nspawn processes started from our host directories, processes in our
- * cgroups, veths, overlay mounts, cgroup directories, address slots, lock files and host state.
+ * cgroups, veths, overlay mounts, cgroup directories, address slots, lock files and host state,
+ * and half-built images of crashed `image:build` runs (after unmounting their /proc, /sys, /dev).
  * Run it when no orchestrator process uses local hosts; it destroys the hosts of live deployments too.
  */
 import { loadConfig } from '../config';
 import { cleanupLocalHosts } from '../infra/local-cleanup';
+import { cleanupImageBuilds } from '../infra/local-image';
 import { localPaths } from '../infra/local-state';
 import { assertLocalSupported } from '../infra/local-support';
 import { makeLogger } from '../log';
@@ -25,8 +27,9 @@ const main = async (): Promise<void> => {
     graceMs: graceArg ? Number(graceArg.split('=')[1]) : 0,
     log,
   });
+  const builds = await cleanupImageBuilds(config.CORTEX_STATE_DIR);
   console.log(
-    `removed ${report.machines.length} host(s)${report.machines.length ? ` (${report.machines.join(', ')})` : ''}, ` +
+    `removed ${builds.length} crashed image build(s), ${report.machines.length} host(s)${report.machines.length ? ` (${report.machines.join(', ')})` : ''}, ` +
       `${report.removedSlots} stale address slot(s), ${report.removedLocks} stale lock(s) ` +
       `in ${((Date.now() - started) / 1000).toFixed(1)} s`,
   );

@@ -36,6 +36,12 @@ export const cgroupHierarchies = (): Promise<CgroupHierarchy[]> =>
 
 export const CGROUP_PARENT = 'cortex';
 
+/**
+ * A cgroup can vanish between listing and reading it (nspawn removes its `payload` and
+ * `supervisor` children as it exits): reading a removed cgroup's files fails with ENODEV, not ENOENT.
+ */
+const gone = (err: unknown): boolean => errno(err) === 'ENOENT' || errno(err) === 'ENODEV';
+
 /** The directories of one state directory's hosts (`…/cortex/<state id>`), one per hierarchy. */
 export const stateCgroupDirs = async (stateId: string): Promise<string[]> =>
   (await cgroupHierarchies()).map((h) => join(h.mount, CGROUP_PARENT, stateId));
@@ -64,7 +70,7 @@ export const cgroupPids = async (dir: string): Promise<number[]> => {
       const procs = await readFile(join(d, 'cgroup.procs'), 'utf8');
       for (const line of procs.split('\n')) if (line.trim()) pids.push(Number(line));
     } catch (err) {
-      if (errno(err) === 'ENOENT') return;
+      if (gone(err)) return;
       throw err;
     }
     await Promise.all(entries.filter((e) => e.isDirectory()).map((e) => walk(join(d, e.name))));
@@ -81,7 +87,7 @@ const treeDeepestFirst = async (dir: string): Promise<string[]> => {
     try {
       entries = await readdir(d, { withFileTypes: true });
     } catch (err) {
-      if (errno(err) === 'ENOENT') return;
+      if (gone(err)) return;
       throw err;
     }
     for (const e of entries) if (e.isDirectory()) await walk(join(d, e.name));
@@ -104,7 +110,7 @@ export const removeCgroupTree = async (dir: string, timeoutMs = 5_000): Promise<
         break;
       } catch (err) {
         const code = errno(err);
-        if (code === 'ENOENT') break;
+        if (code === 'ENOENT' || code === 'ENODEV') break;
         if (code !== 'EBUSY' || Date.now() > deadline) throw err;
         await sleep(50);
       }
@@ -130,7 +136,7 @@ export const readHostMemory = async (stateId: string, machine: string): Promise<
     const usage = await readFile(join(dir, v1 ? 'memory.usage_in_bytes' : 'memory.current'), 'utf8');
     return { usageBytes: Number(usage.trim()), rssBytes: v1 ? field('total_rss') : field('anon') };
   } catch (err) {
-    if (errno(err) === 'ENOENT') return undefined;
+    if (gone(err)) return undefined;
     throw err;
   }
 };

@@ -7,7 +7,7 @@ import { errno, run } from './local-exec';
 import { acquireFileLock } from './local-lock';
 import { mountedPaths } from './local-machine';
 import { deleteLink, linkExists, releaseSlots, slotOwners, vethName } from './local-net';
-import { findNspawnProcesses, isProcessAlive, signalPids, waitFor } from './local-proc';
+import { findNspawnProcesses, isProcessAlive, mapLimit, signalPids, waitFor } from './local-proc';
 import {
   MACHINE_NAME_RE,
   hostDir,
@@ -27,25 +27,28 @@ import {
 export const teardownHost = async (
   paths: LocalPaths,
   machine: string,
-  opts: { graceMs: number; log?: Logger },
+  opts: { graceMs: number; log?: Logger; nspawnPids?: readonly number[] },
 ): Promise<void> => {
   const dir = hostDir(paths, machine);
   const record = await readHostRecord(paths, machine);
   const cgroups = await hostCgroupDirs(paths.stateId, machine);
-  const nspawns = await nspawnPids(dir, record);
+  // One scan of /proc (or the caller's, for many hosts at once); then only these pids are watched.
+  // No new nspawn can appear for this host meanwhile: callers hold its lock.
+  const nspawns = [
+    ...new Set([...(opts.nspawnPids ?? (await nspawnPids(dir))), ...(await recordedPid(record))]),
+  ];
+  const liveNspawns = async (): Promise<number[]> =>
+    (await Promise.all(nspawns.map(async (p) => ((await isProcessAlive(p, undefined)) ? [p] : [])))).flat();
 
   if (opts.graceMs > 0 && nspawns.length > 0) {
-    // SIGTERM makes nspawn ask the container's systemd to power off (1.6–3 s when idle).
+    // SIGTERM makes nspawn ask the container's systemd to power off (well under a second when idle).
     signalPids(nspawns, 'SIGTERM');
-    await waitFor(async () => (await nspawnPids(dir, record)).length === 0, opts.graceMs);
+    await waitFor(async () => (await liveNspawns()).length === 0, opts.graceMs);
   }
   // Whatever is left, container processes included (they survive a SIGKILLed nspawn), is killed.
   const allGone = await waitFor(
     async () => {
-      const pids = [
-        ...(await nspawnPids(dir, record)),
-        ...(await Promise.all(cgroups.map(cgroupPids))).flat(),
-      ];
+      const pids = [...(await liveNspawns()), ...(await Promise.all(cgroups.map(cgroupPids))).flat()];
       signalPids(pids, 'SIGKILL');
       return pids.length === 0;
     },
@@ -91,13 +94,12 @@ const removeNspawnRuntimeFiles = async (merged: string, machine: string): Promis
     await rm(propagate, { recursive: true, force: true });
 };
 
-/** nspawn processes of this host: the recorded one if still the same process, and any found by path. */
-const nspawnPids = async (dir: string, record: LocalHostRecord | undefined): Promise<number[]> => {
-  const found = (await findNspawnProcesses(`${dir}/`)).map((p) => p.pid);
-  if (record?.pid !== undefined && (await isProcessAlive(record.pid, record.pidStartTime)))
-    found.push(record.pid);
-  return [...new Set(found)];
-};
+/** nspawn processes started on this host's directory (found by path: the record may be gone). */
+const nspawnPids = async (dir: string): Promise<number[]> =>
+  (await findNspawnProcesses(`${dir}/`)).map((p) => p.pid);
+
+const recordedPid = async (record: LocalHostRecord | undefined): Promise<number[]> =>
+  record?.pid !== undefined && (await isProcessAlive(record.pid, record.pidStartTime)) ? [record.pid] : [];
 
 export interface CleanupReport {
   /** Machines whose hosts were torn down (with or without a record). */
@@ -120,9 +122,12 @@ export const cleanupLocalHosts = async (
   const keep = opts.keep ?? (() => false);
   const kept = new Set<string>();
   const machines = new Set<string>(await listHostDirs(paths));
+  const nspawnsOf = new Map<string, number[]>();
   for (const p of await findNspawnProcesses(`${paths.hosts}/`)) {
     const m = p.directory.slice(paths.hosts.length + 1).split('/')[0];
-    if (m && MACHINE_NAME_RE.test(m)) machines.add(m);
+    if (!m || !MACHINE_NAME_RE.test(m)) continue;
+    machines.add(m);
+    nspawnsOf.set(m, [...(nspawnsOf.get(m) ?? []), p.pid]);
   }
   for (const d of await stateCgroupDirs(paths.stateId)) for (const m of await subdirs(d)) machines.add(m);
   for (const m of (await slotOwners(paths.net)).values()) machines.add(m);
@@ -135,17 +140,19 @@ export const cleanupLocalHosts = async (
     if (record && keep(record.deploymentId)) kept.add(m);
     else doomed.push(m);
   }
-  // Teardowns in parallel: each waits mostly on its own container's shutdown.
-  await Promise.all(
-    doomed.map(async (m) => {
-      const release = await acquireFileLock(join(paths.locks, `${m}.lock`), { timeoutMs: 60_000 });
-      try {
-        await teardownHost(paths, m, { graceMs: opts.graceMs ?? 0, log: opts.log });
-      } finally {
-        await release();
-      }
-    }),
-  );
+  // Teardowns in parallel (each waits mostly on its own container), bounded to spare file descriptors.
+  await mapLimit(doomed, 16, async (m) => {
+    const release = await acquireFileLock(join(paths.locks, `${m}.lock`), { timeoutMs: 60_000 });
+    try {
+      await teardownHost(paths, m, {
+        graceMs: opts.graceMs ?? 0,
+        log: opts.log,
+        nspawnPids: nspawnsOf.get(m) ?? [],
+      });
+    } finally {
+      await release();
+    }
+  });
 
   // Leftover slots whose machine has no host directory any more.
   let removedSlots = 0;

@@ -4,7 +4,7 @@ import { mkdir, readFile, readdir, rename, rm, stat, symlink, writeFile } from '
 import { join, relative, resolve } from 'node:path';
 import { OrchestratorError } from '../errors';
 import { errno, run } from './local-exec';
-import { withFileLock } from './local-lock';
+import { acquireFileLock, withFileLock } from './local-lock';
 import { listHostRecords, localPaths } from './local-state';
 
 /**
@@ -297,4 +297,31 @@ export const pruneLocalImages = async (stateDir: string, keep: string): Promise<
     removed.push(dir);
   }
   return removed;
+};
+
+/**
+ * Leftovers of crashed image builds: `.build-*` directories (with their /proc, /sys and /dev binds
+ * unmounted first) and temp symlinks. Skipped while a build holds the lock; returns what went.
+ */
+export const cleanupImageBuilds = async (stateDir: string): Promise<string[]> => {
+  const paths = localPaths(stateDir);
+  let names: string[];
+  try {
+    names = await readdir(paths.image);
+  } catch (err) {
+    if (errno(err) === 'ENOENT') return [];
+    throw err;
+  }
+  const leftovers = names.filter((n) => n.startsWith('.build-') || n.startsWith('.current.'));
+  if (leftovers.length === 0) return [];
+  const release = await acquireFileLock(join(paths.image, '.build.lock'), { timeoutMs: 1_000 }).catch(
+    () => undefined,
+  );
+  if (!release) return [];
+  try {
+    for (const n of leftovers) await removeTree(join(paths.image, n));
+    return leftovers.map((n) => join(paths.image, n));
+  } finally {
+    await release();
+  }
 };

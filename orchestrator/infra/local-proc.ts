@@ -45,19 +45,38 @@ export const readCmdline = async (pid: number): Promise<string[] | undefined> =>
 export const allPids = async (): Promise<number[]> =>
   (await readdir('/proc')).filter((n) => /^\d+$/.test(n)).map(Number);
 
+/**
+ * `fn` over `items` with at most `limit` running at once: 50 hosts have a few thousand processes,
+ * and reading all their /proc files at once exhausts the file descriptor limit (EMFILE).
+ */
+export const mapLimit = async <T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<R[]> => {
+  const out: R[] = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+};
+
 /** systemd-nspawn processes whose `--directory=` lies under `dirPrefix`, with that directory. */
 export const findNspawnProcesses = async (
   dirPrefix: string,
 ): Promise<{ pid: number; directory: string }[]> => {
   const found: { pid: number; directory: string }[] = [];
-  await Promise.all(
-    (await allPids()).map(async (pid) => {
-      const argv = await readCmdline(pid);
-      if (!argv?.[0]?.endsWith('systemd-nspawn')) return;
-      const dir = argv.find((a) => a.startsWith('--directory='))?.slice('--directory='.length);
-      if (dir?.startsWith(dirPrefix)) found.push({ pid, directory: dir });
-    }),
-  );
+  await mapLimit(await allPids(), 8, async (pid) => {
+    const argv = await readCmdline(pid);
+    if (!argv?.[0]?.endsWith('systemd-nspawn')) return;
+    const dir = argv.find((a) => a.startsWith('--directory='))?.slice('--directory='.length);
+    if (dir?.startsWith(dirPrefix)) found.push({ pid, directory: dir });
+  });
   return found;
 };
 

@@ -46,7 +46,7 @@ import {
   writeHostRecord,
   type LocalHostRecord,
 } from './local-state';
-import { assertLocalSupported } from './local-support';
+import { assertLocalSupported, raiseHostLimits } from './local-support';
 
 export interface LocalHostProviderOptions {
   /** State directory (`CORTEX_STATE_DIR`): hosts, address allocations, locks, and the base image. */
@@ -81,6 +81,7 @@ const validate = (spec: HostSpec): void => {
  * `ensure` returns once the container runs and its address is configured (sshd follows within a
  * second or so: waiting for SSH with the pinned key is the remote shell's job). Everything a host has
  * is found again from `<state>/hosts/<machine>/host.json`, so any process can describe or destroy it.
+ * `HostSpec.location` and `serverType` mean nothing here and are ignored.
  */
 export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvider => {
   const paths = localPaths(opts.stateDir);
@@ -91,6 +92,7 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
   const serial = makeKeyedQueue();
   const lockFile = (machine: string): string => join(paths.locks, `${machine}.lock`);
 
+  let limits: Promise<void> | undefined;
   let imageCache: Promise<string> | undefined;
   const resolveImage = (): Promise<string> =>
     (imageCache ??= (async () => {
@@ -147,6 +149,7 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
     signal?: AbortSignal,
   ): Promise<void> => {
     const veth = vethName(rec.machine);
+    const started = Date.now();
     let configured = false;
     for (;;) {
       throwIfAborted(signal);
@@ -168,7 +171,9 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
           `local host ${rec.machine} did not configure its network within ${bootTimeoutMs} ms; console: ` +
             join(hostDir(paths, rec.machine), 'console.log'),
         );
-      await sleep(50, signal);
+      // 25 ms at first, backing off to 250 ms: a quick host is seen at once, and fifty booting
+      // hosts do not spend the CPU they need on being watched.
+      await sleep(Math.min(250, 25 + (Date.now() - started) / 10), signal);
     }
   };
 
@@ -237,6 +242,14 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
   const ensure = async (spec: HostSpec, o: { signal?: AbortSignal } = {}): Promise<HostDescription> => {
     validate(spec);
     await assertLocalSupported();
+    await (limits ??= raiseHostLimits().then(
+      (changes) => {
+        for (const change of changes) log?.warn({ change }, 'raised a kernel limit for local hosts');
+      },
+      // Not fatal (a few hosts still boot), but the reason the 26th would fail should be on record.
+      (err: unknown) =>
+        log?.warn({ err }, 'could not raise inotify limits: many local hosts may fail to boot'),
+    ));
     const machine = machineName(spec.deploymentId);
     return serial(machine, () =>
       withFileLock(

@@ -1,4 +1,4 @@
-import { access, readFile } from 'node:fs/promises';
+import { access, readFile, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { join } from 'node:path';
 import { OrchestratorError } from '../errors';
@@ -96,3 +96,29 @@ export const assertLocalSupported = (): Promise<void> =>
     const problems = localSupportProblems(facts);
     if (problems.length > 0) throw localUnsupportedError(problems);
   }));
+
+/**
+ * Kernel limits that many booted systemds exhaust. Each container's systemd, journald, networkd,
+ * logind and dbus take inotify instances (about five per host), all charged to root: with the
+ * default of 128, hosts beyond roughly the 25th fail at boot ("Failed to allocate manager object:
+ * Too many open files"). Raised (never lowered) to what container hosts such as LXD recommend.
+ */
+export const HOST_SYSCTLS: readonly { readonly key: string; readonly min: number }[] = [
+  { key: 'fs/inotify/max_user_instances', min: 8192 },
+  { key: 'fs/inotify/max_user_watches', min: 524288 },
+];
+
+let raised: Promise<string[]> | undefined;
+/** Raise the limits above if lower; returns what was changed, e.g. `fs.inotify.max_user_instances 128 → 8192`. */
+export const raiseHostLimits = (): Promise<string[]> =>
+  (raised ??= (async () => {
+    const changed: string[] = [];
+    for (const { key, min } of HOST_SYSCTLS) {
+      const file = `/proc/sys/${key}`;
+      const current = Number((await readFile(file, 'utf8')).trim());
+      if (current >= min) continue;
+      await writeFile(file, `${min}\n`);
+      changed.push(`${key.replace(/\//g, '.')} ${current} → ${min}`);
+    }
+    return changed;
+  })());

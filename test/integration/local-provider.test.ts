@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { loadConfig } from '../../orchestrator/config';
 import { isOrchestratorError } from '../../orchestrator/errors';
 import type { HostDescription, HostProvider } from '../../orchestrator/infra/host-provider';
-import { cgroupPids, hostCgroupDirs } from '../../orchestrator/infra/local-cgroup';
+import { cgroupPids, hostCgroupDirs, readHostMemory } from '../../orchestrator/infra/local-cgroup';
 import { cleanupLocalHosts } from '../../orchestrator/infra/local-cleanup';
 import { run } from '../../orchestrator/infra/local-exec';
 import { ensureLocalImage, parseAptSources } from '../../orchestrator/infra/local-image';
@@ -148,13 +148,22 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     );
   });
 
-  it('gives two hosts different addresses, names and links', async () => {
+  it('gives two hosts different addresses, links and cgroups', async () => {
     expect(b.state).toBe('running');
     expect(b.ipv4).not.toBe(a.ipv4);
     expect(b.serverId).not.toBe(a.serverId);
     const { stdout } = await run('ip', ['-o', '-4', 'addr', 'show']);
     expect(stdout).toMatch(new RegExp(`${vethName(a.serverId)}\\s+inet `));
     expect(stdout).toMatch(new RegExp(`${vethName(b.serverId)}\\s+inet `));
+    // Each in cgroups of its own (name=systemd, unified, memory), with its own memory account.
+    for (const d of [a, b]) {
+      const pid = (await readHostRecord(paths, d.serverId))?.pid;
+      const cgroups = await readFile(`/proc/${String(pid)}/cgroup`, 'utf8');
+      const own = `/cortex/${paths.stateId}/${d.serverId}`;
+      expect(cgroups).toMatch(new RegExp(`:name=systemd:${own}/`));
+      expect(cgroups).toMatch(new RegExp(`:memory:${own}\\n`));
+      expect((await readHostMemory(paths.stateId, d.serverId))?.rssBytes).toBeGreaterThan(1_000_000);
+    }
   });
 
   it('keeps a file written in one host invisible in another (and out of the image)', async () => {

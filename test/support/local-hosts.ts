@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
-import { Client, utils } from 'ssh2';
+import { Client } from 'ssh2';
 import { stringify } from 'yaml';
 import type { HostSpec } from '../../orchestrator/infra/host-provider';
+import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 
 /**
  * Helpers for tests and benchmarks that boot local hosts: a spec with a fresh pinned host key and a
@@ -19,15 +20,17 @@ export interface TestHost {
 export const makeTestHostSpec = (
   opts: { writeFiles?: { path: string; content: string; permissions?: string }[] } = {},
 ): TestHost => {
-  const hostKey = utils.generateKeyPairSync('ed25519');
-  const clientKey = utils.generateKeyPairSync('ed25519');
+  // Not ssh2's utils.generateKeyPairSync('ed25519'): about one key in 256 loses a leading zero byte
+  // of its public half, and sshd then finds "no hostkeys available" (seen in a 50-host run).
+  const hostKey = generateHostKeyPair();
+  const clientKey = generateHostKeyPair();
   const deploymentId = randomUUID();
   const cloudConfig = {
     // Root logs in with the key (Debian's default prefixes root's key with a "please log in as debian" command).
     disable_root: false,
     ssh_deletekeys: true,
-    ssh_keys: { ed25519_private: hostKey.private, ed25519_public: hostKey.public },
-    ssh_authorized_keys: [clientKey.public],
+    ssh_keys: { ed25519_private: hostKey.privateKey.reveal(), ed25519_public: hostKey.publicKey },
+    ssh_authorized_keys: [clientKey.publicKey],
     ...(opts.writeFiles ? { write_files: opts.writeFiles } : {}),
   };
   return {
@@ -36,9 +39,9 @@ export const makeTestHostSpec = (
       orgId: randomUUID(),
       subdomain: `t-${deploymentId.slice(0, 8)}`,
       userData: `#cloud-config\n${stringify(cloudConfig)}`,
-      hostPublicKey: hostKey.public,
+      hostPublicKey: hostKey.publicKey,
     },
-    clientPrivateKey: clientKey.private,
+    clientPrivateKey: clientKey.privateKey.reveal(),
   };
 };
 

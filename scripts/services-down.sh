@@ -6,8 +6,9 @@ ROOT=$(pwd)
 STATE=${CORTEX_STATE_DIR:-$ROOT/.local}
 case "$STATE" in /*) ;; *) STATE=$ROOT/$STATE ;; esac
 PGBIN=/usr/lib/postgresql/15/bin
-if [ -s "$STATE/pg/data/postmaster.pid" ]; then
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$STATE/pg/data" -m fast -w stop >/dev/null && echo "[services] PostgreSQL stopped"
+PGDATA=$(readlink -f "$STATE/pg" 2>/dev/null)/data
+if [ -s "$PGDATA/postmaster.pid" ]; then
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null && echo "[services] PostgreSQL stopped"
 fi
 if [ -s "$STATE/redis/redis.pid" ]; then
   pid=$(cat "$STATE/redis/redis.pid")

@@ -35,14 +35,24 @@ mkdir -p "$STATE"
 chmod 0711 "$STATE"
 
 # ---- PostgreSQL -------------------------------------------------------------------------------
-PGDATA=$STATE/pg/data
-PGSOCK=$STATE/pg/sock
-VAULT_KEY=$STATE/pg/vault_root.key
-mkdir -p "$STATE/pg"
+# The server runs as the postgres OS user, which must be able to reach its data directory. When
+# the checkout sits below a directory it cannot traverse (e.g. /root), keep the cluster in a
+# per-checkout directory under /var/tmp and link it from .local/pg.
+if [ ! -e "$STATE/pg" ] && ! runuser -u postgres -- test -x "$STATE" 2>/dev/null; then
+  alt=/var/tmp/cortex-pg-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+  log "postgres cannot reach $STATE; keeping the cluster in $alt (linked from $STATE/pg)"
+  mkdir -p "$alt"; chown postgres:postgres "$alt"; chmod 0700 "$alt"
+  ln -s "$alt" "$STATE/pg"
+fi
+mkdir -p "$STATE/pg/"
+PGHOME=$(readlink -f "$STATE/pg") # the postgres user reaches its files by the resolved path
+PGDATA=$PGHOME/data
+PGSOCK=$PGHOME/sock
+VAULT_KEY=$PGHOME/vault_root.key
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   log "initialising PostgreSQL cluster in $PGDATA"
   mkdir -p "$PGDATA" "$PGSOCK"
-  chown -R postgres:postgres "$STATE/pg"
+  chown -R postgres:postgres "$PGHOME"
   chmod 0700 "$PGDATA"
   runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth-local=trust --auth-host=trust \
     --encoding=UTF8 --locale=C.UTF-8 >/dev/null
@@ -50,14 +60,13 @@ fi
 # The vault stand-in's root key lives outside the database, readable only by the postgres OS user,
 # like the root key Supabase hands to supabase_vault at server start.
 if [ ! -s "$VAULT_KEY" ]; then
-  umask 077
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$VAULT_KEY"
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$VAULT_KEY")
   chown postgres:postgres "$VAULT_KEY"; chmod 0400 "$VAULT_KEY"
 fi
-chown postgres:postgres "$STATE/pg" "$PGSOCK" 2>/dev/null || true
+chown postgres:postgres "$PGHOME" "$PGSOCK" 2>/dev/null || true
 if ! runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
   log "starting PostgreSQL on 127.0.0.1:$PGPORT"
-  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$STATE/pg/server.log" -w -t 60 start \
+  runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGHOME/server.log" -w -t 60 start \
     -o "-c listen_addresses=127.0.0.1 -p $PGPORT -k $PGSOCK -c max_connections=200 \
         -c shared_preload_libraries=plpgsql_check -c cortex.vault_root_key_file=$VAULT_KEY" >/dev/null
 fi

@@ -9,6 +9,10 @@ import { Secret } from '../secret';
 export const ENV_VAR_NAME = /^[A-Z_][A-Z0-9_]*$/;
 export const MAX_SECRET_LENGTH = 4096;
 const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+/** Platform secrets (an SSH private key) may span lines: U+000A is allowed, and only it. */
+export const MAX_PLATFORM_SECRET_LENGTH = 16_384;
+const CONTROL_CHARS_BUT_LF = /[\u0000-\u0009\u000b-\u001f\u007f]/;
+export const PLATFORM_SECRET_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 export const uuid = z.uuid({ error: 'must be a UUID' });
 export const envVarName = z
@@ -20,6 +24,12 @@ export const secretName = z
   .trim()
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters');
+export const platformSecretName = z
+  .string()
+  .regex(
+    PLATFORM_SECRET_NAME,
+    'must be a platform secret name: lowercase letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters',
+  );
 export const secretProvider = z.enum(['anthropic', 'openai', 'other'], {
   error: 'must be one of anthropic, openai, other',
 });
@@ -48,16 +58,38 @@ export const parseInput = <S extends z.ZodType>(schema: S, input: unknown, prefi
   throw invalidInput(field, issue?.message ?? 'is invalid');
 };
 
-/** Check a secret value's shape without ever putting it in an error. */
-export const checkSecretValue = (field: string, value: Secret): string => {
+// The same rules as the SQL functions' checks (input__check_text, platform_secrets__check_value).
+const checkValue = (
+  field: string,
+  value: Secret,
+  rules: { max: number; control: RegExp; controlMessage: string; blank: RegExp },
+): string => {
   if (!(value instanceof Secret)) throw invalidInput(field, 'must be passed as a Secret');
   const v = value.reveal();
   if (v.length === 0) throw invalidInput(field, 'must not be empty');
-  if (v.length > MAX_SECRET_LENGTH)
-    throw invalidInput(field, `must be at most ${MAX_SECRET_LENGTH} characters`);
-  if (CONTROL_CHARS.test(v)) throw invalidInput(field, 'must not contain control characters');
+  if (v.length > rules.max) throw invalidInput(field, `must be at most ${rules.max} characters`);
+  if (rules.control.test(v)) throw invalidInput(field, rules.controlMessage);
+  if (rules.blank.test(v)) throw invalidInput(field, 'must not be blank');
   return v;
 };
+
+/** Check a secret value's shape without ever putting it in an error. */
+export const checkSecretValue = (field: string, value: Secret): string =>
+  checkValue(field, value, {
+    max: MAX_SECRET_LENGTH,
+    control: CONTROL_CHARS,
+    controlMessage: 'must not contain control characters',
+    blank: /^ *$/,
+  });
+
+/** Like checkSecretValue, for a platform secret: up to 16 KiB, and line feeds (only) allowed. */
+export const checkPlatformSecretValue = (field: string, value: Secret): string =>
+  checkValue(field, value, {
+    max: MAX_PLATFORM_SECRET_LENGTH,
+    control: CONTROL_CHARS_BUT_LF,
+    controlMessage: 'must not contain control characters other than line feeds',
+    blank: /^[ \n]*$/,
+  });
 
 export const auditArgs = (ctx: AuditContext | undefined): Record<string, string | undefined> => {
   const c = parseInput(auditContext, ctx ?? {}, 'audit');

@@ -4,9 +4,11 @@ import { OrchestratorError } from '../errors';
 import { Secret } from '../secret';
 import {
   auditArgs,
+  checkPlatformSecretValue,
   checkSecretValue,
   envVarName,
   parseInput,
+  platformSecretName,
   secretName,
   secretProvider,
   uuid,
@@ -38,6 +40,17 @@ export interface AuditVerification {
   readonly firstBadId: number | null;
   readonly problem: 'changed' | 'removed' | 'reordered' | null;
 }
+
+/** A platform-scoped secret (no org), such as the orchestrator's SSH private key. */
+export interface PlatformSecretMetadata extends SecretMetadata {
+  readonly name: string;
+}
+
+/**
+ * The audit chain of platform-secret events (they have no org): pass it to `verifyAuditLog`.
+ * The same id as in the platform_secrets migration.
+ */
+export const PLATFORM_AUDIT_CHAIN = 'ffffffff-ffff-ffff-ffff-ffffffffffff';
 
 type MetaRow = { secret_id: string; version: number; display_prefix: string; fingerprint: string };
 const toMeta = (r: MetaRow): SecretMetadata => ({
@@ -173,6 +186,53 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     return r.deleted;
   };
 
+  const createPlatformSecret = async (
+    name: string,
+    value: Secret,
+    ctx?: AuditContext,
+  ): Promise<PlatformSecretMetadata> => {
+    const n = parseInput(platformSecretName, name, 'name');
+    const plain = checkPlatformSecretValue('value', value);
+    const r = await rpc<MetaRow>('platform_secrets__create', {
+      p_name: n,
+      p_value: plain,
+      ...auditArgs(ctx),
+    });
+    return { ...toMeta(r), name: n };
+  };
+
+  /** The new value becomes the current version; the previous version's vault secret is deleted. */
+  const rotatePlatformSecret = async (
+    name: string,
+    value: Secret,
+    ctx?: AuditContext,
+  ): Promise<PlatformSecretMetadata> => {
+    const n = parseInput(platformSecretName, name, 'name');
+    const plain = checkPlatformSecretValue('value', value);
+    const r = await rpc<MetaRow>('platform_secrets__rotate', {
+      p_name: n,
+      p_value: plain,
+      ...auditArgs(ctx),
+    });
+    return { ...toMeta(r), name: n };
+  };
+
+  /**
+   * Read a platform secret's current value through its audited SQL function. An unknown name is a
+   * denial, audited by the function, and thrown here as `secret_denied` (never retried).
+   */
+  const readPlatformSecret = async (name: string, ctx?: AuditContext): Promise<Secret> => {
+    const n = parseInput(platformSecretName, name, 'name');
+    const r = await rpc<
+      { status: 'ok'; value: string; version: number } | { status: 'denied' | 'error'; reason: string }
+    >('platform_secrets__read', { p_name: n, ...auditArgs(ctx) });
+    if (r.status === 'ok' && typeof r.value === 'string') return new Secret(r.value);
+    if (r.status === 'denied') throw new OrchestratorError('secret_denied', r.reason);
+    if (r.status === 'error') throw new OrchestratorError('db_error', r.reason);
+    throw new OrchestratorError('internal', 'platform_secrets__read: unexpected result shape');
+  };
+
+  /** Verify one org's audit chain (or PLATFORM_AUDIT_CHAIN), or every chain when none is given. */
   const verifyAuditLog = async (orgId?: string): Promise<AuditVerification> => {
     const r = await rpc<{
       ok: boolean;
@@ -200,6 +260,9 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     readForDeployment,
     readForDeploymentOrThrow,
     deleteForDeployment,
+    createPlatformSecret,
+    rotatePlatformSecret,
+    readPlatformSecret,
     verifyAuditLog,
   };
 };

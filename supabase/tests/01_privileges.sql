@@ -5,7 +5,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(127);
+select plan(151);
 
 create temp table contract (fn regprocedure primary key, call text not null);
 insert into contract values
@@ -33,11 +33,16 @@ insert into contract values
    $$select public.secrets__delete_for_deployment(gen_random_uuid())$$),
   ('public.secret_access_log__verify(uuid)', $$select public.secret_access_log__verify()$$),
   ('public.secret_access_log__apply_retention(timestamp with time zone)',
-   $$select public.secret_access_log__apply_retention(now() - interval '1000 years')$$);
+   $$select public.secret_access_log__apply_retention(now() - interval '1000 years')$$),
+  ('public.platform_secrets__create(text, text, text, text, inet, text)',
+   $$select public.platform_secrets__create('x', 'x')$$),
+  ('public.platform_secrets__rotate(text, text, text, text, inet, text)',
+   $$select public.platform_secrets__rotate('x', 'x')$$),
+  ('public.platform_secrets__read(text, text, text, inet, text)', $$select public.platform_secrets__read('x')$$);
 grant select on contract to anon, authenticated, service_role;
 
 -- ---- the contract functions: shape ------------------------------------------------------------
-select is((select count(*) from contract), 15::bigint, 'the contract has 15 functions');
+select is((select count(*) from contract), 18::bigint, 'the contract has 18 functions');
 select is(
   (select array_agg(fn::text order by fn::text) from contract c join pg_proc p on p.oid = c.fn
    where not p.prosecdef or p.prorettype <> 'jsonb'::regtype
@@ -113,12 +118,14 @@ select is(
   (select array_agg(c.relname::text order by c.relname::text) from pg_class c
    where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')),
   array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
-        'secret_access_log', 'secret_access_log_chains', 'secret_versions', 'secrets'],
+        'platform_secret_versions', 'platform_secrets', 'secret_access_log', 'secret_access_log_chains',
+        'secret_versions', 'secrets'],
   'the tables checked below are all the tables in public');
 
 select table_privs_are('public', t, 'anon', array[]::text[], 'anon has no privilege on ' || t)
 from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
-  'secret_access_log', 'secret_access_log_chains', 'secret_versions', 'secrets']) t;
+  'platform_secret_versions', 'platform_secrets', 'secret_access_log', 'secret_access_log_chains', 'secret_versions',
+  'secrets']) t;
 select table_privs_are('public', t, 'authenticated', array['SELECT'], 'authenticated may only select from ' || t)
 from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
   'secret_access_log', 'secret_access_log_chains', 'secret_versions', 'secrets']) t;
@@ -129,6 +136,12 @@ from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'orga
 select table_privs_are('public', t, 'service_role', array['SELECT'],
   'service_role may only select from ' || t || ': audit rows are written by the functions alone')
 from unnest(array['secret_access_log', 'secret_access_log_chains']) t;
+-- platform secrets belong to no organization: no member sees them; changes go through the functions
+select table_privs_are('public', t, 'authenticated', array[]::text[], 'authenticated has no privilege on ' || t)
+from unnest(array['platform_secret_versions', 'platform_secrets']) t;
+select table_privs_are('public', t, 'service_role', array['SELECT'],
+  'service_role may only select from ' || t || ': platform secrets change through the audited functions alone')
+from unnest(array['platform_secret_versions', 'platform_secrets']) t;
 select is(
   (select array_agg(c.relname::text order by c.relname::text) from pg_class c
    where c.relnamespace = 'public'::regnamespace and c.relkind = 'S'

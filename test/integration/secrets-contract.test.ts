@@ -1,11 +1,12 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
+import { utils } from 'ssh2';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import type { Rpc } from '../../orchestrator/db/rpc';
 import { makeSupabaseRpc } from '../../orchestrator/db/supabase-rpc';
 import { OrchestratorError } from '../../orchestrator/errors';
 import { Secret } from '../../orchestrator/secret';
-import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
+import { makeSecretsService, PLATFORM_AUDIT_CHAIN } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { adminPool, auditRows, makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
 import { signJwt, startPostgrestStandIn, type PostgrestStandIn } from '../support/postgrest-rpc';
@@ -41,6 +42,35 @@ const adapters: [string, () => Rpc][] = [
 ];
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+/** A real OpenSSH private key: several lines and a final line feed. Platform names are global. */
+const sshKey = (): string => utils.generateKeyPairSync('ed25519').private;
+const platformName = (): string => `test-ssh-${randomUUID().slice(0, 8)}`;
+
+/** Audit rows of the platform chain, by secret or by reason (a denied name has no secret id). */
+const platformAuditRows = async (where: { secretId?: string; reason?: string }) =>
+  (
+    await admin.query<{
+      operation: string;
+      outcome: string;
+      version: number | null;
+      org_id: string | null;
+      deployment_id: string | null;
+      secret_id: string | null;
+      actor: string | null;
+      job_id: string | null;
+      request_ip: string | null;
+      user_agent: string | null;
+      reason: string | null;
+    }>(
+      `select operation, outcome, version, org_id, deployment_id, secret_id, actor, job_id,
+              host(request_ip) as request_ip, user_agent, reason
+         from public.secret_access_log
+        where chain_id = $1 and ($2::uuid is null or secret_id = $2) and ($3::text is null or reason = $3)
+        order by id`,
+      [PLATFORM_AUDIT_CHAIN, where.secretId ?? null, where.reason ?? null],
+    )
+  ).rows;
 
 const caught = async (p: Promise<unknown>): Promise<OrchestratorError> => {
   try {
@@ -240,6 +270,112 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     expect(gone.rows[0]).toEqual({ n: 0 });
   });
 
+  it('creates, reads and rotates a multi-line platform secret, auditing each step in the platform chain', async () => {
+    const secrets = makeSecretsService({ rpc: getRpc() });
+    const name = platformName();
+    const key = sshKey();
+    expect(key.split('\n').length).toBeGreaterThan(3);
+    const ctx = {
+      actor: 'test:platform',
+      jobId: `job-${randomUUID()}`,
+      requestIp: '203.0.113.9',
+      userAgent: 'jest',
+    };
+
+    const meta = await secrets.createPlatformSecret(name, new Secret(key), ctx);
+    expect(meta).toMatchObject({ name, version: 1, fingerprint: sha256(key) });
+    expect(meta.displayPrefix).not.toContain('\n');
+    expect(JSON.stringify(meta)).not.toContain(key.split('\n')[1]);
+    // byte for byte: line feeds, the final one included
+    expect((await secrets.readPlatformSecret(name, ctx)).reveal()).toBe(key);
+
+    const key2 = sshKey();
+    const next = await secrets.rotatePlatformSecret(name, new Secret(key2), { actor: 'test:rotate' });
+    expect(next).toMatchObject({ secretId: meta.secretId, name, version: 2, fingerprint: sha256(key2) });
+    expect((await secrets.readPlatformSecret(name)).reveal()).toBe(key2);
+    const vault = await admin.query(`select name from vault.secrets where name like $1 order by name`, [
+      `platform:${name}:%`,
+    ]);
+    expect(vault.rows).toEqual([{ name: `platform:${name}:v2` }]);
+
+    const rows = await platformAuditRows({ secretId: meta.secretId });
+    expect(rows.map((r) => `${r.operation}/${r.outcome}/v${r.version}`)).toEqual([
+      'create/success/v1',
+      'read/success/v1',
+      'rotate/success/v2',
+      'delete/success/v1',
+      'read/success/v2',
+    ]);
+    expect(rows[1]).toMatchObject({
+      org_id: null,
+      deployment_id: null,
+      actor: ctx.actor,
+      job_id: ctx.jobId,
+      request_ip: '203.0.113.9',
+      user_agent: 'jest',
+    });
+    expect(rows[2]?.actor).toBe('test:rotate');
+    for (const k of [key, key2])
+      for (const line of k.split('\n').slice(1, -2)) expect(JSON.stringify(rows)).not.toContain(line);
+    expect(await secrets.verifyAuditLog(PLATFORM_AUDIT_CHAIN)).toMatchObject({ ok: true, problem: null });
+  });
+
+  it('denies and audits a read of an unknown platform secret, returning no value', async () => {
+    const secrets = makeSecretsService({ rpc: getRpc() });
+    const name = platformName();
+    const err = await caught(secrets.readPlatformSecret(name, { actor: 'test:deny' }));
+    expect(err.code).toBe('secret_denied');
+    expect(err.message).toBe(`platform secret ${name} not found`);
+    const rows = await platformAuditRows({ reason: `platform secret ${name} not found` });
+    expect(rows).toEqual([
+      expect.objectContaining({
+        operation: 'read',
+        outcome: 'denied',
+        secret_id: null,
+        org_id: null,
+        actor: 'test:deny',
+      }),
+    ]);
+    expect((await caught(secrets.rotatePlatformSecret(name, new Secret(sshKey())))).code).toBe('not_found');
+  });
+
+  it('takes a platform value of up to 16 KiB over many lines, and nothing longer', async () => {
+    const secrets = makeSecretsService({ rpc: getRpc() });
+    const name = platformName();
+    const big = `${canary()}\n`.repeat(16_384 / (canary().length + 1)).padEnd(16_384, 'x');
+    expect(big).toHaveLength(16_384);
+    await secrets.createPlatformSecret(name, new Secret(big));
+    expect((await secrets.readPlatformSecret(name)).reveal()).toBe(big);
+    const err = await caught(secrets.rotatePlatformSecret(name, new Secret(`${big}y`)));
+    expect([err.code, err.field]).toEqual(['invalid_input', 'value']);
+    expect(err.message).toBe('value: must be at most 16384 characters');
+  });
+
+  it('rejects bad platform input, in the service and at the SQL boundary, naming the field and echoing no value', async () => {
+    const rpc = getRpc();
+    const secrets = makeSecretsService({ rpc });
+    const name = platformName();
+    const key = canary();
+    const calls: [Promise<unknown>, string][] = [];
+    for (const bad of [`${key}\r\n`, `${key}\t`, `${key}\u0007`, `${key}\n`.repeat(1000), ' \n ', '']) {
+      calls.push([secrets.createPlatformSecret(name, new Secret(bad)), 'value']);
+      calls.push([rpc('platform_secrets__create', { p_name: name, p_value: bad }), 'value']);
+    }
+    for (const bad of ['Bad-Name', 'has space', 'colon:name', '', 'x'.repeat(64)]) {
+      calls.push([secrets.readPlatformSecret(bad), 'name']);
+      calls.push([rpc('platform_secrets__read', { p_name: bad }), 'name']);
+      calls.push([rpc('platform_secrets__create', { p_name: bad, p_value: key }), 'name']);
+    }
+    for (const [call, field] of calls) {
+      const err = await caught(call);
+      expect([err.code, err.field]).toEqual(['invalid_input', field]);
+      expect(err.message).not.toContain(key);
+    }
+    // none of the refused creates left a secret behind: the name is still unknown
+    expect(await caught(secrets.readPlatformSecret(name))).toMatchObject({ code: 'secret_denied' });
+    expect(await platformAuditRows({ reason: `platform secret ${name} not found` })).toHaveLength(1);
+  });
+
   it('verifies the audit chain', async () => {
     const secrets = makeSecretsService({ rpc: getRpc() });
     const { orgId } = await makeOrgWithDeployment(getRpc());
@@ -254,6 +390,14 @@ describe('the supabase-js adapter under non-service roles', () => {
     const secrets = makeSecretsService({ rpc: supabaseWith(role) });
     const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
     const err = await caught(secrets.readForDeployment(deploymentId));
+    expect(err.message).toMatch(/permission denied/);
+  });
+
+  it.each(['anon', 'authenticated'])('a %s key cannot read platform secrets', async (role) => {
+    const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+    const name = platformName();
+    await makeSecretsService({ rpc: pg.rpc }).createPlatformSecret(name, new Secret(sshKey()));
+    const err = await caught(secrets.readPlatformSecret(name));
     expect(err.message).toMatch(/permission denied/);
   });
 

@@ -1,0 +1,380 @@
+-- Platform-scoped secrets: credentials of the platform itself, such as the orchestrator's SSH
+-- private key, owned by no organization. Same model as customer secrets: metadata here, values in
+-- the vault (named `platform:<name>:v<version>`), one audited function that reads a value, and
+-- every read, denial and change in secret_access_log, in the same transaction. Their audit rows
+-- carry no org and form a chain of their own, the platform chain
+-- ffffffff-ffff-ffff-ffff-ffffffffffff (secret_access_log__verify takes it like an org id).
+--
+-- Values may span lines (an OpenSSH private key does): line feeds are allowed, every other control
+-- character is refused, and a value holds at most 16384 characters.
+
+-- ---- the audit log: a chain for platform events ---------------------------------------------------
+
+-- chain_id was derived from org_id alone. It becomes a plain column that the chain trigger sets:
+-- coalesce(org_id, nil uuid) as before, or the platform chain for an org-less row that asks for it.
+-- Existing values stay; nothing is rewritten.
+alter table public.secret_access_log alter column chain_id drop expression;
+
+-- The canonical content gains the chain id only where it is not coalesce(org_id, nil uuid), i.e.
+-- for platform rows: every existing row hashes as before, and moving a row to another chain changes
+-- its hash.
+create or replace function public.secret_access_log__hash(p_row public.secret_access_log)
+returns text
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_content jsonb := pg_catalog.jsonb_build_array(
+    'cortex.secret_access_log.v1',
+    p_row.seq,
+    p_row.prev_id,
+    p_row.prev_hash,
+    pg_catalog.to_char(p_row.at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    p_row.org_id,
+    p_row.deployment_id,
+    p_row.secret_id,
+    p_row.version,
+    p_row.operation,
+    p_row.outcome,
+    p_row.actor,
+    p_row.job_id,
+    p_row.request_ip::text,
+    p_row.user_agent,
+    p_row.reason);
+begin
+  if p_row.chain_id is distinct from coalesce(p_row.org_id, '00000000-0000-0000-0000-000000000000'::uuid) then
+    v_content := v_content || pg_catalog.jsonb_build_array(p_row.chain_id);
+  end if;
+  return pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(v_content::text, 'UTF8')), 'hex');
+end
+$$;
+
+create or replace function public.secret_access_log__chain()
+returns trigger
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_chain uuid := case
+    when new.org_id is null and new.chain_id = 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid then new.chain_id
+    else coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid)
+  end;
+  v_head record;
+begin
+  select c.head_seq, c.head_id, c.head_hash into v_head
+  from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  if not found then
+    insert into public.secret_access_log_chains (chain_id) values (v_chain) on conflict (chain_id) do nothing;
+    select c.head_seq, c.head_id, c.head_hash into strict v_head
+    from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  end if;
+  new.chain_id := v_chain;
+  -- id and time are taken under the chain lock, so within a chain they grow with seq
+  new.id := pg_catalog.nextval('public.secret_access_log_id_seq'::regclass);
+  new.at := pg_catalog.clock_timestamp();
+  new.seq := v_head.head_seq + 1;
+  new.prev_id := v_head.head_id;
+  new.prev_hash := v_head.head_hash;
+  new.hash := public.secret_access_log__hash(new);
+  update public.secret_access_log_chains c
+  set head_seq = new.seq, head_id = new.id, head_hash = new.hash, updated_at = new.at
+  where c.chain_id = v_chain;
+  return new;
+end
+$$;
+
+-- Internal: platform events append through here (no org, no deployment, the platform chain).
+create function public.platform_secrets__audit(
+  p_operation text,
+  p_outcome text,
+  p_secret_id uuid,
+  p_version integer,
+  p_reason text,
+  p_actor text,
+  p_job_id text,
+  p_request_ip inet,
+  p_user_agent text
+) returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  -- id, seq and hashes are placeholders: the chain trigger sets them under the chain lock
+  insert into public.secret_access_log
+    (id, chain_id, secret_id, version, operation, outcome, reason, actor, job_id, request_ip, user_agent,
+     seq, prev_hash, hash)
+  overriding system value
+  values
+    (0, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid, p_secret_id, p_version, p_operation, p_outcome, p_reason,
+     p_actor, p_job_id, p_request_ip, p_user_agent, 0, '', '')
+  returning id into v_id;
+  return v_id;
+end
+$$;
+
+-- ---- tables -----------------------------------------------------------------------------------------
+
+create table public.platform_secrets (
+  id uuid primary key default gen_random_uuid(),
+  name text not null unique check (name ~ '^[a-z0-9][a-z0-9._-]{0,62}$'),
+  display_prefix text not null,
+  fingerprint text not null check (fingerprint ~ '^[0-9a-f]{64}$'),
+  current_version integer not null default 1 check (current_version >= 1),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+
+create table public.platform_secret_versions (
+  secret_id uuid not null references public.platform_secrets (id),
+  version integer not null check (version >= 1),
+  -- a reference into vault.secrets; that row is deleted when the version is retired
+  vault_secret_id uuid not null unique,
+  display_prefix text not null,
+  fingerprint text not null check (fingerprint ~ '^[0-9a-f]{64}$'),
+  created_at timestamptz not null default now(),
+  retired_at timestamptz,
+  primary key (secret_id, version)
+);
+
+-- ---- internal helpers -------------------------------------------------------------------------------
+
+create function public.platform_secrets__check_name(p_name text)
+returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_name is null or p_name !~ '^[a-z0-9][a-z0-9._-]{0,62}$' then
+    raise exception using errcode = '22023', message =
+      'name: must be a platform secret name: lowercase letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters';
+  end if;
+end
+$$;
+
+-- Like input__check_text, but a value may span lines: U+000A is allowed, and only it.
+create function public.platform_secrets__check_value(p_value text)
+returns void
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  if p_value is null or p_value = '' then
+    raise exception using errcode = '22023', message = 'value: must not be empty';
+  end if;
+  if pg_catalog.char_length(p_value) > 16384 then
+    raise exception using errcode = '22023', message = 'value: must be at most 16384 characters';
+  end if;
+  if p_value ~ '[\x01-\x09\x0b-\x1f\x7f]' then
+    raise exception using errcode = '22023', message =
+      'value: must not contain control characters other than line feeds (U+0000-U+0009, U+000B-U+001F, U+007F)';
+  end if;
+  if pg_catalog.btrim(p_value, e' \n') = '' then
+    raise exception using errcode = '22023', message = 'value: must not be blank';
+  end if;
+end
+$$;
+
+-- Display prefix of a value that may span lines: described on one line, without its final line
+-- feeds (the fingerprint is of the exact value).
+create function public.platform_secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
+language sql immutable
+set search_path = ''
+as $$
+  select
+    (public.secrets__describe_value(
+      pg_catalog.replace(pg_catalog.rtrim(p_value, e'\n'), e'\n', ' '))).display_prefix,
+    pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex')
+$$;
+
+revoke all on function public.platform_secrets__audit(text, text, uuid, integer, text, text, text, inet, text)
+  from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__check_name(text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__check_value(text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__describe_value(text) from public, anon, authenticated, service_role;
+
+-- ---- functions (the contract) -------------------------------------------------------------------
+
+create function public.platform_secrets__create(
+  p_name text,
+  p_value text,
+  p_actor text default null,
+  p_job_id text default null,
+  p_request_ip inet default null,
+  p_user_agent text default null
+) returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_secret_id uuid := gen_random_uuid();
+  v_described record;
+  v_vault_name text;
+  v_vault_id uuid;
+begin
+  perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
+  perform public.platform_secrets__check_name(p_name);
+  perform public.platform_secrets__check_value(p_value);
+  if exists (select 1 from public.platform_secrets s where s.name = p_name) then
+    raise exception using errcode = '23505',
+      message = 'name: a platform secret with this name already exists; rotate it instead';
+  end if;
+
+  select * into v_described from public.platform_secrets__describe_value(p_value);
+  v_vault_name := 'platform:' || p_name || ':v1';
+  v_vault_id := vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version 1', p_name));
+  insert into public.platform_secrets (id, name, display_prefix, fingerprint)
+  values (v_secret_id, p_name, v_described.display_prefix, v_described.fingerprint);
+  insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
+  values (v_secret_id, 1, v_vault_id, v_described.display_prefix, v_described.fingerprint);
+
+  perform public.platform_secrets__audit('create', 'success', v_secret_id, 1, 'platform secret ' || p_name,
+    p_actor, p_job_id, p_request_ip, p_user_agent);
+  return pg_catalog.jsonb_build_object(
+    'secret_id', v_secret_id,
+    'name', p_name,
+    'version', 1,
+    'display_prefix', v_described.display_prefix,
+    'fingerprint', v_described.fingerprint,
+    'vault_name', v_vault_name);
+end
+$$;
+
+-- A new value becomes the next version, and the previous version's vault secret is deleted in the
+-- same transaction: the platform reads only the current version, and a credential kept after it
+-- stopped being used is a liability. Roll a key out (install the new public key) before rotating.
+create function public.platform_secrets__rotate(
+  p_name text,
+  p_value text,
+  p_actor text default null,
+  p_job_id text default null,
+  p_request_ip inet default null,
+  p_user_agent text default null
+) returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_secret public.platform_secrets%rowtype;
+  v_version integer;
+  v_described record;
+  v_vault_name text;
+  v_retired record;
+begin
+  perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
+  perform public.platform_secrets__check_name(p_name);
+  perform public.platform_secrets__check_value(p_value);
+  select * into v_secret from public.platform_secrets s where s.name = p_name for update;
+  if not found then
+    raise exception using errcode = 'P0002', message = pg_catalog.format('platform secret %s not found', p_name);
+  end if;
+
+  select coalesce(max(v.version), 0) + 1 into v_version from public.platform_secret_versions v where v.secret_id = v_secret.id;
+  select * into v_described from public.platform_secrets__describe_value(p_value);
+  v_vault_name := 'platform:' || p_name || ':v' || v_version::text;
+  insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
+  values (v_secret.id, v_version,
+    vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version %s', p_name, v_version)),
+    v_described.display_prefix, v_described.fingerprint);
+  update public.platform_secrets s
+  set current_version = v_version, display_prefix = v_described.display_prefix,
+      fingerprint = v_described.fingerprint, updated_at = now()
+  where s.id = v_secret.id;
+  perform public.platform_secrets__audit('rotate', 'success', v_secret.id, v_version,
+    pg_catalog.format('platform secret %s: version %s replaces version %s', p_name, v_version, v_secret.current_version),
+    p_actor, p_job_id, p_request_ip, p_user_agent);
+  for v_retired in
+    update public.platform_secret_versions v set retired_at = now()
+    where v.secret_id = v_secret.id and v.version < v_version and v.retired_at is null
+    returning v.version, v.vault_secret_id
+  loop
+    delete from vault.secrets vs where vs.id = v_retired.vault_secret_id;
+    perform public.platform_secrets__audit('delete', 'success', v_secret.id, v_retired.version,
+      pg_catalog.format('platform secret %s: version %s retired by rotation', p_name, v_retired.version),
+      p_actor, p_job_id, p_request_ip, p_user_agent);
+  end loop;
+  return pg_catalog.jsonb_build_object(
+    'secret_id', v_secret.id,
+    'name', p_name,
+    'version', v_version,
+    'display_prefix', v_described.display_prefix,
+    'fingerprint', v_described.fingerprint,
+    'vault_name', v_vault_name);
+end
+$$;
+
+-- THE one place a platform secret value is read. An unknown name returns {"status":"denied"}
+-- instead of raising, so that its audit row commits with the caller's transaction; a vault row
+-- that is missing or does not decrypt returns {"status":"error"}, audited too. Neither holds a
+-- value. A success writes one `read` row in the same transaction as the read.
+create function public.platform_secrets__read(
+  p_name text,
+  p_actor text default null,
+  p_job_id text default null,
+  p_request_ip inet default null,
+  p_user_agent text default null
+) returns jsonb
+language plpgsql security definer
+set search_path = ''
+as $$
+declare
+  v_secret_id uuid;
+  v_version integer;
+  v_vault_id uuid;
+  v_value text;
+begin
+  perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
+  perform public.platform_secrets__check_name(p_name);
+
+  -- FOR SHARE: a rotation either waits for this read to commit or is seen by it
+  select s.id, s.current_version, v.vault_secret_id into v_secret_id, v_version, v_vault_id
+  from public.platform_secrets s
+  join public.platform_secret_versions v on v.secret_id = s.id and v.version = s.current_version
+  where s.name = p_name
+  for share of s;
+  if not found then
+    perform public.platform_secrets__audit('read', 'denied', null, null,
+      pg_catalog.format('platform secret %s not found', p_name), p_actor, p_job_id, p_request_ip, p_user_agent);
+    return pg_catalog.jsonb_build_object(
+      'status', 'denied', 'reason', pg_catalog.format('platform secret %s not found', p_name));
+  end if;
+
+  begin
+    select ds.decrypted_secret into v_value from vault.decrypted_secrets ds where ds.id = v_vault_id;
+  exception when others then
+    -- a vault row that fails to decrypt is reported, never echoed
+    v_value := null;
+  end;
+  if v_value is null then
+    perform public.platform_secrets__audit('read', 'error', v_secret_id, v_version,
+      pg_catalog.format('platform secret %s: vault secret missing or unreadable', p_name),
+      p_actor, p_job_id, p_request_ip, p_user_agent);
+    return pg_catalog.jsonb_build_object('status', 'error', 'reason', pg_catalog.format(
+      'platform secret %s version %s: vault secret missing or unreadable', p_name, v_version));
+  end if;
+
+  -- audit row last: the chain lock is held only from here to commit
+  perform public.platform_secrets__audit('read', 'success', v_secret_id, v_version, 'platform secret ' || p_name,
+    p_actor, p_job_id, p_request_ip, p_user_agent);
+  return pg_catalog.jsonb_build_object('status', 'ok', 'value', v_value, 'version', v_version);
+end
+$$;
+
+revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated;
+revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated;
+revoke all on function public.platform_secrets__read(text, text, text, inet, text) from public, anon, authenticated;
+grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to service_role;
+grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to service_role;
+grant execute on function public.platform_secrets__read(text, text, text, inet, text) to service_role;
+
+-- ---- privileges and row-level security --------------------------------------------------------------
+
+-- No organization owns these rows, so no member sees them: RLS is on with no policy for
+-- `authenticated`. service_role may read the metadata (never a value); changes go through the
+-- functions above, which audit them.
+alter table public.platform_secrets enable row level security;
+alter table public.platform_secret_versions enable row level security;
+revoke all on table public.platform_secrets, public.platform_secret_versions
+  from public, anon, authenticated, service_role;
+grant select on table public.platform_secrets, public.platform_secret_versions to service_role;

@@ -14,22 +14,7 @@ DB=cortex
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
-need_pkgs=()
-for p in postgresql-15 postgresql-15-pgtap postgresql-15-plpgsql-check redis-server caddy debootstrap \
-  systemd-container cloud-init iproute2 openssh-client curl; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || { log "missing packages ${need_pkgs[*]}: run as root or install them"; exit 1; }
-  log "installing ${need_pkgs[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  # policy-rc.d keeps package scripts from starting system-wide services on standard ports.
-  had_policy=0; [ -e /usr/sbin/policy-rc.d ] && had_policy=1
-  [ $had_policy = 1 ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >&2
-  [ $had_policy = 1 ] || rm -f /usr/sbin/policy-rc.d
-fi
+bash scripts/deps.sh
 
 mkdir -p "$STATE"
 chmod 0711 "$STATE"

@@ -22,6 +22,11 @@ export const configSchema = z
     DATABASE_URL: z
       .url({ protocol: /^postgres(ql)?$/ })
       .default('postgres://postgres@127.0.0.1:54329/cortex?sslmode=disable'),
+    /** The role the direct adapter's sessions assume; the login user must be a member of it. */
+    DATABASE_ROLE: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_]*$/, 'must be a plain role name')
+      .default('service_role'),
     DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
     SUPABASE_URL: z.url({ protocol: /^https?$/ }).optional(),
     /** A service-role key (legacy JWT or `sb_secret_…`). Secret: never logged. */
@@ -112,13 +117,6 @@ export const configSchema = z
   });
 
 export type Config = Readonly<z.output<typeof configSchema>>;
-
-/** Names of config keys whose values are secrets: never printed, even in a validation error. */
-export const SECRET_CONFIG_KEYS = [
-  'SUPABASE_SERVICE_ROLE_KEY',
-  'HCLOUD_TOKEN',
-  'PULUMI_CONFIG_PASSPHRASE',
-] as const;
 
 /**
  * Parse the environment. On failure the error lists each variable and what is wrong with it —

@@ -15,9 +15,18 @@ export const makePgRpc = (opts: {
   connectionString: string;
   max?: number;
   statementTimeoutMs?: number;
+  /** The role every session assumes (`SET ROLE` at connection start); default `service_role`. */
+  role?: string;
 }): PgRpc => {
+  const role = opts.role ?? 'service_role';
+  if (!/^[a-z_][a-z0-9_]*$/.test(role))
+    throw new OrchestratorError('config_invalid', 'DATABASE_ROLE: must be a plain role name');
   const config: PoolConfig = {
     connectionString: opts.connectionString,
+    // Even when the login user is more (locally, the superuser), the orchestrator acts as
+    // service_role: it can call the audited functions, but cannot disable the audit trigger,
+    // alter tables or bypass the functions' grants.
+    options: `-c role=${role}`,
     max: opts.max ?? 10,
     statement_timeout: opts.statementTimeoutMs ?? 30_000,
     application_name: 'cortex-orchestrator',
@@ -39,7 +48,7 @@ export const makePgRpc = (opts: {
         throw new OrchestratorError('db_unavailable', `${fn}: database unreachable (${e.code})`, {
           cause: err,
         });
-      throw mapDbError(fn, e, err);
+      throw mapDbError(fn, e);
     }
   };
   return { rpc, close: () => pool.end() };

@@ -13,5 +13,9 @@ export const makeRpcFromConfig = (config: Config): { rpc: Rpc; close: () => Prom
     });
     return { rpc, close: async () => undefined };
   }
-  return makePgRpc({ connectionString: config.DATABASE_URL, max: config.DATABASE_POOL_SIZE });
+  return makePgRpc({
+    connectionString: config.DATABASE_URL,
+    max: config.DATABASE_POOL_SIZE,
+    role: config.DATABASE_ROLE,
+  });
 };

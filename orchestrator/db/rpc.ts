@@ -37,21 +37,23 @@ const SQLSTATE_CODES: Readonly<Record<string, ErrorCode>> = {
 
 /**
  * Map a database error (from pg or from PostgREST's JSON body, which carry the same `code` and
- * `message`) to an OrchestratorError. Only the message is kept: Postgres puts values into
- * `detail` ("Key (name)=(…) already exists"), and a value may be a secret.
+ * `message`) to an OrchestratorError. Postgres puts values into `detail` ("Key (name)=(…) already
+ * exists") and some messages quote the input (`invalid input syntax for type uuid: "…"`), and a
+ * value may be a secret: so the raw error is never kept as a cause, and an input error's message
+ * is kept only when it is one of ours (`<field>: <what is wrong>`, which never echoes a value).
  */
-export const mapDbError = (
-  fn: string,
-  err: { code?: unknown; message?: unknown },
-  cause?: unknown,
-): OrchestratorError => {
+export const mapDbError = (fn: string, err: { code?: unknown; message?: unknown }): OrchestratorError => {
   const sqlstate = typeof err.code === 'string' ? err.code : '';
   const message = typeof err.message === 'string' ? err.message : 'database error';
   let code: ErrorCode = SQLSTATE_CODES[sqlstate] ?? 'db_error';
   if (/^08|^57P0[123]$|^53300$/.test(sqlstate)) code = 'db_unavailable';
   if (code === 'invalid_input') {
     const field = /^([a-z_][a-z0-9_]*): /.exec(message)?.[1];
-    return new OrchestratorError('invalid_input', message, { field: field ?? 'input', cause });
+    return field
+      ? new OrchestratorError('invalid_input', message, { field })
+      : new OrchestratorError('invalid_input', `${fn}: malformed input (SQLSTATE ${sqlstate})`, {
+          field: 'input',
+        });
   }
-  return new OrchestratorError(code, `${fn}: ${message}`, { cause });
+  return new OrchestratorError(code, `${fn}: ${message} (SQLSTATE ${sqlstate || 'unknown'})`);
 };

@@ -1,5 +1,6 @@
 import { invalidInput } from '../errors';
 import { Secret, isSecret } from '../secret';
+import { LONE_SURROGATE } from './shell-quote';
 
 /**
  * The agent's environment file, `/etc/cortex/agent.env`, loaded by the unit's `EnvironmentFile=`
@@ -54,7 +55,7 @@ export const RESERVED_ENV_NAMES: ReadonlySet<string> = new Set([
   'XDG_RUNTIME_DIR',
   'TZ',
 ]);
-const RESERVED_PREFIXES = ['LD_', 'LC_', 'SYSTEMD_'] as const;
+export const RESERVED_PREFIXES = ['LD_', 'LC_', 'SYSTEMD_'] as const;
 
 export interface EnvEntry {
   readonly name: string;
@@ -64,7 +65,6 @@ export interface EnvEntry {
 
 // Cc: C0 controls, DEL and C1 controls. Lone surrogates are not UTF-8 and systemd drops such lines.
 const CONTROL = /\p{Cc}/u;
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** Throws invalid_input naming the variable (or its position), never echoing a value. */
 export const validateEnvEntries = (entries: readonly EnvEntry[]): void => {

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { invalidInput } from '../errors';
+import { ENV_NAME_MAX, ENV_VALUE_MAX_BYTES, RESERVED_ENV_NAMES, RESERVED_PREFIXES } from '../remote/env-file';
 import { Secret } from '../secret';
 
 /**
@@ -8,17 +9,25 @@ import { Secret } from '../secret';
  */
 export const ENV_VAR_NAME = /^[A-Z_][A-Z0-9_]*$/;
 export const MAX_SECRET_LENGTH = 4096;
-const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
+// Cc: C0 controls, DEL and the C1 controls; systemd's env-file parser rejects or mangles them.
+const CONTROL_CHARS = /\p{Cc}/u;
+const LONE_SURROGATE = /\p{Cs}/u;
 /** Platform secrets (an SSH private key) may span lines: U+000A is allowed, and only it. */
 export const MAX_PLATFORM_SECRET_LENGTH = 16_384;
 const CONTROL_CHARS_BUT_LF = /[\u0000-\u0009\u000b-\u001f\u007f]/;
 export const PLATFORM_SECRET_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 export const uuid = z.uuid({ error: 'must be a UUID' });
+// A customer key is bound to an env var and ends up in the agent's env file: accept here only
+// what the env-file renderer will accept there, so a bad key or name fails at the API with a 4xx,
+// not later in every provisioning and rotation.
 export const envVarName = z
   .string()
-  .max(200, 'must be at most 200 characters')
-  .regex(ENV_VAR_NAME, 'must match ^[A-Z_][A-Z0-9_]*$');
+  .max(ENV_NAME_MAX, `must be at most ${ENV_NAME_MAX} characters`)
+  .regex(ENV_VAR_NAME, 'must match ^[A-Z_][A-Z0-9_]*$')
+  .refine((n) => !RESERVED_ENV_NAMES.has(n) && !RESERVED_PREFIXES.some((p) => n.startsWith(p)), {
+    error: 'is reserved for the service manager or the loader; choose another name',
+  });
 export const secretName = z
   .string()
   .trim()
@@ -74,13 +83,18 @@ const checkValue = (
 };
 
 /** Check a secret value's shape without ever putting it in an error. */
-export const checkSecretValue = (field: string, value: Secret): string =>
-  checkValue(field, value, {
+export const checkSecretValue = (field: string, value: Secret): string => {
+  const v = checkValue(field, value, {
     max: MAX_SECRET_LENGTH,
     control: CONTROL_CHARS,
     controlMessage: 'must not contain control characters',
     blank: /^ *$/,
   });
+  if (LONE_SURROGATE.test(v)) throw invalidInput(field, 'must be well-formed Unicode');
+  if (Buffer.byteLength(v, 'utf8') > ENV_VALUE_MAX_BYTES)
+    throw invalidInput(field, `must be at most ${ENV_VALUE_MAX_BYTES} bytes in UTF-8`);
+  return v;
+};
 
 /** Like checkSecretValue, for a platform secret: up to 16 KiB, and line feeds (only) allowed. */
 export const checkPlatformSecretValue = (field: string, value: Secret): string =>

@@ -410,3 +410,25 @@ describe('the supabase-js adapter under non-service roles', () => {
     expect(err.message).toMatch(/PGRST301/);
   });
 });
+
+describe('the postgres adapter’s role', () => {
+  it('acts as service_role by default, and as exactly the role it is given', async () => {
+    const anon = makePgRpc({ connectionString: testDatabaseUrl(), max: 1, role: 'anon' });
+    try {
+      expect((await caught(anon.rpc('organizations__create', { p_name: 'nope' }))).message).toMatch(
+        /permission denied/,
+      );
+    } finally {
+      await anon.close();
+    }
+    const own = makePgRpc({ connectionString: testDatabaseUrl(), max: 1 });
+    try {
+      const { id } = await own.rpc<{ id: string }>('organizations__create', {
+        p_name: `role-${randomUUID().slice(0, 8)}`,
+      });
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+    } finally {
+      await own.close();
+    }
+  });
+});

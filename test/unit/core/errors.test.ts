@@ -24,6 +24,14 @@ describe('error classification', () => {
     expect(e.field).toBe('env_var');
     expect(e.message).not.toContain(key);
     expect(mapDbError('f', { code: 'P0002', message: 'deployment x not found' }).code).toBe('not_found');
+    // Postgres' own input errors quote the input: only the SQLSTATE survives, and no cause is kept.
+    const quoted = mapDbError('secrets__create', {
+      code: '22P02',
+      message: `invalid input syntax for type uuid: "${key}"`,
+    });
+    expect(quoted).toMatchObject({ code: 'invalid_input', field: 'input' });
+    expect(quoted.message).not.toContain(key);
+    expect(quoted.cause).toBeUndefined();
     expect(mapDbError('f', { code: '08006', message: 'gone' }).code).toBe('db_unavailable');
   });
 });
@@ -33,12 +41,18 @@ describe('secret input', () => {
     expect(() => parseInput(envVarName, 'lower', 'env_var')).toThrow(/^env_var: must match/);
     expect(() => parseInput(envVarName, '1ABC', 'env_var')).toThrow(/env_var/);
     expect(parseInput(envVarName, 'ANTHROPIC_API_KEY', 'env_var')).toBe('ANTHROPIC_API_KEY');
+    // What the env-file renderer would refuse later is refused here, at the API.
+    for (const reserved of ['PATH', 'LD_PRELOAD', 'LC_ALL', 'SYSTEMD_EXEC_PID', 'A'.repeat(129)])
+      expect(() => parseInput(envVarName, reserved, 'env_var')).toThrow(/^env_var: /);
     const key = canary();
     for (const [bad, why] of [
       ['', /must not be empty/],
       ['x'.repeat(4097), /at most 4096/],
       [`${key}\n`, /control characters/],
       [`${key}\u0000`, /control characters/],
+      [`${key}\u0085`, /control characters/],
+      [`${key}\ud800`, /well-formed Unicode/],
+      ['é'.repeat(2049), /4096 bytes/],
     ] as const) {
       let err: unknown;
       try {

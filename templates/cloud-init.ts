@@ -13,7 +13,8 @@ import { AGENT_UNIT_PATH, renderAgentUnit } from './systemd-unit';
  * orchestrator generated (so the first SSH connection is already pinned) and the orchestrator's
  * public key, and places only non-secret files. The metadata service serves this document to
  * anything on the server, so it must never hold a customer secret: the builder accepts no field
- * that could carry one and rejects unknown fields and Secret values at run time too.
+ * that could carry one and rejects unknown fields and Secret values (at any depth, the host key
+ * excepted) at run time too.
  */
 export type MetadataBlock = 'required' | 'best-effort';
 
@@ -63,11 +64,26 @@ const ALLOWED_INPUT_KEYS: ReadonlySet<string> = new Set([
   'installPackages',
 ]);
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const FILE_PATH = /^\/[A-Za-z0-9._/-]{1,200}$/;
+const DEB_PACKAGE = /^[a-z0-9][a-z0-9+.-]{1,62}$/;
+
+// Runtime profiles are code, not customer input, but what they contribute is checked all the same:
+// nothing reaches the document without a shape, except the file contents and commands that are the
+// profile's whole point.
+const checkRuntimeFiles = (runtime: AgentServerFilesInput['runtime']): void =>
+  runtime.files.forEach((f, i) => {
+    if (!FILE_PATH.test(f.path) || f.path.split('/').includes('..'))
+      throw invalidInput(`runtime.files[${i}].path`, 'must be a plain absolute path');
+    if (f.permissions !== '0644' && f.permissions !== '0755')
+      throw invalidInput(`runtime.files[${i}].permissions`, 'must be 0644 or 0755');
+    if (typeof f.content !== 'string') throw invalidInput(`runtime.files[${i}].content`, 'must be text');
+  });
 
 /** The non-secret files of an agent server: cloud-init places them at boot, the configure step rewrites them over SSH. */
 export const agentServerFiles = (input: AgentServerFilesInput): ServerFile[] => {
   if (input.metadataBlock !== 'required' && input.metadataBlock !== 'best-effort')
     throw invalidInput('metadataBlock', 'must be required or best-effort');
+  checkRuntimeFiles(input.runtime);
   return [
     { path: SSHD_DROPIN_PATH, content: loadTemplate('sshd-cortex.conf'), permissions: '0644' },
     {
@@ -97,13 +113,32 @@ export const agentServerFiles = (input: AgentServerFilesInput): ServerFile[] => 
   ];
 };
 
+/** The one Secret user data carries on purpose: the host key that the first connection pins. */
+const HOST_PRIVATE_KEY_FIELD = 'hostKey.privateKey';
+
+/**
+ * A Secret anywhere in the input (nested objects and arrays included) is refused, except the host
+ * key: a customer key passed by mistake, in any field, must fail loudly rather than be served by
+ * the metadata service.
+ */
+const rejectSecrets = (value: unknown, field: string, depth = 0): void => {
+  if (isSecret(value)) {
+    if (field === HOST_PRIVATE_KEY_FIELD) return;
+    throw invalidInput(field, 'must not be a Secret: user data is readable through the metadata service');
+  }
+  if (value === null || typeof value !== 'object') return;
+  if (depth > 8) throw invalidInput(field, 'is nested too deeply');
+  if (Array.isArray(value)) value.forEach((v, i) => rejectSecrets(v, `${field}[${i}]`, depth + 1));
+  else for (const [k, v] of Object.entries(value)) rejectSecrets(v, field ? `${field}.${k}` : k, depth + 1);
+};
+
 const rejectForeignInput = (input: object): void => {
-  for (const [k, v] of Object.entries(input)) {
+  for (const k of Object.keys(input))
     if (!ALLOWED_INPUT_KEYS.has(k))
       throw invalidInput(k, 'is not accepted in user data (it must never carry a secret)');
-    if (isSecret(v))
-      throw invalidInput(k, 'must not be a Secret: user data is readable through the metadata service');
-  }
+  rejectSecrets(input, '');
+  if (!isSecret((input as Partial<UserDataInput>).hostKey?.privateKey))
+    throw invalidInput(HOST_PRIVATE_KEY_FIELD, 'must be a Secret (from generateHostKeyPair)');
 };
 
 export const buildUserData = (input: UserDataInput): Record<string, unknown> => {
@@ -118,6 +153,9 @@ export const buildUserData = (input: UserDataInput): Record<string, unknown> => 
     );
 
   const files = agentServerFiles(input);
+  input.runtime.packages.forEach((p, i) => {
+    if (!DEB_PACKAGE.test(p)) throw invalidInput(`runtime.packages[${i}]`, 'must be a Debian package name');
+  });
   const packages = [...new Set([...BASE_PACKAGES, ...input.runtime.packages])];
   const runcmd: (readonly string[])[] = [
     ['systemctl', 'daemon-reload'],

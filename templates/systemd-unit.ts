@@ -16,14 +16,17 @@ const PLAIN_WORD = /^[A-Za-z0-9_./:=,+-]+$/;
 const UNIT_OPTION = /^[A-Z][A-Za-z]+=[^\n\r]*$/;
 
 export const renderAgentUnit = (runtime: RuntimeProfile, envFile: string = ENV_FILE_PATH): string => {
-  for (const w of runtime.execStart)
-    if (!PLAIN_WORD.test(w))
-      throw new Error(`runtime ${runtime.name}: ExecStart word is not plain: ${JSON.stringify(w)}`);
+  if (!/^[a-z][a-z0-9-]{0,31}$/.test(runtime.name)) throw new Error('runtime name must be a lower-case word');
+  // Messages name the position, never the text: a value in the wrong place may be a key.
+  runtime.execStart.forEach((w, i) => {
+    if (!PLAIN_WORD.test(w)) throw new Error(`runtime ${runtime.name}: ExecStart word ${i} is not plain`);
+  });
   if (!runtime.execStart[0]?.startsWith('/'))
     throw new Error(`runtime ${runtime.name}: ExecStart needs an absolute path`);
-  for (const o of runtime.unitOptions)
+  runtime.unitOptions.forEach((o, i) => {
     if (!UNIT_OPTION.test(o))
-      throw new Error(`runtime ${runtime.name}: bad unit option ${JSON.stringify(o)}`);
+      throw new Error(`runtime ${runtime.name}: bad unit option ${i} (not Key=value)`);
+  });
   if (!PLAIN_WORD.test(envFile) || !envFile.startsWith('/'))
     throw new Error('envFile must be an absolute plain path');
   return fillTemplate(loadTemplate('cortex-agent.service.tmpl'), {

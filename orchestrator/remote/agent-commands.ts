@@ -2,7 +2,10 @@ import { invalidInput } from '../errors';
 
 /**
  * Remote commands as data (argv arrays): the steps compose them, RemoteShell quotes and runs them,
- * unit tests assert on them without SSH. Nothing here ever carries a secret.
+ * unit tests assert on them without SSH. Nothing here ever carries a secret, and nothing here reads
+ * one back: there is no builder for reading a file's content or a process's environment, so
+ * production code has no way to fetch the env file's plaintext (the tests' probes for that live in
+ * test/support/agent-probes.ts).
  */
 export type Argv = readonly string[];
 
@@ -29,17 +32,11 @@ export const agentCommands = {
   reloadOrRestart: (u: string): Argv => ['systemctl', 'reload-or-restart', unit(u)],
   isActive: (u: string): Argv => ['systemctl', 'is-active', '--quiet', unit(u)],
   mainPid: (u: string): Argv => ['systemctl', 'show', '--property=MainPID', '--value', unit(u)],
-  /** NUL-separated `NAME=value` entries of a running process, read as root. */
-  processEnviron: (pid: number): Argv => {
-    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
-    return ['cat', `/proc/${pid}/environ`];
-  },
   /** NUL-separated argv of a running process (to tell an exec'd agent from the fork before exec). */
   processCmdline: (pid: number): Argv => {
     if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
     return ['cat', `/proc/${pid}/cmdline`];
   },
-  readFile: (p: string): Argv => ['cat', '--', absPath(p)],
   /** `uid gid octal-mode type`, e.g. `0 0 600 regular file`. */
   stat: (p: string): Argv => ['stat', '--format=%u %g %a %F', '--', absPath(p)],
   /** One name per line, hidden files included. */
@@ -51,21 +48,4 @@ export const agentCommands = {
 export const parseMainPid = (stdout: string): number => {
   const n = Number(stdout.trim());
   return Number.isInteger(n) && n >= 0 ? n : 0;
-};
-
-/** Split /proc/<pid>/environ bytes into name → value bytes (exact, no decoding). */
-export const parseEnviron = (raw: Buffer): Map<string, Buffer> => {
-  const out = new Map<string, Buffer>();
-  let start = 0;
-  for (let i = 0; i <= raw.length; i++) {
-    if (i === raw.length || raw[i] === 0) {
-      if (i > start) {
-        const entry = raw.subarray(start, i);
-        const eq = entry.indexOf(0x3d);
-        if (eq > 0) out.set(entry.subarray(0, eq).toString('utf8'), Buffer.from(entry.subarray(eq + 1)));
-      }
-      start = i + 1;
-    }
-  }
-  return out;
 };

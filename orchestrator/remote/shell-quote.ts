@@ -11,7 +11,8 @@ import { invalidInput } from '../errors';
  * Rejected: NUL (no C string, hence no command line, can carry it) and lone UTF-16 surrogates
  * (they would be sent as U+FFFD, so the remote side would not receive the bytes we meant).
  */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** A UTF-16 surrogate without its partner: not encodable as UTF-8 (env-file.ts rejects it too). */
+export const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 export const quoteArg = (arg: string, index = 0): string => {
   if (typeof arg !== 'string') throw invalidInput(`argv[${index}]`, 'must be a string');

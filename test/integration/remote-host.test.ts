@@ -6,7 +6,7 @@ import { isOrchestratorError } from '../../orchestrator/errors';
 import type { HostDescription, HostProvider } from '../../orchestrator/infra/host-provider';
 import { ensureLocalImage } from '../../orchestrator/infra/local-image';
 import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
-import { agentCommands, parseEnviron, parseMainPid } from '../../orchestrator/remote/agent-commands';
+import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
 import { ENV_FILE_PATH, renderEnvFile, type EnvEntry } from '../../orchestrator/remote/env-file';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { rekeyHost } from '../../orchestrator/remote/rekey';
@@ -22,7 +22,9 @@ import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import { buildUserData, renderUserData } from '../../templates/cloud-init';
 import { echoRuntime } from '../../templates/runtime-profiles';
 import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
+import { agentProbes, parseEnviron } from '../support/agent-probes';
 import { canary } from '../support/canary';
+import { HOSTILE_VALUES } from '../support/hostile-values';
 
 /**
  * The remote shell and the templates against a real local host (systemd-nspawn, booted by the
@@ -33,23 +35,6 @@ import { canary } from '../support/canary';
 jest.setTimeout(180_000);
 
 const { CORTEX_STATE_DIR: stateDir } = loadConfig(process.env);
-
-/** The issue's awkward characters: quotes, backslashes, $, #, = and spaces, and their neighbours. */
-const TRICKY: Record<string, string> = {
-  DOUBLE_QUOTES: 'say "hi" "',
-  SINGLE_QUOTES: "it's 'quoted'",
-  BACKSLASHES: 'C:\\path\\to\\ \\n \\\\ \\',
-  DOLLARS: '$HOME ${PATH} $(id) $$ $',
-  BACKTICKS: '`id` `',
-  HASHES: '#start # middle #',
-  EQUALS: '=a=b==',
-  SPACES: '  leading and trailing  ',
-  SEMICOLON: ';not a comment',
-  PERCENT: '%h %i %%',
-  UNICODE: 'ünïcødé ✓ 𝄞 日本',
-  EMPTY: '',
-  MIXED: `"'\\$#= \`x\` ; %n`,
-};
 
 const sha256 = (v: string): string => createHash('sha256').update(Buffer.from(v, 'utf8')).digest('hex');
 const text = async (shell: RemoteShell, argv: readonly string[]): Promise<string> =>
@@ -132,9 +117,12 @@ describe('remote shell and templates on a real local host', () => {
   const customerKey = canary('anthropic');
   const envEntries: EnvEntry[] = [
     { name: 'ANTHROPIC_API_KEY', value: new Secret(customerKey) },
-    ...Object.entries(TRICKY).map(([name, v]) => ({ name, value: new Secret(v) })),
+    ...Object.entries(HOSTILE_VALUES).map(([name, v]) => ({ name, value: new Secret(v) })),
   ];
-  const expected = new Map<string, string>([['ANTHROPIC_API_KEY', customerKey], ...Object.entries(TRICKY)]);
+  const expected = new Map<string, string>([
+    ['ANTHROPIC_API_KEY', customerKey],
+    ...Object.entries(HOSTILE_VALUES),
+  ]);
 
   let provider: HostProvider;
   let host: HostDescription;
@@ -206,7 +194,7 @@ describe('remote shell and templates on a real local host', () => {
     await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
     expect((await text(shell, agentCommands.stat(ENV_FILE_PATH))).trim()).toBe('0 0 600 regular file');
     expect((await text(shell, agentCommands.stat('/etc/cortex'))).trim()).toBe('0 0 700 directory');
-    expect(await text(shell, agentCommands.readFile(ENV_FILE_PATH))).toBe(renderEnvFile(envEntries).reveal());
+    expect(await text(shell, agentProbes.readFile(ENV_FILE_PATH))).toBe(renderEnvFile(envEntries).reveal());
     // An unprivileged user (as the agent is) cannot read it.
     const asNobody = await shell.exec(['runuser', '-u', 'nobody', '--', 'cat', ENV_FILE_PATH]);
     expect(asNobody.code).not.toBe(0);
@@ -214,7 +202,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('a connection cut mid-write leaves the old file intact; the next write removes the temp file', async () => {
-    const before = (await run(shell, agentCommands.readFile(ENV_FILE_PATH))).stdout;
+    const before = (await run(shell, agentProbes.readFile(ENV_FILE_PATH))).stdout;
     const r = await relay({ host: host.ipv4, port: 22 }, 1024 * 1024);
     try {
       const viaRelay = await connectSsh({ ...target, host: '127.0.0.1', port: r.port }, sshOpts);
@@ -226,7 +214,7 @@ describe('remote shell and templates on a real local host', () => {
     } finally {
       await r.close();
     }
-    expect((await run(shell, agentCommands.readFile(ENV_FILE_PATH))).stdout.equals(before)).toBe(true);
+    expect((await run(shell, agentProbes.readFile(ENV_FILE_PATH))).stdout.equals(before)).toBe(true);
     const listing = (await text(shell, agentCommands.listDir('/etc/cortex'))).trim().split('\n');
     // The cut really happened mid-write: a partial temp file is there, beside the untouched target.
     expect(listing.some((f) => /^\.agent\.env\.tmp-[0-9a-f]{16}$/.test(f))).toBe(true);
@@ -248,7 +236,7 @@ describe('remote shell and templates on a real local host', () => {
       await new Promise((res) => setTimeout(res, 100));
     }
     expect(pid).toBeGreaterThan(1);
-    const environ = parseEnviron((await run(shell, agentCommands.processEnviron(pid))).stdout);
+    const environ = parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout);
     for (const [name, value] of expected)
       expect({ name, bytes: environ.get(name)?.toString('hex') }).toEqual({
         name,
@@ -261,7 +249,7 @@ describe('remote shell and templates on a real local host', () => {
 
   it('Caddy serves the agent over HTTPS, verified against the local CA root fetched over SSH', async () => {
     await run(shell, agentCommands.restart('caddy.service'));
-    const ca = await text(shell, agentCommands.readFile(caddyLocalRootCaPath()));
+    const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
     expect(ca).toContain('BEGIN CERTIFICATE');
     let res: { status: number; body: string } | undefined;
     let lastErr: unknown;
@@ -309,7 +297,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('an agent restart is invisible to clients (Caddy retries the upstream)', async () => {
-    const ca = await text(shell, agentCommands.readFile(caddyLocalRootCaPath()));
+    const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
     const restart = run(shell, agentCommands.restart(AGENT_UNIT_NAME));
     const statuses = await Promise.all(
       Array.from({ length: 10 }, (_, i) =>

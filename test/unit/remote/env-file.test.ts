@@ -8,6 +8,7 @@ import {
 } from '../../../orchestrator/remote/env-file';
 import { Secret } from '../../../orchestrator/secret';
 import { canary } from '../../support/canary';
+import { HOSTILE_VALUES } from '../../support/hostile-values';
 
 /**
  * systemd 252's EnvironmentFile= parser (src/basic/env-file.c, parse_env_file_internal) re-stated
@@ -116,22 +117,7 @@ const parseLikeSystemd = (text: string): Map<string, string> => {
   return out;
 };
 
-/** Values the issue names (quotes, backslashes, $, #, =, spaces) and their awkward neighbours. */
-const TRICKY_VALUES: Record<string, string> = {
-  DOUBLE_QUOTES: 'say "hi" "',
-  SINGLE_QUOTES: "it's 'quoted'",
-  BACKSLASHES: 'C:\\path\\to\\ \\n \\\\ \\',
-  DOLLARS: '$HOME ${PATH} $(id) $$ $',
-  BACKTICKS: '`id` `',
-  HASHES: '#start # middle #',
-  EQUALS: '=a=b==',
-  SPACES: '  leading and trailing  ',
-  SEMICOLON: ';not a comment',
-  PERCENT: '%h %i %%',
-  UNICODE: 'ünïcødé ✓ 𝄞 日本',
-  EMPTY: '',
-  MIXED: `"'\\$#= \`x\` ; %n`,
-};
+const TRICKY_VALUES = HOSTILE_VALUES;
 
 const entries = (): EnvEntry[] =>
   Object.entries(TRICKY_VALUES).map(([name, v]) => ({ name, value: new Secret(v) }));

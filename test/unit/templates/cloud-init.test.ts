@@ -62,6 +62,78 @@ type Doc = {
   [k: string]: unknown;
 };
 
+type Path = readonly (string | number)[];
+const fieldName = (p: Path): string =>
+  p.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? k : `.${k}`)).join('');
+/** Every leaf (string, number, boolean, Secret) of a plain data structure, as a path. */
+const leafPaths = (v: unknown, prefix: Path = []): Path[] => {
+  if (v === null || typeof v !== 'object' || v instanceof Secret) return [prefix];
+  const entries: [string | number, unknown][] = Array.isArray(v)
+    ? v.map((x, i) => [i, x] as [number, unknown])
+    : Object.entries(v);
+  return entries.flatMap(([k, x]) => leafPaths(x, [...prefix, k]));
+};
+/** A copy of `obj` with the leaf at `path` replaced (copies along the path, shares the rest). */
+const setAt = <T>(obj: T, path: Path, value: unknown): T => {
+  const [head, ...rest] = path;
+  if (head === undefined) return value as T;
+  const copy = (Array.isArray(obj) ? [...obj] : { ...obj }) as Record<string | number, unknown>;
+  copy[head] = setAt(copy[head], rest, value);
+  return copy as T;
+};
+const thrown = (fn: () => unknown): unknown => {
+  try {
+    fn();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected a throw');
+};
+const codeOf = (e: unknown) => (isOrchestratorError(e) ? e.code : String(e));
+const fieldOf = (e: unknown) => (isOrchestratorError(e) ? e.field : String(e));
+
+const record = (into: Record<string, string>, field: string, outcome: string): void => {
+  const prev = into[field];
+  into[field] = prev === undefined || prev === outcome ? outcome : `${prev} / ${outcome}`;
+};
+
+/**
+ * What happens to a canary string put in each field of the local and the production input.
+ * `rendered` only where the field is the runtime profile's own code (its command words after the
+ * program, its file contents and install commands); every field that could come from a request is
+ * checked and refused. `error`: a programming error in a runtime profile, not `invalid_input`.
+ */
+const EXPECTED_CANARY_OUTCOMES: Record<string, string> = {
+  hostname: 'rejected',
+  siteName: 'rejected',
+  'tls.mode': 'rejected',
+  'tls.email': 'rejected',
+  'hostKey.publicKey': 'rejected',
+  orchestratorPublicKey: 'rejected',
+  metadataBlock: 'rejected',
+  installPackages: 'absent',
+  'runtime.name': 'error',
+  'runtime.port': 'rejected as agentPort',
+  'runtime.healthPath': 'absent',
+  'runtime.execStart[0]': 'error',
+  'runtime.execStart[1]': 'rendered',
+  'runtime.execStart[2]': 'rendered',
+  'runtime.execStart[3]': 'rendered',
+  'runtime.execStart[4]': 'rendered',
+  'runtime.execStart[5]': 'rendered',
+  'runtime.unitOptions[0]': 'error',
+  'runtime.unitOptions[1]': 'error',
+  'runtime.files[0].path': 'rejected',
+  'runtime.files[0].content': 'rendered',
+  'runtime.files[0].permissions': 'rejected',
+  'runtime.installCommands[0][0]': 'rendered',
+  'runtime.installCommands[0][1]': 'rendered',
+  'runtime.packages[0]': 'rejected',
+  'runtime.packages[1]': 'rejected',
+  'runtime.packages[2]': 'rejected',
+  'runtime.runsOffline': 'absent',
+};
+
 describe('cloud-init user data', () => {
   it.each([
     ['local', localInput],
@@ -142,7 +214,67 @@ describe('cloud-init user data', () => {
     expect(prod.runcmd).toContainEqual(['/usr/local/lib/cortex/install-openclaw.sh', '2026.9.6']);
   });
 
-  it('never contains a customer secret, even when one is handled in the same flow', () => {
+  it('refuses a Secret in any field but the host key, naming the field and not the value', () => {
+    for (const make of [localInput, productionInput]) {
+      const input = make();
+      const paths = leafPaths(input).filter((p) => fieldName(p) !== 'hostKey.privateKey');
+      // Sanity: the walk reaches nested objects and arrays, not just the top level.
+      expect(paths.map(fieldName)).toEqual(
+        expect.arrayContaining(['hostname', 'tls.mode', 'runtime.execStart[1]', 'runtime.files[0].content']),
+      );
+      for (const path of paths) {
+        const key = canary();
+        const err = thrown(() => buildUserData(setAt(input, path, new Secret(key))));
+        expect({ path: fieldName(path), code: codeOf(err), field: fieldOf(err) }).toEqual({
+          path: fieldName(path),
+          code: 'invalid_input',
+          field: fieldName(path),
+        });
+        expect(String((err as Error).message)).not.toContain(key);
+      }
+    }
+    // The one Secret user data carries on purpose is the host key, and it must be one.
+    const input = localInput();
+    expect((YAML.parse(renderUserData(buildUserData(input))) as Doc).ssh_keys.ed25519_private).toBe(
+      input.hostKey.privateKey.reveal(),
+    );
+    const plain = { ...input, hostKey: { ...input.hostKey, privateKey: 'x' as unknown as Secret } };
+    expect(fieldOf(thrown(() => buildUserData(plain)))).toBe('hostKey.privateKey');
+  });
+
+  it('a key pasted into any field is refused, or lands only where that field is meant to be rendered', () => {
+    // Every leaf of the input, set to a canary string: what the builder does with it. A field
+    // that starts being copied unfiltered (or stops being checked) changes this table.
+    const outcomes: Record<string, string> = {};
+    for (const make of [localInput, productionInput]) {
+      const input = make();
+      for (const path of leafPaths(input)) {
+        if (fieldName(path) === 'hostKey.privateKey') continue;
+        const key = canary();
+        let text: string;
+        try {
+          text = renderUserData(buildUserData(setAt(input, path, key)));
+        } catch (err) {
+          expect(String((err as Error).message)).not.toContain(key);
+          const f = fieldOf(err);
+          record(
+            outcomes,
+            fieldName(path),
+            !isOrchestratorError(err)
+              ? 'error'
+              : f === fieldName(path)
+                ? 'rejected'
+                : `rejected as ${String(f)}`,
+          );
+          continue;
+        }
+        record(outcomes, fieldName(path), text.includes(key) ? 'rendered' : 'absent');
+      }
+    }
+    expect(outcomes).toEqual(EXPECTED_CANARY_OUTCOMES);
+  });
+
+  it('never contains a customer secret handled in the same flow', () => {
     const key = canary();
     // The flow a provision runs: the env file is rendered (for SSH), the user data built beside it.
     const env = renderEnvFile([{ name: 'ANTHROPIC_API_KEY', value: new Secret(key) }]);
@@ -150,8 +282,11 @@ describe('cloud-init user data', () => {
     for (const make of [localInput, productionInput]) {
       const text = renderUserData(buildUserData(make()));
       expect(text).not.toContain(key);
-      expect(text).not.toContain(Buffer.from(key).toString('base64'));
       expect(text).not.toContain('ANTHROPIC_API_KEY');
+      // ...and the env file itself is refused wherever it could be slipped in.
+      expect(codeOf(thrown(() => buildUserData({ ...make(), siteName: env as unknown as string })))).toBe(
+        'invalid_input',
+      );
     }
   });
 

@@ -1,0 +1,41 @@
+import { invalidInput } from '../../orchestrator/errors';
+import type { Argv } from '../../orchestrator/remote/agent-commands';
+
+/**
+ * Test-only commands that read back what production code must never read: a file's bytes (the
+ * env file included) and a process's environment. They live here, not in
+ * orchestrator/remote/agent-commands.ts, so the orchestrator has no reader of the env file's
+ * plaintext.
+ */
+const ABS = /^\/[^\0]*$/;
+
+export const agentProbes = {
+  /** The bytes of a file, read as root. */
+  readFile: (p: string): Argv => {
+    if (!ABS.test(p) || p.split('/').includes('..'))
+      throw invalidInput('path', 'must be an absolute path without ..');
+    return ['cat', '--', p];
+  },
+  /** NUL-separated `NAME=value` entries of a running process, read as root. */
+  processEnviron: (pid: number): Argv => {
+    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
+    return ['cat', `/proc/${pid}/environ`];
+  },
+} as const;
+
+/** Split /proc/<pid>/environ bytes into name → value bytes (exact, no decoding). */
+export const parseEnviron = (raw: Buffer): Map<string, Buffer> => {
+  const out = new Map<string, Buffer>();
+  let start = 0;
+  for (let i = 0; i <= raw.length; i++) {
+    if (i === raw.length || raw[i] === 0) {
+      if (i > start) {
+        const entry = raw.subarray(start, i);
+        const eq = entry.indexOf(0x3d);
+        if (eq > 0) out.set(entry.subarray(0, eq).toString('utf8'), Buffer.from(entry.subarray(eq + 1)));
+      }
+      start = i + 1;
+    }
+  }
+  return out;
+};

@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type { Pool } from 'pg';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
+import { loadConfig } from '../../orchestrator/config';
+import { makeSshKeySourceFromConfig } from '../../orchestrator/remote/ssh-key-from-config';
 import { makeSshKeySource } from '../../orchestrator/remote/ssh-key-source';
 import { makeSecretsService, PLATFORM_AUDIT_CHAIN } from '../../orchestrator/secrets/secrets-service';
 import { adminPool, testDatabaseUrl } from '../support/db';
@@ -40,10 +42,11 @@ it('loads the orchestrator key from the vault, multi-line and intact, and audits
   const since = Number(rows[0]?.max ?? 0);
   await secrets.createPlatformSecret(name, key.privateKey, { actor: 'test:setup' });
 
-  const source = makeSshKeySource({
-    source: 'vault',
-    secretName: name,
-    readPlatformSecret: (n) => secrets.readPlatformSecret(n, { actor: 'orchestrator:ssh' }),
+  // As a composition root wires it: SSH_KEY_SOURCE=vault, SSH_PRIVATE_KEY_SECRET=<name>.
+  const config = loadConfig({ SSH_KEY_SOURCE: 'vault', SSH_PRIVATE_KEY_SECRET: name });
+  const source = makeSshKeySourceFromConfig(config, {
+    readPlatformSecret: secrets.readPlatformSecret,
+    actor: 'orchestrator:ssh',
   });
   const loaded = await source.load();
   expect(loaded.reveal()).toBe(key.privateKey.reveal());

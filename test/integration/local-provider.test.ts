@@ -13,6 +13,7 @@ import { findNspawnProcesses } from '../../orchestrator/infra/local-proc';
 import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
 import { hostDir, localPaths, machineName, readHostRecord } from '../../orchestrator/infra/local-state';
 import { localSupportProblems, localUnsupportedError } from '../../orchestrator/infra/local-support';
+import { expectNoTrace } from '../support/local-trace';
 import { makeTestHostSpec, sshRun, waitForSsh, waitForTcp, type TestHost } from '../support/local-hosts';
 
 jest.setTimeout(180_000);
@@ -64,24 +65,6 @@ describe('local hosts: requirements and names', () => {
     expect(parseAptSources([{ name: 'x.sources.disabled', text: deb822 }], 'bookworm')).toBeUndefined();
   });
 });
-
-/** Nothing of the host is left on this machine: the checks `destroy` and cleanup must pass. */
-const expectNoTrace = async (machine: string): Promise<void> => {
-  const dir = hostDir(paths, machine);
-  expect(await findNspawnProcesses(`${dir}/`)).toEqual([]);
-  const cgroups = await hostCgroupDirs(paths.stateId, machine);
-  expect(cgroups.length).toBeGreaterThan(0);
-  for (const cg of cgroups) {
-    expect(await cgroupPids(cg)).toEqual([]);
-    expect(existsSync(cg)).toBe(false);
-  }
-  expect(await readFile('/proc/mounts', 'utf8')).not.toContain(dir);
-  const { stdout: links } = await run('ip', ['-o', 'link', 'show']);
-  expect(links).not.toContain(vethName(machine));
-  expect(existsSync(dir)).toBe(false);
-  expect([...(await slotOwners(paths.net)).values()]).not.toContain(machine);
-  expect(existsSync(`/run/systemd/nspawn/propagate/${machine}`)).toBe(false);
-};
 
 const auth = (t: TestHost, d: HostDescription) => ({
   privateKey: t.clientPrivateKey,
@@ -196,7 +179,7 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     for (const d of firsts) expect([...owners.values()].filter((m) => m === d.serverId)).toHaveLength(1);
     await Promise.all(firsts.map((d) => waitForTcp(d.ipv4, 22, 30_000)));
     await Promise.all(many.map((t) => provider.destroy(t.spec.deploymentId)));
-    for (const d of firsts) await expectNoTrace(d.serverId);
+    for (const d of firsts) await expectNoTrace(paths, d.serverId);
   });
 
   it('restarts a host that powered off, with its disk and address', async () => {
@@ -221,7 +204,7 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     const d = await ensure(t);
     expect(existsSync(hostDir(paths, d.serverId))).toBe(true);
     await provider.destroy(t.spec.deploymentId);
-    await expectNoTrace(d.serverId);
+    await expectNoTrace(paths, d.serverId);
     expect(await provider.describe(t.spec.deploymentId)).toBeUndefined();
     expect(await provider.list()).not.toContain(t.spec.deploymentId);
     await expect(provider.destroy(t.spec.deploymentId)).resolves.toBeUndefined();
@@ -241,7 +224,7 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     expect((await provider.describe(t.spec.deploymentId))?.state).toBe('stopped');
     const report = await cleanupLocalHosts(paths, { keep: (id) => id !== t.spec.deploymentId });
     expect(report.machines).toEqual([d.serverId]);
-    await expectNoTrace(d.serverId);
+    await expectNoTrace(paths, d.serverId);
     expect((await provider.describe(hostA.spec.deploymentId))?.state).toBe('running');
   });
 

@@ -1,7 +1,14 @@
 import * as pulumi from '@pulumi/pulumi';
 import type { ConfigMap } from '@pulumi/pulumi/automation';
 import { z } from 'zod';
-import { OrchestratorError } from '../errors';
+import {
+  dnsLabel,
+  dnsZone,
+  ed25519PublicKey,
+  parseStackSettings,
+  pollInterval,
+  uuidId,
+} from './infra-validation';
 import { PULUMI_PROJECT } from './stack-names';
 
 /**
@@ -11,21 +18,13 @@ import { PULUMI_PROJECT } from './stack-names';
  * worker writes is a key the program reads.
  */
 
-// Hetzner label values: at most 63 characters, alphanumeric at both ends.
-const labelValue = z
-  .string()
-  .regex(/^[a-zA-Z0-9]([a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$/, 'must be a Hetzner label value');
-
 export const agentSettingsSchema = z.object({
-  // The server and firewall are named `agent-<id>`: a hostname label, so lowercase and at most 63.
-  deploymentId: z
-    .string()
-    .regex(/^[a-z0-9]([a-z0-9-]{0,55}[a-z0-9])?$/, 'must be a lowercase id like a uuid'),
-  orgId: labelValue,
-  subdomain: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'must be one DNS label'),
-  zone: z
-    .string()
-    .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/, 'must be a DNS zone name'),
+  // Names the server and firewall `agent-<id>` and labels them: the deployment's uuid, nothing freer.
+  deploymentId: uuidId,
+  /** A label value on every resource: the organisation's uuid. */
+  orgId: uuidId,
+  subdomain: dnsLabel,
+  zone: dnsZone,
   location: z
     .string()
     .regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1')
@@ -39,18 +38,10 @@ export const agentSettingsSchema = z.object({
   sshKeyId: z.string().regex(/^\d+$/, 'must be a numeric Hetzner SSH key id'),
   /** CIDRs allowed to reach port 22: the orchestrator's egress addresses. */
   sshCidrs: z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1, 'must list at least one CIDR'),
-  /** The host key the orchestrator generated and pinned; exported so `describe` can return it. */
-  hostPublicKey: z
-    .string()
-    .regex(
-      /^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$/,
-      'must be an OpenSSH public key',
-    ),
+  /** The host key the orchestrator generated and pins; exported so `describe` can return it. */
+  hostPublicKey: ed25519PublicKey,
   /** The hcloud provider's action polling interval (its default, 500ms, spends the rate limit). */
-  pollInterval: z
-    .string()
-    .regex(/^\d+(ms|s)$/, 'must be a duration like 5s')
-    .default('5s'),
+  pollInterval,
 });
 
 export type AgentSettings = z.output<typeof agentSettingsSchema>;
@@ -68,20 +59,6 @@ export interface AgentStackInputs extends AgentSettings {
 /** Validate settings; the first problem becomes an `invalid_input` naming the config key (never its value). */
 export const parseAgentSettings = (raw: unknown): AgentSettings =>
   parseStackSettings(agentSettingsSchema, raw);
-
-export const parseStackSettings = <S extends z.ZodType>(schema: S, raw: unknown): z.output<S> => {
-  const result = schema.safeParse(raw);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue?.path.join('.') || '(root)';
-  throw new OrchestratorError(
-    'invalid_input',
-    `stack config ${PULUMI_PROJECT}:${field}: ${issue?.message ?? 'invalid'}`,
-    {
-      field,
-    },
-  );
-};
 
 /** Ops may set the user data as an encrypted config value (`pulumi config set --secret`, value on stdin). */
 export const USER_DATA_KEY = 'userData';

@@ -3,13 +3,9 @@ import type { Config } from '../config';
 import { OrchestratorError, invalidInput } from '../errors';
 import type { Logger } from '../log';
 import type { HostDescription, HostProvider, HostSpec } from './host-provider';
-import {
-  agentSettingsSchema,
-  agentStackConfig,
-  parseAgentSettings,
-  parseStackSettings,
-} from './agent-inputs';
+import { agentSettingsSchema, agentStackConfig, parseAgentSettings } from './agent-inputs';
 import { agentProgram } from './agent-program';
+import { parseStackSettings, uuidId } from './infra-validation';
 import type { StackRunner } from './stack-runner';
 import { agentStackName, deploymentIdOfStack } from './stack-names';
 
@@ -31,8 +27,8 @@ export interface HcloudProviderDeps {
 
 export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider => {
   const stackOf = (deploymentId: string): string => {
-    if (!agentSettingsSchema.shape.deploymentId.safeParse(deploymentId).success)
-      throw invalidInput('deploymentId', 'must be a lowercase id like a uuid');
+    if (!uuidId.safeParse(deploymentId).success)
+      throw invalidInput('deploymentId', 'must be a lowercase uuid');
     return agentStackName(deploymentId);
   };
 

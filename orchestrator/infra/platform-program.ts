@@ -2,7 +2,7 @@ import * as hcloud from '@pulumi/hcloud';
 import * as pulumi from '@pulumi/pulumi';
 import type { ConfigMap } from '@pulumi/pulumi/automation';
 import { z } from 'zod';
-import { OrchestratorError } from '../errors';
+import { ed25519PublicKey, parseStackSettings, pollInterval } from './infra-validation';
 import { PULUMI_PROJECT } from './stack-names';
 
 /**
@@ -12,16 +12,8 @@ import { PULUMI_PROJECT } from './stack-names';
  */
 export const platformSettingsSchema = z.object({
   /** The orchestrator's public key (OpenSSH): never the private key, which stays on the workers. */
-  orchestratorPublicKey: z
-    .string()
-    .regex(
-      /^(ssh-ed25519|ecdsa-sha2-nistp256|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$/,
-      'must be an OpenSSH public key',
-    ),
-  pollInterval: z
-    .string()
-    .regex(/^\d+(ms|s)$/, 'must be a duration like 5s')
-    .default('5s'),
+  orchestratorPublicKey: ed25519PublicKey,
+  pollInterval,
 });
 export type PlatformSettings = z.output<typeof platformSettingsSchema>;
 
@@ -46,19 +38,8 @@ export const definePlatformStack = (settings: PlatformSettings): PlatformStackOu
   return { sshKeyId: key.id, sshKeyFingerprint: key.fingerprint };
 };
 
-export const parsePlatformSettings = (raw: unknown): PlatformSettings => {
-  const result = platformSettingsSchema.safeParse(raw);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0];
-  const field = issue?.path.join('.') || '(root)';
-  throw new OrchestratorError(
-    'invalid_input',
-    `stack config ${PULUMI_PROJECT}:${field}: ${issue?.message ?? 'invalid'}`,
-    {
-      field,
-    },
-  );
-};
+export const parsePlatformSettings = (raw: unknown): PlatformSettings =>
+  parseStackSettings(platformSettingsSchema, raw);
 
 export const platformStackConfig = (settings: PlatformSettings): ConfigMap => ({
   [`${PULUMI_PROJECT}:orchestratorPublicKey`]: { value: settings.orchestratorPublicKey, secret: false },

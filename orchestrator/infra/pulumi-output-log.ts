@@ -15,12 +15,20 @@ export interface OutputLog {
 const MIN_SCRUB_LENGTH = 8;
 const REDACTED = '[REDACTED]';
 
-export const makeOutputLog = (log: Logger, secrets: readonly string[] = []): OutputLog => {
+/**
+ * Replaces every value given, and every line of a multi-line value (8 characters or longer), with
+ * `[REDACTED]`. Shared by the streamed output and the error messages built from the same output.
+ */
+export const makeScrubber = (secrets: readonly string[] = []): ((text: string) => string) => {
   const fragments = [...new Set(secrets.flatMap((s) => [s, ...s.split(/\r?\n/)]).map((s) => s.trim()))]
     .filter((s) => s.length >= MIN_SCRUB_LENGTH)
     // Longest first, so a whole value is replaced before its parts.
     .sort((a, b) => b.length - a.length);
-  const scrub = (line: string): string => fragments.reduce((l, f) => l.split(f).join(REDACTED), line);
+  return (text) => fragments.reduce((t, f) => t.split(f).join(REDACTED), text);
+};
+
+export const makeOutputLog = (log: Logger, secrets: readonly string[] = []): OutputLog => {
+  const scrub = makeScrubber(secrets);
 
   const stream = (level: 'info' | 'warn', fd: 'stdout' | 'stderr') => {
     let pending = '';

@@ -113,8 +113,7 @@ export const makeStackRunner = (deps: StackRunnerDeps): StackRunner => {
         const mapped =
           ctl.signal.aborted && ctl.signal.reason instanceof OrchestratorError
             ? ctl.signal.reason
-            : mapStackError(err, { stack, op });
-        // The message, not the error: its cause holds the CLI's whole output.
+            : mapStackError(err, { stack, op, redact: opts?.redact });
         log.warn(
           { code: mapped.code, ms: now() - started, reason: mapped.message },
           'stack operation failed',
@@ -136,12 +135,10 @@ export const makeStackRunner = (deps: StackRunnerDeps): StackRunner => {
       const age = await lockAgeMs(stack, err);
       if (age === undefined || age < deps.staleLockMs) {
         const held = age === undefined ? '' : ` (held for ${Math.round(age / 1000)} s)`;
+        // No `cause`: the SDK's error holds the CLI's whole output (see mapStackError).
         throw new OrchestratorError(
           'stack_locked',
           `stack ${stack.name} is locked by another operation${held}; retry later`,
-          {
-            cause: err,
-          },
         );
       }
       log.warn(

@@ -92,9 +92,11 @@ export const runProgramWithMocks = async (
     addresses?: MockAddresses;
     /** Resources of the last deployment: one with the same type and name keeps its id, as an update does. */
     previous?: readonly RegisteredResource[];
+    /** Registered resources are pushed here too: readable when the program throws. */
+    registered?: RegisteredResource[];
   },
 ): Promise<ProgramRun> => {
-  const resources: RegisteredResource[] = [];
+  const resources: RegisteredResource[] = ctx.registered ?? [];
   const addresses = ctx.addresses ?? { ipv4: '203.0.113.10', ipv6: '2001:db8::1' };
   await pulumi.runtime.setMocks(
     {

@@ -1,7 +1,9 @@
-import { randomUUID, randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import * as pulumi from '@pulumi/pulumi';
 import { specialSecretSig, specialSigKey } from '@pulumi/pulumi/runtime/rpc';
+import { isOrchestratorError } from '../../../orchestrator/errors';
 import {
+  agentSettingsSchema,
   agentStackConfig,
   parseAgentSettings,
   type AgentSettingsInput,
@@ -9,13 +11,18 @@ import {
 import { agentProgram, DNS_TTL } from '../../../orchestrator/infra/agent-program';
 import { programFor } from '../../../orchestrator/infra/stack-programs';
 import { agentStackName, PULUMI_PROJECT } from '../../../orchestrator/infra/stack-names';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { canary } from '../../support/canary';
 import { runProgramWithMocks, type RegisteredResource, type ProgramRun } from '../../support/fake-workspace';
 
 const deploymentId = randomUUID();
 const orgId = randomUUID();
 const addresses = { ipv4: '198.51.100.23', ipv6: '2001:db8:1234::1' };
-const hostPublicKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyForTestsOnly0000000000000000 host';
+const hostKeys = generateHostKeyPair();
+const hostPublicKey = `${hostKeys.publicKey} host`;
+const hostPrivateKey = hostKeys.privateKey.reveal();
+/** The private key's base64 lines: each must appear only inside the secret user data. */
+const privateKeyLines = hostPrivateKey.split('\n').filter((l) => l !== '' && !l.startsWith('-----'));
 
 const settings = (over: Partial<AgentSettingsInput> = {}) =>
   parseAgentSettings({
@@ -31,7 +38,10 @@ const settings = (over: Partial<AgentSettingsInput> = {}) =>
     ...over,
   });
 
-const userData = `#cloud-config\nssh_keys:\n  ed25519_public: ${hostPublicKey}\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n    ${randomBytes(32).toString('base64')}\n`;
+const userData = `#cloud-config\nssh_keys:\n  ed25519_public: ${hostKeys.publicKey}\n  ed25519_private: |\n${hostPrivateKey
+  .split('\n')
+  .map((l) => `    ${l}`)
+  .join('\n')}\n`;
 
 const run = (
   over: Partial<AgentSettingsInput> = {},
@@ -161,32 +171,143 @@ describe('agent program (pulumi mocks)', () => {
     expect(shape(again)).toEqual(shape(result));
   });
 
-  it('keeps canary secrets from the environment out of every resource input', async () => {
-    const customerKey = canary('anthropic');
-    const token = randomBytes(32).toString('hex');
-    const passphrase = canary('other');
-    const saved = { ...process.env };
-    Object.assign(process.env, {
-      ANTHROPIC_API_KEY: customerKey,
-      HCLOUD_TOKEN: token,
-      PULUMI_CONFIG_PASSPHRASE: passphrase,
-    });
-    try {
-      const whole = await run();
-      const everything = JSON.stringify(whole.resources.map((r) => r.inputs)) + JSON.stringify(whole.outputs);
-      // The search sees secret inputs in plaintext: the user data is there…
-      expect(everything).toContain(JSON.stringify(userData).slice(1, -1));
-      // …and the canaries are not.
-      for (const c of [customerKey, token, passphrase]) expect(everything).not.toContain(c);
-    } finally {
-      process.env = saved;
-    }
-  });
-
   it('rejects invalid stack config naming the key', () => {
     expect(() => settings({ subdomain: 'Not A Label' })).toThrow(/cortex:subdomain/);
     expect(() => settings({ sshCidrs: ['10.0.0.0/33'] })).toThrow(/cortex:sshCidrs/);
     expect(() => settings({ sshCidrs: [] })).toThrow(/cortex:sshCidrs/);
+    // SSH pins only ed25519 keys, checked by the same parser.
+    expect(() => settings({ hostPublicKey: hostPublicKey.replace('ssh-ed25519', 'ssh-rsa') })).toThrow(
+      /cortex:hostPublicKey: must be an OpenSSH ssh-ed25519 public key/,
+    );
+  });
+});
+
+/**
+ * Every path (resource type, then property path; `outputs` for stack outputs) whose string value
+ * contains `needle`. Secret inputs are searched in plaintext (`…userData.value`).
+ */
+const locate = (r: ProgramRun, needle: string): string[] => {
+  const found: string[] = [];
+  const walk = (v: unknown, path: string): void => {
+    if (typeof v === 'string') {
+      if (v.includes(needle)) found.push(path);
+    } else if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${path}[${i}]`));
+    else if (typeof v === 'object' && v !== null)
+      for (const [k, x] of Object.entries(v)) walk(x, `${path}.${k}`);
+  };
+  for (const resource of r.resources) walk(resource, resource.type);
+  walk(r.outputs, 'outputs');
+  return found;
+};
+
+describe('no customer secret reaches a resource input or output', () => {
+  const fields = agentSettingsSchema.keyof().options;
+  type Field = (typeof fields)[number];
+  /**
+   * The only inputs that take free text, and the only places a value planted in them may appear.
+   * Every other input must refuse a secret-shaped value; a new free-text input fails the test
+   * below until it is listed here, with where it goes.
+   */
+  const MAY_CARRY: Partial<Record<Field, string[]>> = {
+    image: ['hcloud:index/server:Server.inputs.image'],
+    // An OpenSSH key line may have a comment; the line is exported as the pinned key.
+    hostPublicKey: ['outputs.hostPublicKey.value'],
+  };
+  const planted = (field: Field, secret: string): string =>
+    field === 'sshCidrs'
+      ? JSON.stringify([secret])
+      : field === 'hostPublicKey'
+        ? `${hostKeys.publicKey} ${secret}`
+        : secret;
+  const runWith = (config: ReturnType<typeof agentStackConfig>, registered: RegisteredResource[] = []) =>
+    runProgramWithMocks(agentProgram(userData), {
+      project: PULUMI_PROJECT,
+      stack: agentStackName(deploymentId),
+      config,
+      addresses,
+      registered,
+    });
+
+  it('lists only inputs the program has', () => {
+    for (const field of Object.keys(MAY_CARRY)) expect(fields).toContain(field);
+    // The identity fields name and label resources: they can never carry free text.
+    for (const field of ['deploymentId', 'orgId', 'subdomain'])
+      expect(Object.keys(MAY_CARRY)).not.toContain(field);
+  });
+
+  const refused: [Field, string, string][] = fields
+    .filter((f) => !(f in MAY_CARRY))
+    .flatMap((f): [Field, string, string][] => [
+      [f, 'a provider key', canary('anthropic')],
+      // A lowercase hex token passes a hostname-label rule (a subdomain may be one): the ids must
+      // be uuids, not merely look like hostnames.
+      ...(f === 'deploymentId' || f === 'orgId'
+        ? [[f, 'a hex token', randomBytes(16).toString('hex')] as [Field, string, string]]
+        : []),
+    ]);
+
+  it.each(refused)(
+    'refuses %s = %s with invalid_input before declaring any resource',
+    async (field, _kind, secret) => {
+      const config = agentStackConfig(settings());
+      config[`${PULUMI_PROJECT}:${field}`] = { value: planted(field, secret), secret: false };
+      const registered: RegisteredResource[] = [];
+      const err: unknown = await runWith(config, registered).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isOrchestratorError(err) && err.code).toBe('invalid_input');
+      expect(isOrchestratorError(err) && err.field?.split('.')[0]).toBe(field);
+      expect(String(err)).not.toContain(secret);
+      expect(registered).toEqual([]);
+    },
+  );
+
+  it('keeps planted values where they belong, and the env, extra config and the host key out of every resource', async () => {
+    const inInputs = Object.fromEntries(Object.keys(MAY_CARRY).map((f) => [f, canary('anthropic')]));
+    const config = agentStackConfig(settings());
+    for (const [field, secret] of Object.entries(inInputs))
+      config[`${PULUMI_PROJECT}:${field}`] = { value: planted(field as Field, secret), secret: false };
+    // Config keys the program does not know, plain and secret: a program reading them would leak them.
+    const extraConfig = {
+      customerApiKey: canary('anthropic'),
+      apiKey: canary('openai'),
+      secretNote: canary('other'),
+    };
+    config[`${PULUMI_PROJECT}:customerApiKey`] = { value: extraConfig.customerApiKey, secret: false };
+    config[`${PULUMI_PROJECT}:apiKey`] = { value: extraConfig.apiKey, secret: true };
+    config[`${PULUMI_PROJECT}:secretNote`] = { value: extraConfig.secretNote, secret: false };
+    const env = {
+      ANTHROPIC_API_KEY: canary('anthropic'),
+      OPENAI_API_KEY: canary('openai'),
+      HCLOUD_TOKEN: randomBytes(32).toString('hex'),
+      PULUMI_CONFIG_PASSPHRASE: canary('other'),
+      SUPABASE_SERVICE_ROLE_KEY: canary('other'),
+      CORTEX_ORG_ID: canary('other'),
+      ORG_ID: canary('other'),
+      LABELS: canary('other'),
+    };
+    const saved = { ...process.env };
+    Object.assign(process.env, env);
+    try {
+      const whole = await runWith(config);
+      for (const [field, secret] of Object.entries(inInputs))
+        expect([field, locate(whole, secret)]).toEqual([field, MAY_CARRY[field as Field]]);
+      for (const [name, secret] of Object.entries({ ...extraConfig, ...env }))
+        expect([name, locate(whole, secret)]).toEqual([name, []]);
+      // Labels are exactly the three documented ones, on every resource that has labels.
+      const labelled = whole.resources.filter((r) => r.inputs.labels !== undefined);
+      expect(labelled.length).toBeGreaterThanOrEqual(4);
+      for (const r of labelled)
+        expect(r.inputs.labels).toEqual({ 'managed-by': 'cortex', org: orgId, deployment: deploymentId });
+      // The host private key only inside the server's user data, marked secret.
+      const server = one(whole, 'hcloud:index/server:Server');
+      expect(isSecretValue(server.inputs.userData)).toBe(true);
+      for (const line of privateKeyLines)
+        expect(locate(whole, line)).toEqual(['hcloud:index/server:Server.inputs.userData.value']);
+    } finally {
+      process.env = saved;
+    }
   });
 });
 

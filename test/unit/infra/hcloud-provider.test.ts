@@ -1,5 +1,4 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { utils } from 'ssh2';
 import YAML from 'yaml';
 import { loadConfig } from '../../../orchestrator/config';
 import { classify, isOrchestratorError, type ErrorCode } from '../../../orchestrator/errors';
@@ -8,15 +7,16 @@ import type { HostSpec } from '../../../orchestrator/infra/host-provider';
 import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provider';
 import { ensurePlatformStack, platformSshKeyId } from '../../../orchestrator/infra/platform-stack';
 import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { canary } from '../../support/canary';
 import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
 
 const addresses = { ipv4: '198.51.100.77', ipv6: '2001:db8:77::1' };
-const orchestratorKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrchestratorKeyForTests00000000000000 cortex';
+const orchestratorKey = `${generateHostKeyPair().publicKey} cortex`;
 
 const hostKeys = () => {
-  const pair = utils.generateKeyPairSync('ed25519');
-  return { privateKey: pair.private, publicKey: pair.public.trim() };
+  const pair = generateHostKeyPair();
+  return { privateKey: pair.privateKey.reveal(), publicKey: pair.publicKey };
 };
 
 const specFor = (over: Partial<HostSpec> = {}): HostSpec & { hostPrivateKey: string } => {

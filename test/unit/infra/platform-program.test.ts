@@ -6,9 +6,10 @@ import {
 } from '../../../orchestrator/infra/platform-program';
 import { programFor } from '../../../orchestrator/infra/stack-programs';
 import { PLATFORM_STACK, PULUMI_PROJECT } from '../../../orchestrator/infra/stack-names';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { runProgramWithMocks } from '../../support/fake-workspace';
 
-const publicKey = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOrchestratorKeyForTests00000000000000 cortex';
+const publicKey = `${generateHostKeyPair().publicKey} cortex`;
 
 describe('platform program (pulumi mocks)', () => {
   it('declares the orchestrator SSH key once, through a provider with a raised poll interval', async () => {
@@ -33,9 +34,21 @@ describe('platform program (pulumi mocks)', () => {
     expect(programFor(PLATFORM_STACK)).toBe(platformProgram);
   });
 
-  it('refuses a private key or garbage as the public key', () => {
-    expect(() =>
-      parsePlatformSettings({ orchestratorPublicKey: '-----BEGIN OPENSSH PRIVATE KEY-----' }),
-    ).toThrow(/cortex:orchestratorPublicKey/);
+  it.each([
+    ['a private key', '-----BEGIN OPENSSH PRIVATE KEY-----', /must be an OpenSSH ssh-ed25519 public key/],
+    // SSH pins only ed25519: another type is refused even when well formed.
+    ['an RSA key', `ssh-rsa ${Buffer.from('\0\0\0\x07ssh-rsa').toString('base64')}`, /ssh-ed25519/],
+    ['a truncated ed25519 blob', publicKey.slice(0, 40), /not a valid ssh-ed25519 key/],
+  ])('refuses %s as the public key, naming the key', (_what, orchestratorPublicKey, why) => {
+    const attempt = () => parsePlatformSettings({ orchestratorPublicKey });
+    expect(attempt).toThrow(/^stack config cortex:orchestratorPublicKey: /);
+    expect(attempt).toThrow(why);
+  });
+
+  it('defaults the poll interval and rejects one that is not a duration', () => {
+    expect(parsePlatformSettings({ orchestratorPublicKey: publicKey }).pollInterval).toBe('5s');
+    expect(() => parsePlatformSettings({ orchestratorPublicKey: publicKey, pollInterval: '5 min' })).toThrow(
+      /cortex:pollInterval: must be a duration/,
+    );
   });
 });

@@ -83,6 +83,20 @@ describe('stack runner', () => {
     expect(out.text()).not.toContain(secret);
   });
 
+  it('scrubs the values it was asked to redact from a failed operation’s error and log', async () => {
+    const { fake, out, runner } = setup();
+    await runner.up('agent-a', program, {});
+    const secret = canary('other');
+    fake.failNext('up', `error: update failed\n  * bad user data: ${secret} (invalid_input)`);
+    const err = await rejection(runner.up('agent-a', program, {}, { redact: [`#cloud-config\n${secret}`] }));
+    expect(err.code).toBe('provider_rejected');
+    expect(err.message).toContain('bad user data: [REDACTED]');
+    expect((err as unknown as Error).cause).toBeUndefined();
+    out.log.error({ err }, 'provisioning failed');
+    expect(out.text()).toContain('provisioning failed');
+    expect(out.text()).not.toContain(secret);
+  });
+
   it('destroys, then removes the stack; a missing stack is already done', async () => {
     const { fake, runner } = setup();
     await runner.up('agent-a', program, {});

@@ -1,6 +1,7 @@
 import { isOrchestratorError } from '../../../orchestrator/errors';
-import { parsePublicKey } from '../../../orchestrator/remote/host-keys';
+import { parsePublicKey, publicKeyOfPrivate } from '../../../orchestrator/remote/host-keys';
 import { rekeyCommands, rekeyHost } from '../../../orchestrator/remote/rekey';
+import { Secret } from '../../../orchestrator/secret';
 import { makeFakeShell } from '../../support/fake-shell';
 
 describe('re-keying a host', () => {
@@ -17,9 +18,22 @@ describe('re-keying a host', () => {
     expect(() => parsePublicKey(newKey)).not.toThrow();
     expect(recorded).toEqual([newKey]);
     expect(fake.files.get('/etc/ssh/ssh_host_ed25519_key.pub')?.content.toString().trim()).toBe(newKey);
-    expect(fake.files.get('/etc/ssh/ssh_host_ed25519_key')?.mode).toBe(0o600);
+    // The private key now in place is the new key's other half (the code moved the right file).
+    const installed = fake.files.get('/etc/ssh/ssh_host_ed25519_key')?.content.toString() ?? '';
+    expect(publicKeyOfPrivate(new Secret(installed))).toBe(newKey);
+    expect(fake.files.has('/etc/ssh/ssh_host_ed25519_key.rekey')).toBe(false);
     expect(fake.servedHostKey()).toBe(newKey);
-    expect(fake.calls.map((c) => c[0])).toEqual(['rm', 'ssh-keygen', 'cat', 'mv', 'mv', 'sshd', 'systemctl']);
+    // The exact commands, in order: public half before private half, config checked before restart.
+    const side = '/etc/ssh/ssh_host_ed25519_key.rekey';
+    expect(fake.calls).toEqual([
+      ['rm', '-f', '--', side, `${side}.pub`],
+      ['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', '', '-f', side],
+      ['cat', '--', `${side}.pub`],
+      ['mv', '-f', '--', `${side}.pub`, '/etc/ssh/ssh_host_ed25519_key.pub'],
+      ['mv', '-f', '--', side, '/etc/ssh/ssh_host_ed25519_key'],
+      ['sshd', '-t', '-f', '/etc/ssh/sshd_config'],
+      ['systemctl', 'restart', 'ssh.service'],
+    ]);
   });
 
   it('generates with ssh-keygen, no passphrase, no comment, at a side path', () => {

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createServer, type AddressInfo, type Server as NetServer } from 'node:net';
+import { connect, createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { Server, utils, type Connection } from 'ssh2';
 import { classify, isOrchestratorError } from '../../../orchestrator/errors';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
@@ -80,6 +80,52 @@ const freePort = async (): Promise<number> => {
   await new Promise((r) => s.close(r));
   return p;
 };
+/**
+ * A connection to a port nobody listens on. freePort() closes its probe before the port is used,
+ * so another process may take it in between: then try another port, a few times.
+ */
+const refusedConnect = async <T>(attempt: (port: number) => Promise<T>, refused: (r: T) => boolean) => {
+  let last: T | undefined;
+  for (let i = 0; i < 5; i++) {
+    last = await attempt(await freePort());
+    if (refused(last)) return last;
+  }
+  return last;
+};
+
+/**
+ * A port held for the whole test (no race with other processes): while closed it resets every
+ * connection, as a booting host does; once opened it relays to `to`.
+ */
+const gate = async (to: number) => {
+  let open = false;
+  let resets = 0;
+  const sockets = new Set<Socket>();
+  const srv = createServer((sock) => {
+    sockets.add(sock);
+    sock.on('error', () => undefined).on('close', () => sockets.delete(sock));
+    if (!open) {
+      resets++;
+      sock.resetAndDestroy();
+      return;
+    }
+    const up = connect(to, '127.0.0.1');
+    sockets.add(up);
+    up.on('error', () => sock.destroy()).on('close', () => (sockets.delete(up), sock.destroy()));
+    sock.on('close', () => up.destroy());
+    sock.pipe(up).pipe(sock);
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: portOf(srv),
+    open: () => void (open = true),
+    resets: () => resets,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => srv.close(r));
+    },
+  };
+};
 
 const opts = { privateKey: new Secret(clientKey.private), connectTimeoutMs: 2_000, commandTimeoutMs: 5_000 };
 
@@ -150,8 +196,12 @@ describe('ssh2 RemoteShell adapter', () => {
   });
 
   it('maps a refused TCP connection to ssh_connect_failed, which is retried', async () => {
-    const err = await connectSsh({ ...target, port: await freePort() }, opts).catch((e: unknown) => e);
+    const err = await refusedConnect(
+      (port) => connectSsh({ ...target, port }, opts).catch((e: unknown) => e),
+      (e) => /ECONNREFUSED/.test(String((e as Error | undefined)?.message)),
+    );
     expect(isOrchestratorError(err) && err.code).toBe('ssh_connect_failed');
+    expect((err as Error).message).toMatch(/ECONNREFUSED/);
     expect(classify(err)).toBe('retry');
   });
 
@@ -159,11 +209,18 @@ describe('ssh2 RemoteShell adapter', () => {
     const silent: NetServer = createServer(() => undefined);
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
     try {
+      // Every other deadline is far away, so only the 300 ms connect timeout can end this: without
+      // it, ssh2's own 20 s handshake timeout would (and the bound below would fail).
       const t0 = Date.now();
       expect(
-        await codeOf(connectSsh({ ...target, port: portOf(silent) }, { ...opts, connectTimeoutMs: 300 })),
+        await codeOf(
+          connectSsh(
+            { ...target, port: portOf(silent) },
+            { ...opts, connectTimeoutMs: 300, commandTimeoutMs: 60_000 },
+          ),
+        ),
       ).toBe('ssh_timeout');
-      expect(Date.now() - t0).toBeLessThan(2_500);
+      expect(Date.now() - t0).toBeLessThan(10_000);
     } finally {
       silent.close();
     }
@@ -172,8 +229,9 @@ describe('ssh2 RemoteShell adapter', () => {
   it('times out a command and stops it', async () => {
     shell = await connectSsh(target, opts);
     const t0 = Date.now();
-    expect(await codeOf(shell.exec(['sleep', '5'], { timeoutMs: 300 }))).toBe('ssh_timeout');
-    expect(Date.now() - t0).toBeLessThan(2_000);
+    // A 60 s command against a 300 ms timeout: anything well under a minute proves the timeout.
+    expect(await codeOf(shell.exec(['sleep', '60'], { timeoutMs: 300 }))).toBe('ssh_timeout');
+    expect(Date.now() - t0).toBeLessThan(10_000);
     // The connection stays usable for the next command.
     expect((await shell.exec(['true'])).code).toBe(0);
   });
@@ -205,38 +263,47 @@ describe('ssh2 RemoteShell adapter', () => {
 
   describe('waitUntilReady', () => {
     it('keeps trying while the host boots, then connects', async () => {
-      const port = await freePort();
-      let late: Server | undefined;
-      setTimeout(() => void startServer(port).then((s) => (late = s)), 700);
+      const g = await gate(portOf(server));
+      setTimeout(g.open, 700);
       try {
         const t0 = Date.now();
-        shell = await waitUntilReady({ ...target, port }, { ...opts, timeoutMs: 10_000, intervalMs: 100 });
+        shell = await waitUntilReady(
+          { ...target, port: g.port },
+          { ...opts, timeoutMs: 30_000, intervalMs: 100 },
+        );
         expect(Date.now() - t0).toBeGreaterThanOrEqual(600);
+        expect(g.resets()).toBeGreaterThanOrEqual(2);
         expect((await shell.exec(['true'])).code).toBe(0);
       } finally {
         await shell?.close();
         shell = undefined;
-        for (const c of connections) c.end();
-        await new Promise((r) => (late ? late.close(r) : r(undefined)));
+        await g.close();
       }
     });
 
     it('never retries a host key mismatch', async () => {
       const t0 = Date.now();
       const wrong = { ...target, hostPublicKey: pubLine(otherHostKey) };
-      expect(await codeOf(waitUntilReady(wrong, { ...opts, timeoutMs: 10_000 }))).toBe(
+      // A retried mismatch would end in `timeout` after 20 s; one attempt takes well under 10.
+      expect(await codeOf(waitUntilReady(wrong, { ...opts, timeoutMs: 20_000 }))).toBe(
         'ssh_host_key_mismatch',
       );
-      expect(Date.now() - t0).toBeLessThan(2_000);
+      expect(Date.now() - t0).toBeLessThan(10_000);
     });
 
     it('gives up with timeout (and the last error) when the host never answers', async () => {
-      const err = await waitUntilReady(
-        { ...target, port: await freePort() },
-        { ...opts, timeoutMs: 600, intervalMs: 100 },
-      ).catch((e: unknown) => e);
-      expect(isOrchestratorError(err) && err.code).toBe('timeout');
-      expect((err as Error).message).toMatch(/ECONNREFUSED/);
+      const g = await gate(portOf(server)); // never opened: every attempt is reset
+      try {
+        const err = await waitUntilReady(
+          { ...target, port: g.port },
+          { ...opts, timeoutMs: 600, intervalMs: 100 },
+        ).catch((e: unknown) => e);
+        expect(isOrchestratorError(err) && err.code).toBe('timeout');
+        expect((err as Error).message).toMatch(/ECONNRESET/);
+        expect(g.resets()).toBeGreaterThanOrEqual(2);
+      } finally {
+        await g.close();
+      }
     });
   });
 });

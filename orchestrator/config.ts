@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { OrchestratorError } from './errors';
+import { DNS_ZONE, POLL_INTERVAL } from './infra/infra-validation';
 
 /**
  * Every environment variable the orchestrator reads, in one schema, parsed once at start by a
@@ -45,10 +46,7 @@ export const configSchema = z
 
     DNS_ZONE: z
       .string()
-      .regex(
-        /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/,
-        'must be a DNS zone like agents.example.com',
-      )
+      .regex(DNS_ZONE, 'must be a DNS zone like agents.example.com')
       .default('agents.localhost.test'),
     ACME_EMAIL: z.email().optional(),
 
@@ -61,10 +59,7 @@ export const configSchema = z
       .string()
       .regex(/^[a-z]+\d+$/)
       .default('cx23'),
-    HCLOUD_POLL_INTERVAL: z
-      .string()
-      .regex(/^\d+(ms|s)$/)
-      .default('5s'),
+    HCLOUD_POLL_INTERVAL: z.string().regex(POLL_INTERVAL, 'must be a duration like 5s').default('5s'),
     /** CIDRs allowed to reach SSH on agent servers: the orchestrator's egress addresses. */
     ORCHESTRATOR_SSH_CIDRS: z
       .string()

@@ -2,6 +2,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OrchestratorError, invalidInput } from '../errors';
 import type { Logger } from '../log';
+import { parsePublicKey } from '../remote/host-keys';
 import type { HostDescription, HostProvider, HostSpec, HostState } from './host-provider';
 import { cgroupPids, createCgroups, hostCgroupDirs, removeCgroupTree } from './local-cgroup';
 import { teardownHost } from './local-cleanup';
@@ -63,15 +64,14 @@ export interface LocalHostProviderOptions {
 }
 
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
-const PUBLIC_KEY = /^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+) [A-Za-z0-9+/]+={0,3}( [^\n]*)?$/;
 
 const validate = (spec: HostSpec): void => {
   if (!/^[^\x00-\x1f\x7f]{1,128}$/.test(spec.deploymentId))
     throw invalidInput('deploymentId', 'must be 1–128 printable characters');
   if (!DNS_LABEL.test(spec.subdomain)) throw invalidInput('subdomain', 'must be a DNS label (a-z, 0-9, -)');
   if (spec.userData.trim() === '') throw invalidInput('userData', 'must not be empty');
-  if (!PUBLIC_KEY.test(spec.hostPublicKey.trim()))
-    throw invalidInput('hostPublicKey', 'must be an OpenSSH public key line (ssh-ed25519 AAAA…)');
+  // The same check as the remote shell's pinning: one ssh-ed25519 key, a well-formed blob.
+  parsePublicKey(spec.hostPublicKey, 'hostPublicKey');
 };
 
 /**

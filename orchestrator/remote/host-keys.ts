@@ -87,6 +87,9 @@ const readString = (buf: Buffer, at: number): { value: Buffer; next: number } | 
  * well-formed ed25519 key whose embedded type matches the declared one.
  */
 export const parsePublicKey = (line: string, field = 'hostPublicKey'): ParsedPublicKey => {
+  // One line: `type blob [comment]`, nothing that could smuggle a second key or a control character.
+  if (typeof line !== 'string' || /[\x00-\x1f\x7f]/.test(line.trim()))
+    throw invalidInput(field, `must be one line: an OpenSSH ${HOST_KEY_TYPE} public key`);
   const parts = line.trim().split(/\s+/);
   const [type, b64] = parts;
   if (type !== HOST_KEY_TYPE) throw invalidInput(field, `must be an OpenSSH ${HOST_KEY_TYPE} public key`);

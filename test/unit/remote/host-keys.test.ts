@@ -10,6 +10,8 @@ import {
   publicKeyOfPrivate,
   sameKeyBlob,
 } from '../../../orchestrator/remote/host-keys';
+import { isOrchestratorError } from '../../../orchestrator/errors';
+import { makeLocalHostProvider } from '../../../orchestrator/infra/local-provider';
 import { Secret } from '../../../orchestrator/secret';
 
 describe('host keys', () => {
@@ -99,8 +101,38 @@ describe('host keys', () => {
         `ssh-ed25519 ${parsePublicKey(generateHostKeyPair().publicKey).blob.subarray(0, 40).toString('base64')}`,
     ],
     ['an empty string', () => ''],
+    ['two keys on two lines', () => `${generateHostKeyPair().publicKey}\n${generateHostKeyPair().publicKey}`],
+    ['a key with a control character in its comment', () => `${generateHostKeyPair().publicKey} a\rb`],
+    ['an ECDSA key', () => utils.generateKeyPairSync('ecdsa', { bits: 256 }).public],
   ])('rejects %s', (_, make) => {
     expect(() => parsePublicKey(make())).toThrow(/hostPublicKey/);
+  });
+
+  it('the local provider checks hostPublicKey with the same parser, before touching the machine', async () => {
+    const hosts = makeLocalHostProvider({ stateDir: '/nonexistent/cortex-state' }); // never reached: validation comes first;
+    const spec = {
+      deploymentId: 'd-1',
+      orgId: 'o-1',
+      subdomain: 'a1b2',
+      userData: '#cloud-config\n',
+    };
+    for (const bad of [
+      utils.generateKeyPairSync('rsa', { bits: 1024 }).public,
+      `${utils.generateKeyPairSync('ecdsa', { bits: 256 }).public} comment`,
+      `ssh-ed25519 ${Buffer.from('not a key').toString('base64')}`,
+      `${generateHostKeyPair().publicKey}\nssh-ed25519 AAAA`,
+    ]) {
+      const err = await hosts.ensure({ ...spec, hostPublicKey: bad }).catch((e: unknown) => e);
+      expect({
+        code: isOrchestratorError(err) && err.code,
+        field: isOrchestratorError(err) && err.field,
+      }).toEqual({
+        code: 'invalid_input',
+        field: 'hostPublicKey',
+      });
+      expect((err as Error).message).toMatch(/^hostPublicKey: .*ssh-ed25519|^hostPublicKey: key blob/);
+    }
+    // (The old check, any `ssh-*`/`ecdsa-*` line, let the ECDSA key and the two-line value through.)
   });
 
   it('refuses a public key where a private key is expected', () => {

@@ -5,7 +5,9 @@ import { isSecret } from '../orchestrator/secret';
 import { CADDYFILE_PATH, type CaddyTls, renderCaddyfile } from './caddyfile';
 import { fillTemplate, loadTemplate } from './render';
 import type { RuntimeProfile } from './runtime-profiles';
-import { AGENT_UNIT_PATH, renderAgentUnit } from './systemd-unit';
+import { AGENT_UNIT_PATH, METADATA_BLOCK_UNIT, renderAgentUnit } from './systemd-unit';
+
+export { METADATA_BLOCK_UNIT };
 
 /**
  * Cloud-init user data for an agent server, built as an object and serialized with `yaml` —
@@ -47,7 +49,6 @@ export interface UserDataInput extends AgentServerFilesInput {
 
 export const SSHD_DROPIN_PATH = '/etc/ssh/sshd_config.d/10-cortex.conf';
 export const METADATA_BLOCK_SCRIPT_PATH = '/usr/local/sbin/cortex-block-metadata';
-export const METADATA_BLOCK_UNIT = 'cortex-metadata-block.service';
 export const ENV_DIR = '/etc/cortex';
 /** Packages every agent server needs (present in the local image; installed on Hetzner). */
 export const BASE_PACKAGES = ['caddy', 'nftables', 'openssh-server'] as const;

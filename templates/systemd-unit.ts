@@ -9,6 +9,8 @@ import type { RuntimeProfile } from './runtime-profiles';
  */
 export const AGENT_UNIT_NAME = 'cortex-agent.service';
 export const AGENT_UNIT_PATH = `/etc/systemd/system/${AGENT_UNIT_NAME}`;
+/** Blocks the metadata service for non-root users; the agent unit Requires= it (and starts After= it). */
+export const METADATA_BLOCK_UNIT = 'cortex-metadata-block.service';
 
 // systemd splits ExecStart= on whitespace and expands `$`, `%`, quotes and backslashes: words made
 // only of these characters mean exactly themselves, so no quoting is needed or attempted.
@@ -34,5 +36,6 @@ export const renderAgentUnit = (runtime: RuntimeProfile, envFile: string = ENV_F
     execStart: runtime.execStart.join(' '),
     envFile,
     runtimeOptions: runtime.unitOptions.join('\n'),
+    metadataBlockUnit: METADATA_BLOCK_UNIT,
   });
 };

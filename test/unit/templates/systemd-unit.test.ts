@@ -2,9 +2,9 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { agentServerFiles, METADATA_BLOCK_UNIT } from '../../../templates/cloud-init';
+import { agentServerFiles, METADATA_BLOCK_SCRIPT_PATH } from '../../../templates/cloud-init';
 import { echoRuntime, openclawRuntime, type RuntimeProfile } from '../../../templates/runtime-profiles';
-import { AGENT_UNIT_NAME, renderAgentUnit } from '../../../templates/systemd-unit';
+import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT, renderAgentUnit } from '../../../templates/systemd-unit';
 
 /**
  * `systemd-analyze verify` against a throwaway root: this machine's unit library (for the targets
@@ -40,12 +40,27 @@ const verify = (units: Record<string, string>, executables: string[]) => {
 
 const lines = (unit: string): string[] => unit.split('\n').filter((l) => l && !l.startsWith('#'));
 
+/** The metadata-block unit exactly as user data places it. */
+const blockUnit = (metadataBlock: 'required' | 'best-effort'): string =>
+  agentServerFiles({
+    siteName: 'a.agents.example.com',
+    tls: { mode: 'internal' },
+    runtime: echoRuntime(),
+    metadataBlock,
+  }).find((f) => f.path.endsWith(`/${METADATA_BLOCK_UNIT}`))?.content ?? '';
+
+/** The agent unit together with the unit it Requires=, as on a server. */
+const withBlock = (agentUnit: string): Record<string, string> => ({
+  [AGENT_UNIT_NAME]: agentUnit,
+  [METADATA_BLOCK_UNIT]: blockUnit('required'),
+});
+
 describe('agent systemd unit', () => {
   it.each([
     ['echo', echoRuntime()],
     ['openclaw', openclawRuntime()],
   ] as [string, RuntimeProfile][])('the %s unit passes systemd-analyze verify cleanly', (_, rt) => {
-    const r = verify({ [AGENT_UNIT_NAME]: renderAgentUnit(rt) }, [rt.execStart[0] as string]);
+    const r = verify(withBlock(renderAgentUnit(rt)), [rt.execStart[0] as string, METADATA_BLOCK_SCRIPT_PATH]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
   });
@@ -53,16 +68,22 @@ describe('agent systemd unit', () => {
   it('the verifier is sharp: a typo in a key or a value is reported', () => {
     const unit = renderAgentUnit(echoRuntime());
     expect(
-      verify({ [AGENT_UNIT_NAME]: unit.replace('ProtectSystem=strict', 'ProtectSystm=strict') }, [
+      verify(withBlock(unit.replace('ProtectSystem=strict', 'ProtectSystm=strict')), [
         '/usr/bin/python3',
+        METADATA_BLOCK_SCRIPT_PATH,
       ]).stderr,
     ).toMatch(/Unknown key/);
     expect(
-      verify({ [AGENT_UNIT_NAME]: unit.replace('ProtectSystem=strict', 'ProtectSystem=strct') }, [
+      verify(withBlock(unit.replace('ProtectSystem=strict', 'ProtectSystem=strct')), [
         '/usr/bin/python3',
+        METADATA_BLOCK_SCRIPT_PATH,
       ]).stderr,
     ).toMatch(/protect system/i);
-    expect(verify({ [AGENT_UNIT_NAME]: unit }, []).stderr).toMatch(/not executable/);
+    expect(verify(withBlock(unit), [METADATA_BLOCK_SCRIPT_PATH]).stderr).toMatch(/not executable/);
+    // ...and it resolves the dependency: without the block unit beside it, verify fails.
+    expect(verify({ [AGENT_UNIT_NAME]: unit }, ['/usr/bin/python3']).stderr).toMatch(
+      /cortex-metadata-block\.service not found/,
+    );
   });
 
   it('runs unprivileged with the env file and the hardening options', () => {
@@ -111,21 +132,23 @@ describe('agent systemd unit', () => {
     );
   });
 
+  it('requires the metadata block and starts after it, so a failed block keeps the agent down', () => {
+    for (const rt of [echoRuntime(), openclawRuntime()]) {
+      const l = lines(renderAgentUnit(rt));
+      expect(l).toContain(`Requires=${METADATA_BLOCK_UNIT}`);
+      expect(l.find((x) => x.startsWith('After='))?.split(/[= ]/)).toContain(METADATA_BLOCK_UNIT);
+      // Wants= would start the agent even when the block failed.
+      expect(l).not.toContain(`Wants=${METADATA_BLOCK_UNIT}`);
+    }
+  });
+
   it('the metadata-block unit verifies too', () => {
     for (const metadataBlock of ['required', 'best-effort'] as const) {
-      const files = agentServerFiles({
-        siteName: 'a.agents.example.com',
-        tls: { mode: 'internal' },
-        runtime: echoRuntime(),
-        metadataBlock,
-      });
-      const unit = files.find((f) => f.path.endsWith(METADATA_BLOCK_UNIT));
-      expect(unit?.content).toContain(
+      const unit = blockUnit(metadataBlock);
+      expect(unit).toContain(
         metadataBlock === 'required' ? 'cortex-block-metadata --required' : 'cortex-block-metadata\n',
       );
-      const r = verify({ [METADATA_BLOCK_UNIT]: unit?.content ?? '' }, [
-        '/usr/local/sbin/cortex-block-metadata',
-      ]);
+      const r = verify({ [METADATA_BLOCK_UNIT]: unit }, [METADATA_BLOCK_SCRIPT_PATH]);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
     }

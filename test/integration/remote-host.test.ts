@@ -18,10 +18,10 @@ import {
   type SshTarget,
 } from '../../orchestrator/remote/ssh-shell';
 import { Secret } from '../../orchestrator/secret';
-import { caddyLocalRootCaPath } from '../../templates/caddyfile';
+import { CADDYFILE_PATH, caddyLocalRootCaPath, renderCaddyfile } from '../../templates/caddyfile';
 import { buildUserData, renderUserData } from '../../templates/cloud-init';
 import { echoRuntime } from '../../templates/runtime-profiles';
-import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
+import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT } from '../../templates/systemd-unit';
 import { agentProbes, parseEnviron } from '../support/agent-probes';
 import { canary } from '../support/canary';
 import { HOSTILE_VALUES } from '../support/hostile-values';
@@ -30,7 +30,8 @@ import { HOSTILE_VALUES } from '../support/hostile-values';
  * The remote shell and the templates against a real local host (systemd-nspawn, booted by the
  * `local` provider with the user data from templates/cloud-init.ts): pinned login, atomic 0600 env
  * file, a connection cut mid-write, the agent's environment byte for byte through systemd's
- * EnvironmentFile=, Caddy over verified HTTPS, and re-keying.
+ * EnvironmentFile=, Caddy over verified HTTPS (holding requests while the agent restarts), the
+ * metadata block (its effect, and the agent unit's dependency on it), and re-keying.
  */
 jest.setTimeout(180_000);
 
@@ -77,6 +78,7 @@ const httpsGet = (o: {
   servername: string;
   path: string;
   ca?: string;
+  timeoutMs?: number;
 }): Promise<{ status: number; body: string }> =>
   new Promise((resolve, reject) => {
     const req = request(
@@ -88,7 +90,7 @@ const httpsGet = (o: {
         agent: false,
         headers: { host: o.servername },
         ...(o.ca ? { ca: o.ca } : {}),
-        timeout: 5_000,
+        timeout: o.timeoutMs ?? 5_000,
       },
       (res) => {
         let body = '';
@@ -140,8 +142,9 @@ describe('remote shell and templates on a real local host', () => {
         orchestratorPublicKey: orchestratorKey.publicKey,
         tls: { mode: 'internal' },
         runtime,
-        // The base image has neither nft nor iptables, and a local host has no metadata service.
-        metadataBlock: 'best-effort',
+        // Production's mode: the image has nftables and the container its own network namespace
+        // (CAP_NET_ADMIN inside), so the block is really applied; the test below checks its effect.
+        metadataBlock: 'required',
         installPackages: false,
       }),
     );
@@ -296,20 +299,125 @@ describe('remote shell and templates on a real local host', () => {
     );
   });
 
-  it('an agent restart is invisible to clients (Caddy retries the upstream)', async () => {
+  it('non-root users are refused the metadata service at once; root is not (nft rule in place)', async () => {
+    expect((await shell.exec(agentCommands.isActive(METADATA_BLOCK_UNIT))).code).toBe(0);
+    const counter = async (): Promise<number> => {
+      const table = await text(shell, ['nft', 'list', 'table', 'inet', 'cortex_metadata']);
+      expect(table).toMatch(
+        /ip daddr 169\.254\.169\.254 meta skuid != 0 counter packets \d+ bytes \d+ reject/,
+      );
+      return Number(/counter packets (\d+)/.exec(table)?.[1]);
+    };
+    const probe = async (user: 'root' | 'nobody') => {
+      const [outcome, seconds] = (await text(shell, agentProbes.metadataConnect(user))).trim().split(' ');
+      return { outcome, seconds: Number(seconds) };
+    };
+    // A local host has no route to the metadata address (ENETUNREACH before any firewall rule is
+    // consulted); give it one on host0, as a cloud server has, for the duration of the test.
+    const route = ['ip', 'route', 'add', '169.254.169.254/32', 'dev', 'host0'];
+    await run(shell, route);
+    try {
+      const c0 = await counter();
+      const nobody = await probe('nobody');
+      expect(nobody.outcome).toBe('ECONNREFUSED');
+      expect(nobody.seconds).toBeLessThan(1);
+      const c1 = await counter();
+      expect(c1).toBeGreaterThan(c0);
+      // Root's packet does not match the rule (the counter stays), so it is not refused; with no
+      // metadata service behind host0 it times out (or finds no neighbour) instead.
+      const root = await probe('root');
+      expect(root.outcome).not.toBe('ECONNREFUSED');
+      expect(await counter()).toBe(c1);
+    } finally {
+      await run(shell, ['ip', 'route', 'del', '169.254.169.254/32', 'dev', 'host0']);
+    }
+  });
+
+  it('a failing metadata block keeps the agent down (Requires=); best-effort mode lets it start', async () => {
+    const dropIn = `/etc/systemd/system/${METADATA_BLOCK_UNIT}.d/zz-test.conf`;
+    const setDropIn = async (content: string | undefined) => {
+      if (content === undefined) await run(shell, agentCommands.removeFile(dropIn));
+      else await shell.writeFileAtomic(dropIn, Buffer.from(content), { mode: 0o644, dirMode: 0o755 });
+      await run(shell, agentCommands.daemonReload());
+    };
+    const active = async (unit: string) => (await shell.exec(agentCommands.isActive(unit))).code === 0;
+    expect(await active(AGENT_UNIT_NAME)).toBe(true);
+    try {
+      // No firewall tool on the script's PATH: with --required (this host's mode) the block fails...
+      await setDropIn('[Service]\nEnvironment=PATH=/nonexistent\n');
+      expect((await shell.exec(agentCommands.restart(METADATA_BLOCK_UNIT))).code).not.toBe(0);
+      // ...which stopped the agent, and a start is refused while the block fails.
+      expect(await active(AGENT_UNIT_NAME)).toBe(false);
+      const start = await shell.exec(['systemctl', 'start', AGENT_UNIT_NAME]);
+      expect(start.code).not.toBe(0);
+      expect(start.stderr.toString()).toMatch(/dependency/i);
+      expect(await active(AGENT_UNIT_NAME)).toBe(false);
+      // The same missing tool in best-effort mode (local hosts): a warning, and the agent starts.
+      await setDropIn(
+        '[Service]\nEnvironment=PATH=/nonexistent\nExecStart=\nExecStart=/usr/local/sbin/cortex-block-metadata\n',
+      );
+      expect((await shell.exec(['systemctl', 'start', AGENT_UNIT_NAME])).code).toBe(0);
+      expect(await active(METADATA_BLOCK_UNIT)).toBe(true);
+      expect(await active(AGENT_UNIT_NAME)).toBe(true);
+    } finally {
+      await setDropIn(undefined);
+    }
+    // Back to the real, required block: it loads, and the agent runs.
+    await run(shell, agentCommands.restart(METADATA_BLOCK_UNIT));
+    await run(shell, ['systemctl', 'start', AGENT_UNIT_NAME]);
+    expect(await active(AGENT_UNIT_NAME)).toBe(true);
+  });
+
+  it('Caddy holds a request while the agent is down and completes it once the agent is back', async () => {
     const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
-    const restart = run(shell, agentCommands.restart(AGENT_UNIT_NAME));
-    const statuses = await Promise.all(
-      Array.from({ length: 10 }, (_, i) =>
-        new Promise((r) => setTimeout(r, i * 50)).then(() =>
-          httpsGet({ ip: host.ipv4, servername: siteName, path: runtime.healthPath, ca }).then(
-            (x) => x.status,
-          ),
-        ),
-      ),
-    );
-    await restart;
-    expect(statuses).toEqual(Array(10).fill(200));
+    const get = () =>
+      httpsGet({ ip: host.ipv4, servername: siteName, path: runtime.healthPath, ca, timeoutMs: 30_000 });
+    const GAP_MS = 1_500;
+    await run(shell, ['systemctl', 'stop', AGENT_UNIT_NAME]);
+    try {
+      const t0 = Date.now();
+      const pending = get();
+      await new Promise((r) => setTimeout(r, GAP_MS));
+      await run(shell, ['systemctl', 'start', AGENT_UNIT_NAME]);
+      const res = await pending;
+      // 200, and only after the gap: the request was held (lb_try_duration), not answered early.
+      expect({ status: res.status, heldMs: Date.now() - t0 >= GAP_MS }).toEqual({
+        status: 200,
+        heldMs: true,
+      });
+    } finally {
+      await run(shell, ['systemctl', 'start', AGENT_UNIT_NAME]);
+    }
+
+    // Negative control: with lb_try_duration (1 s) shorter than the gap, the same request fails.
+    const caddyfile = (tryDurationSeconds?: number) =>
+      Buffer.from(
+        renderCaddyfile({
+          siteName,
+          agentPort: runtime.port,
+          tls: { mode: 'internal' },
+          ...(tryDurationSeconds === undefined ? {} : { tryDurationSeconds }),
+        }),
+      );
+    const writeCaddyfile = async (b: Buffer) => {
+      await shell.writeFileAtomic(CADDYFILE_PATH, b, { mode: 0o644, dirMode: 0o755 });
+      await run(shell, agentCommands.reloadOrRestart('caddy.service'));
+    };
+    await writeCaddyfile(caddyfile(1));
+    await run(shell, ['systemctl', 'stop', AGENT_UNIT_NAME]);
+    try {
+      const t0 = Date.now();
+      const res = await get();
+      const elapsed = Date.now() - t0;
+      expect(res.status).toBe(502);
+      expect(elapsed).toBeGreaterThanOrEqual(900);
+      expect(elapsed).toBeLessThan(GAP_MS + 5_000);
+    } finally {
+      await run(shell, ['systemctl', 'start', AGENT_UNIT_NAME]);
+      await writeCaddyfile(caddyfile());
+    }
+    const back = await get();
+    expect(back.status).toBe(200);
   });
 
   it('after re-keying, the old host key is refused and the new one accepted', async () => {

@@ -16,6 +16,30 @@ export const agentProbes = {
       throw invalidInput('path', 'must be an absolute path without ..');
     return ['cat', '--', p];
   },
+  /**
+   * A TCP connect to the metadata service (169.254.169.254:80) as `user`, with a 2 s timeout:
+   * prints `<outcome> <seconds>`, the outcome being `connected`, `timeout` or an errno name.
+   */
+  metadataConnect: (user: 'root' | 'nobody'): Argv => [
+    'runuser',
+    '-u',
+    user,
+    '--',
+    'python3',
+    '-I',
+    '-c',
+    [
+      'import errno, socket, time',
+      's = socket.socket(); s.settimeout(2); t = time.time()',
+      'try:',
+      '    s.connect(("169.254.169.254", 80)); r = "connected"',
+      'except socket.timeout:',
+      '    r = "timeout"',
+      'except OSError as e:',
+      '    r = errno.errorcode.get(e.errno, str(e.errno))',
+      'print(r, round(time.time() - t, 3))',
+    ].join('\n'),
+  ],
   /** NUL-separated `NAME=value` entries of a running process, read as root. */
   processEnviron: (pid: number): Argv => {
     if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');

@@ -186,36 +186,18 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     return r.deleted;
   };
 
-  const createPlatformSecret = async (
-    name: string,
-    value: Secret,
-    ctx?: AuditContext,
-  ): Promise<PlatformSecretMetadata> => {
-    const n = parseInput(platformSecretName, name, 'name');
-    const plain = checkPlatformSecretValue('value', value);
-    const r = await rpc<MetaRow>('platform_secrets__create', {
-      p_name: n,
-      p_value: plain,
-      ...auditArgs(ctx),
-    });
-    return { ...toMeta(r), name: n };
-  };
-
+  // Create and rotate take the same input and return the same metadata; only the function differs.
+  const writePlatformSecret =
+    (fn: 'platform_secrets__create' | 'platform_secrets__rotate') =>
+    async (name: string, value: Secret, ctx?: AuditContext): Promise<PlatformSecretMetadata> => {
+      const n = parseInput(platformSecretName, name, 'name');
+      const plain = checkPlatformSecretValue('value', value);
+      const r = await rpc<MetaRow>(fn, { p_name: n, p_value: plain, ...auditArgs(ctx) });
+      return { ...toMeta(r), name: n };
+    };
+  const createPlatformSecret = writePlatformSecret('platform_secrets__create');
   /** The new value becomes the current version; the previous version's vault secret is deleted. */
-  const rotatePlatformSecret = async (
-    name: string,
-    value: Secret,
-    ctx?: AuditContext,
-  ): Promise<PlatformSecretMetadata> => {
-    const n = parseInput(platformSecretName, name, 'name');
-    const plain = checkPlatformSecretValue('value', value);
-    const r = await rpc<MetaRow>('platform_secrets__rotate', {
-      p_name: n,
-      p_value: plain,
-      ...auditArgs(ctx),
-    });
-    return { ...toMeta(r), name: n };
-  };
+  const rotatePlatformSecret = writePlatformSecret('platform_secrets__rotate');
 
   /**
    * Read a platform secret's current value through its audited SQL function. An unknown name is a

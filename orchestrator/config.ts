@@ -16,7 +16,11 @@ export const configSchema = z
     LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 
     /** Where the project keeps its local state (services' data, host image, hosts). Git-ignored. */
-    CORTEX_STATE_DIR: z.string().min(1).default('.local'),
+    CORTEX_STATE_DIR: z
+      .string()
+      // It ends up in overlayfs mount options (`,` and `:` separate them) and server command lines.
+      .regex(/^[^\s,:'"]+$/, 'must be a path without spaces, quotes, "," or ":"')
+      .default('.local'),
 
     /** `postgres`: direct connection (local mode, throughput). `supabase`: supabase-js `.rpc()`. */
     RPC_ADAPTER: z.enum(['postgres', 'supabase']).default('postgres'),

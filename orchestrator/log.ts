@@ -1,5 +1,4 @@
 import pino, { type Logger as PinoLogger, type DestinationStream } from 'pino';
-import { Secret } from './secret';
 
 export type Logger = PinoLogger;
 
@@ -48,15 +47,6 @@ export const makeLogger = (opts: { level: string; name?: string }, destination?:
       name: opts.name ?? 'cortex',
       redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
       serializers: { err: pino.stdSerializers.err },
-      hooks: {
-        // Secret already prints as [REDACTED]; this keeps it that way through pino's own fast paths.
-        logMethod(args, method) {
-          method.apply(
-            this,
-            args.map((a) => (a instanceof Secret ? '[REDACTED]' : a)) as Parameters<typeof method>,
-          );
-        },
-      },
     },
     destination ?? pino.destination(2),
   );

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 STATE=${CORTEX_STATE_DIR:-$ROOT/.local}
 case "$STATE" in /*) ;; *) STATE=$ROOT/$STATE ;; esac
+# Paths end up in the server's option string and in overlayfs mount options: keep them plain.
+case "$STATE" in *[[:space:],:\'\"]*) echo "[services] the state directory ($STATE) must not contain spaces, quotes, ',' or ':'; set CORTEX_STATE_DIR" >&2; exit 1 ;; esac
 PGPORT=${CORTEX_PG_PORT:-54329}
 REDIS_PORT=${CORTEX_REDIS_PORT:-63799}
 PGBIN=/usr/lib/postgresql/15/bin

@@ -41,5 +41,9 @@ describe('config', () => {
     ).toEqual(['10.0.0.0/8', '2001:db8::/32']);
     expect(failure({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8,nope' })).toContain('ORCHESTRATOR_SSH_CIDRS');
     expect(failure({ LOG_LEVEL: 'loud' })).toMatch(/LOG_LEVEL: must be one of/);
+    expect(failure({ CORTEX_STATE_DIR: '/srv/a,b:c' })).toMatch(/CORTEX_STATE_DIR: /);
+    expect(loadConfig({ CORTEX_STATE_DIR: '/srv/cortex-state_1' }).CORTEX_STATE_DIR).toBe(
+      '/srv/cortex-state_1',
+    );
   });
 });

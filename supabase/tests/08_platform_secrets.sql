@@ -7,12 +7,11 @@ create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 select plan(62);
 
--- shaped like an OpenSSH private key: several lines and a final line feed
-select E'-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n'
-  || E'QyNTUxOQAAACBjYW5hcnktcGxhdGZvcm0ta2V5LTAwMDEtY2FuYXJ5cGxhdGZvcm0AAAA\n'
-  || E'-----END OPENSSH PRIVATE KEY-----\n' as key1 \gset
-select E'-----BEGIN OPENSSH PRIVATE KEY-----\nYW5vdGhlci1jYW5hcnktcGxhdGZvcm0ta2V5LTAwMDItcm90YXRlZC12YWx1ZQAAAAAAAA\n'
-  || E'-----END OPENSSH PRIVATE KEY-----\n' as key2 \gset
+-- shaped like an OpenSSH private key (several lines and a final line feed), random on every run
+select E'-----BEGIN OPENSSH PRIVATE KEY-----\n' || encode(extensions.gen_random_bytes(51), 'base64') || E'\n'
+  || encode(extensions.gen_random_bytes(51), 'base64') || E'\n-----END OPENSSH PRIVATE KEY-----\n' as key1 \gset
+select E'-----BEGIN OPENSSH PRIVATE KEY-----\n' || encode(extensions.gen_random_bytes(51), 'base64')
+  || E'\n-----END OPENSSH PRIVATE KEY-----\n' as key2 \gset
 select 'ffffffff-ffff-ffff-ffff-ffffffffffff' as platform \gset
 
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;

@@ -4,12 +4,12 @@ import { utils } from 'ssh2';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import type { Rpc } from '../../orchestrator/db/rpc';
 import { makeSupabaseRpc } from '../../orchestrator/db/supabase-rpc';
-import { OrchestratorError } from '../../orchestrator/errors';
 import { Secret } from '../../orchestrator/secret';
 import { makeSecretsService, PLATFORM_AUDIT_CHAIN } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { adminPool, auditRows, makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
 import { signJwt, startPostgrestStandIn, type PostgrestStandIn } from '../support/postgrest-rpc';
+import { rejection as caught } from '../support/rejection';
 
 /**
  * One contract, two adapters: the same secrets service runs over a direct Postgres connection and
@@ -71,16 +71,6 @@ const platformAuditRows = async (where: { secretId?: string; reason?: string }) 
       [PLATFORM_AUDIT_CHAIN, where.secretId ?? null, where.reason ?? null],
     )
   ).rows;
-
-const caught = async (p: Promise<unknown>): Promise<OrchestratorError> => {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof OrchestratorError) return err;
-    throw err;
-  }
-  throw new Error('expected an OrchestratorError');
-};
 
 describe.each(adapters)('secrets contract through the %s adapter', (_name, getRpc) => {
   it('creates, binds and reads a secret, auditing each step; metadata never holds the value', async () => {

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import YAML from 'yaml';
 import { loadConfig } from '../../../orchestrator/config';
-import { classify, isOrchestratorError, type ErrorCode } from '../../../orchestrator/errors';
+import { classify } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import type { HostSpec } from '../../../orchestrator/infra/host-provider';
 import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provider';
@@ -10,6 +10,7 @@ import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { canary } from '../../support/canary';
 import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
+import { rejection } from '../../support/rejection';
 
 const addresses = { ipv4: '198.51.100.77', ipv6: '2001:db8:77::1' };
 const orchestratorKey = `${generateHostKeyPair().publicKey} cortex`;
@@ -62,16 +63,6 @@ const setup = async (env: Record<string, string> = {}) => {
   });
   const hosts = makeHcloudHostProvider({ runner, settings: config, sshKeyId: platformSshKeyId(runner), log });
   return { config, fake, hosts, runner, logs };
-};
-
-const rejection = async (p: Promise<unknown>): Promise<{ code: ErrorCode; field?: string | undefined }> => {
-  try {
-    await p;
-  } catch (err) {
-    if (isOrchestratorError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
 };
 
 describe('hcloud host provider (stack runner + fake workspace + the real program under mocks)', () => {

@@ -1,8 +1,9 @@
-import { classify, isOrchestratorError, type ErrorCode } from '../../../orchestrator/errors';
+import { classify, type ErrorCode } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { makeStackRunner, operationTimeoutMs } from '../../../orchestrator/infra/stack-runner';
 import { canary } from '../../support/canary';
 import { diyLockedStderr, makeFakeWorkspace, type FakeWorkspace } from '../../support/fake-workspace';
+import { rejection } from '../../support/rejection';
 
 const STALE = 10 * 60_000;
 const program = async () => ({ answer: 42 });
@@ -28,16 +29,6 @@ const setup = (over: { timeoutMs?: number; abortGraceMs?: number } = {}) => {
     abortGraceMs: over.abortGraceMs ?? 1_000,
   });
   return { fake, out, runner };
-};
-
-const rejection = async (p: Promise<unknown>): Promise<{ code: ErrorCode; message: string }> => {
-  try {
-    await p;
-  } catch (err) {
-    if (isOrchestratorError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
 };
 
 const ran = (fake: FakeWorkspace, verb: string, stack: string) =>

@@ -12,6 +12,7 @@ import {
   type SshTarget,
 } from '../../../orchestrator/remote/ssh-shell';
 import { Secret } from '../../../orchestrator/secret';
+import { rejection } from '../../support/rejection';
 
 /**
  * An in-process SSH server (ssh2's Server) that runs each exec request with the local /bin/sh, so
@@ -129,15 +130,7 @@ const gate = async (to: number) => {
 
 const opts = { privateKey: new Secret(clientKey.private), connectTimeoutMs: 2_000, commandTimeoutMs: 5_000 };
 
-const codeOf = async (p: Promise<unknown>): Promise<string> => {
-  try {
-    await p;
-  } catch (err) {
-    if (isOrchestratorError(err)) return err.code;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-};
+const codeOf = async (p: Promise<unknown>): Promise<string> => (await rejection(p)).code;
 
 describe('ssh2 RemoteShell adapter', () => {
   let server: Server;

@@ -17,4 +17,12 @@ if [ -s "$STATE/redis/redis.pid" ]; then
     echo "[services] Redis stopped"
   fi
 fi
+# Knot DNS (scripts/dns-up.sh): through its control socket, then wait for its pid to go.
+if [ -S "$STATE/dns/knot.sock" ]; then
+  pid=$(cat "$STATE/dns/knot.pid" 2>/dev/null)
+  if knotc -s "$STATE/dns/knot.sock" -t 5 stop >/dev/null 2>&1; then
+    for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "[services] Knot DNS stopped"
+  fi
+fi
 exit 0

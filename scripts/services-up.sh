@@ -73,6 +73,9 @@ if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# ---- DNS: local authoritative server for the agents' zone (Knot; scripts/dns-up.sh) -----------
+bash scripts/dns-up.sh
+
 # ---- Database schema --------------------------------------------------------------------------
 DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/$DB"
 bash scripts/db-setup.sh "$DATABASE_URL" >&2

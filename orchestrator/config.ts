@@ -27,11 +27,14 @@ export const configSchema = z
     DATABASE_URL: z
       .url({ protocol: /^postgres(ql)?$/ })
       .default('postgres://postgres@127.0.0.1:54329/cortex?sslmode=disable'),
-    /** The role the direct adapter's sessions assume; the login user must be a member of it. */
+    /**
+     * The role the direct adapter's sessions assume; the login user must be a member of it. The
+     * orchestrator's own role (migrations create it): EXECUTE on the contract, nothing else.
+     */
     DATABASE_ROLE: z
       .string()
       .regex(/^[a-z_][a-z0-9_]*$/, 'must be a plain role name')
-      .default('service_role'),
+      .default('cortex_orchestrator'),
     DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
     SUPABASE_URL: z.url({ protocol: /^https?$/ }).optional(),
     /** A service-role key (legacy JWT or `sb_secret_…`). Secret: never logged. */
@@ -47,6 +50,15 @@ export const configSchema = z
     SSH_PRIVATE_KEY_SECRET: z.string().min(1).default('orchestrator-ssh-key'),
     SSH_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
     SSH_COMMAND_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(120_000),
+
+    /** Where signed audit checkpoints go; unset: `file://<CORTEX_STATE_DIR>/audit-checkpoints`. */
+    AUDIT_CHECKPOINT_STORE: z
+      .string()
+      // The object-store adapter (s3://…) plugs in at orchestrator/audit/checkpoint-store.ts.
+      .regex(/^file:\/\/[^\0]+$/, 'must be file://<directory> (the only adapter so far)')
+      .optional(),
+    /** The ed25519 key that signs them (0600, created on first use); unset: `<CORTEX_STATE_DIR>/keys/audit_checkpoint_ed25519`. */
+    AUDIT_CHECKPOINT_KEY_FILE: z.string().min(1).optional(),
 
     DNS_ZONE: z
       .string()

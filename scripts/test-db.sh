@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # `npm run test:db`: `supabase db lint` (fails on any warning) and the pgTAP tests under
-# supabase/tests with pg_prove, against the local database (`npm run services:up` first). Each
-# pgTAP file runs in a transaction and rolls back, so runs do not see each other.
+# supabase/tests with pg_prove, against a database created for this run (createdb, then the same
+# set-up as services:up: scripts/db-setup.sh) and dropped afterwards, so nothing else writing to the
+# shared `cortex` database can disturb a count, and every run starts from the migrations as they
+# are. The local Postgres must be up (`npm run services:up`). Each pgTAP file also runs in a
+# transaction and rolls back, so the files do not see each other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PGPORT=${CORTEX_PG_PORT:-54329}
-npx --no-install supabase db lint --db-url "postgres://postgres@127.0.0.1:$PGPORT/cortex?sslmode=disable" \
-  --level warning --fail-on warning
-pg_prove -h 127.0.0.1 -p "$PGPORT" -U postgres -d cortex --ext .sql -r supabase/tests
+DB="cortex_test_$(date +%s)_$$"
+BASE="postgres://postgres@127.0.0.1:$PGPORT"
+cleanup() { dropdb -h 127.0.0.1 -p "$PGPORT" -U postgres --if-exists --force "$DB" 2>/dev/null || true; }
+trap cleanup EXIT
+createdb -h 127.0.0.1 -p "$PGPORT" -U postgres "$DB"
+bash scripts/db-setup.sh "$BASE/$DB" >/dev/null
+npx --no-install supabase db lint --db-url "$BASE/$DB?sslmode=disable" --level warning --fail-on warning
+pg_prove -h 127.0.0.1 -p "$PGPORT" -U postgres -d "$DB" --ext .sql -r supabase/tests

@@ -15,17 +15,17 @@ export const makePgRpc = (opts: {
   connectionString: string;
   max?: number;
   statementTimeoutMs?: number;
-  /** The role every session assumes (`SET ROLE` at connection start); default `service_role`. */
+  /** The role every session assumes (`SET ROLE` at connection start); default `cortex_orchestrator`. */
   role?: string;
 }): PgRpc => {
-  const role = opts.role ?? 'service_role';
+  const role = opts.role ?? 'cortex_orchestrator';
   if (!/^[a-z_][a-z0-9_]*$/.test(role))
     throw new OrchestratorError('config_invalid', 'DATABASE_ROLE: must be a plain role name');
   const config: PoolConfig = {
     connectionString: opts.connectionString,
-    // Even when the login user is more (locally, the superuser), the orchestrator acts as
-    // service_role: it can call the audited functions, but cannot disable the audit trigger,
-    // alter tables or bypass the functions' grants.
+    // Even when the login user is more (locally, the superuser), the orchestrator acts as its own
+    // role: it can call the audited functions, but cannot read the vault, write a table, disable
+    // the audit trigger or bypass the functions' grants.
     options: `-c role=${role}`,
     max: opts.max ?? 10,
     statement_timeout: opts.statementTimeoutMs ?? 30_000,

@@ -4,9 +4,9 @@ import { OrchestratorError } from '../errors';
 import { checkCall, mapDbError, type Rpc } from './rpc';
 
 /**
- * The supabase-js adapter: `.rpc()` over PostgREST, for a hosted Supabase. The key must map to
- * `service_role` (a legacy service-role JWT or an `sb_secret_…` key); with any other key the
- * secret functions refuse to run.
+ * The supabase-js adapter: `.rpc()` over PostgREST, for a hosted Supabase. The key must be a JWT
+ * signed with the project's JWT secret whose `role` claim is `cortex_orchestrator` (README,
+ * "Supabase: the data contract"); with any other key the contract functions refuse to run.
  */
 export const makeSupabaseRpc = (opts: {
   url: string;

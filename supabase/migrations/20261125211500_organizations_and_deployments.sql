@@ -6,6 +6,23 @@
 -- '<parameter name without p_>: <what is wrong and what to do>' and never quotes a secret value;
 -- a missing row raises P0002 with '<thing> <id> not found'.
 
+-- ---- the orchestrator's own role ------------------------------------------------------------------
+-- The orchestrator acts as cortex_orchestrator, never as service_role (which Supabase lets read
+-- vault.decrypted_secrets directly and write every table PostgREST exposes). It holds EXECUTE on
+-- the contract functions and nothing else: no table privilege, no vault access, no TEMP. NOLOGIN:
+-- the direct adapter logs in as a member and switches (`-c role=cortex_orchestrator`); PostgREST's
+-- `authenticator` switches to it for a JWT whose `role` claim names it. Roles are cluster-wide, so
+-- this is written to run again for every database of the cluster.
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_roles where rolname = 'cortex_orchestrator') then
+    create role cortex_orchestrator nologin noinherit;
+  end if;
+end
+$$;
+grant cortex_orchestrator to authenticator;
+grant usage on schema public to cortex_orchestrator;
+
 -- ---- input checks (internal) --------------------------------------------------------------------
 
 create function public.input__check_text(p_field text, p_value text, p_max integer)
@@ -282,11 +299,11 @@ revoke all on function public.organization_members__add(uuid, uuid, text) from p
 revoke all on function public.deployments__create(uuid, text, text, text, text, text) from public, anon, authenticated;
 revoke all on function public.deployments__get(uuid) from public, anon, authenticated;
 revoke all on function public.deployments__set_status(uuid, text) from public, anon, authenticated;
-grant execute on function public.organizations__create(text) to service_role;
-grant execute on function public.organization_members__add(uuid, uuid, text) to service_role;
-grant execute on function public.deployments__create(uuid, text, text, text, text, text) to service_role;
-grant execute on function public.deployments__get(uuid) to service_role;
-grant execute on function public.deployments__set_status(uuid, text) to service_role;
+grant execute on function public.organizations__create(text) to service_role, cortex_orchestrator;
+grant execute on function public.organization_members__add(uuid, uuid, text) to service_role, cortex_orchestrator;
+grant execute on function public.deployments__create(uuid, text, text, text, text, text) to service_role, cortex_orchestrator;
+grant execute on function public.deployments__get(uuid) to service_role, cortex_orchestrator;
+grant execute on function public.deployments__set_status(uuid, text) to service_role, cortex_orchestrator;
 
 -- ---- row-level security: members read their organizations' rows; nobody writes through RLS ------
 

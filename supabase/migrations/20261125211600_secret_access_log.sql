@@ -349,7 +349,7 @@ revoke all on function public.audit_context__check(text, text, text) from public
 revoke all on function public.secret_access_log__verify_chain(uuid) from public, anon, authenticated, service_role;
 revoke all on function public.secret_access_log__verify(uuid) from public, anon, authenticated;
 revoke all on function public.secret_access_log__apply_retention(timestamptz) from public, anon, authenticated;
-grant execute on function public.secret_access_log__verify(uuid) to service_role;
+grant execute on function public.secret_access_log__verify(uuid) to service_role, cortex_orchestrator;
 grant execute on function public.secret_access_log__apply_retention(timestamptz) to service_role;
 
 alter table public.secret_access_log enable row level security;

@@ -599,14 +599,14 @@ revoke all on function public.deployment_secrets__bind(uuid, text, uuid, text, t
 revoke all on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) from public, anon, authenticated;
 revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) from public, anon, authenticated;
 revoke all on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) from public, anon, authenticated;
-grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to service_role;
-grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to service_role;
-grant execute on function public.secret_versions__retire(uuid, integer, text, text, inet, text) to service_role;
-grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to service_role;
-grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to service_role;
-grant execute on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) to service_role;
-grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) to service_role;
-grant execute on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) to service_role;
+grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.secret_versions__retire(uuid, integer, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) to service_role, cortex_orchestrator;
 
 -- ---- row-level security -------------------------------------------------------------------------
 

@@ -364,9 +364,9 @@ $$;
 revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated;
 revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated;
 revoke all on function public.platform_secrets__read(text, text, text, inet, text) from public, anon, authenticated;
-grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to service_role;
-grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to service_role;
-grant execute on function public.platform_secrets__read(text, text, text, inet, text) to service_role;
+grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to service_role, cortex_orchestrator;
+grant execute on function public.platform_secrets__read(text, text, text, inet, text) to service_role, cortex_orchestrator;
 
 -- ---- privileges and row-level security --------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(151);
+select plan(171);
 
 create temp table contract (fn regprocedure primary key, call text not null);
 insert into contract values
@@ -73,10 +73,23 @@ select is(
    where p.pronamespace = 'public'::regnamespace and has_function_privilege('service_role', p.oid, 'execute')
      and p.oid not in (select fn from contract)),
   null, 'service_role can execute no internal helper');
+select is(
+  (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc p
+   where p.pronamespace = 'public'::regnamespace and has_function_privilege('cortex_orchestrator', p.oid, 'execute')
+     and p.oid not in (select fn from contract where fn <> 'public.secret_access_log__apply_retention(timestamp with time zone)'::regprocedure)),
+  null, 'cortex_orchestrator can execute the contract (retention excepted) and no internal helper');
+select ok(not rolcanlogin and not rolsuper and not rolcreaterole and not rolcreatedb and not rolbypassrls,
+  'cortex_orchestrator is NOLOGIN, no superuser, no CREATEROLE/CREATEDB, no BYPASSRLS')
+from pg_roles where rolname = 'cortex_orchestrator';
+select ok(pg_has_role('authenticator', 'cortex_orchestrator', 'member'),
+  'PostgREST''s authenticator may switch to cortex_orchestrator');
 
 -- ---- per function: catalog and a real call as each role -----------------------------------------
 select ok(has_function_privilege('service_role', fn, 'execute'), 'service_role may execute ' || fn::text)
 from contract order by fn::text;
+select ok(has_function_privilege('cortex_orchestrator', fn, 'execute'), 'cortex_orchestrator may execute ' || fn::text)
+from contract where fn <> 'public.secret_access_log__apply_retention(timestamp with time zone)'::regprocedure
+order by fn::text;
 select ok(not has_function_privilege('anon', fn, 'execute'), 'anon may not execute ' || fn::text)
 from contract order by fn::text;
 select ok(not has_function_privilege('authenticated', fn, 'execute'), 'authenticated may not execute ' || fn::text)

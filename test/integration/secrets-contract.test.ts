@@ -38,7 +38,7 @@ const supabaseWith = (role: string): Rpc =>
 
 const adapters: [string, () => Rpc][] = [
   ['postgres', () => pg.rpc],
-  ['supabase-js', () => supabaseWith('service_role')],
+  ['supabase-js', () => supabaseWith('cortex_orchestrator')],
 ];
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
@@ -402,7 +402,7 @@ describe('the supabase-js adapter under non-service roles', () => {
 });
 
 describe('the postgres adapter’s role', () => {
-  it('acts as service_role by default, and as exactly the role it is given', async () => {
+  it('acts as cortex_orchestrator by default, and as exactly the role it is given', async () => {
     const anon = makePgRpc({ connectionString: testDatabaseUrl(), max: 1, role: 'anon' });
     try {
       expect((await caught(anon.rpc('organizations__create', { p_name: 'nope' }))).message).toMatch(

@@ -19,7 +19,8 @@ export interface PostgrestStandIn {
   close(): Promise<void>;
 }
 
-const ROLES = new Set(['anon', 'authenticated', 'service_role']);
+// The roles `authenticator` may switch to: Supabase's three and the orchestrator's own.
+const ROLES = new Set(['anon', 'authenticated', 'service_role', 'cortex_orchestrator']);
 
 export const signJwt = (claims: Record<string, unknown>, secret: string): string => {
   const b64 = (o: object): string => Buffer.from(JSON.stringify(o)).toString('base64url');

@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'not_found'
   | 'conflict'
   | 'secret_denied'
+  | 'audit_tampered'
   | 'db_error'
   | 'db_unavailable'
   | 'ssh_host_key_mismatch'
@@ -53,6 +54,8 @@ export const PERMANENT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'config_invalid',
   'not_found',
   'secret_denied',
+  // a log that fails verification stays failed until someone looks: an alarm, not a retry
+  'audit_tampered',
   'ssh_host_key_mismatch',
   'ssh_auth_failed',
   'remote_file_unsafe',

@@ -1,9 +1,7 @@
 import hcloudPackage from '@pulumi/hcloud/package.json';
 import { loadConfig } from '../config';
-import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { isOrchestratorError } from '../errors';
-import { makeSecretsService } from '../secrets/secrets-service';
-import { formatAuditVerification, parseAuditVerifyArgs } from './audit-verify';
+import { runAuditCheckpoint, runAuditVerify } from './audit-verify';
 import { defaultPulumiHome, formatDoctor, runDoctor, systemProbes, type DoctorProbes } from './doctor';
 
 /**
@@ -24,18 +22,13 @@ export interface CliCommand {
 
 export const commands: Record<string, CliCommand> = {
   'audit-verify': {
-    summary: 'verify the secret access log hash chain; names the first changed, removed or reordered row',
-    async run(args, ctx) {
-      const { orgId } = parseAuditVerifyArgs(args);
-      const db = makeRpcFromConfig(loadConfig(ctx.env));
-      try {
-        const v = await makeSecretsService({ rpc: db.rpc }).verifyAuditLog(orgId);
-        ctx.out(formatAuditVerification(v, orgId));
-        return v.ok ? 0 : 1;
-      } finally {
-        await db.close();
-      }
-    },
+    summary:
+      'verify the audit hash chains and every chain against the newest signed checkpoint; names each problem',
+    run: runAuditVerify,
+  },
+  'audit-checkpoint': {
+    summary: "sign every audit chain's head into a checkpoint kept outside the database",
+    run: runAuditCheckpoint,
   },
   doctor: {
     summary: 'check that the Pulumi CLI, the hcloud plugin and a Hetzner token are present',

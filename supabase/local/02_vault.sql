@@ -39,7 +39,7 @@ create unique index if not exists secrets_name_idx on vault.secrets using btree 
 -- any session, and a caller must not be able to point this function at a key of its choosing.
 create or replace function vault._root_key() returns bytea
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 set cortex.vault_root_key_file from current
 as $$
 declare
@@ -58,7 +58,7 @@ $$;
 create or replace function vault._mac(p_root bytea, p_id uuid, p_nonce bytea, p_ciphertext bytea)
 returns bytea
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select extensions.hmac(
     'cortex-vault/v1'::bytea || pg_catalog.uuid_send(p_id) || p_nonce || p_ciphertext,
@@ -69,7 +69,7 @@ $$;
 create or replace function vault._encrypt_secret(p_id uuid, p_plaintext text, p_nonce bytea)
 returns text
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_root bytea;
@@ -91,7 +91,7 @@ $$;
 create or replace function vault._decrypt_secret(p_id uuid, p_secret text, p_nonce bytea)
 returns text
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_root bytea;
@@ -133,7 +133,7 @@ $$;
 -- plain insert fails too); a superuser can still bypass triggers, and then reading fails instead.
 create or replace function vault._secrets_check_ciphertext() returns trigger
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   begin
@@ -171,7 +171,7 @@ create or replace function vault.create_secret(
   new_key_id uuid default null
 ) returns uuid
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id uuid := gen_random_uuid();
@@ -192,7 +192,7 @@ create or replace function vault.update_secret(
   new_key_id uuid default null
 ) returns void
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_nonce bytea := extensions.gen_random_bytes(16);

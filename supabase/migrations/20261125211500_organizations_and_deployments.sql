@@ -23,12 +23,31 @@ $$;
 grant cortex_orchestrator to authenticator;
 grant usage on schema public to cortex_orchestrator;
 
+-- No TEMP for the orchestrator. A temporary object is how a caller puts its own code where a
+-- security definer function runs it as the owner: a domain `pg_temp.uuid` with a CHECK calling a
+-- temporary function is found before `pg_catalog.uuid` by a function whose search_path leaves
+-- pg_temp implicit. Every function here pins `search_path = pg_catalog, pg_temp` (pg_temp last),
+-- and the role cannot create temporary objects at all. TEMP is PUBLIC's by default: PUBLIC loses it
+-- on this database (the owner and superusers keep it; no API role gets it back). If the migration
+-- user cannot revoke it (not the database owner), the migration stops here rather than leave the
+-- role with TEMP.
+do $$
+begin
+  execute pg_catalog.format('revoke temporary on database %I from public', pg_catalog.current_database());
+  if pg_catalog.has_database_privilege('cortex_orchestrator', pg_catalog.current_database(), 'TEMPORARY') then
+    raise exception using errcode = '42501', message = pg_catalog.format(
+      'cortex_orchestrator still holds TEMPORARY on database %s: revoke it from PUBLIC (and any role it inherits) as the database owner',
+      pg_catalog.current_database());
+  end if;
+end
+$$;
+
 -- ---- input checks (internal) --------------------------------------------------------------------
 
 create function public.input__check_text(p_field text, p_value text, p_max integer)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_value is null or p_value = '' then
@@ -52,7 +71,7 @@ $$;
 create function public.input__check_required(p_field text, p_value anyelement)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_value is null then
@@ -123,7 +142,7 @@ create table public.deployment_steps (
 create function public.deployments__next_statuses(p_status text)
 returns text[]
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select case p_status
     when 'requested' then array['provisioning', 'deprovisioning']
@@ -139,7 +158,7 @@ $$;
 create function public.deployments__guard_status()
 returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_allowed text[];
@@ -177,7 +196,7 @@ revoke all on function public.deployments__guard_status() from public, anon, aut
 create function public.organizations__create(p_name text)
 returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id uuid;
@@ -191,7 +210,7 @@ $$;
 create function public.organization_members__add(p_org_id uuid, p_user_id uuid, p_role text default 'member')
 returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform public.input__check_required('org_id', p_org_id);
@@ -218,7 +237,7 @@ create function public.deployments__create(
   p_server_type text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_row public.deployments%rowtype;
@@ -257,7 +276,7 @@ $$;
 create function public.deployments__get(p_deployment_id uuid)
 returns jsonb
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_row public.deployments%rowtype;
@@ -274,7 +293,7 @@ $$;
 create function public.deployments__set_status(p_deployment_id uuid, p_status text)
 returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_row public.deployments%rowtype;

@@ -52,7 +52,7 @@ create table public.secret_access_log_chains (
 create function public.secret_access_log__hash(p_row public.secret_access_log)
 returns text
 language sql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
     'cortex.secret_access_log.v1',
@@ -77,7 +77,7 @@ $$;
 create function public.secret_access_log__chain()
 returns trigger
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_chain uuid := coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid);
@@ -109,7 +109,7 @@ create trigger secret_access_log_chain
 create function public.secret_access_log__refuse_change()
 returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if tg_op = 'DELETE' and pg_catalog.current_setting('cortex.audit_retention', true) = 'on' then
@@ -143,7 +143,7 @@ create function public.secret_access_log__append(
   p_user_agent text
 ) returns bigint
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id bigint;
@@ -165,7 +165,7 @@ $$;
 create function public.audit_context__check(p_actor text, p_job_id text, p_user_agent text)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_actor is not null then
@@ -193,7 +193,7 @@ create function public.secret_access_log__verify_chain(
   out problem text
 )
 language plpgsql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_head public.secret_access_log_chains%rowtype;
@@ -261,7 +261,7 @@ $$;
 create function public.secret_access_log__verify(p_org_id uuid default null)
 returns jsonb
 language plpgsql stable security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_chain uuid;
@@ -296,7 +296,7 @@ $$;
 create function public.secret_access_log__apply_retention(p_before timestamptz)
 returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_chain public.secret_access_log_chains%rowtype;

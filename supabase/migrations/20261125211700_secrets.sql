@@ -54,7 +54,7 @@ create index deployment_secrets_secret_id_idx on public.deployment_secrets (secr
 -- least twelve characters always stay hidden.
 create function public.secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select
     pg_catalog.left(p_value, least(7, greatest(pg_catalog.char_length(p_value) - 16, 0)))
@@ -67,7 +67,7 @@ $$;
 create function public.secrets__vault_name(p_org_id uuid, p_deployment_id uuid, p_secret_id uuid, p_version integer)
 returns text
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select 'org:' || p_org_id::text
     || case when p_deployment_id is null then '' else ':deployment:' || p_deployment_id::text end
@@ -77,7 +77,7 @@ $$;
 create function public.input__check_env_var(p_env_var text)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_env_var is null or p_env_var !~ '^[A-Z_][A-Z0-9_]*$' then
@@ -93,7 +93,7 @@ $$;
 create function public.deployments__guard_deleted()
 returns trigger
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if new.status = 'deleted' and old.status is distinct from 'deleted' and (
@@ -130,7 +130,7 @@ create function public.secrets__create(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret_id uuid := gen_random_uuid();
@@ -203,7 +203,7 @@ create function public.secrets__add_version(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.secrets%rowtype;
@@ -257,7 +257,7 @@ create function public.secret_versions__retire(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.secrets%rowtype;
@@ -305,7 +305,7 @@ create function public.secrets__revoke(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.secrets%rowtype;
@@ -351,7 +351,7 @@ create function public.deployment_secrets__bind(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_deployment public.deployments%rowtype;
@@ -406,7 +406,7 @@ create function public.deployment_secrets__unbind(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_deployment public.deployments%rowtype;
@@ -446,7 +446,7 @@ create function public.deployment_secrets__read(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_deployment public.deployments%rowtype;
@@ -548,7 +548,7 @@ create function public.secrets__delete_for_deployment(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_deployment public.deployments%rowtype;

@@ -18,7 +18,7 @@
 create or replace function public.secret_access_log__hash(p_row public.secret_access_log)
 returns text
 language plpgsql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   return pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
@@ -45,7 +45,7 @@ $$;
 create or replace function public.secret_access_log__chain()
 returns trigger
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_chain uuid := coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid);
@@ -86,7 +86,7 @@ create or replace function public.secret_access_log__append(
   p_user_agent text
 ) returns bigint
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id bigint;
@@ -117,7 +117,7 @@ create or replace function public.deployment_secrets__read(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_org_id uuid;

@@ -21,7 +21,7 @@ alter table public.secret_access_log alter column chain_id drop expression;
 create or replace function public.secret_access_log__hash(p_row public.secret_access_log)
 returns text
 language plpgsql stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_content jsonb := pg_catalog.jsonb_build_array(
@@ -52,7 +52,7 @@ $$;
 create or replace function public.secret_access_log__chain()
 returns trigger
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_chain uuid := case
@@ -96,7 +96,7 @@ create function public.platform_secrets__audit(
   p_user_agent text
 ) returns bigint
 language plpgsql
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_id bigint;
@@ -143,7 +143,7 @@ create table public.platform_secret_versions (
 create function public.platform_secrets__check_name(p_name text)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_name is null or p_name !~ '^[a-z0-9][a-z0-9._-]{0,62}$' then
@@ -157,7 +157,7 @@ $$;
 create function public.platform_secrets__check_value(p_value text)
 returns void
 language plpgsql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_value is null or p_value = '' then
@@ -180,7 +180,7 @@ $$;
 -- feeds (the fingerprint is of the exact value).
 create function public.platform_secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
 language sql immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select
     (public.secrets__describe_value(
@@ -205,7 +205,7 @@ create function public.platform_secrets__create(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret_id uuid := gen_random_uuid();
@@ -253,7 +253,7 @@ create function public.platform_secrets__rotate(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.platform_secrets%rowtype;
@@ -316,7 +316,7 @@ create function public.platform_secrets__read(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret_id uuid;

@@ -41,7 +41,7 @@ create or replace function public.secrets__delete_for_deployment(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_deployment public.deployments%rowtype;
@@ -112,7 +112,7 @@ create or replace function public.secrets__revoke(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.secrets%rowtype;
@@ -167,7 +167,7 @@ create or replace function public.deployment_secrets__read(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_org_id uuid;
@@ -312,7 +312,7 @@ create or replace function public.platform_secrets__rotate(
   p_user_agent text default null
 ) returns jsonb
 language plpgsql security definer
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_secret public.platform_secrets%rowtype;

@@ -30,17 +30,16 @@ select throws_ok(format('select public.organization_members__add(%L, %L)', '0000
 -- ---- create and get -----------------------------------------------------------------------------
 select public.deployments__create(:'org', 'Agent One', 'test-agent-one') as dep \gset
 select (:'dep'::jsonb) ->> 'id' as dep_id \gset
-select is((:'dep'::jsonb) - array['id', 'created_at', 'updated_at', 'status_changed_at'],
+-- containment: later migrations (the pipeline's) add columns to the row
+select ok((:'dep'::jsonb) @>
   jsonb_build_object('org_id', :'org', 'name', 'Agent One', 'subdomain', 'test-agent-one', 'provider', 'local',
     'region', null, 'server_type', null, 'status', 'requested', 'server_id', null, 'ipv4', null, 'ipv6', null,
     'host_public_key', null),
   'deployments__create returns the new row; provider defaults to local, status starts as requested');
 select is(public.deployments__get(:'dep_id'), (select to_jsonb(d) from public.deployments d where d.id = :'dep_id'),
   'deployments__get returns the row as json');
-select is(public.deployments__create(:'org', 'Agent Two', 'test-agent-two', 'hcloud', 'fsn1', 'cx23')
-          - array['id', 'created_at', 'updated_at', 'status_changed_at', 'org_id', 'name', 'status', 'server_id',
-                  'ipv4', 'ipv6', 'host_public_key'],
-  '{"subdomain": "test-agent-two", "provider": "hcloud", "region": "fsn1", "server_type": "cx23"}'::jsonb,
+select ok(public.deployments__create(:'org', 'Agent Two', 'test-agent-two', 'hcloud', 'fsn1', 'cx23')
+          @> '{"subdomain": "test-agent-two", "provider": "hcloud", "region": "fsn1", "server_type": "cx23"}'::jsonb,
   'provider, region and server type are stored');
 select throws_ok($$select public.deployments__get('00000000-0000-0000-0000-00000000dead')$$, 'P0002',
   'deployment 00000000-0000-0000-0000-00000000dead not found', 'deployments__get of an unknown id: not_found');

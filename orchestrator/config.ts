@@ -37,7 +37,7 @@ export const configSchema = z
       .default('cortex_orchestrator'),
     DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
     SUPABASE_URL: z.url({ protocol: /^https?$/ }).optional(),
-    /** A service-role key (legacy JWT or `sb_secret_…`). Secret: never logged. */
+    /** A JWT whose `role` claim is `cortex_orchestrator` (README: data contract). Secret: never logged. */
     SUPABASE_SERVICE_ROLE_KEY: z.string().min(20).optional(),
 
     REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:63799'),
@@ -64,6 +64,17 @@ export const configSchema = z
       .string()
       .regex(DNS_ZONE, 'must be a DNS zone like agents.example.com')
       .default('agents.localhost.test'),
+    /**
+     * The DNS server the orchestrator asks for the zone's answers (`host:port`, `[v6]:port`). Unset:
+     * the local Knot server of services:up (127.0.0.1:53530) in local mode, the zone's NS on hcloud.
+     */
+    DNS_SERVER: z
+      .string()
+      .regex(
+        /^((25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
+        'must be an address and port like 127.0.0.1:53530',
+      )
+      .optional(),
     ACME_EMAIL: z.email().optional(),
 
     HCLOUD_TOKEN: z.string().length(64, 'must be a 64-character Hetzner API token').optional(),
@@ -103,6 +114,37 @@ export const configSchema = z
     API_PORT: port.default(18080),
     SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
     METRICS_ENABLED: bool.default(false),
+
+    // ---- the provisioning pipeline (queues, workers) ----
+    /** Redis key prefix of the BullMQ queues and leases. */
+    QUEUE_PREFIX: z
+      .string()
+      .regex(/^[a-z][a-z0-9-]{0,40}$/, 'must be a short name like cortex')
+      .default('cortex'),
+    /** Provision/deprovision jobs one worker process runs at once. */
+    WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
+    JOB_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(5),
+    /** First retry delay; doubles with each attempt. */
+    JOB_BACKOFF_MS: z.coerce.number().int().min(100).max(600_000).default(2_000),
+    /** A job whose worker stops renewing its lock for this long is taken over by another worker. */
+    JOB_LOCK_MS: z.coerce.number().int().min(2_000).max(600_000).default(30_000),
+    /** The per-deployment lease (one operation per deployment at a time) expires this long after its holder died. */
+    LEASE_TTL_MS: z.coerce.number().int().min(1_000).max(600_000).default(30_000),
+    RECONCILE_EVERY_MS: z.coerce.number().int().min(1_000).default(60_000),
+    /** A deployment outside a final state with no progress for this long is re-enqueued. */
+    RECONCILE_IDLE_SECONDS: z.coerce.number().int().min(1).max(86_400).default(1_200),
+    ORPHAN_SWEEP_EVERY_MS: z.coerce.number().int().min(1_000).default(600_000),
+    /** A host no live deployment owns is removed once it has been seen unowned this long. */
+    ORPHAN_GRACE_SECONDS: z.coerce.number().int().min(0).max(604_800).default(900),
+    /** Provision/deprovision jobs per second on hcloud (Hetzner allows 3,600 requests an hour). */
+    HCLOUD_JOBS_PER_SECOND: z.coerce.number().int().min(1).max(100).default(1),
+    /**
+     * Debugging aid: a worker holds every job when it reaches this step (after recording its start),
+     * until killed. Used by the crash tests; never set in production.
+     */
+    PIPELINE_PAUSE_AT_STEP: z
+      .enum(['host', 'dns', 'ssh', 'configure', 'secrets', 'start', 'health', 'ready'])
+      .optional(),
   })
   .superRefine((c, ctx) => {
     if (c.RPC_ADAPTER === 'supabase') {

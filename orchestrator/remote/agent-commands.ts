@@ -42,6 +42,15 @@ export const agentCommands = {
   /** One name per line, hidden files included. */
   listDir: (p: string): Argv => ['ls', '-A1', '--', absPath(p)],
   removeFile: (p: string): Argv => ['rm', '-f', '--', absPath(p)],
+  /**
+   * The public root certificate of Caddy's local CA (local mode), for the health check to verify
+   * against. Only a path of that exact shape: this is not a general file reader.
+   */
+  caddyRootCertificate: (p: string): Argv => {
+    if (!/^\/[A-Za-z0-9._/-]+\/pki\/authorities\/local\/root\.crt$/.test(p) || p.split('/').includes('..'))
+      throw invalidInput('path', "must be a Caddy local CA's pki/authorities/local/root.crt");
+    return ['cat', '--', p];
+  },
 } as const;
 
 /** Parse `systemctl show --value MainPID` output; 0 means "not running". */

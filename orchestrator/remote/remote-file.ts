@@ -30,7 +30,7 @@ export type SftpOps = Pick<
   | 'unlink'
 >;
 
-export type FileMode = 0o600 | 0o644;
+export type FileMode = 0o600 | 0o644 | 0o755;
 export type DirMode = 0o700 | 0o755;
 
 export interface AtomicWriteOptions {

@@ -1,0 +1,127 @@
+import { z } from 'zod';
+import { OrchestratorError } from '../errors';
+import type { Queues } from '../queues/queues';
+import { envVarName, parseInput, uuid, type AuditContext } from '../secrets/secret-input';
+import { runtimeProfile } from '../../templates/runtime-profiles';
+import type { Deployment, DeploymentStatus, DeploymentStore, DeploymentSummary } from './deployment-store';
+
+/**
+ * The deployments service: what the CLI, the demo and the HTTP API call. A request is validated,
+ * created with its bindings in one SQL call, and enqueued; it returns at once with the id. The
+ * work itself happens in the workers; Postgres records it, so `get` shows the steps as they go.
+ */
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export const deploymentRequestSchema = z
+  .object({
+    orgId: uuid,
+    name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
+    subdomain: z
+      .string()
+      .regex(DNS_LABEL, 'must be a DNS label: lowercase letters, digits and inner hyphens, at most 63 characters'),
+    runtime: z.enum(['echo', 'openclaw'], { error: 'must be echo or openclaw' }).default('echo'),
+    bindings: z
+      .array(z.object({ envVar: envVarName, secretId: uuid }).strict())
+      .max(100, 'at most 100 bindings')
+      .default([])
+      .refine((b) => new Set(b.map((x) => x.envVar)).size === b.length, {
+        error: 'each variable may be bound once',
+      }),
+  })
+  .strict();
+export type DeploymentRequest = z.input<typeof deploymentRequestSchema>;
+
+export const FINAL_STATUSES: ReadonlySet<DeploymentStatus> = new Set(['ready', 'failed', 'deleted']);
+
+export const makeDeploymentsService = (deps: {
+  store: DeploymentStore;
+  queues: Pick<Queues, 'enqueue'>;
+  provider: 'local' | 'hcloud';
+  /** Stored per deployment at request time, never re-derived from later config. */
+  defaults?: { region?: string; serverType?: string };
+}) => {
+  const { store, queues } = deps;
+  const id = (v: string): string => parseInput(uuid, v, 'deployment_id');
+
+  const request = async (
+    input: DeploymentRequest,
+    ctx?: AuditContext,
+  ): Promise<{ deploymentId: string; status: DeploymentStatus; jobId: string }> => {
+    const i = parseInput(deploymentRequestSchema, input);
+    if (!runtimeProfile(i.runtime).runsOffline && deps.provider === 'local')
+      throw new OrchestratorError('invalid_input', 'runtime: needs the internet at first boot; use echo in local mode', {
+        field: 'runtime',
+      });
+    const r = await store.request(
+      {
+        orgId: i.orgId,
+        name: i.name,
+        subdomain: i.subdomain,
+        provider: deps.provider,
+        runtime: i.runtime,
+        bindings: i.bindings,
+        ...(deps.provider === 'hcloud' && deps.defaults?.region ? { region: deps.defaults.region } : {}),
+        ...(deps.provider === 'hcloud' && deps.defaults?.serverType ? { serverType: deps.defaults.serverType } : {}),
+      },
+      ctx,
+    );
+    if (r.status === 'denied')
+      throw new OrchestratorError('secret_denied', `${r.field}: ${r.reason}`, { field: r.field });
+    const jobId = await queues.enqueue('provision', { deploymentId: r.deployment.id }, r.deployment.id);
+    return { deploymentId: r.deployment.id, status: r.deployment.status, jobId };
+  };
+
+  const get = (deploymentId: string): Promise<Deployment> => store.get(id(deploymentId));
+  const list = (opts?: { orgId?: string; includeDeleted?: boolean; limit?: number }): Promise<DeploymentSummary[]> =>
+    store.list(opts);
+
+  /** Deprovision: wins over a provision in progress, which stops at its next step boundary. */
+  const destroy = async (deploymentId: string): Promise<{ status: DeploymentStatus; jobId?: string }> => {
+    const dep = await store.requestDeprovision(id(deploymentId));
+    if (dep.status === 'deleted') return { status: dep.status };
+    const jobId = await queues.enqueue('deprovision', { deploymentId: dep.id }, dep.id);
+    return { status: dep.status, jobId };
+  };
+
+  /** Resume a failed deployment at the step that failed (or nudge one whose job was lost). */
+  const retry = async (deploymentId: string): Promise<{ status: DeploymentStatus; jobId: string }> => {
+    const dep = await store.get(id(deploymentId));
+    if (dep.status === 'deprovisioning')
+      return { status: dep.status, jobId: await queues.enqueue('deprovision', { deploymentId: dep.id }, dep.id) };
+    if (dep.status === 'failed' || dep.status === 'requested' || dep.status === 'provisioning')
+      return { status: dep.status, jobId: await queues.enqueue('provision', { deploymentId: dep.id }, dep.id) };
+    throw new OrchestratorError(
+      'conflict',
+      `deployment ${dep.id} is ${dep.status}: only a failed deployment can be retried`,
+    );
+  };
+
+  /**
+   * Follow a deployment until `until` says stop (default: a final status), calling `onChange` with
+   * each new state. Polls Postgres, the source of truth (so it works from any process).
+   */
+  const watch = async (
+    deploymentId: string,
+    onChange: (d: Deployment) => void,
+    opts: { intervalMs?: number; timeoutMs?: number; until?: (d: Deployment) => boolean; signal?: AbortSignal } = {},
+  ): Promise<Deployment> => {
+    const until = opts.until ?? ((d: Deployment) => FINAL_STATUSES.has(d.status));
+    const deadline = Date.now() + (opts.timeoutMs ?? 30 * 60_000);
+    let last = '';
+    for (;;) {
+      const d = await get(deploymentId);
+      const sig = JSON.stringify([d.status, d.steps]);
+      if (sig !== last) {
+        last = sig;
+        onChange(d);
+      }
+      if (until(d)) return d;
+      if (Date.now() > deadline || opts.signal?.aborted)
+        throw new OrchestratorError('timeout', `deployment ${d.id} is still ${d.status}`);
+      await new Promise((r) => setTimeout(r, opts.intervalMs ?? 250));
+    }
+  };
+
+  return { request, get, list, destroy, retry, watch };
+};
+export type DeploymentsService = ReturnType<typeof makeDeploymentsService>;

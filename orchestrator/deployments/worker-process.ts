@@ -1,0 +1,38 @@
+import { makeAuditCheckpointsFromConfig } from '../audit/audit-checkpoints-from-config';
+import type { Config } from '../config';
+import type { Logger } from '../log';
+import { reasonOf } from '../steps/step-runner';
+import { makePipelineFromConfig } from './pipeline-from-config';
+
+/**
+ * A worker process: the provision, deprovision and maintenance workers, the maintenance job
+ * schedulers (reconcile, orphan sweep, signed audit checkpoints), and a graceful stop on SIGTERM and
+ * SIGINT — running steps finish or hand their job back at a step boundary within SHUTDOWN_GRACE_MS.
+ * Used by `workers/worker.ts` and `cortexctl worker`.
+ */
+export const AUDIT_CHECKPOINT_EVERY_MS = 3_600_000;
+
+export const runWorkerProcess = async (config: Config, log: Logger): Promise<{ stop: () => Promise<void> }> => {
+  const pipeline = await makePipelineFromConfig(config, log);
+  const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
+  const workers = pipeline.makeWorkerSet({ 'audit-checkpoint': () => checkpoints.checkpoint() });
+  workers.start();
+  await pipeline.scheduleMaintenance();
+  await pipeline.queues.queues.maintenance.upsertJobScheduler(
+    'audit-checkpoint',
+    { every: AUDIT_CHECKPOINT_EVERY_MS },
+    { name: 'maintenance', data: { task: 'audit-checkpoint' } },
+  );
+  log.info(
+    { concurrency: config.WORKER_CONCURRENCY, provider: config.HOST_PROVIDER, holder: workers.holder },
+    'workers started',
+  );
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info({ graceMs: config.SHUTDOWN_GRACE_MS }, 'stopping workers');
+      await pipeline.close(config.SHUTDOWN_GRACE_MS).catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
+      log.info('workers stopped');
+    })());
+  return { stop };
+};

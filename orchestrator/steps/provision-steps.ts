@@ -1,0 +1,289 @@
+import type { DeploymentStore, Deployment } from '../deployments/deployment-store';
+import type { DnsProvider } from '../dns/dns-provider';
+import { OrchestratorError } from '../errors';
+import type { HostProvider } from '../infra/host-provider';
+import { agentCommands } from '../remote/agent-commands';
+import { ENV_FILE_PATH, renderEnvFile } from '../remote/env-file';
+import { generateHostKeyPair } from '../remote/host-keys';
+import { rekeyHost } from '../remote/rekey';
+import { run, type RemoteShell } from '../remote/ssh-shell';
+import type { SecretsService } from '../secrets/secrets-service';
+import { caddyLocalRootCaPath, type CaddyTls } from '../../templates/caddyfile';
+import { agentServerFiles, buildUserData, renderUserData } from '../../templates/cloud-init';
+import { runtimeProfile } from '../../templates/runtime-profiles';
+import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT } from '../../templates/systemd-unit';
+import type { HostAccess } from './host-access';
+import { waitHealthy } from './https-health';
+import type { StepContext, StepDef } from './step-runner';
+
+/**
+ * The eight provisioning steps of DESIGN.md, each check → apply (the runner records). Every step
+ * is safe to run again: a retry, or another worker after a crash, never makes a second server, a
+ * second DNS record or a half-written file.
+ */
+export const PROVISION_STEPS = ['host', 'dns', 'ssh', 'configure', 'secrets', 'start', 'health', 'ready'] as const;
+export type ProvisionStep = (typeof PROVISION_STEPS)[number];
+
+export interface ProvisionDeps {
+  readonly store: DeploymentStore;
+  readonly secrets: SecretsService;
+  readonly hosts: HostProvider;
+  readonly dns: DnsProvider;
+  readonly access: HostAccess;
+  /** The orchestrator's own public key, installed for root on every server. */
+  readonly orchestratorPublicKey: () => Promise<string>;
+  readonly zone: string;
+  /** `internal` (local CA) in local mode; `acme` in production. */
+  readonly tls: CaddyTls;
+  /** Install packages at first boot (hcloud); local images carry them. */
+  readonly installPackages: boolean;
+  readonly deadlinesMs?: Partial<Record<ProvisionStep, number>>;
+}
+
+const DEFAULT_DEADLINES: Record<ProvisionStep, number> = {
+  host: 600_000,
+  dns: 60_000,
+  ssh: 180_000,
+  configure: 60_000,
+  secrets: 60_000,
+  start: 60_000,
+  health: 120_000,
+  ready: 30_000,
+};
+
+export const siteNameOf = (dep: Pick<Deployment, 'subdomain'>, zone: string): string => `${dep.subdomain}.${zone}`;
+
+const audit = (ctx: StepContext) => ({ actor: 'orchestrator', jobId: ctx.jobId });
+
+/** Run `fn` with a connection to the deployment's host (pinned key from the record), then close it. */
+const withShell = async <T>(
+  deps: ProvisionDeps,
+  ctx: StepContext,
+  fn: (shell: RemoteShell) => Promise<T>,
+): Promise<T> => {
+  const dep = await deps.store.get(ctx.deployment.id);
+  const { shell } = await deps.access.connect(dep, { signal: ctx.signal, waitMs: 60_000 });
+  try {
+    return await fn(shell);
+  } finally {
+    await shell.close();
+  }
+};
+
+export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
+  const deadline = (s: ProvisionStep): number => deps.deadlinesMs?.[s] ?? DEFAULT_DEADLINES[s];
+  const files = (dep: Deployment) =>
+    agentServerFiles({
+      siteName: siteNameOf(dep, deps.zone),
+      tls: deps.tls,
+      runtime: runtimeProfile(dep.runtime),
+      metadataBlock: 'required',
+    });
+
+  const host: StepDef = {
+    name: 'host',
+    deadlineMs: deadline('host'),
+    async apply(ctx) {
+      const dep = ctx.deployment;
+      // A host may exist without being recorded (a worker died between the two): adopt it; the
+      // provider's key is pinned only while the record has none.
+      const existing = await deps.hosts.describe(dep.id);
+      if (existing && existing.state !== 'missing') {
+        await deps.store.recordHost(dep.id, {
+          serverId: existing.serverId,
+          ipv4: existing.ipv4,
+          ...(existing.ipv6 ? { ipv6: existing.ipv6 } : {}),
+          hostPublicKey: existing.hostPublicKey,
+        });
+        return;
+      }
+      const hostKey = generateHostKeyPair();
+      const userData = renderUserData(
+        buildUserData({
+          hostname: dep.subdomain,
+          siteName: siteNameOf(dep, deps.zone),
+          hostKey,
+          orchestratorPublicKey: await deps.orchestratorPublicKey(),
+          tls: deps.tls,
+          runtime: runtimeProfile(dep.runtime),
+          metadataBlock: 'required',
+          installPackages: deps.installPackages,
+        }),
+      );
+      const made = await deps.hosts.ensure(
+        {
+          deploymentId: dep.id,
+          orgId: dep.orgId,
+          subdomain: dep.subdomain,
+          userData,
+          hostPublicKey: hostKey.publicKey,
+          ...(dep.region ? { location: dep.region } : {}),
+          ...(dep.serverType ? { serverType: dep.serverType } : {}),
+        },
+        { signal: ctx.signal },
+      );
+      await deps.store.recordHost(dep.id, {
+        serverId: made.serverId,
+        ipv4: made.ipv4,
+        ...(made.ipv6 ? { ipv6: made.ipv6 } : {}),
+        hostPublicKey: hostKey.publicKey,
+      });
+    },
+  };
+
+  const dns: StepDef = {
+    name: 'dns',
+    deadlineMs: deadline('dns'),
+    async check(ctx) {
+      const dep = await deps.store.get(ctx.deployment.id);
+      const name = siteNameOf(dep, deps.zone);
+      const now = await deps.dns.lookup(name);
+      return dep.dnsName === name && now?.ipv4 === dep.ipv4;
+    },
+    async apply(ctx) {
+      const dep = await deps.store.get(ctx.deployment.id);
+      if (!dep.ipv4) throw new OrchestratorError('internal', `deployment ${dep.id} has no address recorded`);
+      const name = siteNameOf(dep, deps.zone);
+      await deps.dns.ensureRecord({
+        name,
+        ipv4: dep.ipv4,
+        ...(dep.ipv6 ? { ipv6: dep.ipv6 } : {}),
+        deploymentId: dep.id,
+      });
+      await deps.store.recordDns(dep.id, name);
+    },
+  };
+
+  const ssh: StepDef = {
+    name: 'ssh',
+    deadlineMs: deadline('ssh'),
+    async apply(ctx) {
+      const dep = await deps.store.get(ctx.deployment.id);
+      const conn = await deps.access.connect(dep, { signal: ctx.signal, waitMs: deadline('ssh') - 5_000 });
+      try {
+        if (conn.key === 'pending') {
+          // A re-key was cut after its new key went live: this connection proves it.
+          await deps.store.hostKey(dep.id, 'promote', dep.hostPublicKeyPending ?? '');
+          return;
+        }
+        // First boot finished (keys, files, runcmd) before anything else touches the host.
+        const status = await conn.shell.exec(agentCommands.cloudInitWait(), { signal: ctx.signal });
+        if (status.code !== 0 && status.code !== 2)
+          throw new OrchestratorError('remote_command_failed', `cloud-init reported an error (exit ${status.code})`);
+        if (dep.hostRekeyedAt) return;
+        // Re-key: the new key is recorded as pending before it is installed (the record always
+        // names a key that can answer), proven over a fresh connection, then promoted.
+        const newKey = await rekeyHost(conn.shell, {
+          signal: ctx.signal,
+          onNewKey: async (k) => void (await deps.store.hostKey(dep.id, 'pending', k)),
+        });
+        const proof = await deps.access.connect(
+          { ...dep, hostPublicKey: newKey, hostPublicKeyPending: null },
+          { signal: ctx.signal, waitMs: 30_000 },
+        );
+        await proof.shell.close();
+        await deps.store.hostKey(dep.id, 'promote', newKey);
+      } finally {
+        await conn.shell.close().catch(() => undefined);
+      }
+    },
+  };
+
+  const configure: StepDef = {
+    name: 'configure',
+    deadlineMs: deadline('configure'),
+    async apply(ctx) {
+      await withShell(deps, ctx, async (shell) => {
+        for (const f of files(ctx.deployment)) {
+          await shell.writeFileAtomic(f.path, Buffer.from(f.content, 'utf8'), {
+            mode: f.permissions === '0755' ? 0o755 : 0o644,
+            dirMode: 0o755,
+            signal: ctx.signal,
+          });
+        }
+        await run(shell, ['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', '/etc/cortex'], {
+          signal: ctx.signal,
+        });
+        await run(shell, agentCommands.daemonReload(), { signal: ctx.signal });
+      });
+    },
+  };
+
+  const secrets: StepDef = {
+    name: 'secrets',
+    deadlineMs: deadline('secrets'),
+    async apply(ctx) {
+      const bound = await deps.secrets.readForDeploymentOrThrow(ctx.deployment.id, audit(ctx));
+      const content = renderEnvFile(bound.map((b) => ({ name: b.envVar, value: b.value })));
+      await withShell(deps, ctx, async (shell) => {
+        // writeFileAtomic verifies root:root 0600 in a root:root 0700 directory after the rename.
+        await shell.writeFileAtomic(ENV_FILE_PATH, content, { mode: 0o600, dirMode: 0o700, signal: ctx.signal });
+        const st = (await run(shell, agentCommands.stat(ENV_FILE_PATH), { signal: ctx.signal })).stdout
+          .toString('utf8')
+          .trim();
+        if (st !== '0 0 600 regular file')
+          throw new OrchestratorError('remote_file_unsafe', `${ENV_FILE_PATH} is "${st}", not root:root 0600`);
+      });
+    },
+  };
+
+  const start: StepDef = {
+    name: 'start',
+    deadlineMs: deadline('start'),
+    async apply(ctx) {
+      await withShell(deps, ctx, async (shell) => {
+        const o = { signal: ctx.signal };
+        // Restart, not reload: a package-installed Caddy runs its stock config (admin API on TCP
+        // 2019); only a restart moves the admin endpoint to the socket the Caddyfile names.
+        await run(shell, agentCommands.enable('caddy.service'), o);
+        await run(shell, agentCommands.restart('caddy.service'), o);
+        await run(shell, agentCommands.restart(METADATA_BLOCK_UNIT), o);
+        await run(shell, agentCommands.enable(AGENT_UNIT_NAME), o);
+        await run(shell, agentCommands.restart(AGENT_UNIT_NAME), o);
+        await run(shell, agentCommands.isActive(AGENT_UNIT_NAME), o);
+      });
+    },
+  };
+
+  const health: StepDef = {
+    name: 'health',
+    deadlineMs: deadline('health'),
+    async apply(ctx) {
+      const dep = await deps.store.get(ctx.deployment.id);
+      if (!dep.ipv4) throw new OrchestratorError('internal', `deployment ${dep.id} has no address recorded`);
+      let ca: string | undefined;
+      if (deps.tls.mode === 'internal') {
+        // The host's local CA root (public): the certificate is verified against it, and only it.
+        ca = await withShell(deps, ctx, async (shell) => {
+          for (let i = 0; i < 40; i++) {
+            const r = await shell.exec(agentCommands.caddyRootCertificate(caddyLocalRootCaPath()), {
+              signal: ctx.signal,
+            });
+            const pem = r.stdout.toString('utf8');
+            if (r.code === 0 && pem.includes('BEGIN CERTIFICATE')) return pem;
+            await new Promise((res) => setTimeout(res, 250));
+          }
+          throw new OrchestratorError('timeout', 'the host has no local CA root yet (Caddy not started?)');
+        });
+      }
+      await waitHealthy({
+        ip: dep.ipv4,
+        servername: siteNameOf(dep, deps.zone),
+        path: runtimeProfile(dep.runtime).healthPath,
+        ...(ca ? { ca } : {}),
+        signal: ctx.signal,
+      });
+    },
+  };
+
+  const ready: StepDef = {
+    name: 'ready',
+    deadlineMs: deadline('ready'),
+    async apply(ctx) {
+      await deps.store.setStatus(ctx.deployment.id, 'ready');
+    },
+  };
+
+  return [host, dns, ssh, configure, secrets, start, health, ready];
+};
+

@@ -1,0 +1,137 @@
+import { OrchestratorError, classify, isOrchestratorError } from '../errors';
+import type { Logger } from '../log';
+import type { Deployment, DeploymentStore, Operation } from '../deployments/deployment-store';
+
+/**
+ * One runner for every operation: each step is check → apply → record. Finished steps are
+ * recorded in Postgres (deployment_steps) and skipped by a retry, which therefore resumes at the
+ * first unfinished step — on this worker or on another after a crash. Each step has a deadline.
+ * Between steps the runner re-reads the deployment: a provision whose deployment was meanwhile
+ * sent to deprovisioning stops there (the deprovision wins), and a worker shutting down hands the
+ * job back at a step boundary rather than in the middle of one.
+ */
+export interface StepContext {
+  readonly deployment: Deployment;
+  readonly run: number;
+  readonly jobId: string;
+  readonly signal: AbortSignal;
+  readonly log: Logger;
+}
+
+export interface StepDef {
+  readonly name: string;
+  readonly deadlineMs: number;
+  /** True when the step's effect is already in place: the step is recorded `skipped`. */
+  readonly check?: (ctx: StepContext) => Promise<boolean>;
+  readonly apply: (ctx: StepContext) => Promise<void>;
+}
+
+export type RunOutcome = 'completed' | 'done' | 'stopped' | 'superseded';
+
+/** Thrown at a step boundary while the worker shuts down: the job goes back to the queue. */
+export class ShutdownRequested extends Error {
+  override readonly name = 'ShutdownRequested';
+}
+
+export interface RunnerHooks {
+  /** Called once a step is recorded as started, before its check. */
+  readonly onStepStarted?: (step: string, deploymentId: string) => Promise<void>;
+}
+
+/** A failure reason fit for the record: our errors' messages never quote a value; others are not trusted. */
+export const reasonOf = (err: unknown): string => {
+  const raw = isOrchestratorError(err)
+    ? `${err.code}: ${err.message}`
+    : `unexpected error (${err instanceof Error ? err.name : typeof err})`;
+  // eslint-disable-next-line no-control-regex
+  return raw.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, 500);
+};
+
+const withDeadline = async <T>(
+  step: string,
+  ms: number,
+  outer: AbortSignal | undefined,
+  fn: (signal: AbortSignal) => Promise<T>,
+): Promise<T> => {
+  const ctl = new AbortController();
+  const onOuter = () => ctl.abort();
+  outer?.addEventListener('abort', onOuter, { once: true });
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      ctl.abort();
+      reject(new OrchestratorError('timeout', `step ${step} did not finish within ${Math.round(ms / 1000)} s`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([fn(ctl.signal), deadline]);
+  } finally {
+    clearTimeout(timer);
+    outer?.removeEventListener('abort', onOuter);
+  }
+};
+
+export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hooks?: RunnerHooks }) => {
+  const { store, hooks } = deps;
+
+  const run = async (opts: {
+    operation: Operation;
+    deploymentId: string;
+    steps: readonly StepDef[];
+    jobId: string;
+    /** This is the job's last attempt: a transient failure now fails the deployment. */
+    finalAttempt: boolean;
+    /** True once the worker is shutting down. */
+    stopping?: () => boolean;
+    signal?: AbortSignal;
+  }): Promise<RunOutcome> => {
+    const log = deps.log.child({ deploymentId: opts.deploymentId, operation: opts.operation, jobId: opts.jobId });
+    const begun = await store.begin(opts.deploymentId, opts.operation);
+    if (begun.action !== 'run') {
+      log.info({ action: begun.action, status: begun.deployment.status }, 'nothing to run');
+      return begun.action === 'done' ? 'done' : 'stopped';
+    }
+    const { run: runNo } = begun;
+    for (const step of opts.steps) {
+      const deployment = await store.get(opts.deploymentId);
+      const expected = opts.operation === 'provision' ? 'provisioning' : 'deprovisioning';
+      if (deployment.status !== expected || deployment.currentRun !== runNo) {
+        log.info({ status: deployment.status, step: step.name }, 'operation superseded; stopping at a step boundary');
+        return 'superseded';
+      }
+      const done = deployment.steps.some(
+        (s) => s.run === runNo && s.step === step.name && (s.status === 'succeeded' || s.status === 'skipped'),
+      );
+      if (done) continue;
+      if (opts.stopping?.()) throw new ShutdownRequested(`shutting down before step ${step.name}`);
+
+      const slog = log.child({ step: step.name });
+      await store.stepStarted(opts.deploymentId, runNo, step.name);
+      const t0 = Date.now();
+      try {
+        await hooks?.onStepStarted?.(step.name, opts.deploymentId);
+        const skipped = await withDeadline(step.name, step.deadlineMs, opts.signal, async (signal) => {
+          const ctx: StepContext = { deployment, run: runNo, jobId: opts.jobId, signal, log: slog };
+          if (step.check && (await step.check(ctx))) return true;
+          await step.apply(ctx);
+          return false;
+        });
+        await store.stepFinished(opts.deploymentId, runNo, step.name, skipped ? 'skipped' : 'succeeded');
+        slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
+      } catch (err) {
+        const permanent = classify(err) === 'permanent';
+        const final = permanent || opts.finalAttempt;
+        const reason = reasonOf(err);
+        slog.warn({ ms: Date.now() - t0, permanent, final, reason }, 'step failed');
+        await store
+          .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final)
+          .catch((e: unknown) => slog.error({ reason: reasonOf(e) }, 'could not record the failure'));
+        throw err;
+      }
+    }
+    return 'completed';
+  };
+
+  return { run };
+};
+export type StepRunner = ReturnType<typeof makeStepRunner>;

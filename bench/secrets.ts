@@ -80,7 +80,7 @@ export const run = async (args: string[]): Promise<void> => {
     const batch = 10_000;
     for (let done = 0; done < auditRowsWanted; done += batch) {
       const n = Math.min(batch, auditRowsWanted - done);
-      await admin.query('set role service_role');
+      await admin.query('set role cortex_orchestrator');
       await admin.query(
         `select public.deployment_secrets__read(p_deployment_id => $1, p_actor => 'bench') from generate_series(1, $2)`,
         [big.deploymentId, n],

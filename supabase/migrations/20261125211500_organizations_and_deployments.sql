@@ -313,16 +313,16 @@ begin
 end
 $$;
 
-revoke all on function public.organizations__create(text) from public, anon, authenticated;
-revoke all on function public.organization_members__add(uuid, uuid, text) from public, anon, authenticated;
-revoke all on function public.deployments__create(uuid, text, text, text, text, text) from public, anon, authenticated;
-revoke all on function public.deployments__get(uuid) from public, anon, authenticated;
-revoke all on function public.deployments__set_status(uuid, text) from public, anon, authenticated;
-grant execute on function public.organizations__create(text) to service_role, cortex_orchestrator;
-grant execute on function public.organization_members__add(uuid, uuid, text) to service_role, cortex_orchestrator;
-grant execute on function public.deployments__create(uuid, text, text, text, text, text) to service_role, cortex_orchestrator;
-grant execute on function public.deployments__get(uuid) to service_role, cortex_orchestrator;
-grant execute on function public.deployments__set_status(uuid, text) to service_role, cortex_orchestrator;
+revoke all on function public.organizations__create(text) from public, anon, authenticated, service_role;
+revoke all on function public.organization_members__add(uuid, uuid, text) from public, anon, authenticated, service_role;
+revoke all on function public.deployments__create(uuid, text, text, text, text, text) from public, anon, authenticated, service_role;
+revoke all on function public.deployments__get(uuid) from public, anon, authenticated, service_role;
+revoke all on function public.deployments__set_status(uuid, text) from public, anon, authenticated, service_role;
+grant execute on function public.organizations__create(text) to cortex_orchestrator;
+grant execute on function public.organization_members__add(uuid, uuid, text) to cortex_orchestrator;
+grant execute on function public.deployments__create(uuid, text, text, text, text, text) to cortex_orchestrator;
+grant execute on function public.deployments__get(uuid) to cortex_orchestrator;
+grant execute on function public.deployments__set_status(uuid, text) to cortex_orchestrator;
 
 -- ---- row-level security: members read their organizations' rows; nobody writes through RLS ------
 
@@ -352,9 +352,10 @@ create policy deployment_steps_select_member on public.deployment_steps
     where m.user_id = (select auth.uid())));
 
 revoke all on table public.organizations, public.organization_members, public.deployments, public.deployment_steps
-  from public, anon, authenticated, service_role;
+  from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.organizations, public.organization_members, public.deployments, public.deployment_steps
   to authenticated;
-grant select, insert, update, delete on table
-  public.organizations, public.organization_members, public.deployments, public.deployment_steps
+-- No API role writes a table: the functions above are the only way in. service_role (the
+-- dashboard's key) may read; the orchestrator's role holds no table privilege at all.
+grant select on table public.organizations, public.organization_members, public.deployments, public.deployment_steps
   to service_role;

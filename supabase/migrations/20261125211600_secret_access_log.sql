@@ -347,10 +347,9 @@ revoke all on function public.secret_access_log__append(text, text, uuid, uuid, 
   from public, anon, authenticated, service_role;
 revoke all on function public.audit_context__check(text, text, text) from public, anon, authenticated, service_role;
 revoke all on function public.secret_access_log__verify_chain(uuid) from public, anon, authenticated, service_role;
-revoke all on function public.secret_access_log__verify(uuid) from public, anon, authenticated;
-revoke all on function public.secret_access_log__apply_retention(timestamptz) from public, anon, authenticated;
-grant execute on function public.secret_access_log__verify(uuid) to service_role, cortex_orchestrator;
-grant execute on function public.secret_access_log__apply_retention(timestamptz) to service_role;
+revoke all on function public.secret_access_log__verify(uuid) from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__apply_retention(timestamptz) from public, anon, authenticated, service_role;
+grant execute on function public.secret_access_log__verify(uuid) to cortex_orchestrator;
 
 alter table public.secret_access_log enable row level security;
 alter table public.secret_access_log_chains enable row level security;
@@ -365,6 +364,6 @@ create policy secret_access_log_chains_select_member on public.secret_access_log
 
 -- Read-only for every API role, service_role included: rows are written by the functions only.
 revoke all on table public.secret_access_log, public.secret_access_log_chains
-  from public, anon, authenticated, service_role;
+  from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.secret_access_log, public.secret_access_log_chains to authenticated, service_role;
-revoke all on sequence public.secret_access_log_id_seq from public, anon, authenticated, service_role;
+revoke all on sequence public.secret_access_log_id_seq from public, anon, authenticated, service_role, cortex_orchestrator;

@@ -590,23 +590,23 @@ end
 $$;
 
 revoke all on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text)
-  from public, anon, authenticated;
-revoke all on function public.secrets__add_version(uuid, text, text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.secret_versions__retire(uuid, integer, text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.secrets__revoke(uuid, text, text, inet, text) from public, anon, authenticated;
+  from public, anon, authenticated, service_role;
+revoke all on function public.secrets__add_version(uuid, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.secret_versions__retire(uuid, integer, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__revoke(uuid, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text)
-  from public, anon, authenticated;
-revoke all on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) from public, anon, authenticated;
-grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.secret_versions__retire(uuid, integer, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) to service_role, cortex_orchestrator;
+  from public, anon, authenticated, service_role;
+revoke all on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) from public, anon, authenticated, service_role;
+grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secret_versions__retire(uuid, integer, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) to cortex_orchestrator;
 
 -- ---- row-level security -------------------------------------------------------------------------
 
@@ -633,7 +633,8 @@ create policy deployment_secrets_select_member on public.deployment_secrets
     where m.user_id = (select auth.uid())));
 
 revoke all on table public.secrets, public.secret_versions, public.deployment_secrets
-  from public, anon, authenticated, service_role;
+  from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.secrets, public.secret_versions, public.deployment_secrets to authenticated;
-grant select, insert, update, delete on table public.secrets, public.secret_versions, public.deployment_secrets
-  to service_role;
+-- No API role writes a table (a repointed vault_secret_id would read another org's key): service_role
+-- may read the metadata; the orchestrator's role holds no table privilege at all.
+grant select on table public.secrets, public.secret_versions, public.deployment_secrets to service_role;

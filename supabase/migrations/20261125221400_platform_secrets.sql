@@ -341,7 +341,9 @@ begin
   end if;
 
   begin
-    select ds.decrypted_secret into v_value from vault.decrypted_secrets ds where ds.id = v_vault_id;
+    -- the vault row must carry this version's name: a reference pointing elsewhere reads as missing
+    select ds.decrypted_secret into v_value from vault.decrypted_secrets ds
+    where ds.id = v_vault_id and ds.name = 'platform:' || p_name || ':v' || v_version::text;
   exception when others then
     -- a vault row that fails to decrypt is reported, never echoed
     v_value := null;
@@ -361,12 +363,12 @@ begin
 end
 $$;
 
-revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated;
-revoke all on function public.platform_secrets__read(text, text, text, inet, text) from public, anon, authenticated;
-grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to service_role, cortex_orchestrator;
-grant execute on function public.platform_secrets__read(text, text, text, inet, text) to service_role, cortex_orchestrator;
+revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__read(text, text, text, inet, text) from public, anon, authenticated, service_role;
+grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.platform_secrets__read(text, text, text, inet, text) to cortex_orchestrator;
 
 -- ---- privileges and row-level security --------------------------------------------------------------
 
@@ -376,5 +378,5 @@ grant execute on function public.platform_secrets__read(text, text, text, inet, 
 alter table public.platform_secrets enable row level security;
 alter table public.platform_secret_versions enable row level security;
 revoke all on table public.platform_secrets, public.platform_secret_versions
-  from public, anon, authenticated, service_role;
+  from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.platform_secrets, public.platform_secret_versions to service_role;

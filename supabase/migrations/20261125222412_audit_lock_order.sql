@@ -254,13 +254,17 @@ begin
     from public.deployment_secrets b
     join public.secrets s on s.id = b.secret_id
     join public.secret_versions v on v.secret_id = s.id and v.version = s.current_version
+    -- the vault row must carry the name the scheme gives this version: a reference that points
+    -- anywhere else (another org's key, a platform key) reads as missing
     left join vault.decrypted_secrets ds on ds.id = v.vault_secret_id
+      and ds.name = public.secrets__vault_name(s.org_id, s.deployment_id, s.id, s.current_version)
     where b.deployment_id = p_deployment_id and b.secret_id = any (v_ids);
   exception when others then
     v_values := null;
     v_missing := null;
     for v_binding in
-      select s.id as secret_id, s.current_version, v.vault_secret_id
+      select s.id as secret_id, s.current_version, v.vault_secret_id,
+        public.secrets__vault_name(s.org_id, s.deployment_id, s.id, s.current_version) as vault_name
       from public.deployment_secrets b
       join public.secrets s on s.id = b.secret_id
       join public.secret_versions v on v.secret_id = s.id and v.version = s.current_version
@@ -268,7 +272,8 @@ begin
       order by b.env_var
     loop
       begin
-        select ds.decrypted_secret into v_value from vault.decrypted_secrets ds where ds.id = v_binding.vault_secret_id;
+        select ds.decrypted_secret into v_value from vault.decrypted_secrets ds
+        where ds.id = v_binding.vault_secret_id and ds.name = v_binding.vault_name;
       exception when others then
         v_value := null;
       end;

@@ -5,7 +5,9 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(171);
+-- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
+grant usage on schema extensions to cortex_orchestrator;
+select plan(199);
 
 create temp table contract (fn regprocedure primary key, call text not null);
 insert into contract values
@@ -39,7 +41,7 @@ insert into contract values
   ('public.platform_secrets__rotate(text, text, text, text, inet, text)',
    $$select public.platform_secrets__rotate('x', 'x')$$),
   ('public.platform_secrets__read(text, text, text, inet, text)', $$select public.platform_secrets__read('x')$$);
-grant select on contract to anon, authenticated, service_role;
+grant select on contract to anon, authenticated, service_role, cortex_orchestrator;
 
 -- ---- the contract functions: shape ------------------------------------------------------------
 select is((select count(*) from contract), 18::bigint, 'the contract has 18 functions');
@@ -54,7 +56,7 @@ select is(
      and not coalesce(p.proconfig @> array['search_path=pg_catalog, pg_temp'], false)),
   null, 'every function in public, definer or not, pins search_path = pg_catalog, pg_temp');
 
--- ---- catalog-wide: nobody but service_role executes anything, and it only the contract ----------
+-- ---- catalog-wide: nobody but cortex_orchestrator executes anything, and it only the contract -----
 select is(
   (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc p
    where p.pronamespace = 'public'::regnamespace
@@ -70,9 +72,8 @@ select is(
   null, 'no function in public is left with default (PUBLIC) privileges');
 select is(
   (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc p
-   where p.pronamespace = 'public'::regnamespace and has_function_privilege('service_role', p.oid, 'execute')
-     and p.oid not in (select fn from contract)),
-  null, 'service_role can execute no internal helper');
+   where p.pronamespace = 'public'::regnamespace and has_function_privilege('service_role', p.oid, 'execute')),
+  null, 'service_role can execute no function in public (it can read the vault directly: the orchestrator must not use it)');
 -- (functions of later migrations join the contract by their grant; the rules below hold for them too)
 select is(
   (select array_agg(p.oid::regprocedure::text order by p.oid::regprocedure::text) from pg_proc p
@@ -86,7 +87,7 @@ select ok(pg_has_role('authenticator', 'cortex_orchestrator', 'member'),
   'PostgREST''s authenticator may switch to cortex_orchestrator');
 
 -- ---- per function: catalog and a real call as each role -----------------------------------------
-select ok(has_function_privilege('service_role', fn, 'execute'), 'service_role may execute ' || fn::text)
+select ok(not has_function_privilege('service_role', fn, 'execute'), 'service_role may not execute ' || fn::text)
 from contract order by fn::text;
 select ok(has_function_privilege('cortex_orchestrator', fn, 'execute'), 'cortex_orchestrator may execute ' || fn::text)
 from contract where fn <> 'public.secret_access_log__apply_retention(timestamp with time zone)'::regprocedure
@@ -117,9 +118,14 @@ exception when others then
   return sqlstate;
 end
 $$;
-grant execute on function pg_temp.sqlstate_of(text) to service_role;
+grant execute on function pg_temp.sqlstate_of(text) to service_role, cortex_orchestrator;
+set local role cortex_orchestrator;
+select isnt(pg_temp.sqlstate_of(call), '42501', 'cortex_orchestrator calling ' || fn::text || ' is not denied')
+from contract where fn <> 'public.secret_access_log__apply_retention(timestamp with time zone)'::regprocedure
+order by fn::text;
+reset role;
 set local role service_role;
-select isnt(pg_temp.sqlstate_of(call), '42501', 'service_role calling ' || fn::text || ' is not denied')
+select is(pg_temp.sqlstate_of(call), '42501', 'service_role calling ' || fn::text || ' is denied')
 from contract order by fn::text;
 reset role;
 
@@ -143,10 +149,14 @@ from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'orga
 select table_privs_are('public', t, 'authenticated', array['SELECT'], 'authenticated may only select from ' || t)
 from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
   'secret_access_log', 'secret_access_log_chains', 'secret_versions', 'secrets']) t;
-select table_privs_are('public', t, 'service_role', array['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
-  'service_role may select, insert, update and delete ' || t)
+select table_privs_are('public', t, 'service_role', array['SELECT'],
+  'service_role may only select from ' || t || ': the functions are the only way in')
 from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
   'secret_versions', 'secrets']) t;
+select table_privs_are('public', t, 'cortex_orchestrator', array[]::text[], 'cortex_orchestrator has no privilege on ' || t)
+from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
+  'platform_secret_versions', 'platform_secrets', 'secret_access_log', 'secret_access_log_chains', 'secret_versions',
+  'secrets']) t;
 select table_privs_are('public', t, 'service_role', array['SELECT'],
   'service_role may only select from ' || t || ': audit rows are written by the functions alone')
 from unnest(array['secret_access_log', 'secret_access_log_chains']) t;

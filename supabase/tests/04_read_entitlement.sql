@@ -5,7 +5,9 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(38);
+-- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
+grant usage on schema extensions to cortex_orchestrator;
+select plan(39);
 
 select public.organizations__create('Test Org Read A') ->> 'id' as org_a \gset
 select public.organizations__create('Test Org Read B') ->> 'id' as org_b \gset
@@ -33,15 +35,15 @@ $$;
 create function pg_temp.mark() returns boolean language sql as $$
   update log_mark set id = (select coalesce(max(id), 0) from public.secret_access_log) returning true
 $$;
-grant select on log_mark to service_role;
-grant execute on function pg_temp.new_log(text, text) to service_role;
+grant select on log_mark to cortex_orchestrator;
+grant execute on function pg_temp.new_log(text, text) to cortex_orchestrator;
 
 -- ---- a successful read ------------------------------------------------------------------------
-set local role service_role;
+set local role cortex_orchestrator;
 select public.deployment_secrets__read(:'dep_a1', null, 'worker-1', 'provision-abc', '198.51.100.7', 'cortex-worker')
   as result \gset
 reset role;
-select is((:'result'::jsonb) ->> 'status', 'ok', 'service_role reads the secrets bound to its deployment');
+select is((:'result'::jsonb) ->> 'status', 'ok', 'cortex_orchestrator reads the secrets bound to its deployment');
 select is((:'result'::jsonb) -> 'secrets',
   jsonb_build_array(
     jsonb_build_object('env_var', 'ANTHROPIC_API_KEY', 'secret_id', :'s_a', 'version', 1, 'value', 'canary-read-org-wide-a-0001'),
@@ -157,7 +159,11 @@ select throws_ok($$select public.deployment_secrets__read(null)$$, '22023', 'dep
 select throws_ok(format('select public.deployment_secrets__read(%L, null, %L)', :'dep_a1', repeat('a', 201)), '22023',
   'actor: must be at most 200 characters', 'an over-long actor is refused');
 
--- ---- only service_role may read --------------------------------------------------------------------
+-- ---- only cortex_orchestrator may read ----------------------------------------------------------
+set local role service_role;
+select throws_ok(format('select public.deployment_secrets__read(%L)', :'dep_a1'), '42501', null,
+  'service_role cannot call deployment_secrets__read');
+reset role;
 set local role authenticated;
 select throws_ok(format('select public.deployment_secrets__read(%L)', :'dep_a1'), '42501', null,
   'authenticated cannot call deployment_secrets__read');

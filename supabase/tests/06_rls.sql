@@ -89,7 +89,7 @@ select throws_ok($$select count(*) from public.secret_access_log$$, '42501', nul
 select throws_ok($$select count(*) from vault.secrets$$, '42501', null, 'anon cannot read the vault');
 reset role;
 
--- ---- service_role bypasses RLS (it is the orchestrator) -------------------------------------------
+-- ---- service_role bypasses RLS (the dashboard key; it reads, never writes) ------------------------
 set local role service_role;
 select is((select count(*) from public.secrets where id in (:'s_a', :'s_b')), 2::bigint, 'service_role sees both orgs');
 select is((select count(*) from public.secret_access_log where org_id is null and deployment_id = '00000000-0000-0000-0000-00000000beef'),

@@ -1,10 +1,12 @@
 -- Platform-scoped secrets (DESIGN: the orchestrator's SSH private key may live in the vault, a
 -- platform-scoped secret, audited): no org; the value in the vault under `platform:<name>:v<n>`;
--- read only through platform_secrets__read, by service_role; every read, denial and change audited
+-- read only through platform_secrets__read, by cortex_orchestrator; every read, denial and change audited
 -- in the platform chain, which verifies like an org's; values may span lines, nothing else.
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
+-- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
+grant usage on schema extensions to cortex_orchestrator;
 select plan(62);
 
 -- shaped like an OpenSSH private key (several lines and a final line feed), random on every run
@@ -25,7 +27,7 @@ create function pg_temp.mark() returns boolean language sql as $$
 $$;
 
 -- ---- create ----------------------------------------------------------------------------------------
-set local role service_role;
+set local role cortex_orchestrator;
 select public.platform_secrets__create('pgtap-ssh-key', :'key1', 'ops:alice', 'job-p1', '192.0.2.20', 'pgtap')
   as created \gset
 reset role;
@@ -33,7 +35,7 @@ select (:'created'::jsonb) ->> 'secret_id' as ps \gset
 select is((:'created'::jsonb) - 'secret_id' - 'display_prefix',
   jsonb_build_object('name', 'pgtap-ssh-key', 'version', 1,
     'fingerprint', encode(sha256(convert_to(:'key1', 'UTF8')), 'hex'), 'vault_name', 'platform:pgtap-ssh-key:v1'),
-  'service_role creates a platform secret: version 1, the sha-256 of the exact value, vault name platform:<name>:v1');
+  'cortex_orchestrator creates a platform secret: version 1, the sha-256 of the exact value, vault name platform:<name>:v1');
 select ok(position(E'\n' in (:'created'::jsonb) ->> 'display_prefix') = 0
           and position('canary' in (:'created'::jsonb) ->> 'display_prefix') = 0,
   'the display prefix of a multi-line value is one line and shows none of its body');
@@ -53,12 +55,12 @@ select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'anot
 
 -- ---- read ------------------------------------------------------------------------------------------
 select pg_temp.mark() as marked \gset
-set local role service_role;
+set local role cortex_orchestrator;
 select public.platform_secrets__read('pgtap-ssh-key', 'worker-7', 'provision-p2', '198.51.100.9', 'cortex-worker')
   as result \gset
 reset role;
 select is(:'result'::jsonb, jsonb_build_object('status', 'ok', 'value', :'key1', 'version', 1),
-  'service_role reads the value and its version');
+  'cortex_orchestrator reads the value and its version');
 select is((:'result'::jsonb) ->> 'value', :'key1', 'the value comes back byte for byte, line feeds included');
 select is((select count(*) from pg_temp.new_log('read', 'success') l
            where l.secret_id = :'ps' and l.version = 1 and l.org_id is null and l.chain_id = :'platform'
@@ -68,7 +70,7 @@ select is((select count(*) from pg_temp.new_log('read', 'success') l
 select is((select count(*) from pg_temp.new_log('read', 'success')), 1::bigint, 'and only once');
 
 select pg_temp.mark() as marked \gset
-set local role service_role;
+set local role cortex_orchestrator;
 select lives_ok($$select public.platform_secrets__read('pgtap-no-such-key', 'worker-8')$$,
   'reading an unknown name does not raise');
 select is(public.platform_secrets__read('pgtap-no-such-key'),
@@ -91,7 +93,7 @@ select is((select count(*) from public.platform_secrets s, public.platform_secre
 
 -- ---- rotate ----------------------------------------------------------------------------------------
 select pg_temp.mark() as marked \gset
-set local role service_role;
+set local role cortex_orchestrator;
 select public.platform_secrets__rotate('pgtap-ssh-key', :'key2', 'ops:bob') as rotated \gset
 reset role;
 select is((:'rotated'::jsonb) - 'display_prefix',

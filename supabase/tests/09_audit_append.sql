@@ -4,6 +4,8 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
+-- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
+grant usage on schema extensions to cortex_orchestrator;
 select plan(9);
 
 select public.organizations__create('Test Org Append') ->> 'id' as org \gset
@@ -17,7 +19,7 @@ select public.deployment_secrets__bind(:'dep', 'K3', :'s3') is not null as ok \g
 
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;
 
-set local role service_role;
+set local role cortex_orchestrator;
 select jsonb_array_length(public.deployment_secrets__read(:'dep', null, 'append-test') -> 'secrets') as n_read \gset
 reset role;
 select is(:'n_read'::int, 3, 'a read of three bound secrets returns three values');
@@ -49,7 +51,7 @@ select public.secrets__revoke(:'s2') is not null as ok \gset
 select public.organizations__create('Test Org Append B') ->> 'id' as org_b \gset
 select public.secrets__create(:'org_b', 'kb', 'other', 'canary-append-0004') ->> 'secret_id' as sb \gset
 update log_mark set id = (select max(id) from public.secret_access_log);
-set local role service_role;
+set local role cortex_orchestrator;
 select public.deployment_secrets__read(:'dep', array[:'s1', :'s2', :'sb']::uuid[], 'append-test') as denied \gset
 reset role;
 select is((:'denied'::jsonb) ->> 'status', 'denied', 'a read with refused secrets is denied');

@@ -13,7 +13,7 @@ import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
  * and then a secret row deadlocked with a read or revoke that held the secret and waited for the
  * chain head (SQLSTATE 40P01, one of them killed after deadlock_timeout).
  *
- * Each actor has its own connection, as service_role. The staged tests force the interleaving
+ * Each actor has its own connection, as cortex_orchestrator. The staged tests force the interleaving
  * that deadlocked: a third session holds the chain head, the actors queue up behind it in a fixed
  * order, and then it lets go. The stress test runs the same calls at once, many times.
  */
@@ -26,7 +26,7 @@ let actors: Client[] = [];
 const actor = async (): Promise<Client> => {
   const c = new Client({ connectionString: testDatabaseUrl(), statement_timeout: 30_000 });
   await c.connect();
-  await c.query('set role service_role');
+  await c.query('set role cortex_orchestrator');
   actors.push(c);
   return c;
 };

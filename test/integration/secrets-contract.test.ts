@@ -375,21 +375,27 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
   });
 });
 
-describe('the supabase-js adapter under non-service roles', () => {
-  it.each(['anon', 'authenticated'])('a %s key cannot read secrets or create them', async (role) => {
-    const secrets = makeSecretsService({ rpc: supabaseWith(role) });
-    const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
-    const err = await caught(secrets.readForDeployment(deploymentId));
-    expect(err.message).toMatch(/permission denied/);
-  });
+describe('the supabase-js adapter under any role but cortex_orchestrator', () => {
+  it.each(['anon', 'authenticated', 'service_role'])(
+    'a %s key cannot read secrets or create them',
+    async (role) => {
+      const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+      const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
+      const err = await caught(secrets.readForDeployment(deploymentId));
+      expect(err.message).toMatch(/permission denied/);
+    },
+  );
 
-  it.each(['anon', 'authenticated'])('a %s key cannot read platform secrets', async (role) => {
-    const secrets = makeSecretsService({ rpc: supabaseWith(role) });
-    const name = platformName();
-    await makeSecretsService({ rpc: pg.rpc }).createPlatformSecret(name, new Secret(sshKey()));
-    const err = await caught(secrets.readPlatformSecret(name));
-    expect(err.message).toMatch(/permission denied/);
-  });
+  it.each(['anon', 'authenticated', 'service_role'])(
+    'a %s key cannot read platform secrets',
+    async (role) => {
+      const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+      const name = platformName();
+      await makeSecretsService({ rpc: pg.rpc }).createPlatformSecret(name, new Secret(sshKey()));
+      const err = await caught(secrets.readPlatformSecret(name));
+      expect(err.message).toMatch(/permission denied/);
+    },
+  );
 
   it('a key signed with another secret is refused before any SQL runs', async () => {
     const rpc = makeSupabaseRpc({
@@ -403,13 +409,16 @@ describe('the supabase-js adapter under non-service roles', () => {
 
 describe('the postgres adapter’s role', () => {
   it('acts as cortex_orchestrator by default, and as exactly the role it is given', async () => {
-    const anon = makePgRpc({ connectionString: testDatabaseUrl(), max: 1, role: 'anon' });
-    try {
-      expect((await caught(anon.rpc('organizations__create', { p_name: 'nope' }))).message).toMatch(
-        /permission denied/,
-      );
-    } finally {
-      await anon.close();
+    // service_role can read the vault directly on Supabase: it is no longer given the contract
+    for (const role of ['anon', 'service_role']) {
+      const other = makePgRpc({ connectionString: testDatabaseUrl(), max: 1, role });
+      try {
+        expect((await caught(other.rpc('organizations__create', { p_name: 'nope' }))).message).toMatch(
+          /permission denied/,
+        );
+      } finally {
+        await other.close();
+      }
     }
     const own = makePgRpc({ connectionString: testDatabaseUrl(), max: 1 });
     try {

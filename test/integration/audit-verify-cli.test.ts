@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Pool } from 'pg';
 import { runCli } from '../../orchestrator/cli/cortexctl';
@@ -21,6 +23,8 @@ const scratchUrl = (() => {
   return u.toString();
 })();
 let su: Pool;
+// its own state directory: no signed checkpoint of another database is compared with this one
+const stateDir = mkdtempSync(join(tmpdir(), 'cortex-cli-'));
 
 beforeAll(async () => {
   su = new Pool({ connectionString: base.toString(), max: 1 });
@@ -33,12 +37,13 @@ beforeAll(async () => {
 afterAll(async () => {
   await su.query(`drop database if exists ${name} with (force)`);
   await su.end();
+  rmSync(stateDir, { recursive: true, force: true });
 });
 
 const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
   let out = '';
   const code = await runCli(args, {
-    env: { DATABASE_URL: scratchUrl, LOG_LEVEL: 'silent' },
+    env: { DATABASE_URL: scratchUrl, LOG_LEVEL: 'silent', CORTEX_STATE_DIR: stateDir },
     out: (t) => (out += t),
   });
   return { code, out };

@@ -11,16 +11,23 @@ import {
   type DnsRecordInput,
 } from './dns-provider';
 
-/** Runs knotc with an argv (never a shell line); resolves with its exit code and both outputs. */
-export type KnotcRunner = (args: readonly string[]) => Promise<{ code: number; output: string }>;
+/**
+ * Runs knotc with an argv (never a shell line); resolves with its exit code and both outputs.
+ * With `input`, knotc gets no action and reads one command per line from stdin (its interactive
+ * mode, one answer line per command; used for the edits of one transaction).
+ */
+export type KnotcRunner = (
+  args: readonly string[],
+  input?: string,
+) => Promise<{ code: number; output: string }>;
 
 export const makeKnotcRunner =
   (opts: { socket: string; binary?: string; timeoutMs?: number }): KnotcRunner =>
-  (args) =>
+  (args, input) =>
     new Promise((resolve, reject) => {
-      execFile(
+      const child = execFile(
         opts.binary ?? 'knotc',
-        ['-s', opts.socket, '-t', '10', ...args],
+        ['-x', '-s', opts.socket, '-t', '10', ...args],
         { timeout: opts.timeoutMs ?? 15_000, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 },
         (err, stdout, stderr) => {
           // knotc prints some errors on stdout, some on stderr: both are read.
@@ -36,6 +43,7 @@ export const makeKnotcRunner =
           );
         },
       );
+      child.stdin?.end(input ?? '');
     });
 
 export interface LocalDnsDeps {
@@ -105,13 +113,35 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
   };
 
   /** Records of one name as knotc prints them: `[zone.] name. ttl TYPE data`. */
-  const readNode = async (verb: 'zone-read' | 'zone-get', name: string): Promise<ParsedNode | undefined> => {
-    const { code, output } = await deps.knotc([verb, zone, `${name}.`]);
+  const readNode = async (name: string): Promise<ParsedNode | undefined> => {
+    const { code, output } = await deps.knotc(['zone-read', zone, `${name}.`]);
     if (code !== 0) {
       if (NO_NODE.test(output)) return undefined;
-      throw failure(output, verb);
+      throw failure(output, 'zone-read');
     }
     return parseZoneRead(output).get(name);
+  };
+
+  /**
+   * The edits of one transaction in one knotc process (one answer line per command). knotc goes on
+   * after a failed command, so every answer is checked before the commit: only the leading unset may
+   * fail, and only with "no such node" (a name not there yet).
+   */
+  const batch = async (commands: readonly (readonly string[])[]): Promise<boolean> => {
+    for (const c of commands)
+      if (c.some((word) => !/^[!-~]+$/.test(word)))
+        throw new OrchestratorError('internal', 'a knotc word must be printable ASCII without spaces');
+    const { output } = await deps.knotc([], commands.map((c) => `${c.join(' ')}\n`).join(''));
+    const lines = output.split('\n').filter((l) => l.trim() !== '');
+    const ok = lines.filter((l) => l.trim() === 'OK').length;
+    const errors = lines.filter((l) => l.trim() !== 'OK');
+    const unsetMissing =
+      commands[0]?.[0] === 'zone-unset' && errors.length === 1 && NO_NODE.test(errors[0] ?? '');
+    if (ok === commands.length || (unsetMissing && ok === commands.length - 1)) return true;
+    throw new OrchestratorError(
+      'provider_rejected',
+      `local DNS edit failed: ${firstError(errors.join('\n'))}`,
+    );
   };
 
   const transaction = async (edit: () => Promise<boolean>): Promise<void> => {
@@ -130,40 +160,32 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
 
     ensureRecord: async (input: DnsRecordInput) => {
       const r = parseRecordInput(zone, input);
-      await serial(() =>
-        transaction(async () => {
-          const now = await readNode('zone-get', r.name);
-          if (
-            now?.ipv4 === r.ipv4 &&
-            now.ipv6 === r.ipv6 &&
-            now.deploymentId === r.deploymentId &&
-            now.extra === 0
-          )
-            return false; // already so: abort, the serial stays
-          const fqdn = `${r.name}.`;
-          if (now) await knotc(['zone-unset', zone, fqdn], 'zone-unset');
-          await knotc(['zone-set', zone, fqdn, ttl, 'A', r.ipv4], 'zone-set A');
-          if (r.ipv6) await knotc(['zone-set', zone, fqdn, ttl, 'AAAA', r.ipv6], 'zone-set AAAA');
-          await knotc(['zone-set', zone, fqdn, ttl, 'TXT', `"deployment=${r.deploymentId}"`], 'zone-set TXT');
-          return true;
-        }),
-      );
+      await serial(async () => {
+        // Already so: nothing opened, nothing written, the serial stays.
+        if (sameRecord(await readNode(r.name), r)) return;
+        const fqdn = `${r.name}.`;
+        await transaction(() =>
+          batch([
+            ['zone-unset', zone, fqdn], // the whole node: old addresses, owner, any stray type
+            ['zone-set', zone, fqdn, ttl, 'A', r.ipv4],
+            ...(r.ipv6 ? [['zone-set', zone, fqdn, ttl, 'AAAA', r.ipv6]] : []),
+            ['zone-set', zone, fqdn, ttl, 'TXT', `"deployment=${r.deploymentId}"`],
+          ]),
+        );
+      });
     },
 
     removeRecord: async (raw: string) => {
       const name = parseRecordName(zone, raw);
-      await serial(() =>
-        transaction(async () => {
-          if (!(await readNode('zone-get', name))) return false;
-          await knotc(['zone-unset', zone, `${name}.`], 'zone-unset');
-          return true;
-        }),
-      );
+      await serial(async () => {
+        if (!(await readNode(name))) return; // not there: done, nothing opened
+        await transaction(() => batch([['zone-unset', zone, `${name}.`]]));
+      });
     },
 
     lookup: async (raw: string) => {
       const name = parseRecordName(zone, raw);
-      const r = await readNode('zone-read', name);
+      const r = await readNode(name);
       if (!r || (r.ipv4 === undefined && r.ipv6 === undefined)) return undefined;
       return { ...(r.ipv4 ? { ipv4: r.ipv4 } : {}), ...(r.ipv6 ? { ipv6: r.ipv6 } : {}) };
     },
@@ -178,6 +200,13 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
 };
 
 type ParsedNode = DnsRecord & { extra: number };
+
+const sameRecord = (now: ParsedNode | undefined, r: DnsRecordInput): boolean =>
+  now !== undefined &&
+  now.ipv4 === r.ipv4 &&
+  now.ipv6 === r.ipv6 &&
+  now.deploymentId === r.deploymentId &&
+  now.extra === 0;
 
 /**
  * knotc's `zone-read` lines into one entry per name. Lines that are not an A, AAAA or our TXT

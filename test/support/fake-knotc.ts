@@ -31,7 +31,17 @@ export const makeFakeKnotc = (zone: string) => {
     return { code: 0, output: entries.flatMap(([, rs]) => rs.map((r) => `[${apex}] ${r}\n`)).join('') };
   };
 
-  const run: KnotcRunner = (args) => {
+  const run: KnotcRunner = async (args, input) => {
+    if (input !== undefined && args.length === 0) {
+      // Interactive mode: one command per line, one answer line each, exit 0 whatever happened.
+      calls.push(['<stdin>']);
+      let output = '';
+      for (const line of input.split('\n').filter(Boolean)) output += (await one(line.split(' '))).output;
+      return { code: 0, output };
+    }
+    return one(args);
+  };
+  const one = (args: readonly string[]): Promise<{ code: number; output: string }> => {
     calls.push([...args]);
     if (unreachable)
       return Promise.resolve({ code: 1, output: "error: failed to connect to socket '/x' (not exists)\n" });

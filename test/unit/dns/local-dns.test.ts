@@ -16,8 +16,10 @@ describe('local DNS adapter (knotc)', () => {
     const { knot, dns } = setup();
     await dns.ensureRecord({ name: NAME, ipv4: '10.0.0.7', ipv6: '2001:DB8::7', deploymentId: ID });
     expect(knot.calls).toEqual([
+      ['zone-read', ZONE, `${NAME}.`],
       ['zone-begin', ZONE],
-      ['zone-get', ZONE, `${NAME}.`],
+      ['<stdin>'],
+      ['zone-unset', ZONE, `${NAME}.`],
       ['zone-set', ZONE, `${NAME}.`, '30', 'A', '10.0.0.7'],
       ['zone-set', ZONE, `${NAME}.`, '30', 'AAAA', '2001:db8::7'],
       ['zone-set', ZONE, `${NAME}.`, '30', 'TXT', `"deployment=${ID}"`],
@@ -29,14 +31,14 @@ describe('local DNS adapter (knotc)', () => {
     ]);
   });
 
-  it('is idempotent: the same record again aborts its transaction and keeps the serial', async () => {
+  it('is idempotent: the same record again opens no transaction and keeps the serial', async () => {
     const { knot, dns } = setup();
     await dns.ensureRecord({ name: NAME, ipv4: '10.0.0.7', deploymentId: ID });
     const serial = knot.serial();
     knot.calls.length = 0;
     await dns.ensureRecord({ name: NAME.toUpperCase(), ipv4: '10.0.0.7', deploymentId: ID });
     expect(knot.serial()).toBe(serial);
-    expect(knot.calls.map((c) => c[0])).toEqual(['zone-begin', 'zone-get', 'zone-abort']);
+    expect(knot.calls.map((c) => c[0])).toEqual(['zone-read']);
   });
 
   it('replaces a record with other addresses (and drops an AAAA no longer wanted)', async () => {
@@ -94,18 +96,26 @@ describe('local DNS adapter (knotc)', () => {
     expect(await dns.lookup(NAME)).toEqual({ ipv4: '10.0.0.7' });
   });
 
-  it('aborts its transaction when an edit fails, and says which', async () => {
+  it.each([
+    [
+      'a set refused by the parser',
+      'error: (no such node in zone found) [z] x\nOK\nerror: (parser failed) [z] x\n',
+    ],
+    ['an answer missing (knotc stopped early)', 'error: (no such node in zone found) [z] x\nOK\n'],
+    [
+      'a second "no such node"',
+      'error: (no such node in zone found) [z] x\nerror: (no such node in zone found) [z] y\nOK\n',
+    ],
+  ])('aborts its transaction on %s and commits nothing', async (_, answer) => {
     const { knot, dns } = setup();
     const broken = makeLocalDns({
       zone: ZONE,
-      knotc: (args) =>
-        args[0] === 'zone-set'
-          ? Promise.resolve({ code: 1, output: 'error: (parser failed) x\n' })
-          : knot.run(args),
+      knotc: (args, input) =>
+        input === undefined ? knot.run(args) : Promise.resolve({ code: 0, output: answer }),
     });
     const err = await rejection(broken.ensureRecord({ name: NAME, ipv4: '10.0.0.7', deploymentId: ID }));
     expect(err.code).toBe('provider_rejected');
-    expect(err.message).toContain('zone-set A');
+    expect(knot.calls.map((c) => c[0])).toEqual(['zone-read', 'zone-begin', 'zone-abort']);
     expect(knot.inTransaction()).toBe(false);
     expect(await dns.lookup(NAME)).toBeUndefined();
   });

@@ -5,7 +5,8 @@ import { loadTemplate } from './render';
  * unit runs, runtime-specific unit options and the health path Caddy's check hits.
  *
  * - `echo`: the default for local mode and the demo. Python 3 standard library only (the host
- *   image must contain `python3`); reports names and SHA-256 fingerprints of its env variables.
+ *   image must contain `python3`); reports the names of its env variables (nothing derived from a
+ *   value) and has a bounded slow endpoint for tests that need a long request.
  * - `openclaw`: production. Installs Node 24 and the pinned OpenClaw gateway at first boot and runs
  *   the gateway on loopback with the keys from the env file (its gateway token included, as
  *   OPENCLAW_GATEWAY_TOKEN). It needs the internet, so it cannot run on the local hosts here; only
@@ -39,6 +40,7 @@ export interface RuntimeProfile {
 export const AGENT_PORT = 18789;
 export const OPENCLAW_VERSION = '2026.9.6';
 const LIB = '/usr/local/lib/cortex';
+export const RESERVED_ENV_NAMES_FILE = 'reserved-env-names.json';
 
 export const echoRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   name: 'echo',
@@ -49,6 +51,12 @@ export const echoRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   unitOptions: ['MemoryDenyWriteExecute=yes', 'ProcSubset=pid'],
   files: [
     { path: `${LIB}/echo-agent.py`, content: loadTemplate('runtimes/echo-agent.py'), permissions: '0755' },
+    // The reserved names it hides, the same file env-file.ts refuses them from.
+    {
+      path: `${LIB}/${RESERVED_ENV_NAMES_FILE}`,
+      content: loadTemplate(`runtimes/${RESERVED_ENV_NAMES_FILE}`),
+      permissions: '0644',
+    },
   ],
   installCommands: [],
   packages: ['python3'],

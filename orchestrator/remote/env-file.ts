@@ -1,5 +1,6 @@
 import { invalidInput } from '../errors';
 import { Secret, isSecret } from '../secret';
+import reserved from '../../templates/runtimes/reserved-env-names.json';
 import { LONE_SURROGATE } from './shell-quote';
 
 /**
@@ -23,39 +24,12 @@ export const ENV_VALUE_MAX_BYTES = 4096;
 export const ENV_MAX_ENTRIES = 100;
 
 /**
- * Names the service manager or the dynamic loader give meaning to; an agent variable must not
- * shadow them (and the echo runtime hides exactly these from its report).
+ * Names the service manager or a loader give meaning to; an agent variable must not shadow them.
+ * One list, `templates/runtimes/reserved-env-names.json`: the echo runtime is shipped the same file
+ * and hides exactly these from its report.
  */
-export const RESERVED_ENV_NAMES: ReadonlySet<string> = new Set([
-  'PATH',
-  'HOME',
-  'USER',
-  'LOGNAME',
-  'SHELL',
-  'LANG',
-  'TERM',
-  'PWD',
-  'INVOCATION_ID',
-  'JOURNAL_STREAM',
-  'SYSTEMD_EXEC_PID',
-  'NOTIFY_SOCKET',
-  'MAINPID',
-  'MANAGERPID',
-  'LISTEN_FDS',
-  'LISTEN_PID',
-  'LISTEN_FDNAMES',
-  'WATCHDOG_PID',
-  'WATCHDOG_USEC',
-  'RUNTIME_DIRECTORY',
-  'STATE_DIRECTORY',
-  'CACHE_DIRECTORY',
-  'LOGS_DIRECTORY',
-  'CONFIGURATION_DIRECTORY',
-  'CREDENTIALS_DIRECTORY',
-  'XDG_RUNTIME_DIR',
-  'TZ',
-]);
-export const RESERVED_PREFIXES = ['LD_', 'LC_', 'SYSTEMD_'] as const;
+export const RESERVED_ENV_NAMES: ReadonlySet<string> = new Set(reserved.names);
+export const RESERVED_PREFIXES: readonly string[] = reserved.prefixes;
 
 export interface EnvEntry {
   readonly name: string;

@@ -5,8 +5,13 @@ import { get } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RESERVED_ENV_NAMES } from '../../../orchestrator/remote/env-file';
-import { echoRuntime, openclawRuntime, runtimeProfile } from '../../../templates/runtime-profiles';
+import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../../../orchestrator/remote/env-file';
+import {
+  echoRuntime,
+  openclawRuntime,
+  RESERVED_ENV_NAMES_FILE,
+  runtimeProfile,
+} from '../../../templates/runtime-profiles';
 import { canary } from '../../support/canary';
 
 const TEMPLATES = join(__dirname, '../../../templates');
@@ -29,6 +34,36 @@ const fetchText = (port: number, path: string): Promise<{ status: number; body: 
     }).on('error', reject);
   });
 
+/** Start the echo agent from templates/runtimes (as the unit would from /usr/local/lib/cortex). */
+const startEcho = async (port: number, env: Record<string, string>): Promise<ChildProcess> => {
+  const rt = echoRuntime(port);
+  const child = spawn(
+    'python3',
+    [...rt.execStart.slice(1)].map((a) => a.replace('/usr/local/lib/cortex', join(TEMPLATES, 'runtimes'))),
+    { env, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  for (let i = 0; i < 100; i++) {
+    if (await fetchText(port, '/health').catch(() => undefined)) return child;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error('echo agent did not answer');
+};
+
+/** Every digest or encoding of `value` a careless report could publish. */
+const derivedForms = (value: string): string[] => {
+  const b = Buffer.from(value, 'utf8');
+  return [
+    value,
+    b.toString('base64'),
+    b.toString('hex'),
+    ...['md5', 'sha1', 'sha256', 'sha512'].flatMap((alg) => {
+      const d = createHash(alg).update(b).digest();
+      return [d.toString('hex'), d.toString('base64'), d.toString('hex').slice(0, 16)];
+    }),
+  ];
+};
+
 describe('echo runtime (python3 stdlib agent)', () => {
   let child: ChildProcess | undefined;
   afterEach(() => {
@@ -36,7 +71,7 @@ describe('echo runtime (python3 stdlib agent)', () => {
     child = undefined;
   });
 
-  it('reports names and SHA-256 of its variables, never a value, on 127.0.0.1', async () => {
+  it('reports the names of its variables and nothing derived from a value, on 127.0.0.1', async () => {
     const port = await freePort();
     const key = canary();
     const env: Record<string, string> = {
@@ -48,31 +83,47 @@ describe('echo runtime (python3 stdlib agent)', () => {
       INVOCATION_ID: 'abc',
       LC_ALL: 'C.UTF-8',
     };
-    const rt = echoRuntime(port);
-    child = spawn(
-      'python3',
-      [...rt.execStart.slice(1)].map((a) => a.replace('/usr/local/lib/cortex', join(TEMPLATES, 'runtimes'))),
-      {
-        env,
-        stdio: ['ignore', 'ignore', 'pipe'],
-      },
-    );
-    let res: { status: number; body: string } | undefined;
-    for (let i = 0; i < 100 && !res; i++) {
-      res = await fetchText(port, '/health').catch(() => undefined);
-      if (!res) await new Promise((r) => setTimeout(r, 50));
-    }
-    expect(res?.status).toBe(200);
-    const body = JSON.parse(res?.body ?? '{}') as { status: string; env: { name: string; sha256: string }[] };
-    expect(body.status).toBe('ok');
-    const sha = (v: string): string => createHash('sha256').update(Buffer.from(v, 'utf8')).digest('hex');
-    expect(body.env).toEqual([
-      { name: 'ANTHROPIC_API_KEY', sha256: sha(key) },
-      { name: 'EMPTY', sha256: sha('') },
-      { name: 'QUOTED', sha256: sha(env.QUOTED ?? '') },
-    ]);
-    expect(res?.body).not.toContain(key);
+    child = await startEcho(port, env);
+    const res = await fetchText(port, '/health');
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body)).toEqual({
+      status: 'ok',
+      runtime: 'echo',
+      env: [{ name: 'ANTHROPIC_API_KEY' }, { name: 'EMPTY' }, { name: 'QUOTED' }],
+    });
+    for (const form of derivedForms(key)) expect(res.body).not.toContain(form);
+    for (const form of derivedForms(env.QUOTED ?? '').slice(1)) expect(res.body).not.toContain(form);
     expect((await fetchText(port, '/other')).status).toBe(404);
+  });
+
+  it('/slow answers after the time asked for, within bounds', async () => {
+    const port = await freePort();
+    child = await startEcho(port, {});
+    const t0 = Date.now();
+    const res = await fetchText(port, '/slow?ms=400');
+    expect({ status: res.status, body: JSON.parse(res.body) as unknown }).toEqual({
+      status: 200,
+      body: { status: 'ok', sleptMs: 400 },
+    });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+    for (const bad of ['10001', '-1', '1e3', 'abc', ''])
+      expect((await fetchText(port, `/slow?ms=${bad}`)).status).toBe(400);
+  });
+
+  it('on SIGTERM finishes the request in flight, refuses new ones and exits 0', async () => {
+    const port = await freePort();
+    child = await startEcho(port, {});
+    const proc = child;
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    const slow = fetchText(port, '/slow?ms=1500');
+    await new Promise((r) => setTimeout(r, 300));
+    proc.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    // The listening socket is closed at once: nothing new is accepted while the drain runs.
+    const late = await fetchText(port, '/health').catch((e: NodeJS.ErrnoException) => e.code);
+    expect(late).toBe('ECONNREFUSED');
+    expect((await slow).status).toBe(200);
+    expect(await exited).toBe(0);
   });
 
   it('binds to 127.0.0.1 unless told otherwise', () => {
@@ -81,12 +132,28 @@ describe('echo runtime (python3 stdlib agent)', () => {
     expect(echoRuntime().execStart.join(' ')).not.toContain('--bind');
   });
 
-  it('hides exactly the names the env file may not use (kept equal to RESERVED_ENV_NAMES)', () => {
-    const src = readFileSync(join(TEMPLATES, 'runtimes/echo-agent.py'), 'utf8');
-    const block = /HIDDEN_NAMES = frozenset\(\[([\s\S]*?)\]\)/.exec(src)?.[1] ?? '';
-    const hidden = new Set([...block.matchAll(/"([A-Z_]+)"/g)].map((m) => m[1]));
-    for (const n of RESERVED_ENV_NAMES) expect(hidden).toContain(n);
-    expect(src).toContain('HIDDEN_PREFIXES = ("LD_", "LC_", "SYSTEMD_")');
+  it('hides exactly the reserved names, from the one list env-file.ts refuses them by', async () => {
+    // The file shipped beside the agent is the file env-file.ts reads.
+    const shipped = echoRuntime().files.find((f) => f.path.endsWith(`/${RESERVED_ENV_NAMES_FILE}`));
+    expect(shipped?.content).toBe(readFileSync(join(TEMPLATES, 'runtimes', RESERVED_ENV_NAMES_FILE), 'utf8'));
+    const list = JSON.parse(shipped?.content ?? '{}') as { names: string[]; prefixes: string[] };
+    expect(new Set(list.names)).toEqual(RESERVED_ENV_NAMES);
+    expect(list.prefixes).toEqual(RESERVED_PREFIXES);
+    // The names systemd >= 254 sets (Ubuntu 24.04) are on it.
+    for (const n of ['MEMORY_PRESSURE_WATCH', 'MEMORY_PRESSURE_WRITE', 'FDSTORE', 'NOTIFY_SOCKET'])
+      expect(RESERVED_ENV_NAMES).toContain(n);
+    // Behaviour, not text: every reserved name (and a name under each prefix) is refused by the
+    // env file and hidden by the running agent; an ordinary name is neither.
+    const reservedNames = [...list.names, ...list.prefixes.map((p) => `${p}X`)];
+    for (const name of reservedNames) expect(() => renderEnvFile([{ name, value: 'v' }])).toThrow(/reserved/);
+    const port = await freePort();
+    child = await startEcho(port, {
+      ...Object.fromEntries(reservedNames.map((n) => [n, 'v'])),
+      PATH: '/usr/bin:/bin',
+      ORDINARY_NAME: 'v',
+    });
+    const body = JSON.parse((await fetchText(port, '/health')).body) as { env: { name: string }[] };
+    expect(body.env).toEqual([{ name: 'ORDINARY_NAME' }]);
   });
 });
 

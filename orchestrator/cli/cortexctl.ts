@@ -2,6 +2,8 @@ import hcloudPackage from '@pulumi/hcloud/package.json';
 import { loadConfig } from '../config';
 import { isOrchestratorError } from '../errors';
 import { runAuditCheckpoint, runAuditVerify } from './audit-verify';
+import { pipelineCommands } from './pipeline-commands';
+import { readSecretFromStdin } from './read-secret';
 import { defaultPulumiHome, formatDoctor, runDoctor, systemProbes, type DoctorProbes } from './doctor';
 
 /**
@@ -13,6 +15,10 @@ export interface CliContext {
   readonly out: (text: string) => void;
   /** Replaceable in tests; the real ones otherwise. */
   readonly probes?: DoctorProbes;
+  /** Colour only on a terminal. */
+  readonly isTTY?: boolean;
+  /** A secret value: standard input when piped, else a prompt that does not echo. Never argv. */
+  readonly readSecret?: (prompt: string) => Promise<string>;
 }
 
 export interface CliCommand {
@@ -21,6 +27,7 @@ export interface CliCommand {
 }
 
 export const commands: Record<string, CliCommand> = {
+  ...pipelineCommands,
   'audit-verify': {
     summary:
       'verify the audit hash chains and every chain against the newest signed checkpoint; names each problem',
@@ -71,7 +78,12 @@ export const runCli = async (argv: readonly string[], ctx: CliContext): Promise<
 };
 
 if (require.main === module) {
-  void runCli(process.argv.slice(2), { env: process.env, out: (t) => process.stdout.write(t) }).then(
+  void runCli(process.argv.slice(2), {
+    env: process.env,
+    out: (t) => process.stdout.write(t),
+    isTTY: Boolean(process.stdout.isTTY),
+    readSecret: readSecretFromStdin,
+  }).then(
     (code) => {
       process.exitCode = code;
     },

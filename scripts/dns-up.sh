@@ -68,12 +68,14 @@ if [ ! -s "$DIR/zones/$ZONE.zone" ]; then
 ZONEFILE
 fi
 
-if knotc -s "$SOCK" -t 5 status >/dev/null 2>&1; then
-  if [ $changed = 1 ]; then
-    log "configuration changed: reloading Knot DNS"
-    knotc -s "$SOCK" reload >/dev/null
-  fi
-else
+# A changed configuration (port, zone) restarts the server: a reload does not move its sockets.
+if [ $changed = 1 ] && knotc -s "$SOCK" -t 5 status >/dev/null 2>&1; then
+  log "configuration changed: restarting Knot DNS"
+  pid=$(cat "$DIR/knot.pid" 2>/dev/null || true)
+  knotc -s "$SOCK" -t 5 stop >/dev/null
+  for _ in $(seq 1 50); do [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+fi
+if ! knotc -s "$SOCK" -t 5 status >/dev/null 2>&1; then
   log "starting Knot DNS on 127.0.0.1:$DNS_PORT for $ZONE"
   # A server that died leaves its pid file (knotd then refuses to start) and socket behind.
   pid=$(cat "$DIR/knot.pid" 2>/dev/null || true)

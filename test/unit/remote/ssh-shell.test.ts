@@ -55,11 +55,19 @@ const startServer = (port = 0): Promise<Server> => {
         accept().on('exec', (acc, _rej, info) => {
           commands.push(info.command);
           const stream = acc();
-          const child = spawn('/bin/sh', ['-c', info.command]);
+          // A process group of its own: a closed channel kills the whole command (`sh -c 'sleep 60'`
+          // leaves `sleep` holding the pipes, and the test process alive, when only sh is killed).
+          const child = spawn('/bin/sh', ['-c', info.command], { detached: true });
           stream.pipe(child.stdin);
           child.stdout.pipe(stream, { end: false });
           child.stderr.pipe(stream.stderr, { end: false });
-          stream.on('close', () => child.kill('SIGKILL'));
+          stream.on('close', () => {
+            try {
+              if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+            } catch {
+              // the group is already gone
+            }
+          });
           child.on('close', (code) => {
             if (stream.writable) {
               stream.exit(code ?? 255);
@@ -199,7 +207,10 @@ describe('ssh2 RemoteShell adapter', () => {
   });
 
   it('times out a server that accepts TCP but never speaks SSH', async () => {
-    const silent: NetServer = createServer(() => undefined);
+    // The accepted socket is never read, so it would not notice the client going away and would
+    // keep the test process alive after the run: destroy it explicitly.
+    const accepted = new Set<Socket>();
+    const silent: NetServer = createServer((sock) => void accepted.add(sock));
     await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
     try {
       // Every other deadline is far away, so only the 300 ms connect timeout can end this: without
@@ -215,7 +226,8 @@ describe('ssh2 RemoteShell adapter', () => {
       ).toBe('ssh_timeout');
       expect(Date.now() - t0).toBeLessThan(10_000);
     } finally {
-      silent.close();
+      for (const s of accepted) s.destroy();
+      await new Promise((r) => silent.close(r));
     }
   });
 

@@ -19,6 +19,8 @@ export const formatAuditVerification = (v: AuditVerification, orgId?: string): s
   return `audit log TAMPERED (${scope}): first problem ${where}: row ${v.problem ?? 'inconsistent'}; ${v.rowsChecked} rows checked\n`;
 };
 
+const chains = (n: number): string => `${n} chain${n === 1 ? '' : 's'}`;
+
 /** The hash-chain line, then what the newest signed checkpoint says, then every problem by chain. */
 export const formatCheckpointVerification = (v: CheckpointVerification, orgId?: string): string => {
   const lines = [formatAuditVerification(v.hashChains, orgId).trimEnd()];
@@ -29,7 +31,7 @@ export const formatCheckpointVerification = (v: CheckpointVerification, orgId?: 
     );
   else if (v.ok)
     lines.push(
-      `checkpoint ${cp.name} (signed ${cp.at}, ${cp.chains} chains): every chain still reaches its signed head`,
+      `checkpoint ${cp.name} (signed ${cp.at}, ${chains(cp.chains)}): every chain still reaches its signed head`,
     );
   else lines.push(`audit log TAMPERED against checkpoint ${cp.name} (${cp.at}):`);
   for (const f of v.findings) lines.push(`  ${f.problem}: ${f.message}`);
@@ -56,7 +58,7 @@ export const runAuditCheckpoint = async (args: readonly string[], ctx: CliContex
   const db = makeRpcFromConfig(config);
   try {
     const c = await makeAuditCheckpointsFromConfig(config, db.rpc).checkpoint();
-    ctx.out(`audit checkpoint ${c.name} signed: ${c.chains} chains at ${c.at}, stored in ${c.location}\n`);
+    ctx.out(`audit checkpoint ${c.name} signed: ${chains(c.chains)} at ${c.at}, stored in ${c.location}\n`);
     return 0;
   } finally {
     await db.close();

@@ -124,6 +124,18 @@ export type RequestResult =
   | { readonly status: 'ok'; readonly deployment: Deployment }
   | { readonly status: 'denied'; readonly field: string; readonly reason: string };
 
+export interface AuditEntry {
+  readonly id: number;
+  readonly at: string;
+  readonly secretId: string | null;
+  readonly version: number | null;
+  readonly operation: string;
+  readonly outcome: string;
+  readonly actor: string | null;
+  readonly jobId: string | null;
+  readonly reason: string | null;
+}
+
 export type BeginResult = { action: 'run' | 'done' | 'stop'; run: number; deployment: Deployment };
 
 export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
@@ -236,6 +248,21 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
       return toDeployment(
         await rpc<Row>('deployments__host_key', { p_deployment_id: deploymentId, p_action: action, p_key: key }),
       );
+    },
+    /** The deployment's audit rows, oldest first (no values: who, when, what, outcome). */
+    async audit(deploymentId: string, limit?: number): Promise<AuditEntry[]> {
+      const rows = await rpc<Row[]>('deployments__audit', { p_deployment_id: id(deploymentId), p_limit: limit });
+      return rows.map((r) => ({
+        id: Number(r.id),
+        at: String(r.at),
+        secretId: str(r.secret_id),
+        version: r.version === null || r.version === undefined ? null : Number(r.version),
+        operation: String(r.operation),
+        outcome: String(r.outcome),
+        actor: str(r.actor),
+        jobId: str(r.job_id),
+        reason: str(r.reason),
+      }));
     },
     async setStatus(deploymentId: string, status: DeploymentStatus): Promise<void> {
       await rpc('deployments__set_status', { p_deployment_id: deploymentId, p_status: status });

@@ -1,3 +1,4 @@
+import { CADDY_ADMIN_SOCKET } from '../../templates/caddyfile';
 import { invalidInput } from '../errors';
 
 /**
@@ -22,14 +23,47 @@ const absPath = (p: string): string => {
   return p;
 };
 
+const tcpPort = (p: number): number => {
+  if (!Number.isInteger(p) || p < 1 || p > 65535) throw invalidInput('port', 'must be a port number 1-65535');
+  return p;
+};
+
+/** Where Caddy's package config (and any Caddyfile without an `admin` option) puts the admin API. */
+export const CADDY_STOCK_ADMIN_PORT = 2019;
+
 export const agentCommands = {
   /** Blocks until cloud-init's first boot has finished (exit 0 = done, 1 = error, 2 = recoverable). */
   cloudInitWait: (): Argv => ['cloud-init', 'status', '--wait'],
   daemonReload: (): Argv => ['systemctl', 'daemon-reload'],
   enable: (u: string): Argv => ['systemctl', 'enable', unit(u)],
   restart: (u: string): Argv => ['systemctl', 'restart', unit(u)],
-  /** Picks up a new Caddyfile without dropping connections (Caddy's admin socket). */
+  /**
+   * Picks up a new Caddyfile without dropping connections, through the admin endpoint the NEW file
+   * names. So it cannot move the admin API: on a fresh server Caddy runs the package's stock config
+   * (admin on TCP 127.0.0.1:2019), and `caddy reload` dials the socket that does not exist yet and
+   * fails, leaving the stock admin up. The first Caddyfile needs `restart('caddy.service')`, then
+   * `tcpListeners(CADDY_STOCK_ADMIN_PORT)` (must print nothing) and `caddyAdminProbe()` (exit 0).
+   */
   reloadOrRestart: (u: string): Argv => ['systemctl', 'reload-or-restart', unit(u)],
+  /** The TCP sockets listening on `port`, one per line (`parseListeners`); empty when none. */
+  tcpListeners: (port: number): Argv => ['ss', '-H', '-l', '-t', '-n', `sport = :${tcpPort(port)}`],
+  /**
+   * GET /config/ from Caddy's admin API over its unix socket, as root (exit 0 when it answers 2xx).
+   * The empty Host header is what Caddy accepts on a unix socket; the config holds no secret.
+   */
+  caddyAdminProbe: (socket: string = CADDY_ADMIN_SOCKET): Argv => [
+    'curl',
+    '--silent',
+    '--show-error',
+    '--fail',
+    '--max-time',
+    '5',
+    '--header',
+    'Host;',
+    '--unix-socket',
+    absPath(socket),
+    'http://localhost/config/',
+  ],
   isActive: (u: string): Argv => ['systemctl', 'is-active', '--quiet', unit(u)],
   mainPid: (u: string): Argv => ['systemctl', 'show', '--property=MainPID', '--value', unit(u)],
   /** NUL-separated argv of a running process (to tell an exec'd agent from the fork before exec). */
@@ -46,6 +80,29 @@ export const agentCommands = {
    * The public root certificate of Caddy's local CA (local mode), for the health check to verify
    * against. Only a path of that exact shape: this is not a general file reader.
    */
+  /**
+   * For each variable of a running process's environment: its name and HMAC-SHA256(nonce, value),
+   * the nonce (hex, fresh per check) read from standard input. Nothing derived from a value without
+   * that one-time key leaves the host, so the orchestrator can check a value it holds without ever
+   * reading one back (and the output confirms no guess).
+   */
+  environDigests: (pid: number): Argv => {
+    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
+    return [
+      'python3',
+      '-I',
+      '-c',
+      [
+        'import hashlib, hmac, sys',
+        'key = bytes.fromhex(sys.stdin.readline().strip())',
+        'assert len(key) >= 16',
+        `raw = open("/proc/${pid}/environ", "rb").read()`,
+        'for e in raw.split(b"\\0"):',
+        '    n, s, v = e.partition(b"=")',
+        '    if s: print(n.decode("ascii", "replace"), hmac.new(key, v, hashlib.sha256).hexdigest())',
+      ].join('\n'),
+    ];
+  },
   caddyRootCertificate: (p: string): Argv => {
     if (!/^\/[A-Za-z0-9._/-]+\/pki\/authorities\/local\/root\.crt$/.test(p) || p.split('/').includes('..'))
       throw invalidInput('path', "must be a Caddy local CA's pki/authorities/local/root.crt");
@@ -58,3 +115,10 @@ export const parseMainPid = (stdout: string): number => {
   const n = Number(stdout.trim());
   return Number.isInteger(n) && n >= 0 ? n : 0;
 };
+
+/** Local addresses (`127.0.0.1:2019`, `[::1]:2019`, `*:80`) from `ss -H -l -t -n` output. */
+export const parseListeners = (stdout: string): string[] =>
+  stdout
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[3])
+    .filter((a): a is string => a !== undefined && a !== '');

@@ -517,6 +517,28 @@ begin
 end
 $$;
 
+-- The audit trail of one deployment, oldest first (what the demo and the API show): rows hold no
+-- value, only who, when, which secret and version, what and how it ended.
+create function public.deployments__audit(p_deployment_id uuid, p_limit integer default 200)
+returns jsonb
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform public.input__check_required('deployment_id', p_deployment_id);
+  if p_limit is null or p_limit < 1 or p_limit > 10000 then
+    raise exception using errcode = '22023', message = 'limit: must be between 1 and 10000';
+  end if;
+  return coalesce((
+    select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'id', l.id, 'at', l.at, 'org_id', l.org_id, 'secret_id', l.secret_id, 'version', l.version,
+      'operation', l.operation, 'outcome', l.outcome, 'actor', l.actor, 'job_id', l.job_id, 'reason', l.reason,
+      'seq', l.seq) order by l.id)
+    from (select * from public.secret_access_log a where a.deployment_id = p_deployment_id order by a.id limit p_limit) l
+  ), '[]'::jsonb);
+end
+$$;
+
 -- ---- grants -------------------------------------------------------------------------------------
 
 do $$
@@ -535,7 +557,8 @@ begin
     'public.deployment_steps__finish(uuid, integer, text, text, text, boolean)',
     'public.deployments__record_host(uuid, text, inet, inet, text)',
     'public.deployments__record_dns(uuid, text)',
-    'public.deployments__host_key(uuid, text, text)'
+    'public.deployments__host_key(uuid, text, text)',
+    'public.deployments__audit(uuid, integer)'
   ] loop
     execute pg_catalog.format('revoke all on function %s from public, anon, authenticated, service_role', f);
     execute pg_catalog.format('grant execute on function %s to cortex_orchestrator', f);

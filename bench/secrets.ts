@@ -81,9 +81,15 @@ export const run = async (args: string[]): Promise<void> => {
     for (let done = 0; done < auditRowsWanted; done += batch) {
       const n = Math.min(batch, auditRowsWanted - done);
       await admin.query('set role cortex_orchestrator');
+      // one committed intent covers the batch (reads must come within its 60 s)
+      const intent = await admin.query<{ id: string }>(
+        `select public.deployment_secrets__intend_read(p_deployment_id => $1, p_actor => 'bench') ->> 'intent_id' as id`,
+        [big.deploymentId],
+      );
       await admin.query(
-        `select public.deployment_secrets__read(p_deployment_id => $1, p_actor => 'bench') from generate_series(1, $2)`,
-        [big.deploymentId, n],
+        `select public.deployment_secrets__read(p_deployment_id => $1, p_actor => 'bench', p_intent_id => $3)
+           from generate_series(1, $2)`,
+        [big.deploymentId, n, intent.rows[0]?.id],
       );
       await admin.query('reset role');
     }

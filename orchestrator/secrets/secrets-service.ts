@@ -135,22 +135,25 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
   };
 
   /**
-   * Read the secrets bound to a deployment (all of them, or the given ids). Every read and every
-   * denial is audited by the SQL function in the same transaction as the read.
+   * Read the secrets bound to a deployment (all of them, or the given ids). Two calls, each its own
+   * transaction: the intent commits first, so that even a read whose transaction never commits
+   * leaves a trace; then the read, which audits every value and every denial in its transaction.
    */
   const readForDeployment = async (
     deploymentId: string,
     opts: { secretIds?: string[] } & AuditContext = {},
   ): Promise<ReadResult> => {
     const { secretIds, ...ctx } = opts;
-    const r = await rpc<
-      | { status: 'ok'; secrets: { env_var: string; secret_id: string; version: number; value: string }[] }
-      | { status: 'denied' | 'error'; reason: string }
-    >('deployment_secrets__read', {
+    const args = {
       p_deployment_id: parseInput(uuid, deploymentId, 'deployment_id'),
       p_secret_ids: secretIds === undefined ? undefined : parseInput(z.array(uuid), secretIds, 'secret_ids'),
       ...auditArgs(ctx),
-    });
+    };
+    const intent = await rpc<{ intent_id: string }>('deployment_secrets__intend_read', args);
+    const r = await rpc<
+      | { status: 'ok'; secrets: { env_var: string; secret_id: string; version: number; value: string }[] }
+      | { status: 'denied' | 'error'; reason: string }
+    >('deployment_secrets__read', { ...args, p_intent_id: intent.intent_id });
     if (r.status === 'denied' || r.status === 'error') return { status: r.status, reason: r.reason };
     if (r.status !== 'ok')
       throw new OrchestratorError('internal', 'deployment_secrets__read: unexpected result shape');
@@ -205,9 +208,12 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
    */
   const readPlatformSecret = async (name: string, ctx?: AuditContext): Promise<Secret> => {
     const n = parseInput(platformSecretName, name, 'name');
+    const args = { p_name: n, ...auditArgs(ctx) };
+    // the intent commits first (see readForDeployment)
+    const intent = await rpc<{ intent_id: string }>('platform_secrets__intend_read', args);
     const r = await rpc<
       { status: 'ok'; value: string; version: number } | { status: 'denied' | 'error'; reason: string }
-    >('platform_secrets__read', { p_name: n, ...auditArgs(ctx) });
+    >('platform_secrets__read', { ...args, p_intent_id: intent.intent_id });
     if (r.status === 'ok' && typeof r.value === 'string') return new Secret(r.value);
     if (r.status === 'denied') throw new OrchestratorError('secret_denied', r.reason);
     if (r.status === 'error') throw new OrchestratorError('db_error', r.reason);

@@ -443,7 +443,8 @@ create function public.deployment_secrets__read(
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
-  p_user_agent text default null
+  p_user_agent text default null,
+  p_intent_id uuid default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -597,7 +598,7 @@ revoke all on function public.secrets__revoke(uuid, text, text, inet, text) from
 revoke all on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text)
   from public, anon, authenticated, service_role;
 revoke all on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) from public, anon, authenticated, service_role;
-revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text, uuid) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) from public, anon, authenticated, service_role;
 grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to cortex_orchestrator;
@@ -605,7 +606,7 @@ grant execute on function public.secret_versions__retire(uuid, integer, text, te
 grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) to cortex_orchestrator;
-grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text, uuid) to cortex_orchestrator;
 grant execute on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) to cortex_orchestrator;
 
 -- ---- row-level security -------------------------------------------------------------------------

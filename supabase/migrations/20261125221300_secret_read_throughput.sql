@@ -114,7 +114,8 @@ create or replace function public.deployment_secrets__read(
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
-  p_user_agent text default null
+  p_user_agent text default null,
+  p_intent_id uuid default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp

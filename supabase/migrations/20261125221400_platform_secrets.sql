@@ -313,7 +313,8 @@ create function public.platform_secrets__read(
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
-  p_user_agent text default null
+  p_user_agent text default null,
+  p_intent_id uuid default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -340,6 +341,15 @@ begin
       'status', 'denied', 'reason', pg_catalog.format('platform secret %s not found', p_name));
   end if;
 
+  -- a value only against a committed intent (20261125221500_read_intents.sql)
+  if not public.secret_read_intents__valid(p_intent_id, null, null, p_name) then
+    perform public.platform_secrets__audit('read', 'denied', v_secret_id, v_version,
+      pg_catalog.format('platform secret %s: no committed read intent', p_name), p_actor, p_job_id, p_request_ip, p_user_agent);
+    return pg_catalog.jsonb_build_object('status', 'denied', 'reason', pg_catalog.format(
+      'platform secret %s: read intent missing, expired, for another read, or not committed: call platform_secrets__intend_read in a transaction of its own first',
+      p_name));
+  end if;
+
   begin
     -- the vault row must carry this version's name: a reference pointing elsewhere reads as missing
     select ds.decrypted_secret into v_value from vault.decrypted_secrets ds
@@ -357,18 +367,18 @@ begin
   end if;
 
   -- audit row last: the chain lock is held only from here to commit
-  perform public.platform_secrets__audit('read', 'success', v_secret_id, v_version, 'platform secret ' || p_name,
-    p_actor, p_job_id, p_request_ip, p_user_agent);
+  perform public.platform_secrets__audit('read', 'success', v_secret_id, v_version,
+    'platform secret ' || p_name || '; intent ' || p_intent_id::text, p_actor, p_job_id, p_request_ip, p_user_agent);
   return pg_catalog.jsonb_build_object('status', 'ok', 'value', v_value, 'version', v_version);
 end
 $$;
 
 revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
-revoke all on function public.platform_secrets__read(text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__read(text, text, text, inet, text, uuid) from public, anon, authenticated, service_role;
 grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to cortex_orchestrator;
-grant execute on function public.platform_secrets__read(text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.platform_secrets__read(text, text, text, inet, text, uuid) to cortex_orchestrator;
 
 -- ---- privileges and row-level security --------------------------------------------------------------
 

@@ -164,7 +164,8 @@ create or replace function public.deployment_secrets__read(
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
-  p_user_agent text default null
+  p_user_agent text default null,
+  p_intent_id uuid default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -241,6 +242,18 @@ begin
       'status', 'denied', 'reason', pg_catalog.format('secret %s %s', v_denied[1], v_reasons[1]));
   end if;
 
+  -- Values only against a committed intent (20261125221500_read_intents.sql): a read whose
+  -- transaction rolls back leaves that intent behind. Denied, and audited, without one.
+  if pg_catalog.cardinality(v_ids) > 0
+     and not public.secret_read_intents__valid(p_intent_id, p_deployment_id, p_secret_ids, null) then
+    foreach v_id in array v_ids loop
+      perform public.secret_access_log__append('read', 'denied', v_org_id, p_deployment_id, v_id, null,
+        'no committed read intent', p_actor, p_job_id, p_request_ip, p_user_agent);
+    end loop;
+    return pg_catalog.jsonb_build_object('status', 'denied', 'reason',
+      'read intent missing, expired, for another read, or not committed: call deployment_secrets__intend_read in a transaction of its own first');
+  end if;
+
   -- Every value in one statement. A vault row that fails to decrypt raises; the slow path below
   -- then finds which one. Either way its error is reported, never echoed.
   begin
@@ -298,7 +311,8 @@ begin
   for i in 0 .. pg_catalog.jsonb_array_length(v_values) - 1 loop
     v_entry := v_values -> i;
     perform public.secret_access_log__append('read', 'success', v_org_id, p_deployment_id,
-      (v_entry ->> 'secret_id')::uuid, (v_entry ->> 'version')::integer, 'env_var ' || (v_entry ->> 'env_var'),
+      (v_entry ->> 'secret_id')::uuid, (v_entry ->> 'version')::integer,
+      'env_var ' || (v_entry ->> 'env_var') || '; intent ' || p_intent_id::text,
       p_actor, p_job_id, p_request_ip, p_user_agent);
   end loop;
   return pg_catalog.jsonb_build_object('status', 'ok', 'secrets', v_values);

@@ -8,6 +8,7 @@ set local search_path = extensions, public;
 -- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
 grant usage on schema extensions to cortex_orchestrator;
 select plan(39);
+\ir support/read_intent.psql
 
 select public.organizations__create('Test Org Read A') ->> 'id' as org_a \gset
 select public.organizations__create('Test Org Read B') ->> 'id' as org_b \gset
@@ -40,7 +41,7 @@ grant execute on function pg_temp.new_log(text, text) to cortex_orchestrator;
 
 -- ---- a successful read ------------------------------------------------------------------------
 set local role cortex_orchestrator;
-select public.deployment_secrets__read(:'dep_a1', null, 'worker-1', 'provision-abc', '198.51.100.7', 'cortex-worker')
+select public.deployment_secrets__read(:'dep_a1', null, 'worker-1', 'provision-abc', '198.51.100.7', 'cortex-worker', p_intent_id => pg_temp.read_intent(:'dep_a1', null))
   as result \gset
 reset role;
 select is((:'result'::jsonb) ->> 'status', 'ok', 'cortex_orchestrator reads the secrets bound to its deployment');
@@ -59,13 +60,13 @@ select is((select count(*) from public.secret_access_log l where l::text like '%
   'no audit row holds a value');
 
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[]) -> 'secrets' -> 0 ->> 'value',
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a1']::uuid[])) -> 'secrets' -> 0 ->> 'value',
   'canary-read-scoped-a1-0002', 'a read can ask for some of the bound secrets');
 select is((select array_agg(secret_id) from pg_temp.new_log('read', 'success')), array[:'s_a1']::uuid[],
   'and only those are audited');
 
 select public.secrets__add_version(:'s_a', 'canary-read-org-wide-a-0006') is not null as rotated \gset
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a']::uuid[]) -> 'secrets' -> 0,
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a']::uuid[])) -> 'secrets' -> 0,
   jsonb_build_object('env_var', 'ANTHROPIC_API_KEY', 'secret_id', :'s_a', 'version', 2, 'value', 'canary-read-org-wide-a-0006'),
   'a read returns the current version');
 
@@ -77,24 +78,24 @@ select is((select count(*) from pg_temp.new_log('read', 'denied') l
            where l.org_id = :'org_a' and l.deployment_id = :'dep_a1' and l.secret_id = :'s_b'
              and l.reason = 'secret belongs to another organization'),
   1::bigint, 'it is audited as read/denied, and the row outlived the call (a raise would have rolled it back)');
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_b']::uuid[]),
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_b']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_b']::uuid[])),
   jsonb_build_object('status', 'denied', 'reason', format('secret %s belongs to another organization', :'s_b')),
   'the answer is a denial naming the reason, without a secrets key');
 
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_unbound']::uuid[]),
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_unbound']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_unbound']::uuid[])),
   jsonb_build_object('status', 'denied', 'reason', format('secret %s is not bound to this deployment', :'s_unbound')),
   'an unbound secret of the same org is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.secret_id = :'s_unbound'
            and l.reason = 'secret is not bound to this deployment'), 1::bigint, 'and audited');
 
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a2']::uuid[]) ->> 'reason',
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a2']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a2']::uuid[])) ->> 'reason',
   format('secret %s is scoped to another deployment', :'s_a2'), 'a secret scoped to a sibling deployment is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.secret_id = :'s_a2'), 1::bigint, 'and audited');
 
 select pg_temp.mark() as marked \gset
-select public.deployment_secrets__read(:'dep_a1', array[:'s_a', :'s_b']::uuid[]) as mixed \gset
+select public.deployment_secrets__read(:'dep_a1', array[:'s_a', :'s_b']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a', :'s_b']::uuid[])) as mixed \gset
 select is((:'mixed'::jsonb) ->> 'status', 'denied', 'one refused secret denies the whole read');
 select ok(not ((:'mixed'::jsonb) ? 'secrets') and position('canary-read' in :'mixed') = 0,
   'and no value at all comes back, not even the entitled one');
@@ -102,13 +103,13 @@ select is((select count(*) from pg_temp.new_log('read', 'success')), 0::bigint, 
 select is((select count(*) from pg_temp.new_log('read', 'denied')), 1::bigint, 'one read/denied row, for the refused secret');
 
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a1', array['00000000-0000-0000-0000-00000000dead']::uuid[]) ->> 'reason',
+select is(public.deployment_secrets__read(:'dep_a1', array['00000000-0000-0000-0000-00000000dead']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array['00000000-0000-0000-0000-00000000dead']::uuid[])) ->> 'reason',
   'secret 00000000-0000-0000-0000-00000000dead not found', 'an unknown secret is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l
            where l.secret_id = '00000000-0000-0000-0000-00000000dead'), 1::bigint, 'and audited');
 
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read('00000000-0000-0000-0000-00000000beef', null, 'worker-9'),
+select is(public.deployment_secrets__read('00000000-0000-0000-0000-00000000beef', null, 'worker-9', p_intent_id => pg_temp.read_intent('00000000-0000-0000-0000-00000000beef', null)),
   '{"status": "denied", "reason": "deployment 00000000-0000-0000-0000-00000000beef not found"}'::jsonb,
   'an unknown deployment is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l
@@ -120,23 +121,23 @@ select is((select count(*) from pg_temp.new_log('read', 'denied') l
 -- revocation removes the binding: the next read is denied
 select public.secrets__revoke(:'s_a1') is not null as revoked \gset
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[]) ->> 'reason',
+select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a1']::uuid[])) ->> 'reason',
   format('secret %s is revoked', :'s_a1'), 'a revoked secret is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.secret_id = :'s_a1'), 1::bigint, 'and audited');
-select is(jsonb_array_length(public.deployment_secrets__read(:'dep_a1') -> 'secrets'), 1,
+select is(jsonb_array_length(public.deployment_secrets__read(:'dep_a1', p_intent_id => pg_temp.read_intent(:'dep_a1', null)) -> 'secrets'), 1,
   'reading all bound secrets no longer includes the revoked one');
 
 -- a deployment on its way out reads nothing
 select public.deployments__set_status(:'dep_a2', 'deprovisioning') is not null as status_set \gset
 select pg_temp.mark() as marked \gset
-select is(public.deployment_secrets__read(:'dep_a2'),
+select is(public.deployment_secrets__read(:'dep_a2', p_intent_id => pg_temp.read_intent(:'dep_a2', null)),
   jsonb_build_object('status', 'denied', 'reason', format('deployment %s is deprovisioning', :'dep_a2')),
   'a deprovisioning deployment is denied');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.deployment_id = :'dep_a2' and l.org_id = :'org_a'),
   1::bigint, 'and audited in its org');
 select public.secrets__delete_for_deployment(:'dep_a2') is not null as deleted \gset
 select public.deployments__set_status(:'dep_a2', 'deleted') is not null as status_set \gset
-select is(public.deployment_secrets__read(:'dep_a2', array[:'s_a2']::uuid[]) ->> 'reason',
+select is(public.deployment_secrets__read(:'dep_a2', array[:'s_a2']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a2', array[:'s_a2']::uuid[])) ->> 'reason',
   format('deployment %s is deleted', :'dep_a2'), 'a deleted deployment is denied');
 
 -- ---- a vault row that is gone or does not decrypt ------------------------------------------------
@@ -144,7 +145,7 @@ select public.secrets__create(:'org_b', 'broken', 'other', 'canary-read-broken-0
 select public.deployment_secrets__bind(:'dep_b1', 'BROKEN', :'s_broken') is not null as bound \gset
 delete from vault.secrets where id = (select vault_secret_id from public.secret_versions where secret_id = :'s_broken');
 select pg_temp.mark() as marked \gset
-select public.deployment_secrets__read(:'dep_b1') as broken \gset
+select public.deployment_secrets__read(:'dep_b1', p_intent_id => pg_temp.read_intent(:'dep_b1', null)) as broken \gset
 select is((:'broken'::jsonb) - 'reason', '{"status": "error"}'::jsonb, 'a missing vault secret is an error, not a crash');
 select ok(position('canary-read' in :'broken') = 0, 'and no value of the other bound secret comes back');
 select is((select count(*) from pg_temp.new_log('read', 'error') l where l.secret_id = :'s_broken'), 1::bigint,

@@ -5,6 +5,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 select plan(43);
+\ir support/read_intent.psql
 
 select public.organizations__create('Test Org Log A') ->> 'id' as org_a \gset
 select public.organizations__create('Test Org Log B') ->> 'id' as org_b \gset
@@ -16,11 +17,11 @@ select public.secrets__create(:'org_a', 'k', 'other', 'canary-log-a-0001') ->> '
 select public.secrets__create(:'org_b', 'k', 'other', 'canary-log-b-0001') ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a', 'KEY', :'s_a') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_b', 'KEY', :'s_b') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_b') is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_b', p_intent_id => pg_temp.read_intent(:'dep_b', null)) is not null as ok \gset
 select public.secrets__add_version(:'s_a', 'canary-log-a-0002') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_b', array[:'s_a']::uuid[]) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_b', array[:'s_a']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_b', array[:'s_a']::uuid[])) is not null as ok \gset
 select public.secret_versions__retire(:'s_a', 1) is not null as ok \gset
 
 create temp table a_rows as
@@ -182,9 +183,9 @@ select throws_ok($$select public.secret_access_log__apply_retention(clock_timest
   'before: must be a point in time that is not in the future', 'retention into the future is refused');
 
 select clock_timestamp() as cut \gset
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_b') is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_b', p_intent_id => pg_temp.read_intent(:'dep_b', null)) is not null as ok \gset
 
 -- a chain that does not verify is not trimmed: trimming would destroy the evidence
 savepoint tamper;
@@ -206,7 +207,7 @@ select is((select array[anchor_seq, anchor_id] from public.secret_access_log_cha
 select is(public.secret_access_log__verify(:'org_a'),
   '{"ok": true, "rows_checked": 2, "first_bad_id": null, "problem": null}'::jsonb, 'org A still verifies after retention');
 select is(public.secret_access_log__verify(:'org_b') ->> 'ok', 'true', 'org B still verifies after retention');
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
 select is((select max(seq) from public.secret_access_log where org_id = :'org_a'), 9::bigint, 'the chain carries on at seq 9');
 select is(public.secret_access_log__verify(:'org_a') ->> 'ok', 'true', 'and verifies');
 

@@ -4,6 +4,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 select plan(29);
+\ir support/read_intent.psql
 
 select public.organizations__create('Test Org RLS A') ->> 'id' as org_a \gset
 select public.organizations__create('Test Org RLS B') ->> 'id' as org_b \gset
@@ -20,10 +21,10 @@ select public.secrets__create(:'org_a', 'k', 'anthropic', 'canary-rls-value-a-00
 select public.secrets__create(:'org_b', 'k', 'anthropic', 'canary-rls-value-b-0001') ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a', 'KEY', :'s_a') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_b', 'KEY', :'s_b') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_a') is not null as ok \gset
-select public.deployment_secrets__read(:'dep_b') is not null as ok \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
+select public.deployment_secrets__read(:'dep_b', p_intent_id => pg_temp.read_intent(:'dep_b', null)) is not null as ok \gset
 -- a row with no org (unknown deployment): nobody's
-select public.deployment_secrets__read('00000000-0000-0000-0000-00000000beef') is not null as ok \gset
+select public.deployment_secrets__read('00000000-0000-0000-0000-00000000beef', p_intent_id => pg_temp.read_intent('00000000-0000-0000-0000-00000000beef', null)) is not null as ok \gset
 
 -- ---- a member of org A --------------------------------------------------------------------------
 select set_config('request.jwt.claims', json_build_object('sub', :'user_a', 'role', 'authenticated')::text, true)

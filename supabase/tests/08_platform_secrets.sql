@@ -8,6 +8,7 @@ set local search_path = extensions, public;
 -- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
 grant usage on schema extensions to cortex_orchestrator;
 select plan(62);
+\ir support/read_intent.psql
 
 -- shaped like an OpenSSH private key (several lines and a final line feed), random on every run
 select E'-----BEGIN OPENSSH PRIVATE KEY-----\n' || encode(extensions.gen_random_bytes(51), 'base64') || E'\n'
@@ -56,7 +57,7 @@ select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'anot
 -- ---- read ------------------------------------------------------------------------------------------
 select pg_temp.mark() as marked \gset
 set local role cortex_orchestrator;
-select public.platform_secrets__read('pgtap-ssh-key', 'worker-7', 'provision-p2', '198.51.100.9', 'cortex-worker')
+select public.platform_secrets__read('pgtap-ssh-key', 'worker-7', 'provision-p2', '198.51.100.9', 'cortex-worker', p_intent_id => pg_temp.platform_intent('pgtap-ssh-key'))
   as result \gset
 reset role;
 select is(:'result'::jsonb, jsonb_build_object('status', 'ok', 'value', :'key1', 'version', 1),
@@ -73,7 +74,7 @@ select pg_temp.mark() as marked \gset
 set local role cortex_orchestrator;
 select lives_ok($$select public.platform_secrets__read('pgtap-no-such-key', 'worker-8')$$,
   'reading an unknown name does not raise');
-select is(public.platform_secrets__read('pgtap-no-such-key'),
+select is(public.platform_secrets__read('pgtap-no-such-key', p_intent_id => pg_temp.platform_intent('pgtap-no-such-key')),
   '{"status": "denied", "reason": "platform secret pgtap-no-such-key not found"}'::jsonb,
   'it is a denial naming the name, with no value');
 reset role;
@@ -100,7 +101,7 @@ select is((:'rotated'::jsonb) - 'display_prefix',
   jsonb_build_object('secret_id', :'ps', 'name', 'pgtap-ssh-key', 'version', 2,
     'fingerprint', encode(sha256(convert_to(:'key2', 'UTF8')), 'hex'), 'vault_name', 'platform:pgtap-ssh-key:v2'),
   'rotation makes the new value version 2');
-select is(public.platform_secrets__read('pgtap-ssh-key'), jsonb_build_object('status', 'ok', 'value', :'key2', 'version', 2),
+select is(public.platform_secrets__read('pgtap-ssh-key', p_intent_id => pg_temp.platform_intent('pgtap-ssh-key')), jsonb_build_object('status', 'ok', 'value', :'key2', 'version', 2),
   'the next read returns version 2');
 select is((select count(*) from vault.secrets where name = 'platform:pgtap-ssh-key:v1'), 0::bigint,
   'version 1''s vault secret is gone');
@@ -198,7 +199,7 @@ select is(
   'the refused calls changed nothing and wrote no audit row');
 select lives_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-big', repeat(E'abcdefg\n', 2048)),
   'a value of exactly 16384 characters over 2048 lines is accepted');
-select is(public.platform_secrets__read('pgtap-big') ->> 'value', repeat(E'abcdefg\n', 2048), 'and reads back whole');
+select is(public.platform_secrets__read('pgtap-big', p_intent_id => pg_temp.platform_intent('pgtap-big')) ->> 'value', repeat(E'abcdefg\n', 2048), 'and reads back whole');
 
 -- ---- who may ----------------------------------------------------------------------------------------
 set local role anon;

@@ -7,6 +7,7 @@ set local search_path = extensions, public;
 -- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
 grant usage on schema extensions to cortex_orchestrator;
 select plan(9);
+\ir support/read_intent.psql
 
 select public.organizations__create('Test Org Append') ->> 'id' as org \gset
 select public.deployments__create(:'org', 'A1', 'test-append-a1') ->> 'id' as dep \gset
@@ -20,7 +21,7 @@ select public.deployment_secrets__bind(:'dep', 'K3', :'s3') is not null as ok \g
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;
 
 set local role cortex_orchestrator;
-select jsonb_array_length(public.deployment_secrets__read(:'dep', null, 'append-test') -> 'secrets') as n_read \gset
+select jsonb_array_length(public.deployment_secrets__read(:'dep', null, 'append-test', p_intent_id => pg_temp.read_intent(:'dep', null)) -> 'secrets') as n_read \gset
 reset role;
 select is(:'n_read'::int, 3, 'a read of three bound secrets returns three values');
 select is((select array_agg(l.operation || '/' || l.outcome order by l.id) from public.secret_access_log l
@@ -52,7 +53,7 @@ select public.organizations__create('Test Org Append B') ->> 'id' as org_b \gset
 select public.secrets__create(:'org_b', 'kb', 'other', 'canary-append-0004') ->> 'secret_id' as sb \gset
 update log_mark set id = (select max(id) from public.secret_access_log);
 set local role cortex_orchestrator;
-select public.deployment_secrets__read(:'dep', array[:'s1', :'s2', :'sb']::uuid[], 'append-test') as denied \gset
+select public.deployment_secrets__read(:'dep', array[:'s1', :'s2', :'sb']::uuid[], 'append-test', p_intent_id => pg_temp.read_intent(:'dep', array[:'s1', :'s2', :'sb']::uuid[])) as denied \gset
 reset role;
 select is((:'denied'::jsonb) ->> 'status', 'denied', 'a read with refused secrets is denied');
 select is((select array_agg(l.secret_id::text || ' ' || l.reason order by l.secret_id) from public.secret_access_log l

@@ -7,6 +7,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 select plan(27);
+\ir support/read_intent.psql
 
 create function pg_temp.sqlstate_of(p_sql text) returns text language plpgsql as $$
 begin
@@ -105,7 +106,7 @@ select is(current_setting('t.sr_retention'), '42501', 'service_role cannot call 
 update public.secret_versions set vault_secret_id = :'vault_p' where secret_id = :'s_a';
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;
 set local role cortex_orchestrator;
-select public.deployment_secrets__read(:'dep_a', null, 'role-test') as r1 \gset
+select public.deployment_secrets__read(:'dep_a', null, 'role-test', p_intent_id => pg_temp.read_intent(:'dep_a', null)) as r1 \gset
 reset role;
 select is((:'r1'::jsonb) ->> 'status', 'error', 'a version pointing at the platform key''s vault row: error');
 select ok(:'r1' not like '%' || :'value_p' || '%' and :'r1' not like '%' || :'value_a' || '%', 'and no value is returned');
@@ -116,7 +117,7 @@ select is((select array_agg(l.operation || '/' || l.outcome) from public.secret_
 update public.secret_versions set vault_secret_id = gen_random_uuid() where secret_id = :'s_b';
 update public.secret_versions set vault_secret_id = :'vault_b' where secret_id = :'s_a';
 set local role cortex_orchestrator;
-select public.deployment_secrets__read(:'dep_a', null, 'role-test') as r2 \gset
+select public.deployment_secrets__read(:'dep_a', null, 'role-test', p_intent_id => pg_temp.read_intent(:'dep_a', null)) as r2 \gset
 reset role;
 select ok((:'r2'::jsonb) ->> 'status' = 'error' and :'r2' not like '%' || :'value_b' || '%',
   'a version pointing at another org''s vault row: error, no value');
@@ -125,15 +126,15 @@ select ok((:'r2'::jsonb) ->> 'status' = 'error' and :'r2' not like '%' || :'valu
 update public.secret_versions set vault_secret_id = :'vault_a' where secret_id = :'s_a';
 update public.platform_secret_versions set vault_secret_id = :'vault_a' where secret_id = :'ps';
 set local role cortex_orchestrator;
-select public.platform_secrets__read('pgtap-role-key') as r3 \gset
+select public.platform_secrets__read('pgtap-role-key', p_intent_id => pg_temp.platform_intent('pgtap-role-key')) as r3 \gset
 reset role;
 select ok((:'r3'::jsonb) ->> 'status' = 'error' and :'r3' not like '%' || :'value_a' || '%',
   'a platform version pointing at an org''s vault row: error, no value');
 -- and with the references back where they belong, both read
 update public.platform_secret_versions set vault_secret_id = :'vault_p' where secret_id = :'ps';
 set local role cortex_orchestrator;
-select public.deployment_secrets__read(:'dep_a') -> 'secrets' -> 0 ->> 'value' as back_a \gset
-select public.platform_secrets__read('pgtap-role-key') ->> 'value' as back_p \gset
+select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) -> 'secrets' -> 0 ->> 'value' as back_a \gset
+select public.platform_secrets__read('pgtap-role-key', p_intent_id => pg_temp.platform_intent('pgtap-role-key')) ->> 'value' as back_p \gset
 reset role;
 select is(:'back_a'::text, :'value_a'::text, 'control: org A reads its own key');
 select is(:'back_p'::text, :'value_p'::text, 'control: the platform key reads');

@@ -95,8 +95,17 @@ const readNaming = (c: Client, depId: string, secretIds: string[]) =>
     depId,
     secretIds,
   ]);
-const readAll = (c: Client, depId: string) =>
-  c.query(`select public.deployment_secrets__read($1::uuid, null, 'test:lock-order') as r`, [depId]);
+/** A read of everything bound, with its intent committed first (as the secrets service does). */
+const readAll = async (c: Client, depId: string) => {
+  const intent = await c.query<{ id: string }>(
+    `select public.deployment_secrets__intend_read($1::uuid, null, 'test:lock-order') ->> 'intent_id' as id`,
+    [depId],
+  );
+  return c.query(
+    `select public.deployment_secrets__read($1::uuid, null, 'test:lock-order', p_intent_id => $2::uuid) as r`,
+    [depId, intent.rows[0]?.id],
+  );
+};
 const revoke = (c: Client, secretId: string) =>
   c.query(`select public.secrets__revoke($1::uuid, 'test:lock-order') as r`, [secretId]);
 

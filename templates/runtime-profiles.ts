@@ -47,8 +47,14 @@ export const echoRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   port,
   healthPath: '/health',
   execStart: ['/usr/bin/python3', '-I', `${LIB}/echo-agent.py`, `--port=${port}`],
-  // CPython needs no executable heap; deny it.
-  unitOptions: ['MemoryDenyWriteExecute=yes', 'ProcSubset=pid'],
+  // CPython needs no executable heap; deny it. Only Caddy, on loopback, ever talks to it: every
+  // other address is refused (an allow list of localhost only).
+  unitOptions: [
+    'MemoryDenyWriteExecute=yes',
+    'ProcSubset=pid',
+    'IPAddressAllow=localhost',
+    'IPAddressDeny=any',
+  ],
   files: [
     { path: `${LIB}/echo-agent.py`, content: loadTemplate('runtimes/echo-agent.py'), permissions: '0755' },
     // The reserved names it hides, the same file env-file.ts refuses them from.

@@ -71,9 +71,11 @@ ln -sf /etc/machine-id "$ROOTFS/var/lib/dbus/machine-id"
 rm -f "$ROOTFS/etc/hostname"
 cp -a "$HERE/rootfs/." "$ROOTFS/"
 in_root systemctl enable systemd-networkd.service >&2
-# Caddy stays off until the provisioning `start` step enables it with the agent's Caddyfile: an
-# idle default Caddy in every host costs memory and serves nothing.
-in_root systemctl disable caddy.service >&2
+# Caddy as its package leaves it on Ubuntu: enabled, and started at boot with the stock Caddyfile
+# (admin API on TCP 127.0.0.1:2019, a `:80` file server). cloud-init writes the agent's Caddyfile
+# later (deferred, in cloud-final, which runs After=multi-user.target), so, as on a Hetzner server,
+# only the provisioning `start` step's restart applies it and moves the admin API to its socket.
+in_root systemctl enable caddy.service >&2
 # Maintenance timers for real disks and online package updates have nothing to do in a container
 # without a route out; they only wake idle hosts.
 in_root systemctl disable apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \

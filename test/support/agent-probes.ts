@@ -40,6 +40,33 @@ export const agentProbes = {
       'print(r, round(time.time() - t, 3))',
     ].join('\n'),
   ],
+  /**
+   * A connect to the unix socket `path` as `user`: prints `connected` or the errno name (`EACCES`
+   * when the socket's mode refuses the user).
+   */
+  unixConnect: (user: 'root' | 'nobody', path: string): Argv => {
+    if (!ABS.test(path) || path.split('/').includes('..'))
+      throw invalidInput('path', 'must be an absolute path without ..');
+    return [
+      'runuser',
+      '-u',
+      user,
+      '--',
+      'python3',
+      '-I',
+      '-c',
+      [
+        'import errno, socket, sys',
+        's = socket.socket(socket.AF_UNIX)',
+        'try:',
+        '    s.connect(sys.argv[1]); r = "connected"',
+        'except OSError as e:',
+        '    r = errno.errorcode.get(e.errno, str(e.errno))',
+        'print(r)',
+      ].join('\n'),
+      path,
+    ];
+  },
   /** NUL-separated `NAME=value` entries of a running process, read as root. */
   processEnviron: (pid: number): Argv => {
     if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');

@@ -1,5 +1,11 @@
 import { spawnSync } from 'node:child_process';
-import { agentCommands, parseMainPid, type Argv } from '../../../orchestrator/remote/agent-commands';
+import {
+  agentCommands,
+  CADDY_STOCK_ADMIN_PORT,
+  parseListeners,
+  parseMainPid,
+  type Argv,
+} from '../../../orchestrator/remote/agent-commands';
 import { quoteArgv } from '../../../orchestrator/remote/shell-quote';
 import { agentProbes, parseEnviron } from '../../support/agent-probes';
 import { HOSTILE_VALUES } from '../../support/hostile-values';
@@ -24,6 +30,41 @@ const wordsAfterSh = (argv: Argv): Buffer[] => {
 };
 
 describe('agent commands as data', () => {
+  it('checks where the Caddy admin API listens: a TCP listener probe and the socket', () => {
+    expect(CADDY_STOCK_ADMIN_PORT).toBe(2019);
+    expect(agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT)).toEqual([
+      'ss',
+      '-H',
+      '-l',
+      '-t',
+      '-n',
+      'sport = :2019',
+    ]);
+    for (const bad of [0, 65536, 1.5, NaN]) expect(() => agentCommands.tcpListeners(bad)).toThrow(/port/);
+    expect(agentCommands.caddyAdminProbe()).toEqual([
+      'curl',
+      '--silent',
+      '--show-error',
+      '--fail',
+      '--max-time',
+      '5',
+      '--header',
+      'Host;',
+      '--unix-socket',
+      '/var/lib/caddy/admin.sock',
+      'http://localhost/config/',
+    ]);
+    expect(() => agentCommands.caddyAdminProbe('relative.sock')).toThrow(/path/);
+    // ss -H output as seen on a local host with Caddy's stock config, and with nothing listening.
+    expect(
+      parseListeners(
+        'LISTEN 0      4096   127.0.0.1:2019 0.0.0.0:*\nLISTEN 0      4096   [::1]:2019 [::]:*\n',
+      ),
+    ).toEqual(['127.0.0.1:2019', '[::1]:2019']);
+    expect(parseListeners('')).toEqual([]);
+    expect(parseListeners('\n')).toEqual([]);
+  });
+
   it('builds systemctl argv for a unit', () => {
     expect(agentCommands.restart('cortex-agent.service')).toEqual([
       'systemctl',

@@ -38,6 +38,29 @@ const verify = (units: Record<string, string>, executables: string[]) => {
   }
 };
 
+/**
+ * `systemd-analyze security --offline=true` on the unit file alone (systemd 252 here): the overall
+ * exposure score, 0.0 (safest) to 10.0, from the same table `systemctl`-less review tools print.
+ */
+const exposure = (unit: string): number => {
+  const dir = mkdtempSync(join(tmpdir(), 'sdsec-'));
+  try {
+    const file = join(dir, AGENT_UNIT_NAME);
+    writeFileSync(file, unit);
+    const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', file], {
+      encoding: 'utf8',
+    });
+    const m = /Overall exposure level for cortex-agent\.service: (\d+\.\d+)/.exec(r.stdout);
+    if (!m?.[1]) throw new Error(`no exposure level in systemd-analyze output: ${r.stdout}${r.stderr}`);
+    return Number(m[1]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+};
+
+/** The exposure reached (systemd 252); a change that raises it fails here. Lower it, then lower these. */
+const MAX_EXPOSURE = { echo: 0.9, openclaw: 1.1 } as const;
+
 const lines = (unit: string): string[] => unit.split('\n').filter((l) => l && !l.startsWith('#'));
 
 /** The metadata-block unit exactly as user data places it. */
@@ -140,6 +163,39 @@ describe('agent systemd unit', () => {
       // Wants= would start the agent even when the block failed.
       expect(l).not.toContain(`Wants=${METADATA_BLOCK_UNIT}`);
     }
+  });
+
+  it.each([
+    ['echo', echoRuntime()],
+    ['openclaw', openclawRuntime()],
+  ] as ['echo' | 'openclaw', RuntimeProfile][])(
+    'the %s unit keeps its systemd-analyze security exposure at or below the level reached',
+    (name, rt) => {
+      const unit = renderAgentUnit(rt);
+      expect(exposure(unit)).toBeLessThanOrEqual(MAX_EXPOSURE[name]);
+      // The measure is sharp: dropping an option that counts raises the score. (The metadata deny
+      // does not count: systemd scores only allow lists; its test is on a real host.)
+      const counted = name === 'echo' ? ['PrivateUsers=yes', 'IPAddressDeny=any'] : ['PrivateUsers=yes'];
+      for (const option of counted) {
+        expect(unit).toContain(`\n${option}\n`);
+        expect(exposure(unit.replace(`\n${option}\n`, '\n'))).toBeGreaterThan(MAX_EXPOSURE[name]);
+      }
+    },
+  );
+
+  it('denies the metadata address to the agent in the service manager too (cgroup IP filter)', () => {
+    for (const rt of [echoRuntime(), openclawRuntime()]) {
+      const l = lines(renderAgentUnit(rt));
+      expect(l).toContain('IPAddressDeny=169.254.169.254 fd00:ec2::254');
+      for (const o of ['PrivateUsers=yes', 'PrivateMounts=yes', 'PrivateIPC=yes']) expect(l).toContain(o);
+      // No allow list may re-open it: an allow entry wins over a deny entry in systemd.
+      expect(l.filter((x) => x.startsWith('IPAddressAllow=') && x !== 'IPAddressAllow=localhost')).toEqual(
+        [],
+      );
+    }
+    // echo talks to Caddy on loopback only: everything else is refused.
+    const echo = lines(renderAgentUnit(echoRuntime()));
+    expect(echo).toEqual(expect.arrayContaining(['IPAddressAllow=localhost', 'IPAddressDeny=any']));
   });
 
   it('the metadata-block unit verifies too', () => {

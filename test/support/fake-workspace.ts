@@ -42,6 +42,14 @@ if (typeof internals.CommandResult !== 'function' || typeof internals.createComm
     '@pulumi/pulumi no longer exports CommandResult/createCommandError: update the fake workspace',
   );
 
+// Resources register asynchronously: `waitForRPCs` (@internal, what `disconnect` awaits) settles
+// the runtime's RPC queue, so what a program declared is all recorded, whether it returned or threw.
+const waitForRPCs = (pulumi.runtime as unknown as { waitForRPCs?: () => Promise<void> }).waitForRPCs;
+if (typeof waitForRPCs !== 'function')
+  throw new Error('@pulumi/pulumi no longer exports runtime.waitForRPCs: update the fake workspace');
+/** Every registration the program started has reached the mocks. */
+export const settleRuntime = (): Promise<void> => waitForRPCs();
+
 /** An error exactly as the SDK throws it when the CLI exits non-zero with this stderr. */
 export const commandError = ({
   stdout = '',
@@ -126,7 +134,12 @@ export const runProgramWithMocks = async (
       .filter(([, v]) => v.secret === true)
       .map(([k]) => k),
   );
-  const exported = ((await program()) ?? {}) as Record<string, unknown>;
+  let exported: Record<string, unknown>;
+  try {
+    exported = ((await program()) ?? {}) as Record<string, unknown>;
+  } finally {
+    await settleRuntime();
+  }
   const outputs: OutputMap = {};
   for (const [name, value] of Object.entries(exported)) {
     const out: pulumi.Output<unknown> = pulumi.output(value as pulumi.Input<unknown>);
@@ -135,18 +148,47 @@ export const runProgramWithMocks = async (
       secret: await pulumi.isSecret(out),
     };
   }
-  // Let the mock monitor finish registering anything still in flight.
-  await new Promise((resolve) => setTimeout(resolve, 10));
+  await settleRuntime();
   return { outputs, resources };
 };
+
+/**
+ * An operation the engine started and never saw finish, as the checkpoint's `pending_operations`
+ * records it: for a create, the resource may exist at the provider while the state lacks it.
+ */
+export interface PendingOperation {
+  readonly type: 'creating' | 'updating' | 'deleting';
+  readonly resource: { readonly urn: string; readonly type: string; readonly name: string };
+}
 
 interface StackRecord {
   config: ConfigMap;
   outputs: OutputMap;
   resources: readonly RegisteredResource[];
+  /** `deployment.pending_operations` of the stack's checkpoint. */
+  pendingOperations: PendingOperation[];
   history: UpdateSummary[];
   lock?: { at: Date; flavor: 'diy' | 'cloud' };
 }
+
+/** How a real `pulumi up` ends part-way (see `failPartwayNext`). */
+export interface PartwayFailure {
+  /** Resources of this update that were created before the failure: they are in the state. */
+  readonly completed: number;
+  /** Creates in flight when the CLI died: recorded as pending operations, absent from the state. */
+  readonly pending: number;
+  /** The CLI's stderr; default: a provider error on the first resource that did not complete. */
+  readonly stderr?: string;
+}
+
+const urnOf = (project: string, stack: string, r: { type: string; name: string }): string =>
+  `urn:pulumi:${stack}::${project}::${r.type}::${r.name}`;
+
+/** What the CLI prints before an update of a stack whose last update left pending operations. */
+export const pendingOperationsWarning = (ops: readonly PendingOperation[]): string =>
+  `warning: Attempting to deploy or update resources with ${ops.length} pending operations from previous deployment.\n` +
+  ops.map((o) => `  * ${o.resource.urn}, interrupted while ${o.type}\n`).join('') +
+  'These resources are in an unknown state because the Pulumi CLI was interrupted while waiting for changes to these resources to complete. You should confirm whether or not the operations listed completed successfully by checking the state of the appropriate provider.\n';
 
 type Op = 'select' | 'create' | 'up' | 'destroy' | 'remove' | 'cancel' | 'outputs' | 'config' | 'list';
 
@@ -159,6 +201,14 @@ export interface FakeWorkspace {
   readonly maxConcurrent: () => number;
   /** The next `op` (on `stack`, if given) fails as the CLI would with this stderr. */
   failNext(op: Op, stderr: string, stack?: string): void;
+  /**
+   * The next `up` fails part-way, as a real one does: the program runs, the first `completed` of
+   * its new resources reach the state, the next `pending` are recorded as pending creates, the
+   * outputs stay those of the last successful update, and the update is recorded as failed. The
+   * following `up` warns about the pending operations and clears them (the CLI proceeds since
+   * 3.33); a resource whose create was pending is then created again, under a new id.
+   */
+  failPartwayNext(f: PartwayFailure): void;
   /** Someone else holds the stack's lock since `at`. */
   lock(stack: string, at: Date, flavor?: 'diy' | 'cloud'): void;
   /** The next up/destroy prints this to stdout (in chunks) before finishing. */
@@ -181,6 +231,7 @@ export const makeFakeWorkspace = (
   const commandLines: string[][] = [];
   const faults: { op: Op; stderr: string; stack?: string }[] = [];
   let printed: string | undefined;
+  let partway: PartwayFailure | undefined;
   let hang: { ignoreSignal?: boolean; leaveLock?: boolean; started: () => void } | undefined;
   let running = 0;
   let maxRunning = 0;
@@ -236,7 +287,9 @@ export const makeFakeWorkspace = (
     running++;
     maxRunning = Math.max(maxRunning, running);
     try {
-      const text = printed ?? `Updating (${name})\n`;
+      const warning =
+        record.pendingOperations.length > 0 ? pendingOperationsWarning(record.pendingOperations) : '';
+      const text = warning + (printed ?? `Updating (${name})\n`);
       printed = undefined;
       // Chunks cut mid-line, as a pipe delivers them.
       for (let i = 0; i < text.length; i += 7) o.onOutput?.(text.slice(i, i + 7));
@@ -263,14 +316,37 @@ export const makeFakeWorkspace = (
       name,
       async up(o?: UpOptions): Promise<UpResult> {
         run('up', name, ['up', '--yes', '--skip-preview', '--stack', name], () => checkLock(name, get(name)));
+        const failure = partway;
+        partway = undefined;
         return operate(name, o ?? {}, async (record) => {
           const started = now();
+          // The CLI proceeds past pending operations; a create that was pending is started afresh.
+          record.pendingOperations = [];
           const deployed = await engine(o?.program ?? program, {
             project,
             stack: name,
             config: record.config,
             previous: record.resources,
           });
+          if (failure) {
+            const known = (r: RegisteredResource) =>
+              record.resources.some((p) => p.type === r.type && p.name === r.name);
+            const fresh = deployed.resources.filter((r) => !known(r));
+            const done = fresh.slice(0, failure.completed);
+            const inFlight = fresh.slice(failure.completed, failure.completed + failure.pending);
+            record.resources = [...record.resources, ...done];
+            record.pendingOperations = inFlight.map((r) => ({
+              type: 'creating',
+              resource: { urn: urnOf(project, name, r), type: r.type, name: r.name },
+            }));
+            record.history.unshift(summary('update', record, started, 'failed'));
+            const failed = fresh[failure.completed];
+            throw commandError({
+              stderr:
+                failure.stderr ??
+                `error: update failed\n  ${failed ? urnOf(project, name, failed) : name}: error: creating failed: the provider returned an error`,
+            });
+          }
           record.outputs = deployed.outputs;
           record.resources = deployed.resources;
           const s = summary('update', record, started, 'succeeded');
@@ -340,7 +416,13 @@ export const makeFakeWorkspace = (
       run('select', args.stackName, ['stack', 'select', '--create', '--stack', args.stackName]);
       if (!stacks.has(args.stackName)) {
         run('create', args.stackName, ['stack', 'init', args.stackName]);
-        stacks.set(args.stackName, { config: {}, outputs: {}, resources: [], history: [] });
+        stacks.set(args.stackName, {
+          config: {},
+          outputs: {},
+          resources: [],
+          pendingOperations: [],
+          history: [],
+        });
       }
       return handle(args.stackName, args.program);
     },
@@ -368,6 +450,7 @@ export const makeFakeWorkspace = (
     maxConcurrent: () => maxRunning,
     failNext: (op, stderr, stack) =>
       void faults.push({ op, stderr, ...(stack === undefined ? {} : { stack }) }),
+    failPartwayNext: (f) => void (partway = f),
     lock: (stack, at, flavor = 'diy') => {
       get(stack).lock = { at, flavor };
     },

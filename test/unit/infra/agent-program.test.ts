@@ -246,6 +246,23 @@ describe('no customer secret reaches a resource input or output', () => {
         : []),
     ]);
 
+  it('sees a resource declared just before a throw (the control: `registered` is not empty by timing)', async () => {
+    const registered: RegisteredResource[] = [];
+    const err: unknown = await runProgramWithMocks(
+      async () => {
+        class SshKey extends pulumi.CustomResource {}
+        new SshKey('hcloud:index/sshKey:SshKey', 'early', { publicKey: hostPublicKey });
+        throw new Error('refused after declaring');
+      },
+      { project: PULUMI_PROJECT, stack: agentStackName(deploymentId), config: {}, registered },
+    ).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect((err as Error).message).toBe('refused after declaring');
+    expect(registered.map((r) => [r.type, r.name])).toEqual([['hcloud:index/sshKey:SshKey', 'early']]);
+  });
+
   it.each(refused)(
     'refuses %s = %s with invalid_input before declaring any resource',
     async (field, _kind, secret) => {

@@ -1,3 +1,4 @@
+import * as pulumi from '@pulumi/pulumi';
 import { classify, type ErrorCode } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { makeStackRunner, operationTimeoutMs } from '../../../orchestrator/infra/stack-runner';
@@ -86,6 +87,47 @@ describe('stack runner', () => {
     out.log.error({ err }, 'provisioning failed');
     expect(out.text()).toContain('provisioning failed');
     expect(out.text()).not.toContain(secret);
+  });
+
+  describe('an update that fails part-way', () => {
+    class Res extends pulumi.CustomResource {
+      constructor(name: string) {
+        super('hcloud:index/firewall:Firewall', name, {});
+      }
+    }
+    const three = async () => {
+      for (const n of ['a', 'b', 'c']) new Res(n);
+      return { answer: 43 };
+    };
+
+    it('keeps what was created, records the pending create and no new outputs; the next up warns and re-creates it', async () => {
+      const { fake, out, runner } = setup();
+      await runner.up('agent-a', program, {});
+      fake.failPartwayNext({ completed: 1, pending: 1 });
+      const err = await rejection(runner.up('agent-a', three, {}));
+      expect([err.code, classify(err)]).toEqual(['stack_failed', 'retry']);
+      const record = fake.stacks.get('agent-a')!;
+      expect(record.resources.map((r) => r.name)).toEqual(['a']);
+      expect(record.pendingOperations).toEqual([
+        {
+          type: 'creating',
+          resource: {
+            urn: 'urn:pulumi:agent-a::cortex::hcloud:index/firewall:Firewall::b',
+            type: 'hcloud:index/firewall:Firewall',
+            name: 'b',
+          },
+        },
+      ]);
+      expect(record.outputs).toEqual({ answer: { value: 42, secret: false } });
+      expect(record.history[0]?.result).toBe('failed');
+      const idOfA = record.resources[0]?.assignedId;
+
+      expect(await runner.up('agent-a', three, {})).toEqual({ answer: { value: 43, secret: false } });
+      expect(out.text()).toContain('1 pending operations from previous deployment');
+      expect(record.pendingOperations).toEqual([]);
+      expect(record.resources.map((r) => r.name)).toEqual(['a', 'b', 'c']);
+      expect(record.resources[0]?.assignedId).toBe(idOfA);
+    });
   });
 
   it('destroys, then removes the stack; a missing stack is already done', async () => {

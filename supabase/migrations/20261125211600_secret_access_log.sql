@@ -6,8 +6,11 @@
 -- (a denied read of an unknown deployment) form the chain of the nil uuid. The head also records
 -- the last row, so a removed tail is detected, and the anchor left by retention.
 --
--- Rows leave only through secret_access_log__apply_retention. A superuser can still disable
--- triggers; the chain is what makes that visible to secret_access_log__verify.
+-- Rows leave only through secret_access_log__apply_retention, which runs as a role of its own
+-- (cortex_audit_retention, recognised by the triggers as current_user; no API role is a member)
+-- and only the database owner may call. The chain heads only move forward. A superuser can still
+-- disable triggers; the chain is what makes that visible to secret_access_log__verify (and the
+-- signed checkpoints what makes a rewritten chain visible).
 
 create table public.secret_access_log (
   id bigint generated always as identity primary key,
@@ -16,7 +19,7 @@ create table public.secret_access_log (
   deployment_id uuid,
   secret_id uuid,
   version integer,
-  operation text not null check (operation in ('create', 'read', 'rotate', 'revoke', 'delete', 'bind', 'unbind')),
+  operation text not null check (operation in ('create', 'read', 'rotate', 'revoke', 'delete', 'bind', 'unbind', 'retention')),
   outcome text not null check (outcome in ('success', 'denied', 'error')),
   actor text,
   job_id text,
@@ -103,16 +106,18 @@ create trigger secret_access_log_chain
   before insert on public.secret_access_log
   for each row execute function public.secret_access_log__chain();
 
--- Refuses UPDATE, DELETE and TRUNCATE for everyone, superuser included. The one exception is the
--- transaction-local flag that only secret_access_log__apply_retention sets (nobody else holds
--- DELETE on the table, and retention records an anchor so the chain still verifies).
+-- Refuses UPDATE, DELETE and TRUNCATE for everyone, superuser included. The one exception is a
+-- DELETE by the role cortex_audit_retention, which owns secret_access_log__apply_retention (a
+-- security definer function only the database owner may call) and nothing else: the retention
+-- path is recognised by who runs it, not by a setting any session could set. Retention records an
+-- anchor, so the chain still verifies, and leaves its own event in the chain.
 create function public.secret_access_log__refuse_change()
 returns trigger
 language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  if tg_op = 'DELETE' and pg_catalog.current_setting('cortex.audit_retention', true) = 'on' then
+  if tg_op = 'DELETE' and current_user = 'cortex_audit_retention' then
     return old;
   end if;
   raise exception using errcode = '42501', message = pg_catalog.format(
@@ -127,6 +132,47 @@ create trigger secret_access_log_append_only
 create trigger secret_access_log_no_truncate
   before truncate on public.secret_access_log
   for each statement execute function public.secret_access_log__refuse_change();
+
+-- The chain heads only move forward: a head starts empty, its seq grows (its id and hash change
+-- only with it), its anchor only grows and only by retention, and no head is deleted or truncated.
+-- Without this, an owner-less writer could reset a head and rebuild a shorter chain under it.
+create function public.secret_access_log_chains__guard()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if tg_op = 'INSERT' then
+    if new.head_seq <> 0 or new.head_id is not null or new.anchor_seq <> 0 or new.anchor_id is not null
+       or new.head_hash <> pg_catalog.repeat('0', 64) or new.anchor_hash <> pg_catalog.repeat('0', 64) then
+      raise exception using errcode = '42501', message = 'secret_access_log_chains: a chain head starts empty';
+    end if;
+    return new;
+  end if;
+  if tg_op = 'UPDATE' then
+    if new.chain_id <> old.chain_id
+       or new.head_seq < old.head_seq
+       or (new.head_seq = old.head_seq
+           and (new.head_id is distinct from old.head_id or new.head_hash <> old.head_hash))
+       or new.anchor_seq < old.anchor_seq or new.anchor_seq > new.head_seq
+       or ((new.anchor_seq, new.anchor_id, new.anchor_hash) is distinct from (old.anchor_seq, old.anchor_id, old.anchor_hash)
+           and current_user <> 'cortex_audit_retention') then
+      raise exception using errcode = '42501', message =
+        'secret_access_log_chains: a chain head only moves forward (and only retention moves its anchor)';
+    end if;
+    return new;
+  end if;
+  raise exception using errcode = '42501', message = pg_catalog.format(
+    'secret_access_log_chains: %s refused (a chain head is never removed)', pg_catalog.lower(tg_op));
+end
+$$;
+
+create trigger secret_access_log_chains_guard
+  before insert or update or delete on public.secret_access_log_chains
+  for each row execute function public.secret_access_log_chains__guard();
+create trigger secret_access_log_chains_no_truncate
+  before truncate on public.secret_access_log_chains
+  for each statement execute function public.secret_access_log_chains__guard();
 
 -- Internal: every audited function appends through here, inside its own transaction.
 create function public.secret_access_log__append(
@@ -291,14 +337,24 @@ end
 $$;
 
 -- Deletes, chain by chain, the longest prefix of rows older than p_before and records the last
--- deleted row as the chain's anchor, so the remaining rows still verify. A chain that does not
--- verify is left alone (and listed): trimming it would destroy the evidence.
-create function public.secret_access_log__apply_retention(p_before timestamptz)
+-- deleted row as the chain's anchor, so the remaining rows still verify; then appends a
+-- `retention` event to that chain saying what went. A chain that does not verify is left alone
+-- (and listed): trimming it would destroy the evidence.
+--
+-- p_before must be at least the database owner's minimum age in the past: the setting
+-- cortex.audit_retention_min_age of this database (`alter database … set
+-- cortex.audit_retention_min_age = '400 days'`), read from the catalog, so that no session can
+-- lower it with SET; 365 days when unset. Without p_before: now minus that minimum age. Runs as
+-- cortex_audit_retention (it owns this function);
+-- only the database owner may call it (pg_cron on a hosted project; `bash scripts/audit-retention.sh`
+-- locally).
+create function public.secret_access_log__apply_retention(p_before timestamptz default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_min_age interval;
   v_chain public.secret_access_log_chains%rowtype;
   v_check record;
   v_stop bigint;
@@ -308,8 +364,15 @@ declare
   v_trimmed integer := 0;
   v_skipped uuid[] := array[]::uuid[];
 begin
-  if p_before is null or p_before > pg_catalog.clock_timestamp() then
-    raise exception using errcode = '22023', message = 'before: must be a point in time that is not in the future';
+  select coalesce(pg_catalog.max(pg_catalog.substr(c.setting, 32)), '365 days')::interval into v_min_age
+  from pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) as c(setting)
+  where s.setdatabase = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+    and s.setrole = 0 and c.setting like 'cortex.audit\_retention\_min\_age=%';
+  -- no cut-off given: everything older than the minimum age (what the scheduled job does)
+  p_before := coalesce(p_before, pg_catalog.clock_timestamp() - v_min_age);
+  if p_before > pg_catalog.clock_timestamp() - v_min_age then
+    raise exception using errcode = '22023', message = pg_catalog.format(
+      'before: must be at least %s ago (the database owner''s cortex.audit_retention_min_age)', v_min_age);
   end if;
   for v_chain in select * from public.secret_access_log_chains c order by c.chain_id for update loop
     select * into v_check from public.secret_access_log__verify_chain(v_chain.chain_id);
@@ -325,16 +388,28 @@ begin
     order by l.seq desc
     limit 1;
     continue when not found;
-    perform pg_catalog.set_config('cortex.audit_retention', 'on', true);
     delete from public.secret_access_log l where l.chain_id = v_chain.chain_id and l.seq <= v_cut.seq;
     get diagnostics v_count = row_count;
-    perform pg_catalog.set_config('cortex.audit_retention', 'off', true);
     update public.secret_access_log_chains c
     set anchor_seq = v_cut.seq, anchor_id = v_cut.id, anchor_hash = v_cut.hash, updated_at = now()
     where c.chain_id = v_chain.chain_id;
+    -- its own event, chained after the head: what went, up to which row, under which minimum age
+    insert into public.secret_access_log
+      (id, org_id, chain_id, operation, outcome, actor, reason, seq, prev_hash, hash)
+    overriding system value
+    values (0,
+      case when v_chain.chain_id in ('00000000-0000-0000-0000-000000000000'::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
+           then null else v_chain.chain_id end,
+      v_chain.chain_id, 'retention', 'success', 'audit-retention',
+      pg_catalog.format('retention: %s rows before %s removed, through seq %s (row %s); minimum age %s',
+        v_count, pg_catalog.to_char(p_before at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        v_cut.seq, v_cut.id, v_min_age),
+      0, '', '');
     v_deleted := v_deleted + v_count;
     v_trimmed := v_trimmed + 1;
   end loop;
+  -- read intents older than the cut go too (they are traces of reads whose rows went with them)
+  delete from public.secret_read_intents i where i.at < p_before;
   return pg_catalog.jsonb_build_object(
     'deleted', v_deleted, 'chains_trimmed', v_trimmed, 'chains_skipped', pg_catalog.to_jsonb(v_skipped));
 end
@@ -348,7 +423,9 @@ revoke all on function public.secret_access_log__append(text, text, uuid, uuid, 
 revoke all on function public.audit_context__check(text, text, text) from public, anon, authenticated, service_role;
 revoke all on function public.secret_access_log__verify_chain(uuid) from public, anon, authenticated, service_role;
 revoke all on function public.secret_access_log__verify(uuid) from public, anon, authenticated, service_role;
-revoke all on function public.secret_access_log__apply_retention(timestamptz) from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__apply_retention(timestamptz)
+  from public, anon, authenticated, service_role, cortex_orchestrator;
+revoke all on function public.secret_access_log_chains__guard() from public, anon, authenticated, service_role;
 grant execute on function public.secret_access_log__verify(uuid) to cortex_orchestrator;
 
 alter table public.secret_access_log enable row level security;
@@ -367,3 +444,28 @@ revoke all on table public.secret_access_log, public.secret_access_log_chains
   from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.secret_access_log, public.secret_access_log_chains to authenticated, service_role;
 revoke all on sequence public.secret_access_log_id_seq from public, anon, authenticated, service_role, cortex_orchestrator;
+
+-- ---- retention's role ---------------------------------------------------------------------------
+-- NOLOGIN, member of nothing, and no API role (authenticator included) is a member of it: only the
+-- database owner (and superusers) can reach it, by calling the function it owns. It holds exactly
+-- what retention needs.
+do $$
+begin
+  if not exists (select 1 from pg_catalog.pg_roles where rolname = 'cortex_audit_retention') then
+    create role cortex_audit_retention nologin noinherit;
+  end if;
+end
+$$;
+-- the owner must be a member to hand the function over (a hosted project's postgres is no superuser)
+grant cortex_audit_retention to current_user;
+alter function public.secret_access_log__apply_retention(timestamptz) owner to cortex_audit_retention;
+grant execute on function public.secret_access_log__apply_retention(timestamptz) to current_user;
+grant usage on schema public to cortex_audit_retention;
+grant select, insert, delete on table public.secret_access_log to cortex_audit_retention;
+grant select, update on table public.secret_access_log_chains to cortex_audit_retention;
+grant execute on function public.secret_access_log__verify_chain(uuid), public.secret_access_log__hash(public.secret_access_log)
+  to cortex_audit_retention;
+create policy secret_access_log_retention on public.secret_access_log
+  for all to cortex_audit_retention using (true) with check (true);
+create policy secret_access_log_chains_retention on public.secret_access_log_chains
+  for all to cortex_audit_retention using (true) with check (true);

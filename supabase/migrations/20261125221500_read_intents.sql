@@ -45,6 +45,10 @@ language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  -- only retention removes intents (see secret_access_log__refuse_change)
+  if tg_op = 'DELETE' and current_user = 'cortex_audit_retention' then
+    return old;
+  end if;
   raise exception using errcode = '42501', message = pg_catalog.format(
     'secret_read_intents is append-only: %s refused', pg_catalog.lower(tg_op));
 end
@@ -162,3 +166,6 @@ create policy secret_read_intents_select_member on public.secret_read_intents
   using (org_id in (select m.org_id from public.organization_members m where m.user_id = (select auth.uid())));
 revoke all on table public.secret_read_intents from public, anon, authenticated, service_role, cortex_orchestrator;
 grant select on table public.secret_read_intents to authenticated, service_role;
+grant select, delete on table public.secret_read_intents to cortex_audit_retention;
+create policy secret_read_intents_retention on public.secret_read_intents
+  for all to cortex_audit_retention using (true) with check (true);

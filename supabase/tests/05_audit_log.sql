@@ -4,7 +4,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(43);
+select plan(57);
 \ir support/read_intent.psql
 
 select public.organizations__create('Test Org Log A') ->> 'id' as org_a \gset
@@ -179,8 +179,21 @@ rollback to savepoint tamper;
 select is(public.secret_access_log__verify(:'org_a') ->> 'ok', 'true', 'after the rollbacks, org A verifies again');
 
 -- ---- retention ---------------------------------------------------------------------------------------
+-- Owner-only, with the owner's minimum age (cortex.audit_retention_min_age of the database, 365
+-- days when unset), which no session can lower with SET.
 select throws_ok($$select public.secret_access_log__apply_retention(clock_timestamp() + interval '1 hour')$$, '22023',
-  'before: must be a point in time that is not in the future', 'retention into the future is refused');
+  'before: must be at least 365 days ago (the database owner''s cortex.audit_retention_min_age)',
+  'retention into the future is refused');
+select throws_ok($$select public.secret_access_log__apply_retention(clock_timestamp() - interval '364 days')$$, '22023',
+  null, 'retention younger than the default minimum age (365 days) is refused');
+select is(public.secret_access_log__apply_retention() ->> 'chains_trimmed', '0',
+  'without a cut-off, retention trims what is older than the minimum age: nothing here');
+set local cortex.audit_retention_min_age = '0 seconds';
+select throws_ok($$select public.secret_access_log__apply_retention(clock_timestamp())$$, '22023', null,
+  'a session setting does not lower the minimum age');
+reset cortex.audit_retention_min_age;
+-- the owner lowers it for this test (inside this transaction, rolled back with it)
+do $$ begin execute format('alter database %I set cortex.audit_retention_min_age = %L', current_database(), '0 seconds'); end $$;
 
 select clock_timestamp() as cut \gset
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
@@ -201,14 +214,18 @@ select public.secret_access_log__apply_retention(:'cut') as retention \gset
 select ok(((:'retention'::jsonb) ->> 'deleted')::int >= 10, 'retention deletes the rows older than the cut');
 select is((select count(*) from public.secret_access_log where org_id in (:'org_a', :'org_b') and at < :'cut'), 0::bigint,
   'no row of either org older than the cut remains');
-select is((select count(*) from public.secret_access_log where org_id = :'org_a'), 2::bigint, 'org A keeps its 2 newer rows');
+select is((select array_agg(operation order by seq) from public.secret_access_log where org_id = :'org_a'),
+  array['read', 'read', 'retention'], 'org A keeps its 2 newer rows, then retention''s own event');
+select is((select count(*) from public.secret_access_log where org_id = :'org_b' and operation = 'retention'
+           and actor = 'audit-retention' and reason like 'retention: 4 rows before % removed, through seq 4 (row %); minimum age 00:00:00'),
+  1::bigint, 'every trimmed chain gets the event, saying what went');
 select is((select array[anchor_seq, anchor_id] from public.secret_access_log_chains where chain_id = :'org_a'),
   array[6::bigint, :'a6'::bigint], 'the chain records the last removed row as its anchor');
 select is(public.secret_access_log__verify(:'org_a'),
-  '{"ok": true, "rows_checked": 2, "first_bad_id": null, "problem": null}'::jsonb, 'org A still verifies after retention');
+  '{"ok": true, "rows_checked": 3, "first_bad_id": null, "problem": null}'::jsonb, 'org A still verifies after retention');
 select is(public.secret_access_log__verify(:'org_b') ->> 'ok', 'true', 'org B still verifies after retention');
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
-select is((select max(seq) from public.secret_access_log where org_id = :'org_a'), 9::bigint, 'the chain carries on at seq 9');
+select is((select max(seq) from public.secret_access_log where org_id = :'org_a'), 10::bigint, 'the chain carries on at seq 10');
 select is(public.secret_access_log__verify(:'org_a') ->> 'ok', 'true', 'and verifies');
 
 select id as a7 from public.secret_access_log where org_id = :'org_a' and seq = 7 \gset
@@ -217,12 +234,42 @@ set local session_replication_role = replica;
 delete from public.secret_access_log where id = :'a7';
 set local session_replication_role = origin;
 select is(public.secret_access_log__verify(:'org_a'),
-  jsonb_build_object('ok', false, 'rows_checked', 2, 'first_bad_id', :'a7'::bigint, 'problem', 'removed'),
+  jsonb_build_object('ok', false, 'rows_checked', 3, 'first_bad_id', :'a7'::bigint, 'problem', 'removed'),
   'after retention, removing the first remaining row is still detected');
 rollback to savepoint tamper;
 
 select throws_ok(format('delete from public.secret_access_log where id = %s', :'a7'), '42501', null,
   'outside the retention function, deleting stays refused');
+
+-- ---- retention is recognised by role, not by a setting ------------------------------------------------
+set local cortex.audit_retention = 'on';
+select throws_ok(format('delete from public.secret_access_log where id = %s', :'a7'), '42501',
+  'secret_access_log is append-only: delete refused (rows leave only through secret_access_log__apply_retention)',
+  'the old retention setting opens nothing, even for a superuser');
+reset cortex.audit_retention;
+select ok(not pg_has_role('authenticator', 'cortex_audit_retention', 'member')
+          and not pg_has_role('cortex_orchestrator', 'cortex_audit_retention', 'member')
+          and not pg_has_role('service_role', 'cortex_audit_retention', 'member'),
+  'no API role (authenticator included) can become cortex_audit_retention');
+select is((select array_agg(r.rolname order by r.rolname) from pg_roles r
+           where r.rolname in ('anon', 'authenticated', 'service_role', 'cortex_orchestrator', 'authenticator')
+             and has_function_privilege(r.oid, 'public.secret_access_log__apply_retention(timestamptz)', 'execute')),
+  null, 'no API role may call retention');
+
+-- ---- the chain heads only move forward ---------------------------------------------------------------
+select throws_ok(format('update public.secret_access_log_chains set head_seq = 1, head_id = null where chain_id = %L', :'org_a'),
+  '42501', 'secret_access_log_chains: a chain head only moves forward (and only retention moves its anchor)',
+  'a head cannot move back, even for a superuser');
+select throws_ok(format('update public.secret_access_log_chains set head_hash = repeat(%L, 64) where chain_id = %L', 'a', :'org_a'),
+  '42501', null, 'a head''s hash cannot change without its seq');
+select throws_ok(format('update public.secret_access_log_chains set anchor_seq = anchor_seq + 1 where chain_id = %L', :'org_a'),
+  '42501', null, 'only retention moves an anchor');
+select throws_ok(format('delete from public.secret_access_log_chains where chain_id = %L', :'org_a'), '42501',
+  'secret_access_log_chains: delete refused (a chain head is never removed)', 'a head cannot be deleted');
+select throws_ok('truncate public.secret_access_log_chains', '42501', null, 'the heads cannot be truncated');
+select throws_ok($$insert into public.secret_access_log_chains (chain_id, head_seq) values (gen_random_uuid(), 5)$$, '42501',
+  'secret_access_log_chains: a chain head starts empty', 'a head cannot be planted mid-chain');
+select is(public.secret_access_log__verify() ->> 'ok', 'true', 'every chain still verifies');
 
 select * from finish();
 rollback;

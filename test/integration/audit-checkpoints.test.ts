@@ -45,6 +45,9 @@ beforeAll(async () => {
   plain.search = '';
   execFileSync('bash', [join(__dirname, '../../scripts/db-setup.sh'), plain.toString()], { stdio: 'pipe' });
   owner = new Pool({ connectionString: scratchUrl, max: 1 });
+  // an idle client ended from outside (another engineer's pg_terminate_backend) must not fail a test
+  owner.on('error', () => undefined);
+  su.on('error', () => undefined);
   db = makePgRpc({ connectionString: scratchUrl, max: 2 });
   state = mkdtempSync(join(tmpdir(), 'cortex-cp-'));
 }, 120_000);

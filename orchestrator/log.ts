@@ -32,6 +32,16 @@ export const REDACT_PATHS = [
   'decrypted_secret',
   '*.decrypted_secret',
   '*.*.decrypted_secret',
+  // Cloud-init user data carries the host's private SSH key: a HostSpec (`spec.userData`), a job
+  // or step context holding one (`job.data.spec.userData`), or the parsed document's `ssh_keys`.
+  'userData',
+  '*.userData',
+  '*.*.userData',
+  '*.*.*.userData',
+  'ed25519_private',
+  '*.ed25519_private',
+  '*.*.ed25519_private',
+  '*.*.*.ed25519_private',
   'SUPABASE_SERVICE_ROLE_KEY',
   'HCLOUD_TOKEN',
   'PULUMI_CONFIG_PASSPHRASE',

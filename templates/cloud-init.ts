@@ -1,7 +1,7 @@
 import YAML from 'yaml';
 import { invalidInput } from '../orchestrator/errors';
 import { type HostKeyPair, parsePublicKey } from '../orchestrator/remote/host-keys';
-import { isSecret } from '../orchestrator/secret';
+import { isSecret, Secret } from '../orchestrator/secret';
 import { CADDYFILE_PATH, type CaddyTls, renderCaddyfile } from './caddyfile';
 import { fillTemplate, loadTemplate } from './render';
 import type { RuntimeProfile } from './runtime-profiles';
@@ -192,5 +192,6 @@ export const buildUserData = (input: UserDataInput): Record<string, unknown> => 
   };
 };
 
-export const renderUserData = (config: Record<string, unknown>): string =>
-  `#cloud-config\n${YAML.stringify(config, { lineWidth: 0, blockQuote: 'literal' })}`;
+/** The `#cloud-config` document, as a Secret: it carries the host's private key (`ssh_keys`). */
+export const renderUserData = (config: Record<string, unknown>): Secret =>
+  new Secret(`#cloud-config\n${YAML.stringify(config, { lineWidth: 0, blockQuote: 'literal' })}`);

@@ -10,6 +10,7 @@ import {
   uuidId,
 } from './infra-validation';
 import { PULUMI_PROJECT } from './stack-names';
+import type { Secret } from '../secret';
 
 /**
  * The inputs of one agent stack, and their two encodings: the stack config the workers write
@@ -91,7 +92,7 @@ export const agentStackConfig = (settings: AgentSettings): ConfigMap => {
  * given (the workers' inline program), wins over the `cortex:userData` config value (ops).
  */
 export const readAgentStackInputs = (
-  userData?: string,
+  userData?: Secret,
   config: pulumi.Config = new pulumi.Config(PULUMI_PROJECT),
 ): AgentStackInputs => {
   const raw: Record<string, unknown> = {};
@@ -100,6 +101,7 @@ export const readAgentStackInputs = (
   }
   return {
     ...parseAgentSettings(raw),
-    userData: userData !== undefined ? pulumi.secret(userData) : config.getSecret(USER_DATA_KEY),
+    // Revealed only into a Pulumi secret: encrypted in the state, `[secret]` in the engine's output.
+    userData: userData !== undefined ? pulumi.secret(userData.reveal()) : config.getSecret(USER_DATA_KEY),
   };
 };

@@ -1,6 +1,7 @@
 import * as hcloud from '@pulumi/hcloud';
 import * as pulumi from '@pulumi/pulumi';
 import { readAgentStackInputs, type AgentStackInputs } from './agent-inputs';
+import type { Secret } from '../secret';
 
 /**
  * One agent's infrastructure: a server, a firewall applied to it, and the A/AAAA records of
@@ -109,7 +110,7 @@ export const defineAgentStack = (inputs: AgentStackInputs): AgentStackOutputs =>
  * The program both entry points run: settings from the stack config; user data from the worker
  * (inline) or from the encrypted `cortex:userData` config value (ops).
  */
-export const agentProgram = (userData?: string) => async (): Promise<AgentStackOutputs> => {
+export const agentProgram = (userData?: Secret) => async (): Promise<AgentStackOutputs> => {
   const inputs = readAgentStackInputs(userData);
   if (inputs.userData === undefined)
     await pulumi.log.warn('no cortex:userData: a server created by this run would have no pinned host key');

@@ -1,6 +1,7 @@
 import type { OutputMap } from '@pulumi/pulumi/automation';
 import type { Config } from '../config';
 import { OrchestratorError, invalidInput } from '../errors';
+import { isSecret } from '../secret';
 import type { Logger } from '../log';
 import type { HostDescription, HostProvider, HostSpec } from './host-provider';
 import { agentSettingsSchema, agentStackConfig, parseAgentSettings } from './agent-inputs';
@@ -48,7 +49,9 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
 
     async ensure(spec: HostSpec, opts) {
       const log = deps.log.child({ deploymentId: spec.deploymentId, provider: 'hcloud' });
-      if (spec.userData.trim() === '') throw invalidInput('userData', 'must not be empty');
+      if (!isSecret(spec.userData))
+        throw invalidInput('userData', 'must be a Secret (it carries the host private key)');
+      if (spec.userData.reveal().trim() === '') throw invalidInput('userData', 'must not be empty');
       // Trimmed as the local provider does: both pin the same key line.
       const hostPublicKey = spec.hostPublicKey.trim();
       // Validated before the SSH key id is read: bad input must not cost a stack operation.
@@ -79,7 +82,7 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
         {
           signal: opts?.signal,
           log,
-          redact: [spec.userData],
+          redact: [spec.userData.reveal()],
         },
       );
       const host = toDescription(spec.deploymentId, outputs);

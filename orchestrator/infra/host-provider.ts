@@ -1,3 +1,5 @@
+import type { Secret } from '../secret';
+
 /**
  * The seam between cloud and local: what the provisioning steps need from "a server".
  * `local` (systemd-nspawn on this machine) and `hcloud` (Hetzner through Pulumi) both implement it
@@ -12,8 +14,12 @@ export interface HostSpec {
   readonly orgId: string;
   /** DNS label under the zone: `<subdomain>.<zone>`. */
   readonly subdomain: string;
-  /** Cloud-init user data (`#cloud-config` …), identical for both providers. Never holds a customer secret. */
-  readonly userData: string;
+  /**
+   * Cloud-init user data (`#cloud-config` …), identical for both providers. Never holds a customer
+   * secret, but carries the host's generated private SSH key, so it travels as a Secret: a log line,
+   * an error or a job payload that picks up a HostSpec prints `[REDACTED]`.
+   */
+  readonly userData: Secret;
   /** The host public key the orchestrator generated and placed in `userData` (OpenSSH `ssh-ed25519 AAAA…`). */
   readonly hostPublicKey: string;
   /** Provider hints; each provider documents what it honours. */

@@ -4,6 +4,7 @@ import { access, chmod, mkdir, open, readFile, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { OrchestratorError } from '../errors';
+import type { Secret } from '../secret';
 import { run } from './local-exec';
 import { procStartTime } from './local-proc';
 
@@ -40,7 +41,7 @@ export const mountOverlay = async (image: string, hostDir: string): Promise<stri
 };
 
 export interface SeedSpec {
-  readonly userData: string;
+  readonly userData: Secret;
   readonly instanceId: string;
   readonly hostname: string;
   readonly ipv4: string;
@@ -65,7 +66,7 @@ export const writeSeed = async (merged: string, seed: SeedSpec): Promise<void> =
       stringify({ version: 2, ethernets: { host0: { addresses: [`${seed.ipv4}/${seed.prefixLength}`] } } }),
     ],
     // Written last: its presence marks a complete seed (see seedComplete).
-    ['user-data', seed.userData],
+    ['user-data', seed.userData.reveal()],
   ];
   for (const [name, text] of files) await writeFile(join(dir, name), text, { mode: 0o600 });
 };

@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { OrchestratorError, invalidInput } from '../errors';
+import { isSecret } from '../secret';
 import type { Logger } from '../log';
 import { parsePublicKey } from '../remote/host-keys';
 import type { HostDescription, HostProvider, HostSpec, HostState } from './host-provider';
@@ -69,7 +70,9 @@ const validate = (spec: HostSpec): void => {
   if (!/^[^\x00-\x1f\x7f]{1,128}$/.test(spec.deploymentId))
     throw invalidInput('deploymentId', 'must be 1–128 printable characters');
   if (!DNS_LABEL.test(spec.subdomain)) throw invalidInput('subdomain', 'must be a DNS label (a-z, 0-9, -)');
-  if (spec.userData.trim() === '') throw invalidInput('userData', 'must not be empty');
+  if (!isSecret(spec.userData))
+    throw invalidInput('userData', 'must be a Secret (it carries the host private key)');
+  if (spec.userData.reveal().trim() === '') throw invalidInput('userData', 'must not be empty');
   // The same check as the remote shell's pinning: one ssh-ed25519 key, a well-formed blob.
   parsePublicKey(spec.hostPublicKey, 'hostPublicKey');
 };

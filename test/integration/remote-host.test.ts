@@ -6,7 +6,12 @@ import { isOrchestratorError } from '../../orchestrator/errors';
 import type { HostDescription, HostProvider } from '../../orchestrator/infra/host-provider';
 import { ensureLocalImage } from '../../orchestrator/infra/local-image';
 import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
-import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
+import {
+  agentCommands,
+  CADDY_STOCK_ADMIN_PORT,
+  parseListeners,
+  parseMainPid,
+} from '../../orchestrator/remote/agent-commands';
 import { ENV_FILE_PATH, renderEnvFile, type EnvEntry } from '../../orchestrator/remote/env-file';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { rekeyHost } from '../../orchestrator/remote/rekey';
@@ -18,7 +23,12 @@ import {
   type SshTarget,
 } from '../../orchestrator/remote/ssh-shell';
 import { Secret } from '../../orchestrator/secret';
-import { CADDYFILE_PATH, caddyLocalRootCaPath, renderCaddyfile } from '../../templates/caddyfile';
+import {
+  CADDY_ADMIN_SOCKET,
+  CADDYFILE_PATH,
+  caddyLocalRootCaPath,
+  renderCaddyfile,
+} from '../../templates/caddyfile';
 import { buildUserData, renderUserData } from '../../templates/cloud-init';
 import { echoRuntime } from '../../templates/runtime-profiles';
 import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT } from '../../templates/systemd-unit';
@@ -148,7 +158,7 @@ describe('remote shell and templates on a real local host', () => {
         installPackages: false,
       }),
     );
-    expect(userData).not.toContain(customerKey);
+    expect(userData.reveal()).not.toContain(customerKey);
     host = await provider.ensure({
       deploymentId,
       orgId: randomUUID(),
@@ -245,13 +255,68 @@ describe('remote shell and templates on a real local host', () => {
         name,
         bytes: Buffer.from(value, 'utf8').toString('hex'),
       });
-    // It runs as an unprivileged dynamic user.
+    // It runs as an unprivileged dynamic user, in a user namespace of its own (PrivateUsers=yes:
+    // only its own uid and root are mapped, not the host's whole range).
     const uid = (await text(shell, ['stat', '--format=%u', `/proc/${pid}`])).trim();
     expect(Number(uid)).toBeGreaterThan(0);
+    const uidMap = (await text(shell, ['cat', `/proc/${pid}/uid_map`])).trim().split('\n');
+    expect(uidMap.map((l) => l.trim().split(/\s+/))).toEqual(expect.arrayContaining([[uid, uid, '1']]));
+    expect(uidMap.some((l) => /^0\s+0\s+4294967295$/.test(l.trim()))).toBe(false);
+    const props = await text(shell, [
+      'systemctl',
+      'show',
+      '--property=PrivateUsers,PrivateMounts,IPAddressDeny',
+      AGENT_UNIT_NAME,
+    ]);
+    expect(props).toMatch(/^PrivateUsers=yes$/m);
+    expect(props).toMatch(/^PrivateMounts=yes$/m);
+    expect(props).toMatch(/^IPAddressDeny=.*169\.254\.169\.254\/32/m);
+  });
+
+  it("Caddy runs its package's stock config after boot; reload cannot move the admin API, restart does", async () => {
+    const listeners = async () =>
+      parseListeners(await text(shell, agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT)));
+    const stockAdmin = () =>
+      shell.exec(['curl', '--silent', '--show-error', '--max-time', '2', 'http://127.0.0.1:2019/config/']);
+    // Positive control, as on a fresh Ubuntu server: the agent's Caddyfile is written (deferred),
+    // but Caddy started before it with the stock config, whose admin API anyone on the host reaches.
+    expect((await shell.exec(agentCommands.isActive('caddy.service'))).code).toBe(0);
+    expect(await text(shell, agentProbes.readFile(CADDYFILE_PATH))).toContain(
+      `admin unix/${CADDY_ADMIN_SOCKET}`,
+    );
+    expect(await listeners()).toEqual(['127.0.0.1:2019']);
+    const stock = await stockAdmin();
+    expect({ code: stock.code, fileServer: stock.stdout.toString().includes('"file_server"') }).toEqual({
+      code: 0,
+      fileServer: true,
+    });
+    expect(await text(shell, agentProbes.unixConnect('root', CADDY_ADMIN_SOCKET))).toBe('ENOENT\n');
+
+    // A reload dials the admin address of the NEW file (the socket, not there yet) and fails: the
+    // stock admin API stays up.
+    const reload = await shell.exec(agentCommands.reloadOrRestart('caddy.service'));
+    expect(reload.code).not.toBe(0);
+    expect(await listeners()).toEqual(['127.0.0.1:2019']);
+    expect((await stockAdmin()).code).toBe(0);
+
+    // A restart (what the provisioning `start` step does) applies the agent's Caddyfile: nothing on
+    // TCP 2019, the admin API only on the socket, which answers root and refuses nobody.
+    await run(shell, agentCommands.restart('caddy.service'));
+    expect(await listeners()).toEqual([]);
+    const gone = await stockAdmin();
+    expect({ code: gone.code, stderr: gone.stderr.toString().trim() }).toEqual({
+      code: 7,
+      stderr: expect.stringMatching(/^curl: \(7\) Failed to connect to 127\.0\.0\.1 port 2019/) as unknown,
+    });
+    const viaSocket = await shell.exec(agentCommands.caddyAdminProbe());
+    expect(viaSocket.code).toBe(0);
+    expect(viaSocket.stdout.toString()).toContain('"reverse_proxy"');
+    expect(viaSocket.stdout.toString()).not.toContain('"file_server"');
+    expect(await text(shell, agentProbes.unixConnect('root', CADDY_ADMIN_SOCKET))).toBe('connected\n');
+    expect(await text(shell, agentProbes.unixConnect('nobody', CADDY_ADMIN_SOCKET))).toBe('EACCES\n');
   });
 
   it('Caddy serves the agent over HTTPS, verified against the local CA root fetched over SSH', async () => {
-    await run(shell, agentCommands.restart('caddy.service'));
     const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
     expect(ca).toContain('BEGIN CERTIFICATE');
     let res: { status: number; body: string } | undefined;
@@ -269,27 +334,16 @@ describe('remote shell and templates on a real local host', () => {
       status: 200,
       lastErr: undefined,
     });
-    const body = JSON.parse(res?.body ?? '{}') as { env: { name: string; sha256: string }[] };
-    expect(body.env).toEqual(
-      [...expected]
-        .map(([name, v]) => ({ name, sha256: sha256(v) }))
-        .sort((a, b) => (a.name < b.name ? -1 : 1)),
-    );
+    // Names only: the values were checked in /proc/<pid>/environ above; nothing derived from a
+    // value (an unsalted hash would confirm a guessed key) is published.
+    const body = JSON.parse(res?.body ?? '{}') as { env: { name: string }[] };
+    expect(body.env).toEqual([...expected.keys()].sort().map((name) => ({ name })));
+    for (const v of expected.values()) {
+      if (v.length < 4) continue;
+      expect(res?.body).not.toContain(sha256(v));
+      expect(res?.body).not.toContain(Buffer.from(v, 'utf8').toString('base64'));
+    }
     expect(res?.body).not.toContain(customerKey);
-    // Caddy's admin API (a unix socket) refuses a non-root, non-caddy user such as the agent's.
-    const admin = await shell.exec([
-      'runuser',
-      '-u',
-      'nobody',
-      '--',
-      'curl',
-      '-sS',
-      '--unix-socket',
-      '/var/lib/caddy/admin.sock',
-      'http://admin/config/',
-    ]);
-    expect(admin.code).not.toBe(0);
-    expect(admin.stderr.toString()).toMatch(/Permission denied|Couldn't connect/i);
     // Verification is real: without the local CA the same request fails.
     const unverified = await httpsGet({ ip: host.ipv4, servername: siteName, path: '/health' }).catch(
       (e: unknown) => e,

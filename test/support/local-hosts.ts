@@ -4,6 +4,7 @@ import { Client } from 'ssh2';
 import { stringify } from 'yaml';
 import type { HostSpec } from '../../orchestrator/infra/host-provider';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
+import { Secret } from '../../orchestrator/secret';
 
 /**
  * Helpers for tests and benchmarks that boot local hosts: a spec with a fresh pinned host key and a
@@ -38,7 +39,7 @@ export const makeTestHostSpec = (
       deploymentId,
       orgId: randomUUID(),
       subdomain: `t-${deploymentId.slice(0, 8)}`,
-      userData: `#cloud-config\n${stringify(cloudConfig)}`,
+      userData: new Secret(`#cloud-config\n${stringify(cloudConfig)}`),
       hostPublicKey: hostKey.publicKey,
     },
     clientPrivateKey: clientKey.privateKey.reveal(),

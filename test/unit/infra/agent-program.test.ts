@@ -12,6 +12,7 @@ import { agentProgram, DNS_TTL } from '../../../orchestrator/infra/agent-program
 import { programFor } from '../../../orchestrator/infra/stack-programs';
 import { agentStackName, PULUMI_PROJECT } from '../../../orchestrator/infra/stack-names';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
+import { Secret } from '../../../orchestrator/secret';
 import { canary } from '../../support/canary';
 import { runProgramWithMocks, type RegisteredResource, type ProgramRun } from '../../support/fake-workspace';
 
@@ -47,7 +48,7 @@ const run = (
   over: Partial<AgentSettingsInput> = {},
   ud: string | undefined = userData,
 ): Promise<ProgramRun> =>
-  runProgramWithMocks(agentProgram(ud), {
+  runProgramWithMocks(agentProgram(ud === undefined ? undefined : new Secret(ud)), {
     project: PULUMI_PROJECT,
     stack: agentStackName(deploymentId),
     config: agentStackConfig(settings(over)),
@@ -220,7 +221,7 @@ describe('no customer secret reaches a resource input or output', () => {
         ? `${hostKeys.publicKey} ${secret}`
         : secret;
   const runWith = (config: ReturnType<typeof agentStackConfig>, registered: RegisteredResource[] = []) =>
-    runProgramWithMocks(agentProgram(userData), {
+    runProgramWithMocks(agentProgram(new Secret(userData)), {
       project: PULUMI_PROJECT,
       stack: agentStackName(deploymentId),
       config,

@@ -8,6 +8,7 @@ import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provi
 import { ensurePlatformStack, platformSshKeyId } from '../../../orchestrator/infra/platform-stack';
 import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
+import { Secret } from '../../../orchestrator/secret';
 import { canary } from '../../support/canary';
 import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
 import { rejection } from '../../support/rejection';
@@ -31,7 +32,7 @@ const specFor = (over: Partial<HostSpec> = {}): HostSpec & { hostPrivateKey: str
     deploymentId: randomUUID(),
     orgId: randomUUID(),
     subdomain: `agent-${randomBytes(3).toString('hex')}`,
-    userData,
+    userData: new Secret(userData),
     hostPublicKey: keys.publicKey,
     hostPrivateKey: keys.privateKey,
     ...over,
@@ -140,7 +141,7 @@ describe('hcloud host provider (stack runner + fake workspace + the real program
     const { fake, hosts } = await setup();
     const before = fake.commandLines.length;
     expect((await rejection(hosts.ensure(specFor({ subdomain: 'Bad_Label' })))).field).toBe('subdomain');
-    expect((await rejection(hosts.ensure(specFor({ userData: '  ' })))).field).toBe('userData');
+    expect((await rejection(hosts.ensure(specFor({ userData: new Secret('  ') })))).field).toBe('userData');
     expect((await rejection(hosts.ensure(specFor({ hostPublicKey: 'not a key' })))).field).toBe(
       'hostPublicKey',
     );

@@ -114,7 +114,7 @@ describe('host keys', () => {
       deploymentId: 'd-1',
       orgId: 'o-1',
       subdomain: 'a1b2',
-      userData: '#cloud-config\n',
+      userData: new Secret('#cloud-config\n'),
     };
     for (const bad of [
       utils.generateKeyPairSync('rsa', { bits: 1024 }).public,

@@ -123,9 +123,14 @@ const EXPECTED_CANARY_OUTCOMES: Record<string, string> = {
   'runtime.execStart[5]': 'rendered',
   'runtime.unitOptions[0]': 'error',
   'runtime.unitOptions[1]': 'error',
+  'runtime.unitOptions[2]': 'error',
+  'runtime.unitOptions[3]': 'error',
   'runtime.files[0].path': 'rejected',
   'runtime.files[0].content': 'rendered',
   'runtime.files[0].permissions': 'rejected',
+  'runtime.files[1].path': 'rejected',
+  'runtime.files[1].content': 'rendered',
+  'runtime.files[1].permissions': 'rejected',
   'runtime.installCommands[0][0]': 'rendered',
   'runtime.installCommands[0][1]': 'rendered',
   'runtime.packages[0]': 'rejected',
@@ -139,7 +144,7 @@ describe('cloud-init user data', () => {
     ['local', localInput],
     ['production', productionInput],
   ])('the %s document passes `cloud-init schema`', (_, make) => {
-    const text = renderUserData(buildUserData(make()));
+    const text = renderUserData(buildUserData(make())).reveal();
     expect(text.startsWith('#cloud-config\n')).toBe(true);
     const r = schema(text);
     expect(r.out).toMatch(/Valid cloud-config/);
@@ -148,12 +153,12 @@ describe('cloud-init user data', () => {
 
   it('the schema check is sharp: `users: []` is rejected', () => {
     const doc = buildUserData(localInput());
-    expect(schema(renderUserData({ ...doc, users: [] })).code).not.toBe(0);
+    expect(schema(renderUserData({ ...doc, users: [] }).reveal()).code).not.toBe(0);
   });
 
   it('installs the pinned host key, deletes others, generates none, and lets only root in by key', () => {
     const input = localInput();
-    const doc = YAML.parse(renderUserData(buildUserData(input))) as Doc;
+    const doc = YAML.parse(renderUserData(buildUserData(input)).reveal()) as Doc;
     expect(doc.ssh_keys).toEqual({
       ed25519_private: input.hostKey.privateKey.reveal(),
       ed25519_public: input.hostKey.publicKey,
@@ -172,7 +177,7 @@ describe('cloud-init user data', () => {
 
   it('places exactly the non-secret server files, byte for byte, root-owned', () => {
     const input = localInput();
-    const doc = YAML.parse(renderUserData(buildUserData(input))) as Doc;
+    const doc = YAML.parse(renderUserData(buildUserData(input)).reveal()) as Doc;
     const expected = agentServerFiles(input);
     expect(doc.write_files.map((f) => f.path)).toEqual(expected.map((f) => f.path));
     for (const f of expected) {
@@ -235,7 +240,7 @@ describe('cloud-init user data', () => {
     }
     // The one Secret user data carries on purpose is the host key, and it must be one.
     const input = localInput();
-    expect((YAML.parse(renderUserData(buildUserData(input))) as Doc).ssh_keys.ed25519_private).toBe(
+    expect((YAML.parse(renderUserData(buildUserData(input)).reveal()) as Doc).ssh_keys.ed25519_private).toBe(
       input.hostKey.privateKey.reveal(),
     );
     const plain = { ...input, hostKey: { ...input.hostKey, privateKey: 'x' as unknown as Secret } };
@@ -253,7 +258,7 @@ describe('cloud-init user data', () => {
         const key = canary();
         let text: string;
         try {
-          text = renderUserData(buildUserData(setAt(input, path, key)));
+          text = renderUserData(buildUserData(setAt(input, path, key))).reveal();
         } catch (err) {
           expect(String((err as Error).message)).not.toContain(key);
           const f = fieldOf(err);
@@ -280,7 +285,7 @@ describe('cloud-init user data', () => {
     const env = renderEnvFile([{ name: 'ANTHROPIC_API_KEY', value: new Secret(key) }]);
     expect(env.reveal()).toContain(key);
     for (const make of [localInput, productionInput]) {
-      const text = renderUserData(buildUserData(make()));
+      const text = renderUserData(buildUserData(make())).reveal();
       expect(text).not.toContain(key);
       expect(text).not.toContain('ANTHROPIC_API_KEY');
       // ...and the env file itself is refused wherever it could be slipped in.

@@ -143,7 +143,11 @@ export const configSchema = z
      * until killed. Used by the crash tests; never set in production.
      */
     PIPELINE_PAUSE_AT_STEP: z
-      .enum(['host', 'dns', 'ssh', 'configure', 'secrets', 'start', 'health', 'ready'])
+      .string()
+      .regex(
+        /^(host|dns|ssh|configure|secrets|start|health|ready)(:applied)?$/,
+        'must be a provisioning step name, optionally with :applied (after its effect, before its record)',
+      )
       .optional(),
   })
   .superRefine((c, ctx) => {

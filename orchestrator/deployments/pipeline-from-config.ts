@@ -110,18 +110,15 @@ export const makePipelineFromConfig = async (
   });
   const leases = makeLeases({ redis, prefix: config.QUEUE_PREFIX, ttlMs: config.LEASE_TTL_MS });
 
-  const pause = config.PIPELINE_PAUSE_AT_STEP;
-  const hooks: RunnerHooks = opts.hooks ?? {
-    ...(pause
-      ? {
-          onStepStarted: async (step: string) => {
-            if (step !== pause) return;
-            log.warn({ step }, 'PIPELINE_PAUSE_AT_STEP: holding this job until the process is killed');
-            await new Promise<never>(() => undefined);
-          },
-        }
-      : {}),
-  };
+  const [pauseStep, pauseWhen] = (config.PIPELINE_PAUSE_AT_STEP ?? '').split(':');
+  const hold =
+    (when: string | undefined) =>
+    async (step: string): Promise<void> => {
+      if (!pauseStep || step !== pauseStep || when !== pauseWhen) return;
+      log.warn({ step, when: when ?? 'started' }, 'PIPELINE_PAUSE_AT_STEP: holding this job until the process is killed');
+      await new Promise<never>(() => undefined);
+    };
+  const hooks: RunnerHooks = opts.hooks ?? (pauseStep ? { onStepStarted: hold(undefined), onStepApplied: hold('applied') } : {});
   const runner = makeStepRunner({ store, log, hooks });
   const zone = config.DNS_ZONE;
   const steps = provisionSteps({

@@ -36,6 +36,8 @@ export class ShutdownRequested extends Error {
 export interface RunnerHooks {
   /** Called once a step is recorded as started, before its check. */
   readonly onStepStarted?: (step: string, deploymentId: string) => Promise<void>;
+  /** Called once a step's effect is in place, before it is recorded as finished. */
+  readonly onStepApplied?: (step: string, deploymentId: string) => Promise<void>;
 }
 
 /** A failure reason fit for the record: our errors' messages never quote a value; others are not trusted. */
@@ -116,6 +118,7 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
           await step.apply(ctx);
           return false;
         });
+        await hooks?.onStepApplied?.(step.name, opts.deploymentId);
         await store.stepFinished(opts.deploymentId, runNo, step.name, skipped ? 'skipped' : 'succeeded');
         slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
       } catch (err) {

@@ -285,6 +285,10 @@ begin
   if p_operation = 'provision' then
     if v.status = 'ready' then
       v_action := 'done';
+      -- a worker that died after `ready` took effect and before recording it: the record catches up
+      update public.deployment_steps s set status = 'succeeded', finished_at = pg_catalog.clock_timestamp(),
+        duration_ms = greatest(0, (extract(epoch from pg_catalog.clock_timestamp() - s.started_at) * 1000)::integer)
+       where s.deployment_id = v.id and s.run = v.current_run and s.step = 'ready' and s.status = 'running';
     elsif v.status in ('deprovisioning', 'deleted', 'rotating') then
       v_action := 'stop';
     elsif v.status = 'requested' then

@@ -1,7 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { loadConfig, type Config } from '../../orchestrator/config';
 import { makePipelineFromConfig, type Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
-import { makeLogger } from '../../orchestrator/log';
+import type { Redis } from 'ioredis';
+import { makeLogger, type Logger } from '../../orchestrator/log';
+import type { RunnerHooks } from '../../orchestrator/steps/step-runner';
 import { Secret } from '../../orchestrator/secret';
 import { canary } from './canary';
 import { testDatabaseUrl } from './db';
@@ -20,9 +22,43 @@ export const testPipelineConfig = (env: Record<string, string> = {}): Config =>
     ...env,
   });
 
-export const startTestPipeline = async (env: Record<string, string> = {}): Promise<Pipeline> => {
+export const startTestPipeline = async (
+  env: Record<string, string> = {},
+  opts: { hooks?: RunnerHooks; log?: Logger } = {},
+): Promise<Pipeline> => {
   const config = testPipelineConfig(env);
-  return makePipelineFromConfig(config, makeLogger({ level: config.LOG_LEVEL, name: 'test-pipeline' }));
+  return makePipelineFromConfig(config, opts.log ?? makeLogger({ level: config.LOG_LEVEL, name: 'test-pipeline' }), {
+    ...(opts.hooks ? { hooks: opts.hooks } : {}),
+  });
+};
+
+/** Every key under a prefix with its contents, as text (strings, hashes, lists, sets, zsets, streams). */
+export const dumpRedis = async (redis: Redis, pattern: string): Promise<Map<string, string>> => {
+  const out = new Map<string, string>();
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 500);
+    cursor = next;
+    for (const k of keys) {
+      const type = await redis.type(k);
+      const v =
+        type === 'string'
+          ? await redis.get(k)
+          : type === 'hash'
+            ? JSON.stringify(await redis.hgetall(k))
+            : type === 'list'
+              ? JSON.stringify(await redis.lrange(k, 0, -1))
+              : type === 'set'
+                ? JSON.stringify(await redis.smembers(k))
+                : type === 'zset'
+                  ? JSON.stringify(await redis.zrange(k, '0', '-1'))
+                  : type === 'stream'
+                    ? JSON.stringify(await redis.xrange(k, '-', '+'))
+                    : '';
+      out.set(k, v ?? '');
+    }
+  } while (cursor !== '0');
+  return out;
 };
 
 /** An organisation with one org-wide canary key; returns the key's plaintext for the oracles. */

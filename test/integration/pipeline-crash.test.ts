@@ -1,0 +1,120 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
+import { PROVISION_STEPS } from '../../orchestrator/steps/provision-steps';
+import { agentCommands } from '../../orchestrator/remote/agent-commands';
+import { run } from '../../orchestrator/remote/ssh-shell';
+import { testDatabaseUrl } from '../support/db';
+import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
+
+/**
+ * A worker process SIGKILLed inside each of the eight provisioning steps in turn — after the
+ * step's effect is in place and before it is recorded, the worst moment — and another worker
+ * finishing the deployment: `ready`, with exactly one host, one DNS record and one env file.
+ * The kill is real (the worker is a process of its own, `workers/worker.ts`, held at the step by
+ * PIPELINE_PAUSE_AT_STEP=<step>:applied); the takeover is BullMQ's stalled-job recovery plus the
+ * per-deployment lease expiring.
+ */
+jest.setTimeout(1_200_000);
+
+const LOCK_MS = '4000';
+const LEASE_MS = '3000';
+let p: Pipeline;
+
+beforeAll(async () => {
+  p = await startTestPipeline({ JOB_LOCK_MS: LOCK_MS, LEASE_TTL_MS: LEASE_MS });
+});
+afterAll(async () => {
+  await p?.close(2_000);
+});
+
+/** A worker process held at `step` once its effect is in place; resolves when it says so. */
+const startHeldWorker = (step: string): { child: ChildProcess; held: Promise<void> } => {
+  const child = spawn(join(__dirname, '../../node_modules/.bin/tsx'), ['workers/worker.ts'], {
+    cwd: join(__dirname, '../..'),
+    env: {
+      ...process.env,
+      DATABASE_URL: testDatabaseUrl(),
+      QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+      PIPELINE_PAUSE_AT_STEP: `${step}:applied`,
+      LOG_LEVEL: 'warn',
+      JOB_LOCK_MS: LOCK_MS,
+      LEASE_TTL_MS: LEASE_MS,
+    },
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  const held = new Promise<void>((resolve, reject) => {
+    child.stderr?.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.includes('PIPELINE_PAUSE_AT_STEP')) resolve();
+    });
+    child.on('exit', (code) => reject(new Error(`worker exited (${code}) before reaching ${step}: ${stderr.slice(-2000)}`)));
+  });
+  return { child, held };
+};
+
+const kill = (child: ChildProcess): Promise<void> =>
+  new Promise((resolve) => {
+    child.once('exit', () => resolve());
+    // The whole group: tsx runs the worker in a child node process.
+    process.kill(-(child.pid ?? 0), 'SIGKILL');
+  });
+
+describe('SIGKILL inside each step, then another worker', () => {
+  it.each(PROVISION_STEPS.map((s) => [s]))('killed after %s applied: ready with one host, one DNS record, one env file', async (step) => {
+    const org = await orgWithKey(p);
+    const { child, held } = startHeldWorker(step);
+    const subdomain = uniqueSubdomain('k');
+    const { deploymentId } = await p.service.request({
+      orgId: org.orgId,
+      name: `crash at ${step}`,
+      subdomain,
+      bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: org.secretId }],
+    });
+    try {
+      await held;
+    } finally {
+      await kill(child);
+    }
+    const atKill = await p.service.get(deploymentId);
+    const killedStep = atKill.steps.find((s) => s.step === step && s.run === atKill.currentRun);
+    expect(killedStep?.status).toBe('running');
+
+    const workers = p.makeWorkerSet();
+    workers.start(['provision', 'deprovision']);
+    try {
+      const ready = await p.service.watch(deploymentId, () => undefined, { timeoutMs: 300_000 });
+      expect({ status: ready.status, failed: ready.failedStep, reason: ready.failureReason }).toEqual({
+        status: 'ready',
+        failed: null,
+        reason: null,
+      });
+      // The killed step ran again (its record says so). `ready` had already taken effect: the
+      // next worker finds the deployment ready and only completes the record.
+      const attempts = Object.fromEntries(ready.steps.map((s) => [s.step, [s.attempt, s.status]]));
+      expect(attempts[step]).toEqual([step === 'ready' ? 1 : 2, 'succeeded']);
+
+      expect((await p.hosts.list()).filter((id) => id === deploymentId)).toHaveLength(1);
+      expect((await p.hosts.describe(deploymentId))?.ipv4).toBe(ready.ipv4);
+      const name = `${subdomain}.${p.config.DNS_ZONE}`;
+      const records = (await p.dns.list()).filter((r) => r.name === name);
+      expect(records.map((r) => r.ipv4)).toEqual([ready.ipv4]);
+      const { shell } = await p.access.connect(ready);
+      try {
+        expect((await run(shell, agentCommands.listDir('/etc/cortex'))).stdout.toString().trim()).toBe('agent.env');
+      } finally {
+        await shell.close();
+      }
+      await p.service.destroy(deploymentId);
+      const gone = await p.service.watch(deploymentId, () => undefined, {
+        timeoutMs: 120_000,
+        until: (d) => d.status === 'deleted',
+      });
+      expect(gone.status).toBe('deleted');
+    } finally {
+      await workers.close(2_000);
+    }
+  });
+});

@@ -86,7 +86,9 @@ revoke all on function public.input__check_required(text, anyelement) from publi
 -- ---- tables -------------------------------------------------------------------------------------
 
 create table public.organizations (
-  id uuid primary key default gen_random_uuid(),
+  -- the audit log's org-less chain (nil uuid) and platform chain (all ones) are no organization's
+  id uuid primary key default gen_random_uuid()
+    check (id not in ('00000000-0000-0000-0000-000000000000', 'ffffffff-ffff-ffff-ffff-ffffffffffff')),
   name text not null check (pg_catalog.char_length(name) between 1 and 200),
   created_at timestamptz not null default now()
 );

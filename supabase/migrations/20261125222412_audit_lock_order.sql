@@ -179,6 +179,8 @@ declare
   v_secret record;
   v_denied uuid[] := array[]::uuid[];
   v_reasons text[] := array[]::text[];
+  v_owners uuid[] := array[]::uuid[];
+  v_denial record;
   v_values jsonb;
   v_missing jsonb;
   v_binding record;
@@ -189,6 +191,10 @@ begin
   perform public.input__check_required('deployment_id', p_deployment_id);
   if p_secret_ids is not null and pg_catalog.array_position(p_secret_ids, null) is not null then
     raise exception using errcode = '22023', message = 'secret_ids: must not contain null';
+  end if;
+  -- a read writes at most one audit row per secret asked for (two for another org's): bounded here
+  if pg_catalog.cardinality(p_secret_ids) > 100 then
+    raise exception using errcode = '22023', message = 'secret_ids: at most 100 per read';
   end if;
 
   select d.org_id, d.status into v_org_id, v_status from public.deployments d where d.id = p_deployment_id for share;
@@ -230,13 +236,31 @@ begin
     if v_reason is not null then
       v_denied := v_denied || v_id;
       v_reasons := v_reasons || v_reason;
+      v_owners := v_owners || case when v_reason = 'belongs to another organization' then v_secret.org_id end;
     end if;
   end loop;
   if pg_catalog.cardinality(v_denied) > 0 then
-    -- audit rows last: the chain lock is taken once every check is done
-    for i in 1 .. pg_catalog.cardinality(v_denied) loop
-      perform public.secret_access_log__append('read', 'denied', v_org_id, p_deployment_id, v_denied[i],
-        null, 'secret ' || v_reasons[i], p_actor, p_job_id, p_request_ip, p_user_agent);
+    -- Audit rows last: the chain lock is taken once every check is done. A secret of another
+    -- organization is refused in both chains: the requester's row does not name the owner's
+    -- secret, and the owner's row names neither the requesting deployment nor anything else of
+    -- the requester's. Two chains are locked in chain id order, so two organizations asking for
+    -- each other's secrets at once cannot deadlock.
+    for v_denial in
+      select x.org, x.dep, x.sid, x.reason from (
+        select v_org_id as org, p_deployment_id as dep,
+               case when d.owner is null then d.id end as sid, 'secret ' || d.reason as reason, d.ord, 0 as k
+        from rows from (pg_catalog.unnest(v_denied), pg_catalog.unnest(v_reasons), pg_catalog.unnest(v_owners))
+          with ordinality as d(id, reason, owner, ord)
+        union all
+        select d.owner, null::uuid, d.id, 'read refused: asked for by a deployment of another organization', d.ord, 1
+        from rows from (pg_catalog.unnest(v_denied), pg_catalog.unnest(v_reasons), pg_catalog.unnest(v_owners))
+          with ordinality as d(id, reason, owner, ord)
+        where d.owner is not null
+      ) x
+      order by x.org, x.ord, x.k
+    loop
+      perform public.secret_access_log__append('read', 'denied', v_denial.org, v_denial.dep, v_denial.sid,
+        null, v_denial.reason, p_actor, p_job_id, p_request_ip, p_user_agent);
     end loop;
     return pg_catalog.jsonb_build_object(
       'status', 'denied', 'reason', pg_catalog.format('secret %s %s', v_denied[1], v_reasons[1]));

@@ -7,7 +7,7 @@ create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 -- pgTAP lives in `extensions`; the orchestrator's role needs it only to run the assertions here
 grant usage on schema extensions to cortex_orchestrator;
-select plan(39);
+select plan(42);
 \ir support/read_intent.psql
 
 select public.organizations__create('Test Org Read A') ->> 'id' as org_a \gset
@@ -75,9 +75,17 @@ select pg_temp.mark() as marked \gset
 select lives_ok(format('select public.deployment_secrets__read(%L, array[%L]::uuid[])', :'dep_a1', :'s_b'),
   'reading another org''s secret does not raise');
 select is((select count(*) from pg_temp.new_log('read', 'denied') l
-           where l.org_id = :'org_a' and l.deployment_id = :'dep_a1' and l.secret_id = :'s_b'
+           where l.org_id = :'org_a' and l.deployment_id = :'dep_a1' and l.secret_id is null
              and l.reason = 'secret belongs to another organization'),
-  1::bigint, 'it is audited as read/denied, and the row outlived the call (a raise would have rolled it back)');
+  1::bigint, 'it is audited as read/denied in the requester''s chain, and the row outlived the call (a raise would have rolled it back)');
+select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.org_id = :'org_a' and l::text like '%' || :'s_b' || '%'),
+  0::bigint, 'the requester''s chain does not name the other org''s secret');
+select is((select array_agg(array[l.secret_id::text, coalesce(l.deployment_id::text, '-'), l.reason]) from pg_temp.new_log('read', 'denied') l
+           where l.org_id = :'org_b'),
+  array[array[:'s_b', '-', 'read refused: asked for by a deployment of another organization']],
+  'the owner''s chain records the refusal of its secret, naming nothing of the requester''s');
+select is(public.secret_access_log__verify(:'org_b') ->> 'ok', 'true', 'and the owner''s chain verifies');
+select pg_temp.mark() as marked \gset
 select is(public.deployment_secrets__read(:'dep_a1', array[:'s_b']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_b']::uuid[])),
   jsonb_build_object('status', 'denied', 'reason', format('secret %s belongs to another organization', :'s_b')),
   'the answer is a denial naming the reason, without a secrets key');
@@ -100,7 +108,8 @@ select is((:'mixed'::jsonb) ->> 'status', 'denied', 'one refused secret denies t
 select ok(not ((:'mixed'::jsonb) ? 'secrets') and position('canary-read' in :'mixed') = 0,
   'and no value at all comes back, not even the entitled one');
 select is((select count(*) from pg_temp.new_log('read', 'success')), 0::bigint, 'no read/success row is written');
-select is((select count(*) from pg_temp.new_log('read', 'denied')), 1::bigint, 'one read/denied row, for the refused secret');
+select is((select count(*) from pg_temp.new_log('read', 'denied') l where l.org_id = :'org_a'), 1::bigint,
+  'one read/denied row, for the refused secret (and one in its owner''s chain)');
 
 select pg_temp.mark() as marked \gset
 select is(public.deployment_secrets__read(:'dep_a1', array['00000000-0000-0000-0000-00000000dead']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array['00000000-0000-0000-0000-00000000dead']::uuid[])) ->> 'reason',

@@ -21,7 +21,8 @@ select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_int
 select public.deployment_secrets__read(:'dep_b', p_intent_id => pg_temp.read_intent(:'dep_b', null)) is not null as ok \gset
 select public.secrets__add_version(:'s_a', 'canary-log-a-0002') is not null as ok \gset
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
-select public.deployment_secrets__read(:'dep_b', array[:'s_a']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_b', array[:'s_a']::uuid[])) is not null as ok \gset
+-- (a secret B does not have: another org's would be refused in A's chain too)
+select public.deployment_secrets__read(:'dep_b', array['00000000-0000-0000-0000-00000000dead']::uuid[]) is not null as ok \gset
 select public.secret_versions__retire(:'s_a', 1) is not null as ok \gset
 
 create temp table a_rows as

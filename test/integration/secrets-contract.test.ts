@@ -151,12 +151,20 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
       expect(r.status).toBe('denied');
       expect(JSON.stringify(r)).not.toContain(keyA);
       expect(JSON.stringify(r)).not.toContain(keyB);
+      // another org's secret is not named in the requester's chain, but in its owner's
+      const named = secretId === unbound.secretId ? secretId : null;
       const denied = (await auditRows(admin, { deploymentId: a.deploymentId })).filter(
-        (row) => row.secret_id === secretId && row.operation === 'read',
+        (row) => row.secret_id === named && row.operation === 'read',
       );
       expect(denied.map((row) => row.outcome)).toEqual(['denied']);
       expect(denied[0]?.actor).toBe('test:deny');
     }
+    const inOwnersChain = (await auditRows(admin, { secretId: foreign.secretId })).filter(
+      (row) => row.operation === 'read',
+    );
+    expect(inOwnersChain.map((row) => [row.org_id, row.deployment_id, row.outcome, row.reason])).toEqual([
+      [b.orgId, null, 'denied', 'read refused: asked for by a deployment of another organization'],
+    ]);
     await expect(
       secrets.readForDeploymentOrThrow(a.deploymentId, { secretIds: [foreign.secretId] }),
     ).rejects.toMatchObject({

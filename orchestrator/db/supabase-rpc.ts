@@ -3,6 +3,9 @@ import WebSocket from 'ws';
 import { OrchestratorError } from '../errors';
 import { checkCall, mapDbError, type Rpc } from './rpc';
 
+/** PGRST000–PGRST003: PostgREST could not reach the database (its "Group 0 - Connection"). */
+const POSTGREST_UNAVAILABLE = new Set(['PGRST000', 'PGRST001', 'PGRST002', 'PGRST003']);
+
 /**
  * The supabase-js adapter: `.rpc()` over PostgREST, for a hosted Supabase. The key must be a JWT
  * signed with the project's JWT secret whose `role` claim is `cortex_orchestrator` (README,
@@ -32,6 +35,13 @@ export const makeSupabaseRpc = (opts: {
     if (res.error) {
       // supabase-js reports a failed fetch as an error with an empty code.
       if (!res.error.code) throw new OrchestratorError('db_unavailable', `${fn}: ${res.error.message}`);
+      // PostgREST's connection group: the database is down or unreachable (503), or no pool
+      // connection came free in time (504). Transient, like a refused direct connection.
+      if (POSTGREST_UNAVAILABLE.has(res.error.code))
+        throw new OrchestratorError(
+          'db_unavailable',
+          `${fn}: PostgREST ${res.error.code}: ${res.error.message}`,
+        );
       if (res.error.code.startsWith('PGRST'))
         throw new OrchestratorError('internal', `${fn}: PostgREST ${res.error.code}: ${res.error.message}`);
       throw mapDbError(fn, res.error);

@@ -1,7 +1,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Pool } from 'pg';
+import { Pool, type PoolClient } from 'pg';
 
 /**
  * A stand-in for PostgREST's RPC endpoint (PostgREST itself cannot run here): `POST
@@ -56,12 +56,25 @@ const readBody = async (req: IncomingMessage): Promise<string> => {
   return Buffer.concat(chunks).toString('utf8');
 };
 
+// PostgREST's own answers when it cannot reach the database ("Group 0 - Connection").
+const CONNECTION_ERROR = { code: 'PGRST000', message: 'Database connection error. Retrying the connection.' };
+const POOL_TIMEOUT = { code: 'PGRST003', message: 'Timed out acquiring connection from connection pool.' };
+// Only `public` is exposed (Supabase's default `db-schemas` for the API is public, graphql_public).
+const EXPOSED_SCHEMAS = ['public'];
+
 export const startPostgrestStandIn = async (opts: {
   databaseUrl: string;
   jwtSecret: string;
   keys?: Record<string, string>;
+  /** PostgREST's `db-pool` and `db-pool-acquisition-timeout` (ms). */
+  poolSize?: number;
+  poolAcquireTimeoutMs?: number;
 }): Promise<PostgrestStandIn> => {
-  const pool = new Pool({ connectionString: opts.databaseUrl, max: 8 });
+  const pool = new Pool({
+    connectionString: opts.databaseUrl,
+    max: opts.poolSize ?? 8,
+    connectionTimeoutMillis: opts.poolAcquireTimeoutMs ?? 10_000,
+  });
   pool.on('error', () => undefined);
 
   const send = (res: ServerResponse, status: number, body: unknown): void => {
@@ -99,6 +112,15 @@ export const startPostgrestStandIn = async (opts: {
         details: null,
         hint: null,
       });
+    // A POST names its schema in Content-Profile; PostgREST refuses one it does not expose.
+    const profile = req.headers['content-profile'];
+    if (typeof profile === 'string' && !EXPOSED_SCHEMAS.includes(profile))
+      return send(res, 406, {
+        code: 'PGRST106',
+        message: `Invalid schema: ${profile}`,
+        details: null,
+        hint: `Only the following schemas are exposed: ${EXPOSED_SCHEMAS.join(', ')}`,
+      });
     let body: Record<string, unknown>;
     try {
       const text = await readBody(req);
@@ -112,7 +134,16 @@ export const startPostgrestStandIn = async (opts: {
         hint: null,
       });
     }
-    const client = await pool.connect();
+    let client: PoolClient;
+    try {
+      client = await pool.connect();
+    } catch (err) {
+      // All connections busy past the acquisition timeout (504), or no database at all (503).
+      const busy = pool.totalCount >= (opts.poolSize ?? 8) && /timeout/i.test(String(err));
+      return busy
+        ? send(res, 504, { ...POOL_TIMEOUT, details: null, hint: null })
+        : send(res, 503, { ...CONNECTION_ERROR, details: (err as Error).message, hint: null });
+    }
     try {
       // The schema cache: which function in public has exactly these argument names.
       const found = await client.query<{

@@ -131,11 +131,15 @@ $$;
 
 -- Refuse rows not written by create_secret/update_secret, even from a superuser (on Supabase a
 -- plain insert fails too); a superuser can still bypass triggers, and then reading fails instead.
+-- The one plaintext row let through is create_secret's own first version (see create_secret).
 create or replace function vault._secrets_check_ciphertext() returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+  if tg_op = 'INSERT' and new.id::text = pg_catalog.current_setting('vault.stand_in_inserting', true) then
+    return new;
+  end if;
   begin
     perform vault._decrypt_secret(new.id, new.secret, new.nonce);
   exception when sqlstate 'XX001' then
@@ -163,6 +167,11 @@ select
   s.updated_at
 from vault.secrets s;
 
+-- As supabase_vault 0.3 does: INSERT the plaintext, then UPDATE it to its ciphertext. The first
+-- row version holds the value in clear (a dead tuple until vacuum, and in the WAL); the stand-in
+-- used to encrypt first and so hid what a hosted project does. Callers that must not leave a
+-- value in a row store a random placeholder here and the value with update_secret
+-- (public.vault__store).
 create or replace function vault.create_secret(
   new_secret text,
   new_name text default null,
@@ -177,8 +186,11 @@ declare
   v_id uuid := gen_random_uuid();
   v_nonce bytea := extensions.gen_random_bytes(16);
 begin
+  perform pg_catalog.set_config('vault.stand_in_inserting', v_id::text, true);
   insert into vault.secrets (id, secret, name, description, nonce)
-  values (v_id, vault._encrypt_secret(v_id, new_secret, v_nonce), new_name, new_description, v_nonce);
+  values (v_id, new_secret, new_name, new_description, v_nonce);
+  perform pg_catalog.set_config('vault.stand_in_inserting', '', true);
+  update vault.secrets s set secret = vault._encrypt_secret(v_id, new_secret, v_nonce) where s.id = v_id;
   return v_id;
 end
 $$;
@@ -194,14 +206,12 @@ create or replace function vault.update_secret(
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v_nonce bytea := extensions.gen_random_bytes(16);
 begin
+  -- as supabase_vault 0.3: the row's nonce is kept (its cipher is SIV, which tolerates that)
   update vault.secrets s
   set
     secret = case when new_secret is null then s.secret
-                  else vault._encrypt_secret(s.id, new_secret, v_nonce) end,
-    nonce = case when new_secret is null then s.nonce else v_nonce end,
+                  else vault._encrypt_secret(s.id, new_secret, s.nonce) end,
     name = coalesce(new_name, s.name),
     description = coalesce(new_description, s.description),
     updated_at = now()

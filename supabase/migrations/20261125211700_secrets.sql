@@ -63,6 +63,29 @@ as $$
     pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex')
 $$;
 
+-- Stores a value in the vault without ever putting it in a table row in clear. supabase_vault
+-- 0.3's create_secret INSERTs its argument and then UPDATEs it to ciphertext, so the value would
+-- sit in a dead tuple (until vacuum) and in the WAL (and its archives and replicas). Here
+-- create_secret only ever sees a random placeholder, and the value goes in through update_secret,
+-- which writes ciphertext in its UPDATE. What remains: the value's ciphertext shares the row's
+-- nonce with the placeholder's (update_secret keeps the nonce); 0.3's cipher is deterministic
+-- XChaCha20-SIV, which under a repeated nonce reveals only whether two plaintexts are equal, and
+-- a 122-bit random placeholder equals no value. The value still travels as an argument (a bind
+-- parameter from both adapters, never a logged literal). One extra UPDATE per stored value.
+create function public.vault__store(p_value text, p_name text, p_description text)
+returns uuid
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_id uuid;
+begin
+  v_id := vault.create_secret('cortex-placeholder:' || pg_catalog.gen_random_uuid()::text, p_name, p_description);
+  perform vault.update_secret(v_id, p_value);
+  return v_id;
+end
+$$;
+
 -- The vault name carries the scope, so names of two orgs (or deployments) can never collide.
 create function public.secrets__vault_name(p_org_id uuid, p_deployment_id uuid, p_secret_id uuid, p_version integer)
 returns text
@@ -112,6 +135,7 @@ create trigger deployments_guard_deleted
   for each row execute function public.deployments__guard_deleted();
 
 revoke all on function public.secrets__describe_value(text) from public, anon, authenticated, service_role;
+revoke all on function public.vault__store(text, text, text) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__vault_name(uuid, uuid, uuid, integer) from public, anon, authenticated, service_role;
 revoke all on function public.input__check_env_var(text) from public, anon, authenticated, service_role;
 revoke all on function public.deployments__guard_deleted() from public, anon, authenticated, service_role;
@@ -176,7 +200,7 @@ begin
 
   select * into v_described from public.secrets__describe_value(p_value);
   v_vault_name := public.secrets__vault_name(p_org_id, p_deployment_id, v_secret_id, 1);
-  v_vault_id := vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex secret %s version 1', v_secret_id));
+  v_vault_id := public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex secret %s version 1', v_secret_id));
 
   insert into public.secrets (id, org_id, deployment_id, name, provider, display_prefix, fingerprint)
   values (v_secret_id, p_org_id, p_deployment_id, p_name, p_provider, v_described.display_prefix, v_described.fingerprint);
@@ -225,7 +249,7 @@ begin
 
   select coalesce(max(v.version), 0) + 1 into v_version from public.secret_versions v where v.secret_id = p_secret_id;
   select * into v_described from public.secrets__describe_value(p_value);
-  v_vault_id := vault.create_secret(
+  v_vault_id := public.vault__store(
     p_value,
     public.secrets__vault_name(v_secret.org_id, v_secret.deployment_id, p_secret_id, v_version),
     pg_catalog.format('cortex secret %s version %s', p_secret_id, v_version));

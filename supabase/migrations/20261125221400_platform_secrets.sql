@@ -223,7 +223,7 @@ begin
 
   select * into v_described from public.platform_secrets__describe_value(p_value);
   v_vault_name := 'platform:' || p_name || ':v1';
-  v_vault_id := vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version 1', p_name));
+  v_vault_id := public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version 1', p_name));
   insert into public.platform_secrets (id, name, display_prefix, fingerprint)
   values (v_secret_id, p_name, v_described.display_prefix, v_described.fingerprint);
   insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
@@ -275,7 +275,7 @@ begin
   v_vault_name := 'platform:' || p_name || ':v' || v_version::text;
   insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
   values (v_secret.id, v_version,
-    vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version %s', p_name, v_version)),
+    public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version %s', p_name, v_version)),
     v_described.display_prefix, v_described.fingerprint);
   update public.platform_secrets s
   set current_version = v_version, display_prefix = v_described.display_prefix,

@@ -378,7 +378,7 @@ begin
   v_vault_name := 'platform:' || p_name || ':v' || v_version::text;
   insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
   values (v_secret.id, v_version,
-    vault.create_secret(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version %s', p_name, v_version)),
+    public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version %s', p_name, v_version)),
     v_described.display_prefix, v_described.fingerprint);
   update public.platform_secrets s
   set current_version = v_version, display_prefix = v_described.display_prefix,

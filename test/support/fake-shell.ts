@@ -1,7 +1,7 @@
 import { posix } from 'node:path';
 import { OrchestratorError } from '../../orchestrator/errors';
-import { isSecret, type Secret } from '../../orchestrator/secret';
-import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
+import { isSecret, Secret } from '../../orchestrator/secret';
+import { generateHostKeyPair, publicKeyOfPrivate } from '../../orchestrator/remote/host-keys';
 import { checkRemotePath, isTempNameFor, tempNameFor } from '../../orchestrator/remote/remote-file';
 import { quoteArgv } from '../../orchestrator/remote/shell-quote';
 import type {
@@ -57,7 +57,17 @@ export const makeFakeShell = () => {
   const handlers = new Map<string, Handler>();
   let closed = false;
   let cutNextWriteAfter: number | undefined;
-  let sshdKey: string | undefined;
+  // A booted host has a host key pair, and sshd running.
+  const HOST_KEY = '/etc/ssh/ssh_host_ed25519_key';
+  const bootKey = generateHostKeyPair();
+  files.set(HOST_KEY, { content: Buffer.from(bootKey.privateKey.reveal()), mode: 0o600, uid: 0, gid: 0 });
+  files.set(`${HOST_KEY}.pub`, {
+    content: Buffer.from(`${bootKey.publicKey}\n`),
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+  });
+  units.set('ssh.service', 'active');
 
   const assertOpen = (): void => {
     if (closed) throw new OrchestratorError('ssh_connect_failed', 'fake: connection closed');
@@ -113,11 +123,7 @@ export const makeFakeShell = () => {
       const [verb, ...rest] = argv.slice(1).filter((a) => !a.startsWith('--'));
       const u = rest[rest.length - 1] ?? '';
       if (verb === 'is-active') return units.get(u) === 'active' ? ok('active\n') : fail(3, '');
-      if (verb === 'restart' || verb === 'start' || verb === 'reload-or-restart') {
-        units.set(u, 'active');
-        if (u === 'ssh.service')
-          sshdKey = files.get('/etc/ssh/ssh_host_ed25519_key.pub')?.content.toString('utf8').trim();
-      }
+      if (verb === 'restart' || verb === 'start' || verb === 'reload-or-restart') units.set(u, 'active');
       if (verb === 'stop') units.set(u, 'inactive');
       return ok();
     },
@@ -190,8 +196,22 @@ export const makeFakeShell = () => {
       closed = false;
       return shell;
     },
-    /** The public key sshd serves since its last restart. */
-    servedHostKey: (): string | undefined => sshdKey,
+    /**
+     * The public key a new connection is served: OpenSSH before 9.8 (Debian 12: 9.2, Ubuntu 24.04:
+     * 9.6) re-execs per connection and loads the private host key file each time, so this is the
+     * public half of whatever the private file holds now, restart or not (never the .pub file).
+     * Undefined when sshd is stopped or the file is missing or unreadable (no handshake).
+     */
+    servedHostKey: (): string | undefined => {
+      if (units.get('ssh.service') !== 'active') return undefined;
+      const f = files.get(HOST_KEY);
+      if (!f) return undefined;
+      try {
+        return publicKeyOfPrivate(new Secret(f.content.toString('utf8')));
+      } catch {
+        return undefined;
+      }
+    },
     isClosed: (): boolean => closed,
   };
 };

@@ -1,6 +1,7 @@
 import { isOrchestratorError } from '../../../orchestrator/errors';
 import { ENV_FILE_PATH, renderEnvFile } from '../../../orchestrator/remote/env-file';
 import { agentCommands } from '../../../orchestrator/remote/agent-commands';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { Secret } from '../../../orchestrator/secret';
 import { makeFakeShell } from '../../support/fake-shell';
 
@@ -36,6 +37,31 @@ describe('fake RemoteShell', () => {
     await expect(fake.shell.exec(['echo', 'a\0b'])).rejects.toThrow(/NUL/);
     await fake.shell.close();
     await expect(fake.shell.exec(['true'])).rejects.toThrow(/closed/);
+  });
+
+  it('sshd serves the key in the private host key file, on each connection, without a restart (OpenSSH < 9.8)', async () => {
+    const fake = makeFakeShell();
+    const before = fake.servedHostKey();
+    const next = generateHostKeyPair();
+    // Only the private file counts: a .pub that disagrees changes nothing.
+    fake.files.set('/etc/ssh/ssh_host_ed25519_key.pub', {
+      content: Buffer.from(`${next.publicKey}\n`),
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+    });
+    expect(fake.servedHostKey()).toBe(before);
+    await fake.shell.exec(['mv', '-f', '--', '/etc/ssh/ssh_host_ed25519_key', '/etc/ssh/old']);
+    expect(fake.servedHostKey()).toBeUndefined();
+    fake.files.set('/etc/ssh/ssh_host_ed25519_key', {
+      content: Buffer.from(next.privateKey.reveal()),
+      mode: 0o600,
+      uid: 0,
+      gid: 0,
+    });
+    expect(fake.servedHostKey()).toBe(next.publicKey);
+    await fake.shell.exec(['systemctl', 'stop', 'ssh.service']);
+    expect(fake.servedHostKey()).toBeUndefined();
   });
 
   it('unknown programs exit 127 like a shell', async () => {

@@ -8,13 +8,19 @@ describe('re-keying a host', () => {
   it('generates the key on the server, reads it back, records it, then installs it and restarts sshd', async () => {
     const fake = makeFakeShell();
     const recorded: string[] = [];
+    const bootKey = fake.servedHostKey();
+    expect(bootKey).toMatch(/^ssh-ed25519 /);
+    const servedWhenRecorded: (string | undefined)[] = [];
     const newKey = await rekeyHost(fake.shell, {
       onNewKey: async (k) => {
         recorded.push(k);
-        // Recorded before it goes live: sshd still serves the old key at this point.
+        // Recorded before it goes live: a connection now is still served the old key.
+        servedWhenRecorded.push(fake.servedHostKey());
         expect(fake.calls.some((c) => c[0] === 'systemctl')).toBe(false);
       },
     });
+    expect(servedWhenRecorded).toEqual([bootKey]);
+    expect(newKey).not.toBe(bootKey);
     expect(() => parsePublicKey(newKey)).not.toThrow();
     expect(recorded).toEqual([newKey]);
     expect(fake.files.get('/etc/ssh/ssh_host_ed25519_key.pub')?.content.toString().trim()).toBe(newKey);

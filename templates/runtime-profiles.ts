@@ -1,4 +1,5 @@
-import { loadTemplate } from './render';
+import { fillTemplate, loadTemplate } from './render';
+import pins from './runtimes/openclaw-pins.json';
 
 /**
  * Agent runtimes as data: what to install, which files to place (never a secret), the command the
@@ -7,7 +8,8 @@ import { loadTemplate } from './render';
  * - `echo`: the default for local mode and the demo. Python 3 standard library only (the host
  *   image must contain `python3`); reports the names of its env variables (nothing derived from a
  *   value) and has a bounded slow endpoint for tests that need a long request.
- * - `openclaw`: production. Installs Node 24 and the pinned OpenClaw gateway at first boot and runs
+ * - `openclaw`: production. Installs Node and OpenClaw at first boot, both pinned with checksums held
+ *   in this repository (runtimes/openclaw-pins.json) and npm run without lifecycle scripts, and runs
  *   the gateway on loopback with the keys from the env file (its gateway token included, as
  *   OPENCLAW_GATEWAY_TOKEN). It needs the internet, so it cannot run on the local hosts here; only
  *   its rendering is tested.
@@ -38,7 +40,6 @@ export interface RuntimeProfile {
 }
 
 export const AGENT_PORT = 18789;
-export const OPENCLAW_VERSION = '2026.9.6';
 const LIB = '/usr/local/lib/cortex';
 export const RESERVED_ENV_NAMES_FILE = 'reserved-env-names.json';
 
@@ -69,38 +70,60 @@ export const echoRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   runsOffline: true,
 });
 
-export const openclawRuntime = (
-  port: number = AGENT_PORT,
-  version: string = OPENCLAW_VERSION,
-): RuntimeProfile => {
-  if (!/^\d{4}\.\d{1,2}\.\d{1,3}$/.test(version)) throw new Error('OpenClaw version must look like 2026.9.6');
-  return {
-    name: 'openclaw',
-    port,
-    // The gateway's unauthenticated liveness endpoint.
-    healthPath: '/health',
-    execStart: [
-      '/usr/local/bin/openclaw',
-      'gateway',
-      'run',
-      `--port=${port}`,
-      '--bind=loopback',
-      '--allow-unconfigured',
-    ],
-    // V8 compiles to executable memory, so MemoryDenyWriteExecute stays off for Node.
-    unitOptions: ['MemoryDenyWriteExecute=no', 'LimitNOFILE=65536'],
-    files: [
-      {
-        path: `${LIB}/install-openclaw.sh`,
-        content: loadTemplate('runtimes/install-openclaw.sh'),
-        permissions: '0755',
-      },
-    ],
-    installCommands: [[`${LIB}/install-openclaw.sh`, version]],
-    packages: ['curl', 'ca-certificates', 'xz-utils'],
-    runsOffline: false,
+export interface OpenclawPins {
+  readonly node: {
+    readonly version: string;
+    readonly sha256: { readonly x64: string; readonly arm64: string };
   };
+  readonly openclaw: { readonly version: string; readonly integrity: string; readonly sha512: string };
+}
+/** Versions and checksums held in the repository (templates/runtimes/openclaw-pins.json). */
+export const OPENCLAW_PINS: OpenclawPins = pins;
+export const OPENCLAW_VERSION = OPENCLAW_PINS.openclaw.version;
+
+const HEX = (bytes: number): RegExp => new RegExp(`^[0-9a-f]{${bytes * 2}}$`);
+
+/** The first-boot install script with its pins filled in; every pin is checked for shape first. */
+export const renderOpenclawInstall = (p: OpenclawPins = OPENCLAW_PINS): string => {
+  if (!/^24\.\d{1,2}\.\d{1,2}$/.test(p.node.version))
+    throw new Error('node.version must be a 24.x.y release');
+  if (!HEX(32).test(p.node.sha256.x64) || !HEX(32).test(p.node.sha256.arm64))
+    throw new Error('node.sha256 must be SHA-256 hex digests');
+  if (!/^\d{4}\.\d{1,2}\.\d{1,3}$/.test(p.openclaw.version))
+    throw new Error('openclaw.version must look like 2026.9.6');
+  if (!HEX(64).test(p.openclaw.sha512)) throw new Error('openclaw.sha512 must be a SHA-512 hex digest');
+  // The hex and npm's integrity string are one digest: a pin edited in one place only fails here.
+  if (`sha512-${Buffer.from(p.openclaw.sha512, 'hex').toString('base64')}` !== p.openclaw.integrity)
+    throw new Error('openclaw.sha512 and openclaw.integrity disagree');
+  return fillTemplate(loadTemplate('runtimes/install-openclaw.sh'), {
+    nodeVersion: p.node.version,
+    nodeSha256X64: p.node.sha256.x64,
+    nodeSha256Arm64: p.node.sha256.arm64,
+    openclawVersion: p.openclaw.version,
+    openclawSha512: p.openclaw.sha512,
+  });
 };
+
+export const openclawRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
+  name: 'openclaw',
+  port,
+  // The gateway's unauthenticated liveness endpoint.
+  healthPath: '/health',
+  execStart: [
+    '/usr/local/bin/openclaw',
+    'gateway',
+    'run',
+    `--port=${port}`,
+    '--bind=loopback',
+    '--allow-unconfigured',
+  ],
+  // V8 compiles to executable memory, so MemoryDenyWriteExecute stays off for Node.
+  unitOptions: ['MemoryDenyWriteExecute=no', 'LimitNOFILE=65536'],
+  files: [{ path: `${LIB}/install-openclaw.sh`, content: renderOpenclawInstall(), permissions: '0755' }],
+  installCommands: [[`${LIB}/install-openclaw.sh`]],
+  packages: ['curl', 'ca-certificates', 'xz-utils'],
+  runsOffline: false,
+});
 
 export const runtimeProfile = (name: RuntimeName, port: number = AGENT_PORT): RuntimeProfile =>
   name === 'echo' ? echoRuntime(port) : openclawRuntime(port);

@@ -1,33 +1,62 @@
 #!/bin/sh
-# Install Node 24 and the OpenClaw gateway on an agent server at first boot (the `openclaw`
-# runtime; production only: it needs the internet). Idempotent: a second run changes nothing.
-# Node comes from nodejs.org's latest v24 release and is checked against that release's
-# SHASUMS256.txt; OpenClaw is pinned by version. Usage: install-openclaw.sh OPENCLAW_VERSION
+# Install Node and the OpenClaw gateway on an agent server at first boot (the `openclaw` runtime;
+# production only: it needs the internet). Idempotent: a second run changes nothing.
+#
+# Rendered by templates/runtime-profiles.ts from templates/runtimes/openclaw-pins.json: the versions
+# and their checksums are held in the orchestrator's repository, never fetched beside the download.
+# Every download is checked BEFORE it is used (a mismatch removes it and exits 1), and npm runs with
+# --ignore-scripts, so no package's lifecycle script ever runs as root.
+# DESTDIR (default empty) prefixes every path written, as in `make install`.
 set -eu
-OPENCLAW_VERSION=${1:?usage: install-openclaw.sh OPENCLAW_VERSION}
-NODE_MAJOR=24
-PREFIX=/opt/node
+NODE_VERSION='{{nodeVersion}}'
+NODE_SHA256_X64='{{nodeSha256X64}}'
+NODE_SHA256_ARM64='{{nodeSha256Arm64}}'
+OPENCLAW_VERSION='{{openclawVersion}}'
+OPENCLAW_SHA512='{{openclawSha512}}'
+DESTDIR=${DESTDIR:-}
+NODE_PREFIX="$DESTDIR/opt/node"
+PREFIX="$DESTDIR/usr/local"
+
+# verify FILE sha256|sha512 EXPECTED_HEX: the file is used only if its digest is the pinned one.
+verify() {
+  actual=$("${2}sum" -- "$1" | cut -d ' ' -f 1)
+  if [ "$actual" != "$3" ]; then
+    rm -f -- "$1"
+    echo "install-openclaw: $(basename -- "$1"): $2 mismatch (pinned $3, downloaded $actual); not used" >&2
+    exit 1
+  fi
+}
+
+fetch() {
+  curl -fsSL --proto '=https' --tlsv1.2 --retry 5 -o "$2" "$1"
+}
+
 case "$(uname -m)" in
-  x86_64) ARCH=x64 ;;
-  aarch64) ARCH=arm64 ;;
+  x86_64) ARCH=x64 NODE_SHA256=$NODE_SHA256_X64 ;;
+  aarch64) ARCH=arm64 NODE_SHA256=$NODE_SHA256_ARM64 ;;
   *) echo "install-openclaw: unsupported architecture $(uname -m)" >&2; exit 1 ;;
 esac
 
-if ! "$PREFIX/bin/node" --version 2>/dev/null | grep -q "^v$NODE_MAJOR\."; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
-  base="https://nodejs.org/dist/latest-v$NODE_MAJOR.x"
-  curl -fsSL --proto '=https' --retry 5 -o "$work/SHASUMS256.txt" "$base/SHASUMS256.txt"
-  tarball=$(awk -v a="linux-$ARCH.tar.xz" '$2 ~ "^node-v[0-9.]+-" a "$" { print $2; exit }' "$work/SHASUMS256.txt")
-  [ -n "$tarball" ] || { echo "install-openclaw: no Node $NODE_MAJOR tarball for $ARCH" >&2; exit 1; }
-  curl -fsSL --proto '=https' --retry 5 -o "$work/$tarball" "$base/$tarball"
-  (cd "$work" && grep " $tarball\$" SHASUMS256.txt | sha256sum -c -)
-  rm -rf "$PREFIX.new" && mkdir -p "$PREFIX.new"
-  tar -xJf "$work/$tarball" -C "$PREFIX.new" --strip-components=1 --no-same-owner
-  rm -rf "$PREFIX" && mv "$PREFIX.new" "$PREFIX"
-fi
-for b in node npm npx; do ln -sf "$PREFIX/bin/$b" "/usr/local/bin/$b"; done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
-if [ "$(openclaw --version 2>/dev/null || true)" != "$OPENCLAW_VERSION" ]; then
-  npm install --global --no-fund --no-audit --prefix /usr/local "openclaw@$OPENCLAW_VERSION"
+if [ "$("$NODE_PREFIX/bin/node" --version 2>/dev/null || true)" != "v$NODE_VERSION" ]; then
+  tarball="node-v$NODE_VERSION-linux-$ARCH.tar.xz"
+  fetch "https://nodejs.org/dist/v$NODE_VERSION/$tarball" "$work/$tarball"
+  verify "$work/$tarball" sha256 "$NODE_SHA256"
+  rm -rf "$NODE_PREFIX.new" && mkdir -p "$NODE_PREFIX.new"
+  tar -xJf "$work/$tarball" -C "$NODE_PREFIX.new" --strip-components=1 --no-same-owner
+  rm -rf "$NODE_PREFIX" && mv "$NODE_PREFIX.new" "$NODE_PREFIX"
+fi
+mkdir -p "$PREFIX/bin"
+for b in node npm npx; do ln -sf "/opt/node/bin/$b" "$PREFIX/bin/$b"; done
+
+if [ "$(PATH="$NODE_PREFIX/bin:$PATH" "$PREFIX/bin/openclaw" --version 2>/dev/null || true)" != "$OPENCLAW_VERSION" ]; then
+  package="openclaw-$OPENCLAW_VERSION.tgz"
+  fetch "https://registry.npmjs.org/openclaw/-/$package" "$work/$package"
+  verify "$work/$package" sha512 "$OPENCLAW_SHA512"
+  # The verified tarball itself, never the registry's current answer for the name. Its dependencies
+  # are resolved by npm and checked against the registry's integrity values.
+  PATH="$NODE_PREFIX/bin:$PATH" "$NODE_PREFIX/bin/npm" install --global --ignore-scripts --no-fund \
+    --no-audit --prefix "$PREFIX" "$work/$package"
 fi

@@ -132,7 +132,6 @@ const EXPECTED_CANARY_OUTCOMES: Record<string, string> = {
   'runtime.files[1].content': 'rendered',
   'runtime.files[1].permissions': 'rejected',
   'runtime.installCommands[0][0]': 'rendered',
-  'runtime.installCommands[0][1]': 'rendered',
   'runtime.packages[0]': 'rejected',
   'runtime.packages[1]': 'rejected',
   'runtime.packages[2]': 'rejected',
@@ -216,7 +215,7 @@ describe('cloud-init user data', () => {
     const prod = buildUserData(productionInput()) as Doc;
     expect(prod.packages).toEqual(expect.arrayContaining(['caddy', 'nftables', 'curl']));
     expect(prod.package_update).toBe(true);
-    expect(prod.runcmd).toContainEqual(['/usr/local/lib/cortex/install-openclaw.sh', '2026.9.6']);
+    expect(prod.runcmd).toContainEqual(['/usr/local/lib/cortex/install-openclaw.sh']);
   });
 
   it('refuses a Secret in any field but the host key, naming the field and not the value', () => {

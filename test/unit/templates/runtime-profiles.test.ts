@@ -1,6 +1,15 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { get } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -8,7 +17,10 @@ import { join } from 'node:path';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../../../orchestrator/remote/env-file';
 import {
   echoRuntime,
+  OPENCLAW_PINS,
+  OPENCLAW_VERSION,
   openclawRuntime,
+  renderOpenclawInstall,
   RESERVED_ENV_NAMES_FILE,
   runtimeProfile,
 } from '../../../templates/runtime-profiles';
@@ -158,15 +170,141 @@ describe('echo runtime (python3 stdlib agent)', () => {
 });
 
 describe('openclaw runtime', () => {
-  it('pins the gateway version, runs it on loopback, installs Node 24 from checked tarballs', () => {
+  it('pins Node and OpenClaw by checksums held in the repository, runs the gateway on loopback', () => {
     const rt = openclawRuntime();
     expect(rt.runsOffline).toBe(false);
-    expect(rt.installCommands).toEqual([['/usr/local/lib/cortex/install-openclaw.sh', '2026.9.6']]);
+    expect(rt.installCommands).toEqual([['/usr/local/lib/cortex/install-openclaw.sh']]);
     expect(rt.execStart).toContain('--bind=loopback');
     const script = rt.files[0]?.content ?? '';
-    expect(script).toContain('NODE_MAJOR=24');
-    expect(script).toContain('sha256sum -c');
-    expect(() => openclawRuntime(18789, 'latest')).toThrow(/version/);
+    expect(script).toContain(`NODE_VERSION='${OPENCLAW_PINS.node.version}'`);
+    expect(script).toContain(`NODE_SHA256_X64='${OPENCLAW_PINS.node.sha256.x64}'`);
+    expect(script).toContain(`NODE_SHA256_ARM64='${OPENCLAW_PINS.node.sha256.arm64}'`);
+    expect(script).toContain(`OPENCLAW_SHA512='${OPENCLAW_PINS.openclaw.sha512}'`);
+    // Nothing fetched to check against: no SHASUMS file, no "latest" release.
+    expect(script).not.toMatch(/SHASUMS|latest/);
+    expect(script).toMatch(/npm" install --global --ignore-scripts/);
+    // OpenClaw 2026.9.6 requires node >=24.16.0 <25 (its engines field).
+    expect(OPENCLAW_PINS.node.version).toMatch(/^24\.(1[6-9]|[2-9]\d)\.\d+$/);
+    expect(OPENCLAW_VERSION).toBe('2026.9.6');
+  });
+
+  it('refuses malformed or inconsistent pins', () => {
+    const p = OPENCLAW_PINS;
+    expect(() => renderOpenclawInstall({ ...p, node: { ...p.node, version: 'latest' } })).toThrow(/version/);
+    expect(() =>
+      renderOpenclawInstall({ ...p, node: { ...p.node, sha256: { ...p.node.sha256, x64: 'abc' } } }),
+    ).toThrow(/sha256/);
+    const other = createHash('sha512').update('other').digest('hex');
+    expect(() => renderOpenclawInstall({ ...p, openclaw: { ...p.openclaw, sha512: other } })).toThrow(
+      /disagree/,
+    );
+  });
+
+  describe('the install script checks every download before using it', () => {
+    let dir: string;
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'ocl-'));
+    });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+    const NODE_BYTES = 'a node tarball as a mirror might serve it\n';
+    const PKG_BYTES = 'an openclaw tarball as a registry might serve it\n';
+    /** Stub curl, tar and npm on PATH: they log their calls, and curl serves the bytes above. */
+    const stubs = (): string => {
+      const bin = join(dir, 'stub-bin');
+      mkdirSync(bin);
+      const log = join(dir, 'calls.log');
+      const write = (name: string, body: string) => {
+        writeFileSync(join(bin, name), `#!/bin/sh\n${body}\n`);
+        chmodSync(join(bin, name), 0o755);
+      };
+      write(
+        'curl',
+        [
+          `echo "curl $*" >> ${log}`,
+          'while [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done',
+          'case "$1" in',
+          `  *.tar.xz) printf '%s' '${NODE_BYTES.trim()}' > "$out"; echo >> "$out" ;;`,
+          `  *.tgz) printf '%s' '${PKG_BYTES.trim()}' > "$out"; echo >> "$out" ;;`,
+          'esac',
+        ].join('\n'),
+      );
+      // A "Node tarball" that unpacks to an npm which only logs how it was called.
+      write(
+        'tar',
+        [
+          `echo "tar $*" >> ${log}`,
+          'while [ $# -gt 0 ]; do [ "$1" = -C ] && dest=$2; shift; done',
+          'mkdir -p "$dest/bin"',
+          `printf '#!/bin/sh\\necho "npm $*" >> ${log}\\n' > "$dest/bin/npm"`,
+          'chmod 755 "$dest/bin/npm"',
+        ].join('\n'),
+      );
+      return bin;
+    };
+    const runScript = (script: string) => {
+      const file = join(dir, 'install-openclaw.sh');
+      writeFileSync(file, script);
+      const r = spawnSync('/bin/sh', [file], {
+        env: { PATH: `${stubs()}:/usr/bin:/bin`, DESTDIR: join(dir, 'root') },
+        encoding: 'utf8',
+      });
+      let calls = '';
+      try {
+        calls = readFileSync(join(dir, 'calls.log'), 'utf8');
+      } catch {
+        // nothing was called
+      }
+      return { code: r.status, stderr: r.stderr, calls };
+    };
+    const hex = (alg: string, s: string): string => createHash(alg).update(s).digest('hex');
+
+    it('a Node tarball that does not match the pinned SHA-256 is never unpacked', () => {
+      const r = runScript(renderOpenclawInstall());
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/node-v24\.\d+\.\d+-linux-(x64|arm64)\.tar\.xz: sha256 mismatch/);
+      expect(r.stderr).toContain(hex('sha256', NODE_BYTES));
+      expect(r.calls).toMatch(/^curl .*https:\/\/nodejs\.org\/dist\/v24\./m);
+      expect(r.calls).not.toMatch(/^(tar|npm) /m);
+      expect(existsSync(join(dir, 'root/opt/node'))).toBe(false);
+    });
+
+    it('an OpenClaw tarball that does not match the pinned SHA-512 is never installed', () => {
+      // Node pinned to the stub's bytes (the positive control for the first check), OpenClaw not.
+      const nodeSha = hex('sha256', NODE_BYTES);
+      const r = runScript(
+        renderOpenclawInstall({
+          ...OPENCLAW_PINS,
+          node: { ...OPENCLAW_PINS.node, sha256: { x64: nodeSha, arm64: nodeSha } },
+        }),
+      );
+      expect(r.code).toBe(1);
+      expect(r.calls).toMatch(/^tar -xJf /m);
+      expect(r.stderr).toMatch(/openclaw-2026\.9\.6\.tgz: sha512 mismatch/);
+      expect(r.calls).not.toMatch(/^npm /m);
+    });
+
+    it('with both checksums matching it installs the verified tarball without lifecycle scripts', () => {
+      const nodeSha = hex('sha256', NODE_BYTES);
+      const pkgSha = hex('sha512', PKG_BYTES);
+      const r = runScript(
+        renderOpenclawInstall({
+          node: { ...OPENCLAW_PINS.node, sha256: { x64: nodeSha, arm64: nodeSha } },
+          openclaw: {
+            ...OPENCLAW_PINS.openclaw,
+            sha512: pkgSha,
+            integrity: `sha512-${Buffer.from(pkgSha, 'hex').toString('base64')}`,
+          },
+        }),
+      );
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+      const npm = r.calls.split('\n').find((l) => l.startsWith('npm ')) ?? '';
+      expect(npm).toMatch(
+        /^npm install --global --ignore-scripts .* \/tmp\/[^ ]+\/openclaw-2026\.9\.6\.tgz$/,
+      );
+      // Linked where it will be on the server (DESTDIR only prefixes what is written).
+      expect(readlinkSync(join(dir, 'root/usr/local/bin/node'))).toBe('/opt/node/bin/node');
+    });
   });
 
   it('shell scripts parse', () => {

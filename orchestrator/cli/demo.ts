@@ -68,7 +68,9 @@ const report = async (p: Pipeline, ctx: CliContext, d: Deployment, t0: number): 
   const name = siteNameOf(d, p.config.DNS_ZONE);
   const { shell } = await p.access.connect(d);
   try {
-    const ca = (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString('utf8');
+    const ca = (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString(
+      'utf8',
+    );
     const caFile = path.resolve(p.config.CORTEX_STATE_DIR, 'demo', `${d.id}-ca.pem`);
     await writeFile(caFile, ca, { mode: 0o644 });
     const query = makeDnsQueryFromConfig(p.config);
@@ -79,7 +81,9 @@ const report = async (p: Pipeline, ctx: CliContext, d: Deployment, t0: number): 
     }
     const health = await httpsGet({ ip: d.ipv4 ?? '', servername: name, path: '/health', ca });
     const names = ((JSON.parse(health.body) as { env?: { name: string }[] }).env ?? []).map((e) => e.name);
-    ctx.out(`agent says HTTP ${health.status}; variables it sees (names only): ${names.join(', ') || '(none)'}\n`);
+    ctx.out(
+      `agent says HTTP ${health.status}; variables it sees (names only): ${names.join(', ') || '(none)'}\n`,
+    );
 
     // An audited read, then a one-time-keyed comparison on the host: no value is printed or read back.
     const bound = await p.secrets.readForDeploymentOrThrow(d.id, { actor: 'demo-verify' });
@@ -97,8 +101,12 @@ const report = async (p: Pipeline, ctx: CliContext, d: Deployment, t0: number): 
       `  ${a.at.replace('T', ' ').slice(0, 23)}  ${a.operation.padEnd(6)} ${a.outcome.padEnd(7)} secret ${a.secretId?.slice(0, 8) ?? '-'} v${a.version ?? '-'}  by ${a.actor ?? '-'}${a.jobId ? ` job ${a.jobId.slice(0, 18)}…` : ''}\n`,
     );
   const verified = await p.secrets.verifyAuditLog(d.orgId);
-  ctx.out(`audit chain of the organisation: ${verified.ok ? `intact (${verified.rowsChecked} rows)` : 'BROKEN'}\n`);
-  ctx.out(`\nready in ${((Date.now() - t0) / 1000).toFixed(1)} s. Remove it all with: npm run demo -- --down\n`);
+  ctx.out(
+    `audit chain of the organisation: ${verified.ok ? `intact (${verified.rowsChecked} rows)` : 'BROKEN'}\n`,
+  );
+  ctx.out(
+    `\nready in ${((Date.now() - t0) / 1000).toFixed(1)} s. Remove it all with: npm run demo -- --down\n`,
+  );
 };
 
 export const runDemo = async (args: readonly string[], ctx: CliContext): Promise<number> => {
@@ -114,7 +122,8 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
       w.start(['deprovision']);
       return await down(p, ctx, state);
     }
-    if (args.length) throw new OrchestratorError('invalid_input', 'usage: npm run demo [-- --down]', { field: 'argv' });
+    if (args.length)
+      throw new OrchestratorError('invalid_input', 'usage: npm run demo [-- --down]', { field: 'argv' });
     const w = p.makeWorkerSet();
     w.start(['provision']);
     ctx.out('workers started (in this process: provision)\n');
@@ -131,7 +140,9 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
     );
     state.secretIds.push(meta.secretId);
     await saveState(config.CORTEX_STATE_DIR, state);
-    ctx.out(`demo key   ${meta.secretId}  ${meta.displayPrefix}  fingerprint ${meta.fingerprint.slice(0, 16)}…\n`);
+    ctx.out(
+      `demo key   ${meta.secretId}  ${meta.displayPrefix}  fingerprint ${meta.fingerprint.slice(0, 16)}…\n`,
+    );
 
     const subdomain = `demo-${randomBytes(3).toString('hex')}`;
     const req = await p.service.request(
@@ -146,7 +157,13 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
     state.deployments.push(req.deploymentId);
     await saveState(config.CORTEX_STATE_DIR, state);
     ctx.out(`deployment ${req.deploymentId} (${subdomain}.${config.DNS_ZONE})\n`);
-    const d = await followDeployment(p, ctx, req.deploymentId, (x) => ['ready', 'failed', 'deleted'].includes(x.status), 600_000);
+    const d = await followDeployment(
+      p,
+      ctx,
+      req.deploymentId,
+      (x) => ['ready', 'failed', 'deleted'].includes(x.status),
+      600_000,
+    );
     if (d.status !== 'ready') {
       ctx.out(
         `the deployment is ${d.status}${d.failedStep ? ` at step ${d.failedStep}: ${d.failureReason ?? ''}` : ''}\n` +
@@ -169,7 +186,9 @@ if (require.main === module) {
   }).then(
     (code) => process.exit(code),
     (err: unknown) => {
-      process.stderr.write(`demo: ${isOrchestratorError(err) || err instanceof Error ? err.message : reasonOf(err)}\n`);
+      process.stderr.write(
+        `demo: ${isOrchestratorError(err) || err instanceof Error ? err.message : reasonOf(err)}\n`,
+      );
       process.exit(1);
     },
   );

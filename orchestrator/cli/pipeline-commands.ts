@@ -18,12 +18,17 @@ type Flags = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; sh
 const parse = (args: readonly string[], options: Flags, positionals = 0) => {
   try {
     const r = parseArgs({ args: [...args], options, allowPositionals: positionals > 0, strict: true });
-    if (r.positionals.length > positionals) throw new Error(`unexpected argument ${r.positionals[positionals]}`);
+    if (r.positionals.length > positionals)
+      throw new Error(`unexpected argument ${r.positionals[positionals]}`);
     return r;
   } catch (err) {
-    throw new OrchestratorError('invalid_input', (err as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''), {
-      field: 'argv',
-    });
+    throw new OrchestratorError(
+      'invalid_input',
+      (err as Error).message.replace(/^TypeError \[[A-Z_]+\]: /, ''),
+      {
+        field: 'argv',
+      },
+    );
   }
 };
 
@@ -43,7 +48,8 @@ const withPipeline = async <T>(ctx: CliContext, fn: (p: Pipeline) => Promise<T>)
 };
 
 const tty = (ctx: CliContext): boolean => ctx.isTTY ?? false;
-const paint = (ctx: CliContext, code: string, s: string): string => (tty(ctx) ? `\x1b[${code}m${s}\x1b[0m` : s);
+const paint = (ctx: CliContext, code: string, s: string): string =>
+  tty(ctx) ? `\x1b[${code}m${s}\x1b[0m` : s;
 
 const stepLine = (ctx: CliContext, s: StepRecord): string => {
   const mark =
@@ -86,7 +92,8 @@ export const followDeployment = async (
 };
 
 const readSecretValue = async (ctx: CliContext, prompt: string): Promise<Secret> => {
-  if (!ctx.readSecret) throw new OrchestratorError('invalid_input', 'no standard input to read the value from');
+  if (!ctx.readSecret)
+    throw new OrchestratorError('invalid_input', 'no standard input to read the value from');
   const v = (await ctx.readSecret(prompt)).replace(/\r?\n$/, '');
   if (v === '') throw invalidInput('value', 'is empty (pipe it on standard input, or type it at the prompt)');
   return new Secret(v);
@@ -130,11 +137,19 @@ export const pipelineCommands: Record<string, CliCommand> = {
     async run(args, ctx) {
       const r = parse(
         args,
-        { org: { type: 'string' }, name: { type: 'string' }, provider: { type: 'string' }, json: { type: 'boolean' } },
+        {
+          org: { type: 'string' },
+          name: { type: 'string' },
+          provider: { type: 'string' },
+          json: { type: 'boolean' },
+        },
         1,
       );
       if (r.positionals[0] !== 'add')
-        throw invalidInput('argv', 'usage: cortexctl secrets add --org <id> --name <name> --provider <provider>');
+        throw invalidInput(
+          'argv',
+          'usage: cortexctl secrets add --org <id> --name <name> --provider <provider>',
+        );
       const orgId = need(r.values.org as string | undefined, '--org');
       const name = need(r.values.name as string | undefined, '--name');
       const provider = need(r.values.provider as string | undefined, '--provider');
@@ -181,8 +196,11 @@ export const pipelineCommands: Record<string, CliCommand> = {
           return 0;
         }
         if (!r.values.json) ctx.out(`deployment ${res.deploymentId} requested\n`);
-        const d = await followDeployment(p, r.values.json ? { ...ctx, out: () => undefined } : ctx, res.deploymentId, (d) =>
-          ['ready', 'failed', 'deleted'].includes(d.status),
+        const d = await followDeployment(
+          p,
+          r.values.json ? { ...ctx, out: () => undefined } : ctx,
+          res.deploymentId,
+          (d) => ['ready', 'failed', 'deleted'].includes(d.status),
         );
         if (r.values.json) json(ctx, d);
         else if (d.status === 'ready') ctx.out(`https://${d.dnsName ?? ''}\n`);
@@ -228,13 +246,16 @@ export const pipelineCommands: Record<string, CliCommand> = {
       return withPipeline(ctx, async (p) => {
         const res = await p.service.retry(id);
         if (r.values.detach) return 0;
-        const d = await followDeployment(p, ctx, id, (d) => ['ready', 'failed', 'deleted'].includes(d.status));
+        const d = await followDeployment(p, ctx, id, (d) =>
+          ['ready', 'failed', 'deleted'].includes(d.status),
+        );
         return d.status === 'ready' || d.status === 'deleted' ? 0 : res.status === 'failed' ? 1 : 1;
       });
     },
   },
   destroy: {
-    summary: 'destroy <deployment id> [--detach]: deprovision (DNS, host, the deployment secrets), with progress',
+    summary:
+      'destroy <deployment id> [--detach]: deprovision (DNS, host, the deployment secrets), with progress',
     async run(args, ctx) {
       const r = parse(args, { detach: { type: 'boolean' } }, 1);
       const id = need(r.positionals[0], 'deployment id');

@@ -9,13 +9,7 @@ import { auditArgs, parseInput, uuid, type AuditContext } from '../secrets/secre
  * worker needs to resume an operation is read back from here, never from Redis.
  */
 export type DeploymentStatus =
-  | 'requested'
-  | 'provisioning'
-  | 'ready'
-  | 'failed'
-  | 'rotating'
-  | 'deprovisioning'
-  | 'deleted';
+  'requested' | 'provisioning' | 'ready' | 'failed' | 'rotating' | 'deprovisioning' | 'deleted';
 export type Operation = 'provision' | 'deprovision';
 
 export interface StepRecord {
@@ -154,23 +148,34 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
           p_region: input.region,
           p_server_type: input.serverType,
           p_runtime: input.runtime,
-          p_bindings: JSON.stringify(input.bindings.map((b) => ({ env_var: b.envVar, secret_id: b.secretId }))),
+          p_bindings: JSON.stringify(
+            input.bindings.map((b) => ({ env_var: b.envVar, secret_id: b.secretId })),
+          ),
           ...auditArgs(ctx),
         },
       );
       if (r.status === 'ok' && r.deployment) return { status: 'ok', deployment: toDeployment(r.deployment) };
       if (r.status === 'denied')
-        return { status: 'denied', field: String(r.field ?? 'bindings'), reason: String(r.reason ?? 'denied') };
+        return {
+          status: 'denied',
+          field: String(r.field ?? 'bindings'),
+          reason: String(r.reason ?? 'denied'),
+        };
       throw new OrchestratorError('internal', 'deployments__request: unexpected result shape');
     },
     async get(deploymentId: string): Promise<Deployment> {
       return toDeployment(await rpc<Row>('deployments__describe', { p_deployment_id: id(deploymentId) }));
     },
-    async list(opts: { orgId?: string; includeDeleted?: boolean; limit?: number } = {}): Promise<DeploymentSummary[]> {
+    async list(
+      opts: { orgId?: string; includeDeleted?: boolean; limit?: number } = {},
+    ): Promise<DeploymentSummary[]> {
       const rows = await rpc<Row[]>('deployments__list', {
         p_org_id: opts.orgId === undefined ? undefined : parseInput(uuid, opts.orgId, 'org_id'),
         p_include_deleted: opts.includeDeleted,
-        p_limit: opts.limit === undefined ? undefined : parseInput(z.number().int().min(1).max(1000), opts.limit, 'limit'),
+        p_limit:
+          opts.limit === undefined
+            ? undefined
+            : parseInput(z.number().int().min(1).max(1000), opts.limit, 'limit'),
       });
       return rows.map((r) => ({
         id: String(r.id),
@@ -194,14 +199,19 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
       return rpc('deployments__unowned', { p_ids: ids });
     },
     async begin(deploymentId: string, operation: Operation): Promise<BeginResult> {
-      const r = await rpc<{ action: BeginResult['action']; run: number; deployment: Row }>('deployments__begin', {
-        p_deployment_id: id(deploymentId),
-        p_operation: operation,
-      });
+      const r = await rpc<{ action: BeginResult['action']; run: number; deployment: Row }>(
+        'deployments__begin',
+        {
+          p_deployment_id: id(deploymentId),
+          p_operation: operation,
+        },
+      );
       return { action: r.action, run: r.run, deployment: toDeployment(r.deployment) };
     },
     async requestDeprovision(deploymentId: string): Promise<Deployment> {
-      return toDeployment(await rpc<Row>('deployments__request_deprovision', { p_deployment_id: id(deploymentId) }));
+      return toDeployment(
+        await rpc<Row>('deployments__request_deprovision', { p_deployment_id: id(deploymentId) }),
+      );
     },
     async stepStarted(deploymentId: string, run: number, step: string): Promise<void> {
       await rpc('deployment_steps__start', { p_deployment_id: deploymentId, p_run: run, p_step: step });
@@ -244,14 +254,25 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
         await rpc<Row>('deployments__record_dns', { p_deployment_id: deploymentId, p_dns_name: dnsName }),
       );
     },
-    async hostKey(deploymentId: string, action: 'pending' | 'promote' | 'clear', key?: string): Promise<Deployment> {
+    async hostKey(
+      deploymentId: string,
+      action: 'pending' | 'promote' | 'clear',
+      key?: string,
+    ): Promise<Deployment> {
       return toDeployment(
-        await rpc<Row>('deployments__host_key', { p_deployment_id: deploymentId, p_action: action, p_key: key }),
+        await rpc<Row>('deployments__host_key', {
+          p_deployment_id: deploymentId,
+          p_action: action,
+          p_key: key,
+        }),
       );
     },
     /** The deployment's audit rows, oldest first (no values: who, when, what, outcome). */
     async audit(deploymentId: string, limit?: number): Promise<AuditEntry[]> {
-      const rows = await rpc<Row[]>('deployments__audit', { p_deployment_id: id(deploymentId), p_limit: limit });
+      const rows = await rpc<Row[]>('deployments__audit', {
+        p_deployment_id: id(deploymentId),
+        p_limit: limit,
+      });
       return rows.map((r) => ({
         id: Number(r.id),
         at: String(r.at),

@@ -18,7 +18,10 @@ export const deploymentRequestSchema = z
     name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
     subdomain: z
       .string()
-      .regex(DNS_LABEL, 'must be a DNS label: lowercase letters, digits and inner hyphens, at most 63 characters'),
+      .regex(
+        DNS_LABEL,
+        'must be a DNS label: lowercase letters, digits and inner hyphens, at most 63 characters',
+      ),
     runtime: z.enum(['echo', 'openclaw'], { error: 'must be echo or openclaw' }).default('echo'),
     bindings: z
       .array(z.object({ envVar: envVarName, secretId: uuid }).strict())
@@ -49,9 +52,13 @@ export const makeDeploymentsService = (deps: {
   ): Promise<{ deploymentId: string; status: DeploymentStatus; jobId: string }> => {
     const i = parseInput(deploymentRequestSchema, input);
     if (!runtimeProfile(i.runtime).runsOffline && deps.provider === 'local')
-      throw new OrchestratorError('invalid_input', 'runtime: needs the internet at first boot; use echo in local mode', {
-        field: 'runtime',
-      });
+      throw new OrchestratorError(
+        'invalid_input',
+        'runtime: needs the internet at first boot; use echo in local mode',
+        {
+          field: 'runtime',
+        },
+      );
     const r = await store.request(
       {
         orgId: i.orgId,
@@ -61,7 +68,9 @@ export const makeDeploymentsService = (deps: {
         runtime: i.runtime,
         bindings: i.bindings,
         ...(deps.provider === 'hcloud' && deps.defaults?.region ? { region: deps.defaults.region } : {}),
-        ...(deps.provider === 'hcloud' && deps.defaults?.serverType ? { serverType: deps.defaults.serverType } : {}),
+        ...(deps.provider === 'hcloud' && deps.defaults?.serverType
+          ? { serverType: deps.defaults.serverType }
+          : {}),
       },
       ctx,
     );
@@ -72,8 +81,11 @@ export const makeDeploymentsService = (deps: {
   };
 
   const get = (deploymentId: string): Promise<Deployment> => store.get(id(deploymentId));
-  const list = (opts?: { orgId?: string; includeDeleted?: boolean; limit?: number }): Promise<DeploymentSummary[]> =>
-    store.list(opts);
+  const list = (opts?: {
+    orgId?: string;
+    includeDeleted?: boolean;
+    limit?: number;
+  }): Promise<DeploymentSummary[]> => store.list(opts);
 
   /** Deprovision: wins over a provision in progress, which stops at its next step boundary. */
   const destroy = async (deploymentId: string): Promise<{ status: DeploymentStatus; jobId?: string }> => {
@@ -87,9 +99,15 @@ export const makeDeploymentsService = (deps: {
   const retry = async (deploymentId: string): Promise<{ status: DeploymentStatus; jobId: string }> => {
     const dep = await store.get(id(deploymentId));
     if (dep.status === 'deprovisioning')
-      return { status: dep.status, jobId: await queues.enqueue('deprovision', { deploymentId: dep.id }, dep.id) };
+      return {
+        status: dep.status,
+        jobId: await queues.enqueue('deprovision', { deploymentId: dep.id }, dep.id),
+      };
     if (dep.status === 'failed' || dep.status === 'requested' || dep.status === 'provisioning')
-      return { status: dep.status, jobId: await queues.enqueue('provision', { deploymentId: dep.id }, dep.id) };
+      return {
+        status: dep.status,
+        jobId: await queues.enqueue('provision', { deploymentId: dep.id }, dep.id),
+      };
     throw new OrchestratorError(
       'conflict',
       `deployment ${dep.id} is ${dep.status}: only a failed deployment can be retried`,
@@ -103,7 +121,12 @@ export const makeDeploymentsService = (deps: {
   const watch = async (
     deploymentId: string,
     onChange: (d: Deployment) => void,
-    opts: { intervalMs?: number; timeoutMs?: number; until?: (d: Deployment) => boolean; signal?: AbortSignal } = {},
+    opts: {
+      intervalMs?: number;
+      timeoutMs?: number;
+      until?: (d: Deployment) => boolean;
+      signal?: AbortSignal;
+    } = {},
   ): Promise<Deployment> => {
     const until = opts.until ?? ((d: Deployment) => FINAL_STATUSES.has(d.status));
     const deadline = Date.now() + (opts.timeoutMs ?? 30 * 60_000);

@@ -115,10 +115,14 @@ export const makePipelineFromConfig = async (
     (when: string | undefined) =>
     async (step: string): Promise<void> => {
       if (!pauseStep || step !== pauseStep || when !== pauseWhen) return;
-      log.warn({ step, when: when ?? 'started' }, 'PIPELINE_PAUSE_AT_STEP: holding this job until the process is killed');
+      log.warn(
+        { step, when: when ?? 'started' },
+        'PIPELINE_PAUSE_AT_STEP: holding this job until the process is killed',
+      );
       await new Promise<never>(() => undefined);
     };
-  const hooks: RunnerHooks = opts.hooks ?? (pauseStep ? { onStepStarted: hold(undefined), onStepApplied: hold('applied') } : {});
+  const hooks: RunnerHooks =
+    opts.hooks ?? (pauseStep ? { onStepStarted: hold(undefined), onStepApplied: hold('applied') } : {});
   const runner = makeStepRunner({ store, log, hooks });
   const zone = config.DNS_ZONE;
   const steps = provisionSteps({
@@ -129,7 +133,10 @@ export const makePipelineFromConfig = async (
     access,
     orchestratorPublicKey: async () => publicKeyOfPrivate(await privateKey()),
     zone,
-    tls: config.HOST_PROVIDER === 'local' ? { mode: 'internal' } : { mode: 'acme', email: config.ACME_EMAIL ?? '' },
+    tls:
+      config.HOST_PROVIDER === 'local'
+        ? { mode: 'internal' }
+        : { mode: 'acme', email: config.ACME_EMAIL ?? '' },
     installPackages: config.HOST_PROVIDER === 'hcloud',
   });
   const teardown = deprovisionSteps({
@@ -178,7 +185,11 @@ export const makePipelineFromConfig = async (
   /** The maintenance job schedulers (idempotent: every worker process may upsert them). */
   const scheduleMaintenance = async (): Promise<void> => {
     const q = queues.queues.maintenance;
-    await q.upsertJobScheduler('reconcile', { every: config.RECONCILE_EVERY_MS }, { name: 'maintenance', data: { task: 'reconcile' } });
+    await q.upsertJobScheduler(
+      'reconcile',
+      { every: config.RECONCILE_EVERY_MS },
+      { name: 'maintenance', data: { task: 'reconcile' } },
+    );
     await q.upsertJobScheduler(
       'orphan-sweep',
       { every: config.ORPHAN_SWEEP_EVERY_MS },
@@ -193,6 +204,24 @@ export const makePipelineFromConfig = async (
     await db.close();
   };
 
-  return { config, log, db, store, secrets, hosts, dns, access, queues, leases, redis, service, steps, teardown, makeWorkerSet, scheduleMaintenance, close };
+  return {
+    config,
+    log,
+    db,
+    store,
+    secrets,
+    hosts,
+    dns,
+    access,
+    queues,
+    leases,
+    redis,
+    service,
+    steps,
+    teardown,
+    makeWorkerSet,
+    scheduleMaintenance,
+    close,
+  };
 };
 export type Pipeline = Awaited<ReturnType<typeof makePipelineFromConfig>>;

@@ -12,7 +12,10 @@ import { makePipelineFromConfig } from './pipeline-from-config';
  */
 export const AUDIT_CHECKPOINT_EVERY_MS = 3_600_000;
 
-export const runWorkerProcess = async (config: Config, log: Logger): Promise<{ stop: () => Promise<void> }> => {
+export const runWorkerProcess = async (
+  config: Config,
+  log: Logger,
+): Promise<{ stop: () => Promise<void> }> => {
   const pipeline = await makePipelineFromConfig(config, log);
   const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
   const workers = pipeline.makeWorkerSet({ 'audit-checkpoint': () => checkpoints.checkpoint() });
@@ -31,7 +34,9 @@ export const runWorkerProcess = async (config: Config, log: Logger): Promise<{ s
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       log.info({ graceMs: config.SHUTDOWN_GRACE_MS }, 'stopping workers');
-      await pipeline.close(config.SHUTDOWN_GRACE_MS).catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
+      await pipeline
+        .close(config.SHUTDOWN_GRACE_MS)
+        .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
       log.info('workers stopped');
     })());
   return { stop };

@@ -31,7 +31,10 @@ export const parsePayload = <Q extends QueueName>(
   const r = payloadSchemas[queue].safeParse(data);
   if (r.success) return { ok: true, payload: r.data as Payload<Q> };
   const paths = [...new Set(r.error.issues.map((i) => i.path.map(String).join('.') || '(root)'))];
-  return { ok: false, problem: `payload refused for queue ${queue}: ${paths.slice(0, 5).join(', ')} (ids only)` };
+  return {
+    ok: false,
+    problem: `payload refused for queue ${queue}: ${paths.slice(0, 5).join(', ')} (ids only)`,
+  };
 };
 
 /** Deterministic job ids without `:` (BullMQ's key separator). */

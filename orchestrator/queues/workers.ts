@@ -163,7 +163,10 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
         ...(limiter && q !== 'maintenance' ? { limiter } : {}),
       });
       w.on('failed', (job, err) =>
-        log.warn({ queue: q, jobId: job?.id, attempts: job?.attemptsMade, reason: err.message }, 'job failed'),
+        log.warn(
+          { queue: q, jobId: job?.id, attempts: job?.attemptsMade, reason: err.message },
+          'job failed',
+        ),
       );
       w.on('error', (err) => log.error({ queue: q, reason: reasonOf(err) }, 'worker error'));
       workers.push(w);
@@ -176,7 +179,10 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
     const all = Promise.all(workers.map((w) => w.close()));
     const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
     if ((await Promise.race([all.then(() => 'ok' as const), timer])) === 'timeout') {
-      log.warn({ graceMs }, 'jobs still running after the grace period; their locks will expire and another worker resumes them');
+      log.warn(
+        { graceMs },
+        'jobs still running after the grace period; their locks will expire and another worker resumes them',
+      );
       await Promise.all(workers.map((w) => w.close(true)));
     }
   };

@@ -21,7 +21,16 @@ import type { StepContext, StepDef } from './step-runner';
  * is safe to run again: a retry, or another worker after a crash, never makes a second server, a
  * second DNS record or a half-written file.
  */
-export const PROVISION_STEPS = ['host', 'dns', 'ssh', 'configure', 'secrets', 'start', 'health', 'ready'] as const;
+export const PROVISION_STEPS = [
+  'host',
+  'dns',
+  'ssh',
+  'configure',
+  'secrets',
+  'start',
+  'health',
+  'ready',
+] as const;
 export type ProvisionStep = (typeof PROVISION_STEPS)[number];
 
 export interface ProvisionDeps {
@@ -51,7 +60,8 @@ const DEFAULT_DEADLINES: Record<ProvisionStep, number> = {
   ready: 30_000,
 };
 
-export const siteNameOf = (dep: Pick<Deployment, 'subdomain'>, zone: string): string => `${dep.subdomain}.${zone}`;
+export const siteNameOf = (dep: Pick<Deployment, 'subdomain'>, zone: string): string =>
+  `${dep.subdomain}.${zone}`;
 
 const audit = (ctx: StepContext) => ({ actor: 'orchestrator', jobId: ctx.jobId });
 
@@ -169,7 +179,10 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         // First boot finished (keys, files, runcmd) before anything else touches the host.
         const status = await conn.shell.exec(agentCommands.cloudInitWait(), { signal: ctx.signal });
         if (status.code !== 0 && status.code !== 2)
-          throw new OrchestratorError('remote_command_failed', `cloud-init reported an error (exit ${status.code})`);
+          throw new OrchestratorError(
+            'remote_command_failed',
+            `cloud-init reported an error (exit ${status.code})`,
+          );
         if (dep.hostRekeyedAt) return;
         // Re-key: the new key is recorded as pending before it is installed (the record always
         // names a key that can answer), proven over a fresh connection, then promoted.
@@ -217,12 +230,19 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       const content = renderEnvFile(bound.map((b) => ({ name: b.envVar, value: b.value })));
       await withShell(deps, ctx, async (shell) => {
         // writeFileAtomic verifies root:root 0600 in a root:root 0700 directory after the rename.
-        await shell.writeFileAtomic(ENV_FILE_PATH, content, { mode: 0o600, dirMode: 0o700, signal: ctx.signal });
+        await shell.writeFileAtomic(ENV_FILE_PATH, content, {
+          mode: 0o600,
+          dirMode: 0o700,
+          signal: ctx.signal,
+        });
         const st = (await run(shell, agentCommands.stat(ENV_FILE_PATH), { signal: ctx.signal })).stdout
           .toString('utf8')
           .trim();
         if (st !== '0 0 600 regular file')
-          throw new OrchestratorError('remote_file_unsafe', `${ENV_FILE_PATH} is "${st}", not root:root 0600`);
+          throw new OrchestratorError(
+            'remote_file_unsafe',
+            `${ENV_FILE_PATH} is "${st}", not root:root 0600`,
+          );
       });
     },
   };
@@ -286,4 +306,3 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
 
   return [host, dns, ssh, configure, secrets, start, health, ready];
 };
-

@@ -45,7 +45,6 @@ export const reasonOf = (err: unknown): string => {
   const raw = isOrchestratorError(err)
     ? `${err.code}: ${err.message}`
     : `unexpected error (${err instanceof Error ? err.name : typeof err})`;
-  // eslint-disable-next-line no-control-regex
   return raw.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, 500);
 };
 
@@ -62,7 +61,9 @@ const withDeadline = async <T>(
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       ctl.abort();
-      reject(new OrchestratorError('timeout', `step ${step} did not finish within ${Math.round(ms / 1000)} s`));
+      reject(
+        new OrchestratorError('timeout', `step ${step} did not finish within ${Math.round(ms / 1000)} s`),
+      );
     }, ms);
   });
   try {
@@ -87,7 +88,11 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
     stopping?: () => boolean;
     signal?: AbortSignal;
   }): Promise<RunOutcome> => {
-    const log = deps.log.child({ deploymentId: opts.deploymentId, operation: opts.operation, jobId: opts.jobId });
+    const log = deps.log.child({
+      deploymentId: opts.deploymentId,
+      operation: opts.operation,
+      jobId: opts.jobId,
+    });
     const begun = await store.begin(opts.deploymentId, opts.operation);
     if (begun.action !== 'run') {
       log.info({ action: begun.action, status: begun.deployment.status }, 'nothing to run');
@@ -98,11 +103,15 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
       const deployment = await store.get(opts.deploymentId);
       const expected = opts.operation === 'provision' ? 'provisioning' : 'deprovisioning';
       if (deployment.status !== expected || deployment.currentRun !== runNo) {
-        log.info({ status: deployment.status, step: step.name }, 'operation superseded; stopping at a step boundary');
+        log.info(
+          { status: deployment.status, step: step.name },
+          'operation superseded; stopping at a step boundary',
+        );
         return 'superseded';
       }
       const done = deployment.steps.some(
-        (s) => s.run === runNo && s.step === step.name && (s.status === 'succeeded' || s.status === 'skipped'),
+        (s) =>
+          s.run === runNo && s.step === step.name && (s.status === 'succeeded' || s.status === 'skipped'),
       );
       if (done) continue;
       if (opts.stopping?.()) throw new ShutdownRequested(`shutting down before step ${step.name}`);

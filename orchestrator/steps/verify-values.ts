@@ -17,10 +17,14 @@ export const verifyAgentValues = async (
   shell: RemoteShell,
   bound: readonly BoundSecret[],
 ): Promise<Map<string, ValueCheck>> => {
-  const pid = parseMainPid((await run(shell, agentCommands.mainPid(AGENT_UNIT_NAME))).stdout.toString('utf8'));
+  const pid = parseMainPid(
+    (await run(shell, agentCommands.mainPid(AGENT_UNIT_NAME))).stdout.toString('utf8'),
+  );
   if (pid < 2) throw new OrchestratorError('remote_command_failed', 'the agent is not running');
   const nonce = randomBytes(32);
-  const out = (await run(shell, agentCommands.environDigests(pid), { stdin: `${nonce.toString('hex')}\n` })).stdout
+  const out = (
+    await run(shell, agentCommands.environDigests(pid), { stdin: `${nonce.toString('hex')}\n` })
+  ).stdout
     .toString('utf8')
     .trim()
     .split('\n');

@@ -47,7 +47,11 @@ describe('queues and leases', () => {
       const value = canary();
       const jobId = `provision-hostile-${randomUUID().slice(0, 8)}`;
       // What a compromised producer could put in Redis directly, bypassing enqueue's own check.
-      await p.queues.queues.provision.add('provision', { deploymentId: randomUUID(), apiKey: value }, { jobId, attempts: 5 });
+      await p.queues.queues.provision.add(
+        'provision',
+        { deploymentId: randomUUID(), apiKey: value },
+        { jobId, attempts: 5 },
+      );
       const job = await until(async () => {
         const j = await p.queues.queues.provision.getJob(jobId);
         return j && (await j.getState()) === 'failed' ? j : undefined;
@@ -113,7 +117,10 @@ describe('queues and leases', () => {
       expect(ready.steps.filter((s) => s.step === 'host').map((s) => s.attempt)).toEqual([1]);
       expect((await p.hosts.list()).filter((id) => id === deploymentId)).toHaveLength(1);
       await p.service.destroy(deploymentId);
-      await p.service.watch(deploymentId, () => undefined, { until: (d) => d.status === 'deleted', timeoutMs: 120_000 });
+      await p.service.watch(deploymentId, () => undefined, {
+        until: (d) => d.status === 'deleted',
+        timeoutMs: 120_000,
+      });
     } finally {
       await w1.close(2_000);
       await w2.close(2_000);
@@ -166,7 +173,12 @@ describe('deprovision wins; denials', () => {
       });
       expect(gone.status).toBe('deleted');
       // The provision did not go on past the boundary: no secrets step, no read of the key.
-      expect(gone.steps.filter((s) => s.operation === 'provision').map((s) => s.step)).toEqual(['host', 'dns', 'ssh', 'configure']);
+      expect(gone.steps.filter((s) => s.operation === 'provision').map((s) => s.step)).toEqual([
+        'host',
+        'dns',
+        'ssh',
+        'configure',
+      ]);
       expect((await auditRows(admin, { deploymentId })).filter((r) => r.operation === 'read')).toEqual([]);
       expect(await p.hosts.describe(deploymentId)).toBeUndefined();
       expect(await p.dns.lookup(`${gone.subdomain}.${p.config.DNS_ZONE}`)).toBeUndefined();
@@ -179,7 +191,10 @@ describe('deprovision wins; denials', () => {
   it("a binding to another organisation's key is refused at request time, audited, and nothing is created", async () => {
     const a = await orgWithKey(p);
     const b = await orgWithKey(p);
-    const before = await admin.query<{ n: string }>('select count(*) as n from public.deployments where org_id = $1', [a.orgId]);
+    const before = await admin.query<{ n: string }>(
+      'select count(*) as n from public.deployments where org_id = $1',
+      [a.orgId],
+    );
     const err = await rejection(
       p.service.request({
         orgId: a.orgId,
@@ -188,8 +203,14 @@ describe('deprovision wins; denials', () => {
         bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: b.secretId }],
       }),
     );
-    expect(isOrchestratorError(err) && [err.code, err.field]).toEqual(['secret_denied', 'bindings[0].secret_id']);
-    const after = await admin.query<{ n: string }>('select count(*) as n from public.deployments where org_id = $1', [a.orgId]);
+    expect(isOrchestratorError(err) && [err.code, err.field]).toEqual([
+      'secret_denied',
+      'bindings[0].secret_id',
+    ]);
+    const after = await admin.query<{ n: string }>(
+      'select count(*) as n from public.deployments where org_id = $1',
+      [a.orgId],
+    );
     expect(after.rows[0]?.n).toBe(before.rows[0]?.n);
     const denial = await admin.query<{ operation: string; outcome: string; secret_id: string | null }>(
       `select operation, outcome, secret_id from public.secret_access_log where org_id = $1 order by id desc limit 1`,
@@ -229,7 +250,10 @@ describe('Redis loses everything mid-flight', () => {
     raw.disconnect();
     await w1.close(500);
 
-    const second = await startTestPipeline({ QUEUE_PREFIX: first.config.QUEUE_PREFIX, RECONCILE_IDLE_SECONDS: '1' });
+    const second = await startTestPipeline({
+      QUEUE_PREFIX: first.config.QUEUE_PREFIX,
+      RECONCILE_IDLE_SECONDS: '1',
+    });
     const w2 = second.makeWorkerSet();
     w2.start(['provision', 'deprovision']);
     try {
@@ -240,7 +264,10 @@ describe('Redis loses everything mid-flight', () => {
       expect(ready.status).toBe('ready');
       expect(ready.steps.find((s) => s.step === 'host')?.attempt).toBe(1);
       await second.service.destroy(deploymentId);
-      await second.service.watch(deploymentId, () => undefined, { until: (d) => d.status === 'deleted', timeoutMs: 120_000 });
+      await second.service.watch(deploymentId, () => undefined, {
+        until: (d) => d.status === 'deleted',
+        timeoutMs: 120_000,
+      });
     } finally {
       await w2.close(2_000);
       await second.close(2_000);

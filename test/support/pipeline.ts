@@ -27,9 +27,13 @@ export const startTestPipeline = async (
   opts: { hooks?: RunnerHooks; log?: Logger } = {},
 ): Promise<Pipeline> => {
   const config = testPipelineConfig(env);
-  return makePipelineFromConfig(config, opts.log ?? makeLogger({ level: config.LOG_LEVEL, name: 'test-pipeline' }), {
-    ...(opts.hooks ? { hooks: opts.hooks } : {}),
-  });
+  return makePipelineFromConfig(
+    config,
+    opts.log ?? makeLogger({ level: config.LOG_LEVEL, name: 'test-pipeline' }),
+    {
+      ...(opts.hooks ? { hooks: opts.hooks } : {}),
+    },
+  );
 };
 
 /** Every key under a prefix with its contents, as text (strings, hashes, lists, sets, zsets, streams). */

@@ -4,9 +4,18 @@ import { jobIdFor, parsePayload } from '../../../orchestrator/queues/job-payload
 describe('job payloads: ids only', () => {
   const id = randomUUID();
   it('accepts exactly a deployment id for provision and deprovision, a known task for maintenance', () => {
-    expect(parsePayload('provision', { deploymentId: id })).toEqual({ ok: true, payload: { deploymentId: id } });
-    expect(parsePayload('deprovision', { deploymentId: id })).toEqual({ ok: true, payload: { deploymentId: id } });
-    expect(parsePayload('maintenance', { task: 'reconcile' })).toEqual({ ok: true, payload: { task: 'reconcile' } });
+    expect(parsePayload('provision', { deploymentId: id })).toEqual({
+      ok: true,
+      payload: { deploymentId: id },
+    });
+    expect(parsePayload('deprovision', { deploymentId: id })).toEqual({
+      ok: true,
+      payload: { deploymentId: id },
+    });
+    expect(parsePayload('maintenance', { task: 'reconcile' })).toEqual({
+      ok: true,
+      payload: { task: 'reconcile' },
+    });
   });
 
   it.each([

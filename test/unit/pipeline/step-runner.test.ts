@@ -1,7 +1,16 @@
 import { OrchestratorError } from '../../../orchestrator/errors';
-import type { Deployment, DeploymentStore, StepRecord } from '../../../orchestrator/deployments/deployment-store';
+import type {
+  Deployment,
+  DeploymentStore,
+  StepRecord,
+} from '../../../orchestrator/deployments/deployment-store';
 import { makeLogger } from '../../../orchestrator/log';
-import { ShutdownRequested, makeStepRunner, reasonOf, type StepDef } from '../../../orchestrator/steps/step-runner';
+import {
+  ShutdownRequested,
+  makeStepRunner,
+  reasonOf,
+  type StepDef,
+} from '../../../orchestrator/steps/step-runner';
 
 /**
  * The runner over an in-memory model of the deployments contract (begin/get/step start and
@@ -14,8 +23,10 @@ const fakeStore = (status: Deployment['status'] = 'requested') => {
   const set = (patch: Partial<Deployment>) => (dep = { ...dep, ...patch } as typeof dep);
   const store = {
     begin: jest.fn(async (_id: string, op: string) => {
-      if (op === 'provision' && dep.status === 'ready') return { action: 'done', run: dep.currentRun, deployment: dep };
-      if (op === 'provision' && dep.status === 'deprovisioning') return { action: 'stop', run: dep.currentRun, deployment: dep };
+      if (op === 'provision' && dep.status === 'ready')
+        return { action: 'done', run: dep.currentRun, deployment: dep };
+      if (op === 'provision' && dep.status === 'deprovisioning')
+        return { action: 'stop', run: dep.currentRun, deployment: dep };
       if (dep.status === 'requested') set({ status: 'provisioning', currentRun: dep.currentRun + 1 });
       if (dep.status === 'failed') set({ status: 'provisioning' });
       return { action: 'run', run: dep.currentRun, deployment: dep };
@@ -28,25 +39,45 @@ const fakeStore = (status: Deployment['status'] = 'requested') => {
         steps: [...rest, { run, step, status: 'running', attempt: (old?.attempt ?? 0) + 1 } as StepRecord],
       } as Partial<Deployment>);
     }),
-    stepFinished: jest.fn(async (_id: string, run: number, step: string, status: StepRecord['status'], reason?: string, final?: boolean) => {
-      set({
-        steps: dep.steps.map((s) => (s.run === run && s.step === step ? { ...s, status, error: reason ?? null } : s)),
-      } as Partial<Deployment>);
-      if (status === 'failed' && final) set({ status: 'failed', failedStep: step });
-      return dep;
-    }),
+    stepFinished: jest.fn(
+      async (
+        _id: string,
+        run: number,
+        step: string,
+        status: StepRecord['status'],
+        reason?: string,
+        final?: boolean,
+      ) => {
+        set({
+          steps: dep.steps.map((s) =>
+            s.run === run && s.step === step ? { ...s, status, error: reason ?? null } : s,
+          ),
+        } as Partial<Deployment>);
+        if (status === 'failed' && final) set({ status: 'failed', failedStep: step });
+        return dep;
+      },
+    ),
   };
   return { store: store as unknown as DeploymentStore, state: () => dep, set };
 };
 
 const log = makeLogger({ level: 'silent' });
-const step = (name: string, apply: () => Promise<void> = async () => undefined, check?: () => Promise<boolean>): StepDef => ({
+const step = (
+  name: string,
+  apply: () => Promise<void> = async () => undefined,
+  check?: () => Promise<boolean>,
+): StepDef => ({
   name,
   deadlineMs: 1_000,
   apply: jest.fn(apply),
   ...(check ? { check: jest.fn(check) } : {}),
 });
-const opts = { operation: 'provision' as const, deploymentId: 'd1', jobId: 'provision-d1', finalAttempt: false };
+const opts = {
+  operation: 'provision' as const,
+  deploymentId: 'd1',
+  jobId: 'provision-d1',
+  finalAttempt: false,
+};
 
 describe('step runner', () => {
   it('runs the steps in order and records each', async () => {
@@ -64,7 +95,11 @@ describe('step runner', () => {
 
   it('a step whose check says it is done is recorded skipped and not applied', async () => {
     const f = fakeStore();
-    const s = step('a', async () => undefined, async () => true);
+    const s = step(
+      'a',
+      async () => undefined,
+      async () => true,
+    );
     await makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [s] });
     expect(s.apply).not.toHaveBeenCalled();
     expect(f.state().steps[0]?.status).toBe('skipped');
@@ -78,9 +113,14 @@ describe('step runner', () => {
       if (fail) throw new OrchestratorError('ssh_connect_failed', 'connection reset');
     });
     const runner = makeStepRunner({ store: f.store, log });
-    await expect(runner.run({ ...opts, steps: [a, b] })).rejects.toMatchObject({ code: 'ssh_connect_failed' });
+    await expect(runner.run({ ...opts, steps: [a, b] })).rejects.toMatchObject({
+      code: 'ssh_connect_failed',
+    });
     expect(f.state().status).toBe('provisioning');
-    expect(f.state().steps.find((s) => s.step === 'b')).toMatchObject({ status: 'failed', error: 'ssh_connect_failed: connection reset' });
+    expect(f.state().steps.find((s) => s.step === 'b')).toMatchObject({
+      status: 'failed',
+      error: 'ssh_connect_failed: connection reset',
+    });
     fail = false;
     await expect(runner.run({ ...opts, steps: [a, b] })).resolves.toBe('completed');
     expect(a.apply).toHaveBeenCalledTimes(1);
@@ -92,7 +132,9 @@ describe('step runner', () => {
     const bad = step('secrets', async () => {
       throw new OrchestratorError('secret_denied', 'denied');
     });
-    await expect(makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [bad] })).rejects.toMatchObject({
+    await expect(
+      makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [bad] }),
+    ).rejects.toMatchObject({
       code: 'secret_denied',
     });
     expect(f.state()).toMatchObject({ status: 'failed', failedStep: 'secrets' });
@@ -101,7 +143,9 @@ describe('step runner', () => {
     const flaky = step('host', async () => {
       throw new OrchestratorError('provider_unavailable', 'try later');
     });
-    await expect(makeStepRunner({ store: g.store, log }).run({ ...opts, steps: [flaky], finalAttempt: true })).rejects.toThrow();
+    await expect(
+      makeStepRunner({ store: g.store, log }).run({ ...opts, steps: [flaky], finalAttempt: true }),
+    ).rejects.toThrow();
     expect(g.state()).toMatchObject({ status: 'failed', failedStep: 'host' });
   });
 
@@ -119,7 +163,9 @@ describe('step runner', () => {
           });
         }),
     };
-    await expect(makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [slow] })).rejects.toMatchObject({
+    await expect(
+      makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [slow] }),
+    ).rejects.toMatchObject({
       code: 'timeout',
       message: 'step health did not finish within 0 s',
     });
@@ -130,7 +176,9 @@ describe('step runner', () => {
     const f = fakeStore();
     const a = step('a', async () => void f.set({ status: 'deprovisioning' }));
     const b = step('b');
-    await expect(makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [a, b] })).resolves.toBe('superseded');
+    await expect(makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [a, b] })).resolves.toBe(
+      'superseded',
+    );
     expect(b.apply).not.toHaveBeenCalled();
   });
 

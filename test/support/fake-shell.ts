@@ -77,7 +77,7 @@ export const makeFakeShell = () => {
     cat: (argv) => {
       const p = argv[argv.length - 1] ?? '';
       const f = files.get(p);
-      return f ? ok(f.content) : fail(1, `cat: ${p}: No such file or directory`);
+      return f ? ok(f.content) : fail(1, `cat: ${p}: No such file or directory\n`);
     },
     stat: (argv) => {
       const p = argv[argv.length - 1] ?? '';
@@ -85,11 +85,11 @@ export const makeFakeShell = () => {
       const d = dirs.get(p);
       if (f) return ok(`${f.uid} ${f.gid} ${f.mode.toString(8)} regular file\n`);
       if (d) return ok(`${d.uid} ${d.gid} ${d.mode.toString(8)} directory\n`);
-      return fail(1, `stat: cannot statx '${p}': No such file or directory`);
+      return fail(1, `stat: cannot statx '${p}': No such file or directory\n`);
     },
     ls: (argv) => {
       const p = argv[argv.length - 1] ?? '';
-      if (!dirs.has(p)) return fail(2, `ls: cannot access '${p}': No such file or directory`);
+      if (!dirs.has(p)) return fail(2, `ls: cannot access '${p}': No such file or directory\n`);
       const names = [...files.keys(), ...dirs.keys()]
         .filter((k) => k !== p && posix.dirname(k) === p)
         .map((k) => posix.basename(k))
@@ -141,7 +141,7 @@ export const makeFakeShell = () => {
           ? Buffer.from(opts.stdin.reveal())
           : Buffer.from(opts.stdin);
     const h = handlers.get(argv[0] ?? '') ?? builtins[argv[0] ?? ''];
-    return h ? h(argv, stdin) : fail(127, `sh: 1: ${argv[0] ?? ''}: not found`);
+    return h ? h(argv, stdin) : fail(127, `sh: 1: ${argv[0] ?? ''}: not found\n`);
   };
 
   const writeFileAtomic = async (

@@ -1,6 +1,4 @@
-import { spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
-import { Server, utils, type Connection } from 'ssh2';
 import { classify, isOrchestratorError } from '../../../orchestrator/errors';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { quoteArgv } from '../../../orchestrator/remote/shell-quote';
@@ -13,11 +11,12 @@ import {
 } from '../../../orchestrator/remote/ssh-shell';
 import { Secret } from '../../../orchestrator/secret';
 import { rejection } from '../../support/rejection';
+import { startTestSshServer, type TestSshServer } from '../../support/ssh-test-server';
 
 /**
- * An in-process SSH server (ssh2's Server) that runs each exec request with the local /bin/sh, so
- * the adapter's handshake, host-key pinning, authentication, exit codes, stdin, timeouts and
- * aborts are exercised over a real SSH connection without any service.
+ * The adapter against an in-process SSH server (test/support/ssh-test-server.ts) that runs each
+ * exec request with the local /bin/sh, so its handshake, host-key pinning, authentication, exit
+ * codes, stdin, timeouts and aborts are exercised over a real SSH connection without any service.
  */
 // ssh2's own ed25519 generator yields a broken key about once in 256; ours does not.
 const pair = () => {
@@ -29,57 +28,6 @@ const otherHostKey = pair();
 const clientKey = pair();
 const strangerKey = pair();
 const pubLine = (k: { public: string }): string => k.public;
-
-const commands: string[] = [];
-const connections = new Set<Connection>();
-
-const startServer = (port = 0): Promise<Server> => {
-  const allowed = utils.parseKey(clientKey.public);
-  if (allowed instanceof Error) throw allowed;
-  const server = new Server({ hostKeys: [hostKey.private] }, (client) => {
-    connections.add(client);
-    client.on('close', () => connections.delete(client));
-    client.on('error', () => undefined);
-    client.on('authentication', (ctx) => {
-      if (
-        ctx.method !== 'publickey' ||
-        ctx.username !== 'root' ||
-        !ctx.key.data.equals(allowed.getPublicSSH())
-      )
-        return ctx.reject(['publickey']);
-      if (!ctx.signature) return ctx.accept();
-      return allowed.verify(ctx.blob as Buffer, ctx.signature, ctx.hashAlgo) ? ctx.accept() : ctx.reject();
-    });
-    client.on('ready', () =>
-      client.on('session', (accept) =>
-        accept().on('exec', (acc, _rej, info) => {
-          commands.push(info.command);
-          const stream = acc();
-          // A process group of its own: a closed channel kills the whole command (`sh -c 'sleep 60'`
-          // leaves `sleep` holding the pipes, and the test process alive, when only sh is killed).
-          const child = spawn('/bin/sh', ['-c', info.command], { detached: true });
-          stream.pipe(child.stdin);
-          child.stdout.pipe(stream, { end: false });
-          child.stderr.pipe(stream.stderr, { end: false });
-          stream.on('close', () => {
-            try {
-              if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
-            } catch {
-              // the group is already gone
-            }
-          });
-          child.on('close', (code) => {
-            if (stream.writable) {
-              stream.exit(code ?? 255);
-              stream.end();
-            }
-          });
-        }),
-      ),
-    );
-  });
-  return new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server)));
-};
 
 const portOf = (s: { address(): string | AddressInfo | null }): number => (s.address() as AddressInfo).port;
 const freePort = async (): Promise<number> => {
@@ -141,21 +89,21 @@ const opts = { privateKey: new Secret(clientKey.private), connectTimeoutMs: 2_00
 const codeOf = async (p: Promise<unknown>): Promise<string> => (await rejection(p)).code;
 
 describe('ssh2 RemoteShell adapter', () => {
-  let server: Server;
+  let ssh: TestSshServer;
   let target: SshTarget;
   let shell: RemoteShell | undefined;
+  const commands = (): string[] => ssh.commands;
 
   beforeAll(async () => {
-    server = await startServer();
-    target = { host: '127.0.0.1', port: portOf(server), hostPublicKey: pubLine(hostKey) };
+    ssh = await startTestSshServer({ hostPrivateKey: hostKey.private, clientPublicKey: clientKey.public });
+    target = { host: '127.0.0.1', port: ssh.port, hostPublicKey: pubLine(hostKey) };
   });
   afterEach(async () => {
     await shell?.close();
     shell = undefined;
   });
   afterAll(async () => {
-    for (const c of connections) c.end();
-    await new Promise((r) => server.close(r));
+    await ssh.close();
   });
 
   it('logs in against the pinned key and runs argv, returning code, stdout and stderr', async () => {
@@ -170,7 +118,7 @@ describe('ssh2 RemoteShell adapter', () => {
     shell = await connectSsh(target, opts);
     const argv = ['printf', '%s|', "it's $(id) `x`", 'a\nb'];
     const r = await shell.exec(argv);
-    expect(commands[commands.length - 1]).toBe(quoteArgv(argv));
+    expect(commands()[commands().length - 1]).toBe(quoteArgv(argv));
     expect(r.stdout.toString()).toBe("it's $(id) `x`|a\nb|");
   });
 
@@ -179,7 +127,7 @@ describe('ssh2 RemoteShell adapter', () => {
     const value = `secret-${Date.now()}`;
     const r = await shell.exec(['cat'], { stdin: new Secret(value) });
     expect(r.stdout.toString()).toBe(value);
-    expect(commands.some((c) => c.includes(value))).toBe(false);
+    expect(commands().some((c) => c.includes(value))).toBe(false);
   });
 
   it('refuses a host whose key is not the pinned one, with its own permanent code', async () => {
@@ -253,7 +201,7 @@ describe('ssh2 RemoteShell adapter', () => {
     shell = await connectSsh(target, opts);
     const pending = shell.exec(['sleep', '5']);
     setTimeout(() => {
-      for (const c of connections) c.end();
+      for (const c of ssh.connections) c.end();
     }, 150);
     expect(await codeOf(pending)).toBe('ssh_connect_failed');
     expect(await codeOf(shell.exec(['true']))).toBe('ssh_connect_failed');
@@ -268,7 +216,7 @@ describe('ssh2 RemoteShell adapter', () => {
 
   describe('waitUntilReady', () => {
     it('keeps trying while the host boots, then connects', async () => {
-      const g = await gate(portOf(server));
+      const g = await gate(ssh.port);
       setTimeout(g.open, 700);
       try {
         const t0 = Date.now();
@@ -297,7 +245,7 @@ describe('ssh2 RemoteShell adapter', () => {
     });
 
     it('gives up with timeout (and the last error) when the host never answers', async () => {
-      const g = await gate(portOf(server)); // never opened: every attempt is reset
+      const g = await gate(ssh.port); // never opened: every attempt is reset
       try {
         const err = await waitUntilReady(
           { ...target, port: g.port },

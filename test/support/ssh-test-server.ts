@@ -17,6 +17,10 @@ export interface TestSshServer {
   readonly commands: string[];
   /** Open client connections (end them to simulate a dropped link). */
   readonly connections: Set<Connection>;
+  /** While false, the client key is refused, as before cloud-init has installed it. */
+  authorizeClient(on: boolean): void;
+  /** Public-key attempts refused so far (signature-less probes included). */
+  readonly refusals: () => number;
   close(): Promise<void>;
 }
 
@@ -38,6 +42,8 @@ export const startTestSshServer = async (opts: {
   if (allowed instanceof Error) throw allowed;
   const commands: string[] = [];
   const connections = new Set<Connection>();
+  let authorized = true;
+  let refusals = 0;
   const server = new Server({ hostKeys: [opts.hostPrivateKey] }, (client) => {
     connections.add(client);
     client.on('close', () => connections.delete(client));
@@ -46,9 +52,12 @@ export const startTestSshServer = async (opts: {
       if (
         ctx.method !== 'publickey' ||
         ctx.username !== 'root' ||
+        !authorized ||
         !ctx.key.data.equals(allowed.getPublicSSH())
-      )
+      ) {
+        if (ctx.method === 'publickey') refusals++;
         return ctx.reject(['publickey']);
+      }
       if (!ctx.signature) return ctx.accept();
       return allowed.verify(ctx.blob as Buffer, ctx.signature, ctx.hashAlgo) ? ctx.accept() : ctx.reject();
     });
@@ -91,6 +100,8 @@ export const startTestSshServer = async (opts: {
     port: (server.address() as AddressInfo).port,
     commands,
     connections,
+    authorizeClient: (on) => void (authorized = on),
+    refusals: () => refusals,
     close: async () => {
       for (const c of connections) c.end();
       await new Promise((r) => server.close(r));

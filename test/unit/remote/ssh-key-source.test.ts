@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isOrchestratorError } from '../../../orchestrator/errors';
@@ -44,10 +44,26 @@ describe('orchestrator SSH key source', () => {
     );
   });
 
-  it.each([0o640, 0o644, 0o604, 0o660])('refuses mode %o, telling how to fix it', async (mode) => {
-    const err = await rejection(makeSshKeySource({ source: 'file', file: keyFile(mode) }).load());
-    expect(err.message).toMatch(/chmod 600/);
-    expect(err.message).not.toContain('PRIVATE KEY');
+  // Every group and other bit, alone, and a few combinations.
+  it.each([0o601, 0o602, 0o604, 0o610, 0o620, 0o640, 0o644, 0o660, 0o777])(
+    'refuses mode %o, telling how to fix it',
+    async (mode) => {
+      const err = await rejection(makeSshKeySource({ source: 'file', file: keyFile(mode) }).load());
+      expect(err.message).toMatch(/chmod 600/);
+      expect(err.message).toContain(`has mode ${mode.toString(8)};`);
+      expect(err.message).not.toContain('PRIVATE KEY');
+    },
+  );
+
+  // chown needs root (CI runs as root); the owner check compares with the process's own uid.
+  (process.geteuid?.() === 0 ? it : it.skip)('refuses a 0600 key file another user owns', async () => {
+    const f = keyFile(0o600);
+    await expect(makeSshKeySource({ source: 'file', file: f }).load()).resolves.toBeInstanceOf(Secret);
+    chownSync(f, 65534, 65534);
+    const err = await rejection(makeSshKeySource({ source: 'file', file: f }).load());
+    expect(err.message).toBe(
+      `SSH_PRIVATE_KEY_FILE (${f}) is owned by uid 65534, not by this process (uid 0)`,
+    );
   });
 
   it('refuses a symlink, a directory and a missing file', async () => {

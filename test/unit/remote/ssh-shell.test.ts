@@ -1,4 +1,5 @@
 import { connect, createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { utils } from 'ssh2';
 import { classify, isOrchestratorError } from '../../../orchestrator/errors';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { quoteArgv } from '../../../orchestrator/remote/shell-quote';
@@ -214,7 +215,41 @@ describe('ssh2 RemoteShell adapter', () => {
     expect((err as Error).message).toMatch(/exited 4: nope/);
   });
 
+  it('counts a server that offers no ed25519 host key as a mismatch, never retried', async () => {
+    const ecdsa = utils.generateKeyPairSync('ecdsa', { bits: 256 });
+    const other = await startTestSshServer({
+      hostPrivateKey: ecdsa.private,
+      clientPublicKey: clientKey.public,
+    });
+    try {
+      const t0 = Date.now();
+      const err = await rejection(
+        waitUntilReady({ ...target, port: other.port }, { ...opts, timeoutMs: 20_000, intervalMs: 100 }),
+      );
+      expect([err.code, classify(err)]).toEqual(['ssh_host_key_mismatch', 'permanent']);
+      expect(err.message).toContain('(not ssh-ed25519)');
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    } finally {
+      await other.close();
+    }
+  });
+
   describe('waitUntilReady', () => {
+    it('retries an early ssh_auth_failed (the key not yet installed), then connects', async () => {
+      ssh.authorizeClient(false);
+      const refusedBefore = ssh.refusals();
+      // The positive control: while refused, a single attempt is ssh_auth_failed.
+      expect(await codeOf(connectSsh(target, opts))).toBe('ssh_auth_failed');
+      setTimeout(() => ssh.authorizeClient(true), 800);
+      try {
+        shell = await waitUntilReady(target, { ...opts, timeoutMs: 30_000, intervalMs: 100 });
+        expect((await shell.exec(['true'])).code).toBe(0);
+        expect(ssh.refusals() - refusedBefore).toBeGreaterThanOrEqual(2);
+      } finally {
+        ssh.authorizeClient(true);
+      }
+    });
+
     it('keeps trying while the host boots, then connects', async () => {
       const g = await gate(ssh.port);
       setTimeout(g.open, 700);

@@ -9,6 +9,8 @@ import { Secret } from '../secret';
  */
 export const ENV_VAR_NAME = /^[A-Z_][A-Z0-9_]*$/;
 export const MAX_SECRET_LENGTH = 4096;
+/** No real API key (or private key) is shorter; the SQL functions refuse shorter values too. */
+export const MIN_SECRET_LENGTH = 20;
 // Cc: C0 controls, DEL and the C1 controls; systemd's env-file parser rejects or mangles them.
 const CONTROL_CHARS = /\p{Cc}/u;
 const LONE_SURROGATE = /\p{Cs}/u;
@@ -79,6 +81,8 @@ const checkValue = (
   if (v.length > rules.max) throw invalidInput(field, `must be at most ${rules.max} characters`);
   if (rules.control.test(v)) throw invalidInput(field, rules.controlMessage);
   if (rules.blank.test(v)) throw invalidInput(field, 'must not be blank');
+  if (v.length < MIN_SECRET_LENGTH)
+    throw invalidInput(field, `must be at least ${MIN_SECRET_LENGTH} characters (no real key is shorter)`);
   return v;
 };
 

@@ -50,19 +50,6 @@ create index deployment_secrets_secret_id_idx on public.deployment_secrets (secr
 
 -- ---- internal helpers ---------------------------------------------------------------------------
 
--- What may be shown of a value: `sk-ant-…ab12` for a real key. Shorter values show less, so that at
--- least twelve characters always stay hidden.
-create function public.secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
-language sql immutable
-set search_path = pg_catalog, pg_temp
-as $$
-  select
-    pg_catalog.left(p_value, least(7, greatest(pg_catalog.char_length(p_value) - 16, 0)))
-      || '…'
-      || case when pg_catalog.char_length(p_value) >= 16 then pg_catalog.right(p_value, 4) else '' end,
-    pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex')
-$$;
-
 -- Stores a value in the vault without ever putting it in a table row in clear. supabase_vault
 -- 0.3's create_secret INSERTs its argument and then UPDATEs it to ciphertext, so the value would
 -- sit in a dead tuple (until vacuum) and in the WAL (and its archives and replicas). Here
@@ -84,6 +71,75 @@ begin
   perform vault.update_secret(v_id, p_value);
   return v_id;
 end
+$$;
+
+-- The fingerprint org members see: HMAC-SHA256 under a key they never see, so that a short or
+-- guessable value cannot be confirmed by hashing guesses (an unkeyed SHA-256 gave such values
+-- away). The key is 32 random bytes kept in the vault (`cortex:fingerprint-key:v1`), i.e.
+-- encrypted under the vault's root key, which is outside the database (locally the root key file,
+-- on a hosted project Supabase's server key); it is created here once and never returned.
+-- Whoever can read the vault can compute fingerprints, and could read the values anyway.
+create function public.secrets__fingerprint_key()
+returns bytea
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_hex text;
+begin
+  select ds.decrypted_secret into v_hex from vault.decrypted_secrets ds where ds.name = 'cortex:fingerprint-key:v1';
+  if v_hex is null or v_hex !~ '^[0-9a-f]{64}$' then
+    raise exception using errcode = 'XX000', message = 'the fingerprint key (vault secret cortex:fingerprint-key:v1) is missing';
+  end if;
+  return pg_catalog.decode(v_hex, 'hex');
+end
+$$;
+
+create function public.secrets__fingerprint(p_value text)
+returns text
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select pg_catalog.encode(
+    extensions.hmac(pg_catalog.convert_to(p_value, 'UTF8'), public.secrets__fingerprint_key(), 'sha256'), 'hex')
+$$;
+
+do $$
+begin
+  if not exists (select 1 from vault.secrets s where s.name = 'cortex:fingerprint-key:v1') then
+    perform public.vault__store(pg_catalog.encode(extensions.gen_random_bytes(32), 'hex'), 'cortex:fingerprint-key:v1',
+      'cortex: HMAC-SHA256 key of the secret fingerprints org members see');
+  end if;
+end
+$$;
+
+-- A customer value: as input__check_text, and at least 20 characters. Real provider keys are far
+-- longer (OpenAI and Anthropic keys are 50 to 110 characters); anything shorter is a mistake, and
+-- even a keyed fingerprint of it would be a small search space for whoever holds the key.
+create function public.secrets__check_value(p_value text)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform public.input__check_text('value', p_value, 4096);
+  if pg_catalog.char_length(p_value) < 20 then
+    raise exception using errcode = '22023', message = 'value: must be at least 20 characters (no real API key is shorter)';
+  end if;
+end
+$$;
+
+-- What may be shown of a value: `sk-ant-…ab12` for a real key. Shorter values show less, so that at
+-- least twelve characters always stay hidden.
+create function public.secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select
+    pg_catalog.left(p_value, least(7, greatest(pg_catalog.char_length(p_value) - 16, 0)))
+      || '…'
+      || case when pg_catalog.char_length(p_value) >= 16 then pg_catalog.right(p_value, 4) else '' end,
+    public.secrets__fingerprint(p_value)
 $$;
 
 -- The vault name carries the scope, so names of two orgs (or deployments) can never collide.
@@ -136,6 +192,9 @@ create trigger deployments_guard_deleted
 
 revoke all on function public.secrets__describe_value(text) from public, anon, authenticated, service_role;
 revoke all on function public.vault__store(text, text, text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__fingerprint_key() from public, anon, authenticated, service_role;
+revoke all on function public.secrets__fingerprint(text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__check_value(text) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__vault_name(uuid, uuid, uuid, integer) from public, anon, authenticated, service_role;
 revoke all on function public.input__check_env_var(text) from public, anon, authenticated, service_role;
 revoke all on function public.deployments__guard_deleted() from public, anon, authenticated, service_role;
@@ -170,7 +229,7 @@ begin
     raise exception using errcode = '22023',
       message = 'provider: must be a lowercase provider name such as anthropic, openai or other';
   end if;
-  perform public.input__check_text('value', p_value, 4096);
+  perform public.secrets__check_value(p_value);
   if not exists (select 1 from public.organizations o where o.id = p_org_id) then
     raise exception using errcode = 'P0002', message = pg_catalog.format('organization %s not found', p_org_id);
   end if;
@@ -237,7 +296,7 @@ declare
 begin
   perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
   perform public.input__check_required('secret_id', p_secret_id);
-  perform public.input__check_text('value', p_value, 4096);
+  perform public.secrets__check_value(p_value);
   select * into v_secret from public.secrets s where s.id = p_secret_id for update;
   if not found then
     raise exception using errcode = 'P0002', message = pg_catalog.format('secret %s not found', p_secret_id);

@@ -173,19 +173,22 @@ begin
   if pg_catalog.btrim(p_value, e' \n') = '' then
     raise exception using errcode = '22023', message = 'value: must not be blank';
   end if;
+  if pg_catalog.char_length(p_value) < 20 then
+    raise exception using errcode = '22023', message = 'value: must be at least 20 characters (no real key is shorter)';
+  end if;
 end
 $$;
 
 -- Display prefix of a value that may span lines: described on one line, without its final line
 -- feeds (the fingerprint is of the exact value).
 create function public.platform_secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
-language sql immutable
+language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
   select
     (public.secrets__describe_value(
       pg_catalog.replace(pg_catalog.rtrim(p_value, e'\n'), e'\n', ' '))).display_prefix,
-    pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex')
+    public.secrets__fingerprint(p_value)
 $$;
 
 revoke all on function public.platform_secrets__audit(text, text, uuid, integer, text, text, text, inet, text)

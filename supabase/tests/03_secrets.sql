@@ -4,7 +4,12 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(55);
+select plan(57);
+-- the keyed fingerprint: HMAC-SHA256 under the vault-held key (the test, as superuser, may read it)
+create function pg_temp.fp(p_value text) returns text language sql as $f$
+  select encode(extensions.hmac(convert_to(p_value, 'UTF8'),
+    decode((select decrypted_secret from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'), 'hex'), 'sha256'), 'hex')
+$f$;
 
 -- Canary keys are generated at run time: the repo never holds a real-looking key. Each keeps a fixed
 -- provider prefix and last four (the display-prefix expectations below rely on them) and carries one
@@ -29,9 +34,9 @@ select public.secrets__create(:'org_a', 'anthropic', 'anthropic', :'k1',
 select (:'created'::jsonb) ->> 'secret_id' as s1 \gset
 select is((:'created'::jsonb) - 'secret_id',
   jsonb_build_object('version', 1, 'display_prefix', 'sk-ant-…ab12',
-    'fingerprint', encode(sha256(convert_to(:'k1', 'UTF8')), 'hex'),
+    'fingerprint', pg_temp.fp(:'k1'),
     'vault_name', format('org:%s:secret:%s:v1', :'org_a', :'s1')),
-  'secrets__create returns version 1, display prefix, sha-256 fingerprint and the org-scoped vault name');
+  'secrets__create returns version 1, display prefix, keyed (HMAC-SHA256) fingerprint and the org-scoped vault name');
 select is((select decrypted_secret from vault.decrypted_secrets where name = format('org:%s:secret:%s:v1', :'org_a', :'s1')),
   :'k1', 'the value is in the vault under that name');
 select is((select v.vault_secret_id from public.secret_versions v where v.secret_id = :'s1' and v.version = 1),
@@ -61,28 +66,34 @@ select is((select count(*) from public.secrets s, public.secret_versions v
 select is((select count(*) from public.secret_access_log l where l::text like ('%' || :'marker' || '%')),
   0::bigint, 'no audit row holds a value');
 
-select is((public.secrets__create(:'org_a', 'short', 'other', 'abcdefghijklmnop') ->> 'display_prefix'), '…mnop',
-  'a 16-character value shows only its last four');
-select is((public.secrets__create(:'org_a', 'tiny', 'other', 'abcdefghijk') ->> 'display_prefix'), '…',
-  'a short value shows nothing');
+select is((public.secrets__create(:'org_a', 'short', 'other', 'abcdefghijklmnopqrst') ->> 'display_prefix'), 'abcd…qrst',
+  'a 20-character value (the shortest accepted) shows four and four, twelve stay hidden');
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'tiny', 'other', 'abcdefghijklmnopqrs'),
+  '22023', 'value: must be at least 20 characters (no real API key is shorter)',
+  'a value shorter than 20 characters is refused');
+select isnt((public.secrets__create(:'org_a', 'keyed', 'other', 'abcdefghijklmnopqrst-k') ->> 'fingerprint'),
+  encode(sha256(convert_to('abcdefghijklmnopqrst-k', 'UTF8')), 'hex'),
+  'the fingerprint is not the unkeyed SHA-256 a member could compute from a guess');
+select is((public.secrets__describe_value('abcdefghijk')).display_prefix, '…',
+  '(the display rule itself: a short value would show nothing)');
 
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic', 'x'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic', 'x-long-enough-value-0001'),
   '23505', 'name: an active secret with this name already exists in this scope; add a version to it instead',
   'a second active secret of the same name in the same scope is refused');
 select lives_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic',
   :'k9', :'dep_a2'),
   'the same name in another scope (deployment A2) is fine');
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'cross', 'other', 'x', :'dep_b1'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'cross', 'other', 'x-long-enough-value-0001', :'dep_b1'),
   '22023', format('deployment_id: deployment %s belongs to another organization; scope the secret to a deployment of organization %s',
     :'dep_b1', :'org_a'),
   'a secret cannot be scoped to another org''s deployment');
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', '00000000-0000-0000-0000-00000000dead', 'x', 'other', 'x'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', '00000000-0000-0000-0000-00000000dead', 'x', 'other', 'x-long-enough-value-0001'),
   'P0002', 'organization 00000000-0000-0000-0000-00000000dead not found', 'a secret of an unknown org: not_found');
 
 -- ---- add a version, retire the old one ---------------------------------------------------------
 select is(public.secrets__add_version(:'s1', :'k4', 'rotator') - 'secret_id',
   jsonb_build_object('version', 2, 'display_prefix', 'sk-ant-…gh78',
-    'fingerprint', encode(sha256(convert_to(:'k4', 'UTF8')), 'hex')),
+    'fingerprint', pg_temp.fp(:'k4')),
   'secrets__add_version returns version 2 with its prefix and fingerprint');
 select is((select current_version || '|' || display_prefix from public.secrets where id = :'s1'), '2|sk-ant-…gh78',
   'the secret points at version 2');
@@ -156,7 +167,7 @@ select is((select count(*) from public.secret_versions where secret_id = :'s1' a
 select is((select count(*) from public.deployment_secrets where secret_id = :'s1'), 0::bigint, 'no binding of it remains');
 select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'revoke'
            and actor = 'revoker'), 1::bigint, 'revoke is audited');
-select throws_ok(format('select public.secrets__add_version(%L, %L)', :'s1', 'x'), '22023',
+select throws_ok(format('select public.secrets__add_version(%L, %L)', :'s1', 'x-long-enough-value-0001'), '22023',
   format('secret_id: secret %s is revoked; create a new secret instead', :'s1'), 'a revoked secret takes no new version');
 select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'X', :'s1'), '22023',
   format('secret_id: secret %s is revoked; bind an active secret', :'s1'), 'a revoked secret cannot be bound');

@@ -9,6 +9,11 @@ set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
 select plan(62);
 \ir support/read_intent.psql
+-- the keyed fingerprint: HMAC-SHA256 under the vault-held key (the test, as superuser, may read it)
+create function pg_temp.fp(p_value text) returns text language sql as $f$
+  select encode(extensions.hmac(convert_to(p_value, 'UTF8'),
+    decode((select decrypted_secret from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'), 'hex'), 'sha256'), 'hex')
+$f$;
 
 -- shaped like an OpenSSH private key (several lines and a final line feed), random on every run
 select E'-----BEGIN OPENSSH PRIVATE KEY-----\n' || encode(extensions.gen_random_bytes(51), 'base64') || E'\n'
@@ -35,8 +40,8 @@ reset role;
 select (:'created'::jsonb) ->> 'secret_id' as ps \gset
 select is((:'created'::jsonb) - 'secret_id' - 'display_prefix',
   jsonb_build_object('name', 'pgtap-ssh-key', 'version', 1,
-    'fingerprint', encode(sha256(convert_to(:'key1', 'UTF8')), 'hex'), 'vault_name', 'platform:pgtap-ssh-key:v1'),
-  'cortex_orchestrator creates a platform secret: version 1, the sha-256 of the exact value, vault name platform:<name>:v1');
+    'fingerprint', pg_temp.fp(:'key1'), 'vault_name', 'platform:pgtap-ssh-key:v1'),
+  'cortex_orchestrator creates a platform secret: version 1, the keyed fingerprint of the exact value, vault name platform:<name>:v1');
 select ok(position(E'\n' in (:'created'::jsonb) ->> 'display_prefix') = 0
           and position('canary' in (:'created'::jsonb) ->> 'display_prefix') = 0,
   'the display prefix of a multi-line value is one line and shows none of its body');
@@ -51,7 +56,7 @@ select is((select count(*) from pg_temp.new_log('create', 'success') l
              and l.chain_id = :'platform' and l.actor = 'ops:alice' and l.job_id = 'job-p1'
              and l.request_ip = '192.0.2.20' and l.user_agent = 'pgtap'),
   1::bigint, 'create is audited with the audit context, without an org, in the platform chain');
-select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'another-value-0001')$$, '23505',
+select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'another-value-0001-long-enough')$$, '23505',
   'name: a platform secret with this name already exists; rotate it instead', 'a second secret of the same name is refused');
 
 -- ---- read ------------------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ select public.platform_secrets__rotate('pgtap-ssh-key', :'key2', 'ops:bob') as r
 reset role;
 select is((:'rotated'::jsonb) - 'display_prefix',
   jsonb_build_object('secret_id', :'ps', 'name', 'pgtap-ssh-key', 'version', 2,
-    'fingerprint', encode(sha256(convert_to(:'key2', 'UTF8')), 'hex'), 'vault_name', 'platform:pgtap-ssh-key:v2'),
+    'fingerprint', pg_temp.fp(:'key2'), 'vault_name', 'platform:pgtap-ssh-key:v2'),
   'rotation makes the new value version 2');
 select is(public.platform_secrets__read('pgtap-ssh-key', p_intent_id => pg_temp.platform_intent('pgtap-ssh-key')), jsonb_build_object('status', 'ok', 'value', :'key2', 'version', 2),
   'the next read returns version 2');
@@ -111,7 +116,7 @@ select is((select array_agg(l.operation || '/' || l.version order by l.id) from 
            where l.id > (select id from log_mark) and l.secret_id = :'ps' and l.operation in ('rotate', 'delete')),
   array['rotate/2', 'delete/1'], 'the rotation and the deletion of version 1 are audited');
 select is((select actor from pg_temp.new_log('rotate', 'success')), 'ops:bob', 'with the audit context');
-select throws_ok($$select public.platform_secrets__rotate('pgtap-no-such-key', 'value-0003')$$, 'P0002',
+select throws_ok($$select public.platform_secrets__rotate('pgtap-no-such-key', 'value-0003-long-enough-too')$$, 'P0002',
   'platform secret pgtap-no-such-key not found', 'rotating an unknown name is refused');
 
 -- ---- the platform chain ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, createHmac, randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
 import { utils } from 'ssh2';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
@@ -25,6 +25,10 @@ beforeAll(async () => {
   pg = makePgRpc({ connectionString: testDatabaseUrl(), max: 4 });
   standIn = await startPostgrestStandIn({ databaseUrl: testDatabaseUrl(), jwtSecret });
   admin = adminPool();
+  const k = await admin.query<{ hex: string }>(
+    `select decrypted_secret as hex from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'`,
+  );
+  fingerprintKey = Buffer.from(k.rows[0]?.hex ?? '', 'hex');
 });
 afterAll(async () => {
   await standIn.close();
@@ -41,7 +45,9 @@ const adapters: [string, () => Rpc][] = [
   ['supabase-js', () => supabaseWith('cortex_orchestrator')],
 ];
 
-const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
+/** The keyed fingerprint members see: HMAC-SHA256 under the vault-held key (read here as superuser). */
+let fingerprintKey: Buffer;
+const fingerprint = (s: string): string => createHmac('sha256', fingerprintKey).update(s).digest('hex');
 
 /** A real OpenSSH private key: several lines and a final line feed. Platform names are global. */
 const sshKey = (): string => utils.generateKeyPairSync('ed25519').private;
@@ -90,7 +96,9 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
       ctx,
     );
     expect(meta.version).toBe(1);
-    expect(meta.fingerprint).toBe(sha256(key));
+    expect(meta.fingerprint).toBe(fingerprint(key));
+    // keyed: not the SHA-256 anyone could compute from a guess
+    expect(meta.fingerprint).not.toBe(createHash('sha256').update(key).digest('hex'));
     expect(meta.displayPrefix.endsWith(key.slice(-4))).toBe(true);
     expect(JSON.stringify(meta)).not.toContain(key.slice(8, -4));
 
@@ -186,7 +194,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     await secrets.bind(deploymentId, 'ANTHROPIC_API_KEY', meta.secretId);
     const next = await secrets.addVersion(meta.secretId, new Secret(v2), { actor: 'test:rotate' });
     expect(next.version).toBe(2);
-    expect(next.fingerprint).toBe(sha256(v2));
+    expect(next.fingerprint).toBe(fingerprint(v2));
     const read = await secrets.readForDeploymentOrThrow(deploymentId);
     expect(read.map((s) => [s.version, s.value.reveal()])).toEqual([[2, v2]]);
     await secrets.retireVersion(meta.secretId, 1);
@@ -201,6 +209,16 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const key = canary();
     const calls: [Promise<unknown>, string][] = [
       [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: '' }), 'value'],
+      // shorter than 20 characters: no real key (the SQL refuses it as well as the service)
+      [
+        rpc('secrets__create', {
+          p_org_id: orgId,
+          p_name: 'x',
+          p_provider: 'other',
+          p_value: key.slice(0, 19),
+        }),
+        'value',
+      ],
       [
         rpc('secrets__create', {
           p_org_id: orgId,
@@ -281,7 +299,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     };
 
     const meta = await secrets.createPlatformSecret(name, new Secret(key), ctx);
-    expect(meta).toMatchObject({ name, version: 1, fingerprint: sha256(key) });
+    expect(meta).toMatchObject({ name, version: 1, fingerprint: fingerprint(key) });
     expect(meta.displayPrefix).not.toContain('\n');
     expect(JSON.stringify(meta)).not.toContain(key.split('\n')[1]);
     // byte for byte: line feeds, the final one included
@@ -289,7 +307,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
 
     const key2 = sshKey();
     const next = await secrets.rotatePlatformSecret(name, new Secret(key2), { actor: 'test:rotate' });
-    expect(next).toMatchObject({ secretId: meta.secretId, name, version: 2, fingerprint: sha256(key2) });
+    expect(next).toMatchObject({ secretId: meta.secretId, name, version: 2, fingerprint: fingerprint(key2) });
     expect((await secrets.readPlatformSecret(name)).reveal()).toBe(key2);
     const vault = await admin.query(`select name from vault.secrets where name like $1 order by name`, [
       `platform:${name}:%`,

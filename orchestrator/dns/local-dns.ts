@@ -43,6 +43,9 @@ export const makeKnotcRunner =
           );
         },
       );
+      // knotc may exit before reading its input (a refused socket, a busy zone): its exit code
+      // says so above; a broken pipe on stdin must not become an unhandled error.
+      child.stdin?.on('error', () => undefined);
       child.stdin?.end(input ?? '');
     });
 

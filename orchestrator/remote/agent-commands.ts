@@ -49,9 +49,10 @@ export const agentCommands = {
   tcpListeners: (port: number): Argv => ['ss', '-H', '-l', '-t', '-n', `sport = :${tcpPort(port)}`],
   /**
    * GET /config/ from Caddy's admin API over its unix socket, as root (exit 0 when it answers 2xx).
-   * The empty Host header is what Caddy accepts on a unix socket; the config holds no secret.
+   * The empty Host header is what Caddy accepts on a unix socket; the config holds no secret. The
+   * socket path is fixed: this is no general-purpose reader.
    */
-  caddyAdminProbe: (socket: string = CADDY_ADMIN_SOCKET): Argv => [
+  caddyAdminProbe: (): Argv => [
     'curl',
     '--silent',
     '--show-error',
@@ -61,7 +62,7 @@ export const agentCommands = {
     '--header',
     'Host;',
     '--unix-socket',
-    absPath(socket),
+    CADDY_ADMIN_SOCKET,
     'http://localhost/config/',
   ],
   isActive: (u: string): Argv => ['systemctl', 'is-active', '--quiet', unit(u)],
@@ -80,6 +81,27 @@ export const agentCommands = {
    * The public root certificate of Caddy's local CA (local mode), for the health check to verify
    * against. Only a path of that exact shape: this is not a general file reader.
    */
+  /** Enable several units in one command. */
+  enableUnits: (...units: string[]): Argv => ['systemctl', 'enable', ...units.map(unit)],
+  /** Restart several units in one command (in the order given, as one systemd job each). */
+  restartUnits: (...units: string[]): Argv => ['systemctl', 'restart', ...units.map(unit)],
+  /**
+   * `sha256  path` lines of non-secret files (the configure step's check that what cloud-init
+   * placed is what it would write). The env file's directory is refused: it stays write-only.
+   */
+  fileDigests: (paths: readonly string[]): Argv => {
+    for (const p of paths)
+      if (absPath(p).startsWith('/etc/cortex/') || p === '/etc/cortex')
+        throw invalidInput('path', 'the env file directory is write-only for the orchestrator');
+    return ['sha256sum', '--', ...paths];
+  },
+  /** `uid gid octal-mode path` lines. */
+  statModes: (paths: readonly string[]): Argv => [
+    'stat',
+    '--format=%u %g %a %n',
+    '--',
+    ...paths.map(absPath),
+  ],
   /**
    * For each variable of a running process's environment: its name and HMAC-SHA256(nonce, value),
    * the nonce (hex, fresh per check) read from standard input. Nothing derived from a value without

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { DeploymentStore, Deployment } from '../deployments/deployment-store';
 import type { DnsProvider } from '../dns/dns-provider';
 import { OrchestratorError } from '../errors';
@@ -205,6 +206,39 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
   const configure: StepDef = {
     name: 'configure',
     deadlineMs: deadline('configure'),
+    // What cloud-init placed at first boot is what we would write: compare digests, owners and
+    // modes (one round trip each) and skip the writes when everything is already in place.
+    async check(ctx) {
+      const want = files(ctx.deployment);
+      const paths = want.map((f) => f.path);
+      return withShell(deps, ctx, async (shell) => {
+        const digests = await shell.exec(agentCommands.fileDigests(paths), { signal: ctx.signal });
+        const modes = await shell.exec(agentCommands.statModes(paths), { signal: ctx.signal });
+        if (digests.code !== 0 || modes.code !== 0) return false;
+        const have = new Map(
+          digests.stdout
+            .toString('utf8')
+            .trim()
+            .split('\n')
+            .map((l) => [l.slice(66), l.slice(0, 64)] as const),
+        );
+        const modeOf = new Map(
+          modes.stdout
+            .toString('utf8')
+            .trim()
+            .split('\n')
+            .map((l) => {
+              const [uid, gid, mode, ...rest] = l.split(' ');
+              return [rest.join(' '), `${uid} ${gid} ${mode}`] as const;
+            }),
+        );
+        return want.every(
+          (f) =>
+            have.get(f.path) === createHash('sha256').update(f.content, 'utf8').digest('hex') &&
+            modeOf.get(f.path) === `0 0 ${f.permissions.slice(1)}`,
+        );
+      });
+    },
     async apply(ctx) {
       await withShell(deps, ctx, async (shell) => {
         for (const f of files(ctx.deployment)) {
@@ -255,11 +289,9 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         const o = { signal: ctx.signal };
         // Restart, not reload: a package-installed Caddy runs its stock config (admin API on TCP
         // 2019); only a restart moves the admin endpoint to the socket the Caddyfile names.
-        await run(shell, agentCommands.enable('caddy.service'), o);
-        await run(shell, agentCommands.restart('caddy.service'), o);
-        await run(shell, agentCommands.restart(METADATA_BLOCK_UNIT), o);
-        await run(shell, agentCommands.enable(AGENT_UNIT_NAME), o);
-        await run(shell, agentCommands.restart(AGENT_UNIT_NAME), o);
+        await run(shell, agentCommands.enableUnits('caddy.service', AGENT_UNIT_NAME), o);
+        await run(shell, agentCommands.restartUnits('caddy.service', METADATA_BLOCK_UNIT), o);
+        await run(shell, agentCommands.restartUnits(AGENT_UNIT_NAME), o);
         await run(shell, agentCommands.isActive(AGENT_UNIT_NAME), o);
       });
     },

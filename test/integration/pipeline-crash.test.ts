@@ -82,14 +82,16 @@ describe('SIGKILL inside each step, then another worker', () => {
         subdomain,
         bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: org.secretId }],
       });
+      let timer: NodeJS.Timeout | undefined;
       try {
         await Promise.race([
           held,
-          new Promise((_, reject) =>
-            setTimeout(() => reject(new Error(`worker did not reach ${step} in 240 s`)), 240_000),
-          ),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`worker did not reach ${step} in 240 s`)), 240_000);
+          }),
         ]);
       } finally {
+        clearTimeout(timer);
         await kill(child);
       }
       const atKill = await p.service.get(deploymentId);

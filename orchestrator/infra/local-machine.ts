@@ -107,6 +107,10 @@ export const nspawnArgs = (o: { merged: string; machine: string; uuid: string })
   `--uuid=${o.uuid}`,
   '--link-journal=no',
   '--console=read-only',
+  // As on a cloud VM, the host's systemd can enforce IPAddressDeny= (the agent unit denies the
+  // metadata address with it): nspawn's default seccomp filter refuses bpf(), so systemd inside
+  // would find "BPF firewalling not supported" and ignore the option silently.
+  '--system-call-filter=bpf',
 ];
 
 export const launchNspawn = async (o: {

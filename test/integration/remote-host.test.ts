@@ -30,8 +30,8 @@ import {
   renderCaddyfile,
 } from '../../templates/caddyfile';
 import { buildUserData, renderUserData } from '../../templates/cloud-init';
-import { echoRuntime } from '../../templates/runtime-profiles';
-import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT } from '../../templates/systemd-unit';
+import { echoRuntime, openclawRuntime } from '../../templates/runtime-profiles';
+import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT, renderAgentUnit } from '../../templates/systemd-unit';
 import { agentProbes, parseEnviron } from '../support/agent-probes';
 import { canary } from '../support/canary';
 import { HOSTILE_VALUES } from '../support/hostile-values';
@@ -270,7 +270,8 @@ describe('remote shell and templates on a real local host', () => {
     ]);
     expect(props).toMatch(/^PrivateUsers=yes$/m);
     expect(props).toMatch(/^PrivateMounts=yes$/m);
-    expect(props).toMatch(/^IPAddressDeny=.*169\.254\.169\.254\/32/m);
+    // echo denies everything but loopback (systemd folds the metadata address into 0.0.0.0/0).
+    expect(props).toMatch(/^IPAddressDeny=.*(169\.254\.169\.254\/32|0\.0\.0\.0\/0)/m);
   });
 
   it("Caddy runs its package's stock config after boot; reload cannot move the admin API, restart does", async () => {
@@ -385,6 +386,90 @@ describe('remote shell and templates on a real local host', () => {
     } finally {
       await run(shell, ['ip', 'route', 'del', '169.254.169.254/32', 'dev', 'host0']);
     }
+  });
+
+  it('with the nft rule flushed, the agent unit itself still refuses the metadata address (IPAddressDeny=)', async () => {
+    // A stand-in metadata service on this host (169.254.169.254:80 on lo, root), then the attacker's
+    // move: `nft flush ruleset`. A probe runs under the agent unit's own sandbox (the rendered unit,
+    // its ExecStart swapped for a one-shot connect) and logs what it got.
+    const MD = '169.254.169.254';
+    const probeScript = '/usr/local/lib/cortex/md-probe.py';
+    const probeUnit = 'cortex-md-probe.service';
+    const connectOnce = [
+      'import errno, socket, sys',
+      's = socket.socket(); s.settimeout(1.5)',
+      'try:',
+      `    s.connect(("${MD}", 80)); r = "connected"`,
+      'except socket.timeout:',
+      '    r = "timeout"',
+      'except OSError as e:',
+      '    r = errno.errorcode.get(e.errno, str(e.errno))',
+      'print("md-probe", sys.argv[1], r, flush=True)',
+    ].join('\n');
+    const probeAs = async (unitFor: (nonce: string) => string): Promise<string> => {
+      // Each run prints its own nonce (an ExecStart argument), so its line is told from earlier ones.
+      const nonce = randomUUID().replace(/-/g, '');
+      await shell.writeFileAtomic(`/etc/systemd/system/${probeUnit}`, Buffer.from(unitFor(nonce)), {
+        mode: 0o644,
+        dirMode: 0o755,
+      });
+      await run(shell, agentCommands.daemonReload());
+      await run(shell, ['systemctl', 'start', probeUnit]);
+      const line = new RegExp(`^md-probe ${nonce} (\\S+)$`, 'm');
+      let out = '';
+      // journald may take a moment to store the line.
+      for (let i = 0; i < 30 && !line.test(out); i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 100));
+        out = await text(shell, ['journalctl', '-u', probeUnit, '-o', 'cat', '--no-pager']);
+      }
+      return line.exec(out)?.[1] ?? `no output: ${out}`;
+    };
+    const unitFor =
+      (base: typeof runtime, dropDeny = false) =>
+      (nonce: string) => {
+        const unit = renderAgentUnit({
+          ...base,
+          execStart: ['/usr/bin/python3', '-I', probeScript, nonce],
+          // One shot, no restart: `systemctl start` returns when the probe has run.
+          unitOptions: [...base.unitOptions, 'Type=oneshot', 'Restart=no'],
+        });
+        return dropDeny ? unit.replace(/^IPAddressDeny=169\.254\.169\.254.*\n/m, '') : unit;
+      };
+    await shell.writeFileAtomic(probeScript, Buffer.from(`${connectOnce}\n`), {
+      mode: 0o644,
+      dirMode: 0o755,
+    });
+    await run(shell, ['ip', 'address', 'add', `${MD}/32`, 'dev', 'lo']);
+    await run(shell, [
+      'systemd-run',
+      '--unit=cortex-fake-metadata',
+      '/usr/bin/python3',
+      '-I',
+      '-c',
+      `import socket\ns = socket.create_server(("${MD}", 80))\nwhile True:\n    s.accept()[0].close()`,
+    ]);
+    try {
+      await run(shell, ['nft', 'flush', 'ruleset']);
+      expect((await text(shell, ['nft', 'list', 'ruleset'])).trim()).toBe('');
+      // Control: with the nft rule gone, the same sandbox minus IPAddressDeny= reaches it.
+      expect(await probeAs(unitFor(openclawRuntime(), true))).toBe('connected');
+      // The agent unit as rendered (openclaw: internet allowed, the metadata address denied; echo:
+      // loopback only) is refused by the service manager's cgroup filter.
+      expect(await probeAs(unitFor(openclawRuntime()))).toMatch(/^(timeout|EPERM)$/);
+      expect(await probeAs(unitFor(runtime))).toMatch(/^(timeout|EPERM)$/);
+    } finally {
+      await shell.exec(['systemctl', 'stop', 'cortex-fake-metadata.service']);
+      await shell.exec(['ip', 'address', 'del', `${MD}/32`, 'dev', 'lo']);
+      await shell.exec(agentCommands.removeFile(`/etc/systemd/system/${probeUnit}`));
+      await shell.exec(agentCommands.removeFile(probeScript));
+      await run(shell, agentCommands.daemonReload());
+      // The block back in place (this restarts the agent too: it Requires= the block).
+      await run(shell, agentCommands.restart(METADATA_BLOCK_UNIT));
+      await run(shell, ['systemctl', 'start', AGENT_UNIT_NAME]);
+    }
+    expect(await text(shell, ['nft', 'list', 'table', 'inet', 'cortex_metadata'])).toContain(
+      '169.254.169.254',
+    );
   });
 
   it('a failing metadata block keeps the agent down (Requires=); best-effort mode lets it start', async () => {

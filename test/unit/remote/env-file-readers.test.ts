@@ -1,0 +1,183 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { agentCommands, type Argv } from '../../../orchestrator/remote/agent-commands';
+import { ENV_FILE_PATH } from '../../../orchestrator/remote/env-file';
+import { rekeyCommands } from '../../../orchestrator/remote/rekey';
+
+/**
+ * The env file stays write-only for the orchestrator (README, DESIGN invariant 4): a static check
+ * over every source file in orchestrator/ that no command it builds reads a file back, whatever
+ * the reader (cat, head, dd, base64, python3, …), except the few reviewed ones below, each shown
+ * unable to reach the env file; and that nothing reads a remote file over SFTP.
+ */
+const root = join(__dirname, '../../..');
+const sources = (dir: string): string[] =>
+  readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
+  );
+
+// Programs that can print, copy or interpret a file's content.
+const READERS = [
+  'cat',
+  'tac',
+  'head',
+  'tail',
+  'less',
+  'more',
+  'nl',
+  'cut',
+  'paste',
+  'sort',
+  'uniq',
+  'grep',
+  'egrep',
+  'fgrep',
+  'rg',
+  'awk',
+  'gawk',
+  'mawk',
+  'sed',
+  'dd',
+  'cp',
+  'install',
+  'rsync',
+  'scp',
+  'tee',
+  'base64',
+  'base32',
+  'xxd',
+  'od',
+  'hexdump',
+  'strings',
+  'diff',
+  'cmp',
+  'md5sum',
+  'sha1sum',
+  'sha256sum',
+  'openssl',
+  'gzip',
+  'tar',
+  'zip',
+  'xargs',
+  'env',
+  'source',
+  '.',
+  'sh',
+  'bash',
+  'dash',
+  'python',
+  'python3',
+  'perl',
+  'ruby',
+  'node',
+  'busybox',
+  'vi',
+  'vim',
+  'nano',
+  'systemd-run',
+  'journalctl',
+  'curl',
+  'wget',
+];
+const ARGV_START = new RegExp(
+  String.raw`\[\s*(['"\x60])(${READERS.map((r) => r.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})\1`,
+  'g',
+);
+
+/** `file: program` for every argv literal in `text` that starts with a reader. */
+const readersIn = (file: string, text: string): string[] =>
+  [...text.matchAll(ARGV_START)].map((m) => `${file}: ${m[2]}`);
+
+const scan = (dir: string): string[] =>
+  sources(join(root, dir)).flatMap((f) => readersIn(relative(root, f), readFileSync(f, 'utf8')));
+
+describe('the env file stays write-only', () => {
+  it('the scan finds a reader where there is one (control: the test-only probes read files)', () => {
+    expect(scan('test/support')).toContain('test/support/agent-probes.ts: cat');
+    expect(readersIn('x.ts', "const a = [\n  'dd', 'if=/etc/cortex/agent.env'];")).toEqual(['x.ts: dd']);
+  });
+
+  it('orchestrator/ builds no reader but the reviewed ones', () => {
+    // Each reviewed reader, and why it cannot reach the env file (shown in the next test):
+    const reviewed = new Set([
+      // processCmdline (a pid's /proc/<pid>/cmdline) and caddyRootCertificate (one path shape)
+      'orchestrator/remote/agent-commands.ts: cat',
+      // environDigests: HMACs of /proc/<pid>/environ under a one-time key, never a value
+      'orchestrator/remote/agent-commands.ts: python3',
+      // caddyAdminProbe: a fixed URL over a unix socket (connecting to a file reads nothing)
+      'orchestrator/remote/agent-commands.ts: curl',
+      // fileDigests: digests of non-secret files; refuses the env file's directory
+      'orchestrator/remote/agent-commands.ts: sha256sum',
+      // the demo's health check: runs on this machine, an https URL, a local CA file
+      'orchestrator/dns/curl-command.ts: curl',
+      // rekeyCommands.readPublic: the new host key's public half
+      'orchestrator/remote/rekey.ts: cat',
+      // `install -d` of the env file's directory
+      'orchestrator/steps/provision-steps.ts: install',
+    ]);
+    const found = scan('orchestrator');
+    expect(found.filter((r) => !reviewed.has(r))).toEqual([]);
+    // and the scan does see orchestrator's own readers
+    expect(found).toEqual(
+      expect.arrayContaining([
+        'orchestrator/remote/agent-commands.ts: cat',
+        'orchestrator/remote/rekey.ts: cat',
+      ]),
+    );
+  });
+
+  it('none of the reviewed readers can be pointed at the env file', () => {
+    expect(() => agentCommands.caddyRootCertificate(ENV_FILE_PATH)).toThrow(/path/);
+    const rekey = rekeyCommands(ENV_FILE_PATH);
+    expect(rekey.readPublic).toEqual(['cat', '--', `${ENV_FILE_PATH}.rekey.pub`]);
+    expect(agentCommands.processCmdline(4321)).toEqual(['cat', '/proc/4321/cmdline']);
+    const digests = agentCommands.environDigests(4321);
+    expect(digests.slice(0, 3)).toEqual(['python3', '-I', '-c']);
+    expect(digests.join(' ')).not.toContain('agent.env');
+    expect(digests.join(' ')).toContain('hmac.new(key, v, hashlib.sha256).hexdigest()');
+    const install = readFileSync(join(root, 'orchestrator/steps/provision-steps.ts'), 'utf8').match(
+      /\[\s*'install'[^\]]*\]/g,
+    );
+    expect(install).toEqual(["['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', '/etc/cortex']"]);
+  });
+
+  // Known bug (reported): fileDigests compares the raw string, so a non-normalised spelling of
+  // the env file reaches sha256sum. `failing` until the builder normalises or refuses such paths;
+  // then this fails, and becomes a plain `it`.
+  it.failing('fileDigests refuses every spelling of a path in the env file directory', () => {
+    const digests = (agentCommands as unknown as Record<string, (p: string[]) => Argv>).fileDigests;
+    for (const p of [
+      ENV_FILE_PATH,
+      '/etc//cortex/agent.env',
+      '/etc/./cortex/agent.env',
+      '//etc/cortex/agent.env',
+    ])
+      expect(() => digests!([p])).toThrow(/write-only/);
+  });
+
+  it('every command builder given the env file path names it only to stat, list or remove it', () => {
+    const uses: string[] = [];
+    for (const [name, build] of Object.entries(agentCommands)) {
+      let argv: Argv;
+      try {
+        argv = (build as (p: unknown) => Argv)(ENV_FILE_PATH);
+      } catch {
+        continue; // takes a unit name, a pid, a list or a fixed path shape
+      }
+      const at = argv.indexOf(ENV_FILE_PATH);
+      if (at < 0) continue;
+      // curl may name it only as the unix socket to connect to, which reads no file
+      if (argv[0] === 'curl' && argv[at - 1] === '--unix-socket') continue;
+      uses.push(`${name}: ${argv[0] ?? ''}`);
+    }
+    expect(uses.sort()).toEqual(['listDir: ls', 'removeFile: rm', 'stat: stat']);
+  });
+
+  it('nothing in orchestrator/ reads a remote file over SFTP', () => {
+    // ssh2's SFTP readers; the atomic writer's SftpOps type picks none of them.
+    const found = sources(join(root, 'orchestrator')).filter((f) =>
+      /\b(fastGet|createReadStream)\b|\bsftp\??\.(read|readFile)\s*\(/.test(readFileSync(f, 'utf8')),
+    );
+    expect(found.map((f) => relative(root, f))).toEqual([]);
+  });
+});

@@ -15,12 +15,20 @@ export interface HostConnection {
   readonly key: 'current' | 'pending';
 }
 
+/** How a connection is made: the real SSH adapter by default (a fake server in unit tests). */
+export interface Connectors {
+  readonly waitUntilReady: typeof waitUntilReady;
+  readonly connectSsh: typeof connectSsh;
+}
+
 export const makeHostAccess = (deps: {
   privateKey: () => Promise<Secret>;
   connectTimeoutMs: number;
   commandTimeoutMs: number;
   log: Logger;
+  connectors?: Connectors;
 }) => {
+  const via = deps.connectors ?? { waitUntilReady, connectSsh };
   const connect = async (
     dep: Deployment,
     opts: { signal?: AbortSignal; waitMs?: number } = {},
@@ -37,13 +45,13 @@ export const makeHostAccess = (deps: {
     };
     const current = { host: dep.ipv4, hostPublicKey: dep.hostPublicKey };
     try {
-      const shell = await waitUntilReady(current, { ...base, timeoutMs: opts.waitMs ?? 60_000 });
+      const shell = await via.waitUntilReady(current, { ...base, timeoutMs: opts.waitMs ?? 60_000 });
       return { shell, key: 'current' };
     } catch (err) {
       const mismatch = isOrchestratorError(err) && err.code === 'ssh_host_key_mismatch';
       if (!mismatch || !dep.hostPublicKeyPending) throw err;
       // The re-key had installed its new key when the last worker stopped: only that key may answer now.
-      const shell = await connectSsh({ host: dep.ipv4, hostPublicKey: dep.hostPublicKeyPending }, base);
+      const shell = await via.connectSsh({ host: dep.ipv4, hostPublicKey: dep.hostPublicKeyPending }, base);
       return { shell, key: 'pending' };
     }
   };

@@ -13,13 +13,22 @@ import { loadTemplate } from '../../../templates/render';
 const script = loadTemplate('cortex-block-metadata.sh');
 const RULE = 'ip daddr 169.254.169.254 meta skuid != 0 counter reject';
 
-const runScript = (tools: Record<string, number>, args: string[]) => {
+/** A stub's exit code: one for every call, or by its first argument (`-C`, `-I`, …; else 0). */
+type StubExit = number | Record<string, number>;
+
+const runScript = (tools: Record<string, StubExit>, args: string[]) => {
   const dir = mkdtempSync(join(tmpdir(), 'mdblock-'));
   try {
-    for (const [tool, code] of Object.entries(tools)) {
+    for (const [tool, exit] of Object.entries(tools)) {
+      const codeFor =
+        typeof exit === 'number'
+          ? `exit ${exit}`
+          : `case "$1" in\n${Object.entries(exit)
+              .map(([a, c]) => `  ${a}) exit ${c} ;;\n`)
+              .join('')}esac\nexit 0`;
       writeFileSync(
         join(dir, tool),
-        `#!/bin/sh\n/bin/cat > "${dir}/${tool}.stdin"\necho "$@" > "${dir}/${tool}.args"\nexit ${code}\n`,
+        `#!/bin/sh\n/bin/cat > "${dir}/${tool}.stdin"\necho "$@" > "${dir}/${tool}.args"\necho "$@" >> "${dir}/${tool}.calls"\n${codeFor}\n`,
       );
       chmodSync(join(dir, tool), 0o755);
     }
@@ -40,6 +49,7 @@ const runScript = (tools: Record<string, number>, args: string[]) => {
       stderr: r.stderr,
       nftStdin: read('nft.stdin'),
       iptablesArgs: read('iptables.args'),
+      iptablesCalls: read('iptables.calls')?.trim().split('\n') ?? [],
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -67,10 +77,26 @@ describe('cortex-block-metadata', () => {
     expect(bestEffort.stderr).toMatch(warning);
   });
 
-  it('the iptables fallback rejects non-root traffic to the metadata address', () => {
-    const r = runScript({ iptables: 0 }, ['--required']);
-    expect(r.code).toBe(0);
-    // -C succeeded (stub exits 0), so no second insert: the last call is the check.
-    expect(r.iptablesArgs?.trim()).toBe('-C OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT');
+  const IPT_RULE = 'OUTPUT -d 169.254.169.254 -m owner ! --uid-owner 0 -j REJECT';
+
+  it('the iptables fallback inserts the rule rejecting non-root traffic when it is not there yet', () => {
+    const r = runScript({ iptables: { '-C': 1 } }, ['--required']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    expect(r.iptablesCalls).toEqual([`-C ${IPT_RULE}`, `-I ${IPT_RULE}`]);
+  });
+
+  it('the iptables fallback inserts nothing when the rule is already there (idempotent)', () => {
+    const r = runScript({ iptables: { '-C': 0 } }, ['--required']);
+    expect([r.code, r.stderr]).toEqual([0, '']);
+    expect(r.iptablesCalls).toEqual([`-C ${IPT_RULE}`]);
+  });
+
+  it('a failed insert after a failed check fails --required', () => {
+    const r = runScript({ iptables: { '-C': 1, '-I': 4 } }, ['--required']);
+    expect(r.code).toBe(1);
+    expect(r.iptablesCalls).toEqual([`-C ${IPT_RULE}`, `-I ${IPT_RULE}`]);
+    expect(r.stderr).toBe(
+      'cortex-block-metadata: iptables could not insert the rule; metadata service NOT blocked\n',
+    );
   });
 });

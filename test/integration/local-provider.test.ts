@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { readFile, readdir } from 'node:fs/promises';
+import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadConfig } from '../../orchestrator/config';
 import { isOrchestratorError } from '../../orchestrator/errors';
@@ -8,11 +8,13 @@ import { cgroupPids, hostCgroupDirs, readHostMemory } from '../../orchestrator/i
 import { cleanupLocalHosts } from '../../orchestrator/infra/local-cleanup';
 import { run } from '../../orchestrator/infra/local-exec';
 import { ensureLocalImage, parseAptSources } from '../../orchestrator/infra/local-image';
+import { SEED_DIR } from '../../orchestrator/infra/local-machine';
 import { slotOwners, vethName } from '../../orchestrator/infra/local-net';
 import { findNspawnProcesses } from '../../orchestrator/infra/local-proc';
 import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
 import { hostDir, localPaths, machineName, readHostRecord } from '../../orchestrator/infra/local-state';
 import { localSupportProblems, localUnsupportedError } from '../../orchestrator/infra/local-support';
+import type { Secret } from '../../orchestrator/secret';
 import { expectNoTrace } from '../support/local-trace';
 import { makeTestHostSpec, sshRun, waitForSsh, waitForTcp, type TestHost } from '../support/local-hosts';
 
@@ -109,6 +111,11 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
       'cloud-init status --wait >/dev/null; cat /etc/cortex/marker; stat -c %a /etc/cortex/marker; systemctl is-system-running',
     );
     expect(r.stdout).toBe('written by cloud-init\n600\nrunning\n');
+    // The seed holds the revealed user data byte for byte, root-only (it carries the host key).
+    const seed = join(hostDir(paths, a.serverId), 'merged', SEED_DIR, 'user-data');
+    expect(await readFile(seed, 'utf8')).toBe(hostA.spec.userData.reveal());
+    const st = await stat(seed);
+    expect({ uid: st.uid, mode: st.mode & 0o777 }).toEqual({ uid: 0, mode: 0o600 });
     // The pin is real: the same host under another key is refused.
     const stranger = makeTestHostSpec().spec.hostPublicKey;
     await expect(
@@ -233,6 +240,18 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     const bad = { ...t.spec, subdomain: 'Not A Label' };
     const err: unknown = await provider.ensure(bad).catch((e: unknown) => e);
     expect(isOrchestratorError(err) && err.code === 'invalid_input' && err.field === 'subdomain').toBe(true);
+    expect(await readdir(paths.hosts)).not.toContain(machineName(t.spec.deploymentId));
+    // User data carries the host private key: it must arrive as a Secret, never as a plain string.
+    const plain = { ...t.spec, userData: t.spec.userData.reveal() as unknown as Secret };
+    const err2: unknown = await provider.ensure(plain).catch((e: unknown) => e);
+    expect({
+      code: isOrchestratorError(err2) && err2.code,
+      field: isOrchestratorError(err2) && err2.field,
+    }).toEqual({
+      code: 'invalid_input',
+      field: 'userData',
+    });
+    expect(String((err2 as Error).message)).not.toContain('PRIVATE KEY');
     expect(await readdir(paths.hosts)).not.toContain(machineName(t.spec.deploymentId));
   });
 });

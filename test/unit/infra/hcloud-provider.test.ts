@@ -142,6 +142,16 @@ describe('hcloud host provider (stack runner + fake workspace + the real program
     const before = fake.commandLines.length;
     expect((await rejection(hosts.ensure(specFor({ subdomain: 'Bad_Label' })))).field).toBe('subdomain');
     expect((await rejection(hosts.ensure(specFor({ userData: new Secret('  ') })))).field).toBe('userData');
+    // A plain string (the host private key unwrapped) is refused, not passed on.
+    const plain = specFor();
+    const unwrapped = await rejection(
+      hosts.ensure({ ...plain, userData: plain.userData.reveal() as unknown as Secret }),
+    );
+    expect({ code: unwrapped.code, field: unwrapped.field }).toEqual({
+      code: 'invalid_input',
+      field: 'userData',
+    });
+    expect(unwrapped.message).not.toContain(plain.hostPrivateKey.split('\n')[1] ?? '');
     expect((await rejection(hosts.ensure(specFor({ hostPublicKey: 'not a key' })))).field).toBe(
       'hostPublicKey',
     );

@@ -16,8 +16,10 @@ const main = async (): Promise<void> => {
     log.info({ signal }, 'signal received');
     void stop().then(() => process.exit(0));
   };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
+  // `on`, not `once`: a second signal (a process group signalled twice, an impatient ^C) must not
+  // fall back to the default action and kill the process in the middle of a step.
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
 };
 
 main().catch((err: unknown) => {

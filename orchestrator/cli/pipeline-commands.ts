@@ -275,8 +275,8 @@ export const pipelineCommands: Record<string, CliCommand> = {
       const { stop } = await runWorkerProcess(config, log);
       await new Promise<void>((resolve) => {
         const onSignal = () => void stop().then(resolve);
-        process.once('SIGTERM', onSignal);
-        process.once('SIGINT', onSignal);
+        process.on('SIGTERM', onSignal);
+        process.on('SIGINT', onSignal);
       });
       return 0;
     },

@@ -146,3 +146,56 @@ describe('SIGKILL inside each step, then another worker', () => {
     },
   );
 });
+
+describe('SIGTERM', () => {
+  it('a worker asked to stop finishes its running step, hands the job back at the boundary, and exits 0; another worker resumes', async () => {
+    const org = await orgWithKey(p);
+    const child = spawn(join(__dirname, '../../node_modules/.bin/tsx'), ['workers/worker.ts'], {
+      cwd: join(__dirname, '../..'),
+      env: {
+        ...process.env,
+        DATABASE_URL: testDatabaseUrl(),
+        QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+        LOG_LEVEL: 'warn',
+      },
+      detached: true,
+      stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const { deploymentId } = await p.service.request({
+      orgId: org.orgId,
+      name: 'sigterm',
+      subdomain: uniqueSubdomain('s'),
+      bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: org.secretId }],
+    });
+    // The host step takes seconds (a boot): stop the worker while it runs.
+    const deadline = Date.now() + 120_000;
+    while (
+      !(await p.service.get(deploymentId)).steps.some((s) => s.step === 'host' && s.status === 'running')
+    ) {
+      if (Date.now() > deadline) throw new Error('the host step never started');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    process.kill(-(child.pid ?? 0), 'SIGTERM');
+    expect(await exited).toBe(0);
+    const stopped = await p.service.get(deploymentId);
+    // The running step finished and was recorded; nothing after it started; still provisioning.
+    expect(stopped.status).toBe('provisioning');
+    expect(stopped.steps.map((s) => [s.step, s.status])).toEqual([['host', 'succeeded']]);
+
+    const workers = p.makeWorkerSet();
+    workers.start(['provision', 'deprovision']);
+    try {
+      const ready = await p.service.watch(deploymentId, () => undefined, { timeoutMs: 240_000 });
+      expect(ready.status).toBe('ready');
+      expect(ready.steps.find((s) => s.step === 'host')?.attempt).toBe(1);
+      await p.service.destroy(deploymentId);
+      await p.service.watch(deploymentId, () => undefined, {
+        until: (d) => d.status === 'deleted',
+        timeoutMs: 120_000,
+      });
+    } finally {
+      await workers.close(2_000);
+    }
+  });
+});

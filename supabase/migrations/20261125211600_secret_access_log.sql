@@ -458,7 +458,11 @@ end
 $$;
 -- the owner must be a member to hand the function over (a hosted project's postgres is no superuser)
 grant cortex_audit_retention to current_user;
+-- (a non-superuser may give an object to a role only if that role may CREATE in its schema: lent
+-- for the statement, taken back at once)
+grant create on schema public to cortex_audit_retention;
 alter function public.secret_access_log__apply_retention(timestamptz) owner to cortex_audit_retention;
+revoke create on schema public from cortex_audit_retention;
 grant execute on function public.secret_access_log__apply_retention(timestamptz) to current_user;
 grant usage on schema public to cortex_audit_retention;
 grant select, insert, delete on table public.secret_access_log to cortex_audit_retention;

@@ -4,7 +4,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(57);
+select plan(58);
 \ir support/read_intent.psql
 
 select public.organizations__create('Test Org Log A') ->> 'id' as org_a \gset
@@ -252,6 +252,8 @@ select ok(not pg_has_role('authenticator', 'cortex_audit_retention', 'member')
           and not pg_has_role('cortex_orchestrator', 'cortex_audit_retention', 'member')
           and not pg_has_role('service_role', 'cortex_audit_retention', 'member'),
   'no API role (authenticator included) can become cortex_audit_retention');
+select ok(not has_schema_privilege('cortex_audit_retention', 'public', 'create'),
+  'the retention role cannot create objects in public');
 select is((select array_agg(r.rolname order by r.rolname) from pg_roles r
            where r.rolname in ('anon', 'authenticated', 'service_role', 'cortex_orchestrator', 'authenticator')
              and has_function_privilege(r.oid, 'public.secret_access_log__apply_retention(timestamptz)', 'execute')),

@@ -20,12 +20,23 @@ export const runWorkerProcess = async (
   const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
   const workers = pipeline.makeWorkerSet({ 'audit-checkpoint': () => checkpoints.checkpoint() });
   workers.start();
-  await pipeline.scheduleMaintenance();
-  await pipeline.queues.queues.maintenance.upsertJobScheduler(
-    'audit-checkpoint',
-    { every: AUDIT_CHECKPOINT_EVERY_MS },
-    { name: 'maintenance', data: { task: 'audit-checkpoint' } },
-  );
+  const schedule = async (): Promise<void> => {
+    await pipeline.scheduleMaintenance();
+    await pipeline.queues.queues.maintenance.upsertJobScheduler(
+      'audit-checkpoint',
+      { every: AUDIT_CHECKPOINT_EVERY_MS },
+      { name: 'maintenance', data: { task: 'audit-checkpoint' } },
+    );
+  };
+  await schedule();
+  // Redis holds the schedulers too: upsert them again now and then, so a flushed or replaced Redis
+  // gets its reconciler back without a worker restart (an upsert of an existing one changes nothing).
+  const reschedule = setInterval(() => {
+    schedule().catch((err: unknown) =>
+      log.warn({ reason: reasonOf(err) }, 'could not upsert the maintenance schedulers'),
+    );
+  }, config.RECONCILE_EVERY_MS);
+  reschedule.unref();
   log.info(
     { concurrency: config.WORKER_CONCURRENCY, provider: config.HOST_PROVIDER, holder: workers.holder },
     'workers started',
@@ -33,6 +44,7 @@ export const runWorkerProcess = async (
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
+      clearInterval(reschedule);
       log.info({ graceMs: config.SHUTDOWN_GRACE_MS }, 'stopping workers');
       await pipeline
         .close(config.SHUTDOWN_GRACE_MS)

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
+import { Redis } from 'ioredis';
+import { redisOptionsFromUrl, type Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { PROVISION_STEPS } from '../../orchestrator/steps/provision-steps';
 import { agentCommands } from '../../orchestrator/remote/agent-commands';
 import { run } from '../../orchestrator/remote/ssh-shell';
@@ -29,14 +30,14 @@ afterAll(async () => {
 });
 
 /** A worker process held at `step` once its effect is in place; resolves when it says so. */
-const startHeldWorker = (step: string): { child: ChildProcess; held: Promise<void> } => {
+const startHeldWorker = (step: string, when = ':applied'): { child: ChildProcess; held: Promise<void> } => {
   const child = spawn(join(__dirname, '../../node_modules/.bin/tsx'), ['workers/worker.ts'], {
     cwd: join(__dirname, '../..'),
     env: {
       ...process.env,
       DATABASE_URL: testDatabaseUrl(),
       QUEUE_PREFIX: p.config.QUEUE_PREFIX,
-      PIPELINE_PAUSE_AT_STEP: `${step}:applied`,
+      PIPELINE_PAUSE_AT_STEP: `${step}${when}`,
       LOG_LEVEL: 'warn',
       JOB_LOCK_MS: LOCK_MS,
       LEASE_TTL_MS: LEASE_MS,
@@ -196,6 +197,52 @@ describe('SIGTERM', () => {
       });
     } finally {
       await workers.close(2_000);
+    }
+  });
+});
+
+describe('Redis loses everything mid-flight', () => {
+  it('FLUSHALL while a provision runs, its worker gone: the reconciler re-enqueues from Postgres and the deployment finishes', async () => {
+    const org = await orgWithKey(p);
+    const { child, held } = startHeldWorker('configure', '');
+    const { deploymentId } = await p.service.request({
+      orgId: org.orgId,
+      name: 'flushed',
+      subdomain: uniqueSubdomain('f'),
+      bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: org.secretId }],
+    });
+    try {
+      await held;
+      const raw = new Redis(redisOptionsFromUrl(p.config.REDIS_URL));
+      await raw.flushall();
+      raw.disconnect();
+    } finally {
+      await kill(child);
+    }
+    expect(await p.queues.queues.provision.getJob(`provision-${deploymentId}`)).toBeUndefined();
+
+    const fresh = await startTestPipeline({
+      QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+      RECONCILE_IDLE_SECONDS: '1',
+    });
+    const workers = fresh.makeWorkerSet();
+    workers.start(['provision', 'deprovision']);
+    try {
+      await new Promise((r) => setTimeout(r, 1_500));
+      const { enqueued } = await workers.reconcile();
+      expect(enqueued).toContain(deploymentId);
+      const ready = await fresh.service.watch(deploymentId, () => undefined, { timeoutMs: 240_000 });
+      expect(ready.status).toBe('ready');
+      expect(ready.steps.find((s) => s.step === 'host')?.attempt).toBe(1);
+      expect(ready.steps.find((s) => s.step === 'configure')?.attempt).toBe(2);
+      await fresh.service.destroy(deploymentId);
+      await fresh.service.watch(deploymentId, () => undefined, {
+        until: (d) => d.status === 'deleted',
+        timeoutMs: 120_000,
+      });
+    } finally {
+      await workers.close(2_000);
+      await fresh.close(2_000);
     }
   });
 });

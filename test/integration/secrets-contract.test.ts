@@ -178,10 +178,12 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     ).rejects.toMatchObject({
       code: 'secret_denied',
     });
-    // Binding another org's secret is refused outright.
-    expect((await caught(secrets.bind(a.deploymentId, 'OPENAI_API_KEY', foreign.secretId))).code).not.toBe(
-      'internal',
-    );
+    // Binding another org's secret is refused outright, naming the secret, and binds nothing.
+    const bindErr = await caught(secrets.bind(a.deploymentId, 'OPENAI_API_KEY', foreign.secretId));
+    expect([bindErr.code, bindErr.field]).toEqual(['invalid_input', 'secret_id']);
+    expect(bindErr.message).not.toContain(keyB);
+    const afterBind = await secrets.readForDeployment(a.deploymentId, { actor: 'test:deny' });
+    expect(JSON.stringify(afterBind)).not.toContain(keyB);
   });
 
   it('rotates: a new version is read next, the old one can be retired, the current one cannot', async () => {
@@ -198,7 +200,16 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const read = await secrets.readForDeploymentOrThrow(deploymentId);
     expect(read.map((s) => [s.version, s.value.reveal()])).toEqual([[2, v2]]);
     await secrets.retireVersion(meta.secretId, 1);
-    expect((await caught(secrets.retireVersion(meta.secretId, 2))).code).toBe('invalid_input');
+    const refused = await caught(secrets.retireVersion(meta.secretId, 2));
+    expect([refused.code, refused.field]).toEqual(['invalid_input', 'version']);
+    // v2 still reads after the refusal; v1's vault row is gone, v2's is there.
+    const again = await secrets.readForDeploymentOrThrow(deploymentId);
+    expect(again.map((s) => [s.version, s.value.reveal()])).toEqual([[2, v2]]);
+    const vaultRows = await admin.query<{ name: string }>(
+      `select name from vault.secrets where name like $1 order by name`,
+      [`%:secret:${meta.secretId}:v%`],
+    );
+    expect(vaultRows.rows.map((r) => r.name.split(':').pop())).toEqual(['v2']);
     const ops = (await auditRows(admin, { secretId: meta.secretId })).map((r) => r.operation);
     expect(ops).toEqual(expect.arrayContaining(['rotate', 'delete']));
   });
@@ -406,9 +417,20 @@ describe('the supabase-js adapter under any role but cortex_orchestrator', () =>
     'a %s key cannot read secrets or create them',
     async (role) => {
       const secrets = makeSecretsService({ rpc: supabaseWith(role) });
-      const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
+      const { orgId, deploymentId } = await makeOrgWithDeployment(pg.rpc);
       const err = await caught(secrets.readForDeployment(deploymentId));
       expect(err.message).toMatch(/permission denied/);
+      const name = `refused-${role}`;
+      const created = await caught(
+        secrets.create({ orgId, name, provider: 'other', value: new Secret(canary('other')) }),
+      );
+      expect(created.message).toMatch(/permission denied/);
+      // and nothing was created under that name
+      const rows = await admin.query('select 1 from public.secrets where org_id = $1 and name = $2', [
+        orgId,
+        name,
+      ]);
+      expect(rows.rowCount).toBe(0);
     },
   );
 

@@ -1,6 +1,7 @@
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
+import { isOrchestratorError } from '../../../orchestrator/errors';
 import { agentCommands } from '../../../orchestrator/remote/agent-commands';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { connectSsh, type RemoteShell } from '../../../orchestrator/remote/ssh-shell';
@@ -148,11 +149,30 @@ describe.each(subjects)('RemoteShell contract: %s', (_name, make) => {
 
   it('refuses a file whose directory’s parent does not exist, and creates nothing', async () => {
     const p = posix.join(s.root, 'missing/cortex/agent.env');
-    await expect(s.shell.writeFileAtomic(p, Buffer.from('A=1\n'))).rejects.toBeDefined();
+    const err = await s.shell.writeFileAtomic(p, Buffer.from('A=1\n')).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(Error);
     expect(s.exists(posix.join(s.root, 'missing'))).toBe(false);
   });
 
   // The exact words are dash's (Debian's and Ubuntu's /bin/sh) and coreutils' on both sides.
+  // Drift the contract found: the real adapter lets ssh2's raw SFTP error ({code: 2}, "No such
+  // file") escape, where the fake (and the rest of the adapter) raise an OrchestratorError that
+  // classify() understands. `failing` for the real subject until writeFileAtomic maps SFTP errors.
+  (_name === 'fake shell' ? it : it.failing)(
+    'a refused write is an OrchestratorError (remote_command_failed)',
+    async () => {
+      const p = posix.join(s.root, 'missing/cortex/agent.env');
+      const err = await s.shell.writeFileAtomic(p, Buffer.from('A=1\n')).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(isOrchestratorError(err) && err.code).toBe('remote_command_failed');
+    },
+  );
+
   it('exits as a shell does: 127 for an unknown program, 1 and the path for cat of a missing file', async () => {
     const unknown = await s.shell.exec(['no-such-tool-here']);
     expect([unknown.code, unknown.stderr.toString()]).toEqual([127, 'sh: 1: no-such-tool-here: not found\n']);

@@ -205,7 +205,10 @@ describe('stack runner', () => {
       const err = await rejection(runner.up('agent-a', program, {}));
       expect(err.code).toBe('timeout');
       expect(classify(err)).toBe('retry');
-      await expect(runner.outputs('agent-a', program)).resolves.toBeDefined();
+      // The next operation runs: the stack answers with the outputs of the last successful up.
+      await expect(runner.outputs('agent-a', program)).resolves.toEqual({
+        answer: { value: 42, secret: false },
+      });
     });
 
     it('aborts on the caller signal with a permanent code', async () => {

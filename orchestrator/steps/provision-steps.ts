@@ -3,7 +3,7 @@ import type { DeploymentStore, Deployment } from '../deployments/deployment-stor
 import type { DnsProvider } from '../dns/dns-provider';
 import { OrchestratorError } from '../errors';
 import type { HostProvider } from '../infra/host-provider';
-import { agentCommands } from '../remote/agent-commands';
+import { CADDY_STOCK_ADMIN_PORT, agentCommands, parseListeners } from '../remote/agent-commands';
 import { ENV_FILE_PATH, renderEnvFile } from '../remote/env-file';
 import { generateHostKeyPair } from '../remote/host-keys';
 import { rekeyHost } from '../remote/rekey';
@@ -291,6 +291,16 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         // 2019); only a restart moves the admin endpoint to the socket the Caddyfile names.
         await run(shell, agentCommands.enableUnits('caddy.service', AGENT_UNIT_NAME), o);
         await run(shell, agentCommands.restartUnits('caddy.service', METADATA_BLOCK_UNIT), o);
+        // The stock admin API (TCP 2019, unauthenticated) must be gone and the socket answering.
+        const stock = parseListeners(
+          (await run(shell, agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT), o)).stdout.toString('utf8'),
+        );
+        if (stock.length > 0)
+          throw new OrchestratorError(
+            'remote_command_failed',
+            `Caddy still listens on ${stock.join(', ')} (its stock admin API) after the restart`,
+          );
+        await run(shell, agentCommands.caddyAdminProbe(), o);
         await run(shell, agentCommands.restartUnits(AGENT_UNIT_NAME), o);
         await run(shell, agentCommands.isActive(AGENT_UNIT_NAME), o);
       });

@@ -5,6 +5,7 @@ import { jobIdFor } from '../../orchestrator/queues/job-payloads';
 import { canary } from '../support/canary';
 import { adminPool, auditRows } from '../support/db';
 import { dumpRedis, orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
+import { makeTestHostSpec } from '../support/local-hosts';
 import { rejection } from '../support/rejection';
 
 /**
@@ -215,5 +216,45 @@ describe('deprovision wins; denials', () => {
       [a.orgId],
     );
     expect(denial.rows).toEqual([{ operation: 'bind', outcome: 'denied', secret_id: null }]);
+  });
+});
+
+describe('maintenance', () => {
+  it('the orphan sweep reports a host no live deployment owns, and removes it only after the grace period', async () => {
+    const p = await startTestPipeline({ ORPHAN_GRACE_SECONDS: '1' });
+    try {
+      const workers = p.makeWorkerSet();
+      // A host whose deployment does not exist (a crashed run, a record deleted by hand).
+      const stray = makeTestHostSpec();
+      await p.hosts.ensure(stray.spec);
+      // And a host a live deployment owns, which must survive every sweep.
+      const org = await orgWithKey(p);
+      const owned = await p.service.request({
+        orgId: org.orgId,
+        name: 'owned',
+        subdomain: uniqueSubdomain('o'),
+        bindings: [],
+      });
+      const ownedSpec = makeTestHostSpec();
+      await p.hosts.ensure({ ...ownedSpec.spec, deploymentId: owned.deploymentId });
+      try {
+        const first = await workers.orphanSweep();
+        expect(first.waiting).toContain(stray.spec.deploymentId);
+        expect(first.waiting).not.toContain(owned.deploymentId);
+        expect(first.removed).toEqual([]);
+        expect(await p.hosts.describe(stray.spec.deploymentId)).toBeDefined();
+        await new Promise((r) => setTimeout(r, 1_200));
+        const second = await workers.orphanSweep();
+        expect(second.removed).toEqual([stray.spec.deploymentId]);
+        expect(await p.hosts.describe(stray.spec.deploymentId)).toBeUndefined();
+        expect(await p.hosts.describe(owned.deploymentId)).toBeDefined();
+      } finally {
+        await p.hosts.destroy(stray.spec.deploymentId);
+        await p.hosts.destroy(owned.deploymentId);
+        await p.service.destroy(owned.deploymentId);
+      }
+    } finally {
+      await p.close(2_000);
+    }
   });
 });

@@ -179,17 +179,15 @@ export const pipelineCommands: Record<string, CliCommand> = {
         if (eq < 1) throw invalidInput(`--bind[${i}]`, 'must be ENV_NAME=<secret id>');
         return { envVar: b.slice(0, eq), secretId: b.slice(eq + 1) };
       });
+      const input = {
+        orgId: need(r.values.org as string | undefined, '--org'),
+        name: need(r.values.name as string | undefined, '--name'),
+        subdomain: need(r.values.subdomain as string | undefined, '--subdomain'),
+        ...(r.values.runtime ? { runtime: r.values.runtime as 'echo' } : {}),
+        bindings,
+      };
       return withPipeline(ctx, async (p) => {
-        const res = await p.service.request(
-          {
-            orgId: need(r.values.org as string | undefined, '--org'),
-            name: need(r.values.name as string | undefined, '--name'),
-            subdomain: need(r.values.subdomain as string | undefined, '--subdomain'),
-            ...(r.values.runtime ? { runtime: r.values.runtime as 'echo' } : {}),
-            bindings,
-          },
-          { actor: 'cortexctl' },
-        );
+        const res = await p.service.request(input, { actor: 'cortexctl' });
         if (r.values.detach) {
           if (r.values.json) json(ctx, res);
           else ctx.out(`${res.deploymentId}\n`);

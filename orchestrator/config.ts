@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { OrchestratorError } from './errors';
-import { DNS_ZONE, POLL_INTERVAL } from './infra/infra-validation';
+import {
+  DNS_ZONE,
+  POLL_INTERVAL,
+  canonicalCidr,
+  hcloudLocation,
+  hcloudServerType,
+} from './infra/infra-validation';
 
 /**
  * Every environment variable the orchestrator reads, in one schema, parsed once at start by a
@@ -78,14 +84,8 @@ export const configSchema = z
     ACME_EMAIL: z.email().optional(),
 
     HCLOUD_TOKEN: z.string().length(64, 'must be a 64-character Hetzner API token').optional(),
-    HCLOUD_LOCATION: z
-      .string()
-      .regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1')
-      .default('fsn1'),
-    HCLOUD_SERVER_TYPE: z
-      .string()
-      .regex(/^[a-z]+\d+$/)
-      .default('cx23'),
+    HCLOUD_LOCATION: hcloudLocation.default('fsn1'),
+    HCLOUD_SERVER_TYPE: hcloudServerType.default('cx23'),
     HCLOUD_POLL_INTERVAL: z.string().regex(POLL_INTERVAL, 'must be a duration like 5s').default('5s'),
     /** CIDRs allowed to reach SSH on agent servers: the orchestrator's egress addresses. */
     ORCHESTRATOR_SSH_CIDRS: z
@@ -97,7 +97,7 @@ export const configSchema = z
           .map((c) => c.trim())
           .filter(Boolean),
       )
-      .pipe(z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1)),
+      .pipe(z.array(canonicalCidr).min(1)),
     PULUMI_BACKEND_URL: z
       .string()
       .regex(/^(file|s3|https?|gs|azblob):\/\//)

@@ -2,9 +2,12 @@ import * as pulumi from '@pulumi/pulumi';
 import type { ConfigMap } from '@pulumi/pulumi/automation';
 import { z } from 'zod';
 import {
+  canonicalCidr,
   dnsLabel,
   dnsZone,
   ed25519PublicKey,
+  hcloudLocation,
+  hcloudServerType,
   parseStackSettings,
   pollInterval,
   uuidId,
@@ -26,19 +29,13 @@ export const agentSettingsSchema = z.object({
   orgId: uuidId,
   subdomain: dnsLabel,
   zone: dnsZone,
-  location: z
-    .string()
-    .regex(/^[a-z]{3}\d$/, 'must be a Hetzner location like fsn1')
-    .default('fsn1'),
-  serverType: z
-    .string()
-    .regex(/^[a-z]+\d+$/, 'must be a Hetzner server type like cx23')
-    .default('cx23'),
+  location: hcloudLocation.default('fsn1'),
+  serverType: hcloudServerType.default('cx23'),
   image: z.string().min(1).default('ubuntu-24.04'),
   /** Id of the orchestrator's `hcloud.SshKey`, an output of the platform stack. */
   sshKeyId: z.string().regex(/^\d+$/, 'must be a numeric Hetzner SSH key id'),
   /** CIDRs allowed to reach port 22: the orchestrator's egress addresses. */
-  sshCidrs: z.array(z.union([z.cidrv4(), z.cidrv6()])).min(1, 'must list at least one CIDR'),
+  sshCidrs: z.array(canonicalCidr).min(1, 'must list at least one CIDR'),
   /** The host key the orchestrator generated and pins; exported so `describe` can return it. */
   hostPublicKey: ed25519PublicKey,
   /** The hcloud provider's action polling interval (its default, 500ms, spends the rate limit). */

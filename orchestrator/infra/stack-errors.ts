@@ -26,6 +26,13 @@ const HCLOUD_PERMANENT = new Set([
   'protected',
   'unsupported_error',
   'not_found',
+  // A server type or location that is not offered (sold out, deprecated, disabled): no retry brings
+  // it back within a job's life; the deployment must be requested with another one.
+  'resource_unavailable',
+  // The zone is a secondary zone (or otherwise not in the mode the request needs): a configuration
+  // problem of the DNS zone, never fixed by waiting.
+  'incorrect_zone_mode',
+  'deprecated_api_endpoint',
 ]);
 const HCLOUD_TRANSIENT = new Set([
   'server_error',
@@ -35,9 +42,10 @@ const HCLOUD_TRANSIENT = new Set([
   'timeout',
   'locked',
   'conflict',
-  'resource_unavailable',
   'placement_error',
 ]);
+const UNKNOWN_NAME =
+  /\b(server type|image|location|datacenter) ["']?[\w.-]+["']? (was )?(not found|is unavailable|is not available|is deprecated)/i;
 const HCLOUD_CODE = /\(([a-z_]+)(?:, [0-9a-f-]+)?\)/g;
 
 /** The Hetzner error codes mentioned in a command's output, in order. */
@@ -109,6 +117,11 @@ export const mapStackError = (error: unknown, ctx: StackErrorContext): Orchestra
       'config_invalid',
       `${where}: the stack's secrets cannot be decrypted; check PULUMI_CONFIG_PASSPHRASE`,
     );
+
+  // The provider looks names up before it calls the API and fails without a Hetzner code when one
+  // is not offered (any more): the same permanent refusal as `resource_unavailable`.
+  if (UNKNOWN_NAME.test(text))
+    return err('provider_rejected', `${where}: Hetzner does not offer what the stack asks for; ${detail}`);
 
   const codes = hcloudCodes(text);
   const rateLimited = codes.find((c) => HCLOUD_RATE_LIMITED.has(c));

@@ -292,7 +292,7 @@ describe('stack runner', () => {
         'retry',
       ],
       ['error: creating server: unable to authenticate (unauthorized)', 'provider_rejected', 'permanent'],
-      ['error: server type cx23 unavailable here (resource_unavailable)', 'provider_unavailable', 'retry'],
+      ['error: server type cx23 unavailable here (resource_unavailable)', 'provider_rejected', 'permanent'],
       ['error: spawn pulumi ENOENT', 'config_invalid', 'permanent'],
       ['error: constructing secrets manager: incorrect passphrase', 'config_invalid', 'permanent'],
       ['error: program failed: something odd', 'stack_failed', 'retry'],

@@ -1,10 +1,21 @@
 import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { findLocalImage } from '../../orchestrator/infra/local-image';
+import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { isOrchestratorError } from '../../orchestrator/errors';
 import { jobIdFor } from '../../orchestrator/queues/job-payloads';
 import { canary } from '../support/canary';
 import { adminPool, auditRows } from '../support/db';
-import { dumpRedis, orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
+import {
+  dumpRedis,
+  orgWithKey,
+  startTestPipeline,
+  testPipelineConfig,
+  uniqueSubdomain,
+} from '../support/pipeline';
 import { makeTestHostSpec } from '../support/local-hosts';
 import { rejection } from '../support/rejection';
 
@@ -221,7 +232,14 @@ describe('deprovision wins; denials', () => {
 
 describe('maintenance', () => {
   it('the orphan sweep reports a host no live deployment owns, and removes it only after the grace period', async () => {
-    const p = await startTestPipeline({ ORPHAN_GRACE_SECONDS: '1' });
+    // A provider of its own (state directory and address range): the sweep sees only this test's
+    // hosts, never those of another test or of a developer's demo on the same machine.
+    const { CORTEX_STATE_DIR } = testPipelineConfig();
+    const image = await findLocalImage(CORTEX_STATE_DIR);
+    if (!image) throw new Error('no local host image: npm run image:build');
+    const state = await mkdtemp(path.join(tmpdir(), 'cortex-orphans-'));
+    const hosts = makeLocalHostProvider({ stateDir: state, image: image.rootfs, subnet: '10.214.0.0/24' });
+    const p = await startTestPipeline({ ORPHAN_GRACE_SECONDS: '1' }, { hosts });
     try {
       const workers = p.makeWorkerSet();
       // A host whose deployment does not exist (a crashed run, a record deleted by hand).
@@ -255,6 +273,7 @@ describe('maintenance', () => {
       }
     } finally {
       await p.close(2_000);
+      await rm(state, { recursive: true, force: true });
     }
   });
 });

@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { loadConfig, type Config } from '../../orchestrator/config';
 import { makePipelineFromConfig, type Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import type { Redis } from 'ioredis';
+import type { HostProvider } from '../../orchestrator/infra/host-provider';
 import { makeLogger, type Logger } from '../../orchestrator/log';
 import type { RunnerHooks } from '../../orchestrator/steps/step-runner';
 import { Secret } from '../../orchestrator/secret';
@@ -24,7 +25,7 @@ export const testPipelineConfig = (env: Record<string, string> = {}): Config =>
 
 export const startTestPipeline = async (
   env: Record<string, string> = {},
-  opts: { hooks?: RunnerHooks; log?: Logger } = {},
+  opts: { hooks?: RunnerHooks; log?: Logger; hosts?: HostProvider } = {},
 ): Promise<Pipeline> => {
   const config = testPipelineConfig(env);
   return makePipelineFromConfig(
@@ -32,6 +33,7 @@ export const startTestPipeline = async (
     opts.log ?? makeLogger({ level: config.LOG_LEVEL, name: 'test-pipeline' }),
     {
       ...(opts.hooks ? { hooks: opts.hooks } : {}),
+      ...(opts.hosts ? { hosts: opts.hosts } : {}),
     },
   );
 };

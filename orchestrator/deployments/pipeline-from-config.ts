@@ -6,7 +6,6 @@ import type { Config } from '../config';
 import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { makeDnsFromConfig } from '../dns/dns-wiring';
 import { OrchestratorError } from '../errors';
-import { makeHcloudFromConfig } from '../infra/hcloud-wiring';
 import type { HostProvider } from '../infra/host-provider';
 import { makeLocalHostProvider } from '../infra/local-provider';
 import type { Logger } from '../log';
@@ -75,6 +74,8 @@ export const makePipelineFromConfig = async (
     if (config.HOST_PROVIDER === 'local') {
       hosts = makeLocalHostProvider({ stateDir: config.CORTEX_STATE_DIR, log });
     } else {
+      // Loaded only on hcloud: the Pulumi SDK costs tens of MB that a local worker never needs.
+      const { makeHcloudFromConfig } = await import('../infra/hcloud-wiring');
       hosts = (await makeHcloudFromConfig(config, log)).hosts;
     }
   }

@@ -1,3 +1,4 @@
+import { posix } from 'node:path';
 import { CADDY_ADMIN_SOCKET } from '../../templates/caddyfile';
 import { invalidInput } from '../errors';
 
@@ -90,9 +91,13 @@ export const agentCommands = {
    * placed is what it would write). The env file's directory is refused: it stays write-only.
    */
   fileDigests: (paths: readonly string[]): Argv => {
-    for (const p of paths)
-      if (absPath(p).startsWith('/etc/cortex/') || p === '/etc/cortex')
+    for (const p of paths) {
+      // Every spelling of the directory (`/etc//cortex`, `/etc/./cortex`, `//etc/cortex`) is one.
+      const n = posix.normalize(absPath(p)).replace(/^\/+/, '/');
+      if (n === '/etc/cortex' || n.startsWith('/etc/cortex/'))
         throw invalidInput('path', 'the env file directory is write-only for the orchestrator');
+      if (n !== p) throw invalidInput('path', 'must be a normalised absolute path');
+    }
     return ['sha256sum', '--', ...paths];
   },
   /** `uid gid octal-mode path` lines. */

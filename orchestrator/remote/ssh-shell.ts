@@ -297,6 +297,17 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
             const { removedTemps } = await writeFileAtomicSftp(sftp, path, buf, wo);
             if (removedTemps.length > 0)
               opts.log?.warn({ path, removedTemps }, 'removed temp files of an interrupted write');
+          } catch (err) {
+            // An SFTP status (a numeric code: no such file, permission denied, …) is the server's
+            // refusal, not a network blink: an OrchestratorError that classify() understands. Its
+            // text is the server's status message, which never holds the content.
+            const code = (err as { code?: unknown }).code;
+            if (!isOrchestratorError(err) && typeof code === 'number')
+              throw new OrchestratorError(
+                'remote_command_failed',
+                `atomic write of ${path}: ${(err as Error).message} (SFTP status ${code})`,
+              );
+            throw err;
           } finally {
             if (isSecret(content)) buf.fill(0);
             sftp.end();

@@ -170,7 +170,11 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
     deadlineMs: deadline('ssh'),
     async apply(ctx) {
       const dep = await deps.store.get(ctx.deployment.id);
+      const t0 = Date.now();
+      const phases: Record<string, number> = {};
+      const mark = (name: string): void => void (phases[name] = Date.now() - t0);
       const conn = await deps.access.connect(dep, { signal: ctx.signal, waitMs: deadline('ssh') - 5_000 });
+      mark('connectedMs');
       try {
         if (conn.key === 'pending') {
           // A re-key was cut after its new key went live: this connection proves it.
@@ -184,6 +188,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
             'remote_command_failed',
             `cloud-init reported an error (exit ${status.code})`,
           );
+        mark('bootedMs');
         if (dep.hostRekeyedAt) return;
         // Re-key: the new key is recorded as pending before it is installed (the record always
         // names a key that can answer), proven over a fresh connection, then promoted.
@@ -195,8 +200,12 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
           { ...dep, hostPublicKey: newKey, hostPublicKeyPending: null },
           { signal: ctx.signal, waitMs: 30_000 },
         );
+        mark('rekeyedMs');
         await proof.shell.close();
         await deps.store.hostKey(dep.id, 'promote', newKey);
+        mark('promotedMs');
+        // Where the step's time goes: waiting for the boot (connect, cloud-init) vs our own work.
+        ctx.log.info(phases, 'ssh step phases');
       } finally {
         await conn.shell.close().catch(() => undefined);
       }

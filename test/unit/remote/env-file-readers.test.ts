@@ -141,10 +141,7 @@ describe('the env file stays write-only', () => {
     expect(install).toEqual(["['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', '/etc/cortex']"]);
   });
 
-  // Known bug (reported): fileDigests compares the raw string, so a non-normalised spelling of
-  // the env file reaches sha256sum. `failing` until the builder normalises or refuses such paths;
-  // then this fails, and becomes a plain `it`.
-  it.failing('fileDigests refuses every spelling of a path in the env file directory', () => {
+  it('fileDigests refuses every spelling of a path in the env file directory', () => {
     const digests = (agentCommands as unknown as Record<string, (p: string[]) => Argv>).fileDigests;
     for (const p of [
       ENV_FILE_PATH,

@@ -157,21 +157,16 @@ describe.each(subjects)('RemoteShell contract: %s', (_name, make) => {
     expect(s.exists(posix.join(s.root, 'missing'))).toBe(false);
   });
 
-  // The exact words are dash's (Debian's and Ubuntu's /bin/sh) and coreutils' on both sides.
-  // Drift the contract found: the real adapter lets ssh2's raw SFTP error ({code: 2}, "No such
-  // file") escape, where the fake (and the rest of the adapter) raise an OrchestratorError that
-  // classify() understands. `failing` for the real subject until writeFileAtomic maps SFTP errors.
-  (_name === 'fake shell' ? it : it.failing)(
-    'a refused write is an OrchestratorError (remote_command_failed)',
-    async () => {
-      const p = posix.join(s.root, 'missing/cortex/agent.env');
-      const err = await s.shell.writeFileAtomic(p, Buffer.from('A=1\n')).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
-      expect(isOrchestratorError(err) && err.code).toBe('remote_command_failed');
-    },
-  );
+  // Drift the contract found (fixed): the real adapter let ssh2's raw SFTP error ({code: 2}, "No
+  // such file") escape, where the fake raises an OrchestratorError that classify() understands.
+  it('a refused write is an OrchestratorError (remote_command_failed)', async () => {
+    const p = posix.join(s.root, 'missing/cortex/agent.env');
+    const err = await s.shell.writeFileAtomic(p, Buffer.from('A=1\n')).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(isOrchestratorError(err) && err.code).toBe('remote_command_failed');
+  });
 
   it('exits as a shell does: 127 for an unknown program, 1 and the path for cat of a missing file', async () => {
     const unknown = await s.shell.exec(['no-such-tool-here']);

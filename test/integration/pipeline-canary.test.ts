@@ -15,7 +15,7 @@ import { dumpRedis, orgWithKey, startTestPipeline, uniqueSubdomain } from '../su
 /**
  * Invariant 1 after a full provision: the canary key exists on the agent server in the env file
  * and the agent's environment, and nowhere else we can look — not in Redis (keys, values, the AOF),
- * not in Postgres outside the vault's ciphertext (a dump, the server log), not in any log line the
+ * not in Postgres outside the vault's ciphertext (a dump, the WAL, the server log), not in any log line the
  * orchestrator wrote, not in any other file on the host (user data, cloud-init's copies, the
  * journal), not in the host's console log, and not in any process's argv, here or on the host.
  */
@@ -134,6 +134,10 @@ describe('a canary key provisioned end to end', () => {
     expect(pgDump.stdout).toContain(org.secretId);
     expect(pgDump.stdout.includes(value)).toBe(false);
     const pgHome = await stat(path.join(stateDir, 'pg')).then(() => path.join(stateDir, 'pg'));
+    // The WAL: every row version written (the vault's rows only ever hold ciphertext).
+    const wal = await filesUnder(path.join(pgHome, 'data', 'pg_wal'));
+    expect(wal.length).toBeGreaterThan(0);
+    expect(await containing(wal, value)).toEqual([]);
     expect(
       await containing(await filesUnder(pgHome).then((fs) => fs.filter((f) => f.endsWith('.log'))), value),
     ).toEqual([]);

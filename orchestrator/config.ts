@@ -86,6 +86,14 @@ export const configSchema = z
     HCLOUD_TOKEN: z.string().length(64, 'must be a 64-character Hetzner API token').optional(),
     HCLOUD_LOCATION: hcloudLocation.default('fsn1'),
     HCLOUD_SERVER_TYPE: hcloudServerType.default('cx23'),
+    /**
+     * Image of new servers. Like the location and server type, it is fixed per deployment when its
+     * host is first created (stored in its stack): changing it never touches an existing server.
+     */
+    HCLOUD_IMAGE: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9.-]{0,62}$/, 'must be a Hetzner image name like ubuntu-24.04')
+      .default('ubuntu-24.04'),
     HCLOUD_POLL_INTERVAL: z.string().regex(POLL_INTERVAL, 'must be a duration like 5s').default('5s'),
     /** CIDRs allowed to reach SSH on agent servers: the orchestrator's egress addresses. */
     ORCHESTRATOR_SSH_CIDRS: z
@@ -175,6 +183,9 @@ export const configSchema = z
 
 export type Config = Readonly<z.output<typeof configSchema>>;
 
+/** Settings whose default is meant for local hosts only: with HOST_PROVIDER=hcloud they must be set. */
+export const HCLOUD_EXPLICIT = ['DNS_ZONE', 'ORCHESTRATOR_SSH_CIDRS'] as const;
+
 /**
  * Parse the environment. On failure the error lists each variable and what is wrong with it —
  * never the value, which may be a secret.
@@ -183,9 +194,22 @@ export const loadConfig = (env: Record<string, string | undefined>): Config => {
   // Empty strings mean "unset": a blank line in an env file should not defeat a default.
   const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
   const result = configSchema.safeParse(cleaned);
-  if (!result.success) {
-    const lines = result.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${describeIssue(i)}`);
-    throw new OrchestratorError('config_invalid', `invalid configuration:\n${lines.join('\n')}`);
+  // On Hetzner the local defaults (a .test zone, SSH from 127.0.0.1) would create servers nobody
+  // can reach under a name nobody serves: both must be set explicitly.
+  const explicit =
+    cleaned['HOST_PROVIDER'] === 'hcloud'
+      ? HCLOUD_EXPLICIT.filter((k) => cleaned[k] === undefined).map(
+          (k) => `  ${k}: is required when HOST_PROVIDER=hcloud (no local default applies)`,
+        )
+      : [];
+  if (!result.success || explicit.length > 0) {
+    const lines = (result.success ? [] : result.error.issues).map(
+      (i) => `  ${i.path.join('.') || '(root)'}: ${describeIssue(i)}`,
+    );
+    throw new OrchestratorError(
+      'config_invalid',
+      `invalid configuration:\n${[...lines, ...explicit].join('\n')}`,
+    );
   }
   return Object.freeze(result.data);
 };

@@ -3,6 +3,9 @@ import { access, readdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Config } from '../config';
+import { isOrchestratorError } from '../errors';
+import { makeHcloudApi, type HcloudApi } from '../infra/hcloud-api';
+import { checkZone } from '../infra/hcloud-dns-preflight';
 import { defaultBackendUrl } from '../infra/pulumi-workspace';
 
 /**
@@ -15,6 +18,8 @@ export interface DoctorProbes {
   which(command: string): Promise<string | undefined>;
   /** Names in a directory; `[]` when it does not exist. */
   readDir(dir: string): Promise<string[]>;
+  /** The Hetzner API with this token (for the DNS zone check); absent: the check is skipped. */
+  hcloudApi?(token: string): HcloudApi;
 }
 
 export interface DoctorCheck {
@@ -33,7 +38,8 @@ export interface DoctorInput {
     | 'PULUMI_CONFIG_PASSPHRASE'
     | 'PULUMI_SECRETS_PROVIDER'
     | 'CORTEX_STATE_DIR'
-  >;
+  > &
+    Partial<Pick<Config, 'HOST_PROVIDER' | 'DNS_ZONE'>>;
   /** `$PULUMI_HOME`, or `~/.pulumi`. */
   readonly pulumiHome: string;
   /** The version of `@pulumi/hcloud` in package.json: the plugin must match it. */
@@ -106,6 +112,27 @@ export const runDoctor = async (input: DoctorInput, probes: DoctorProbes): Promi
         },
   );
 
+  // The zone must be a primary zone of the token's project before any server is paid for (the
+  // provider checks it again, with the record, before each first create).
+  const zone = input.config.DNS_ZONE;
+  if (input.config.HOST_PROVIDER === 'hcloud' && zone && input.config.HCLOUD_TOKEN && probes.hcloudApi) {
+    try {
+      await checkZone(probes.hcloudApi(input.config.HCLOUD_TOKEN), zone);
+      checks.push({
+        name: 'DNS zone',
+        ok: true,
+        detail: `${zone} is a primary zone of this Hetzner project`,
+      });
+    } catch (err) {
+      checks.push({
+        name: 'DNS zone',
+        ok: false,
+        detail: isOrchestratorError(err) ? err.message : `${zone} could not be checked`,
+        fix: 'create DNS_ZONE as a primary zone in the Hetzner Cloud project of HCLOUD_TOKEN (Networking → DNS), and delegate the domain to its name servers',
+      });
+    }
+  }
+
   checks.push({
     name: 'Pulumi backend',
     ok: true,
@@ -154,6 +181,7 @@ export const systemProbes = (env: Readonly<Record<string, string | undefined>>):
   async readDir(dir) {
     return readdir(dir).catch(() => []);
   },
+  hcloudApi: (token) => makeHcloudApi({ token }),
 });
 
 export const defaultPulumiHome = (env: Readonly<Record<string, string | undefined>>): string =>

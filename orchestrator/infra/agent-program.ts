@@ -73,6 +73,10 @@ export const defineAgentStack = (inputs: AgentStackInputs): AgentStackOutputs =>
       firewallIds: [firewall.id.apply((id) => Number(id))],
       publicNets: [{ ipv4Enabled: true, ipv6Enabled: true }],
       userData: inputs.userData === undefined ? undefined : pulumi.secret(inputs.userData),
+      // Hetzner refuses to delete or rebuild a protected server: a mistaken plan, a console click
+      // or a script cannot destroy a live agent. Lifted only by deprovisioning (HostProvider.destroy).
+      deleteProtection: true,
+      rebuildProtection: true,
     },
     {
       ...opts,

@@ -6,25 +6,57 @@ import type { Logger } from '../log';
 import type { HostDescription, HostProvider, HostSpec } from './host-provider';
 import { agentSettingsSchema, agentStackConfig, parseAgentSettings } from './agent-inputs';
 import { agentProgram } from './agent-program';
+import type { HcloudApi } from './hcloud-api';
+import { preflightRecords } from './hcloud-dns-preflight';
 import { parseStackSettings, uuidId } from './infra-validation';
-import type { StackRunner } from './stack-runner';
-import { agentStackName, deploymentIdOfStack } from './stack-names';
+import type { StackRunner, StackState } from './stack-runner';
+import { PULUMI_PROJECT, agentStackName, deploymentIdOfStack } from './stack-names';
 
 /**
  * `HostProvider` on Hetzner Cloud: one Pulumi stack per deployment (`agent-<id>`) holding its
  * server, firewall and DNS records. Reads (`describe`, `list`) come from the Pulumi backend and
  * cost no Hetzner API request.
+ *
+ * What the real world does to it, and what this provider does back:
+ * - the location, server type and image of a host are fixed when it is first created (stored in
+ *   its stack config) and never re-derived from the current configuration: a changed default
+ *   cannot replace or resize a live server; a HostSpec asking for another one is refused;
+ * - before the first server is paid for, the DNS zone and the absence of a foreign record are
+ *   checked (`preflightRecords`);
+ * - an `up` the CLI did not live to finish leaves creates pending: before the next `up`, whatever
+ *   Hetzner made for them (found by name and `deployment` label, absent from the state) is deleted
+ *   and the pending creates cleared; a `uniqueness_error` is handled the same way, once;
+ * - servers carry delete and rebuild protection, lifted only by `destroy`;
+ * - a destroy that fails because something was deleted by hand refreshes and destroys again.
  */
 export interface HcloudProviderDeps {
   readonly runner: StackRunner;
   readonly settings: Pick<
     Config,
-    'DNS_ZONE' | 'HCLOUD_LOCATION' | 'HCLOUD_SERVER_TYPE' | 'HCLOUD_POLL_INTERVAL' | 'ORCHESTRATOR_SSH_CIDRS'
+    | 'DNS_ZONE'
+    | 'HCLOUD_LOCATION'
+    | 'HCLOUD_SERVER_TYPE'
+    | 'HCLOUD_IMAGE'
+    | 'HCLOUD_POLL_INTERVAL'
+    | 'ORCHESTRATOR_SSH_CIDRS'
   >;
   /** Id of the orchestrator's SSH key (`platformSshKeyId(runner)`). */
   readonly sshKeyId: () => Promise<string>;
+  /** The Hetzner API, for the DNS preflight, strays and protection (`makeHcloudApi`). */
+  readonly api: HcloudApi;
   readonly log: Logger;
 }
+
+export const SERVER_TYPE = 'hcloud:index/server:Server';
+export const FIREWALL_TYPE = 'hcloud:index/firewall:Firewall';
+export const RRSET_TYPE = 'hcloud:index/zoneRrset:ZoneRrset';
+
+/** The label selector of everything made for one deployment. */
+export const deploymentSelector = (deploymentId: string): string =>
+  `managed-by=cortex,deployment=${deploymentId}`;
+
+/** Settings fixed at a host's first creation: a later `up` reads them back from the stack. */
+const PINNED = ['location', 'serverType', 'image'] as const;
 
 export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider => {
   const stackOf = (deploymentId: string): string => {
@@ -44,6 +76,47 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
     return outputs && toDescription(deploymentId, outputs);
   };
 
+  const stored = (state: StackState | undefined, key: string): string | undefined => {
+    const v = state?.config[`${PULUMI_PROJECT}:${key}`]?.value;
+    return typeof v === 'string' && v !== '' ? v : undefined;
+  };
+  const has = (state: StackState | undefined, type: string, name: string): boolean =>
+    state?.resources.some((r) => r.type === type && r.urn.endsWith(`::${name}`)) ?? false;
+
+  /**
+   * Deletes what Hetzner holds for this deployment but its state does not: found by exact name and
+   * the deployment's label, so nothing of another deployment (or made by hand) is touched.
+   */
+  const clearStrays = async (
+    spec: { deploymentId: string; subdomain: string },
+    state: StackState | undefined,
+    log: Logger,
+  ): Promise<number> => {
+    const name = agentStackName(spec.deploymentId);
+    const labelSelector = deploymentSelector(spec.deploymentId);
+    let cleared = 0;
+    if (!has(state, SERVER_TYPE, 'server'))
+      for (const s of await deps.api.servers({ name, labelSelector })) {
+        await deps.api.deleteServer(s.id);
+        cleared++;
+      }
+    if (!has(state, FIREWALL_TYPE, 'firewall'))
+      for (const f of await deps.api.firewalls({ name, labelSelector })) {
+        await deps.api.deleteFirewall(f.id);
+        cleared++;
+      }
+    for (const type of ['A', 'AAAA'] as const) {
+      if (has(state, RRSET_TYPE, `dns-${type.toLowerCase()}`)) continue;
+      const r = await deps.api.rrset(deps.settings.DNS_ZONE, spec.subdomain, type);
+      if (r && r.labels['deployment'] === spec.deploymentId) {
+        await deps.api.deleteRrset(deps.settings.DNS_ZONE, spec.subdomain, type);
+        cleared++;
+      }
+    }
+    if (cleared > 0) log.warn({ cleared }, 'deleted resources an interrupted update left untracked');
+    return cleared;
+  };
+
   return {
     name: 'hcloud',
 
@@ -54,19 +127,49 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
       if (spec.userData.reveal().trim() === '') throw invalidInput('userData', 'must not be empty');
       // Trimmed as the local provider does: both pin the same key line.
       const hostPublicKey = spec.hostPublicKey.trim();
-      // Validated before the SSH key id is read: bad input must not cost a stack operation.
-      const checked = parseStackSettings(agentSettingsSchema.omit({ sshKeyId: true }), {
-        deploymentId: spec.deploymentId,
-        orgId: spec.orgId,
-        subdomain: spec.subdomain,
-        zone: deps.settings.DNS_ZONE,
-        location: spec.location ?? deps.settings.HCLOUD_LOCATION,
-        serverType: spec.serverType ?? deps.settings.HCLOUD_SERVER_TYPE,
-        sshCidrs: deps.settings.ORCHESTRATOR_SSH_CIDRS,
-        hostPublicKey,
-        pollInterval: deps.settings.HCLOUD_POLL_INTERVAL,
+      const stack = stackOf(spec.deploymentId);
+      const program = agentProgram(spec.userData);
+      const op = { signal: opts?.signal, log, redact: [spec.userData.reveal()] };
+      // Validated before any stack operation: bad input must not cost one.
+      const check = (pinned: Partial<Record<(typeof PINNED)[number], string>>) =>
+        parseStackSettings(agentSettingsSchema.omit({ sshKeyId: true }), {
+          deploymentId: spec.deploymentId,
+          orgId: spec.orgId,
+          subdomain: spec.subdomain,
+          zone: deps.settings.DNS_ZONE,
+          sshCidrs: deps.settings.ORCHESTRATOR_SSH_CIDRS,
+          hostPublicKey,
+          pollInterval: deps.settings.HCLOUD_POLL_INTERVAL,
+          ...pinned,
+        });
+      check({
+        ...(spec.location === undefined ? {} : { location: spec.location }),
+        ...(spec.serverType === undefined ? {} : { serverType: spec.serverType }),
       });
-      const settings = parseAgentSettings({ ...checked, sshKeyId: await deps.sshKeyId() });
+
+      let state = await deps.runner.inspect(stack, program, op);
+      // Location, server type and image: what the stack was created with, else what the deployment
+      // stored at request time (the HostSpec); the current defaults only for the image, once.
+      const requested = { location: spec.location, serverType: spec.serverType, image: undefined };
+      const pinned: Record<(typeof PINNED)[number], string> = { location: '', serverType: '', image: '' };
+      for (const key of PINNED) {
+        const before = stored(state, key);
+        const asked = requested[key];
+        if (before !== undefined && asked !== undefined && before !== asked)
+          throw invalidInput(
+            key,
+            `the host was created with ${key} ${before}; changing it would replace or resize a live server — deprovision and provision again instead`,
+          );
+        const value = before ?? asked ?? (key === 'image' ? deps.settings.HCLOUD_IMAGE : undefined);
+        if (value === undefined)
+          throw invalidInput(
+            key,
+            `must be stored with the deployment (region and server_type are set at request time)`,
+          );
+        pinned[key] = value;
+      }
+      check(pinned);
+
       // The server ignores later user-data changes, so an `up` with another host key would leave
       // the old key on the server and pin the new one: refuse rather than mis-pin.
       const existing = await describe(spec.deploymentId, opts?.signal);
@@ -75,22 +178,40 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
           'hostPublicKey',
           'the host exists with another pinned key; pass the stored key, or destroy the host first',
         );
-      const outputs = await deps.runner.up(
-        stackOf(spec.deploymentId),
-        agentProgram(spec.userData),
-        agentStackConfig(settings),
-        {
-          signal: opts?.signal,
-          log,
-          redact: [spec.userData.reveal()],
-        },
-      );
+
+      if (state && state.pending.some((p) => p.type === 'creating')) {
+        log.warn(
+          { pending: state.pending.length },
+          'the last update was interrupted: clearing its pending creates',
+        );
+        await clearStrays(spec, state, log);
+        await deps.runner.refresh(stack, program, { ...op, clearPendingCreates: true });
+        state = await deps.runner.inspect(stack, program, op);
+      }
+      if (!has(state, SERVER_TYPE, 'server'))
+        // Nothing paid for yet: the zone and the name are checked first.
+        await preflightRecords(deps.api, {
+          zone: deps.settings.DNS_ZONE,
+          subdomain: spec.subdomain,
+          deploymentId: spec.deploymentId,
+        });
+
+      const settings = parseAgentSettings({ ...check(pinned), sshKeyId: await deps.sshKeyId() });
+      const up = () => deps.runner.up(stack, program, agentStackConfig(settings), op);
+      let outputs: OutputMap;
+      try {
+        outputs = await up();
+      } catch (err) {
+        // A name Hetzner says is taken, by something of this very deployment the state does not
+        // know: the leftover of an interrupted create. Cleared once, then one more `up`.
+        if (!(err instanceof OrchestratorError && err.message.includes('(uniqueness_error'))) throw err;
+        const now = await deps.runner.inspect(stack, program, op);
+        if ((await clearStrays(spec, now, log)) === 0) throw err;
+        outputs = await up();
+      }
       const host = toDescription(spec.deploymentId, outputs);
       if (!host)
-        throw new OrchestratorError(
-          'stack_failed',
-          `stack ${stackOf(spec.deploymentId)} is up but has no server outputs`,
-        );
+        throw new OrchestratorError('stack_failed', `stack ${stack} is up but has no server outputs`);
       log.info({ serverId: host.serverId, ipv4: host.ipv4, dnsName: host.dnsName }, 'host ensured');
       return host;
     },
@@ -98,10 +219,29 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
     describe: (deploymentId) => describe(deploymentId),
 
     async destroy(deploymentId, opts) {
-      const result = await deps.runner.destroy(stackOf(deploymentId), agentProgram(), {
-        signal: opts?.signal,
-        log: deps.log,
-      });
+      const stack = stackOf(deploymentId);
+      const program = agentProgram();
+      const op = { signal: opts?.signal, log: deps.log };
+      const state = await deps.runner.inspect(stack, program, op);
+      if (!state) {
+        deps.log.info({ deploymentId, result: 'absent' }, 'host destroyed');
+        return;
+      }
+      // Delete and rebuild protection is lifted here and nowhere else (a server already gone is done).
+      for (const r of state.resources)
+        if (r.type === SERVER_TYPE && r.id !== undefined) await deps.api.unprotectServer(r.id);
+      let result: 'destroyed' | 'absent';
+      try {
+        result = await deps.runner.destroy(stack, program, op);
+      } catch (err) {
+        // Something was deleted by hand (the server delete does not tolerate a 404; the firewall
+        // delete crashes the plugin): a refresh drops what is gone, then the destroy can finish.
+        if (!(err instanceof OrchestratorError) || !['provider_rejected', 'stack_failed'].includes(err.code))
+          throw err;
+        deps.log.warn({ deploymentId, code: err.code }, 'destroy failed; refreshing and destroying again');
+        await deps.runner.refresh(stack, program, op);
+        result = await deps.runner.destroy(stack, program, op);
+      }
       deps.log.info({ deploymentId, result }, 'host destroyed');
     },
 

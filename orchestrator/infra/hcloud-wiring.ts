@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Config } from '../config';
 import type { Logger } from '../log';
+import { makeHcloudApi } from './hcloud-api';
 import type { HostProvider } from './host-provider';
 import { makeHcloudHostProvider } from './hcloud-provider';
 import { platformSshKeyId } from './platform-stack';
@@ -17,6 +18,8 @@ export const makeHcloudFromConfig = async (
   config: Config,
   log: Logger,
 ): Promise<{ readonly hosts: HostProvider; readonly runner: StackRunner }> => {
+  // Without a token every request fails as config_invalid (loadConfig requires one for hcloud).
+  const api = makeHcloudApi({ token: config.HCLOUD_TOKEN ?? '' });
   const workspace = await makeLocalWorkspaceFactory({
     backendUrl: config.PULUMI_BACKEND_URL ?? defaultBackendUrl(config.CORTEX_STATE_DIR),
     workDir: path.resolve(config.CORTEX_STATE_DIR, 'pulumi', 'work'),
@@ -33,6 +36,12 @@ export const makeHcloudFromConfig = async (
   });
   return {
     runner,
-    hosts: makeHcloudHostProvider({ runner, settings: config, sshKeyId: platformSshKeyId(runner), log }),
+    hosts: makeHcloudHostProvider({
+      runner,
+      settings: config,
+      sshKeyId: platformSshKeyId(runner),
+      api,
+      log,
+    }),
   };
 };

@@ -18,7 +18,16 @@ import { PULUMI_PROJECT } from './stack-names';
  */
 export type StackHandle = Pick<
   Stack,
-  'name' | 'up' | 'destroy' | 'cancel' | 'outputs' | 'setAllConfig' | 'info'
+  | 'name'
+  | 'up'
+  | 'destroy'
+  | 'cancel'
+  | 'outputs'
+  | 'setAllConfig'
+  | 'info'
+  | 'refresh'
+  | 'exportStack'
+  | 'getAllConfig'
 >;
 
 export interface WorkspaceFactory {

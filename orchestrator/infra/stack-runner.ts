@@ -35,6 +35,34 @@ export interface StackRunner {
   outputs(stackName: string, program: PulumiFn, opts?: StackOpOptions): Promise<OutputMap | undefined>;
   /** Names of the project's stacks. */
   list(opts?: StackOpOptions): Promise<string[]>;
+  /**
+   * The stack's stored config, the resources in its state and its pending operations (from
+   * `pulumi stack export`, no provider request), or `undefined` if there is no such stack.
+   */
+  inspect(stackName: string, program: PulumiFn, opts?: StackOpOptions): Promise<StackState | undefined>;
+  /**
+   * `pulumi refresh`: resources the provider no longer has leave the state; with
+   * `clearPendingCreates`, creates an interrupted update left pending are dropped (the caller has
+   * dealt with whatever they made). A missing stack is `absent`.
+   */
+  refresh(
+    stackName: string,
+    program: PulumiFn,
+    opts?: StackOpOptions & { readonly clearPendingCreates?: boolean },
+  ): Promise<'refreshed' | 'absent'>;
+}
+
+export interface StackResourceRef {
+  readonly urn: string;
+  readonly type: string;
+  readonly id?: string;
+}
+
+export interface StackState {
+  readonly config: ConfigMap;
+  readonly resources: readonly StackResourceRef[];
+  /** `pending_operations` of the checkpoint: `creating` ones may exist at the provider, untracked. */
+  readonly pending: readonly { readonly type: string; readonly resource: StackResourceRef }[];
 }
 
 export interface StackRunnerDeps {
@@ -226,6 +254,54 @@ export const makeStackRunner = (deps: StackRunnerDeps): StackRunner => {
       operation('outputs', stackName, opts, async () => {
         const stack = await selectOrUndefined(() => deps.workspace.selectStack(args(stackName, program)));
         return stack ? stack.outputs() : undefined;
+      }),
+
+    inspect: (stackName, program, opts) =>
+      operation('inspect', stackName, opts, async () => {
+        const stack = await selectOrUndefined(() => deps.workspace.selectStack(args(stackName, program)));
+        if (!stack) return undefined;
+        const config = await stack.getAllConfig();
+        const exported = (await stack.exportStack()) as {
+          deployment?: { resources?: unknown[]; pending_operations?: unknown[] };
+        };
+        const ref = (r: unknown): StackResourceRef | undefined => {
+          const o = r as { urn?: unknown; type?: unknown; id?: unknown } | undefined;
+          return typeof o?.urn === 'string' && typeof o.type === 'string'
+            ? { urn: o.urn, type: o.type, ...(typeof o.id === 'string' ? { id: o.id } : {}) }
+            : undefined;
+        };
+        const resources = (exported.deployment?.resources ?? [])
+          .map(ref)
+          .filter((r): r is StackResourceRef => r !== undefined);
+        const pending = (exported.deployment?.pending_operations ?? []).flatMap((p) => {
+          const o = p as { type?: unknown; resource?: unknown };
+          const resource = ref(o.resource);
+          return typeof o.type === 'string' && resource ? [{ type: o.type, resource }] : [];
+        });
+        return { config, resources, pending };
+      }),
+
+    refresh: (stackName, program, opts) =>
+      operation('refresh', stackName, opts, async (signal, log) => {
+        signal.throwIfAborted();
+        const stack = await selectOrUndefined(() => deps.workspace.selectStack(args(stackName, program)));
+        if (!stack) return 'absent' as const;
+        const output = makeOutputLog(log, opts?.redact);
+        try {
+          await unlockingStale(stack, log, () =>
+            stack.refresh({
+              onOutput: output.stdout,
+              onError: output.stderr,
+              signal,
+              color: 'never',
+              suppressProgress: true,
+              ...(opts?.clearPendingCreates ? { clearPendingCreates: true } : {}),
+            }),
+          );
+        } finally {
+          output.flush();
+        }
+        return 'refreshed' as const;
       }),
 
     list: (opts) =>

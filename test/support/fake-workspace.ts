@@ -2,11 +2,14 @@ import * as pulumi from '@pulumi/pulumi';
 import {
   CommandError,
   type ConfigMap,
+  type Deployment,
   type DestroyOptions,
   type DestroyResult,
   type InlineProgramArgs,
   type OutputMap,
   type PulumiFn,
+  type RefreshOptions,
+  type RefreshResult,
   type StackSummary,
   type UpdateSummary,
   type UpOptions,
@@ -161,6 +164,20 @@ export interface PendingOperation {
   readonly resource: { readonly urn: string; readonly type: string; readonly name: string };
 }
 
+/**
+ * What happens at the cloud provider when the engine creates, updates or deletes a resource (see
+ * test/support/fake-hcloud-api.ts). Each returns `undefined` on success, or the CLI's stderr when
+ * the provider refuses: the operation then fails there, as `pulumi up`/`destroy` does — what was
+ * done before stays in the state, what was not is not.
+ */
+export interface ProviderModel {
+  create(r: RegisteredResource): string | undefined;
+  update(before: RegisteredResource, after: RegisteredResource): string | undefined;
+  delete(r: RegisteredResource): string | undefined;
+  /** Whether the resource still exists (what `pulumi refresh` asks). */
+  exists(r: RegisteredResource): boolean;
+}
+
 interface StackRecord {
   config: ConfigMap;
   outputs: OutputMap;
@@ -179,6 +196,11 @@ export interface PartwayFailure {
   readonly pending: number;
   /** The CLI's stderr; default: a provider error on the first resource that did not complete. */
   readonly stderr?: string;
+  /**
+   * With a provider model: the in-flight creates were accepted by the provider before the CLI died
+   * (the `POST /servers` went through), so the resources exist there, untracked.
+   */
+  readonly reachedProvider?: boolean;
 }
 
 const urnOf = (project: string, stack: string, r: { type: string; name: string }): string =>
@@ -190,7 +212,18 @@ export const pendingOperationsWarning = (ops: readonly PendingOperation[]): stri
   ops.map((o) => `  * ${o.resource.urn}, interrupted while ${o.type}\n`).join('') +
   'These resources are in an unknown state because the Pulumi CLI was interrupted while waiting for changes to these resources to complete. You should confirm whether or not the operations listed completed successfully by checking the state of the appropriate provider.\n';
 
-type Op = 'select' | 'create' | 'up' | 'destroy' | 'remove' | 'cancel' | 'outputs' | 'config' | 'list';
+type Op =
+  | 'select'
+  | 'create'
+  | 'up'
+  | 'destroy'
+  | 'remove'
+  | 'cancel'
+  | 'outputs'
+  | 'config'
+  | 'list'
+  | 'refresh'
+  | 'export';
 
 export interface FakeWorkspace {
   readonly workspace: WorkspaceFactory;
@@ -222,8 +255,9 @@ export interface FakeWorkspace {
 }
 
 export const makeFakeWorkspace = (
-  opts: { engine?: Engine; project?: string; now?: () => Date } = {},
+  opts: { engine?: Engine; project?: string; now?: () => Date; provider?: ProviderModel } = {},
 ): FakeWorkspace => {
+  const model = opts.provider;
   const project = opts.project ?? 'cortex';
   const now = opts.now ?? (() => new Date());
   const engine: Engine = opts.engine ?? ((program, ctx) => runProgramWithMocks(program, ctx));
@@ -328,12 +362,13 @@ export const makeFakeWorkspace = (
             config: record.config,
             previous: record.resources,
           });
+          const known = (r: RegisteredResource) =>
+            record.resources.some((p) => p.type === r.type && p.name === r.name);
           if (failure) {
-            const known = (r: RegisteredResource) =>
-              record.resources.some((p) => p.type === r.type && p.name === r.name);
             const fresh = deployed.resources.filter((r) => !known(r));
             const done = fresh.slice(0, failure.completed);
             const inFlight = fresh.slice(failure.completed, failure.completed + failure.pending);
+            for (const r of [...done, ...(failure.reachedProvider ? inFlight : [])]) model?.create(r);
             record.resources = [...record.resources, ...done];
             record.pendingOperations = inFlight.map((r) => ({
               type: 'creating',
@@ -347,6 +382,7 @@ export const makeFakeWorkspace = (
                 `error: update failed\n  ${failed ? urnOf(project, name, failed) : name}: error: creating failed: the provider returned an error`,
             });
           }
+          if (model) applyThroughModel(model, name, record, deployed.resources, started);
           record.outputs = deployed.outputs;
           record.resources = deployed.resources;
           const s = summary('update', record, started, 'succeeded');
@@ -365,6 +401,19 @@ export const makeFakeWorkspace = (
         );
         const result = await operate(name, o ?? {}, async (record) => {
           const started = now();
+          if (model) {
+            // Dependents first, as the engine deletes them.
+            for (const r of [...record.resources].reverse()) {
+              const refused = model.delete(r);
+              if (refused) {
+                record.history.unshift(summary('destroy', record, started, 'failed'));
+                throw commandError({
+                  stderr: `error: update failed\n  ${urnOf(project, name, r)}: ${refused}`,
+                });
+              }
+              record.resources = record.resources.filter((x) => x !== r);
+            }
+          }
           record.outputs = {};
           record.resources = [];
           const s = summary('destroy', record, started, 'succeeded');
@@ -373,6 +422,44 @@ export const makeFakeWorkspace = (
         });
         if (o?.remove) await removeStack(name);
         return result;
+      },
+      async refresh(o?: RefreshOptions): Promise<RefreshResult> {
+        run('refresh', name, [
+          'refresh',
+          '--yes',
+          '--skip-preview',
+          ...(o?.clearPendingCreates ? ['--clear-pending-creates'] : []),
+          '--stack',
+          name,
+        ]);
+        const record = get(name);
+        checkLock(name, record);
+        const started = now();
+        // Resources the provider no longer has leave the state; pending creates are dropped when asked.
+        if (model) record.resources = record.resources.filter((r) => model.exists(r));
+        if (o?.clearPendingCreates)
+          record.pendingOperations = record.pendingOperations.filter((p) => p.type !== 'creating');
+        const s = { ...summary('update', record, started, 'succeeded'), kind: 'refresh' as const };
+        record.history.unshift(s);
+        return { stdout: `Refreshing (${name})`, stderr: '', summary: s } satisfies RefreshResult;
+      },
+      async exportStack(): Promise<Deployment> {
+        run('export', name, ['stack', 'export', '--stack', name]);
+        const record = get(name);
+        return {
+          version: 3,
+          deployment: {
+            resources: record.resources.map((r) => ({
+              urn: urnOf(project, name, r),
+              type: r.type,
+              id: r.assignedId,
+            })),
+            pending_operations: record.pendingOperations.map((p) => ({ type: p.type, resource: p.resource })),
+          },
+        };
+      },
+      async getAllConfig(): Promise<ConfigMap> {
+        return { ...get(name).config };
       },
       async cancel(): Promise<void> {
         run('cancel', name, ['cancel', '--yes', '--stack', name]);
@@ -400,6 +487,33 @@ export const makeFakeWorkspace = (
         return record.history[0];
       },
     }) satisfies StackHandle;
+
+  /** Creates, updates and deletes of a successful `up`, through the provider; a refusal fails it there. */
+  const applyThroughModel = (
+    model: ProviderModel,
+    stack: string,
+    record: StackRecord,
+    next: readonly RegisteredResource[],
+    started: Date,
+  ): void => {
+    const same = (a: RegisteredResource, b: RegisteredResource) => a.type === b.type && a.name === b.name;
+    const fail = (r: RegisteredResource, stderr: string): never => {
+      record.history.unshift(summary('update', record, started, 'failed'));
+      throw commandError({ stderr: `error: update failed\n  ${urnOf(project, stack, r)}: ${stderr}` });
+    };
+    for (const r of next) {
+      const before = record.resources.find((p) => same(p, r));
+      const refused = before ? model.update(before, r) : model.create(r);
+      if (refused) fail(r, refused);
+      if (!before) record.resources = [...record.resources, r];
+    }
+    for (const r of [...record.resources].reverse())
+      if (!next.some((n) => same(n, r))) {
+        const refused = model.delete(r);
+        if (refused) fail(r, refused);
+        record.resources = record.resources.filter((x) => x !== r);
+      }
+  };
 
   const removeStack = async (name: string): Promise<void> => {
     run('remove', name, ['stack', 'rm', '--yes', name]);

@@ -11,7 +11,12 @@ describe('DNS from config', () => {
   });
 
   it('hcloud: the verifier, asking the zone NS unless DNS_SERVER is set', () => {
-    const config = loadConfig({ HOST_PROVIDER: 'hcloud', HCLOUD_TOKEN: 'a'.repeat(64) });
+    const config = loadConfig({
+      HOST_PROVIDER: 'hcloud',
+      HCLOUD_TOKEN: 'a'.repeat(64),
+      DNS_ZONE: 'agents.example.com',
+      ORCHESTRATOR_SSH_CIDRS: '192.0.2.10/32',
+    });
     expect(makeDnsFromConfig(config).name).toBe('hcloud');
     expect(dnsServerFromConfig(config)).toBeUndefined();
   });

@@ -4,12 +4,14 @@ import { loadConfig } from '../../../orchestrator/config';
 import { classify } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import type { HostSpec } from '../../../orchestrator/infra/host-provider';
+import { makeHcloudApi } from '../../../orchestrator/infra/hcloud-api';
 import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provider';
 import { ensurePlatformStack, platformSshKeyId } from '../../../orchestrator/infra/platform-stack';
 import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { Secret } from '../../../orchestrator/secret';
 import { canary } from '../../support/canary';
+import { makeFakeHcloudApi } from '../../support/fake-hcloud-api';
 import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
 import { rejection } from '../../support/rejection';
 
@@ -35,6 +37,9 @@ const specFor = (over: Partial<HostSpec> = {}): HostSpec & { hostPrivateKey: str
     userData: new Secret(userData),
     hostPublicKey: keys.publicKey,
     hostPrivateKey: keys.privateKey,
+    // What the deployments service stores at request time (region, server_type).
+    location: 'fsn1',
+    serverType: 'cx23',
     ...over,
   };
 };
@@ -49,7 +54,10 @@ const setup = async (env: Record<string, string> = {}) => {
     ...env,
   });
   const engine: Engine = (program, ctx) => runProgramWithMocks(program, { ...ctx, addresses });
-  const fake = makeFakeWorkspace({ engine });
+  // One fake Hetzner project behind both the fake `pulumi` and the API client.
+  const cloud = makeFakeHcloudApi({ zones: ['agents.example.com'] });
+  const fake = makeFakeWorkspace({ engine, provider: cloud.provider });
+  const api = makeHcloudApi({ token: config.HCLOUD_TOKEN!, fetch: cloud.fetch });
   const logs: string[] = [];
   const log = makeLogger({ level: 'debug' }, { write: (s: string) => void logs.push(s) });
   const runner = makeStackRunner({
@@ -62,8 +70,14 @@ const setup = async (env: Record<string, string> = {}) => {
     orchestratorPublicKey: orchestratorKey,
     pollInterval: config.HCLOUD_POLL_INTERVAL,
   });
-  const hosts = makeHcloudHostProvider({ runner, settings: config, sshKeyId: platformSshKeyId(runner), log });
-  return { config, fake, hosts, runner, logs };
+  const hosts = makeHcloudHostProvider({
+    runner,
+    settings: config,
+    sshKeyId: platformSshKeyId(runner),
+    api,
+    log,
+  });
+  return { config, fake, hosts, runner, logs, cloud, api, engine, log };
 };
 
 describe('hcloud host provider (stack runner + fake workspace + the real program under mocks)', () => {

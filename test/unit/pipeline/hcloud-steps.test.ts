@@ -3,6 +3,7 @@ import { loadConfig } from '../../../orchestrator/config';
 import type { Deployment, DeploymentStore } from '../../../orchestrator/deployments/deployment-store';
 import { makeHcloudDns } from '../../../orchestrator/dns/hcloud-dns';
 import { classify } from '../../../orchestrator/errors';
+import { makeHcloudApi } from '../../../orchestrator/infra/hcloud-api';
 import { makeHcloudHostProvider } from '../../../orchestrator/infra/hcloud-provider';
 import { ensurePlatformStack, platformSshKeyId } from '../../../orchestrator/infra/platform-stack';
 import { makeStackRunner } from '../../../orchestrator/infra/stack-runner';
@@ -11,6 +12,7 @@ import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { deprovisionSteps } from '../../../orchestrator/steps/deprovision-steps';
 import { provisionSteps } from '../../../orchestrator/steps/provision-steps';
 import type { StepContext, StepDef } from '../../../orchestrator/steps/step-runner';
+import { makeFakeHcloudApi } from '../../support/fake-hcloud-api';
 import { makeFakeWorkspace, runProgramWithMocks, type Engine } from '../../support/fake-workspace';
 
 /**
@@ -40,7 +42,18 @@ const setup = async (served: { ipv4: string[]; ipv6: string[] }) => {
   });
   const orchestratorPublicKey = generateHostKeyPair().publicKey;
   await ensurePlatformStack(runner, { orchestratorPublicKey, pollInterval: config.HCLOUD_POLL_INTERVAL });
-  const hosts = makeHcloudHostProvider({ runner, settings: config, sshKeyId: platformSshKeyId(runner), log });
+  // The Hetzner API (DNS preflight, protection) against a fake project holding the zone.
+  const api = makeHcloudApi({
+    token: 'a'.repeat(64),
+    fetch: makeFakeHcloudApi({ zones: [config.DNS_ZONE] }).fetch,
+  });
+  const hosts = makeHcloudHostProvider({
+    runner,
+    settings: config,
+    sshKeyId: platformSshKeyId(runner),
+    api,
+    log,
+  });
   const dns = makeHcloudDns({ zone: config.DNS_ZONE, query: async () => served });
 
   let dep = {

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { DeploymentStore, Deployment } from '../deployments/deployment-store';
 import type { DnsProvider } from '../dns/dns-provider';
-import { OrchestratorError } from '../errors';
+import { OrchestratorError, isOrchestratorError } from '../errors';
 import type { HostProvider } from '../infra/host-provider';
 import { CADDY_STOCK_ADMIN_PORT, agentCommands, parseListeners } from '../remote/agent-commands';
 import { ENV_FILE_PATH, renderEnvFile } from '../remote/env-file';
@@ -67,18 +67,44 @@ export const siteNameOf = (dep: Pick<Deployment, 'subdomain'>, zone: string): st
 const audit = (ctx: StepContext) => ({ actor: 'orchestrator', jobId: ctx.jobId });
 
 /** Run `fn` with a connection to the deployment's host (pinned key from the record), then close it. */
+const SHELL = 'shell';
+
+/**
+ * Run `fn` with a connection to the deployment's host (pinned key from the record). The steps of
+ * one run share one connection (the run's scope closes it); a shared connection that dropped is
+ * replaced once, and `fn` runs again (every step is idempotent).
+ */
 const withShell = async <T>(
   deps: ProvisionDeps,
   ctx: StepContext,
   fn: (shell: RemoteShell) => Promise<T>,
 ): Promise<T> => {
+  const cached = ctx.scope?.get<RemoteShell>(SHELL);
+  if (cached) {
+    try {
+      return await fn(cached);
+    } catch (err) {
+      if (!(isOrchestratorError(err) && err.code === 'ssh_connect_failed')) throw err;
+      await ctx.scope?.drop(SHELL);
+    }
+  }
   const dep = await deps.store.get(ctx.deployment.id);
   const { shell } = await deps.access.connect(dep, { signal: ctx.signal, waitMs: 60_000 });
+  if (ctx.scope) {
+    ctx.scope.set(SHELL, shell, (s) => s.close());
+    return fn(shell);
+  }
   try {
     return await fn(shell);
   } finally {
     await shell.close();
   }
+};
+
+/** Keep a verified connection for the next steps of the run (or close it when there is no run scope). */
+const keepShell = async (ctx: StepContext, shell: RemoteShell): Promise<void> => {
+  if (ctx.scope) ctx.scope.set(SHELL, shell, (s) => s.close());
+  else await shell.close();
 };
 
 export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
@@ -175,6 +201,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       const mark = (name: string): void => void (phases[name] = Date.now() - t0);
       const conn = await deps.access.connect(dep, { signal: ctx.signal, waitMs: deadline('ssh') - 5_000 });
       mark('connectedMs');
+      let keep: RemoteShell | undefined = conn.shell;
       try {
         if (conn.key === 'pending') {
           // A re-key was cut after its new key went live: this connection proves it.
@@ -196,18 +223,25 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
           signal: ctx.signal,
           onNewKey: async (k) => void (await deps.store.hostKey(dep.id, 'pending', k)),
         });
+        keep = undefined;
+        await conn.shell.close().catch(() => undefined);
         const proof = await deps.access.connect(
           { ...dep, hostPublicKey: newKey, hostPublicKeyPending: null },
           { signal: ctx.signal, waitMs: 30_000 },
         );
+        keep = proof.shell;
         mark('rekeyedMs');
-        await proof.shell.close();
         await deps.store.hostKey(dep.id, 'promote', newKey);
         mark('promotedMs');
         // Where the step's time goes: waiting for the boot (connect, cloud-init) vs our own work.
         ctx.log.info(phases, 'ssh step phases');
+      } catch (err) {
+        if (keep) await keep.close().catch(() => undefined);
+        keep = undefined;
+        throw err;
       } finally {
-        await conn.shell.close().catch(() => undefined);
+        // The proven connection serves the next steps of this run.
+        if (keep) await keepShell(ctx, keep);
       }
     },
   };

@@ -16,7 +16,36 @@ export interface StepContext {
   readonly jobId: string;
   readonly signal: AbortSignal;
   readonly log: Logger;
+  /** What steps of one run may share (an SSH connection); released when the run ends. */
+  readonly scope?: RunScope;
 }
+
+/** Values shared by the steps of one run, each with its release, run when the run ends however it ends. */
+export interface RunScope {
+  get<T>(key: string): T | undefined;
+  set<T>(key: string, value: T, release: (value: T) => Promise<void>): void;
+  drop(key: string): Promise<void>;
+}
+
+const makeRunScope = (): RunScope & { releaseAll(): Promise<void> } => {
+  const items = new Map<string, { value: unknown; release: (v: unknown) => Promise<void> }>();
+  const drop = async (key: string): Promise<void> => {
+    const it = items.get(key);
+    items.delete(key);
+    if (it) await it.release(it.value).catch(() => undefined);
+  };
+  return {
+    get: <T>(key: string) => items.get(key)?.value as T | undefined,
+    set: <T>(key: string, value: T, release: (value: T) => Promise<void>) => {
+      void drop(key);
+      items.set(key, { value, release: release as (v: unknown) => Promise<void> });
+    },
+    drop,
+    releaseAll: async () => {
+      for (const k of [...items.keys()]) await drop(k);
+    },
+  };
+};
 
 export interface StepDef {
   readonly name: string;
@@ -99,49 +128,58 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
       return begun.action === 'done' ? 'done' : 'stopped';
     }
     const { run: runNo } = begun;
-    for (const step of opts.steps) {
-      const deployment = await store.get(opts.deploymentId);
-      const expected = opts.operation === 'provision' ? 'provisioning' : 'deprovisioning';
-      if (deployment.status !== expected || deployment.currentRun !== runNo) {
-        log.info(
-          { status: deployment.status, step: step.name },
-          'operation superseded; stopping at a step boundary',
-        );
-        return 'superseded';
-      }
-      const done = deployment.steps.some(
-        (s) =>
-          s.run === runNo && s.step === step.name && (s.status === 'succeeded' || s.status === 'skipped'),
-      );
-      if (done) continue;
-      if (opts.stopping?.()) throw new ShutdownRequested(`shutting down before step ${step.name}`);
-
-      const slog = log.child({ step: step.name });
-      await store.stepStarted(opts.deploymentId, runNo, step.name);
-      const t0 = Date.now();
-      try {
-        await hooks?.onStepStarted?.(step.name, opts.deploymentId);
-        const skipped = await withDeadline(step.name, step.deadlineMs, opts.signal, async (signal) => {
-          const ctx: StepContext = { deployment, run: runNo, jobId: opts.jobId, signal, log: slog };
-          if (step.check && (await step.check(ctx))) return true;
-          await step.apply(ctx);
-          return false;
-        });
-        await hooks?.onStepApplied?.(step.name, opts.deploymentId);
-        await store.stepFinished(opts.deploymentId, runNo, step.name, skipped ? 'skipped' : 'succeeded');
-        slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
-      } catch (err) {
-        const permanent = classify(err) === 'permanent';
-        const final = permanent || opts.finalAttempt;
-        const reason = reasonOf(err);
-        slog.warn({ ms: Date.now() - t0, permanent, final, reason }, 'step failed');
-        await store
-          .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final)
-          .catch((e: unknown) => slog.error({ reason: reasonOf(e) }, 'could not record the failure'));
-        throw err;
-      }
+    const scope = makeRunScope();
+    try {
+      return await runSteps(runNo, scope);
+    } finally {
+      await scope.releaseAll();
     }
-    return 'completed';
+
+    async function runSteps(runNo: number, scope: RunScope): Promise<RunOutcome> {
+      for (const step of opts.steps) {
+        const deployment = await store.get(opts.deploymentId);
+        const expected = opts.operation === 'provision' ? 'provisioning' : 'deprovisioning';
+        if (deployment.status !== expected || deployment.currentRun !== runNo) {
+          log.info(
+            { status: deployment.status, step: step.name },
+            'operation superseded; stopping at a step boundary',
+          );
+          return 'superseded';
+        }
+        const done = deployment.steps.some(
+          (s) =>
+            s.run === runNo && s.step === step.name && (s.status === 'succeeded' || s.status === 'skipped'),
+        );
+        if (done) continue;
+        if (opts.stopping?.()) throw new ShutdownRequested(`shutting down before step ${step.name}`);
+
+        const slog = log.child({ step: step.name });
+        await store.stepStarted(opts.deploymentId, runNo, step.name);
+        const t0 = Date.now();
+        try {
+          await hooks?.onStepStarted?.(step.name, opts.deploymentId);
+          const skipped = await withDeadline(step.name, step.deadlineMs, opts.signal, async (signal) => {
+            const ctx: StepContext = { deployment, run: runNo, jobId: opts.jobId, signal, log: slog, scope };
+            if (step.check && (await step.check(ctx))) return true;
+            await step.apply(ctx);
+            return false;
+          });
+          await hooks?.onStepApplied?.(step.name, opts.deploymentId);
+          await store.stepFinished(opts.deploymentId, runNo, step.name, skipped ? 'skipped' : 'succeeded');
+          slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
+        } catch (err) {
+          const permanent = classify(err) === 'permanent';
+          const final = permanent || opts.finalAttempt;
+          const reason = reasonOf(err);
+          slog.warn({ ms: Date.now() - t0, permanent, final, reason }, 'step failed');
+          await store
+            .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final)
+            .catch((e: unknown) => slog.error({ reason: reasonOf(e) }, 'could not record the failure'));
+          throw err;
+        }
+      }
+      return 'completed';
+    }
   };
 
   return { run };

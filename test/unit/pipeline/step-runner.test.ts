@@ -194,6 +194,30 @@ describe('step runner', () => {
     expect(b.apply).not.toHaveBeenCalled();
   });
 
+  it('what the steps of a run share is released when the run ends, completed or failed', async () => {
+    for (const fails of [false, true]) {
+      const f = fakeStore();
+      const released: string[] = [];
+      const open: StepDef = {
+        name: 'a',
+        deadlineMs: 1_000,
+        apply: async (ctx) => ctx.scope?.set('conn', 'c1', async (v) => void released.push(v)),
+      };
+      const use: StepDef = {
+        name: 'b',
+        deadlineMs: 1_000,
+        apply: async (ctx) => {
+          expect(ctx.scope?.get('conn')).toBe('c1');
+          if (fails) throw new OrchestratorError('secret_denied', 'no');
+        },
+      };
+      const r = makeStepRunner({ store: f.store, log }).run({ ...opts, steps: [open, use] });
+      if (fails) await expect(r).rejects.toMatchObject({ code: 'secret_denied' });
+      else await expect(r).resolves.toBe('completed');
+      expect(released).toEqual(['c1']);
+    }
+  });
+
   it('a ready deployment runs nothing', async () => {
     const f = fakeStore('ready');
     const a = step('a');

@@ -9,7 +9,7 @@ import { agentProgram } from './agent-program';
 import type { HcloudApi } from './hcloud-api';
 import { preflightRecords } from './hcloud-dns-preflight';
 import { parseStackSettings, uuidId } from './infra-validation';
-import type { StackRunner, StackState } from './stack-runner';
+import type { PlanGuard, StackRunner, StackState } from './stack-runner';
 import { PULUMI_PROJECT, agentStackName, deploymentIdOfStack } from './stack-names';
 
 /**
@@ -54,6 +54,21 @@ export const RRSET_TYPE = 'hcloud:index/zoneRrset:ZoneRrset';
 /** The label selector of everything made for one deployment. */
 export const deploymentSelector = (deploymentId: string): string =>
   `managed-by=cortex,deployment=${deploymentId}`;
+
+/**
+ * Outside deprovisioning, no plan may replace or delete a live server, nor resize it (a changed
+ * server type powers it off): the preview decides, before anything is applied.
+ */
+export const liveServerGuard: PlanGuard = (step) => {
+  if (step.type !== SERVER_TYPE) return undefined;
+  if (['replace', 'create-replacement', 'delete-replaced', 'delete', 'discard'].includes(step.op))
+    return `it would ${step.op === 'delete' || step.op === 'discard' ? 'delete' : 'replace'} the live server${
+      step.keys?.length ? ` (changed: ${step.keys.join(', ')})` : ''
+    }; deprovision and provision again instead`;
+  if (step.op === 'update' && step.diffs?.some((d) => ['serverType', 'location', 'image'].includes(d)))
+    return `it would change the live server's ${step.diffs.filter((d) => ['serverType', 'location', 'image'].includes(d)).join(', ')} (a resize powers it off)`;
+  return undefined;
+};
 
 /** Settings fixed at a host's first creation: a later `up` reads them back from the stack. */
 const PINNED = ['location', 'serverType', 'image'] as const;
@@ -197,17 +212,22 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
         });
 
       const settings = parseAgentSettings({ ...check(pinned), sshKeyId: await deps.sshKeyId() });
-      const up = () => deps.runner.up(stack, program, agentStackConfig(settings), op);
+      // A stack that holds a server is previewed first (a pure create has nothing to protect).
+      const up = (known: StackState | undefined) =>
+        deps.runner.up(stack, program, agentStackConfig(settings), {
+          ...op,
+          ...(has(known, SERVER_TYPE, 'server') ? { guard: liveServerGuard } : {}),
+        });
       let outputs: OutputMap;
       try {
-        outputs = await up();
+        outputs = await up(state);
       } catch (err) {
         // A name Hetzner says is taken, by something of this very deployment the state does not
         // know: the leftover of an interrupted create. Cleared once, then one more `up`.
         if (!(err instanceof OrchestratorError && err.message.includes('(uniqueness_error'))) throw err;
         const now = await deps.runner.inspect(stack, program, op);
         if ((await clearStrays(spec, now, log)) === 0) throw err;
-        outputs = await up();
+        outputs = await up(now);
       }
       const host = toDescription(spec.deploymentId, outputs);
       if (!host)

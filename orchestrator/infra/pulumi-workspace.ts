@@ -26,6 +26,7 @@ export type StackHandle = Pick<
   | 'setAllConfig'
   | 'info'
   | 'refresh'
+  | 'preview'
   | 'exportStack'
   | 'getAllConfig'
 >;

@@ -4,6 +4,7 @@ import {
   type ConfigMap,
   type OutputMap,
   type PulumiFn,
+  type StepEventMetadata,
 } from '@pulumi/pulumi/automation';
 import { OrchestratorError } from '../errors';
 import type { Logger } from '../log';
@@ -26,9 +27,20 @@ export interface StackOpOptions {
   readonly redact?: readonly string[];
 }
 
+/**
+ * Judges one step of a preview: a reason to refuse the whole `up`, or `undefined`. With a guard,
+ * `up` previews first and applies nothing when any step is refused.
+ */
+export type PlanGuard = (step: StepEventMetadata) => string | undefined;
+
 export interface StackRunner {
   /** Create or select the stack, write its config, `up`; the stack's outputs. */
-  up(stackName: string, program: PulumiFn, config: ConfigMap, opts?: StackOpOptions): Promise<OutputMap>;
+  up(
+    stackName: string,
+    program: PulumiFn,
+    config: ConfigMap,
+    opts?: StackOpOptions & { readonly guard?: PlanGuard },
+  ): Promise<OutputMap>;
   /** Destroy the stack's resources, then remove the stack. A missing stack is already done. */
   destroy(stackName: string, program: PulumiFn, opts?: StackOpOptions): Promise<'destroyed' | 'absent'>;
   /** The outputs of the last successful `up`, or `undefined` if there is no such stack. */
@@ -205,6 +217,35 @@ export const makeStackRunner = (deps: StackRunnerDeps): StackRunner => {
         signal.throwIfAborted();
         await stack.setAllConfig(config);
         signal.throwIfAborted();
+        const guard = opts?.guard;
+        if (guard) {
+          const refusals: string[] = [];
+          const preview = makeOutputLog(log, opts?.redact);
+          try {
+            await unlockingStale(stack, log, () =>
+              stack.preview({
+                onOutput: preview.stdout,
+                onError: preview.stderr,
+                onEvent: (event) => {
+                  const step = event.resourcePreEvent?.metadata;
+                  const reason = step && guard(step);
+                  if (reason) refusals.push(reason);
+                },
+                signal,
+                color: 'never',
+                suppressProgress: true,
+              }),
+            );
+          } finally {
+            preview.flush();
+          }
+          if (refusals.length > 0)
+            throw new OrchestratorError(
+              'provider_rejected',
+              `pulumi up of stack ${stackName} refused after preview, nothing changed: ${refusals.join('; ')}`,
+            );
+          signal.throwIfAborted();
+        }
         const output = makeOutputLog(log, opts?.redact);
         try {
           const result = await unlockingStale(stack, log, () =>

@@ -6,7 +6,11 @@ import {
   type DestroyOptions,
   type DestroyResult,
   type InlineProgramArgs,
+  type EngineEvent,
+  type OpType,
   type OutputMap,
+  type PreviewOptions,
+  type PreviewResult,
   type PulumiFn,
   type RefreshOptions,
   type RefreshResult,
@@ -203,6 +207,19 @@ export interface PartwayFailure {
   readonly reachedProvider?: boolean;
 }
 
+/**
+ * Inputs whose change makes the hcloud provider replace the resource (ForceNew in
+ * terraform-provider-hcloud); any other changed input is an update in place.
+ */
+const FORCE_NEW: Record<string, readonly string[]> = {
+  'hcloud:index/server:Server': ['location', 'image', 'datacenter'],
+  'hcloud:index/zoneRrset:ZoneRrset': ['zone', 'name', 'type'],
+};
+/** The agent program's `ignoreChanges` on the server. */
+const IGNORED: Record<string, readonly string[]> = {
+  'hcloud:index/server:Server': ['userData', 'sshKeys'],
+};
+
 const urnOf = (project: string, stack: string, r: { type: string; name: string }): string =>
   `urn:pulumi:${stack}::${project}::${r.type}::${r.name}`;
 
@@ -223,6 +240,7 @@ type Op =
   | 'config'
   | 'list'
   | 'refresh'
+  | 'preview'
   | 'export';
 
 export interface FakeWorkspace {
@@ -422,6 +440,49 @@ export const makeFakeWorkspace = (
         });
         if (o?.remove) await removeStack(name);
         return result;
+      },
+      async preview(o?: PreviewOptions): Promise<PreviewResult> {
+        run('preview', name, ['preview', '--stack', name]);
+        const record = get(name);
+        checkLock(name, record);
+        // The program runs as in `up`; nothing is applied. One event per step, as the CLI's event log.
+        const planned = await engine(o?.program ?? program, {
+          project,
+          stack: name,
+          config: record.config,
+          previous: record.resources,
+        });
+        const counts: Partial<Record<OpType, number>> = {};
+        let sequence = 0;
+        const emit = (r: RegisteredResource, op: OpType, diffs: string[], keys: string[]): void => {
+          counts[op] = (counts[op] ?? 0) + 1;
+          o?.onEvent?.({
+            sequence: sequence++,
+            timestamp: Math.floor(now().getTime() / 1000),
+            resourcePreEvent: {
+              metadata: { op, urn: urnOf(project, name, r), type: r.type, diffs, keys, provider: '' },
+              planning: true,
+            },
+          } satisfies EngineEvent);
+        };
+        for (const r of planned.resources) {
+          const before = record.resources.find((p) => p.type === r.type && p.name === r.name);
+          if (!before) {
+            emit(r, 'create', [], []);
+            continue;
+          }
+          const a = before.inputs as Record<string, unknown>;
+          const b = r.inputs as Record<string, unknown>;
+          const diffs = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter(
+            (k) => !(IGNORED[r.type] ?? []).includes(k) && JSON.stringify(a[k]) !== JSON.stringify(b[k]),
+          );
+          const keys = diffs.filter((k) => (FORCE_NEW[r.type] ?? []).includes(k));
+          emit(r, keys.length > 0 ? 'replace' : diffs.length > 0 ? 'update' : 'same', diffs, keys);
+        }
+        for (const r of record.resources)
+          if (!planned.resources.some((p) => p.type === r.type && p.name === r.name))
+            emit(r, 'delete', [], []);
+        return { stdout: `Previewing update (${name})`, stderr: '', changeSummary: counts };
       },
       async refresh(o?: RefreshOptions): Promise<RefreshResult> {
         run('refresh', name, [

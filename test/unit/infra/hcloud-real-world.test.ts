@@ -106,3 +106,112 @@ describe('item 4: DNS problems are found before a server is paid for', () => {
     expect(text).not.toContain(token);
   });
 });
+
+describe('item 2: a changed default never replaces, resizes or deletes a live server', () => {
+  const serverOf = (w: Awaited<ReturnType<typeof hcloudWorld>>, deploymentId: string) =>
+    w.fake.stacks
+      .get(`agent-${deploymentId}`)!
+      .resources.find((r) => r.type === 'hcloud:index/server:Server')!;
+
+  it('location, server type and image stay what the host was created with when the defaults change', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec({ location: 'hel1', serverType: 'cx33' });
+    const first = await w.hosts.ensure(spec);
+    const changed = w.provider(
+      loadConfig({
+        HOST_PROVIDER: 'hcloud',
+        HCLOUD_TOKEN: w.config.HCLOUD_TOKEN!,
+        DNS_ZONE: ZONE,
+        ORCHESTRATOR_SSH_CIDRS: '192.0.2.10/32',
+        HCLOUD_LOCATION: 'ash',
+        HCLOUD_SERVER_TYPE: 'cpx41',
+        HCLOUD_IMAGE: 'debian-12',
+      }),
+    );
+    // A retry whose HostSpec carries no location or type (a row from before they were stored).
+    const { location: _l, serverType: _t, ...bare } = spec;
+    expect(await changed.ensure(bare)).toEqual(first);
+    expect(serverOf(w, spec.deploymentId).inputs).toMatchObject({
+      location: 'hel1',
+      serverType: 'cx33',
+      image: 'ubuntu-24.04',
+    });
+    expect(w.serversOf(spec.deploymentId)).toEqual([
+      expect.objectContaining({
+        id: Number(first.serverId),
+        location: 'hel1',
+        serverType: 'cx33',
+        image: 'ubuntu-24.04',
+      }),
+    ]);
+  });
+
+  it('a HostSpec asking another location or type for a live host is refused before any stack change', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    await w.hosts.ensure(spec);
+    const ups = w.ups();
+    for (const over of [{ location: 'nbg1' }, { serverType: 'cx53' }]) {
+      const err = await rejection(w.hosts.ensure({ ...spec, ...over }));
+      expect([err.code, err.field, classify(err)]).toEqual([
+        'invalid_input',
+        Object.keys(over)[0],
+        'permanent',
+      ]);
+    }
+    expect(w.ups()).toBe(ups);
+  });
+
+  it('a new host without a stored location is refused (never derived from the current config)', async () => {
+    const w = await hcloudWorld();
+    const { location: _l, ...bare } = hostSpec();
+    const err = await rejection(w.hosts.ensure(bare));
+    expect([err.code, err.field]).toEqual(['invalid_input', 'location']);
+    expect(w.cloud.servers.size).toBe(0);
+  });
+
+  it('a plan that would replace or resize the live server is refused after preview; nothing applied', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const host = await w.hosts.ensure(spec);
+    // The state says the server was made in another location (an older program, a hand edit):
+    // the next `up` would delete and recreate it.
+    const server = serverOf(w, spec.deploymentId);
+    (server.inputs as Record<string, unknown>).location = 'nbg1';
+    const ups = w.ups();
+    const err = await rejection(w.hosts.ensure(spec));
+    expect([err.code, classify(err)]).toEqual(['provider_rejected', 'permanent']);
+    expect(err.message).toContain('replace the live server (changed: location)');
+    expect(w.ups()).toBe(ups);
+    expect(w.fake.commandLines.some((c) => c[1] === 'preview')).toBe(true);
+    expect(w.cloud.servers.has(Number(host.serverId))).toBe(true);
+    // A resize (server type changed in the state) is refused the same way.
+    (server.inputs as Record<string, unknown>).location = 'fsn1';
+    (server.inputs as Record<string, unknown>).serverType = 'cx53';
+    expect((await rejection(w.hosts.ensure(spec))).message).toContain("change the live server's serverType");
+    // Control: the state restored, the same ensure goes through.
+    (server.inputs as Record<string, unknown>).serverType = 'cx23';
+    await expect(w.hosts.ensure(spec)).resolves.toEqual(host);
+  });
+
+  it('servers carry delete and rebuild protection, lifted only by destroy', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const host = await w.hosts.ensure(spec);
+    const id = Number(host.serverId);
+    expect(w.cloud.servers.get(id)?.protection).toEqual({ delete: true, rebuild: true });
+    // A delete by hand (or by a mistaken script) is refused by Hetzner.
+    const res = await w.cloud.fetch(`https://api.hetzner.cloud/v1/servers/${id}`, {
+      method: 'DELETE',
+      headers: { Authorization: `Bearer ${w.config.HCLOUD_TOKEN!}` },
+    });
+    expect([res.status, await res.json()]).toEqual([
+      403,
+      expect.objectContaining({ error: expect.objectContaining({ code: 'protected' }) }),
+    ]);
+    await w.hosts.destroy(spec.deploymentId);
+    expect(w.cloud.servers.size).toBe(0);
+    expect(w.cloud.firewalls.size).toBe(0);
+    expect([...w.cloud.rrsets.keys()].filter((k) => k.includes(spec.subdomain))).toEqual([]);
+  });
+});

@@ -99,6 +99,7 @@ declare
   v_env text;
   v_secret_id uuid;
   v_names text[] := array[]::text[];
+  v_owner uuid;
 begin
   perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
   perform public.input__check_required('org_id', p_org_id);
@@ -162,6 +163,13 @@ begin
       perform public.secret_access_log__append('bind', 'denied', p_org_id, null, null, null,
         pg_catalog.format('deployment request refused: bindings[%s] names no active org-wide secret of this organization', v_i),
         p_actor, p_job_id, p_request_ip, p_user_agent);
+      -- the owner, if another organisation owns that id, learns its secret was asked for, and
+      -- nothing about who asked (no org, deployment, actor or address of the requester)
+      v_owner := (select s.org_id from public.secrets s where s.id = v_secret_id);
+      if v_owner is not null and v_owner <> p_org_id then
+        perform public.secret_access_log__append('bind', 'denied', v_owner, null, v_secret_id, null,
+          'bind refused: another organization named this secret in a deployment request', null, null, null, null);
+      end if;
       return pg_catalog.jsonb_build_object('status', 'denied',
         'field', pg_catalog.format('bindings[%s].secret_id', v_i),
         'reason', 'no active secret with this id in the organization');

@@ -7,7 +7,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(33);
+select plan(35);
 
 -- ---- privileges -----------------------------------------------------------------------------------
 select is(
@@ -67,6 +67,14 @@ select is((select secret_id from public.secret_access_log where org_id = :'org_a
   'the denial row names no secret id');
 select is((select operation || '/' || outcome from public.secret_access_log where org_id = :'org_a' order by id desc limit 1),
   'bind/denied', 'as a denied bind');
+select is((select count(*) - :'audit_b_before' from public.secret_access_log where org_id = :'org_b'), 1::bigint,
+  'the owning organisation''s chain records the refusal too');
+select is(
+  (select jsonb_build_object('secret', secret_id, 'deployment', deployment_id, 'actor', actor, 'ip', request_ip,
+     'reason', reason) from public.secret_access_log where org_id = :'org_b' order by id desc limit 1),
+  jsonb_build_object('secret', :'sec_b', 'deployment', null, 'actor', null, 'ip', null,
+    'reason', 'bind refused: another organization named this secret in a deployment request'),
+  'naming its own secret and nothing of the requester');
 
 select throws_ok(format($$select public.deployments__request(%L, 'n', 'tz-1', 'local', null, null, 'echo', '[{"env_var":"a","secret_id":"%s"}]')$$, :'org_a', :'sec_a'),
   '22023', 'bindings[0].env_var: must match ^[A-Z_][A-Z0-9_]*$ (at most 128 characters)', 'a bad variable name is refused naming the binding');

@@ -215,3 +215,78 @@ describe('item 2: a changed default never replaces, resizes or deletes a live se
     expect([...w.cloud.rrsets.keys()].filter((k) => k.includes(spec.subdomain))).toEqual([]);
   });
 });
+
+describe('item 1: an interrupted create leaves no untracked server and does not block the deployment', () => {
+  const stackOf = (w: Awaited<ReturnType<typeof hcloudWorld>>, id: string) =>
+    w.fake.stacks.get(`agent-${id}`)!;
+
+  it('a server whose create was pending when the CLI died is deleted, the pending create cleared, the host made once', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    // provider + firewall reach the state; the server's POST was accepted but never recorded.
+    w.fake.failPartwayNext({ completed: 2, pending: 1, reachedProvider: true });
+    expect((await rejection(w.hosts.ensure(spec))).code).toBe('stack_failed');
+    const [stray] = w.serversOf(spec.deploymentId);
+    expect(stray).toBeDefined();
+    expect(stackOf(w, spec.deploymentId).pendingOperations.map((p) => p.type)).toEqual(['creating']);
+
+    const host = await w.hosts.ensure(spec);
+    expect(w.serversOf(spec.deploymentId).map((s) => s.id)).toEqual([Number(host.serverId)]);
+    expect(w.cloud.servers.has(stray!.id)).toBe(false);
+    expect(stackOf(w, spec.deploymentId).pendingOperations).toEqual([]);
+    expect(w.fake.commandLines.some((c) => c.includes('--clear-pending-creates'))).toBe(true);
+    // Destroy then forgets nothing.
+    await w.hosts.destroy(spec.deploymentId);
+    expect(w.cloud.servers.size + w.cloud.firewalls.size).toBe(0);
+  });
+
+  it('a DNS record created just before a crash is cleared the same way', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    // provider, firewall and server done; the A record's create reached Hetzner, then the CLI died.
+    w.fake.failPartwayNext({ completed: 3, pending: 1, reachedProvider: true });
+    await rejection(w.hosts.ensure(spec));
+    expect(w.cloud.rrsets.has(`${ZONE}/${spec.subdomain}/A`)).toBe(true);
+    const host = await w.hosts.ensure(spec);
+    expect(host.dnsName).toBe(`${spec.subdomain}.${ZONE}`);
+    expect(w.serversOf(spec.deploymentId)).toHaveLength(1);
+    const types = stackOf(w, spec.deploymentId).resources.map((r) => r.name);
+    expect(types.filter((n) => n === 'dns-a')).toHaveLength(1);
+  });
+
+  it('a uniqueness_error naming this deployment’s own untracked server is cleared once; another owner’s is left alone', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const name = `agent-${spec.deploymentId}`;
+    const labels = { 'managed-by': 'cortex', org: spec.orgId, deployment: spec.deploymentId };
+    // Made by an `up` whose pending operation never reached the state (no pending create to read).
+    w.cloud.servers.set(900_001, {
+      id: 900_001,
+      name,
+      labels,
+      protection: { delete: true, rebuild: true },
+      serverType: 'cx23',
+      location: 'fsn1',
+      image: 'ubuntu-24.04',
+    });
+    const host = await w.hosts.ensure(spec);
+    expect(w.cloud.servers.has(900_001)).toBe(false);
+    expect(w.serversOf(spec.deploymentId).map((s) => s.id)).toEqual([Number(host.serverId)]);
+
+    // Control: a server of that name without this deployment's label is not ours to delete.
+    const other = hostSpec();
+    w.cloud.servers.set(900_002, {
+      id: 900_002,
+      name: `agent-${other.deploymentId}`,
+      labels: { 'managed-by': 'someone-else' },
+      protection: { delete: false, rebuild: false },
+      serverType: 'cx23',
+      location: 'fsn1',
+      image: 'ubuntu-24.04',
+    });
+    const err = await rejection(w.hosts.ensure(other));
+    expect([err.code, classify(err)]).toEqual(['provider_rejected', 'permanent']);
+    expect(err.message).toContain('uniqueness_error');
+    expect(w.cloud.servers.has(900_002)).toBe(true);
+  });
+});

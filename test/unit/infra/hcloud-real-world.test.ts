@@ -290,3 +290,32 @@ describe('item 1: an interrupted create leaves no untracked server and does not 
     expect(w.cloud.servers.has(900_002)).toBe(true);
   });
 });
+
+describe('item 3: destroy finishes after something was deleted by hand', () => {
+  it.each([
+    ['the server', 'not_found'],
+    ['the firewall', 'plugin crash'],
+  ])('%s deleted in the console: the destroy fails (%s), refreshes, destroys again', async (what) => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const host = await w.hosts.ensure(spec);
+    if (what === 'the server') w.cloud.servers.delete(Number(host.serverId));
+    else w.cloud.firewalls.clear();
+    await w.hosts.destroy(spec.deploymentId);
+    expect(w.fake.stacks.has(`agent-${spec.deploymentId}`)).toBe(false);
+    expect(w.cloud.servers.size + w.cloud.firewalls.size).toBe(0);
+    expect([...w.cloud.rrsets.keys()].filter((k) => k.includes(spec.subdomain))).toEqual([]);
+    const ops = w.fake.commandLines.map((c) => c[1]).filter((c) => c === 'destroy' || c === 'refresh');
+    expect(ops).toEqual(['destroy', 'refresh', 'destroy']);
+    expect(await w.hosts.describe(spec.deploymentId)).toBeUndefined();
+  });
+
+  it('a destroy that fails for another reason is not retried blindly (control: rate limit)', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    await w.hosts.ensure(spec);
+    w.fake.failNext('destroy', 'error: deleting server: limit reached (rate_limit_exceeded)');
+    expect((await rejection(w.hosts.destroy(spec.deploymentId))).code).toBe('provider_rate_limited');
+    expect(w.fake.commandLines.filter((c) => c[1] === 'refresh')).toEqual([]);
+  });
+});

@@ -218,7 +218,7 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
     const dir = hostDir(paths, rec.machine);
     const merged = await mountOverlay(rec.image, dir);
     // Written once: a restarted host keeps its first seed, as a rebooted cloud server keeps its user data.
-    if (!(await seedComplete(merged)))
+    if (!(await seedComplete(merged))) {
       await writeSeed(merged, {
         userData: spec.userData,
         instanceId: spec.deploymentId,
@@ -226,6 +226,11 @@ export const makeLocalHostProvider = (opts: LocalHostProviderOptions): HostProvi
         ipv4: rec.ipv4,
         prefixLength: rec.prefixLength,
       });
+      // The seed (written now, e.g. after a crash between the record and the seed) carries this
+      // spec's host key: the record must name that key, or describe() hands out one the host never serves.
+      rec = { ...rec, hostPublicKey: spec.hostPublicKey.trim() };
+      await writeHostRecord(paths, rec);
+    }
     throwIfAborted(signal);
     const cgroupDirs = await hostCgroupDirs(paths.stateId, rec.machine);
     await createCgroups(cgroupDirs);

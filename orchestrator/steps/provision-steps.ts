@@ -125,7 +125,9 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       // A host may exist without being recorded (a worker died between the two): adopt it; the
       // provider's key is pinned only while the record has none.
       const existing = await deps.hosts.describe(dep.id);
-      if (existing && existing.state !== 'missing') {
+      // Only a host that runs (or boots) is adopted as is; a stopped one goes through ensure(),
+      // which starts it again (with its first seed, so with the key the provider recorded).
+      if (existing && (existing.state === 'running' || existing.state === 'starting')) {
         await deps.store.recordHost(dep.id, {
           serverId: existing.serverId,
           ipv4: existing.ipv4,
@@ -159,11 +161,13 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         },
         { signal: ctx.signal },
       );
+      // The key the host serves: ours from this call, or, for a host ensure() restarted, the one
+      // the provider recorded when it was made (its seed is never rewritten). Both were generated here.
       await deps.store.recordHost(dep.id, {
         serverId: made.serverId,
         ipv4: made.ipv4,
         ...(made.ipv6 ? { ipv6: made.ipv6 } : {}),
-        hostPublicKey: hostKey.publicKey,
+        hostPublicKey: made.hostPublicKey,
       });
     },
   };
@@ -316,10 +320,9 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
           .toString('utf8')
           .trim();
         if (st !== '0 0 600 regular file')
-          throw new OrchestratorError(
-            'remote_file_unsafe',
-            `${ENV_FILE_PATH} is "${st}", not root:root 0600`,
-          );
+          // The host's own words are not quoted: it holds the values, and this message becomes the
+          // failure reason recorded in Postgres, Redis and the logs.
+          throw new OrchestratorError('remote_file_unsafe', `${ENV_FILE_PATH} is not root:root 0600`);
       });
     },
   };

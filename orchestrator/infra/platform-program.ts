@@ -33,7 +33,9 @@ export const definePlatformStack = (settings: PlatformSettings): PlatformStackOu
     'orchestrator-key',
     { name: SSH_KEY_NAME, publicKey: settings.orchestratorPublicKey, labels: { 'managed-by': 'cortex' } },
     // Every agent server references this key; deleting it by accident would be noisy, not fatal.
-    { provider },
+    // Rotating it replaces it: Hetzner refuses a second key of the same name, so the old one goes
+    // first (agent servers ignore `sshKeys` changes, so none is touched).
+    { provider, deleteBeforeReplace: true },
   );
   return { sshKeyId: key.id, sshKeyFingerprint: key.fingerprint };
 };

@@ -12,15 +12,23 @@ export const ensurePlatformStack = async (
   sshKeyIdOf(await runner.up(PLATFORM_STACK, platformProgram, platformStackConfig(settings), opts));
 
 /**
- * The orchestrator's SSH key id, read once from the platform stack's outputs (no Hetzner request:
- * outputs come from the Pulumi backend). A failed read is not cached.
+ * The orchestrator's SSH key id from the platform stack's outputs (no Hetzner request: outputs come
+ * from the Pulumi backend), cached for `maxAgeMs` (default 60 s) so that a rotated key (a new id)
+ * reaches new servers within a minute in every worker. A failed read is not cached.
  */
-export const platformSshKeyId = (runner: StackRunner): (() => Promise<string>) => {
-  let cached: Promise<string> | undefined;
+export const platformSshKeyId = (
+  runner: StackRunner,
+  opts: { readonly maxAgeMs?: number; readonly now?: () => number } = {},
+): (() => Promise<string>) => {
+  const maxAgeMs = opts.maxAgeMs ?? 60_000;
+  const now = opts.now ?? Date.now;
+  let cached: { id: Promise<string>; at: number } | undefined;
   return () => {
-    cached ??= runner.outputs(PLATFORM_STACK, platformProgram).then(sshKeyIdOf);
-    return cached.catch((err: unknown) => {
-      cached = undefined;
+    if (!cached || now() - cached.at >= maxAgeMs)
+      cached = { id: runner.outputs(PLATFORM_STACK, platformProgram).then(sshKeyIdOf), at: now() };
+    const mine = cached;
+    return mine.id.catch((err: unknown) => {
+      if (cached === mine) cached = undefined;
       throw err;
     });
   };

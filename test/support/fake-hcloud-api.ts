@@ -25,6 +25,11 @@ export interface FakeFirewall {
   name: string;
   labels: Record<string, string>;
 }
+export interface FakeSshKey {
+  id: number;
+  name: string;
+  publicKey: string;
+}
 export interface FakeZone {
   id: number;
   name: string;
@@ -42,6 +47,8 @@ export interface FakeHcloudApi {
   readonly provider: ProviderModel;
   readonly servers: Map<number, FakeServer>;
   readonly firewalls: Map<number, FakeFirewall>;
+  /** Names and public keys are each unique per project. */
+  readonly sshKeys: Map<number, FakeSshKey>;
   readonly zones: Map<string, FakeZone>;
   /** Keyed `zone/name/type`. */
   readonly rrsets: Map<string, FakeRrset>;
@@ -53,6 +60,7 @@ export interface FakeHcloudApi {
 const SERVER = 'hcloud:index/server:Server';
 const FIREWALL = 'hcloud:index/firewall:Firewall';
 const RRSET = 'hcloud:index/zoneRrset:ZoneRrset';
+const SSH_KEY = 'hcloud:index/sshKey:SshKey';
 
 const json = (status: number, body?: unknown) => ({
   status,
@@ -73,6 +81,7 @@ let nextZoneId = 77_000;
 export const makeFakeHcloudApi = (opts: { zones?: string[] } = {}): FakeHcloudApi => {
   const servers = new Map<number, FakeServer>();
   const firewalls = new Map<number, FakeFirewall>();
+  const sshKeys = new Map<number, FakeSshKey>();
   const zones = new Map<string, FakeZone>();
   const rrsets = new Map<string, FakeRrset>();
   const requests: string[] = [];
@@ -206,6 +215,11 @@ export const makeFakeHcloudApi = (opts: { zones?: string[] } = {}): FakeHcloudAp
           location: str(inputs(r).location),
           image: str(inputs(r).image),
         });
+      } else if (r.type === SSH_KEY) {
+        const publicKey = str(inputs(r).publicKey);
+        if ([...sshKeys.values()].some((k) => k.name === name || k.publicKey === publicKey))
+          return `error: creating ssh key: SSH key with the same name or fingerprint already exists (uniqueness_error, 3f24)`;
+        sshKeys.set(Number(r.assignedId), { id: Number(r.assignedId), name, publicKey });
       } else if (r.type === FIREWALL) {
         if ([...firewalls.values()].some((f) => f.name === name))
           return `error: creating firewall: name is already used (uniqueness_error, 3f1d)`;
@@ -248,6 +262,8 @@ export const makeFakeHcloudApi = (opts: { zones?: string[] } = {}): FakeHcloudAp
           return 'error: panic: runtime error: invalid memory address or nil pointer dereference\n[signal SIGSEGV: segmentation violation]\nerror: the plugin exited unexpectedly';
       } else if (r.type === RRSET) {
         rrsets.delete(rrsetKey(r));
+      } else if (r.type === SSH_KEY) {
+        sshKeys.delete(Number(r.assignedId));
       }
       return undefined;
     },
@@ -255,9 +271,10 @@ export const makeFakeHcloudApi = (opts: { zones?: string[] } = {}): FakeHcloudAp
       if (r.type === SERVER) return servers.has(Number(r.assignedId));
       if (r.type === FIREWALL) return firewalls.has(Number(r.assignedId));
       if (r.type === RRSET) return rrsets.has(rrsetKey(r));
+      if (r.type === SSH_KEY) return sshKeys.has(Number(r.assignedId));
       return true;
     },
   };
 
-  return { fetch, provider, servers, firewalls, zones, rrsets, requests, addZone };
+  return { fetch, provider, servers, firewalls, sshKeys, zones, rrsets, requests, addZone };
 };

@@ -54,6 +54,16 @@ if (typeof internals.CommandResult !== 'function' || typeof internals.createComm
 const waitForRPCs = (pulumi.runtime as unknown as { waitForRPCs?: () => Promise<void> }).waitForRPCs;
 if (typeof waitForRPCs !== 'function')
   throw new Error('@pulumi/pulumi no longer exports runtime.waitForRPCs: update the fake workspace');
+interface RegisterRequest {
+  getType(): string;
+  getName(): string;
+  getDeletebeforereplace(): boolean;
+  getIgnorechangesList(): string[];
+}
+const getMonitor = (pulumi.runtime as unknown as { getMonitor?: () => unknown }).getMonitor;
+if (typeof getMonitor !== 'function')
+  throw new Error('@pulumi/pulumi no longer exports runtime.getMonitor: update the fake workspace');
+
 /** Every registration the program started has reached the mocks. */
 export const settleRuntime = (): Promise<void> => waitForRPCs();
 
@@ -73,8 +83,17 @@ export const diyLockedStderr = (stack: string, at: Date, by = 'root@worker-2 (pi
 
 export const CLOUD_CONFLICT_STDERR = 'error: [409] Conflict: Another update is currently in progress.';
 
+/** The resource options the engine receives with a registration (read from the RPC request). */
+export interface RegisteredOptions {
+  readonly deleteBeforeReplace: boolean;
+  readonly ignoreChanges: readonly string[];
+}
+
 /** A resource as the engine received it (inputs with secrets still marked), and the id it got. */
-export type RegisteredResource = MockResourceArgs & { readonly assignedId: string };
+export type RegisteredResource = MockResourceArgs & {
+  readonly assignedId: string;
+  readonly options?: RegisteredOptions;
+};
 
 export interface ProgramRun {
   readonly outputs: OutputMap;
@@ -113,12 +132,22 @@ export const runProgramWithMocks = async (
 ): Promise<ProgramRun> => {
   const resources: RegisteredResource[] = ctx.registered ?? [];
   const addresses = ctx.addresses ?? { ipv4: '203.0.113.10', ipv6: '2001:db8::1' };
+  const options = new Map<string, RegisteredOptions>();
   await pulumi.runtime.setMocks(
     {
       newResource: (args) => {
         const before = ctx.previous?.find((r) => r.type === args.type && r.name === args.name);
-        const assignedId = before?.assignedId ?? String(nextId++);
-        resources.push({ ...args, assignedId });
+        // A changed ForceNew input replaces the resource: the replacement gets a new id.
+        const replaced =
+          before !== undefined &&
+          (FORCE_NEW[args.type] ?? []).some(
+            (k) =>
+              JSON.stringify((before.inputs as Record<string, unknown>)[k]) !==
+              JSON.stringify((args.inputs as Record<string, unknown>)[k]),
+          );
+        const assignedId = before && !replaced ? before.assignedId : String(nextId++);
+        const opts = options.get(`${args.type}::${args.name}`);
+        resources.push({ ...args, assignedId, ...(opts ? { options: opts } : {}) });
         const extra: Record<string, unknown> =
           args.type === 'hcloud:index/server:Server'
             ? { ipv4Address: addresses.ipv4, ipv6Address: addresses.ipv6, status: 'running' }
@@ -133,6 +162,18 @@ export const runProgramWithMocks = async (
     ctx.stack,
     false,
   );
+  // The mocks see no resource options; the monitor's request carries them.
+  const monitor = getMonitor() as {
+    registerResource: (req: RegisterRequest, cb: unknown) => unknown;
+  };
+  const register = monitor.registerResource.bind(monitor);
+  monitor.registerResource = (req, cb) => {
+    options.set(`${req.getType()}::${req.getName()}`, {
+      deleteBeforeReplace: req.getDeletebeforereplace(),
+      ignoreChanges: req.getIgnorechangesList(),
+    });
+    return register(req, cb);
+  };
   const plain: Record<string, string> = {};
   for (const [k, v] of Object.entries(ctx.config)) plain[k] = v.value;
   pulumi.runtime.setAllConfig(
@@ -211,7 +252,8 @@ export interface PartwayFailure {
  * Inputs whose change makes the hcloud provider replace the resource (ForceNew in
  * terraform-provider-hcloud); any other changed input is an update in place.
  */
-const FORCE_NEW: Record<string, readonly string[]> = {
+export const FORCE_NEW: Record<string, readonly string[]> = {
+  'hcloud:index/sshKey:SshKey': ['publicKey'],
   'hcloud:index/server:Server': ['location', 'image', 'datacenter'],
   'hcloud:index/zoneRrset:ZoneRrset': ['zone', 'name', 'type'],
 };
@@ -564,6 +606,18 @@ export const makeFakeWorkspace = (
     };
     for (const r of next) {
       const before = record.resources.find((p) => same(p, r));
+      if (before && before.assignedId !== r.assignedId) {
+        // A replacement: create-before-delete unless the resource asks otherwise, as the engine does.
+        const steps = r.options?.deleteBeforeReplace
+          ? [() => model.delete(before), () => model.create(r)]
+          : [() => model.create(r), () => model.delete(before)];
+        for (const step of steps) {
+          const refused = step();
+          if (refused) fail(r, refused);
+        }
+        record.resources = record.resources.map((x) => (x === before ? r : x));
+        continue;
+      }
       const refused = before ? model.update(before, r) : model.create(r);
       if (refused) fail(r, refused);
       if (!before) record.resources = [...record.resources, r];

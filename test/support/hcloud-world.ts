@@ -60,10 +60,11 @@ export const hcloudWorld = async (env: Record<string, string> = {}, opts: { zone
     pollInterval: config.HCLOUD_POLL_INTERVAL,
   });
   const api = makeHcloudApi({ token: config.HCLOUD_TOKEN!, fetch: cloud.fetch });
-  const provider = (settings = config) =>
-    makeHcloudHostProvider({ runner, settings, sshKeyId: platformSshKeyId(runner), api, log });
+  const clock = { ms: 1_000_000 };
+  const sshKeyId = platformSshKeyId(runner, { now: () => clock.ms });
+  const provider = (settings = config) => makeHcloudHostProvider({ runner, settings, sshKeyId, api, log });
   const ups = () => fake.commandLines.filter((c) => c[1] === 'up').length;
   const serversOf = (deploymentId: string) =>
     [...cloud.servers.values()].filter((s) => s.labels['deployment'] === deploymentId);
-  return { config, cloud, fake, runner, api, hosts: provider(), provider, ups, serversOf, log };
+  return { config, cloud, fake, runner, api, hosts: provider(), provider, ups, serversOf, log, clock };
 };

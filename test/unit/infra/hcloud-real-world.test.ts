@@ -2,6 +2,8 @@ import { loadConfig } from '../../../orchestrator/config';
 import { classify, OrchestratorError } from '../../../orchestrator/errors';
 import { formatDoctor, runDoctor } from '../../../orchestrator/cli/doctor';
 import { makeHcloudApi } from '../../../orchestrator/infra/hcloud-api';
+import { ensurePlatformStack } from '../../../orchestrator/infra/platform-stack';
+import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { makeFakeHcloudApi } from '../../support/fake-hcloud-api';
 import { hcloudWorld, hostSpec, ZONE } from '../../support/hcloud-world';
 import { rejection } from '../../support/rejection';
@@ -317,5 +319,38 @@ describe('item 3: destroy finishes after something was deleted by hand', () => {
     w.fake.failNext('destroy', 'error: deleting server: limit reached (rate_limit_exceeded)');
     expect((await rejection(w.hosts.destroy(spec.deploymentId))).code).toBe('provider_rate_limited');
     expect(w.fake.commandLines.filter((c) => c[1] === 'refresh')).toEqual([]);
+  });
+});
+
+describe("item 6: rotating the orchestrator's SSH key", () => {
+  it('replaces the key delete-first (the name is unique), leaves running servers alone, and new servers get the new id within the cache age', async () => {
+    const w = await hcloudWorld();
+    const before = w.hosts;
+    const a = hostSpec();
+    const hostA = await before.ensure(a);
+    const [oldKey] = [...w.cloud.sshKeys.values()];
+    expect(oldKey).toBeDefined();
+
+    const rotated = generateHostKeyPair().publicKey;
+    const newId = await ensurePlatformStack(w.runner, {
+      orchestratorPublicKey: rotated,
+      pollInterval: w.config.HCLOUD_POLL_INTERVAL,
+    });
+    expect([...w.cloud.sshKeys.values()]).toEqual([
+      { id: Number(newId), name: 'cortex-orchestrator', publicKey: rotated },
+    ]);
+    expect(newId).not.toBe(String(oldKey!.id));
+    // Running servers keep their key and are not touched by the next ensure.
+    await expect(before.ensure(a)).resolves.toEqual(hostA);
+    expect(w.cloud.servers.has(Number(hostA.serverId))).toBe(true);
+
+    // Within the cache age the old id may still be handed out; after it, the new one.
+    w.clock.ms += 60_000;
+    const b = hostSpec();
+    await before.ensure(b);
+    const serverB = w.fake.stacks
+      .get(`agent-${b.deploymentId}`)!
+      .resources.find((r) => r.type === 'hcloud:index/server:Server')!;
+    expect(serverB.inputs.sshKeys).toEqual([newId]);
   });
 });

@@ -76,13 +76,6 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
   const zone = deps.zone.toLowerCase();
   const ttl = String(deps.ttl ?? 30);
   const staleMs = deps.staleTransactionMs ?? 15_000;
-  let queue: Promise<unknown> = Promise.resolve();
-  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
-    const next = queue.then(fn, fn);
-    queue = next.catch(() => undefined);
-    return next;
-  };
-
   const failure = (output: string, what: string): OrchestratorError =>
     /failed to connect to socket/.test(output)
       ? new OrchestratorError(
@@ -136,14 +129,17 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
         throw new OrchestratorError('internal', 'a knotc word must be printable ASCII without spaces');
     const { output } = await deps.knotc([], commands.map((c) => `${c.join(' ')}\n`).join(''));
     const lines = output.split('\n').filter((l) => l.trim() !== '');
-    const ok = lines.filter((l) => l.trim() === 'OK').length;
-    const errors = lines.filter((l) => l.trim() !== 'OK');
-    const unsetMissing =
-      commands[0]?.[0] === 'zone-unset' && errors.length === 1 && NO_NODE.test(errors[0] ?? '');
-    if (ok === commands.length || (unsetMissing && ok === commands.length - 1)) return true;
+    // One answer per command, in order: only an unset may fail, and only with "no such node"
+    // (a name not there yet); anything else, or a missing answer, aborts the transaction.
+    const bad = commands.findIndex((c, i) => {
+      const answer = lines[i]?.trim();
+      if (answer === 'OK') return false;
+      return !(c[0] === 'zone-unset' && answer !== undefined && NO_NODE.test(answer));
+    });
+    if (bad < 0 && lines.length === commands.length) return true;
     throw new OrchestratorError(
       'provider_rejected',
-      `local DNS edit failed: ${firstError(errors.join('\n'))}`,
+      `local DNS edit failed: ${firstError(lines.filter((l) => l.trim() !== 'OK').join('\n'))}`,
     );
   };
 
@@ -158,32 +154,83 @@ export const makeLocalDns = (deps: LocalDnsDeps): DnsProvider => {
     }
   };
 
+  /**
+   * Edits are applied in groups: whatever queued while a transaction was open goes into the next
+   * one (one zone read, one begin, one batch, one commit), so twenty deployments at once cost a few
+   * knotc runs, not a hundred. A group that fails is retried edit by edit, so a bad edit fails only
+   * its own caller. An edit already in place opens no transaction (the zone's serial stays).
+   */
+  type Edit = { readonly name: string; readonly record?: DnsRecordInput };
+  const waiting: { edit: Edit; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  let pumping = false;
+
+  const applyGroup = async (edits: readonly Edit[]): Promise<void> => {
+    const only = edits.length === 1 ? edits[0] : undefined;
+    const current = only
+      ? new Map<string, ParsedNode>(
+          await readNode(only.name).then((n) => (n ? [[only.name, n] as const] : [])),
+        )
+      : parseZoneRead(await knotc(['zone-read', zone], 'zone-read'));
+    const todo = edits.filter((e) =>
+      e.record ? !sameRecord(current.get(e.name), e.record) : current.has(e.name),
+    );
+    if (todo.length === 0) return; // already so: nothing opened, nothing written
+    await transaction(() =>
+      batch(
+        todo.flatMap((e): string[][] => {
+          const fqdn = `${e.name}.`;
+          const unset = ['zone-unset', zone, fqdn]; // the whole node: old addresses, owner, strays
+          if (!e.record) return [unset];
+          return [
+            unset,
+            ['zone-set', zone, fqdn, ttl, 'A', e.record.ipv4],
+            ...(e.record.ipv6 ? [['zone-set', zone, fqdn, ttl, 'AAAA', e.record.ipv6]] : []),
+            ['zone-set', zone, fqdn, ttl, 'TXT', `"deployment=${e.record.deploymentId}"`],
+          ];
+        }),
+      ),
+    );
+  };
+
+  const pump = async (): Promise<void> => {
+    pumping = true;
+    try {
+      while (waiting.length > 0) {
+        const group = waiting.splice(0, 100);
+        try {
+          await applyGroup(group.map((g) => g.edit));
+          for (const g of group) g.resolve();
+        } catch (err) {
+          if (group.length === 1) group[0]?.reject(err);
+          else
+            for (const g of group)
+              await applyGroup([g.edit]).then(
+                () => g.resolve(),
+                (e: unknown) => g.reject(e),
+              );
+        }
+      }
+    } finally {
+      pumping = false;
+    }
+  };
+
+  const submit = (edit: Edit): Promise<void> =>
+    new Promise<void>((resolve, reject) => {
+      waiting.push({ edit, resolve, reject });
+      if (!pumping) void pump();
+    });
+
   return {
     name: 'local',
 
     ensureRecord: async (input: DnsRecordInput) => {
       const r = parseRecordInput(zone, input);
-      await serial(async () => {
-        // Already so: nothing opened, nothing written, the serial stays.
-        if (sameRecord(await readNode(r.name), r)) return;
-        const fqdn = `${r.name}.`;
-        await transaction(() =>
-          batch([
-            ['zone-unset', zone, fqdn], // the whole node: old addresses, owner, any stray type
-            ['zone-set', zone, fqdn, ttl, 'A', r.ipv4],
-            ...(r.ipv6 ? [['zone-set', zone, fqdn, ttl, 'AAAA', r.ipv6]] : []),
-            ['zone-set', zone, fqdn, ttl, 'TXT', `"deployment=${r.deploymentId}"`],
-          ]),
-        );
-      });
+      await submit({ name: r.name, record: r });
     },
 
     removeRecord: async (raw: string) => {
-      const name = parseRecordName(zone, raw);
-      await serial(async () => {
-        if (!(await readNode(name))) return; // not there: done, nothing opened
-        await transaction(() => batch([['zone-unset', zone, `${name}.`]]));
-      });
+      await submit({ name: parseRecordName(zone, raw) });
     },
 
     lookup: async (raw: string) => {

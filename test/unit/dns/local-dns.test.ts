@@ -87,6 +87,33 @@ describe('local DNS adapter (knotc)', () => {
     expect((await dns.list()).map((r) => r.name).sort()).toEqual([1, 2, 3, 4, 5].map((i) => `n${i}.${ZONE}`));
   });
 
+  it('groups what queued while a transaction was open into the next one (a few knotc runs, not five per record)', async () => {
+    const { knot, dns } = setup();
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        dns.ensureRecord({ name: `g${i}.${ZONE}`, ipv4: `10.0.1.${i + 1}`, deploymentId: ID }),
+      ),
+    );
+    const begins = knot.calls.filter((c) => c[0] === 'zone-begin').length;
+    expect(begins).toBe(2); // the first alone (nothing was queued yet), the other nineteen together
+    // knotc processes: per group one read, one begin, one stdin batch, one commit.
+    const runs = knot.calls.filter((c) =>
+      ['zone-read', 'zone-begin', 'zone-commit', '<stdin>'].includes(c[0] ?? ''),
+    );
+    expect(runs).toHaveLength(8);
+    expect((await dns.list()).length).toBe(20);
+    // Ensures and a removal queued together land in one group.
+    knot.calls.length = 0;
+    const results = await Promise.allSettled([
+      dns.ensureRecord({ name: `h1.${ZONE}`, ipv4: '10.0.2.1', deploymentId: ID }),
+      dns.ensureRecord({ name: `h2.${ZONE}`, ipv4: '10.0.2.2', deploymentId: ID }),
+      dns.removeRecord(`g0.${ZONE}`),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'fulfilled']);
+    expect(await dns.lookup(`g0.${ZONE}`)).toBeUndefined();
+    expect(await dns.lookup(`h2.${ZONE}`)).toEqual({ ipv4: '10.0.2.2' });
+  });
+
   it("waits for another process's transaction, then aborts it as a crash leftover", async () => {
     const { knot, dns } = setup(200);
     knot.openForeignTransaction();

@@ -9,7 +9,9 @@ import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
 import { agentProbes, parseEnviron } from '../support/agent-probes';
 import { adminPool, auditRows } from '../support/db';
+import { canary } from '../support/canary';
 import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
+import { Secret } from '../../orchestrator/secret';
 
 /**
  * The provisioning pipeline end to end on real parts: Postgres with the project's migrations,
@@ -99,6 +101,24 @@ describe('provision → ready → deprovision on a real local host', () => {
     expect(reads[0]?.job_id).toBe(`provision-${deploymentId}`);
     expect((await p.secrets.verifyAuditLog(org.orgId)).ok).toBe(true);
 
+    // A key scoped to this deployment: deprovisioning deletes its vault secret too.
+    const scoped = await p.secrets.create({
+      orgId: org.orgId,
+      name: 'scoped key',
+      provider: 'openai',
+      value: new Secret(canary('openai')),
+      deploymentId,
+    });
+    const vaultRows = async (): Promise<number> =>
+      Number(
+        (
+          await admin.query<{ n: string }>(`select count(*) as n from vault.secrets where name like $1`, [
+            `org:${org.orgId}:deployment:${deploymentId}:%`,
+          ])
+        ).rows[0]?.n,
+      );
+    expect(await vaultRows()).toBe(1);
+
     // Deprovision: DNS, host, the deployment's secrets and bindings, then deleted.
     await p.service.destroy(deploymentId);
     const gone = await p.service.watch(deploymentId, () => undefined, {
@@ -113,6 +133,9 @@ describe('provision → ready → deprovision on a real local host', () => {
     expect(await p.dns.lookup(name)).toBeUndefined();
     const unbinds = (await auditRows(admin, { deploymentId })).filter((r) => r.operation === 'unbind');
     expect(unbinds).toHaveLength(1);
+    expect(await vaultRows()).toBe(0);
+    const deletes = (await auditRows(admin, { deploymentId })).filter((r) => r.operation === 'delete');
+    expect(deletes.map((r) => [r.secret_id, r.outcome])).toEqual([[scoped.secretId, 'success']]);
     const keys = await p.redis.keys(`${p.config.QUEUE_PREFIX}:*${deploymentId}*`);
     expect(keys).toEqual([]);
   });

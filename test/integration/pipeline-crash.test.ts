@@ -37,6 +37,8 @@ const startHeldWorker = (step: string, when = ':applied'): { child: ChildProcess
       ...process.env,
       DATABASE_URL: testDatabaseUrl(),
       QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+      // The worker processes here must never sweep another test's hosts as orphans.
+      ORPHAN_GRACE_SECONDS: '604800',
       PIPELINE_PAUSE_AT_STEP: `${step}${when}`,
       LOG_LEVEL: 'warn',
       JOB_LOCK_MS: LOCK_MS,
@@ -157,6 +159,8 @@ describe('SIGTERM', () => {
         ...process.env,
         DATABASE_URL: testDatabaseUrl(),
         QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+        // The worker processes here must never sweep another test's hosts as orphans.
+        ORPHAN_GRACE_SECONDS: '604800',
         LOG_LEVEL: 'warn',
       },
       detached: true,
@@ -223,6 +227,8 @@ describe('Redis loses everything mid-flight', () => {
 
     const fresh = await startTestPipeline({
       QUEUE_PREFIX: p.config.QUEUE_PREFIX,
+      // The worker processes here must never sweep another test's hosts as orphans.
+      ORPHAN_GRACE_SECONDS: '604800',
       RECONCILE_IDLE_SECONDS: '1',
     });
     const workers = fresh.makeWorkerSet();

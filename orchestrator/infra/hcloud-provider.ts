@@ -8,7 +8,7 @@ import { agentSettingsSchema, agentStackConfig, parseAgentSettings } from './age
 import { agentProgram } from './agent-program';
 import type { HcloudApi } from './hcloud-api';
 import { preflightRecords } from './hcloud-dns-preflight';
-import { parseStackSettings, uuidId } from './infra-validation';
+import { ed25519PublicKey, parseStackSettings, uuidId } from './infra-validation';
 import type { PlanGuard, StackRunner, StackState } from './stack-runner';
 import { PULUMI_PROJECT, agentStackName, deploymentIdOfStack } from './stack-names';
 
@@ -70,6 +70,9 @@ export const liveServerGuard: PlanGuard = (step) => {
   return undefined;
 };
 
+/** Stack config key (not a program input) holding the pin a caller last handed in for a live host. */
+export const CURRENT_KEY = 'currentHostPublicKey';
+
 /** Settings fixed at a host's first creation: a later `up` reads them back from the stack. */
 const PINNED = ['location', 'serverType', 'image'] as const;
 
@@ -84,11 +87,18 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
     deploymentId: string,
     signal?: AbortSignal,
   ): Promise<HostDescription | undefined> => {
-    const outputs = await deps.runner.outputs(stackOf(deploymentId), agentProgram(), {
-      signal,
-      log: deps.log,
-    });
-    return outputs && toDescription(deploymentId, outputs);
+    const stack = stackOf(deploymentId);
+    const outputs = await deps.runner.outputs(stack, agentProgram(), { signal, log: deps.log });
+    const host = outputs && toDescription(deploymentId, outputs);
+    if (!host) return undefined;
+    // The current pin when a caller has told us one (see ensure); the first-boot key otherwise.
+    const current = stored(
+      await deps.runner.inspect(stack, agentProgram(), { signal, log: deps.log }),
+      CURRENT_KEY,
+    );
+    return current !== undefined && ed25519PublicKey.safeParse(current).success
+      ? { ...host, hostPublicKey: current }
+      : host;
   };
 
   const stored = (state: StackState | undefined, key: string): string | undefined => {
@@ -146,14 +156,17 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
       const program = agentProgram(spec.userData);
       const op = { signal: opts?.signal, log, redact: [spec.userData.reveal()] };
       // Validated before any stack operation: bad input must not cost one.
-      const check = (pinned: Partial<Record<(typeof PINNED)[number], string>>) =>
+      const check = (
+        pinned: Partial<Record<(typeof PINNED)[number], string>>,
+        seededKey: string = hostPublicKey,
+      ) =>
         parseStackSettings(agentSettingsSchema.omit({ sshKeyId: true }), {
           deploymentId: spec.deploymentId,
           orgId: spec.orgId,
           subdomain: spec.subdomain,
           zone: deps.settings.DNS_ZONE,
           sshCidrs: deps.settings.ORCHESTRATOR_SSH_CIDRS,
-          hostPublicKey,
+          hostPublicKey: seededKey,
           pollInterval: deps.settings.HCLOUD_POLL_INTERVAL,
           ...pinned,
         });
@@ -185,14 +198,15 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
       }
       check(pinned);
 
-      // The server ignores later user-data changes, so an `up` with another host key would leave
-      // the old key on the server and pin the new one: refuse rather than mis-pin.
+      // The server ignores later user-data changes: once it exists, the key it was seeded with
+      // (`cortex:hostPublicKey`) is frozen, so a part-failed first `up` retried with a new key
+      // hands out the key the server got, never the new one. For a host already handed out, the
+      // pin lives in the deployment record (a re-key moves it): the caller's key is taken as the
+      // current pin and kept as `cortex:currentHostPublicKey`, which `describe` then returns
+      // instead of the stale first-boot key.
+      const seeded = has(state, SERVER_TYPE, 'server') ? stored(state, 'hostPublicKey') : undefined;
       const existing = await describe(spec.deploymentId, opts?.signal);
-      if (existing && existing.hostPublicKey !== hostPublicKey)
-        throw invalidInput(
-          'hostPublicKey',
-          'the host exists with another pinned key; pass the stored key, or destroy the host first',
-        );
+      const current = existing ? hostPublicKey : (seeded ?? hostPublicKey);
 
       if (state && state.pending.some((p) => p.type === 'creating')) {
         log.warn(
@@ -211,10 +225,17 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
           deploymentId: spec.deploymentId,
         });
 
-      const settings = parseAgentSettings({ ...check(pinned), sshKeyId: await deps.sshKeyId() });
+      const settings = parseAgentSettings({
+        ...check(pinned, seeded ?? hostPublicKey),
+        sshKeyId: await deps.sshKeyId(),
+      });
+      const config = {
+        ...agentStackConfig(settings),
+        [`${PULUMI_PROJECT}:${CURRENT_KEY}`]: { value: current, secret: false },
+      };
       // A stack that holds a server is previewed first (a pure create has nothing to protect).
       const up = (known: StackState | undefined) =>
-        deps.runner.up(stack, program, agentStackConfig(settings), {
+        deps.runner.up(stack, program, config, {
           ...op,
           ...(has(known, SERVER_TYPE, 'server') ? { guard: liveServerGuard } : {}),
         });
@@ -233,7 +254,7 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
       if (!host)
         throw new OrchestratorError('stack_failed', `stack ${stack} is up but has no server outputs`);
       log.info({ serverId: host.serverId, ipv4: host.ipv4, dnsName: host.dnsName }, 'host ensured');
-      return host;
+      return { ...host, hostPublicKey: current };
     },
 
     describe: (deploymentId) => describe(deploymentId),

@@ -1,7 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import YAML from 'yaml';
 import { loadConfig } from '../../../orchestrator/config';
-import { classify } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import type { HostSpec } from '../../../orchestrator/infra/host-provider';
 import { makeHcloudApi } from '../../../orchestrator/infra/hcloud-api';
@@ -120,15 +119,16 @@ describe('hcloud host provider (stack runner + fake workspace + the real program
     expect(await hosts.describe(spec.deploymentId)).toEqual(first);
   });
 
-  it('refuses to re-pin an existing host to another key, without touching it', async () => {
+  it('a retry carrying the current (re-keyed) pin is not refused and touches no resource; describe then hands it out', async () => {
     const { fake, hosts } = await setup();
     const spec = specFor();
-    await hosts.ensure(spec);
-    const ups = fake.commandLines.filter((c) => c[1] === 'up').length;
-    const other = hostKeys();
-    const err = await rejection(hosts.ensure({ ...spec, hostPublicKey: other.publicKey }));
-    expect([err.code, err.field, classify(err)]).toEqual(['invalid_input', 'hostPublicKey', 'permanent']);
-    expect(fake.commandLines.filter((c) => c[1] === 'up').length).toBe(ups);
+    const first = await hosts.ensure(spec);
+    const resources = JSON.stringify(fake.stacks.get(`agent-${spec.deploymentId}`)!.resources);
+    const rekeyed = hostKeys();
+    const again = await hosts.ensure({ ...spec, hostPublicKey: rekeyed.publicKey });
+    expect(again).toEqual({ ...first, hostPublicKey: rekeyed.publicKey });
+    expect(JSON.stringify(fake.stacks.get(`agent-${spec.deploymentId}`)!.resources)).toBe(resources);
+    expect((await hosts.describe(spec.deploymentId))?.hostPublicKey).toBe(rekeyed.publicKey);
   });
 
   it('describes a missing host as undefined, and rejects a malformed id', async () => {

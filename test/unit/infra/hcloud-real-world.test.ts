@@ -354,3 +354,33 @@ describe("item 6: rotating the orchestrator's SSH key", () => {
     expect(serverB.inputs.sshKeys).toEqual([newId]);
   });
 });
+
+describe('item 5: the key handed out is the key the server has', () => {
+  it('a part-failed first up retried with a new key hands out the key the server was seeded with', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    // provider, firewall and server in the state; the records failed; no outputs.
+    w.fake.failPartwayNext({ completed: 3, pending: 0 });
+    await rejection(w.hosts.ensure(spec));
+    const [server] = w.serversOf(spec.deploymentId);
+    expect(await w.hosts.describe(spec.deploymentId)).toBeUndefined();
+    // The pipeline's host step generates a new key for the retry (describe said: no host).
+    const retry = hostSpec({ deploymentId: spec.deploymentId, orgId: spec.orgId, subdomain: spec.subdomain });
+    const host = await w.hosts.ensure(retry);
+    expect(host.serverId).toBe(String(server!.id));
+    expect(host.hostPublicKey).toBe(spec.hostPublicKey);
+    expect((await w.hosts.describe(spec.deploymentId))?.hostPublicKey).toBe(spec.hostPublicKey);
+  });
+
+  it('after a re-key, describe hands out the current pin once ensure was given it, not the first-boot key', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    await w.hosts.ensure(spec);
+    expect((await w.hosts.describe(spec.deploymentId))?.hostPublicKey).toBe(spec.hostPublicKey);
+    const rekeyed = generateHostKeyPair().publicKey;
+    expect((await w.hosts.ensure({ ...spec, hostPublicKey: rekeyed })).hostPublicKey).toBe(rekeyed);
+    expect((await w.hosts.describe(spec.deploymentId))?.hostPublicKey).toBe(rekeyed);
+    // The server was not touched (user data is ignored after creation).
+    expect(w.serversOf(spec.deploymentId)).toHaveLength(1);
+  });
+});

@@ -341,10 +341,11 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         const stock = parseListeners(
           (await run(shell, agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT), o)).stdout.toString('utf8'),
         );
+        // Counted, not quoted: the lines are the host's words, and this becomes the recorded reason.
         if (stock.length > 0)
           throw new OrchestratorError(
             'remote_command_failed',
-            `Caddy still listens on ${stock.join(', ')} (its stock admin API) after the restart`,
+            `Caddy still listens on TCP ${CADDY_STOCK_ADMIN_PORT} (its stock admin API; ${stock.length} socket(s)) after the restart`,
           );
         await run(shell, agentCommands.caddyAdminProbe(), o);
         await run(shell, agentCommands.restartUnits(AGENT_UNIT_NAME), o);

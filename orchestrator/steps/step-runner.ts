@@ -74,7 +74,8 @@ export const reasonOf = (err: unknown): string => {
   const raw = isOrchestratorError(err)
     ? `${err.code}: ${err.message}`
     : `unexpected error (${err instanceof Error ? err.name : typeof err})`;
-  return raw.replace(/[\u0000-\u001f\u007f]+/g, ' ').slice(0, 500);
+  // C0 and C1 controls (U+009B is a CSI): a reason is printed on operators' terminals.
+  return raw.replace(/[\u0000-\u001f\u007f-\u009f]+/g, ' ').slice(0, 500);
 };
 
 const withDeadline = async <T>(

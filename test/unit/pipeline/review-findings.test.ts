@@ -5,6 +5,7 @@ import type {
   StepRecord,
 } from '../../../orchestrator/deployments/deployment-store';
 import type { HostDescription, HostProvider, HostSpec } from '../../../orchestrator/infra/host-provider';
+import { OrchestratorError } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { makeLeases } from '../../../orchestrator/queues/deployment-lease';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
@@ -121,6 +122,34 @@ describe('review: a compromised agent server cannot get a customer value into a 
     expect(err).toMatchObject({ code: 'remote_file_unsafe' });
     expect(reasonOf(err)).not.toContain(canary);
     expect(reasonOf(err)).not.toContain(canary.slice(-12));
+  });
+
+  // Finding 1b (fixed): the start step's "Caddy still listens on …" error quoted the fourth field of
+  // each line `ss` printed — whatever the host chose to print there went into the recorded reason.
+  it('start step: a host whose `ss` prints the env file back gets no value into the reason', async () => {
+    const canary = `sk-ant-canary-${randomBytes(12).toString('hex')}`;
+    const f = makeFakeShell();
+    f.on('ss', () => ({
+      code: 0,
+      stdout: Buffer.from(`LISTEN 0 4096 ANTHROPIC_API_KEY=${canary} *:*\n`),
+      stderr: Buffer.alloc(0),
+    }));
+    const dep = baseDeployment();
+    const step = named(stepsWith({ dep, shell: f }), 'start');
+    const err = await step.apply(ctxFor(dep)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'remote_command_failed' });
+    expect(reasonOf(err)).toContain('2019');
+    expect(reasonOf(err)).not.toContain(canary);
+  });
+
+  // Finding 1c (fixed): reasonOf() removed C0 controls but kept C1 ones (U+0080–U+009F, among them
+  // CSI U+009B) that `cortexctl status` prints to an operator's terminal from host-made text.
+  it('reasonOf keeps no C1 control character', () => {
+    const r = reasonOf(new OrchestratorError('remote_command_failed', 'a\u009b2Jb\u0085c'));
+    expect(r).not.toMatch(/[\u0080-\u009f]/);
   });
 
   // Finding 2 (NOT fixed, reported): `run()` (orchestrator/remote/ssh-shell.ts) puts the last 500

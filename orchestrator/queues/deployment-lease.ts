@@ -25,15 +25,20 @@ export const makeLeases = (deps: { redis: Redis; prefix: string; ttlMs: number }
   /** Take the lease, or return undefined when another holder has it. */
   const acquire = async (deploymentId: string, holder: string): Promise<Lease | undefined> => {
     const token = `${holder}/${randomBytes(8).toString('hex')}`;
+    // When the key's current TTL began, at the latest: once a whole TTL has passed without a
+    // successful renewal, the key may have expired (and been taken) while Redis was unreachable.
+    let renewedAt = Date.now();
     const ok = await redis.set(key(deploymentId), token, 'PX', ttlMs, 'NX');
     if (ok !== 'OK') return undefined;
     let held = true;
     const timer = setInterval(
       () => {
+        const sentAt = Date.now();
         redis
           .eval(RENEW, 1, key(deploymentId), token, String(ttlMs))
           .then((r) => {
             if (r !== 1) held = false;
+            else renewedAt = sentAt;
           })
           .catch(() => undefined); // a blip: the next renewal tries again before the TTL runs out
       },
@@ -42,7 +47,7 @@ export const makeLeases = (deps: { redis: Redis; prefix: string; ttlMs: number }
     timer.unref();
     return {
       deploymentId,
-      held: () => held,
+      held: () => held && Date.now() - renewedAt < ttlMs,
       release: async () => {
         clearInterval(timer);
         held = false;

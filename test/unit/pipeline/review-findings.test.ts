@@ -303,6 +303,25 @@ describe('review: the per-deployment lease lives only in Redis', () => {
     };
   };
 
+  // Finding 6 (fixed): a renewal that failed (Redis unreachable) was ignored, so a holder that
+  // could not renew for longer than the TTL — its key long expired, free for another worker once
+  // Redis answers again — still reported held() and went on to its next steps.
+  it('a holder that could not renew for a whole TTL no longer reports the lease held', async () => {
+    const redis = fakeRedis();
+    const leases = makeLeases({ redis: redis as never, prefix: 'test', ttlMs: 150 });
+    const a = await leases.acquire('d1', 'worker-a');
+    expect(a?.held()).toBe(true);
+    redis.eval = async () => {
+      throw new Error('ECONNREFUSED');
+    };
+    await new Promise((r) => setTimeout(r, 400));
+    try {
+      expect(a?.held()).toBe(false);
+    } finally {
+      await a?.release().catch(() => undefined);
+    }
+  });
+
   // Finding 5 (NOT fixed, reported): "at most one operation per deployment" rests on a Redis key
   // and nothing in Postgres fences a holder. After a FLUSHALL (or a failover to a replica that had
   // not seen the SET) the key is gone while the first worker is in the middle of a step; an

@@ -142,6 +142,26 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
     return cleared;
   };
 
+  /** Deletes whatever still carries the deployment's label after its stack is gone (3 listings). */
+  const sweepLabelled = async (deploymentId: string): Promise<void> => {
+    const labelSelector = deploymentSelector(deploymentId);
+    const zone = deps.settings.DNS_ZONE;
+    let swept = 0;
+    for (const s of await deps.api.servers({ labelSelector })) {
+      await deps.api.deleteServer(s.id);
+      swept++;
+    }
+    for (const f of await deps.api.firewalls({ labelSelector })) {
+      await deps.api.deleteFirewall(f.id);
+      swept++;
+    }
+    for (const r of await deps.api.rrsets(zone, { labelSelector })) {
+      await deps.api.deleteRrset(zone, r.name, r.type);
+      swept++;
+    }
+    if (swept > 0) deps.log.warn({ deploymentId, swept }, 'deleted labelled resources no stack tracked');
+  };
+
   return {
     name: 'hcloud',
 
@@ -265,6 +285,8 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
       const op = { signal: opts?.signal, log: deps.log };
       const state = await deps.runner.inspect(stack, program, op);
       if (!state) {
+        // No stack, but Hetzner may hold something labelled for it (the orphan sweep found it).
+        await sweepLabelled(deploymentId);
         deps.log.info({ deploymentId, result: 'absent' }, 'host destroyed');
         return;
       }
@@ -283,12 +305,25 @@ export const makeHcloudHostProvider = (deps: HcloudProviderDeps): HostProvider =
         await deps.runner.refresh(stack, program, op);
         result = await deps.runner.destroy(stack, program, op);
       }
+      await sweepLabelled(deploymentId);
       deps.log.info({ deploymentId, result }, 'host destroyed');
     },
 
     async list() {
-      const names = await deps.runner.list({ log: deps.log });
-      return names.map(deploymentIdOfStack).filter((id): id is string => id !== undefined);
+      // Stacks, and what Hetzner holds under the cortex label (one request per 50 of each kind):
+      // a stray no stack knows (an interrupted create, a lost state) is found too. A stack named
+      // by hand (`agent-test`) is no deployment and is skipped, never handed to destroy.
+      const fromStacks = (await deps.runner.list({ log: deps.log })).map(deploymentIdOfStack);
+      const selector = 'managed-by=cortex';
+      const labelled = [
+        ...(await deps.api.servers({ labelSelector: selector })),
+        ...(await deps.api.firewalls({ labelSelector: selector })),
+        ...(await deps.api.rrsets(deps.settings.DNS_ZONE, { labelSelector: selector })),
+      ].map((r) => r.labels['deployment']);
+      const ids = [...fromStacks, ...labelled].filter(
+        (id): id is string => id !== undefined && uuidId.safeParse(id).success,
+      );
+      return [...new Set(ids)];
     },
   };
 };

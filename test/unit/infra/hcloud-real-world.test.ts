@@ -384,3 +384,61 @@ describe('item 5: the key handed out is the key the server has', () => {
     expect(w.serversOf(spec.deploymentId)).toHaveLength(1);
   });
 });
+
+describe('item 8: the orphan sweep finds by label, paged', () => {
+  it('lists strays no stack knows (one request per 50), skips a hand-named stack, and destroy removes a stray', async () => {
+    const w = await hcloudWorld();
+    const live = hostSpec();
+    await w.hosts.ensure(live);
+    const strays = Array.from({ length: 120 }, () => hostSpec());
+    strays.forEach((s, i) =>
+      w.cloud.servers.set(800_000 + i, {
+        id: 800_000 + i,
+        name: `agent-${s.deploymentId}`,
+        labels: { 'managed-by': 'cortex', org: s.orgId, deployment: s.deploymentId },
+        protection: { delete: true, rebuild: true },
+        serverType: 'cx23',
+        location: 'fsn1',
+        image: 'ubuntu-24.04',
+      }),
+    );
+    const strayRecord = strays[0]!;
+    w.cloud.rrsets.set(`${ZONE}/${strayRecord.subdomain}/A`, {
+      zone: ZONE,
+      name: strayRecord.subdomain,
+      type: 'A',
+      labels: { 'managed-by': 'cortex', deployment: strayRecord.deploymentId },
+    });
+    // Someone else's server in the project, and a stack an operator named by hand.
+    w.cloud.servers.set(799_999, {
+      id: 799_999,
+      name: 'bastion',
+      labels: { 'managed-by': 'ops' },
+      protection: { delete: false, rebuild: false },
+      serverType: 'cx23',
+      location: 'fsn1',
+      image: 'ubuntu-24.04',
+    });
+    await w.fake.workspace.createOrSelectStack({
+      stackName: 'agent-test',
+      projectName: 'cortex',
+      program: async () => ({}),
+    });
+
+    const before = w.cloud.requests.length;
+    const ids = await w.hosts.list();
+    expect(ids.sort()).toEqual([live.deploymentId, ...strays.map((s) => s.deploymentId)].sort());
+    const made = w.cloud.requests.slice(before);
+    expect(made.filter((r) => r.startsWith('GET /servers?'))).toHaveLength(3);
+    expect(
+      made.every((r) => r.includes('per_page=50') && r.includes('label_selector=managed-by%3Dcortex')),
+    ).toBe(true);
+    expect(made).toHaveLength(5); // 3 pages of servers, 1 of firewalls, 1 of records
+
+    await w.hosts.destroy(strayRecord.deploymentId);
+    expect(w.serversOf(strayRecord.deploymentId)).toEqual([]);
+    expect(w.cloud.rrsets.has(`${ZONE}/${strayRecord.subdomain}/A`)).toBe(false);
+    expect(w.cloud.servers.has(799_999)).toBe(true);
+    expect(w.serversOf(live.deploymentId)).toHaveLength(1);
+  });
+});

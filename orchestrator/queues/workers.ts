@@ -115,7 +115,10 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
     const key = `${s.prefix}:orphans:first-seen`;
     const ids = await deps.hosts.list();
     const unowned = ids.length ? await deps.store.unowned(ids) : [];
-    const now = Date.now();
+    // Redis's clock, which every worker shares: "first seen" is stamped and compared on one clock,
+    // so a worker whose own clock runs ahead cannot cut the grace period short.
+    const [sec, usec] = await deps.redis.time();
+    const now = Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
     const removed: string[] = [];
     const waiting: string[] = [];
     const seen = await deps.redis.hgetall(key);

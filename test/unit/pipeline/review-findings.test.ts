@@ -8,6 +8,7 @@ import type { HostDescription, HostProvider, HostSpec } from '../../../orchestra
 import { OrchestratorError } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { makeLeases } from '../../../orchestrator/queues/deployment-lease';
+import { makeWorkers } from '../../../orchestrator/queues/workers';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { Secret } from '../../../orchestrator/secret';
 import type { HostAccess } from '../../../orchestrator/steps/host-access';
@@ -345,6 +346,60 @@ describe('review: the per-deployment lease lives only in Redis', () => {
     } finally {
       await a?.release();
       await b?.release();
+    }
+  });
+});
+
+describe('review: the orphan sweep across workers whose clocks disagree', () => {
+  // Finding 7 (fixed): the sweep stamped "first seen unowned" and compared against it with each
+  // worker's own clock (Date.now()). The maintenance jobs run on whichever worker is free: one whose
+  // clock runs ahead removed a host seconds after another worker first saw it, whatever
+  // ORPHAN_GRACE_SECONDS said. Both now use Redis's clock (TIME), which all workers share.
+  it('a host first seen by one worker is not removed early by a worker whose clock is an hour ahead', async () => {
+    const hash = new Map<string, string>();
+    let redisNowMs = 1_800_000_000_000;
+    const redis = {
+      hgetall: async () => Object.fromEntries(hash),
+      hset: async (_k: string, f: string, v: string) => void hash.set(f, v),
+      hdel: async (_k: string, f: string) => void hash.delete(f),
+      time: async () => [String(Math.floor(redisNowMs / 1000)), String((redisNowMs % 1000) * 1000)],
+    };
+    const orphan = '3c0a7f1e-2b4d-4e6f-8a9b-0c1d2e3f4a5b';
+    const destroy = jest.fn(async () => undefined);
+    const workers = makeWorkers(
+      {
+        store: { unowned: async (ids: string[]) => ids } as unknown as DeploymentStore,
+        runner: {} as never,
+        provisionSteps: [],
+        deprovisionSteps: [],
+        hosts: { list: async () => [orphan], destroy } as unknown as HostProvider,
+        queues: {} as never,
+        leases: {} as never,
+        redis: redis as never,
+        log,
+      },
+      {
+        connection: {},
+        prefix: 'review',
+        concurrency: 1,
+        lockDurationMs: 30_000,
+        reconcileIdleSeconds: 60,
+        orphanGraceSeconds: 600,
+      },
+    );
+    const realNow = Date.now;
+    try {
+      expect(await workers.orphanSweep()).toEqual({ removed: [], waiting: [orphan] });
+      redisNowMs += 5_000; // five seconds later, on a worker whose clock is an hour ahead
+      Date.now = () => realNow() + 3_600_000;
+      expect(await workers.orphanSweep()).toEqual({ removed: [], waiting: [orphan] });
+      expect(destroy).not.toHaveBeenCalled();
+      redisNowMs += 600_000; // the grace period has passed
+      Date.now = realNow;
+      expect(await workers.orphanSweep()).toEqual({ removed: [orphan], waiting: [] });
+      expect(destroy).toHaveBeenCalledTimes(1);
+    } finally {
+      Date.now = realNow;
     }
   });
 });

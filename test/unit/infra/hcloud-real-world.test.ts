@@ -442,3 +442,33 @@ describe('item 8: the orphan sweep finds by label, paged', () => {
     expect(w.serversOf(live.deploymentId)).toHaveLength(1);
   });
 });
+
+describe("the orchestrator's own Hetzner API requests (the README's counts)", () => {
+  it('first ensure: 3 (zone, A, AAAA); ensure of a live host: 0; destroy: 4 (unprotect, 3 label listings); list: 3 (one page each)', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const count = async (fn: () => Promise<unknown>): Promise<string[]> => {
+      const before = w.cloud.requests.length;
+      await fn();
+      return w.cloud.requests.slice(before).map((r) => r.split('?')[0]!.replace(/\/servers\/\d+/, '/servers/N'));
+    };
+    expect(await count(() => w.hosts.ensure(spec))).toEqual([
+      'GET /zones',
+      `GET /zones/${ZONE}/rrsets/${spec.subdomain}/A`,
+      `GET /zones/${ZONE}/rrsets/${spec.subdomain}/AAAA`,
+    ]);
+    expect(await count(() => w.hosts.ensure(spec))).toEqual([]);
+    expect(await count(() => w.hosts.describe(spec.deploymentId))).toEqual([]);
+    expect(await count(() => w.hosts.list())).toEqual([
+      'GET /servers',
+      'GET /firewalls',
+      `GET /zones/${ZONE}/rrsets`,
+    ]);
+    expect(await count(() => w.hosts.destroy(spec.deploymentId))).toEqual([
+      'POST /servers/N/actions/change_protection',
+      'GET /servers',
+      'GET /firewalls',
+      `GET /zones/${ZONE}/rrsets`,
+    ]);
+  });
+});

@@ -450,7 +450,9 @@ describe("the orchestrator's own Hetzner API requests (the README's counts)", ()
     const count = async (fn: () => Promise<unknown>): Promise<string[]> => {
       const before = w.cloud.requests.length;
       await fn();
-      return w.cloud.requests.slice(before).map((r) => r.split('?')[0]!.replace(/\/servers\/\d+/, '/servers/N'));
+      return w.cloud.requests
+        .slice(before)
+        .map((r) => r.split('?')[0]!.replace(/\/servers\/\d+/, '/servers/N'));
     };
     expect(await count(() => w.hosts.ensure(spec))).toEqual([
       'GET /zones',

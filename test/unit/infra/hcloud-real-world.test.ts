@@ -242,6 +242,18 @@ describe('item 1: an interrupted create leaves no untracked server and does not 
     expect(w.cloud.servers.size + w.cloud.firewalls.size).toBe(0);
   });
 
+  it('deprovisioning right after an interrupted create removes the stray too', async () => {
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    w.fake.failPartwayNext({ completed: 2, pending: 1, reachedProvider: true });
+    await rejection(w.hosts.ensure(spec));
+    expect(w.serversOf(spec.deploymentId)).toHaveLength(1);
+    await w.hosts.destroy(spec.deploymentId);
+    expect(w.serversOf(spec.deploymentId)).toEqual([]);
+    expect(w.cloud.firewalls.size).toBe(0);
+    expect(w.fake.stacks.has(`agent-${spec.deploymentId}`)).toBe(false);
+  });
+
   it('a DNS record created just before a crash is cleared the same way', async () => {
     const w = await hcloudWorld();
     const spec = hostSpec();

@@ -380,7 +380,13 @@ export const waitUntilReady = async (
   );
 };
 
-/** Run a command and fail with `remote_command_failed` on a non-zero exit (stderr tail, no stdin). */
+/**
+ * Run a command and fail with `remote_command_failed` on a non-zero exit. The message names the
+ * command and its exit code only: what the host printed is the host's to choose (a compromised one
+ * could print the env file), and a message travels into step records, job failures and logs. The
+ * stderr tail stays on the error as a non-enumerable `stderrTail`, for a caller that inspects it in
+ * memory; no serializer sees it.
+ */
 export const run = async (
   shell: RemoteShell,
   argv: readonly string[],
@@ -388,11 +394,12 @@ export const run = async (
 ): Promise<ExecResult> => {
   const r = await shell.exec(argv, opts);
   if (r.code !== 0) {
-    const tail = r.stderr.toString('utf8').trim().slice(-500);
-    throw new OrchestratorError(
-      'remote_command_failed',
-      `${argv.join(' ')} exited ${r.code}${tail ? `: ${tail}` : ''}`,
-    );
+    const err = new OrchestratorError('remote_command_failed', `${argv.join(' ')} exited ${r.code}`);
+    Object.defineProperty(err, 'stderrTail', {
+      value: r.stderr.toString('utf8').trim().slice(-500),
+      enumerable: false,
+    });
+    throw err;
   }
   return r;
 };

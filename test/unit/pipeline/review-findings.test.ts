@@ -160,26 +160,23 @@ describe('review: a compromised agent server cannot get a customer value into a 
   // in Postgres (step error, failure_reason), Redis (failedReason) and the logs. The fix (keep
   // remote stderr out of messages that become records, or out of reasonOf) touches the shared
   // ssh adapter and every caller's diagnostics, so it is left to its owner.
-  it.failing(
-    'start step: a host that fails a command with the env file on stderr gets no value into the reason',
-    async () => {
-      const canary = `sk-ant-canary-${randomBytes(12).toString('hex')}`;
-      const f = makeFakeShell();
-      f.on('systemctl', () => ({
-        code: 1,
-        stdout: Buffer.alloc(0),
-        stderr: Buffer.from(`Failed: ANTHROPIC_API_KEY=${canary}\n`),
-      }));
-      const dep = baseDeployment();
-      const step = named(stepsWith({ dep, shell: f }), 'start');
-      const err = await step.apply(ctxFor(dep)).then(
-        () => undefined,
-        (e: unknown) => e,
-      );
-      expect(err).toBeDefined();
-      expect(reasonOf(err)).not.toContain(canary);
-    },
-  );
+  it('start step: a host that fails a command with the env file on stderr gets no value into the reason', async () => {
+    const canary = `sk-ant-canary-${randomBytes(12).toString('hex')}`;
+    const f = makeFakeShell();
+    f.on('systemctl', () => ({
+      code: 1,
+      stdout: Buffer.alloc(0),
+      stderr: Buffer.from(`Failed: ANTHROPIC_API_KEY=${canary}\n`),
+    }));
+    const dep = baseDeployment();
+    const step = named(stepsWith({ dep, shell: f }), 'start');
+    const err = await step.apply(ctxFor(dep)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeDefined();
+    expect(reasonOf(err)).not.toContain(canary);
+  });
 });
 
 describe('review: the host step resumes a host that is not running', () => {

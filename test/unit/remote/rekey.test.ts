@@ -83,7 +83,12 @@ describe('re-keying a host', () => {
   it('stops before restarting when sshd -t rejects the configuration', async () => {
     const fake = makeFakeShell();
     fake.on('sshd', () => ({ code: 255, stdout: Buffer.alloc(0), stderr: Buffer.from('bad config') }));
-    await expect(rekeyHost(fake.shell)).rejects.toThrow(/bad config/);
+    const err = await rekeyHost(fake.shell).catch((e: unknown) => e);
+    expect(err).toMatchObject({
+      code: 'remote_command_failed',
+      message: 'sshd -t -f /etc/ssh/sshd_config exited 255',
+    });
+    expect((err as { stderrTail?: string }).stderrTail).toBe('bad config');
     expect(fake.calls.some((c) => c[0] === 'systemctl')).toBe(false);
   });
 

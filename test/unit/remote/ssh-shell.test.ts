@@ -208,11 +208,13 @@ describe('ssh2 RemoteShell adapter', () => {
     expect(await codeOf(shell.exec(['true']))).toBe('ssh_connect_failed');
   });
 
-  it('run() turns a non-zero exit into remote_command_failed with the stderr tail', async () => {
+  it('run() turns a non-zero exit into remote_command_failed; the stderr tail stays out of the message and of JSON', async () => {
     shell = await connectSsh(target, opts);
     const err = await run(shell, ['sh', '-c', 'echo nope >&2; exit 4']).catch((e: unknown) => e);
     expect(isOrchestratorError(err) && err.code).toBe('remote_command_failed');
-    expect((err as Error).message).toMatch(/exited 4: nope/);
+    expect((err as Error).message).toBe('sh -c echo nope >&2; exit 4 exited 4');
+    expect((err as { stderrTail?: string }).stderrTail).toBe('nope');
+    expect(JSON.stringify({ ...(err as object) })).not.toContain('nope');
   });
 
   it('counts a server that offers no ed25519 host key as a mismatch, never retried', async () => {

@@ -96,8 +96,25 @@ const withDeadline = async <T>(
       );
     }, ms);
   });
+  const work = fn(ctl.signal);
   try {
-    return await Promise.race([fn(ctl.signal), deadline]);
+    return await Promise.race([work, deadline]);
+  } catch (err) {
+    if (ctl.signal.aborted) {
+      // The step was told to stop; give it a bounded moment to do so before the failure is
+      // recorded and the lease released, so that it does not run on beside the retry.
+      const grace = Math.max(1_000, Math.min(ms / 4, 30_000));
+      let graceTimer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        work.then(
+          () => undefined,
+          () => undefined,
+        ),
+        new Promise<void>((r) => (graceTimer = setTimeout(r, grace))),
+      ]);
+      clearTimeout(graceTimer);
+    }
+    throw err;
   } finally {
     clearTimeout(timer);
     outer?.removeEventListener('abort', onOuter);

@@ -248,7 +248,7 @@ describe('review: a step past its deadline', () => {
   // released the deployment's lease — so the retry (or a deprovision) runs beside it: two
   // operations on one deployment. The fix needs a policy (how long to wait for an unresponsive
   // step before giving the job up), so it is left to the pipeline's owner.
-  it.failing('the runner does not settle before the timed-out step has settled', async () => {
+  it('the runner does not settle before the timed-out step has settled', async () => {
     let dep = {
       id: 'd1',
       status: 'provisioning',

@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'local_unsupported'
   | 'timeout'
   | 'aborted'
+  | 'superseded'
   | 'internal';
 
 export class OrchestratorError extends Error {
@@ -62,6 +63,8 @@ export const PERMANENT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'provider_rejected',
   'local_unsupported',
   'aborted',
+  // another worker took the operation over (its fencing token is newer): never retried here
+  'superseded',
 ]);
 
 /** Node/system error codes that mean "the network blinked": worth another try. */

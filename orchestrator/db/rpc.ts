@@ -33,6 +33,7 @@ const SQLSTATE_CODES: Readonly<Record<string, ErrorCode>> = {
   '42501': 'internal', // insufficient_privilege: a wiring error (wrong role/key), not bad input
   '40001': 'db_error', // serialization_failure: retried
   '40P01': 'db_error', // deadlock_detected: retried
+  '55006': 'superseded', // object_in_use: the pipeline's fencing token is no longer the operation's
 };
 
 /**

@@ -198,12 +198,14 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
     async unowned(ids: readonly string[]): Promise<string[]> {
       return rpc('deployments__unowned', { p_ids: ids });
     },
-    async begin(deploymentId: string, operation: Operation): Promise<BeginResult> {
+    /** Start or resume an operation; `token` fences every later write of this run (see the SQL). */
+    async begin(deploymentId: string, operation: Operation, token?: string): Promise<BeginResult> {
       const r = await rpc<{ action: BeginResult['action']; run: number; deployment: Row }>(
         'deployments__begin',
         {
           p_deployment_id: id(deploymentId),
           p_operation: operation,
+          p_token: token,
         },
       );
       return { action: r.action, run: r.run, deployment: toDeployment(r.deployment) };
@@ -213,8 +215,13 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
         await rpc<Row>('deployments__request_deprovision', { p_deployment_id: id(deploymentId) }),
       );
     },
-    async stepStarted(deploymentId: string, run: number, step: string): Promise<void> {
-      await rpc('deployment_steps__start', { p_deployment_id: deploymentId, p_run: run, p_step: step });
+    async stepStarted(deploymentId: string, run: number, step: string, token?: string): Promise<void> {
+      await rpc('deployment_steps__start', {
+        p_deployment_id: deploymentId,
+        p_run: run,
+        p_step: step,
+        p_token: token,
+      });
     },
     async stepFinished(
       deploymentId: string,
@@ -223,6 +230,7 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
       status: 'succeeded' | 'skipped' | 'failed',
       reason?: string,
       final?: boolean,
+      token?: string,
     ): Promise<Deployment> {
       return toDeployment(
         await rpc<Row>('deployment_steps__finish', {
@@ -232,12 +240,14 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
           p_status: status,
           p_reason: reason,
           p_final: final,
+          p_token: token,
         }),
       );
     },
     async recordHost(
       deploymentId: string,
       host: { serverId: string; ipv4: string; ipv6?: string; hostPublicKey?: string },
+      token?: string,
     ): Promise<Deployment> {
       return toDeployment(
         await rpc<Row>('deployments__record_host', {
@@ -246,24 +256,31 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
           p_ipv4: host.ipv4,
           p_ipv6: host.ipv6,
           p_host_public_key: host.hostPublicKey,
+          p_token: token,
         }),
       );
     },
-    async recordDns(deploymentId: string, dnsName: string | null): Promise<Deployment> {
+    async recordDns(deploymentId: string, dnsName: string | null, token?: string): Promise<Deployment> {
       return toDeployment(
-        await rpc<Row>('deployments__record_dns', { p_deployment_id: deploymentId, p_dns_name: dnsName }),
+        await rpc<Row>('deployments__record_dns', {
+          p_deployment_id: deploymentId,
+          p_dns_name: dnsName,
+          p_token: token,
+        }),
       );
     },
     async hostKey(
       deploymentId: string,
       action: 'pending' | 'promote' | 'clear',
       key?: string,
+      token?: string,
     ): Promise<Deployment> {
       return toDeployment(
         await rpc<Row>('deployments__host_key', {
           p_deployment_id: deploymentId,
           p_action: action,
           p_key: key,
+          p_token: token,
         }),
       );
     },

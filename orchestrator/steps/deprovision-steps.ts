@@ -36,7 +36,7 @@ export const deprovisionSteps = (deps: DeprovisionDeps): StepDef[] => [
     deadlineMs: 600_000,
     async apply(ctx) {
       await deps.hosts.destroy(ctx.deployment.id, { signal: ctx.signal });
-      await deps.store.hostKey(ctx.deployment.id, 'clear');
+      await deps.store.hostKey(ctx.deployment.id, 'clear', undefined, ctx.token);
     },
   },
   {

@@ -128,12 +128,16 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       // Only a host that runs (or boots) is adopted as is; a stopped one goes through ensure(),
       // which starts it again (with its first seed, so with the key the provider recorded).
       if (existing && (existing.state === 'running' || existing.state === 'starting')) {
-        await deps.store.recordHost(dep.id, {
-          serverId: existing.serverId,
-          ipv4: existing.ipv4,
-          ...(existing.ipv6 ? { ipv6: existing.ipv6 } : {}),
-          hostPublicKey: existing.hostPublicKey,
-        });
+        await deps.store.recordHost(
+          dep.id,
+          {
+            serverId: existing.serverId,
+            ipv4: existing.ipv4,
+            ...(existing.ipv6 ? { ipv6: existing.ipv6 } : {}),
+            hostPublicKey: existing.hostPublicKey,
+          },
+          ctx.token,
+        );
         return;
       }
       const hostKey = generateHostKeyPair();
@@ -163,12 +167,16 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       );
       // The key the host serves: ours from this call, or, for a host ensure() restarted, the one
       // the provider recorded when it was made (its seed is never rewritten). Both were generated here.
-      await deps.store.recordHost(dep.id, {
-        serverId: made.serverId,
-        ipv4: made.ipv4,
-        ...(made.ipv6 ? { ipv6: made.ipv6 } : {}),
-        hostPublicKey: made.hostPublicKey,
-      });
+      await deps.store.recordHost(
+        dep.id,
+        {
+          serverId: made.serverId,
+          ipv4: made.ipv4,
+          ...(made.ipv6 ? { ipv6: made.ipv6 } : {}),
+          hostPublicKey: made.hostPublicKey,
+        },
+        ctx.token,
+      );
     },
   };
 
@@ -191,7 +199,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         ...(dep.ipv6 ? { ipv6: dep.ipv6 } : {}),
         deploymentId: dep.id,
       });
-      await deps.store.recordDns(dep.id, name);
+      await deps.store.recordDns(dep.id, name, ctx.token);
     },
   };
 
@@ -209,7 +217,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
       try {
         if (conn.key === 'pending') {
           // A re-key was cut after its new key went live: this connection proves it.
-          await deps.store.hostKey(dep.id, 'promote', dep.hostPublicKeyPending ?? '');
+          await deps.store.hostKey(dep.id, 'promote', dep.hostPublicKeyPending ?? '', ctx.token);
           return;
         }
         // First boot finished (keys, files, runcmd) before anything else touches the host.
@@ -225,7 +233,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         // names a key that can answer), proven over a fresh connection, then promoted.
         const newKey = await rekeyHost(conn.shell, {
           signal: ctx.signal,
-          onNewKey: async (k) => void (await deps.store.hostKey(dep.id, 'pending', k)),
+          onNewKey: async (k) => void (await deps.store.hostKey(dep.id, 'pending', k, ctx.token)),
         });
         keep = undefined;
         await conn.shell.close().catch(() => undefined);
@@ -235,7 +243,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         );
         keep = proof.shell;
         mark('rekeyedMs');
-        await deps.store.hostKey(dep.id, 'promote', newKey);
+        await deps.store.hostKey(dep.id, 'promote', newKey, ctx.token);
         mark('promotedMs');
         // Where the step's time goes: waiting for the boot (connect, cloud-init) vs our own work.
         ctx.log.info(phases, 'ssh step phases');

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { OrchestratorError, classify, isOrchestratorError } from '../errors';
 import type { Logger } from '../log';
 import type { Deployment, DeploymentStore, Operation } from '../deployments/deployment-store';
@@ -18,6 +19,8 @@ export interface StepContext {
   readonly log: Logger;
   /** What steps of one run may share (an SSH connection); released when the run ends. */
   readonly scope?: RunScope;
+  /** This run's fencing token: pass it to every write of the deployment's record. */
+  readonly token?: string;
 }
 
 /** Values shared by the steps of one run, each with its release, run when the run ends however it ends. */
@@ -140,7 +143,14 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
       operation: opts.operation,
       jobId: opts.jobId,
     });
-    const begun = await store.begin(opts.deploymentId, opts.operation);
+    // Fresh per run: a run that another one took over (its Redis lease lost in a flush or a
+    // failover) finds every later write refused with `superseded`, and stops.
+    const token = randomUUID();
+    const supersededBy = (step: string): RunOutcome => {
+      log.warn({ step }, 'another worker took this operation over; stopping without writing');
+      return 'superseded';
+    };
+    const begun = await store.begin(opts.deploymentId, opts.operation, token);
     if (begun.action !== 'run') {
       log.info({ action: begun.action, status: begun.deployment.status }, 'nothing to run');
       return begun.action === 'done' ? 'done' : 'stopped';
@@ -172,26 +182,49 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
         if (opts.stopping?.()) throw new ShutdownRequested(`shutting down before step ${step.name}`);
 
         const slog = log.child({ step: step.name });
-        await store.stepStarted(opts.deploymentId, runNo, step.name);
+        try {
+          await store.stepStarted(opts.deploymentId, runNo, step.name, token);
+        } catch (err) {
+          if (isOrchestratorError(err) && err.code === 'superseded') return supersededBy(step.name);
+          throw err;
+        }
         const t0 = Date.now();
         try {
           await hooks?.onStepStarted?.(step.name, opts.deploymentId);
           const skipped = await withDeadline(step.name, step.deadlineMs, opts.signal, async (signal) => {
-            const ctx: StepContext = { deployment, run: runNo, jobId: opts.jobId, signal, log: slog, scope };
+            const ctx: StepContext = {
+              deployment,
+              run: runNo,
+              jobId: opts.jobId,
+              signal,
+              log: slog,
+              scope,
+              token,
+            };
             if (step.check && (await step.check(ctx))) return true;
             await step.apply(ctx);
             return false;
           });
           await hooks?.onStepApplied?.(step.name, opts.deploymentId);
-          await store.stepFinished(opts.deploymentId, runNo, step.name, skipped ? 'skipped' : 'succeeded');
+          await store.stepFinished(
+            opts.deploymentId,
+            runNo,
+            step.name,
+            skipped ? 'skipped' : 'succeeded',
+            undefined,
+            undefined,
+            token,
+          );
           slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
         } catch (err) {
+          // Taken over: the other run owns the record now; this one writes nothing more.
+          if (isOrchestratorError(err) && err.code === 'superseded') return supersededBy(step.name);
           const permanent = classify(err) === 'permanent';
           const final = permanent || opts.finalAttempt;
           const reason = reasonOf(err);
           slog.warn({ ms: Date.now() - t0, permanent, final, reason }, 'step failed');
           await store
-            .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final)
+            .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final, token)
             .catch((e: unknown) => slog.error({ reason: reasonOf(e) }, 'could not record the failure'));
           throw err;
         }

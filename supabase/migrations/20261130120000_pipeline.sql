@@ -20,7 +20,9 @@ alter table public.deployments
   add column failed_step text,
   add column failure_reason text check (pg_catalog.char_length(failure_reason) <= 500),
   -- last sign of life of the operation in progress: the reconciler re-enqueues what stopped moving
-  add column progress_at timestamptz not null default now();
+  add column progress_at timestamptz not null default now(),
+  -- the fencing token of the run that holds the operation (see deployments__begin)
+  add column operation_token text check (pg_catalog.char_length(operation_token) <= 100);
 
 create index deployments_progress_idx on public.deployments (progress_at)
   where status in ('requested', 'provisioning', 'rotating', 'deprovisioning');
@@ -272,12 +274,45 @@ $$;
 
 -- ---- operations and steps -------------------------------------------------------------------------
 
+-- A fencing token: a short opaque string (a uuid in practice), or null for no fencing.
+create function public.deployment_steps__check_token(p_token text)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_token is not null and p_token !~ '^[A-Za-z0-9_-]{8,100}$' then
+    raise exception using errcode = '22023', message = 'token: must be 8-100 letters, digits, "_" or "-"';
+  end if;
+end
+$$;
+revoke all on function public.deployment_steps__check_token(text) from public, anon, authenticated, service_role;
+
+-- Refuse a write from a run that no longer holds the operation (another run began since).
+create function public.deployments__fence(p_row public.deployments, p_token text)
+returns void
+language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  if p_token is not null and p_row.operation_token is distinct from p_token then
+    raise exception using errcode = '55006',
+      message = pg_catalog.format('token: another worker has taken over the operation on deployment %s', p_row.id);
+  end if;
+end
+$$;
+revoke all on function public.deployments__fence(public.deployments, text) from public, anon, authenticated, service_role;
+
 -- Start (or resume) an operation. provision: requested → provisioning (run 1), failed → provisioning
 -- (same run: the retry resumes at the step that failed), provisioning → itself (resume after a crash);
--- ready → nothing to do; deprovisioning/deleted → stop (a deprovision wins). deprovision: any live
--- status → deprovisioning with a new run; deprovisioning → resume; deleted → nothing to do.
+-- ready → nothing to do; deprovisioning/deleted → stop (a deprovision wins). deprovision: only one
+-- that deployments__request_deprovision asked for runs (Postgres, not Redis, holds the intent to
+-- remove a deployment: a `deprovision` job that reached Redis some other way stops); deleted → done.
+-- p_token: this run's fencing token (fresh per job attempt). The newest run takes the operation over;
+-- step records and host writes under an older token are refused with 55006 (a worker whose Redis
+-- lease vanished in a flush or failover cannot write beside the one that took over).
 -- Returns {"action": "run" | "done" | "stop", "run": n, "deployment": …}.
-create function public.deployments__begin(p_deployment_id uuid, p_operation text)
+create function public.deployments__begin(p_deployment_id uuid, p_operation text, p_token text default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -316,10 +351,15 @@ begin
     elsif v.status = 'deprovisioning' and v.current_operation = 'deprovision' then
       update public.deployments d set progress_at = pg_catalog.now() where d.id = v.id returning * into v;
     else
-      update public.deployments d set status = 'deprovisioning', current_operation = 'deprovision',
-        current_run = d.current_run + 1, progress_at = pg_catalog.now()
-      where d.id = v.id returning * into v;
+      -- Only deployments__request_deprovision starts a deprovision: a deprovision job for a
+      -- deployment nobody asked to remove (it reached Redis some other way) stops here.
+      v_action := 'stop';
     end if;
+  end if;
+  if v_action = 'run' then
+    -- this run of the operation takes it over: writes under any earlier run's token are refused
+    perform public.deployment_steps__check_token(p_token);
+    update public.deployments d set operation_token = p_token where d.id = v.id returning * into v;
   end if;
   return pg_catalog.jsonb_build_object('action', v_action, 'run', v.current_run,
     'deployment', public.deployments__json(v.id));
@@ -361,7 +401,7 @@ revoke all on function public.deployment_steps__check_step(text) from public, an
 
 -- A step starts: a row per (run, step) whose attempt counts the starts. Refused unless the
 -- deployment is in that operation and run (a stale worker cannot write into a newer run).
-create function public.deployment_steps__start(p_deployment_id uuid, p_run integer, p_step text)
+create function public.deployment_steps__start(p_deployment_id uuid, p_run integer, p_step text, p_token text default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -371,6 +411,7 @@ declare
 begin
   perform public.deployment_steps__check_step(p_step);
   v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
   if p_run is distinct from v.current_run then
     raise exception using errcode = '22023',
       message = pg_catalog.format('run: deployment %s is in run %s, not %s', p_deployment_id, v.current_run, p_run);
@@ -393,7 +434,8 @@ create function public.deployment_steps__finish(
   p_step text,
   p_status text,
   p_reason text default null,
-  p_final boolean default false
+  p_final boolean default false,
+  p_token text default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -409,6 +451,7 @@ begin
     perform public.input__check_text('reason', p_reason, 500);
   end if;
   v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
   update public.deployment_steps s
      set status = p_status, finished_at = pg_catalog.clock_timestamp(), error = p_reason,
          duration_ms = greatest(0, (extract(epoch from pg_catalog.clock_timestamp() - s.started_at) * 1000)::integer)
@@ -435,7 +478,8 @@ create function public.deployments__record_host(
   p_server_id text,
   p_ipv4 inet,
   p_ipv6 inet default null,
-  p_host_public_key text default null
+  p_host_public_key text default null,
+  p_token text default null
 ) returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -455,6 +499,7 @@ begin
     raise exception using errcode = '22023', message = 'host_public_key: must be one ssh-ed25519 public key';
   end if;
   v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
   if v.status not in ('provisioning') then
     raise exception using errcode = '22023',
       message = pg_catalog.format('deployment_id: deployment %s is %s, not provisioning', p_deployment_id, v.status);
@@ -468,7 +513,7 @@ begin
 end
 $$;
 
-create function public.deployments__record_dns(p_deployment_id uuid, p_dns_name text)
+create function public.deployments__record_dns(p_deployment_id uuid, p_dns_name text, p_token text default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -477,7 +522,7 @@ begin
   if p_dns_name is not null and p_dns_name !~ '^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$' then
     raise exception using errcode = '22023', message = 'dns_name: must be a lower-case DNS name';
   end if;
-  perform public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(public.deployments__lock(p_deployment_id), p_token);
   update public.deployments d set dns_name = p_dns_name, updated_at = pg_catalog.now(), progress_at = pg_catalog.now()
    where d.id = p_deployment_id;
   return public.deployments__json(p_deployment_id);
@@ -487,7 +532,7 @@ $$;
 -- Re-keying, in two moves. 'pending': the new key is recorded before it is installed on the server.
 -- 'promote': a fresh connection proved the pending key; it becomes the pinned key. 'clear': the
 -- server is gone (deprovisioning): no key, no address stays pinned.
-create function public.deployments__host_key(p_deployment_id uuid, p_action text, p_key text default null)
+create function public.deployments__host_key(p_deployment_id uuid, p_action text, p_key text default null, p_token text default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -502,6 +547,7 @@ begin
     raise exception using errcode = '22023', message = 'key: must be one ssh-ed25519 public key';
   end if;
   v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
   if p_action = 'pending' then
     if v.host_public_key is null then
       raise exception using errcode = '22023', message = 'key: no host key is pinned yet; record the host first';
@@ -563,13 +609,13 @@ begin
     'public.deployments__list(uuid, boolean, integer)',
     'public.deployments__list_stalled(integer)',
     'public.deployments__unowned(uuid[])',
-    'public.deployments__begin(uuid, text)',
+    'public.deployments__begin(uuid, text, text)',
     'public.deployments__request_deprovision(uuid)',
-    'public.deployment_steps__start(uuid, integer, text)',
-    'public.deployment_steps__finish(uuid, integer, text, text, text, boolean)',
-    'public.deployments__record_host(uuid, text, inet, inet, text)',
-    'public.deployments__record_dns(uuid, text)',
-    'public.deployments__host_key(uuid, text, text)',
+    'public.deployment_steps__start(uuid, integer, text, text)',
+    'public.deployment_steps__finish(uuid, integer, text, text, text, boolean, text)',
+    'public.deployments__record_host(uuid, text, inet, inet, text, text)',
+    'public.deployments__record_dns(uuid, text, text)',
+    'public.deployments__host_key(uuid, text, text, text)',
     'public.deployments__audit(uuid, integer)'
   ] loop
     execute pg_catalog.format('revoke all on function %s from public, anon, authenticated, service_role', f);

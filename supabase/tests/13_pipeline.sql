@@ -7,7 +7,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(35);
+select plan(43);
 
 -- ---- privileges -----------------------------------------------------------------------------------
 select is(
@@ -122,6 +122,26 @@ select is(public.deployments__begin(:'dep', 'provision') ->> 'action', 'stop', '
 select is(public.deployments__begin(:'dep', 'deprovision') ->> 'action', 'run', 'and the deprovision runs');
 select is((select array_agg(x) from jsonb_array_elements_text(public.deployments__unowned(array[:'dep'::uuid, '00000000-0000-0000-0000-00000000beef'::uuid])) x),
   array['00000000-0000-0000-0000-00000000beef'], 'unowned: an id no live deployment has');
+
+-- ---- fencing: a run another run took over writes nothing ---------------------------------------------
+select public.deployments__request(:'org_a', 'Agent F', 'tf-' || substr(md5(random()::text), 1, 8), 'local', null, null, 'echo',
+  '[]'::jsonb) #>> '{deployment,id}' as fdep \gset
+select is(public.deployments__begin(:'fdep', 'provision', 'run-token-aaaa') ->> 'action', 'run', 'run A begins with its token');
+select lives_ok(format($$select public.deployment_steps__start(%L, 1, 'host', 'run-token-aaaa')$$, :'fdep'),
+  'run A records its step under its token');
+-- run A's Redis lease vanished (a flush); run B took the job and began: B's token now holds the operation
+select is(public.deployments__begin(:'fdep', 'provision', 'run-token-bbbb') ->> 'action', 'run', 'run B begins and takes over');
+select throws_ok(format($$select public.deployment_steps__finish(%L, 1, 'host', 'succeeded', null, false, 'run-token-aaaa')$$, :'fdep'),
+  '55006', format('token: another worker has taken over the operation on deployment %s', :'fdep'),
+  'run A can no longer record a step');
+select throws_ok(format($$select public.deployments__record_host(%L, 'cortex-a', '10.0.0.9', null, %L, 'run-token-aaaa')$$, :'fdep', :'k1'),
+  '55006', format('token: another worker has taken over the operation on deployment %s', :'fdep'),
+  'nor record a host (and pin its key)');
+select is((select server_id from public.deployments where id = :'fdep'), null, 'nothing of run A''s landed');
+select lives_ok(format($$select public.deployment_steps__start(%L, 1, 'host', 'run-token-bbbb')$$, :'fdep'),
+  'run B writes under its own token');
+select throws_ok(format($$select public.deployments__begin(%L, 'provision', 'bad token!')$$, :'fdep'),
+  '22023', 'token: must be 8-100 letters, digits, "_" or "-"', 'a malformed token is refused');
 
 select * from finish();
 rollback;

@@ -173,6 +173,12 @@ export const configSchema = z
           message: 'is required when RPC_ADAPTER=supabase',
         });
     }
+    if (c.NODE_ENV === 'production' && c.PIPELINE_PAUSE_AT_STEP)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['PIPELINE_PAUSE_AT_STEP'],
+        message: 'holds every job forever: a debugging aid, refused with NODE_ENV=production',
+      });
     if (c.HOST_PROVIDER === 'hcloud' && !c.HCLOUD_TOKEN)
       ctx.addIssue({
         code: 'custom',

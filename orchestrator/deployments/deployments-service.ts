@@ -12,16 +12,66 @@ import type { Deployment, DeploymentStatus, DeploymentStore, DeploymentSummary }
  */
 const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 
+/**
+ * Names an agent may not take: the platform's own and the usual service names (a customer agent at
+ * `www.`/`api.`/`mail.` of the platform's zone would pass for the platform), and punycode (`xn--`),
+ * which can render as a look-alike of another name.
+ */
+export const RESERVED_SUBDOMAINS: ReadonlySet<string> = new Set([
+  'www',
+  'api',
+  'app',
+  'admin',
+  'mail',
+  'smtp',
+  'imap',
+  'pop',
+  'ftp',
+  'ns',
+  'ns1',
+  'ns2',
+  'dns',
+  'status',
+  'docs',
+  'help',
+  'support',
+  'login',
+  'auth',
+  'sso',
+  'account',
+  'accounts',
+  'billing',
+  'dashboard',
+  'console',
+  'cortex',
+  'platform',
+  'root',
+  'localhost',
+  'autodiscover',
+  'autoconfig',
+]);
+// C0/C1 controls and the bidirectional overrides/isolates: they reorder or hide text on a terminal.
+const UNSAFE_TEXT = /[\p{Cc}\u202A-\u202E\u2066-\u2069\u200E\u200F]/u;
+
 export const deploymentRequestSchema = z
   .object({
     orgId: uuid,
-    name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
+    name: z
+      .string()
+      .trim()
+      .min(1, 'must not be empty')
+      .max(200, 'must be at most 200 characters')
+      .refine((n) => !UNSAFE_TEXT.test(n), {
+        error: 'must not contain control or bidirectional formatting characters',
+      }),
     subdomain: z
       .string()
       .regex(
         DNS_LABEL,
         'must be a DNS label: lowercase letters, digits and inner hyphens, at most 63 characters',
-      ),
+      )
+      .refine((l) => !l.startsWith('xn--'), { error: 'must not be punycode (xn--)' })
+      .refine((l) => !RESERVED_SUBDOMAINS.has(l), { error: 'is reserved for the platform; choose another' }),
     runtime: z.enum(['echo', 'openclaw'], { error: 'must be echo or openclaw' }).default('echo'),
     bindings: z
       .array(z.object({ envVar: envVarName, secretId: uuid }).strict())

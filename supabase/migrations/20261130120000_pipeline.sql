@@ -153,6 +153,18 @@ begin
   if not exists (select 1 from public.organizations o where o.id = p_org_id) then
     raise exception using errcode = 'P0002', message = pg_catalog.format('organization %s not found', p_org_id);
   end if;
+  -- the same rules as the service's (deployments-service.ts): the platform's names and punycode
+  if p_subdomain like 'xn--%' then
+    raise exception using errcode = '22023', message = 'subdomain: must not be punycode (xn--)';
+  end if;
+  if p_subdomain = any (array['www', 'api', 'app', 'admin', 'mail', 'smtp', 'imap', 'pop', 'ftp', 'ns', 'ns1',
+      'ns2', 'dns', 'status', 'docs', 'help', 'support', 'login', 'auth', 'sso', 'account', 'accounts', 'billing',
+      'dashboard', 'console', 'cortex', 'platform', 'root', 'localhost', 'autodiscover', 'autoconfig']) then
+    raise exception using errcode = '22023', message = 'subdomain: is reserved for the platform; choose another';
+  end if;
+  if p_name ~ '[\u0080-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]' then
+    raise exception using errcode = '22023', message = 'name: must not contain control or bidirectional formatting characters';
+  end if;
 
   -- entitlement before any write: every secret exists, is this organisation's, org-wide and active
   v_i := 0;
@@ -518,11 +530,18 @@ returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v public.deployments%rowtype;
 begin
   if p_dns_name is not null and p_dns_name !~ '^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$' then
     raise exception using errcode = '22023', message = 'dns_name: must be a lower-case DNS name';
   end if;
-  perform public.deployments__fence(public.deployments__lock(p_deployment_id), p_token);
+  v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
+  if v.status <> 'provisioning' then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('deployment_id: deployment %s is %s, not provisioning', p_deployment_id, v.status);
+  end if;
   update public.deployments d set dns_name = p_dns_name, updated_at = pg_catalog.now(), progress_at = pg_catalog.now()
    where d.id = p_deployment_id;
   return public.deployments__json(p_deployment_id);

@@ -7,7 +7,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(43);
+select plan(46);
 
 -- ---- privileges -----------------------------------------------------------------------------------
 select is(
@@ -84,6 +84,12 @@ select throws_ok(format($$select public.deployments__request(%L, 'n', 'tz-3', 'l
   '22023', 'bindings[0]: must be an object {env_var, secret_id} with string values', 'an unknown field in a binding is refused');
 select throws_ok(format($$select public.deployments__request(%L, 'n', 'tz-4', 'local', null, null, 'python', '[]')$$, :'org_a'),
   '22023', 'runtime: must be echo or openclaw', 'an unknown runtime is refused');
+select throws_ok(format($$select public.deployments__request(%L, 'n', 'www', 'local', null, null, 'echo', '[]')$$, :'org_a'),
+  '22023', 'subdomain: is reserved for the platform; choose another', 'a platform name is refused as a subdomain');
+select throws_ok(format($$select public.deployments__request(%L, 'n', 'xn--80ak6aa92e', 'local', null, null, 'echo', '[]')$$, :'org_a'),
+  '22023', 'subdomain: must not be punycode (xn--)', 'a punycode subdomain is refused');
+select throws_ok(format($$select public.deployments__request(%L, %L, 'tz-5', 'local', null, null, 'echo', '[]')$$, :'org_a', 'evil' || chr(8238) || 'txt.exe'),
+  '22023', 'name: must not contain control or bidirectional formatting characters', 'a bidi override in a name is refused');
 
 -- ---- begin, steps, failure, resume ---------------------------------------------------------------------
 select is(public.deployments__begin(:'dep', 'provision') ->> 'run', '1', 'the first provision is run 1');

@@ -1,0 +1,103 @@
+import { randomUUID } from 'node:crypto';
+import type { DeploymentStore } from '../../../orchestrator/deployments/deployment-store';
+import { makeDeploymentsService } from '../../../orchestrator/deployments/deployments-service';
+import { rejection } from '../../support/rejection';
+
+/** Bad input is refused naming the field, before the store or the queue sees anything. */
+const setup = () => {
+  const request = jest.fn();
+  const enqueue = jest.fn();
+  const service = makeDeploymentsService({
+    store: { request } as unknown as DeploymentStore,
+    queues: { enqueue },
+    provider: 'local',
+  });
+  return { service, request, enqueue };
+};
+const good = { orgId: randomUUID(), name: 'agent', subdomain: 'agent-1', bindings: [] };
+
+describe('deployments service: request validation', () => {
+  it.each([
+    [
+      'a reserved subdomain',
+      { subdomain: 'www' },
+      'subdomain',
+      'subdomain: is reserved for the platform; choose another',
+    ],
+    [
+      'a punycode subdomain',
+      { subdomain: 'xn--80ak6aa92e' },
+      'subdomain',
+      'subdomain: must not be punycode (xn--)',
+    ],
+    ['an upper-case subdomain', { subdomain: 'Agent' }, 'subdomain', undefined],
+    [
+      'a bidi override in the name',
+      { name: 'evil\u202Etxt.exe' },
+      'name',
+      'name: must not contain control or bidirectional formatting characters',
+    ],
+    [
+      'a C1 control in the name',
+      { name: 'a\u009bb' },
+      'name',
+      'name: must not contain control or bidirectional formatting characters',
+    ],
+    ['an unknown field', { value: 'sk-ant-x' }, 'input', undefined],
+    [
+      'a bad env name',
+      { bindings: [{ envVar: 'lower', secretId: randomUUID() }] },
+      'bindings.0.envVar',
+      undefined,
+    ],
+    [
+      'a reserved env name',
+      { bindings: [{ envVar: 'LD_PRELOAD', secretId: randomUUID() }] },
+      'bindings.0.envVar',
+      undefined,
+    ],
+    [
+      'a variable bound twice',
+      {
+        bindings: [
+          { envVar: 'K', secretId: randomUUID() },
+          { envVar: 'K', secretId: randomUUID() },
+        ],
+      },
+      'bindings',
+      undefined,
+    ],
+    ['a runtime that needs the internet, in local mode', { runtime: 'openclaw' }, 'runtime', undefined],
+  ])('refuses %s, naming %s, with nothing stored or enqueued', async (_what, over, field, message) => {
+    const { service, request, enqueue } = setup();
+    const err = (await rejection(service.request({ ...good, ...over } as never))) as {
+      code: string;
+      field: string;
+      message: string;
+    };
+    expect({ code: err.code, field: err.field }).toEqual({ code: 'invalid_input', field });
+    if (message) expect(err.message).toBe(message);
+    expect(request).not.toHaveBeenCalled();
+    expect(enqueue).not.toHaveBeenCalled();
+  });
+
+  it('a denial from the contract is secret_denied naming the binding, and nothing is enqueued', async () => {
+    const { service, request, enqueue } = setup();
+    request.mockResolvedValue({
+      status: 'denied',
+      field: 'bindings[0].secret_id',
+      reason: 'no active secret with this id in the organization',
+    });
+    const err = (await rejection(
+      service.request({ ...good, bindings: [{ envVar: 'K', secretId: randomUUID() }] }),
+    )) as {
+      code: string;
+      field: string;
+    };
+    expect({ code: err.code, field: err.field }).toEqual({
+      code: 'secret_denied',
+      field: 'bindings[0].secret_id',
+    });
+    expect(enqueue).not.toHaveBeenCalled();
+  });
+});

@@ -83,9 +83,7 @@ if (require.main === module) {
     out: (t) => process.stdout.write(t),
     isTTY: Boolean(process.stdout.isTTY),
     readSecret: readSecretFromStdin,
-  }).then(
-    (code) => {
-      process.exitCode = code;
-    },
-  );
+  }).then((code) => {
+    process.exitCode = code;
+  });
 }

@@ -84,6 +84,16 @@ export const agentCommands = {
    */
   /** Enable several units in one command. */
   enableUnits: (...units: string[]): Argv => ['systemctl', 'enable', ...units.map(unit)],
+  /** Forget a unit's failed state and start-rate counter, so that a new start is tried. */
+  resetFailed: (u: string): Argv => ['systemctl', 'reset-failed', unit(u)],
+  /** `ActiveState`, `SubState`, `Result` and the main process's exit status, one per line (systemd's words). */
+  unitState: (u: string): Argv => [
+    'systemctl',
+    'show',
+    '--property=ActiveState,SubState,Result,ExecMainStatus',
+    '--value',
+    unit(u),
+  ],
   /** Restart several units in one command (in the order given, as one systemd job each). */
   restartUnits: (...units: string[]): Argv => ['systemctl', 'restart', ...units.map(unit)],
   /**

@@ -343,8 +343,33 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         const o = { signal: ctx.signal };
         // Restart, not reload: a package-installed Caddy runs its stock config (admin API on TCP
         // 2019); only a restart moves the admin endpoint to the socket the Caddyfile names.
+        // systemd's own words for a unit's state: short tokens only, never free text from the host.
+        const stateOf = async (unit: string): Promise<string> =>
+          (await shell.exec(agentCommands.unitState(unit), o)).stdout
+            .toString('utf8')
+            .split('\n')
+            .map((l) => l.trim())
+            .filter((l) => /^[a-z0-9-]{1,32}$/.test(l))
+            .join('/') || 'unknown';
+        // A unit that fails to start is tried again (its failed state reset, a pause between), and
+        // named with its state when it gives up: one failed start on a busy host is not a verdict.
+        const restart = async (unit: string): Promise<void> => {
+          for (let attempt = 1; ; attempt++) {
+            if ((await shell.exec(agentCommands.restartUnits(unit), o)).code === 0) return;
+            const state = await stateOf(unit);
+            if (attempt >= 3)
+              throw new OrchestratorError(
+                'remote_command_failed',
+                `${unit} did not start after ${attempt} tries (${state})`,
+              );
+            ctx.log.warn({ unit, attempt, state }, 'unit did not start; trying again');
+            await shell.exec(agentCommands.resetFailed(unit), o);
+            await new Promise((r) => setTimeout(r, 1_000 * attempt));
+          }
+        };
         await run(shell, agentCommands.enableUnits('caddy.service', AGENT_UNIT_NAME), o);
-        await run(shell, agentCommands.restartUnits('caddy.service', METADATA_BLOCK_UNIT), o);
+        await restart('caddy.service');
+        await restart(METADATA_BLOCK_UNIT);
         // The stock admin API (TCP 2019, unauthenticated) must be gone and the socket answering.
         const stock = parseListeners(
           (await run(shell, agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT), o)).stdout.toString('utf8'),
@@ -356,7 +381,7 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
             `Caddy still listens on TCP ${CADDY_STOCK_ADMIN_PORT} (its stock admin API; ${stock.length} socket(s)) after the restart`,
           );
         await run(shell, agentCommands.caddyAdminProbe(), o);
-        await run(shell, agentCommands.restartUnits(AGENT_UNIT_NAME), o);
+        await restart(AGENT_UNIT_NAME);
         await run(shell, agentCommands.isActive(AGENT_UNIT_NAME), o);
       });
     },

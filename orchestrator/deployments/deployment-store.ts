@@ -191,8 +191,14 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
         createdAt: String(r.created_at),
       }));
     },
-    async listStalled(idleSeconds: number): Promise<{ id: string; status: DeploymentStatus }[]> {
-      return rpc('deployments__list_stalled', { p_idle_seconds: idleSeconds });
+    async listStalled(
+      idleSeconds: number,
+      orgId?: string,
+    ): Promise<{ id: string; status: DeploymentStatus }[]> {
+      return rpc('deployments__list_stalled', {
+        p_idle_seconds: idleSeconds,
+        p_org_id: orgId === undefined ? undefined : parseInput(uuid, orgId, 'org_id'),
+      });
     },
     /** Of these ids (hosts a provider reports), the ones no live deployment owns. */
     async unowned(ids: readonly string[]): Promise<string[]> {

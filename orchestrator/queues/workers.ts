@@ -91,9 +91,9 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
       }
     };
 
-  /** Re-enqueue what stopped moving: a flushed Redis or a lost job loses no deployment. */
-  const reconcile = async (): Promise<{ enqueued: string[] }> => {
-    const stalled = await deps.store.listStalled(s.reconcileIdleSeconds);
+  /** Re-enqueue what stopped moving: a flushed Redis or a lost job loses no deployment (one org's, or all). */
+  const reconcile = async (opts: { orgId?: string } = {}): Promise<{ enqueued: string[] }> => {
+    const stalled = await deps.store.listStalled(s.reconcileIdleSeconds, opts.orgId);
     const enqueued: string[] = [];
     for (const d of stalled) {
       const queue: QueueName | undefined =

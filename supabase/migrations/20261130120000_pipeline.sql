@@ -247,8 +247,9 @@ end
 $$;
 
 -- Deployments outside a final state whose operation has shown no progress for p_idle_seconds: the
--- reconciler re-enqueues them (a flushed Redis, a job lost with its worker).
-create function public.deployments__list_stalled(p_idle_seconds integer)
+-- reconciler re-enqueues them (a flushed Redis, a job lost with its worker); ops may scope a pass
+-- to one organisation.
+create function public.deployments__list_stalled(p_idle_seconds integer, p_org_id uuid default null)
 returns jsonb
 language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
@@ -262,6 +263,7 @@ begin
     from public.deployments d
     where d.status in ('requested', 'provisioning', 'rotating', 'deprovisioning')
       and d.progress_at < pg_catalog.now() - pg_catalog.make_interval(secs => p_idle_seconds)
+      and (p_org_id is null or d.org_id = p_org_id)
   ), '[]'::jsonb);
 end
 $$;
@@ -626,7 +628,7 @@ begin
     'public.deployments__request(uuid, text, text, text, text, text, text, jsonb, text, text, inet, text)',
     'public.deployments__describe(uuid)',
     'public.deployments__list(uuid, boolean, integer)',
-    'public.deployments__list_stalled(integer)',
+    'public.deployments__list_stalled(integer, uuid)',
     'public.deployments__unowned(uuid[])',
     'public.deployments__begin(uuid, text, text)',
     'public.deployments__request_deprovision(uuid)',

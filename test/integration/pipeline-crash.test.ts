@@ -37,8 +37,10 @@ const startHeldWorker = (step: string, when = ':applied'): { child: ChildProcess
       ...process.env,
       DATABASE_URL: testDatabaseUrl(),
       QUEUE_PREFIX: p.config.QUEUE_PREFIX,
-      // The worker processes here must never sweep another test's hosts as orphans.
+      // The worker processes here must never sweep another test's hosts as orphans, nor
+      // reconcile other test files' fixtures (deployments they leave `requested`).
       ORPHAN_GRACE_SECONDS: '604800',
+      RECONCILE_IDLE_SECONDS: '86400',
       PIPELINE_PAUSE_AT_STEP: `${step}${when}`,
       LOG_LEVEL: 'warn',
       JOB_LOCK_MS: LOCK_MS,
@@ -161,6 +163,7 @@ describe('SIGTERM', () => {
         QUEUE_PREFIX: p.config.QUEUE_PREFIX,
         // The worker processes here must never sweep another test's hosts as orphans.
         ORPHAN_GRACE_SECONDS: '604800',
+        RECONCILE_IDLE_SECONDS: '86400',
         LOG_LEVEL: 'warn',
       },
       detached: true,
@@ -227,7 +230,6 @@ describe('Redis loses everything mid-flight', () => {
 
     const fresh = await startTestPipeline({
       QUEUE_PREFIX: p.config.QUEUE_PREFIX,
-      // The worker processes here must never sweep another test's hosts as orphans.
       ORPHAN_GRACE_SECONDS: '604800',
       RECONCILE_IDLE_SECONDS: '1',
     });
@@ -235,7 +237,9 @@ describe('Redis loses everything mid-flight', () => {
     workers.start(['provision', 'deprovision']);
     try {
       await new Promise((r) => setTimeout(r, 1_500));
-      const { enqueued } = await workers.reconcile();
+      // Scoped to this test's organisation: the shared test database holds other files' fixtures
+      // (deployments left `requested`), which a global pass would set provisioning too.
+      const { enqueued } = await workers.reconcile({ orgId: org.orgId });
       expect(enqueued).toContain(deploymentId);
       const ready = await fresh.service.watch(deploymentId, () => undefined, { timeoutMs: 240_000 });
       expect(ready.status).toBe('ready');

@@ -2,14 +2,14 @@
 # Debian packages the project needs: the local services, the tools the unit tests validate
 # generated files with (caddy, cloud-init, systemd-analyze, python3, ssh-keygen), pg_prove, the
 # local authoritative DNS server (knot, with knotc; knot-dnsutils for kdig/knsupdate), OpenSSH's
-# sftp-server (the unit tests' in-process SSH server hands SFTP sessions to it), and
-# what local hosts are built and run with. Installs only what is missing; idempotent.
+# sftp-server (the unit tests' in-process SSH server hands SFTP sessions to it), headless Chromium
+# (the Bull Board test drives it with playwright-core), and what local hosts are built and run with. Installs only what is missing; idempotent.
 set -euo pipefail
 log() { printf '[deps] %s\n' "$*" >&2; }
 
 PKGS=(postgresql-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl postgresql-15-plpgsql-check
   redis-server caddy cloud-init systemd systemd-container debootstrap iproute2 openssh-client python3 perl
-  curl ca-certificates knot knot-dnsutils openssh-sftp-server)
+  curl ca-certificates knot knot-dnsutils openssh-sftp-server chromium)
 # Packages whose Debian units start at boot: the project runs its own instances, on 127.0.0.1 and
 # non-standard ports, so the system-wide ones it pulled in are disabled (never started: see policy-rc.d).
 BOOT_UNITS=(caddy.service redis-server.service postgresql.service knot.service)

@@ -9,5 +9,36 @@ for f in supabase/local/*.sql; do
   [ -e "$f" ] || continue
   psql -X -q -v ON_ERROR_STOP=1 -d "$URL" -f "$f" >/dev/null
 done
+# A database built before the squash of issue 8 lists migration versions that no longer exist
+# (their content moved, unchanged, into the files of the same concern; scripts/schema-fingerprint.sh
+# showed the schema identical). The CLI refuses such a history. When all nine old versions are
+# recorded (the database is at the squashed schema), forget the four that went; otherwise say what
+# to do rather than let the CLI suggest a repair that would be wrong here.
+SQUASHED_AWAY="20261125221300 20261125221500 20261125222412 20261130100000"
+PRE_SQUASH="20261125211500 20261125211600 20261125211700 20261125221400 $SQUASHED_AWAY 20261130120000"
+applied=$(psql -X -q -At -d "$URL" -c "select version from supabase_migrations.schema_migrations" 2>/dev/null || true)
+stale=""
+for v in $applied; do
+  compgen -G "supabase/migrations/${v}_*.sql" >/dev/null || stale="$stale $v"
+done
+if [ -n "$stale" ]; then
+  all_old=yes
+  for v in $PRE_SQUASH; do grep -qx "$v" <<<"$applied" || all_old=no; done
+  only_squashed=yes
+  for v in $stale; do case " $SQUASHED_AWAY " in *" $v "*) ;; *) only_squashed=no ;; esac; done
+  if [ "$all_old" = yes ] && [ "$only_squashed" = yes ]; then
+    echo "db-setup: the migration history lists versions squashed away in issue 8 ($stale ); forgetting them (the schema they built is the squashed one)" >&2
+    psql -X -q -v ON_ERROR_STOP=1 -d "$URL" -c "delete from supabase_migrations.schema_migrations where version in ($(sed 's/\([0-9]\+\)/'"'"'\1'"'"'/g; s/ /, /g' <<<"${stale# }"))"
+  else
+    db=${URL##*/}; db=${db%%\?*}
+    cat >&2 <<MSG
+db-setup: database $db lists migrations that are not in supabase/migrations:$stale
+  Migrations were squashed (issue 8) and a database built from the old files cannot be brought
+  forward in place. Recreate it (this deletes its data, e.g. local deployments' rows):
+    dropdb --maintenance-db='${URL%/*}/postgres' --force $db && npm run services:up
+MSG
+    exit 1
+  fi
+fi
 sep='?'; case "$URL" in *\?*) sep='&' ;; esac
 npx --no-install supabase migration up --db-url "${URL}${sep}sslmode=disable" 2>&1 | grep -v '^$' || { echo "migration up failed" >&2; exit 1; }

@@ -1,16 +1,30 @@
--- The secret access log: append-only and hash-chained, one chain per organization.
+-- The secret access log: append-only and hash-chained, one chain per organization, plus two
+-- chains that belong to no organization: events with no org (a denied read of an unknown
+-- deployment) form the chain of the nil uuid, and platform events (platform_secrets, in
+-- 20261125221400_platform_secrets.sql) the platform chain ffffffff-ffff-ffff-ffff-ffffffffffff.
 --
 -- Each row carries its chain's sequence number, the id and hash of the row before it, and
 -- hash = sha256 of its canonical content (including seq, prev_id and prev_hash). A per-chain head
--- row, locked for update by each insert, serializes writers of one org only; events with no org
--- (a denied read of an unknown deployment) form the chain of the nil uuid. The head also records
--- the last row, so a removed tail is detected, and the anchor left by retention.
+-- row, locked for update by each insert, serializes writers of one chain only. The head also
+-- records the last row, so a removed tail is detected, and the anchor left by retention.
 --
 -- Rows leave only through secret_access_log__apply_retention, which runs as a role of its own
 -- (cortex_audit_retention, recognised by the triggers as current_user; no API role is a member)
 -- and only the database owner may call. The chain heads only move forward. A superuser can still
--- disable triggers; the chain is what makes that visible to secret_access_log__verify (and the
--- signed checkpoints what makes a rewritten chain visible).
+-- disable triggers; the chain is what makes that visible to secret_access_log__verify, and the
+-- signed checkpoints (at the end of this file) what makes a rewritten chain visible.
+--
+-- Lock order. Every function that writes audit rows takes its locks in one order, so that no two
+-- of them can deadlock:
+--
+--   deployment -> secrets (in id order) -> bindings (in (deployment_id, env_var) order)
+--     -> versions and vault rows (only ever under their secret's lock) -> audit chain head, last
+--
+-- A function may skip a level but never goes back up one. The chain head is locked by the chain
+-- trigger of the first audit row, so every audit row is appended after the last row lock (the
+-- secrets and platform secrets functions append their audit rows last for this reason). Every
+-- audit row is written in the transaction of the change or read it records; a denial is audited
+-- and returned; a failure rolls back the change and its audit rows together.
 
 create table public.secret_access_log (
   id bigint generated always as identity primary key,
@@ -26,7 +40,9 @@ create table public.secret_access_log (
   request_ip inet,
   user_agent text,
   reason text,
-  chain_id uuid not null generated always as (coalesce(org_id, '00000000-0000-0000-0000-000000000000'::uuid)) stored,
+  -- set by the chain trigger: coalesce(org_id, nil uuid), or the platform chain (all ones) for an
+  -- org-less platform event that asks for it
+  chain_id uuid not null,
   seq bigint not null,
   prev_id bigint,
   prev_hash text not null,
@@ -51,13 +67,20 @@ create table public.secret_access_log_chains (
 
 -- Canonical content: a JSON array in fixed order, the time in UTC with microseconds, so the hash
 -- depends on neither TimeZone nor DateStyle. `id` is left out: it is the row's position, which
--- verify checks against seq and prev_id instead.
+
+-- Canonical content: a JSON array in fixed order, the time in UTC with microseconds, so the hash
+-- depends on neither TimeZone nor DateStyle. `id` is left out: it is the row's position, which
+-- verify checks against seq and prev_id instead. The array gains the chain id only where it is not
+-- coalesce(org_id, nil uuid), i.e. for platform rows, so moving a row to another chain changes its
+-- hash. PL/pgSQL rather than SQL: a SQL function with a SET clause cannot be inlined, and its body
+-- would be parsed and planned again in every transaction.
 create function public.secret_access_log__hash(p_row public.secret_access_log)
 returns text
-language sql stable
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
-  select pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+declare
+  v_content jsonb := pg_catalog.jsonb_build_array(
     'cortex.secret_access_log.v1',
     p_row.seq,
     p_row.prev_id,
@@ -73,23 +96,40 @@ as $$
     p_row.job_id,
     p_row.request_ip::text,
     p_row.user_agent,
-    p_row.reason
-  )::text, 'UTF8')), 'hex')
+    p_row.reason);
+begin
+  if p_row.chain_id is distinct from coalesce(p_row.org_id, '00000000-0000-0000-0000-000000000000'::uuid) then
+    v_content := v_content || pg_catalog.jsonb_build_array(p_row.chain_id);
+  end if;
+  return pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(v_content::text, 'UTF8')), 'hex');
+end
 $$;
 
+-- Sets chain, id, time, seq and hashes under the chain head's lock (taken with one statement; the
+-- insert of a missing head runs only for a chain's first row). An org-less row joins the platform
+-- chain only when it asks for it (platform_secrets__audit); every other row's chain is its org's.
 create function public.secret_access_log__chain()
 returns trigger
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_chain uuid := coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid);
-  v_head public.secret_access_log_chains%rowtype;
+  v_chain uuid := case
+    when new.org_id is null and new.chain_id = 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid then new.chain_id
+    else coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid)
+  end;
+  v_head record;
 begin
-  insert into public.secret_access_log_chains (chain_id) values (v_chain) on conflict (chain_id) do nothing;
-  select * into strict v_head from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  select c.head_seq, c.head_id, c.head_hash into v_head
+  from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  if not found then
+    insert into public.secret_access_log_chains (chain_id) values (v_chain) on conflict (chain_id) do nothing;
+    select c.head_seq, c.head_id, c.head_hash into strict v_head
+    from public.secret_access_log_chains c where c.chain_id = v_chain for update;
+  end if;
+  new.chain_id := v_chain;
   -- id and time are taken under the chain lock, so within a chain they grow with seq
-  new.id := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('public.secret_access_log', 'id')::regclass);
+  new.id := pg_catalog.nextval('public.secret_access_log_id_seq'::regclass);
   new.at := pg_catalog.clock_timestamp();
   new.seq := v_head.head_seq + 1;
   new.prev_id := v_head.head_id;
@@ -174,7 +214,9 @@ create trigger secret_access_log_chains_no_truncate
   before truncate on public.secret_access_log_chains
   for each statement execute function public.secret_access_log_chains__guard();
 
--- Internal: every audited function appends through here, inside its own transaction.
+-- Internal: every audited function appends through here, inside its own transaction. Rows are
+-- inserted with OVERRIDING SYSTEM VALUE: the identity default would draw an id that the trigger
+-- replaces with one drawn under the lock.
 create function public.secret_access_log__append(
   p_operation text,
   p_outcome text,
@@ -194,14 +236,14 @@ as $$
 declare
   v_id bigint;
 begin
+  -- id, seq and hashes are placeholders: the chain trigger sets them under the chain lock
   insert into public.secret_access_log
-    (org_id, deployment_id, secret_id, version, operation, outcome, reason, actor, job_id, request_ip, user_agent,
+    (id, org_id, deployment_id, secret_id, version, operation, outcome, reason, actor, job_id, request_ip, user_agent,
      seq, prev_hash, hash)
+  overriding system value
   values
-    (p_org_id, p_deployment_id, p_secret_id, p_version, p_operation, p_outcome, p_reason, p_actor, p_job_id,
-     p_request_ip, p_user_agent,
-     -- placeholders: the chain trigger sets them
-     0, '', '')
+    (0, p_org_id, p_deployment_id, p_secret_id, p_version, p_operation, p_outcome, p_reason, p_actor, p_job_id,
+     p_request_ip, p_user_agent, 0, '', '')
   returning id into v_id;
   return v_id;
 end
@@ -473,3 +515,92 @@ create policy secret_access_log_retention on public.secret_access_log
   for all to cortex_audit_retention using (true) with check (true);
 create policy secret_access_log_chains_retention on public.secret_access_log_chains
   for all to cortex_audit_retention using (true) with check (true);
+
+-- ---- signed checkpoints -----------------------------------------------------------------------
+-- What the orchestrator reads to sign every chain's head, and to check a signed head later.
+-- Signing and storing happen outside the database (orchestrator/audit/), with a key the database
+-- never sees, so the database owner (who can disable the append-only trigger and recompute every
+-- hash) cannot trim, rewrite or drop a chain without the next verify seeing it. A chain's head row
+-- in secret_access_log_chains holds its last sequence number and hash; retention moves its anchor
+-- (the last row it deleted) forward.
+--
+-- Both functions only read. They are security definer so that the orchestrator's role needs no
+-- table privilege; EXECUTE is cortex_orchestrator's alone.
+
+-- Every chain's head: {at, chains: [{chain, seq, hash, at}]}, in chain id order. `at` (top level)
+-- is the database's clock when read; a chain's `at` is the time of its head row. A chain that has
+-- rows but lost its head row is listed with null seq and hash, so that a caller walking every
+-- chain verifies it too (secret_access_log__verify names it as removed).
+create function public.secret_access_log__heads()
+returns jsonb
+language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+  with chains as (
+    select c.chain_id from public.secret_access_log_chains c
+    union
+    select distinct l.chain_id from public.secret_access_log l
+  )
+  select pg_catalog.jsonb_build_object(
+    'at', pg_catalog.to_char(pg_catalog.clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+    'chains', coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'chain', x.chain_id,
+      'seq', h.head_seq,
+      'hash', h.head_hash,
+      'at', pg_catalog.to_char(coalesce(r.at, h.updated_at) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    ) order by x.chain_id), '[]'::jsonb))
+  from chains x
+  left join public.secret_access_log_chains h on h.chain_id = x.chain_id
+  left join public.secret_access_log r on r.id = h.head_id and r.chain_id = h.chain_id
+$$;
+
+-- For each (chain, seq) asked for, what is stored now: [{chain, seq, exists, head_seq, max_seq,
+-- anchor_seq, hash}], in the order asked. `exists`: the chain has a head row or any row; `hash`:
+-- the hash of the row at that seq, or the anchor's hash when retention deleted exactly that row,
+-- else null. The caller compares with what it signed; this function judges nothing.
+create function public.secret_access_log__hashes_at(p_chain_ids uuid[], p_seqs bigint[])
+returns jsonb
+language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_result jsonb;
+begin
+  if p_chain_ids is null or p_seqs is null then
+    raise exception using errcode = '22023', message = 'chain_ids: chain_ids and seqs are required';
+  end if;
+  if pg_catalog.cardinality(p_chain_ids) <> pg_catalog.cardinality(p_seqs) then
+    raise exception using errcode = '22023', message = 'seqs: must have one sequence number per chain id';
+  end if;
+  if pg_catalog.cardinality(p_chain_ids) > 100000 then
+    raise exception using errcode = '22023', message = 'chain_ids: at most 100000 per call';
+  end if;
+  if pg_catalog.array_position(p_chain_ids, null) is not null or pg_catalog.array_position(p_seqs, null) is not null then
+    raise exception using errcode = '22023', message = 'chain_ids: must not contain null (nor seqs)';
+  end if;
+
+  select coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'chain', q.chain_id,
+      'seq', q.seq,
+      'exists', h.chain_id is not null or m.max_seq is not null,
+      'head_seq', h.head_seq,
+      'max_seq', m.max_seq,
+      'anchor_seq', h.anchor_seq,
+      'hash', coalesce(r.hash, case when r.id is null and h.anchor_seq = q.seq then h.anchor_hash end)
+    ) order by q.ord), '[]'::jsonb)
+  into v_result
+  from rows from (pg_catalog.unnest(p_chain_ids), pg_catalog.unnest(p_seqs)) with ordinality as q(chain_id, seq, ord)
+  left join public.secret_access_log_chains h on h.chain_id = q.chain_id
+  left join lateral (
+    select pg_catalog.max(l.seq) as max_seq from public.secret_access_log l where l.chain_id = q.chain_id
+  ) m on true
+  left join public.secret_access_log r on r.chain_id = q.chain_id and r.seq = q.seq;
+  return v_result;
+end
+$$;
+
+revoke all on function public.secret_access_log__heads() from public, anon, authenticated, service_role;
+revoke all on function public.secret_access_log__hashes_at(uuid[], bigint[])
+  from public, anon, authenticated, service_role;
+grant execute on function public.secret_access_log__heads() to cortex_orchestrator;
+grant execute on function public.secret_access_log__hashes_at(uuid[], bigint[]) to cortex_orchestrator;

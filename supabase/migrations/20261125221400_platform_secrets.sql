@@ -8,80 +8,8 @@
 -- Values may span lines (an OpenSSH private key does): line feeds are allowed, every other control
 -- character is refused, and a value holds at most 16384 characters.
 
--- ---- the audit log: a chain for platform events ---------------------------------------------------
-
--- chain_id was derived from org_id alone. It becomes a plain column that the chain trigger sets:
--- coalesce(org_id, nil uuid) as before, or the platform chain for an org-less row that asks for it.
--- Existing values stay; nothing is rewritten.
-alter table public.secret_access_log alter column chain_id drop expression;
-
--- The canonical content gains the chain id only where it is not coalesce(org_id, nil uuid), i.e.
--- for platform rows: every existing row hashes as before, and moving a row to another chain changes
--- its hash.
-create or replace function public.secret_access_log__hash(p_row public.secret_access_log)
-returns text
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_content jsonb := pg_catalog.jsonb_build_array(
-    'cortex.secret_access_log.v1',
-    p_row.seq,
-    p_row.prev_id,
-    p_row.prev_hash,
-    pg_catalog.to_char(p_row.at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-    p_row.org_id,
-    p_row.deployment_id,
-    p_row.secret_id,
-    p_row.version,
-    p_row.operation,
-    p_row.outcome,
-    p_row.actor,
-    p_row.job_id,
-    p_row.request_ip::text,
-    p_row.user_agent,
-    p_row.reason);
-begin
-  if p_row.chain_id is distinct from coalesce(p_row.org_id, '00000000-0000-0000-0000-000000000000'::uuid) then
-    v_content := v_content || pg_catalog.jsonb_build_array(p_row.chain_id);
-  end if;
-  return pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(v_content::text, 'UTF8')), 'hex');
-end
-$$;
-
-create or replace function public.secret_access_log__chain()
-returns trigger
-language plpgsql security definer
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_chain uuid := case
-    when new.org_id is null and new.chain_id = 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid then new.chain_id
-    else coalesce(new.org_id, '00000000-0000-0000-0000-000000000000'::uuid)
-  end;
-  v_head record;
-begin
-  select c.head_seq, c.head_id, c.head_hash into v_head
-  from public.secret_access_log_chains c where c.chain_id = v_chain for update;
-  if not found then
-    insert into public.secret_access_log_chains (chain_id) values (v_chain) on conflict (chain_id) do nothing;
-    select c.head_seq, c.head_id, c.head_hash into strict v_head
-    from public.secret_access_log_chains c where c.chain_id = v_chain for update;
-  end if;
-  new.chain_id := v_chain;
-  -- id and time are taken under the chain lock, so within a chain they grow with seq
-  new.id := pg_catalog.nextval('public.secret_access_log_id_seq'::regclass);
-  new.at := pg_catalog.clock_timestamp();
-  new.seq := v_head.head_seq + 1;
-  new.prev_id := v_head.head_id;
-  new.prev_hash := v_head.head_hash;
-  new.hash := public.secret_access_log__hash(new);
-  update public.secret_access_log_chains c
-  set head_seq = new.seq, head_id = new.id, head_hash = new.hash, updated_at = new.at
-  where c.chain_id = v_chain;
-  return new;
-end
-$$;
+-- Their audit rows go to the platform chain of the audit log (20261125211600_secret_access_log.sql).
+-- Read intents as for customer secrets (20261125211700_secrets.sql).
 
 -- Internal: platform events append through here (no org, no deployment, the platform chain).
 create function public.platform_secrets__audit(
@@ -244,9 +172,11 @@ begin
 end
 $$;
 
--- A new value becomes the next version, and the previous version's vault secret is deleted in the
--- same transaction: the platform reads only the current version, and a credential kept after it
--- stopped being used is a liability. Roll a key out (install the new public key) before rotating.
+-- A new value becomes the next version, and the older versions are retired (their vault secrets
+-- deleted) in the same transaction: the platform reads only the current version, and a credential
+-- kept after it stopped being used is a liability. Roll a key out (install the new public key)
+-- before rotating. The retirement comes before the audit rows (the rotation, then each retired
+-- version): chain head last.
 create function public.platform_secrets__rotate(
   p_name text,
   p_value text,
@@ -263,7 +193,8 @@ declare
   v_version integer;
   v_described record;
   v_vault_name text;
-  v_retired record;
+  v_retired integer[];
+  v_retired_vault_ids uuid[];
 begin
   perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
   perform public.platform_secrets__check_name(p_name);
@@ -284,17 +215,23 @@ begin
   set current_version = v_version, display_prefix = v_described.display_prefix,
       fingerprint = v_described.fingerprint, updated_at = now()
   where s.id = v_secret.id;
-  perform public.platform_secrets__audit('rotate', 'success', v_secret.id, v_version,
-    pg_catalog.format('platform secret %s: version %s replaces version %s', p_name, v_version, v_secret.current_version),
-    p_actor, p_job_id, p_request_ip, p_user_agent);
-  for v_retired in
+  with retired as (
     update public.platform_secret_versions v set retired_at = now()
     where v.secret_id = v_secret.id and v.version < v_version and v.retired_at is null
     returning v.version, v.vault_secret_id
-  loop
-    delete from vault.secrets vs where vs.id = v_retired.vault_secret_id;
-    perform public.platform_secrets__audit('delete', 'success', v_secret.id, v_retired.version,
-      pg_catalog.format('platform secret %s: version %s retired by rotation', p_name, v_retired.version),
+  )
+  select pg_catalog.array_agg(r.version order by r.version), pg_catalog.array_agg(r.vault_secret_id order by r.version)
+  into v_retired, v_retired_vault_ids
+  from retired r;
+  delete from vault.secrets vs where vs.id = any (v_retired_vault_ids);
+
+  -- audit rows last: the chain head is the last lock taken
+  perform public.platform_secrets__audit('rotate', 'success', v_secret.id, v_version,
+    pg_catalog.format('platform secret %s: version %s replaces version %s', p_name, v_version, v_secret.current_version),
+    p_actor, p_job_id, p_request_ip, p_user_agent);
+  for i in 1 .. coalesce(pg_catalog.cardinality(v_retired), 0) loop
+    perform public.platform_secrets__audit('delete', 'success', v_secret.id, v_retired[i],
+      pg_catalog.format('platform secret %s: version %s retired by rotation', p_name, v_retired[i]),
       p_actor, p_job_id, p_request_ip, p_user_agent);
   end loop;
   return pg_catalog.jsonb_build_object(
@@ -344,7 +281,7 @@ begin
       'status', 'denied', 'reason', pg_catalog.format('platform secret %s not found', p_name));
   end if;
 
-  -- a value only against a committed intent (20261125221500_read_intents.sql)
+  -- a value only against a committed intent (read intents, in 20261125211700_secrets.sql)
   if not public.secret_read_intents__valid(p_intent_id, null, null, p_name) then
     perform public.platform_secrets__audit('read', 'denied', v_secret_id, v_version,
       pg_catalog.format('platform secret %s: no committed read intent', p_name), p_actor, p_job_id, p_request_ip, p_user_agent);
@@ -376,12 +313,42 @@ begin
 end
 $$;
 
+-- The read intent for a platform secret, by name (see deployment_secrets__intend_read).
+create function public.platform_secrets__intend_read(
+  p_name text,
+  p_actor text default null,
+  p_job_id text default null,
+  p_request_ip inet default null,
+  p_user_agent text default null
+) returns jsonb
+language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_row public.secret_read_intents%rowtype;
+begin
+  perform public.audit_context__check(p_actor, p_job_id, p_user_agent);
+  if p_name is null or p_name !~ '^[a-z0-9][a-z0-9._-]{0,62}$' then
+    raise exception using errcode = '22023', message =
+      'name: must be a platform secret name: lowercase letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters';
+  end if;
+  insert into public.secret_read_intents (platform_name, actor, job_id, request_ip, user_agent, xact)
+  values (p_name, p_actor, p_job_id, p_request_ip, p_user_agent, pg_catalog.pg_current_xact_id())
+  returning * into v_row;
+  return pg_catalog.jsonb_build_object(
+    'intent_id', v_row.id, 'expires_at', v_row.at + interval '60 seconds');
+end
+$$;
+
 revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__read(text, text, text, inet, text, uuid) from public, anon, authenticated, service_role;
 grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.platform_secrets__read(text, text, text, inet, text, uuid) to cortex_orchestrator;
+revoke all on function public.platform_secrets__intend_read(text, text, text, inet, text)
+  from public, anon, authenticated, service_role;
+grant execute on function public.platform_secrets__intend_read(text, text, text, inet, text) to cortex_orchestrator;
 
 -- ---- privileges and row-level security --------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 import { makeAuditCheckpointsFromConfig } from '../audit/audit-checkpoints-from-config';
 import type { Config } from '../config';
 import type { Logger } from '../log';
+import { collectProcessDefaults, processRegistry } from '../metrics/metrics';
+import { startMetricsPublisher } from '../metrics/metrics-publisher';
 import { reasonOf } from '../steps/step-runner';
 import { makePipelineFromConfig } from './pipeline-from-config';
 
@@ -20,6 +22,15 @@ export const runWorkerProcess = async (
   const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
   const workers = pipeline.makeWorkerSet({ 'audit-checkpoint': () => checkpoints.checkpoint() });
   workers.start();
+  // This process's counters reach the API's one scrape through Redis (metrics-publisher.ts).
+  collectProcessDefaults();
+  const publisher = startMetricsPublisher({
+    redis: pipeline.redis,
+    registry: processRegistry,
+    prefix: config.QUEUE_PREFIX,
+    holder: workers.holder,
+    onError: (err) => log.warn({ reason: reasonOf(err) }, 'could not publish metrics'),
+  });
   const schedule = async (): Promise<void> => {
     await pipeline.scheduleMaintenance();
     await pipeline.queues.queues.maintenance.upsertJobScheduler(
@@ -46,6 +57,11 @@ export const runWorkerProcess = async (
     (stopping ??= (async () => {
       clearInterval(reschedule);
       log.info({ graceMs: config.SHUTDOWN_GRACE_MS }, 'stopping workers');
+      // Workers first, then the last metrics snapshot (it counts the jobs that ended in the grace), then the rest.
+      await workers
+        .close(config.SHUTDOWN_GRACE_MS)
+        .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
+      await publisher.stop();
       await pipeline
         .close(config.SHUTDOWN_GRACE_MS)
         .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));

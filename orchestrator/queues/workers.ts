@@ -3,6 +3,7 @@ import { DelayedError, UnrecoverableError, Worker, type ConnectionOptions, type 
 import type { Redis } from 'ioredis';
 import { classify } from '../errors';
 import type { Logger } from '../log';
+import { failedJobOutcome, metrics } from '../metrics/metrics';
 import type { DeploymentStore } from '../deployments/deployment-store';
 import type { HostProvider } from '../infra/host-provider';
 import { ShutdownRequested, reasonOf, type StepDef, type StepRunner } from '../steps/step-runner';
@@ -171,6 +172,8 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
           'job failed',
         ),
       );
+      w.on('failed', (job, err) => metrics.jobs.inc({ queue: q, outcome: failedJobOutcome(job, err) }));
+      w.on('completed', () => metrics.jobs.inc({ queue: q, outcome: 'completed' }));
       w.on('error', (err) => log.error({ queue: q, reason: reasonOf(err) }, 'worker error'));
       workers.push(w);
     }

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Rpc } from '../db/rpc';
 import { OrchestratorError } from '../errors';
+import { metrics } from '../metrics/metrics';
 import { Secret } from '../secret';
 import {
   auditArgs,
@@ -90,6 +91,7 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
       p_deployment_id: i.deploymentId,
       ...auditArgs(ctx),
     });
+    metrics.secretAccess.inc({ operation: 'create', outcome: 'success' });
     return toMeta(r);
   };
 
@@ -154,6 +156,10 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
       | { status: 'ok'; secrets: { env_var: string; secret_id: string; version: number; value: string }[] }
       | { status: 'denied' | 'error'; reason: string }
     >('deployment_secrets__read', { ...args, p_intent_id: intent.intent_id });
+    metrics.secretAccess.inc(
+      { operation: 'read', outcome: r.status === 'ok' ? 'success' : r.status },
+      r.status === 'ok' ? r.secrets.length : 1,
+    );
     if (r.status === 'denied' || r.status === 'error') return { status: r.status, reason: r.reason };
     if (r.status !== 'ok')
       throw new OrchestratorError('internal', 'deployment_secrets__read: unexpected result shape');
@@ -214,6 +220,10 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     const r = await rpc<
       { status: 'ok'; value: string; version: number } | { status: 'denied' | 'error'; reason: string }
     >('platform_secrets__read', { ...args, p_intent_id: intent.intent_id });
+    metrics.secretAccess.inc({
+      operation: 'platform_read',
+      outcome: r.status === 'ok' ? 'success' : r.status,
+    });
     if (r.status === 'ok' && typeof r.value === 'string') return new Secret(r.value);
     if (r.status === 'denied') throw new OrchestratorError('secret_denied', r.reason);
     if (r.status === 'error') throw new OrchestratorError('db_error', r.reason);

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { OrchestratorError, classify, isOrchestratorError } from '../errors';
 import type { Logger } from '../log';
+import { metrics, secondsSince } from '../metrics/metrics';
 import type { Deployment, DeploymentStore, Operation } from '../deployments/deployment-store';
 
 /**
@@ -216,6 +217,10 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
             token,
           );
           slog.info({ ms: Date.now() - t0, skipped }, 'step finished');
+          metrics.stepDuration.observe(
+            { operation: opts.operation, step: step.name, outcome: skipped ? 'skipped' : 'succeeded' },
+            secondsSince(t0),
+          );
         } catch (err) {
           // Taken over: the other run owns the record now; this one writes nothing more.
           if (isOrchestratorError(err) && err.code === 'superseded') return supersededBy(step.name);
@@ -223,6 +228,10 @@ export const makeStepRunner = (deps: { store: DeploymentStore; log: Logger; hook
           const final = permanent || opts.finalAttempt;
           const reason = reasonOf(err);
           slog.warn({ ms: Date.now() - t0, permanent, final, reason }, 'step failed');
+          metrics.stepDuration.observe(
+            { operation: opts.operation, step: step.name, outcome: 'failed' },
+            secondsSince(t0),
+          );
           await store
             .stepFinished(opts.deploymentId, runNo, step.name, 'failed', reason, final, token)
             .catch((e: unknown) => slog.error({ reason: reasonOf(e) }, 'could not record the failure'));

@@ -485,6 +485,27 @@ $$;
 
 -- ---- the host -----------------------------------------------------------------------------------
 
+-- Internal: lock a deployment for a host or DNS record of the run holding p_token; refused unless
+-- it is provisioning (what the provider made is recorded only while the operation runs).
+create function public.deployments__lock_provisioning(p_deployment_id uuid, p_token text)
+returns public.deployments
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v public.deployments%rowtype;
+begin
+  v := public.deployments__lock(p_deployment_id);
+  perform public.deployments__fence(v, p_token);
+  if v.status <> 'provisioning' then
+    raise exception using errcode = '22023',
+      message = pg_catalog.format('deployment_id: deployment %s is %s, not provisioning', p_deployment_id, v.status);
+  end if;
+  return v;
+end
+$$;
+revoke all on function public.deployments__lock_provisioning(uuid, text) from public, anon, authenticated, service_role;
+
 -- Record the host the provider made. The pinned key is taken only when none is pinned yet: after a
 -- re-key the record holds the live key, and the provider's (first-boot) key must not replace it.
 create function public.deployments__record_host(
@@ -498,8 +519,6 @@ create function public.deployments__record_host(
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v public.deployments%rowtype;
 begin
   perform public.input__check_text('server_id', p_server_id, 128);
   perform public.input__check_required('ipv4', p_ipv4);
@@ -512,12 +531,7 @@ begin
   if p_host_public_key is not null and p_host_public_key !~ '^ssh-ed25519 [A-Za-z0-9+/]{68}$' then
     raise exception using errcode = '22023', message = 'host_public_key: must be one ssh-ed25519 public key';
   end if;
-  v := public.deployments__lock(p_deployment_id);
-  perform public.deployments__fence(v, p_token);
-  if v.status not in ('provisioning') then
-    raise exception using errcode = '22023',
-      message = pg_catalog.format('deployment_id: deployment %s is %s, not provisioning', p_deployment_id, v.status);
-  end if;
+  perform public.deployments__lock_provisioning(p_deployment_id, p_token);
   update public.deployments d
      set server_id = p_server_id, ipv4 = p_ipv4, ipv6 = p_ipv6,
          host_public_key = coalesce(d.host_public_key, p_host_public_key), updated_at = pg_catalog.now(),
@@ -532,18 +546,11 @@ returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-  v public.deployments%rowtype;
 begin
   if p_dns_name is not null and p_dns_name !~ '^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$' then
     raise exception using errcode = '22023', message = 'dns_name: must be a lower-case DNS name';
   end if;
-  v := public.deployments__lock(p_deployment_id);
-  perform public.deployments__fence(v, p_token);
-  if v.status <> 'provisioning' then
-    raise exception using errcode = '22023',
-      message = pg_catalog.format('deployment_id: deployment %s is %s, not provisioning', p_deployment_id, v.status);
-  end if;
+  perform public.deployments__lock_provisioning(p_deployment_id, p_token);
   update public.deployments d set dns_name = p_dns_name, updated_at = pg_catalog.now(), progress_at = pg_catalog.now()
    where d.id = p_deployment_id;
   return public.deployments__json(p_deployment_id);

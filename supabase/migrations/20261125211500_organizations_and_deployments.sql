@@ -6,6 +6,11 @@
 -- '<parameter name without p_>: <what is wrong and what to do>' and never quotes a secret value;
 -- a missing row raises P0002 with '<thing> <id> not found'.
 
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- ---- the orchestrator's own role ------------------------------------------------------------------
 -- The orchestrator acts as cortex_orchestrator, never as service_role (which Supabase lets read
 -- vault.decrypted_secrets directly and write every table PostgREST exposes). It holds EXECUTE on

@@ -26,6 +26,11 @@
 -- audit row is written in the transaction of the change or read it records; a denial is audited
 -- and returned; a failure rolls back the change and its audit rows together.
 
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create table public.secret_access_log (
   id bigint generated always as identity primary key,
   at timestamptz not null default clock_timestamp(),

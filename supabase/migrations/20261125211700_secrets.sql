@@ -3,6 +3,11 @@
 -- value is read, and every read, denial and change is written to secret_access_log in the same
 -- transaction.
 
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create table public.secrets (
   id uuid primary key default gen_random_uuid(),
   org_id uuid not null references public.organizations (id),

@@ -7,9 +7,14 @@
 --
 -- Values may span lines (an OpenSSH private key does): line feeds are allowed, every other control
 -- character is refused, and a value holds at most 16384 characters.
+--
+-- The audit log and its platform chain are 20261125211600_secret_access_log.sql; read intents work
+-- as for customer secrets (20261125211700_secrets.sql).
 
--- Their audit rows go to the platform chain of the audit log (20261125211600_secret_access_log.sql).
--- Read intents as for customer secrets (20261125211700_secrets.sql).
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
 
 -- Internal: platform events append through here (no org, no deployment, the platform chain).
 create function public.platform_secrets__audit(

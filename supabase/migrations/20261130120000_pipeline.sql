@@ -5,6 +5,11 @@
 -- security definer, `search_path = pg_catalog, pg_temp`, fully qualified names, executable by the
 -- orchestrator's own role only, errors as '<field>: <what is wrong>' (22023) that never quote a value.
 
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- ---- columns ------------------------------------------------------------------------------------
 
 alter table public.deployments
@@ -24,6 +29,9 @@ alter table public.deployments
   -- the fencing token of the run that holds the operation (see deployments__begin)
   add column operation_token text check (pg_catalog.char_length(operation_token) <= 100);
 
+-- Not CONCURRENTLY: deployments comes from 20261125211500 of the same first deploy (no hosted
+-- database holds these tables yet), and a file runs in one transaction, where CONCURRENTLY cannot.
+-- squawk-ignore require-concurrent-index-creation
 create index deployments_progress_idx on public.deployments (progress_at)
   where status in ('requested', 'provisioning', 'rotating', 'deprovisioning');
 

@@ -70,14 +70,14 @@ describe('metrics', () => {
     w1.steps.observe({ operation: 'provision', step: 'host', outcome: 'succeeded' }, 4);
     w2.jobs.inc({ queue: 'provision', outcome: 'failed' });
     const p1 = startMetricsPublisher({
-      redis,
+      redis: redis as never,
       registry: w1.registry,
       prefix: 'tst',
       holder: 'hostA-1',
       everyMs: 60_000,
     });
     const p2 = startMetricsPublisher({
-      redis,
+      redis: redis as never,
       registry: w2.registry,
       prefix: 'tst',
       holder: 'hostB-2',
@@ -98,7 +98,7 @@ describe('metrics', () => {
     const scrape = makeMetricsScrape({
       rpc,
       queues: queuesWith({ provision: { waiting: 4, active: 1 }, deprovision: {} }),
-      redis,
+      redis: redis as never,
       prefix: 'tst',
       own: { registry: own.registry, process: 'api-1' },
     });

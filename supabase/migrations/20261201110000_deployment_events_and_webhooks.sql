@@ -19,6 +19,10 @@
 -- fully qualified names, EXECUTE for cortex_orchestrator only, no table privilege for any API role,
 -- errors as '<field>: <what is wrong>' (22023) that never quote a value.
 
+-- no long lock on a live database (see .squawk.toml)
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- ---- tables -------------------------------------------------------------------------------------
 
 create table public.deployment_events (

@@ -3,7 +3,16 @@ const common = {
   preset: 'ts-jest',
   testEnvironment: 'node',
   testEnvironmentOptions: { globalsCleanup: 'off' },
-  transform: { '^.+\\.ts$': ['ts-jest', { diagnostics: false }] },
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { diagnostics: false }],
+    // ESM-only dependency of @fastify/static (Bull Board's): Node 24 require()s it, Jest's CommonJS
+    // runtime needs it compiled (no --experimental-vm-modules needed)
+    '/node_modules/content-disposition/.+\\.js$': [
+      'ts-jest',
+      { diagnostics: false, tsconfig: { allowJs: true, module: 'commonjs' } },
+    ],
+  },
+  transformIgnorePatterns: ['/node_modules/(?!content-disposition/)'],
 };
 module.exports = {
   projects: [

@@ -146,6 +146,22 @@ export const configSchema = z
     ORPHAN_GRACE_SECONDS: z.coerce.number().int().min(0).max(604_800).default(900),
     /** Provision/deprovision jobs per second on hcloud (Hetzner allows 3,600 requests an hour). */
     HCLOUD_JOBS_PER_SECOND: z.coerce.number().int().min(1).max(100).default(1),
+    // ---- key rotation (orchestrator/rotation) ----
+    /** Deployments one rotation switches at once. */
+    ROTATE_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(8),
+    /** How long a rotated-out version stays in the vault (for rollback) before it is deleted. */
+    ROTATION_GRACE_SECONDS: z.coerce.number().int().min(0).max(2_592_000).default(86_400),
+    /** How often the maintenance job retires versions past their grace and resumes stalled rotations. */
+    ROTATION_SWEEP_EVERY_MS: z.coerce.number().int().min(1_000).default(60_000),
+    /** A running rotation with no progress this long is re-enqueued (its job was lost). */
+    ROTATION_STALLED_SECONDS: z.coerce.number().int().min(1).max(86_400).default(600),
+    /** How often keys older than their max age are flagged. */
+    KEY_AGE_CHECK_EVERY_MS: z.coerce.number().int().min(1_000).default(3_600_000),
+    /** Check a new key against its provider before fanning out: `off` (local mode) or `http`. */
+    KEY_VALIDATION: z.enum(['off', 'http']).default('off'),
+    /** Base URL of every provider's key check (a local stub provider); unset: the providers' own. */
+    KEY_VALIDATION_BASE_URL: z.url({ protocol: /^https?$/ }).optional(),
+
     /**
      * Debugging aid: a worker holds every job when it reaches this step (after recording its start),
      * until killed. Used by the crash tests; never set in production.

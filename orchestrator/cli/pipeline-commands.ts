@@ -7,6 +7,7 @@ import { OrchestratorError, invalidInput } from '../errors';
 import { makeLogger } from '../log';
 import { Secret } from '../secret';
 import type { CliCommand, CliContext } from './cortexctl';
+import { ROTATION_USAGE, rotationSecretCommands } from './rotation-commands';
 
 /**
  * The pipeline's CLI commands: `orgs create`, `secrets add`, `deploy`, `status`, `list`, `retry`,
@@ -133,8 +134,10 @@ export const pipelineCommands: Record<string, CliCommand> = {
     },
   },
   secrets: {
-    summary: 'secrets add --org <id> --name <n> --provider anthropic|openai|other (value on stdin or prompt)',
+    summary: `secrets add --org <id> --name <n> --provider anthropic|openai|other (value on stdin or prompt) | ${ROTATION_USAGE}`,
     async run(args, ctx) {
+      const sub = rotationSecretCommands[args[0] ?? ''];
+      if (sub) return sub(args.slice(1), ctx);
       const r = parse(
         args,
         {

@@ -11,7 +11,7 @@ import { makeLocalHostProvider } from '../infra/local-provider';
 import type { Logger } from '../log';
 import { makeLeases } from '../queues/deployment-lease';
 import { makeQueues } from '../queues/queues';
-import { makeWorkers, type Workers } from '../queues/workers';
+import { makeWorkers, type WorkerDeps, type Workers } from '../queues/workers';
 import { generateHostKeyPair, publicKeyOfPrivate } from '../remote/host-keys';
 import { makeSshKeySourceFromConfig } from '../remote/ssh-key-from-config';
 import type { Secret } from '../secret';
@@ -158,7 +158,10 @@ export const makePipelineFromConfig = async (
   });
 
   let workers: Workers | undefined;
-  const makeWorkerSet = (extra?: Partial<Record<string, () => Promise<unknown>>>): Workers =>
+  const makeWorkerSet = (
+    extra?: Partial<Record<string, () => Promise<unknown>>>,
+    processors?: WorkerDeps['processors'],
+  ): Workers =>
     (workers = makeWorkers(
       {
         store,
@@ -171,6 +174,7 @@ export const makePipelineFromConfig = async (
         redis,
         log,
         ...(extra ? { maintenance: extra } : {}),
+        ...(processors ? { processors } : {}),
       },
       {
         connection: connection as ConnectionOptions,

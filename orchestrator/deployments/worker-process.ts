@@ -4,6 +4,7 @@ import type { Logger } from '../log';
 import { collectProcessDefaults, processRegistry } from '../metrics/metrics';
 import { startMetricsPublisher } from '../metrics/metrics-publisher';
 import { reasonOf } from '../steps/step-runner';
+import { makeRotationFromPipeline } from '../rotation/rotation-from-config';
 import { makePipelineFromConfig } from './pipeline-from-config';
 
 /**
@@ -20,7 +21,11 @@ export const runWorkerProcess = async (
 ): Promise<{ stop: () => Promise<void> }> => {
   const pipeline = await makePipelineFromConfig(config, log);
   const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
-  const workers = pipeline.makeWorkerSet({ 'audit-checkpoint': () => checkpoints.checkpoint() });
+  const rotation = makeRotationFromPipeline(pipeline);
+  const workers = pipeline.makeWorkerSet(
+    { 'audit-checkpoint': () => checkpoints.checkpoint(), ...rotation.maintenanceTasks },
+    rotation.processors,
+  );
   workers.start();
   // This process's counters reach the API's one scrape through Redis (metrics-publisher.ts).
   collectProcessDefaults();
@@ -33,6 +38,7 @@ export const runWorkerProcess = async (
   });
   const schedule = async (): Promise<void> => {
     await pipeline.scheduleMaintenance();
+    await rotation.schedule();
     await pipeline.queues.queues.maintenance.upsertJobScheduler(
       'audit-checkpoint',
       { every: AUDIT_CHECKPOINT_EVERY_MS },

@@ -5,17 +5,26 @@ import { z } from 'zod';
  * One strict zod schema per queue: an unknown field, a long string, anything that is not an id is
  * refused, so a value that slipped into a payload is never acted upon.
  */
-export const QUEUE_NAMES = ['provision', 'deprovision', 'maintenance'] as const;
+export const QUEUE_NAMES = ['provision', 'deprovision', 'maintenance', 'rotate', 'revoke'] as const;
 export type QueueName = (typeof QUEUE_NAMES)[number];
 
 const deploymentJob = z.object({ deploymentId: z.uuid() }).strict();
-export const MAINTENANCE_TASKS = ['reconcile', 'orphan-sweep', 'audit-checkpoint'] as const;
+export const MAINTENANCE_TASKS = [
+  'reconcile',
+  'orphan-sweep',
+  'audit-checkpoint',
+  'rotation-sweep',
+  'key-age',
+] as const;
 export type MaintenanceTask = (typeof MAINTENANCE_TASKS)[number];
 
 export const payloadSchemas = {
   provision: deploymentJob,
   deprovision: deploymentJob,
   maintenance: z.object({ task: z.enum(MAINTENANCE_TASKS) }).strict(),
+  // rotation (orchestrator/rotation): the value went into the vault before the job was enqueued
+  rotate: z.object({ rotationId: z.uuid() }).strict(),
+  revoke: z.object({ secretId: z.uuid(), deploymentId: z.uuid().optional() }).strict(),
 } as const satisfies Record<QueueName, z.ZodType>;
 
 export type Payload<Q extends QueueName> = z.output<(typeof payloadSchemas)[Q]>;

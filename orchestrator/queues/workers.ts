@@ -40,6 +40,8 @@ export interface WorkerDeps {
   readonly log: Logger;
   /** Extra maintenance work (e.g. signing audit checkpoints), by task name. */
   readonly maintenance?: Partial<Record<string, () => Promise<unknown>>>;
+  /** Processors of further queues (rotate, revoke: orchestrator/rotation), started with the rest. */
+  readonly processors?: Partial<Record<QueueName, (job: Job, token?: string) => Promise<unknown>>>;
 }
 
 const LEASE_BUSY_DELAY_MS = 1_000;
@@ -149,7 +151,14 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
   };
 
   const workers: Worker[] = [];
-  const start = (queues: readonly QueueName[] = ['provision', 'deprovision', 'maintenance']): void => {
+  const start = (
+    queues: readonly QueueName[] = [
+      'provision',
+      'deprovision',
+      'maintenance',
+      ...(Object.keys(deps.processors ?? {}) as QueueName[]),
+    ],
+  ): void => {
     const common = {
       connection: s.connection,
       prefix: s.prefix,
@@ -160,7 +169,8 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
     const limiter = s.cloudRatePerSecond ? { max: s.cloudRatePerSecond, duration: 1_000 } : undefined;
     for (const q of queues) {
       const processor =
-        q === 'maintenance' ? maintenance : deploymentJob(q === 'provision' ? 'provision' : 'deprovision');
+        deps.processors?.[q] ??
+        (q === 'maintenance' ? maintenance : deploymentJob(q === 'provision' ? 'provision' : 'deprovision'));
       const w = new Worker(q, processor, {
         ...common,
         concurrency: q === 'maintenance' ? 1 : s.concurrency,

@@ -9,6 +9,11 @@
 -- fully qualified names, executable by cortex_orchestrator only, errors '<field>: <what is wrong>'
 -- (22023) that never quote a value, every read and change in the org's audit chain.
 
+-- The Supabase CLI runs this file in one transaction: on a live database, give up rather than queue
+-- every other query behind a lock this migration waits for (.squawk.toml).
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- ---- columns and tables -------------------------------------------------------------------------
 
 alter table public.deployment_secrets
@@ -19,8 +24,11 @@ alter table public.secrets
   -- rotation policy: a current version older than this is flagged (scheduler, API, CLI, metrics)
   add column max_age_seconds integer check (max_age_seconds between 3600 and 315360000);
 
--- a policy change is an audited change of its own
+-- A policy change is an audited change of its own. The new check only widens the old one, which
+-- every existing row passes, so validating it cannot fail; NOT VALID + VALIDATE in a later file would
+-- leave the audit log with no operation check at all in between.
 alter table public.secret_access_log drop constraint secret_access_log_operation_check;
+-- squawk-ignore constraint-missing-not-valid
 alter table public.secret_access_log add constraint secret_access_log_operation_check check (operation in
   ('create', 'read', 'rotate', 'revoke', 'delete', 'bind', 'unbind', 'retention', 'policy'));
 
@@ -175,8 +183,10 @@ revoke all on function public.deployment_secrets__move(uuid, uuid, integer, text
 -- Idempotent on p_rotation_id (the caller derives it from an Idempotency-Key): the same id for
 -- the same secret returns that rotation and adds nothing.
 create function public.secret_rotations__start(
-  p_rotation_id uuid, p_secret_id uuid, p_value text, p_grace_seconds integer, p_leaked boolean default false,
-  p_actor text default null, p_job_id text default null, p_request_ip inet default null, p_user_agent text default null)
+  p_rotation_id uuid, p_secret_id uuid, p_value text, p_fingerprint text, p_grace_seconds integer,
+  p_leaked boolean default false,
+  p_actor text default null, p_job_id text default null, p_request_ip inet default null, p_user_agent text default null,
+  p_org_id uuid default null)
 returns jsonb
 language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -196,15 +206,22 @@ begin
   end if;
   select * into v_existing from public.secret_rotations r where r.id = p_rotation_id;
   if found then
-    if v_existing.secret_id <> p_secret_id then
+    if v_existing.secret_id <> p_secret_id or v_existing.org_id <> coalesce(p_org_id, v_existing.org_id) then
       raise exception using errcode = '23505',
         message = 'rotation_id: already used for another secret (an Idempotency-Key reused for a different request)';
+    end if;
+    -- the same key with another value is another request (the fingerprint is the caller's keyed HMAC)
+    if not exists (select 1 from public.secret_versions v where v.secret_id = p_secret_id
+                   and v.version = v_existing.to_version and v.fingerprint = p_fingerprint) then
+      raise exception using errcode = '23505',
+        message = 'rotation_id: already used for another value (an Idempotency-Key reused for a different request)';
     end if;
     return public.secret_rotations__json(p_rotation_id) || pg_catalog.jsonb_build_object('existing', true);
   end if;
   perform public.secrets__check_value(p_value);
   select * into v_secret from public.secrets s where s.id = p_secret_id for update;
-  if not found then
+  -- an org-scoped caller (an API token) sees another org's secret as absent
+  if not found or v_secret.org_id <> coalesce(p_org_id, v_secret.org_id) then
     raise exception using errcode = 'P0002', message = pg_catalog.format('secret %s not found', p_secret_id);
   end if;
   if v_secret.status <> 'active' then
@@ -230,7 +247,8 @@ begin
   get diagnostics v_n = row_count;
 
   -- the new version (its own audited `rotate` row, with the vault write)
-  v_to := (public.secrets__add_version(p_secret_id, p_value, p_actor, p_job_id, p_request_ip, p_user_agent) ->> 'version')::integer;
+  v_to := (public.secrets__add_version(p_secret_id => p_secret_id, p_value => p_value, p_fingerprint => p_fingerprint,
+    p_actor => p_actor, p_job_id => p_job_id, p_request_ip => p_request_ip, p_user_agent => p_user_agent) ->> 'version')::integer;
   update public.secret_rotations r set to_version = v_to where r.id = p_rotation_id;
 
   perform public.secret_access_log__append('rotate', 'success', v_secret.org_id, v_secret.deployment_id, p_secret_id,
@@ -493,23 +511,35 @@ begin
 end
 $$;
 
--- Every deployment a secret is bound to (optionally one), with its env vars: a revoke's fan-out.
-create function public.deployment_secrets__list_for_secret(p_secret_id uuid, p_deployment_id uuid default null)
+-- A secret's metadata (no value) and every deployment it is bound to (optionally one), with its
+-- env vars: what a rotation's key check and a revoke's fan-out need.
+create function public.deployment_secrets__list_for_secret(
+  p_secret_id uuid, p_deployment_id uuid default null, p_org_id uuid default null)
 returns jsonb
 language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
+declare
+  v_secret public.secrets%rowtype;
 begin
   perform public.input__check_required('secret_id', p_secret_id);
-  return coalesce((
-    select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
-      'deployment_id', x.deployment_id, 'status', x.status, 'env_vars', x.env_vars) order by x.deployment_id)
-    from (
-      select b.deployment_id, d.status, pg_catalog.array_agg(b.env_var order by b.env_var) as env_vars
-      from public.deployment_secrets b join public.deployments d on d.id = b.deployment_id
-      where b.secret_id = p_secret_id and (p_deployment_id is null or b.deployment_id = p_deployment_id)
-      group by b.deployment_id, d.status
-    ) x), '[]'::jsonb);
+  select * into v_secret from public.secrets s where s.id = p_secret_id;
+  -- an org-scoped caller (an API token) sees another org's secret as absent
+  if not found or v_secret.org_id <> coalesce(p_org_id, v_secret.org_id) then
+    raise exception using errcode = 'P0002', message = pg_catalog.format('secret %s not found', p_secret_id);
+  end if;
+  return pg_catalog.jsonb_build_object(
+    'secret_id', v_secret.id, 'org_id', v_secret.org_id, 'provider', v_secret.provider, 'status', v_secret.status,
+    'current_version', v_secret.current_version, 'max_age_seconds', v_secret.max_age_seconds,
+    'deployments', coalesce((
+      select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+        'deployment_id', x.deployment_id, 'status', x.status, 'env_vars', x.env_vars) order by x.deployment_id)
+      from (
+        select b.deployment_id, d.status, pg_catalog.array_agg(b.env_var order by b.env_var) as env_vars
+        from public.deployment_secrets b join public.deployments d on d.id = b.deployment_id
+        where b.secret_id = p_secret_id and (p_deployment_id is null or b.deployment_id = p_deployment_id)
+        group by b.deployment_id, d.status
+      ) x), '[]'::jsonb));
 end
 $$;
 
@@ -892,14 +922,14 @@ declare
   f text;
 begin
   foreach f in array array[
-    'public.secret_rotations__start(uuid, uuid, text, integer, boolean, text, text, inet, text)',
+    'public.secret_rotations__start(uuid, uuid, text, text, integer, boolean, text, text, inet, text, uuid)',
     'public.secret_rotations__get(uuid, uuid)',
     'public.secret_rotation_deployments__set_state(uuid, uuid, text, text, text, text, text, inet, text)',
     'public.secret_rotations__finish(uuid, text, text, inet, text)',
     'public.secret_rotations__list_attention(integer)',
     'public.secret_rotations__retire_old(uuid, text, text, inet, text)',
     'public.deployment_secrets__list(uuid)',
-    'public.deployment_secrets__list_for_secret(uuid, uuid)',
+    'public.deployment_secrets__list_for_secret(uuid, uuid, uuid)',
     'public.deployment_secrets__set_version(uuid, uuid, integer, text, text, inet, text)',
     'public.deployment_secrets__read_versions(uuid, uuid[], integer[], text, text, inet, text, uuid)',
     'public.deployment_secrets__revoke(uuid, uuid, text, text, inet, text)',

@@ -7,8 +7,13 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(60);
+select plan(62);
 \ir support/read_intent.psql
+-- the caller's keyed fingerprint (the orchestrator's HMAC; any key will do here)
+create function pg_temp.fp(p_value text) returns text language sql immutable as $$
+  select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
+$$;
+grant execute on function pg_temp.fp(text) to cortex_orchestrator;
 
 select public.organizations__create('Rotation Org A') ->> 'id' as org_a \gset
 select public.organizations__create('Rotation Org B') ->> 'id' as org_b \gset
@@ -16,8 +21,8 @@ select public.deployments__create(:'org_a', 'RA1', 'rot-a1-' || substr(md5(rando
 select public.deployments__create(:'org_a', 'RA2', 'rot-a2-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_a2 \gset
 select public.deployments__create(:'org_a', 'RA3', 'rot-a3-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_a3 \gset
 select public.deployments__create(:'org_b', 'RB1', 'rot-b1-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_b1 \gset
-select public.secrets__create(:'org_a', 'anthropic', 'anthropic', 'canary-rotation-old-value-0001') ->> 'secret_id' as s_a \gset
-select public.secrets__create(:'org_b', 'anthropic', 'anthropic', 'canary-rotation-org-b-value-0003') ->> 'secret_id' as s_b \gset
+select public.secrets__create(:'org_a', 'anthropic', 'anthropic', 'canary-rotation-old-value-0001', repeat('ab', 32)) ->> 'secret_id' as s_a \gset
+select public.secrets__create(:'org_b', 'anthropic', 'anthropic', 'canary-rotation-org-b-value-0003', repeat('ab', 32)) ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s_a') is not null as b \gset
 select public.deployment_secrets__bind(:'dep_a2', 'ANTHROPIC_API_KEY', :'s_a') is not null as b \gset
 select public.deployment_secrets__bind(:'dep_a3', 'ANTHROPIC_API_KEY', :'s_a') is not null as b \gset
@@ -36,7 +41,7 @@ returns setof public.secret_access_log language sql as $$
 $$;
 
 -- ---- privileges -------------------------------------------------------------------------------
-select ok(not has_function_privilege(r, 'public.secret_rotations__start(uuid, uuid, text, integer, boolean, text, text, inet, text)', 'execute'),
+select ok(not has_function_privilege(r, 'public.secret_rotations__start(uuid, uuid, text, text, integer, boolean, text, text, inet, text, uuid)', 'execute'),
   r || ' may not start a rotation') from unnest(array['anon', 'authenticated', 'service_role']) r;
 select ok(not has_function_privilege(r, 'public.deployment_secrets__read_versions(uuid, uuid[], integer[], text, text, inet, text, uuid)', 'execute'),
   r || ' may not read a version') from unnest(array['anon', 'authenticated', 'service_role']) r;
@@ -49,9 +54,9 @@ select ok(not has_function_privilege('cortex_orchestrator', 'public.secret_versi
 
 -- ---- bad input --------------------------------------------------------------------------------
 set local role cortex_orchestrator;
-select throws_ok(format('select public.secret_rotations__start(%L, %L, %L, -1)', :'rot', :'s_a', 'canary-rotation-new-value-0002'),
+select throws_ok(format('select public.secret_rotations__start(%L, %L, %L, %L, -1)', :'rot', :'s_a', 'canary-rotation-new-value-0002', pg_temp.fp('x')),
   '22023', 'grace_seconds: must be between 0 and 2592000', 'a negative grace period is refused, naming the field');
-select throws_ok(format('select public.secret_rotations__start(%L, %L, %L, 60)', :'rot', :'s_a', 'short'),
+select throws_ok(format('select public.secret_rotations__start(%L, %L, %L, %L, 60)', :'rot', :'s_a', 'short', pg_temp.fp('short')),
   '22023', null, 'a value too short is refused');
 select throws_ok(format('select public.deployment_secrets__read_versions(%L, array[%L]::uuid[], array[1, 2])', :'dep_a1', :'s_a'),
   '22023', 'versions: must hold one version per secret id', 'versions and ids must pair up');
@@ -59,7 +64,7 @@ select throws_ok(format('select public.secrets__set_max_age(%L, 60)', :'s_a'), '
   'a max age under an hour is refused');
 
 -- ---- start -------------------------------------------------------------------------------------
-select public.secret_rotations__start(:'rot', :'s_a', 'canary-rotation-new-value-0002', 3600, false,
+select public.secret_rotations__start(:'rot', :'s_a', 'canary-rotation-new-value-0002', pg_temp.fp('canary-rotation-new-value-0002'), 3600, false,
   'api-token-1', 'rotate-' || :'rot') as started \gset
 reset role;
 select is((:'started'::jsonb) ->> 'to_version', '2', 'the new value is version 2');
@@ -71,10 +76,15 @@ select is((select array_agg(deployment_id::text || '/' || from_version || '/' ||
 select is((select count(*) from pg_temp.new_log('rotate', 'success') l where l.job_id = 'rotate-' || :'rot' and l.actor = 'api-token-1'),
   2::bigint, 'the new version and the rotation''s start are audited with actor and job id');
 set local role cortex_orchestrator;
-select throws_ok(format('select public.secret_rotations__start(gen_random_uuid(), %L, %L, 60)', :'s_a', 'canary-rotation-third-value-0009'),
+select throws_ok(format('select public.secret_rotations__start(gen_random_uuid(), %L, %L, %L, 60)', :'s_a', 'canary-rotation-third-value-0009', pg_temp.fp('canary-rotation-third-value-0009')),
   '23505', null, 'a second rotation of the secret while one runs is refused');
-select is(public.secret_rotations__start(:'rot', :'s_a', 'canary-rotation-new-value-0002', 3600) ->> 'existing', 'true',
+select throws_ok(format('select public.secret_rotations__start(gen_random_uuid(), %L, %L, %L, 60, p_org_id => %L)', :'s_a', 'canary-rotation-third-value-0009', pg_temp.fp('canary-rotation-third-value-0009'), :'org_b'),
+  'P0002', null, 'a caller scoped to another organization finds no such secret');
+select is(public.secret_rotations__start(:'rot', :'s_a', 'canary-rotation-new-value-0002', pg_temp.fp('canary-rotation-new-value-0002'), 3600) ->> 'existing', 'true',
   'the same rotation id again (a retried request) returns the rotation');
+select throws_ok(format('select public.secret_rotations__start(%L, %L, %L, %L, 3600)', :'rot', :'s_a', 'canary-rotation-other-value-0008', pg_temp.fp('canary-rotation-other-value-0008')),
+  '23505', 'rotation_id: already used for another value (an Idempotency-Key reused for a different request)',
+  'the same rotation id with another value is refused');
 reset role;
 select is((select count(*) from public.secret_versions where secret_id = :'s_a'), 2::bigint, 'and adds no version');
 

@@ -1,0 +1,128 @@
+import { classify, OrchestratorError } from '../errors';
+import type { Logger } from '../log';
+import type { DeploymentStore } from '../deployments/deployment-store';
+import type { Leases } from '../queues/deployment-lease';
+import type { SecretsService } from '../secrets/secrets-service';
+import type { HostAccess } from '../steps/host-access';
+import type { swapAgentEnvironment } from '../steps/agent-swap';
+import { reasonOf } from '../steps/step-runner';
+import { mapLimit } from './rotation-job';
+import type { RotationStore } from './rotation-store';
+
+/**
+ * The `revoke` job: withdraw a secret from one deployment, or from every one. For each running
+ * deployment the agent is swapped onto its environment without the secret's variables (every other
+ * binding read at the version it runs, audited), and only once that is healthy is the binding
+ * removed (audited `revoke`); a deployment that is not running just loses the binding (its next
+ * provision writes an env file without it). Revoking the whole secret then deletes every version
+ * from the vault (`secrets__revoke`, audited). Idempotent: a retry finds only what is left.
+ */
+export interface RevokeJobDeps {
+  readonly rotations: RotationStore;
+  readonly secrets: Pick<SecretsService, 'revoke'>;
+  readonly store: Pick<DeploymentStore, 'get'>;
+  readonly leases: Leases;
+  readonly access: HostAccess;
+  readonly swap: typeof swapAgentEnvironment;
+  readonly log: Logger;
+  readonly concurrency: number;
+  readonly holder: string;
+}
+
+export interface RevokeOutcome {
+  readonly secretId: string;
+  readonly revoked: string[];
+  readonly failed: { deploymentId: string; reason: string }[];
+  readonly vaultDeleted: boolean;
+}
+
+export const makeRevokeJob = (deps: RevokeJobDeps) => {
+  const { rotations, log } = deps;
+
+  const revokeOne = async (secretId: string, deploymentId: string, jobId: string, signal: AbortSignal) => {
+    const ctx = { actor: 'orchestrator', jobId };
+    const lease = await deps.leases.acquire(deploymentId, deps.holder);
+    if (!lease) throw new OrchestratorError('stack_locked', `deployment ${deploymentId} is busy`);
+    try {
+      const dep = await deps.store.get(deploymentId);
+      if (dep.status === 'ready' || dep.status === 'rotating') {
+        const rest = (await rotations.bindings(deploymentId)).filter((b) => b.secretId !== secretId);
+        const wanted = [...new Map(rest.map((b) => [b.secretId, b.version])).entries()].map(
+          ([id, version]) => ({
+            secretId: id,
+            version,
+          }),
+        );
+        const values = await rotations.readVersions(deploymentId, wanted, ctx);
+        const env = new Map(values.map((v) => [v.envVar, v.value]));
+        const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+        try {
+          const r = await deps.swap(shell, { deploymentId, runtime: dep.runtime, env }, { signal });
+          if (!r.healthy)
+            throw new OrchestratorError(
+              'remote_command_failed',
+              `the agent is not healthy without the secret (${r.reason ?? 'no reason'}); it still holds it`,
+            );
+        } finally {
+          await shell.close().catch(() => undefined);
+        }
+      }
+      await rotations.revokeBindings(secretId, deploymentId, ctx);
+    } finally {
+      await lease.release().catch(() => undefined);
+    }
+  };
+
+  const run = async (input: {
+    secretId: string;
+    deploymentId?: string;
+    jobId: string;
+    signal: AbortSignal;
+    finalAttempt: boolean;
+  }): Promise<RevokeOutcome> => {
+    const found = await rotations.secretBindings(input.secretId, {
+      ...(input.deploymentId ? { deploymentId: input.deploymentId } : {}),
+    });
+    const targets = found.deployments.map((d) => d.deploymentId);
+    const results = await mapLimit(targets, deps.concurrency, (id) =>
+      revokeOne(input.secretId, id, input.jobId, input.signal),
+    );
+    const failed = results.flatMap((r, i) =>
+      r.status === 'rejected'
+        ? [{ deploymentId: targets[i] as string, reason: reasonOf(r.reason), err: r.reason }]
+        : [],
+    );
+    const transient = failed.some((f) => classify(f.err) !== 'permanent');
+    if (transient && !input.finalAttempt)
+      throw new OrchestratorError(
+        'stack_locked',
+        `${failed.length} deployment(s) still hold secret ${input.secretId}: ${failed[0]?.reason ?? ''}`,
+      );
+    let vaultDeleted = false;
+    if (!input.deploymentId && found.status === 'active') {
+      // Withdrawn: every version leaves the vault even if an agent could not be switched (it is
+      // named below); the value must not stay readable because one host is down.
+      await deps.secrets.revoke(input.secretId, { actor: 'orchestrator', jobId: input.jobId });
+      vaultDeleted = true;
+    }
+    const outcome: RevokeOutcome = {
+      secretId: input.secretId,
+      revoked: targets.filter((_, i) => results[i]?.status === 'fulfilled'),
+      failed: failed.map(({ deploymentId, reason }) => ({ deploymentId, reason })),
+      vaultDeleted,
+    };
+    log.info(
+      {
+        secretId: input.secretId,
+        revoked: outcome.revoked.length,
+        failed: outcome.failed.length,
+        vaultDeleted,
+      },
+      'revoke done',
+    );
+    return outcome;
+  };
+
+  return { run };
+};
+export type RevokeJob = ReturnType<typeof makeRevokeJob>;

@@ -1,0 +1,237 @@
+import { classify, OrchestratorError } from '../errors';
+import type { Logger } from '../log';
+import type { DeploymentStore } from '../deployments/deployment-store';
+import type { Leases } from '../queues/deployment-lease';
+import type { Secret } from '../secret';
+import type { HostAccess } from '../steps/host-access';
+import type { swapAgentEnvironment } from '../steps/agent-swap';
+import { reasonOf } from '../steps/step-runner';
+import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
+
+/**
+ * The `rotate` job: fan a rotation out over every deployment bound to the secret, at most
+ * `concurrency` at a time. For each: take the deployment's lease (one operation per deployment),
+ * record `switching` (the deployment shows `rotating`), read its full environment through the
+ * audited version read (the rotated secret at the new version, every other binding at the version
+ * it runs), and swap the agent onto it (H7's blue/green or held restart, health-checked before
+ * traffic moves). Healthy → `switched`; not healthy → `rolled_back` (the host stayed on, or was put
+ * back on, the old environment; the binding is pinned to the old version, audited). Every step is
+ * recorded in Postgres first, so a retry after a crash resumes from the record: `pending` and
+ * `switching` deployments are done again, finished ones skipped; a deployment is left on its old
+ * version or the new one, never a third.
+ */
+export interface RotationJobDeps {
+  readonly rotations: RotationStore;
+  readonly store: Pick<DeploymentStore, 'get'>;
+  readonly leases: Leases;
+  readonly access: HostAccess;
+  readonly swap: typeof swapAgentEnvironment;
+  readonly log: Logger;
+  readonly concurrency: number;
+  /** Who takes leases (worker id). */
+  readonly holder: string;
+  /** How long to wait for a busy deployment's lease before leaving it to the job's retry. */
+  readonly leaseWaitMs?: number;
+  readonly drainSeconds?: number;
+}
+
+export interface RotationOutcome {
+  readonly rotationId: string;
+  readonly state: Rotation['state'];
+  readonly toVersion: number;
+  readonly switched: string[];
+  readonly rolledBack: string[];
+  readonly failed: string[];
+  readonly skipped: string[];
+  readonly retired: number[];
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Run `fn` over `items`, at most `limit` at once; every item runs, errors are collected. */
+export const mapLimit = async <T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<PromiseSettledResult<R>[]> => {
+  const results: PromiseSettledResult<R>[] = new Array<PromiseSettledResult<R>>(items.length);
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    for (let i = next++; i < items.length; i = next++) {
+      try {
+        results[i] = { status: 'fulfilled', value: await fn(items[i] as T) };
+      } catch (reason) {
+        results[i] = { status: 'rejected', reason };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
+  return results;
+};
+
+export const outcomeOf = (r: Rotation, retired: number[] = []): RotationOutcome => {
+  const by = (s: RotationDeployment['state']): string[] =>
+    r.deployments.filter((d) => d.state === s).map((d) => d.deploymentId);
+  return {
+    rotationId: r.id,
+    state: r.state,
+    toVersion: r.toVersion,
+    switched: by('switched'),
+    rolledBack: by('rolled_back'),
+    failed: by('failed'),
+    skipped: by('skipped'),
+    retired,
+  };
+};
+
+export const makeRotationJob = (deps: RotationJobDeps) => {
+  const { rotations, log } = deps;
+
+  /** The deployment's full environment with the rotated secret at `version`. */
+  const environment = async (
+    rot: Rotation,
+    deploymentId: string,
+    version: number,
+    jobId: string,
+  ): Promise<Map<string, Secret>> => {
+    const bound = await rotations.bindings(deploymentId);
+    const wanted = [...new Map(bound.map((b) => [b.secretId, b.version])).entries()].map(([secretId, v]) => ({
+      secretId,
+      version: secretId === rot.secretId ? version : v,
+    }));
+    const values = await rotations.readVersions(deploymentId, wanted, { actor: 'orchestrator', jobId });
+    return new Map(values.map((v) => [v.envVar, v.value]));
+  };
+
+  const switchOne = async (
+    rot: Rotation,
+    d: RotationDeployment,
+    jobId: string,
+    signal: AbortSignal,
+    finalAttempt: boolean,
+  ): Promise<void> => {
+    const dlog = log.child({ rotationId: rot.id, deploymentId: d.deploymentId });
+    const ctx = { actor: 'orchestrator', jobId };
+    const deadline = Date.now() + (deps.leaseWaitMs ?? 120_000);
+    let lease = await deps.leases.acquire(d.deploymentId, deps.holder);
+    while (!lease && Date.now() < deadline && !signal.aborted) {
+      await sleep(1_000);
+      lease = await deps.leases.acquire(d.deploymentId, deps.holder);
+    }
+    // busy (a provision, a deprovision): left pending, the job's retry comes back for it
+    if (!lease) throw new OrchestratorError('stack_locked', `deployment ${d.deploymentId} is busy`);
+    try {
+      const dep = await deps.store.get(d.deploymentId);
+      if (dep.status !== 'ready' && dep.status !== 'rotating') {
+        // not running an agent: its next provision reads the current (new) version
+        await rotations.setState(rot.id, d.deploymentId, d.state === 'pending' ? 'skipped' : 'failed', {
+          reason: `deployment is ${dep.status}`,
+          ...ctx,
+        });
+        return;
+      }
+      const resumed = d.state === 'switching';
+      await rotations.setState(rot.id, d.deploymentId, 'switching', ctx);
+      let env: Map<string, Secret>;
+      try {
+        env = await environment(rot, d.deploymentId, rot.toVersion, jobId);
+      } catch (err) {
+        // nothing touched the host in this attempt (a resumed one may have: see below)
+        if (classify(err) !== 'permanent' && !finalAttempt) throw err;
+        await rotations.setState(rot.id, d.deploymentId, 'failed', { reason: reasonOf(err), ...ctx });
+        return;
+      }
+      const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+      try {
+        const opts = {
+          signal,
+          ...(deps.drainSeconds === undefined ? {} : { drainSeconds: deps.drainSeconds }),
+        };
+        const r = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env }, opts);
+        if (r.healthy) {
+          await rotations.setState(rot.id, d.deploymentId, 'switched', { swapMode: r.mode, ...ctx });
+          dlog.info({ mode: r.mode }, 'deployment switched to the new version');
+          return;
+        }
+        if (resumed) {
+          // An attempt before the crash may have moved the host to the new version already, and
+          // this swap left it as it found it: put it back on the old one explicitly.
+          const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
+          const back = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts);
+          if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
+        }
+        await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
+          reason: r.reason ?? 'not healthy',
+          swapMode: r.mode,
+          ...ctx,
+        });
+        dlog.warn(
+          { mode: r.mode, reason: r.reason },
+          'deployment not healthy on the new version: rolled back',
+        );
+      } finally {
+        await shell.close().catch(() => undefined);
+      }
+    } catch (err) {
+      // The swap contract leaves the host on the old environment or the new one. A transient
+      // failure (SSH dropped, the database away) stays `switching` for the retry; the last
+      // attempt records `failed` (pinned to the old version).
+      if (classify(err) === 'permanent' || finalAttempt) {
+        await rotations
+          .setState(rot.id, d.deploymentId, 'failed', { reason: reasonOf(err), ...ctx })
+          .catch((e: unknown) => dlog.error({ reason: reasonOf(e) }, 'could not record the failure'));
+        dlog.error({ reason: reasonOf(err) }, 'rotation failed on this deployment');
+        return;
+      }
+      throw err;
+    } finally {
+      await lease.release().catch(() => undefined);
+    }
+  };
+
+  const run = async (input: {
+    rotationId: string;
+    jobId: string;
+    signal: AbortSignal;
+    finalAttempt: boolean;
+  }): Promise<RotationOutcome> => {
+    let rot = await rotations.get(input.rotationId);
+    if (rot.state === 'running') {
+      const open = rot.deployments.filter((d) => d.state === 'pending' || d.state === 'switching');
+      log.info(
+        { rotationId: rot.id, deployments: open.length, total: rot.deployments.length },
+        'rotation fan-out',
+      );
+      const results = await mapLimit(open, deps.concurrency, (d) =>
+        switchOne(rot, d, input.jobId, input.signal, input.finalAttempt),
+      );
+      const errors = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (errors.length > 0)
+        // transient: the job is retried and resumes the deployments still open
+        throw new OrchestratorError(
+          'stack_locked',
+          `${errors.length} deployment(s) of rotation ${rot.id} not done yet: ${reasonOf(errors[0]?.reason)}`,
+        );
+      rot = await rotations.finish(rot.id, { actor: 'orchestrator', jobId: input.jobId });
+    }
+    let retired: number[] = [];
+    if (rot.leaked && !rot.oldRetiredAt) {
+      // leak response: no grace period; a version a rolled-back deployment still runs is kept
+      retired = (await rotations.retireOld(rot.id, { actor: 'orchestrator', jobId: input.jobId })).retired;
+    }
+    const outcome = outcomeOf(rot, retired);
+    log.info(
+      {
+        rotationId: rot.id,
+        switched: outcome.switched.length,
+        rolledBack: outcome.rolledBack,
+        failed: outcome.failed,
+      },
+      'rotation completed',
+    );
+    return outcome;
+  };
+
+  return { run };
+};
+export type RotationJob = ReturnType<typeof makeRotationJob>;

@@ -1,0 +1,108 @@
+import { createHash, randomUUID } from 'node:crypto';
+import { OrchestratorError } from '../errors';
+import type { Queues } from '../queues/queues';
+import type { Secret } from '../secret';
+import { parseInput, uuid, type AuditContext } from '../secrets/secret-input';
+import type { KeyValidator } from './key-validator';
+import type { AuditRead, OverdueKey, Rotation, RotationStore } from './rotation-store';
+
+/**
+ * What the API and the CLI ask of rotation: start one (key check, new version, rotation record,
+ * `rotate` job), revoke, status, the leak report and the max-age policy. The value is in memory
+ * here only until the SQL function has stored it; the job carries the rotation id alone.
+ */
+export interface RotateRequest {
+  readonly secretId: string;
+  readonly value: Secret;
+  /** Leak response: no grace period, the old version retired as soon as every host moved. */
+  readonly leaked?: boolean;
+  /** Same key (per org and secret) → same rotation: a retried request starts nothing new. */
+  readonly idempotencyKey?: string;
+  /** An org-scoped caller: another org's secret reads as absent. */
+  readonly orgId?: string;
+}
+
+/** A v4-shaped uuid derived from the idempotency key's scope: the same request, the same rotation. */
+export const rotationIdFor = (scope: string, key: string): string => {
+  const h = createHash('sha256').update(`cortex-rotation\0${scope}\0${key}`).digest();
+  h[6] = ((h[6] ?? 0) & 0x0f) | 0x40;
+  h[8] = ((h[8] ?? 0) & 0x3f) | 0x80;
+  const x = h.subarray(0, 16).toString('hex');
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
+};
+
+export const makeRotationService = (deps: {
+  rotations: RotationStore;
+  queues: Pick<Queues, 'enqueue'>;
+  validator: KeyValidator;
+  graceSeconds: number;
+}) => {
+  const { rotations } = deps;
+
+  const rotate = async (
+    req: RotateRequest,
+    ctx: AuditContext = {},
+  ): Promise<Rotation & { jobId: string }> => {
+    const secretId = parseInput(uuid, req.secretId, 'secret_id');
+    const rotationId = req.idempotencyKey
+      ? rotationIdFor(`${req.orgId ?? 'ops'}/${secretId}`, req.idempotencyKey)
+      : randomUUID();
+    const jobId = `rotate-${rotationId}`;
+    const meta = await rotations.secretBindings(secretId, req.orgId ? { orgId: req.orgId } : {});
+    // a typo never reaches the agents: refused before the vault or any host sees it
+    const check = await deps.validator.validate(meta.provider, req.value);
+    if (check.status === 'invalid')
+      throw new OrchestratorError('invalid_input', `value: ${check.reason}`, { field: 'value' });
+    const rot = await rotations.start(
+      {
+        rotationId,
+        secretId,
+        value: req.value,
+        graceSeconds: deps.graceSeconds,
+        leaked: req.leaked ?? false,
+        ...(req.orgId ? { orgId: req.orgId } : {}),
+      },
+      { ...ctx, jobId },
+    );
+    // Enqueued after the record commits (a lost enqueue is found by the rotation sweep); a
+    // completed rotation is not enqueued again.
+    if (rot.state === 'running') await deps.queues.enqueue('rotate', { rotationId: rot.id }, rot.id);
+    return { ...rot, jobId };
+  };
+
+  const revoke = async (req: {
+    secretId: string;
+    deploymentId?: string;
+    orgId?: string;
+  }): Promise<{ jobId: string; deployments: number }> => {
+    const secretId = parseInput(uuid, req.secretId, 'secret_id');
+    const deploymentId =
+      req.deploymentId === undefined ? undefined : parseInput(uuid, req.deploymentId, 'deployment_id');
+    const found = await rotations.secretBindings(secretId, {
+      ...(deploymentId ? { deploymentId } : {}),
+      ...(req.orgId ? { orgId: req.orgId } : {}),
+    });
+    if (deploymentId && found.deployments.length === 0)
+      throw new OrchestratorError(
+        'not_found',
+        `secret ${secretId} is not bound to deployment ${deploymentId}`,
+      );
+    const jobId = await deps.queues.enqueue(
+      'revoke',
+      { secretId, ...(deploymentId ? { deploymentId } : {}) },
+      deploymentId ? `${secretId}-${deploymentId}` : secretId,
+    );
+    return { jobId, deployments: found.deployments.length };
+  };
+
+  const status = (rotationId: string, orgId?: string): Promise<Rotation> => rotations.get(rotationId, orgId);
+
+  /** Every audited read of a version (the leaked one): which deployments, when, which job. */
+  const readsOf = (secretId: string, version: number, orgId?: string): Promise<AuditRead[]> =>
+    rotations.readsOfVersion(secretId, version, orgId);
+
+  const overdue = (orgId?: string): Promise<OverdueKey[]> => rotations.overdue(orgId);
+
+  return { rotate, revoke, status, readsOf, overdue, setMaxAge: rotations.setMaxAge };
+};
+export type RotationService = ReturnType<typeof makeRotationService>;

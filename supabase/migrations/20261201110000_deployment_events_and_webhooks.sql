@@ -300,6 +300,22 @@ revoke all on function public.webhook_endpoints__json(public.webhook_endpoints) 
 
 -- ---- events: reads (the contract) ------------------------------------------------------------------
 
+-- Has the deployment's current operation stopped writing? True when no step of its current run is
+-- still running, or the status has not changed for 10 s (a worker that died between setting the
+-- status and closing its step record). A stream ends at a final status once this holds, so the
+-- `ready` step's own end (recorded just after the status) is not cut off.
+create function public.deployment_events__settled(p_dep public.deployments)
+returns boolean
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+  select not exists (
+      select 1 from public.deployment_steps s
+      where s.deployment_id = p_dep.id and s.run = p_dep.current_run and s.status = 'running')
+    or p_dep.status_changed_at < pg_catalog.now() - interval '10 seconds'
+$$;
+revoke all on function public.deployment_events__settled(public.deployments) from public, anon, authenticated, service_role;
+
 -- One deployment's events after p_after_id (a page of at most p_limit, oldest first), with the
 -- deployment's org and current status read in the same snapshot: a reader that got a page shorter
 -- than p_limit and a final status has seen everything.
@@ -323,6 +339,7 @@ begin
     raise exception using errcode = 'P0002', message = pg_catalog.format('deployment %s not found', p_deployment_id);
   end if;
   return pg_catalog.jsonb_build_object('deployment_id', v_dep.id, 'org_id', v_dep.org_id, 'status', v_dep.status,
+    'settled', public.deployment_events__settled(v_dep),
     'events', coalesce((
       select pg_catalog.jsonb_agg(public.deployment_events__json(e) order by e.id)
       from (select * from public.deployment_events x
@@ -353,7 +370,7 @@ begin
   end if;
   return coalesce((
     select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('deployment_id', d.id, 'after_id', c.after_id,
-      'status', d.status,
+      'status', d.status, 'settled', public.deployment_events__settled(d),
       'events', coalesce((
         select pg_catalog.jsonb_agg(public.deployment_events__json(e) order by e.id)
         from (select * from public.deployment_events x

@@ -1,0 +1,147 @@
+import type { ServerResponse } from 'node:http';
+import { z } from 'zod';
+import { camelKeys, eventOf, type DeploymentEvent } from '../../webhooks/webhook-store';
+import { canSee, principalOf } from '../auth';
+import { FINAL_STATUSES, makeEventHub, type EventBatch } from '../event-hub';
+import { ApiProblem, problems, problemResponses } from '../problems';
+import type { ApiPlugin } from '../server';
+
+/**
+ * GET /v1/deployments/:id/events — a deployment's progress as server-sent events: every status
+ * change and step change, oldest first, `id:` = the event id. Resumable: with `Last-Event-ID` the
+ * stream starts after that event (no repeat). It ends once the deployment is in a final state
+ * (ready, failed, deleted), its operation has stopped writing (deployment_events__settled: the
+ * `ready` step's own end comes just after the status) and every event up to it has been sent; a
+ * reconnect after that gets 204,
+ * which tells an EventSource to stop reconnecting. A comment line every 15 s keeps proxies from
+ * closing an idle stream. One poller per API process serves all open streams (event-hub.ts); a
+ * closed connection unsubscribes at once.
+ */
+export const HEARTBEAT_MS = 15_000;
+export const EVENTS_POLL_MS = 400;
+const PAGE = 100;
+/** Open streams per API process; past it, 503 (each costs a socket and a little memory, not a DB connection). */
+const MAX_STREAMS = 5_000;
+
+const lastEventId = z
+  .string()
+  .regex(/^(0|[1-9][0-9]{0,17})$/, 'must be the id of an event this stream sent')
+  .optional();
+
+const eventsHeaders = z.looseObject({ 'last-event-id': lastEventId });
+const eventsQuery = z.object({ lastEventId }).strict();
+
+const frame = (e: DeploymentEvent): string =>
+  `id: ${e.id}\nevent: ${e.kind}\ndata: ${JSON.stringify({
+    id: Number(e.id),
+    deploymentId: e.deploymentId,
+    at: e.at,
+    kind: e.kind,
+    ...camelKeys(e.payload),
+  })}\n\n`;
+
+export const eventRoutes: ApiPlugin = async (app, deps) => {
+  const { rpc } = deps.pipeline.db;
+  const hub = makeEventHub({ rpc, log: deps.log }, { pollMs: EVENTS_POLL_MS, pageSize: PAGE });
+  const open = new Set<() => void>();
+  // streams end before the server waits for its connections to close
+  app.addHook('preClose', async () => {
+    for (const end of [...open]) end();
+  });
+
+  app.get(
+    '/v1/deployments/:id/events',
+    {
+      config: { scopes: ['deployments:read'] },
+      schema: {
+        tags: ['deployments'],
+        summary: "Follow a deployment's progress (server-sent events)",
+        description:
+          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, …; never a value). Ends at ready, failed or deleted; 204 when resuming after the end.',
+        params: z.object({ id: z.uuid({ error: 'must be a UUID' }) }).strict(),
+        headers: eventsHeaders,
+        querystring: eventsQuery,
+        response: {
+          200: z.string().describe('text/event-stream: `id:`, `event:` and `data:` lines per event'),
+          204: z.null().describe('nothing after Last-Event-ID and the deployment is in a final state'),
+          ...problemResponses(400, 401, 403, 404, 429, 503),
+        },
+      },
+    },
+    async (request, reply) => {
+      const p = principalOf(request);
+      const after = request.headers['last-event-id'] ?? request.query.lastEventId ?? '0';
+      const first = await rpc<Record<string, unknown>>('deployment_events__list', {
+        p_deployment_id: request.params.id,
+        p_after_id: after,
+        p_limit: PAGE,
+      }).catch((err: unknown) => {
+        if ((err as { code?: string }).code === 'not_found') throw problems.notFound('deployment');
+        throw err;
+      });
+      if (!canSee(p, String(first.org_id))) throw problems.notFound('deployment');
+      const batch: EventBatch = {
+        status: String(first.status),
+        settled: first.settled === true,
+        events: (first.events as Record<string, unknown>[]).map(eventOf),
+        more: (first.events as unknown[]).length >= PAGE,
+      };
+      if (batch.events.length === 0 && batch.settled && FINAL_STATUSES.has(batch.status) && after !== '0')
+        return reply.code(204).send(null);
+      if (open.size >= MAX_STREAMS) {
+        void reply.header('retry-after', '5');
+        throw new ApiProblem(503, 'unavailable', 'too many open event streams; retry shortly');
+      }
+
+      reply.hijack();
+      const res: ServerResponse = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-store',
+        connection: 'keep-alive',
+        'x-accel-buffering': 'no',
+      });
+      res.write('retry: 2000\n\n');
+
+      let cursor = after;
+      let ended = false;
+      let unsubscribe: () => void = () => undefined;
+      const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), HEARTBEAT_MS);
+      const end = (): void => {
+        if (ended) return;
+        ended = true;
+        clearInterval(heartbeat);
+        unsubscribe();
+        open.delete(end);
+        res.end();
+      };
+      open.add(end);
+      res.on('close', end);
+      const slog = request.log.child({ deploymentId: request.params.id });
+      slog.debug({ open: open.size, streams: hub.size }, 'event stream opened');
+      res.on('close', () => slog.debug({ open: open.size, streams: hub.size }, 'event stream closed'));
+
+      /** Write a batch; end after the final state's last event. */
+      const take = (b: EventBatch): void => {
+        if (ended) return;
+        for (const e of b.events) {
+          res.write(frame(e));
+          cursor = e.id;
+        }
+        sub.after = cursor;
+        if (!b.more && b.settled && FINAL_STATUSES.has(b.status)) {
+          res.write(`event: end\ndata: ${JSON.stringify({ status: b.status })}\n\n`);
+          end();
+        }
+      };
+      const sub = {
+        deploymentId: request.params.id,
+        after: cursor,
+        onBatch: take,
+        onError: () => end(),
+      };
+      take(batch);
+      if (!ended) unsubscribe = hub.subscribe(sub);
+    },
+  );
+};

@@ -1,0 +1,204 @@
+import type { Rpc } from '../db/rpc';
+import { OrchestratorError } from '../errors';
+import { Secret } from '../secret';
+import type { AuditContext } from '../secrets/secret-input';
+
+/**
+ * Webhooks over the SQL contract (migration 20261201110000): endpoints, the delivery outbox, and
+ * the one audited read of a signing secret. Nothing here holds a secret except `create`'s answer
+ * (shown once) and `readSecret`'s (a Secret wrapper, for the sender only).
+ */
+export interface WebhookEndpoint {
+  readonly id: string;
+  readonly orgId: string;
+  readonly url: string;
+  readonly createdAt: string;
+  readonly disabledAt: string | null;
+}
+
+export interface WebhookDelivery {
+  readonly id: string;
+  readonly endpointId: string;
+  readonly eventId: string;
+  readonly state: 'pending' | 'queued' | 'delivered' | 'failed' | 'cancelled';
+  readonly attempts: number;
+  readonly lastStatus: number | null;
+  readonly lastError: string | null;
+  readonly createdAt: string;
+  readonly finishedAt: string | null;
+}
+
+export interface DeploymentEvent {
+  readonly id: string;
+  readonly deploymentId: string;
+  readonly at: string;
+  readonly kind: 'status' | 'step';
+  readonly payload: Readonly<Record<string, unknown>>;
+}
+
+export type DeliveryPlan =
+  | { action: 'skip'; state: string }
+  | {
+      action: 'deliver';
+      deliveryId: string;
+      endpointId: string;
+      orgId: string;
+      url: string;
+      attempt: number;
+      event: DeploymentEvent;
+    };
+
+type Row = Record<string, unknown>;
+const s = (v: unknown): string => String(v);
+const sn = (v: unknown): string | null => (v === null || v === undefined ? null : String(v));
+
+const endpointOf = (r: Row): WebhookEndpoint => ({
+  id: s(r.id),
+  orgId: s(r.org_id),
+  url: s(r.url),
+  createdAt: s(r.created_at),
+  disabledAt: sn(r.disabled_at),
+});
+
+/** An event payload's keys as the API spells them (`reason_code` → `reasonCode`). */
+export const camelKeys = (o: Readonly<Record<string, unknown>>): Record<string, unknown> =>
+  Object.fromEntries(
+    Object.entries(o).map(([k, v]) => [k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase()), v]),
+  );
+
+export const eventOf = (r: Row): DeploymentEvent => ({
+  id: s(r.id),
+  deploymentId: s(r.deployment_id),
+  at: s(r.at),
+  kind: r.kind === 'step' ? 'step' : 'status',
+  payload: (r.payload ?? {}) as Record<string, unknown>,
+});
+
+const deliveryOf = (r: Row): WebhookDelivery => ({
+  id: s(r.id),
+  endpointId: s(r.endpoint_id),
+  eventId: s(r.event_id),
+  state: r.state as WebhookDelivery['state'],
+  attempts: Number(r.attempts),
+  lastStatus: r.last_status === null || r.last_status === undefined ? null : Number(r.last_status),
+  lastError: sn(r.last_error),
+  createdAt: s(r.created_at),
+  finishedAt: sn(r.finished_at),
+});
+
+/** `new URL()` normalises (lower-case host, punycode, default port dropped); SQL checks the rest. */
+export const normaliseWebhookUrl = (raw: string): string => {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new OrchestratorError('invalid_input', 'url: must be an absolute https:// URL', { field: 'url' });
+  }
+  return u.href;
+};
+
+export const makeWebhookStore = (deps: { rpc: Rpc }) => {
+  const { rpc } = deps;
+  return {
+    /** The signing secret is in this answer and never again. */
+    async createEndpoint(
+      input: { orgId: string; url: string; allowLoopback: boolean },
+      ctx: AuditContext = {},
+    ): Promise<WebhookEndpoint & { secret: Secret }> {
+      const r = await rpc<Row>('webhook_endpoints__create', {
+        p_org_id: input.orgId,
+        p_url: normaliseWebhookUrl(input.url),
+        p_allow_loopback: input.allowLoopback,
+        p_actor: ctx.actor,
+        p_request_ip: ctx.requestIp,
+        p_user_agent: ctx.userAgent,
+      });
+      return { ...endpointOf(r), secret: new Secret(s(r.secret)) };
+    },
+    async listEndpoints(orgId: string): Promise<WebhookEndpoint[]> {
+      return (await rpc<Row[]>('webhook_endpoints__list', { p_org_id: orgId })).map(endpointOf);
+    },
+    async disableEndpoint(
+      orgId: string,
+      endpointId: string,
+      ctx: AuditContext = {},
+    ): Promise<WebhookEndpoint> {
+      return endpointOf(
+        await rpc<Row>('webhook_endpoints__disable', {
+          p_org_id: orgId,
+          p_endpoint_id: endpointId,
+          p_actor: ctx.actor,
+          p_request_ip: ctx.requestIp,
+          p_user_agent: ctx.userAgent,
+        }),
+      );
+    },
+    async listDeliveries(orgId: string, endpointId?: string, limit = 100): Promise<WebhookDelivery[]> {
+      return (
+        await rpc<Row[]>('webhook_deliveries__list', {
+          p_org_id: orgId,
+          p_endpoint_id: endpointId,
+          p_limit: limit,
+        })
+      ).map(deliveryOf);
+    },
+    /** Pending deliveries → queued; their ids. */
+    async claim(limit: number, requeueAfterSeconds: number): Promise<string[]> {
+      const ids = await rpc<(number | string)[]>('webhook_deliveries__claim', {
+        p_limit: limit,
+        p_requeue_after_seconds: requeueAfterSeconds,
+      });
+      return ids.map(String);
+    },
+    async begin(deliveryId: string): Promise<DeliveryPlan> {
+      const r = await rpc<Row>('webhook_deliveries__begin', { p_delivery_id: deliveryId });
+      if (r.action !== 'deliver') return { action: 'skip', state: s(r.state) };
+      return {
+        action: 'deliver',
+        deliveryId: s(r.delivery_id),
+        endpointId: s(r.endpoint_id),
+        orgId: s(r.org_id),
+        url: s(r.url),
+        attempt: Number(r.attempt),
+        event: eventOf(r.event as Row),
+      };
+    },
+    async record(
+      deliveryId: string,
+      outcome: 'delivered' | 'retry' | 'failed',
+      httpStatus?: number,
+      error?: string,
+    ): Promise<void> {
+      await rpc('webhook_deliveries__record', {
+        p_delivery_id: deliveryId,
+        p_outcome: outcome,
+        p_http_status: httpStatus,
+        p_error: error,
+      });
+    },
+    /**
+     * The audited read: an intent committed in a call of its own, then the read against it (a read
+     * whose transaction rolled back would still have left the intent).
+     */
+    async readSecret(endpointId: string, ctx: { actor: string; jobId?: string }): Promise<Secret> {
+      const intent = await rpc<Row>('webhook_endpoints__intend_read', {
+        p_endpoint_id: endpointId,
+        p_actor: ctx.actor,
+        p_job_id: ctx.jobId,
+      });
+      const r = await rpc<Row>('webhook_endpoints__read_secret', {
+        p_endpoint_id: endpointId,
+        p_intent_id: intent.intent_id,
+        p_actor: ctx.actor,
+        p_job_id: ctx.jobId,
+      });
+      if (r.status !== 'ok' || typeof r.secret !== 'string')
+        throw new OrchestratorError(
+          'secret_denied',
+          `webhook signing secret of endpoint ${endpointId}: ${s(r.status)}`,
+        );
+      return new Secret(r.secret);
+    },
+  };
+};
+export type WebhookStore = ReturnType<typeof makeWebhookStore>;

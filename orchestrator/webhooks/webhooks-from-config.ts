@@ -1,0 +1,27 @@
+import type { ConnectionOptions } from 'bullmq';
+import type { Config } from '../config';
+import type { Rpc } from '../db/rpc';
+import { redisOptionsFromUrl } from '../deployments/pipeline-from-config';
+import type { Logger } from '../log';
+import { makeWebhookStore } from './webhook-store';
+import { makeWebhookWorkers, type WebhookWorkers } from './webhook-workers';
+
+/** How often a worker process looks for new deliveries (the outbox is indexed; one cheap query). */
+export const WEBHOOK_DISPATCH_EVERY_MS = 500;
+
+/** The webhook dispatcher and delivery worker of a worker process, from the configuration. */
+export const makeWebhookWorkersFromConfig = (config: Config, rpc: Rpc, log: Logger): WebhookWorkers =>
+  makeWebhookWorkers(
+    { store: makeWebhookStore({ rpc }), log },
+    {
+      connection: redisOptionsFromUrl(config.REDIS_URL) as ConnectionOptions,
+      prefix: config.QUEUE_PREFIX,
+      attempts: config.WEBHOOK_ATTEMPTS,
+      backoffMs: config.WEBHOOK_BACKOFF_MS,
+      timeoutMs: config.WEBHOOK_TIMEOUT_MS,
+      // local mode: receivers on 127.0.0.1 (the tests', a developer's); never with hcloud
+      allowLoopback: config.HOST_PROVIDER === 'local',
+      dispatchEveryMs: WEBHOOK_DISPATCH_EVERY_MS,
+      concurrency: 10,
+    },
+  );

@@ -122,6 +122,15 @@ export const configSchema = z
     API_PORT: port.default(18080),
     SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
     METRICS_ENABLED: bool.default(false),
+    /** Requests per token (per address for public routes) and window, counted in Redis: `600/min`, `20/s`, `10000/h`. */
+    API_RATE_LIMIT: z
+      .string()
+      .regex(/^[1-9][0-9]{0,6}\/(s|sec|second|min|minute|h|hour)$/, 'must look like 600/min (a count per s, min or h)')
+      .default('600/min'),
+    /** Webhook deliveries: attempts (exponential backoff from WEBHOOK_BACKOFF_MS) and the timeout of one POST. */
+    WEBHOOK_ATTEMPTS: z.coerce.number().int().min(1).max(30).default(8),
+    WEBHOOK_BACKOFF_MS: z.coerce.number().int().min(100).max(3_600_000).default(5_000),
+    WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(500).max(60_000).default(10_000),
 
     // ---- the provisioning pipeline (queues, workers) ----
     /** Redis key prefix of the BullMQ queues and leases. */

@@ -6,6 +6,7 @@ import { startMetricsPublisher } from '../metrics/metrics-publisher';
 import { reasonOf } from '../steps/step-runner';
 import { makeRotationFromPipeline } from '../rotation/rotation-from-config';
 import { makePipelineFromConfig } from './pipeline-from-config';
+import { makeWebhookWorkersFromConfig } from '../webhooks/webhooks-from-config';
 
 /**
  * A worker process: the provision, deprovision and maintenance workers, the maintenance job
@@ -27,6 +28,9 @@ export const runWorkerProcess = async (
     rotation.processors,
   );
   workers.start();
+  // webhooks: the outbox dispatcher and the delivery worker (orchestrator/webhooks)
+  const webhooks = makeWebhookWorkersFromConfig(config, pipeline.db.rpc, log);
+  webhooks.start();
   // This process's counters reach the API's one scrape through Redis (metrics-publisher.ts).
   collectProcessDefaults();
   const publisher = startMetricsPublisher({
@@ -67,6 +71,7 @@ export const runWorkerProcess = async (
       await workers
         .close(config.SHUTDOWN_GRACE_MS)
         .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
+      await webhooks.close().catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
       await publisher.stop();
       await pipeline
         .close(config.SHUTDOWN_GRACE_MS)

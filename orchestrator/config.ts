@@ -125,7 +125,10 @@ export const configSchema = z
     /** Requests per token (per address for public routes) and window, counted in Redis: `600/min`, `20/s`, `10000/h`. */
     API_RATE_LIMIT: z
       .string()
-      .regex(/^[1-9][0-9]{0,6}\/(s|sec|second|min|minute|h|hour)$/, 'must look like 600/min (a count per s, min or h)')
+      .regex(
+        /^[1-9][0-9]{0,6}\/(s|sec|second|min|minute|h|hour)$/,
+        'must look like 600/min (a count per s, min or h)',
+      )
       .default('600/min'),
     /** Webhook deliveries: attempts (exponential backoff from WEBHOOK_BACKOFF_MS) and the timeout of one POST. */
     WEBHOOK_ATTEMPTS: z.coerce.number().int().min(1).max(30).default(8),

@@ -7,10 +7,12 @@
  * per-host figure. Target (issue 3): median under 3 s for one host; 20 hosts all ready within 20 s.
  */
 import { loadConfig } from '../orchestrator/config';
-import { readHostMemory } from '../orchestrator/infra/local-cgroup';
-import { ensureLocalImage } from '../orchestrator/infra/local-image';
-import { makeLocalHostProvider } from '../orchestrator/infra/local-provider';
-import { localPaths } from '../orchestrator/infra/local-state';
+import {
+  ensureLocalImage,
+  localPaths,
+  makeLocalHostProvider,
+  readHostMemory,
+} from '../orchestrator/infra/local';
 import { makeTestHostSpec, sshRun, waitForSsh } from '../test/support/local-hosts';
 
 const median = (xs: readonly number[]): number => {

@@ -6,7 +6,7 @@ import {
   canonicalCidr,
   hcloudLocation,
   hcloudServerType,
-} from './infra/infra-validation';
+} from './infra/validation';
 
 /**
  * Every environment variable the orchestrator reads, in one schema, parsed once at start by a

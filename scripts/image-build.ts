@@ -4,8 +4,7 @@
  * Idempotent; a changed recipe builds a new image, and images no host uses any more are pruned.
  */
 import { loadConfig } from '../orchestrator/config';
-import { ensureLocalImage } from '../orchestrator/infra/local-image';
-import { assertLocalSupported } from '../orchestrator/infra/local-support';
+import { assertLocalSupported, ensureLocalImage } from '../orchestrator/infra/local';
 
 const main = async (): Promise<void> => {
   const args = process.argv.slice(2);

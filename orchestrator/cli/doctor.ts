@@ -4,9 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Config } from '../config';
 import { isOrchestratorError } from '../errors';
-import { makeHcloudApi, type HcloudApi } from '../infra/hcloud-api';
-import { checkZone } from '../infra/hcloud-dns-preflight';
-import { defaultBackendUrl } from '../infra/pulumi-workspace';
+import { checkZone, defaultBackendUrl, makeHcloudApi, type HcloudApi } from '../infra/hcloud';
 
 /**
  * `cortexctl doctor`: is this machine able to drive Hetzner through Pulumi? Checks the Pulumi CLI,

@@ -6,10 +6,7 @@
  * Run it when no orchestrator process uses local hosts; it destroys the hosts of live deployments too.
  */
 import { loadConfig } from '../config';
-import { cleanupLocalHosts } from '../infra/local-cleanup';
-import { cleanupImageBuilds } from '../infra/local-image';
-import { localPaths } from '../infra/local-state';
-import { assertLocalSupported } from '../infra/local-support';
+import { assertLocalSupported, cleanupImageBuilds, cleanupLocalHosts, localPaths } from '../infra/local';
 import { makeLogger } from '../log';
 
 const main = async (): Promise<void> => {

@@ -7,7 +7,7 @@ import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { makeDnsFromConfig } from '../dns/dns-wiring';
 import { OrchestratorError } from '../errors';
 import type { HostProvider } from '../infra/host-provider';
-import { makeLocalHostProvider } from '../infra/local-provider';
+import { makeLocalHostProvider } from '../infra/local';
 import type { Logger } from '../log';
 import { makeLeases } from '../queues/deployment-lease';
 import { makeQueues } from '../queues/queues';
@@ -75,7 +75,7 @@ export const makePipelineFromConfig = async (
       hosts = makeLocalHostProvider({ stateDir: config.CORTEX_STATE_DIR, log });
     } else {
       // Loaded only on hcloud: the Pulumi SDK costs tens of MB that a local worker never needs.
-      const { makeHcloudFromConfig } = await import('../infra/hcloud-wiring');
+      const { makeHcloudFromConfig } = await import('../infra/hcloud');
       hosts = (await makeHcloudFromConfig(config, log)).hosts;
     }
   }

@@ -1,6 +1,6 @@
 import { isIPv4, isIPv6 } from 'node:net';
 import { invalidInput } from '../errors';
-import { DNS_LABEL, LOWERCASE_UUID } from '../infra/infra-validation';
+import { DNS_LABEL, LOWERCASE_UUID } from '../infra/validation';
 
 /** One agent's address records: `<label>.<zone>` → A (and AAAA). */
 export interface DnsRecordInput {

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { OrchestratorError } from '../errors';
-import { sleep } from '../infra/local-exec';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   parseIpv4,
   parseIpv6,

@@ -4,12 +4,12 @@ import { join } from 'node:path';
 import { loadConfig } from '../../orchestrator/config';
 import { isOrchestratorError } from '../../orchestrator/errors';
 import type { HostProvider } from '../../orchestrator/infra/host-provider';
-import { cleanupLocalHosts } from '../../orchestrator/infra/local-cleanup';
-import { run } from '../../orchestrator/infra/local-exec';
-import { ensureLocalImage } from '../../orchestrator/infra/local-image';
-import { addressUsers } from '../../orchestrator/infra/local-net';
-import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
-import { localPaths, machineName } from '../../orchestrator/infra/local-state';
+import { cleanupLocalHosts } from '../../orchestrator/infra/local/cleanup';
+import { run } from '../../orchestrator/infra/local/exec';
+import { ensureLocalImage } from '../../orchestrator/infra/local/image';
+import { addressUsers } from '../../orchestrator/infra/local/net';
+import { makeLocalHostProvider } from '../../orchestrator/infra/local/provider';
+import { localPaths, machineName } from '../../orchestrator/infra/local/state';
 import { makeTestHostSpec } from '../support/local-hosts';
 
 jest.setTimeout(180_000);

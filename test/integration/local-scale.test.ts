@@ -1,8 +1,6 @@
 import { loadConfig } from '../../orchestrator/config';
 import type { HostDescription } from '../../orchestrator/infra/host-provider';
-import { ensureLocalImage } from '../../orchestrator/infra/local-image';
-import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
-import { localPaths } from '../../orchestrator/infra/local-state';
+import { ensureLocalImage, localPaths, makeLocalHostProvider } from '../../orchestrator/infra/local';
 import { makeTestHostSpec, sshRun, waitForSsh, type TestHost } from '../support/local-hosts';
 import { expectNoTrace } from '../support/local-trace';
 

@@ -4,8 +4,7 @@ import { createServer, connect, type AddressInfo, type Server, type Socket } fro
 import { loadConfig } from '../../orchestrator/config';
 import { isOrchestratorError } from '../../orchestrator/errors';
 import type { HostDescription, HostProvider } from '../../orchestrator/infra/host-provider';
-import { ensureLocalImage } from '../../orchestrator/infra/local-image';
-import { makeLocalHostProvider } from '../../orchestrator/infra/local-provider';
+import { ensureLocalImage, makeLocalHostProvider } from '../../orchestrator/infra/local';
 import {
   agentCommands,
   CADDY_STOCK_ADMIN_PORT,

@@ -1,4 +1,4 @@
-import type { FetchLike } from '../../orchestrator/infra/hcloud-api';
+import type { FetchLike } from '../../orchestrator/infra/hcloud';
 import type { ProviderModel, RegisteredResource } from './fake-workspace';
 
 /**

@@ -22,7 +22,7 @@ import {
 import * as automationCmd from '@pulumi/pulumi/automation/cmd';
 import * as automationErrors from '@pulumi/pulumi/automation/errors';
 import type { MockResourceArgs } from '@pulumi/pulumi/runtime';
-import type { StackHandle, WorkspaceFactory } from '../../orchestrator/infra/pulumi-workspace';
+import type { StackHandle, WorkspaceFactory } from '../../orchestrator/infra/hcloud';
 
 /**
  * An in-memory Pulumi backend behind the Automation API's contract: stacks are selected or

@@ -1,11 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import YAML from 'yaml';
 import { loadConfig } from '../../orchestrator/config';
-import { makeHcloudApi } from '../../orchestrator/infra/hcloud-api';
-import { makeHcloudHostProvider } from '../../orchestrator/infra/hcloud-provider';
+import { makeHcloudApi } from '../../orchestrator/infra/hcloud/api';
+import { makeHcloudHostProvider } from '../../orchestrator/infra/hcloud/provider';
 import type { HostSpec } from '../../orchestrator/infra/host-provider';
-import { ensurePlatformStack, platformSshKeyId } from '../../orchestrator/infra/platform-stack';
-import { makeStackRunner } from '../../orchestrator/infra/stack-runner';
+import { ensurePlatformStack, platformSshKeyId } from '../../orchestrator/infra/hcloud/platform-stack';
+import { makeStackRunner } from '../../orchestrator/infra/hcloud/stack-runner';
 import { makeLogger } from '../../orchestrator/log';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { Secret } from '../../orchestrator/secret';

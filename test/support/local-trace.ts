@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { cgroupPids, hostCgroupDirs } from '../../orchestrator/infra/local-cgroup';
-import { run } from '../../orchestrator/infra/local-exec';
-import { slotOwners, vethName } from '../../orchestrator/infra/local-net';
-import { findNspawnProcesses } from '../../orchestrator/infra/local-proc';
-import { hostDir, type localPaths } from '../../orchestrator/infra/local-state';
+import { cgroupPids, hostCgroupDirs } from '../../orchestrator/infra/local/cgroup';
+import { run } from '../../orchestrator/infra/local/exec';
+import { slotOwners, vethName } from '../../orchestrator/infra/local/net';
+import { findNspawnProcesses } from '../../orchestrator/infra/local/proc';
+import { hostDir, type localPaths } from '../../orchestrator/infra/local/state';
 
 /** Nothing of the host is left on this machine: the checks `destroy` and cleanup must pass. */
 export const expectNoTrace = async (paths: ReturnType<typeof localPaths>, machine: string): Promise<void> => {

@@ -11,7 +11,7 @@ import {
   sameKeyBlob,
 } from '../../../orchestrator/remote/host-keys';
 import { isOrchestratorError } from '../../../orchestrator/errors';
-import { makeLocalHostProvider } from '../../../orchestrator/infra/local-provider';
+import { makeLocalHostProvider } from '../../../orchestrator/infra/local';
 import { Secret } from '../../../orchestrator/secret';
 
 describe('host keys', () => {

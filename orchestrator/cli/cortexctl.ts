@@ -1,6 +1,7 @@
 import hcloudPackage from '@pulumi/hcloud/package.json';
 import { loadConfig } from '../config';
 import { isOrchestratorError } from '../errors';
+import { apiCommands } from './api-commands';
 import { runAuditCheckpoint, runAuditVerify } from './audit-verify';
 import { pipelineCommands } from './pipeline-commands';
 import { readSecretFromStdin } from './read-secret';
@@ -28,6 +29,7 @@ export interface CliCommand {
 
 export const commands: Record<string, CliCommand> = {
   ...pipelineCommands,
+  ...apiCommands,
   'audit-verify': {
     summary:
       'verify the audit hash chains and every chain against the newest signed checkpoint; names each problem',

@@ -10,6 +10,7 @@ import { ShutdownRequested, reasonOf, type StepDef, type StepRunner } from '../s
 import type { Leases } from './deployment-lease';
 import { parsePayload, type QueueName } from './job-payloads';
 import type { Queues } from './queues';
+import { startHeartbeat } from './worker-heartbeat';
 
 /**
  * The consumer side: a BullMQ worker per queue. Every job is parsed against its queue's schema
@@ -151,6 +152,7 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
   };
 
   const workers: Worker[] = [];
+  let stopHeartbeat: (() => Promise<void>) | undefined;
   const start = (
     queues: readonly QueueName[] = [
       'provision',
@@ -159,6 +161,8 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
       ...(Object.keys(deps.processors ?? {}) as QueueName[]),
     ],
   ): void => {
+    // the API's /readyz needs at least one live worker process (a key with a TTL in Redis)
+    stopHeartbeat ??= startHeartbeat(deps.redis, s.prefix, holder);
     const common = {
       connection: s.connection,
       prefix: s.prefix,
@@ -192,6 +196,7 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
   /** Stop taking jobs; running ones stop at their next step boundary (or finish) within graceMs. */
   const close = async (graceMs: number): Promise<void> => {
     stopping = true;
+    await stopHeartbeat?.();
     const all = Promise.all(workers.map((w) => w.close()));
     const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), graceMs).unref());
     if ((await Promise.race([all.then(() => 'ok' as const), timer])) === 'timeout') {

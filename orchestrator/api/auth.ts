@@ -1,0 +1,89 @@
+import { isIP } from 'node:net';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { AuditContext } from '../secrets/secret-input';
+import type { ApiPrincipal, Scope, TokenStore } from './api-tokens';
+import { problems } from './problems';
+
+/**
+ * Authentication and authorisation of every request. A route says who may call it in its
+ * `config`: `{ public: true }` (health, the OpenAPI document, the docs page) or `{ scopes: [...] }`
+ * (any one of them suffices). A route that says neither — a plugin's routes, say Bull Board's —
+ * gets `admin`: closed by default. Unknown routes need a valid token too, then answer 404.
+ */
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Any one of these scopes lets a token call the route. */
+    scopes?: readonly Scope[];
+    /** No token needed. */
+    public?: boolean;
+  }
+  interface FastifyRequest {
+    /** Set by the auth hook on every non-public route. */
+    principal: ApiPrincipal | null;
+  }
+}
+
+/** Routes that serve the API's own description: public, whoever registers them. */
+const PUBLIC_PATHS = [/^\/openapi\.json$/, /^\/docs(\/|$)/];
+
+const BEARER = /^Bearer ([\x21-\x7e]{1,200})$/;
+
+export const registerAuth = (app: FastifyInstance, tokens: Pick<TokenStore, 'authenticate'>): void => {
+  app.decorateRequest('principal', null);
+  app.addHook('onRoute', (route) => {
+    const config = route.config ?? {};
+    if (PUBLIC_PATHS.some((p) => p.test(route.url))) route.config = { ...config, public: true };
+    else if (!config.public && !(config.scopes && config.scopes.length > 0))
+      route.config = { ...config, scopes: ['admin'] };
+  });
+  app.addHook('onRequest', async (request) => {
+    const config = request.routeOptions.config;
+    if (config.public) return;
+    const m = BEARER.exec(request.headers.authorization ?? '');
+    const principal = m?.[1] ? await tokens.authenticate(m[1]) : undefined;
+    if (!principal) throw problems.unauthorized();
+    request.principal = principal;
+    const need = config.scopes;
+    if (need && !need.some((s) => principal.scopes.includes(s))) throw problems.forbidden(need);
+  });
+};
+
+/** The authenticated principal (the auth hook guarantees one on every non-public route). */
+export const principalOf = (request: FastifyRequest): ApiPrincipal => {
+  if (!request.principal) throw problems.unauthorized();
+  return request.principal;
+};
+
+/**
+ * May this principal see a resource of `orgId`? An ops token sees every organisation; an org
+ * token only its own. Callers answer 404 when not, never 403: a 403 would confirm the id exists.
+ */
+export const canSee = (p: ApiPrincipal, orgId: string): boolean => p.orgId === null || p.orgId === orgId;
+
+/** The org a request acts on: the token's; an ops token must name one; another org's is a 404. */
+export const targetOrg = (p: ApiPrincipal, requested: string | undefined, field = 'orgId'): string => {
+  if (p.orgId === null) {
+    if (!requested) throw problems.invalid(field, 'is required with an ops token');
+    return requested;
+  }
+  if (requested !== undefined && requested !== p.orgId) throw problems.notFound('organization');
+  return p.orgId;
+};
+
+// C0/C1 controls: the audit log's text checks refuse them, and a header is the caller's to choose.
+const CONTROLS = /[\u0000-\u001f\u007f-\u009f]+/g;
+
+/**
+ * The audit context of a request: actor = the token (`token:<id>`), the peer address (the socket's;
+ * no X-Forwarded-For is trusted), and the user agent cleaned of control characters and cut to 500.
+ */
+export const auditContext = (request: FastifyRequest): AuditContext => {
+  const p = principalOf(request);
+  const raw = request.ip.startsWith('::ffff:') ? request.ip.slice(7) : request.ip;
+  const ua = (request.headers['user-agent'] ?? '').replace(CONTROLS, ' ').trim().slice(0, 500).trim();
+  return {
+    actor: `token:${p.tokenId}`,
+    ...(isIP(raw) ? { requestIp: raw } : {}),
+    ...(ua ? { userAgent: ua } : {}),
+  };
+};

@@ -1,0 +1,95 @@
+import { z } from 'zod';
+import { canSee, principalOf } from '../auth';
+import { auditEntrySchema, auditQuery, chainSchema, idParams, orgParams } from '../api-schemas';
+import { problems, problemResponses } from '../problems';
+import type { ApiPlugin } from '../server';
+
+/**
+ * The audit trail of a deployment and of an organisation, with the verification of the
+ * organisation's hash chain (every row's hash, the links between rows, the chain's head).
+ */
+type Row = Record<string, unknown>;
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+export const auditRoutes: ApiPlugin = async (app, deps) => {
+  const { store, secrets, db } = deps.pipeline;
+
+  app.get(
+    '/v1/deployments/:id/audit',
+    {
+      config: { scopes: ['audit:read'] },
+      schema: {
+        tags: ['audit'],
+        summary: "A deployment's audit rows and its organisation's chain verification",
+        params: idParams,
+        querystring: auditQuery,
+        response: {
+          200: z.object({ deploymentId: z.string(), entries: z.array(auditEntrySchema), chain: chainSchema }),
+          ...problemResponses(400, 401, 403, 404),
+        },
+      },
+    },
+    async (request) => {
+      const p = principalOf(request);
+      const d = await store.get(request.params.id).catch((err: unknown) => {
+        if ((err as { code?: string }).code === 'not_found') throw problems.notFound('deployment');
+        throw err;
+      });
+      if (!canSee(p, d.orgId)) throw problems.notFound('deployment');
+      const [entries, chain] = await Promise.all([
+        store.audit(d.id, request.query.limit ?? 1000),
+        secrets.verifyAuditLog(d.orgId),
+      ]);
+      return { deploymentId: d.id, entries: entries.map((e) => ({ ...e, deploymentId: d.id })), chain };
+    },
+  );
+
+  app.get(
+    '/v1/orgs/:orgId/audit',
+    {
+      config: { scopes: ['audit:read'] },
+      schema: {
+        tags: ['audit'],
+        summary: "An organisation's audit rows (oldest first, paged by afterId) and its chain verification",
+        params: orgParams,
+        querystring: auditQuery,
+        response: {
+          200: z.object({ orgId: z.string(), entries: z.array(auditEntrySchema), chain: chainSchema }),
+          ...problemResponses(400, 401, 403, 404),
+        },
+      },
+    },
+    async (request) => {
+      const p = principalOf(request);
+      const { orgId } = request.params;
+      if (!canSee(p, orgId)) throw problems.notFound('organization');
+      const rows = await db
+        .rpc<Row[]>('api_audit__org', {
+          p_org_id: orgId,
+          p_limit: request.query.limit ?? 1000,
+          p_after_id: request.query.afterId,
+        })
+        .catch((err: unknown) => {
+          if ((err as { code?: string }).code === 'not_found') throw problems.notFound('organization');
+          throw err;
+        });
+      const chain = await secrets.verifyAuditLog(orgId);
+      return {
+        orgId,
+        chain,
+        entries: rows.map((r) => ({
+          id: Number(r.id),
+          at: String(r.at),
+          deploymentId: str(r.deployment_id),
+          secretId: str(r.secret_id),
+          version: r.version === null || r.version === undefined ? null : Number(r.version),
+          operation: String(r.operation),
+          outcome: String(r.outcome),
+          actor: str(r.actor),
+          jobId: str(r.job_id),
+          reason: str(r.reason),
+        })),
+      };
+    },
+  );
+};

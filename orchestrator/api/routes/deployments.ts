@@ -1,0 +1,172 @@
+import { z } from 'zod';
+import type { Deployment } from '../../deployments/deployment-store';
+import { jobIdFor } from '../../queues/job-payloads';
+import { auditContext, canSee, principalOf, targetOrg } from '../auth';
+import {
+  createDeploymentBody,
+  deploymentAcceptedSchema,
+  deploymentSchema,
+  deploymentSummarySchema,
+  idParams,
+  idempotencyHeaders,
+  listDeploymentsQuery,
+  operationAcceptedSchema,
+} from '../api-schemas';
+import { makeDeploymentRequests } from '../deployment-requests';
+import { problems, problemResponses } from '../problems';
+import type { ApiPlugin } from '../server';
+import type { ApiPrincipal } from '../api-tokens';
+
+/**
+ * Deployments: request one (with an optional Idempotency-Key), read it with its steps, list, retry,
+ * deprovision. Another organisation's deployment is a 404, exactly like one that does not exist.
+ */
+export const deploymentRoutes: ApiPlugin = async (app, deps) => {
+  const { pipeline } = deps;
+  const requests = makeDeploymentRequests({
+    rpc: pipeline.db.rpc,
+    queues: pipeline.queues,
+    config: pipeline.config,
+  });
+
+  /** The deployment if this principal may see it; otherwise the same 404 as for an unknown id. */
+  const visible = async (p: ApiPrincipal, id: string): Promise<Deployment> => {
+    const d = await pipeline.store.get(id).catch((err: unknown) => {
+      if ((err as { code?: string }).code === 'not_found') throw problems.notFound('deployment');
+      throw err;
+    });
+    if (!canSee(p, d.orgId)) throw problems.notFound('deployment');
+    return d;
+  };
+
+  app.post(
+    '/v1/deployments',
+    {
+      config: { scopes: ['deployments:write'] },
+      schema: {
+        tags: ['deployments'],
+        summary: 'Request a deployment (an agent server with its bindings)',
+        description:
+          '201 for a new deployment; 200 with the same body for a repeat of an Idempotency-Key with the same body; 422 for the key with another body.',
+        headers: idempotencyHeaders,
+        body: createDeploymentBody,
+        response: {
+          201: deploymentAcceptedSchema,
+          200: deploymentAcceptedSchema,
+          ...problemResponses(400, 401, 403, 404, 409, 413, 415, 422),
+        },
+      },
+    },
+    async (request, reply) => {
+      const p = principalOf(request);
+      const orgId = targetOrg(p, request.body.orgId);
+      const key = request.headers['idempotency-key'];
+      const r = await requests.request(
+        { ...request.body, orgId },
+        {
+          ...auditContext(request),
+          tokenId: p.tokenId,
+          ...(key === undefined ? {} : { idempotencyKey: key }),
+        },
+      );
+      if (r.status === 'mismatch')
+        throw problems.invalid(
+          'header.idempotency-key',
+          'was already used with a different request body; use a new key for a new request',
+          422,
+        );
+      const d = r.deployment;
+      if (r.status === 'replayed') void reply.header('idempotent-replayed', 'true');
+      return reply
+        .code(r.status === 'created' ? 201 : 200)
+        .header('location', `/v1/deployments/${d.id}`)
+        .send({
+          deploymentId: d.id,
+          orgId: d.orgId,
+          name: d.name,
+          subdomain: d.subdomain,
+          runtime: d.runtime,
+          jobId: jobIdFor('provision', d.id),
+        });
+    },
+  );
+
+  app.get(
+    '/v1/deployments/:id',
+    {
+      config: { scopes: ['deployments:read'] },
+      schema: {
+        tags: ['deployments'],
+        summary: 'A deployment with its steps',
+        params: idParams,
+        response: { 200: deploymentSchema, ...problemResponses(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const d = await visible(principalOf(request), request.params.id);
+      return { ...d, steps: [...d.steps] };
+    },
+  );
+
+  app.get(
+    '/v1/deployments',
+    {
+      config: { scopes: ['deployments:read'] },
+      schema: {
+        tags: ['deployments'],
+        summary: "The organisation's deployments, newest first",
+        querystring: listDeploymentsQuery,
+        response: { 200: z.array(deploymentSummarySchema), ...problemResponses(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const p = principalOf(request);
+      const { orgId, includeDeleted, limit } = request.query;
+      // an ops token without orgId lists every organisation's
+      const org = p.orgId === null ? orgId : targetOrg(p, orgId);
+      return pipeline.service.list({
+        ...(org === undefined ? {} : { orgId: org }),
+        includeDeleted,
+        ...(limit === undefined ? {} : { limit }),
+      });
+    },
+  );
+
+  app.post(
+    '/v1/deployments/:id/retry',
+    {
+      config: { scopes: ['deployments:write'] },
+      schema: {
+        tags: ['deployments'],
+        summary: 'Resume a failed deployment at its failed step',
+        params: idParams,
+        response: { 202: operationAcceptedSchema, ...problemResponses(400, 401, 403, 404, 409) },
+      },
+    },
+    async (request, reply) => {
+      const d = await visible(principalOf(request), request.params.id);
+      const r = await pipeline.service.retry(d.id);
+      return reply.code(202).send({ deploymentId: d.id, status: r.status, jobId: r.jobId });
+    },
+  );
+
+  app.delete(
+    '/v1/deployments/:id',
+    {
+      config: { scopes: ['deployments:write'] },
+      schema: {
+        tags: ['deployments'],
+        summary: 'Deprovision: DNS, host, the deployment-scoped keys, then deleted',
+        params: idParams,
+        response: { 202: operationAcceptedSchema, ...problemResponses(400, 401, 403, 404, 409) },
+      },
+    },
+    async (request, reply) => {
+      const d = await visible(principalOf(request), request.params.id);
+      const r = await pipeline.service.destroy(d.id);
+      return reply
+        .code(202)
+        .send({ deploymentId: d.id, status: r.status, ...(r.jobId ? { jobId: r.jobId } : {}) });
+    },
+  );
+};

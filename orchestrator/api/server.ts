@@ -1,0 +1,125 @@
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import {
+  jsonSchemaTransform,
+  jsonSchemaTransformObject,
+  serializerCompiler,
+  validatorCompiler,
+  type FastifyPluginAsyncZod,
+} from 'fastify-type-provider-zod';
+import type { Pipeline } from '../deployments/pipeline-from-config';
+import type { Logger } from '../log';
+import type { TokenStore } from './api-tokens';
+import { registerAuth } from './auth';
+import { makeErrorHandler, problems, sendProblem, toProblem } from './problems';
+import { registerRateLimit } from './rate-limit';
+import { auditRoutes } from './routes/audit';
+import { deploymentRoutes } from './routes/deployments';
+import { docsRoutes } from './routes/docs';
+import { eventRoutes } from './routes/events';
+import { healthRoutes } from './routes/health';
+import { rotationRoutes } from './routes/rotation';
+import { secretRoutes } from './routes/secrets';
+import { webhookRoutes } from './routes/webhooks';
+
+/**
+ * The HTTP API (issue 10): Fastify 5 with zod schemas that both validate requests and generate the
+ * OpenAPI 3.1 document (GET /openapi.json, docs page at /docs). The API validates, authenticates
+ * and calls the services; it never reads a secret value and never touches a host.
+ */
+export type ApiDeps = {
+  readonly log: Logger;
+  readonly tokens: Pick<TokenStore, 'authenticate'>;
+  readonly pipeline: Pick<Pipeline, 'config' | 'db' | 'store' | 'secrets' | 'service' | 'queues' | 'redis'>;
+};
+
+/** A route module: a Fastify plugin that receives the API's dependencies as its options. */
+export type ApiPlugin = FastifyPluginAsyncZod<ApiDeps>;
+
+/**
+ * Every route module, registered in this order. To add one: write `orchestrator/api/routes/<x>.ts`
+ * exporting an `ApiPlugin`, give each route `config: { scopes: [...] }` (or `{ public: true }`),
+ * and add ONE line here.
+ */
+export const ROUTES: readonly ApiPlugin[] = [
+  healthRoutes,
+  docsRoutes,
+  secretRoutes,
+  deploymentRoutes,
+  auditRoutes,
+  eventRoutes,
+  webhookRoutes,
+  // H5 (events, webhooks), H6 (metrics, Bull Board), H8 (rotation): one line each below
+  rotationRoutes,
+];
+
+/** A key is far smaller; nothing the API takes comes near this. */
+export const BODY_LIMIT_BYTES = 64 * 1024;
+
+export const buildApi = async (
+  deps: ApiDeps,
+  opts: { routes?: readonly ApiPlugin[] } = {},
+): Promise<FastifyInstance> => {
+  const app = Fastify({
+    loggerInstance: deps.log.child(
+      { component: 'api' },
+      {
+        // Fastify's request log line: method and path only. No headers (Authorization), no query
+        // string, no body ever reaches a log line.
+        serializers: {
+          req: (req: FastifyRequest) => ({
+            method: req.method,
+            url: req.url.split('?')[0]?.slice(0, 200),
+            remoteAddress: req.ip,
+          }),
+        },
+      },
+    ) as FastifyBaseLogger,
+    bodyLimit: BODY_LIMIT_BYTES,
+    // a client-supplied request id would be logged verbatim: always our own
+    requestIdHeader: false,
+    routerOptions: { maxParamLength: 200 },
+    return503OnClosing: true,
+  });
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  app.setErrorHandler(makeErrorHandler(deps.log.child({ component: 'api' })));
+  app.setNotFoundHandler((request, reply) => sendProblem(reply, toProblem(problems.notFound('route'))));
+  registerAuth(app, deps.tokens);
+  // after the auth hook (its limiter is a route-level onRequest hook) and before every route
+  await registerRateLimit(app, {
+    redis: deps.pipeline.redis,
+    limit: deps.pipeline.config.API_RATE_LIMIT,
+    prefix: deps.pipeline.config.QUEUE_PREFIX,
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Cortex orchestrator API',
+        version: '1.0.0',
+        description:
+          'Store customer keys, request agent deployments and follow them. Errors are RFC 9457 problem documents (application/problem+json).',
+      },
+      components: {
+        securitySchemes: {
+          bearer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'ctx_… token from `cortexctl tokens create`',
+          },
+        },
+      },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+    transformObject: jsonSchemaTransformObject,
+  });
+  app.get('/openapi.json', { schema: { hide: true }, config: { public: true } }, async (_req, reply) =>
+    reply.header('cache-control', 'no-cache').send(app.swagger()),
+  );
+
+  for (const routes of opts.routes ?? ROUTES) await app.register(routes, deps);
+  return app;
+};

@@ -1,0 +1,137 @@
+import { startTestApi, type TestApi } from '../support/api';
+
+/**
+ * The API's skeleton through a real listening server: public health and OpenAPI, bearer tokens and
+ * scopes, problem documents for every error (validation names the field, unknown routes are 404).
+ */
+jest.setTimeout(60_000);
+
+let t: TestApi;
+beforeAll(async () => {
+  t = await startTestApi();
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const PROBLEM = /^application\/problem\+json/;
+
+describe('public routes', () => {
+  it('GET /healthz answers without a token', async () => {
+    const r = await t.call('GET', '/healthz');
+    expect([r.status, r.json]).toEqual([200, { status: 'ok' }]);
+  });
+
+  it('GET /openapi.json is an OpenAPI 3.1 document generated from the route schemas', async () => {
+    const r = await t.call('GET', '/openapi.json');
+    expect(r.status).toBe(200);
+    const doc = r.json as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    expect(doc.openapi).toBe('3.1.0');
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining([
+        '/v1/secrets',
+        '/v1/deployments',
+        '/v1/deployments/{id}',
+        '/v1/orgs/{orgId}/audit',
+      ]),
+    );
+    const body = JSON.stringify(doc.paths['/v1/deployments']?.post);
+    // the deployments service's own request schema: its fields and rules appear in the document
+    expect(body).toContain('subdomain');
+    expect(body).toContain('envVar');
+  });
+
+  it('GET /docs serves the docs page', async () => {
+    const r = await t.call('GET', '/docs');
+    expect(r.status).toBe(200);
+    expect(r.text).toContain('swagger');
+  });
+});
+
+describe('authentication and scopes', () => {
+  it('refuses a request without a token, with a malformed one and with an unknown one: 401 problem', async () => {
+    for (const token of [undefined, 'nope', `ctx_${'A'.repeat(43)}`]) {
+      const r = await t.call('GET', '/v1/deployments', token === undefined ? {} : { token });
+      expect(r.status).toBe(401);
+      expect(r.headers.get('content-type')).toMatch(PROBLEM);
+      expect(r.headers.get('www-authenticate')).toBe('Bearer');
+      expect(r.json).toMatchObject({ status: 401, title: 'Unauthorized' });
+    }
+  });
+
+  it('a revoked token is refused at once (401)', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:read']);
+    expect((await t.call('GET', '/v1/deployments', { token: tok.token })).status).toBe(200);
+    await t.tokens.revoke(tok.id, 'api-test');
+    const r = await t.call('GET', '/v1/deployments', { token: tok.token });
+    expect(r.status).toBe(401);
+    expect(r.headers.get('content-type')).toMatch(PROBLEM);
+  });
+
+  it('a token without secrets:write cannot store a key (403), and nothing is stored', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:read', 'deployments:write', 'audit:read']);
+    const r = await t.call('POST', '/v1/secrets', {
+      token: tok.token,
+      body: { name: 'k', provider: 'anthropic', value: 'sk-ant-not-stored-000000000000' },
+    });
+    expect(r.status).toBe(403);
+    expect(r.json).toMatchObject({ status: 403, detail: expect.stringContaining('secrets:write') });
+    const list = await t.call('GET', '/v1/secrets', { token: tok.token });
+    expect([list.status, list.json]).toEqual([200, []]);
+  });
+
+  it('unknown routes are a 404 problem', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:read']);
+    const r = await t.call('GET', '/v1/nothing-here', { token: tok.token });
+    expect(r.status).toBe(404);
+    expect(r.headers.get('content-type')).toMatch(PROBLEM);
+    expect(r.json).toMatchObject({ status: 404, title: 'Not Found' });
+  });
+});
+
+describe('problem documents', () => {
+  it('a validation error names the field path and echoes no value', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:write']);
+    const hostile = 'HOSTILE-VALUE-d41d8cd98f';
+    const r = await t.call('POST', '/v1/deployments', {
+      token: tok.token,
+      body: {
+        name: 'x',
+        subdomain: 'ok-sub',
+        bindings: [{ envVar: `lower${hostile}`, secretId: '00000000-0000-4000-8000-000000000000' }],
+      },
+    });
+    expect(r.status).toBe(400);
+    expect(r.headers.get('content-type')).toMatch(PROBLEM);
+    expect(r.json).toMatchObject({
+      type: expect.stringContaining('invalid-input'),
+      status: 400,
+      field: 'bindings.0.envVar',
+    });
+    expect(r.text).not.toContain(hostile);
+    expect(r.text).not.toMatch(/stack|SQLSTATE|select /i);
+  });
+
+  it('malformed JSON and an oversized body are problems too (400, 413)', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['secrets:write']);
+    const bad = await t.call('POST', '/v1/secrets', {
+      token: tok.token,
+      rawBody: '{"name": "x", "value": "sk-secret-in-broken-json',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ field: 'body' });
+    expect(bad.text).not.toContain('sk-secret-in-broken-json');
+    const big = await t.call('POST', '/v1/secrets', {
+      token: tok.token,
+      body: { name: 'x', provider: 'other', value: 'v'.repeat(70_000) },
+    });
+    expect(big.status).toBe(413);
+    expect(big.headers.get('content-type')).toMatch(PROBLEM);
+  });
+});

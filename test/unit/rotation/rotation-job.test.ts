@@ -1,0 +1,285 @@
+import { randomUUID } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { OrchestratorError } from '../../../orchestrator/errors';
+import { makeLogger } from '../../../orchestrator/log';
+import { parsePayload } from '../../../orchestrator/queues/job-payloads';
+import { makeHttpKeyValidator } from '../../../orchestrator/rotation/key-validator';
+import { makeRotationJob, mapLimit } from '../../../orchestrator/rotation/rotation-job';
+import { makeRotationService, rotationIdFor } from '../../../orchestrator/rotation/rotation-service';
+import type {
+  Rotation,
+  RotationDeploymentState,
+  RotationStore,
+} from '../../../orchestrator/rotation/rotation-store';
+import { Secret } from '../../../orchestrator/secret';
+
+/**
+ * The rotate job against a fake of the contract that keeps the same state machine as
+ * secret_rotation_deployments__set_state (pending → switching → switched | rolled_back | failed),
+ * and a fake swap whose outcome each test chooses. The real thing runs in
+ * test/integration/rotation.test.ts.
+ */
+const log = makeLogger({ level: 'silent' });
+const SECRET = randomUUID();
+const VALUES: Record<number, string> = { 1: 'old-value-xxxxxxxxxxxxxxxx', 2: 'new-value-xxxxxxxxxxxxxxxx' };
+
+const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = 'pending') => {
+  const rows = new Map(deploymentIds.map((id) => [id, { state: initial, reason: null as string | null }]));
+  const pins = new Map<string, number | null>(deploymentIds.map((id) => [id, null]));
+  let state: Rotation['state'] = 'running';
+  const rotation = (): Rotation => ({
+    id: 'r1',
+    orgId: 'o',
+    secretId: SECRET,
+    fromVersion: 1,
+    toVersion: 2,
+    state,
+    leaked: false,
+    graceSeconds: 60,
+    jobId: null,
+    createdAt: '',
+    finishedAt: null,
+    retireAfter: null,
+    oldRetiredAt: null,
+    deployments: [...rows].map(([deploymentId, r]) => ({
+      deploymentId,
+      fromVersion: 1,
+      state: r.state,
+      reason: r.reason,
+      swapMode: null,
+    })),
+  });
+  const allowed: Record<string, RotationDeploymentState[]> = {
+    pending: ['switching', 'skipped', 'failed'],
+    switching: ['switching', 'switched', 'rolled_back', 'failed'],
+  };
+  const store = {
+    get: () => Promise.resolve(rotation()),
+    setState: (_r: string, dep: string, to: RotationDeploymentState, o: { reason?: string } = {}) => {
+      const row = rows.get(dep);
+      if (!row || !(allowed[row.state] ?? []).includes(to))
+        return Promise.reject(
+          new OrchestratorError('invalid_input', `state: cannot change from ${row?.state} to ${to}`),
+        );
+      row.state = to;
+      row.reason = o.reason ?? null;
+      if (to === 'switched') pins.set(dep, null);
+      if (to === 'rolled_back' || to === 'failed') pins.set(dep, 1);
+      return Promise.resolve(rotation());
+    },
+    finish: () => {
+      if ([...rows.values()].some((r) => r.state === 'pending' || r.state === 'switching'))
+        return Promise.reject(new OrchestratorError('invalid_input', 'rotation_id: not done'));
+      state = 'completed';
+      return Promise.resolve(rotation());
+    },
+    retireOld: () => Promise.resolve({ retired: [1], kept: [] }),
+    bindings: () =>
+      Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version: 2, pinned: false }]),
+    readVersions: (_d: string, wanted: { secretId: string; version: number }[]) =>
+      Promise.resolve(
+        wanted.map((w) => ({
+          envVar: 'ANTHROPIC_API_KEY',
+          secretId: w.secretId,
+          version: w.version,
+          value: new Secret(VALUES[w.version] ?? ''),
+        })),
+      ),
+  } as unknown as RotationStore;
+  return { store, rows, pins };
+};
+
+const leases = {
+  acquire: (id: string) =>
+    Promise.resolve({ deploymentId: id, held: () => true, release: () => Promise.resolve() }),
+  holder: () => Promise.resolve(undefined),
+  key: (id: string) => id,
+} as never;
+const store = { get: (id: string) => Promise.resolve({ id, status: 'ready', runtime: 'echo' }) } as never;
+const access = {
+  connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() }, key: 'current' }),
+} as never;
+
+type Swap = (
+  s: unknown,
+  input: { deploymentId: string; env: ReadonlyMap<string, Secret> },
+) => Promise<{
+  mode: 'held-restart';
+  healthy: boolean;
+  reason?: string;
+}>;
+
+const job = (world: ReturnType<typeof fakeWorld>, swap: Swap, concurrency = 8) =>
+  makeRotationJob({
+    rotations: world.store,
+    store,
+    leases,
+    access,
+    swap: swap as never,
+    log,
+    concurrency,
+    holder: 'test',
+  });
+const run = (j: ReturnType<typeof job>, finalAttempt = false) =>
+  j.run({ rotationId: 'r1', jobId: 'rotate-r1', signal: new AbortController().signal, finalAttempt });
+
+describe('rotate job', () => {
+  it('switches every deployment at most `concurrency` at a time, rolls back the unhealthy one and reports it', async () => {
+    const ids = Array.from({ length: 10 }, () => randomUUID());
+    const world = fakeWorld(ids);
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const seen = new Map<string, string>();
+    const swap: Swap = async (_s, input) => {
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      seen.set(input.deploymentId, input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '');
+      await new Promise((r) => setTimeout(r, 5));
+      inFlight--;
+      return input.deploymentId === ids[3]
+        ? { mode: 'held-restart', healthy: false, reason: 'health check timed out' }
+        : { mode: 'held-restart', healthy: true };
+    };
+    const out = await run(job(world, swap, 3));
+    expect(maxInFlight).toBe(3);
+    expect([...seen.values()].every((v) => v === VALUES[2])).toBe(true);
+    expect(out.state).toBe('completed');
+    expect(out.rolledBack).toEqual([ids[3]]);
+    expect(out.switched).toHaveLength(9);
+    expect(world.pins.get(ids[3] as string)).toBe(1);
+    expect(JSON.stringify(out)).not.toContain('value-');
+  });
+
+  it('resumes a deployment left `switching` by a crash; when the new version is unhealthy it puts the host back on the old one', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids, 'switching');
+    const envs: string[] = [];
+    const swap: Swap = (_s, input) => {
+      envs.push(input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '');
+      return Promise.resolve(
+        envs.length === 1
+          ? { mode: 'held-restart', healthy: false }
+          : { mode: 'held-restart', healthy: true },
+      );
+    };
+    const out = await run(job(world, swap));
+    expect(envs).toEqual([VALUES[2], VALUES[1]]);
+    expect(out.rolledBack).toEqual(ids);
+  });
+
+  it('skips what a crash left finished and finishes the rest', async () => {
+    const ids = [randomUUID(), randomUUID()];
+    const world = fakeWorld(ids);
+    (world.rows.get(ids[0] as string) as { state: RotationDeploymentState }).state = 'switched';
+    const swapped: string[] = [];
+    const out = await run(
+      job(world, (_s, input) => {
+        swapped.push(input.deploymentId);
+        return Promise.resolve({ mode: 'held-restart', healthy: true });
+      }),
+    );
+    expect(swapped).toEqual([ids[1]]);
+    expect(out.switched.sort()).toEqual([...ids].sort());
+  });
+
+  it('a transient failure leaves the deployment for the retry; the last attempt records it failed (old version)', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids);
+    const broken: Swap = () =>
+      Promise.reject(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }));
+    await expect(run(job(world, broken))).rejects.toThrow('not done yet');
+    expect(world.rows.get(ids[0] as string)?.state).toBe('switching');
+    const out = await run(job(world, broken), true);
+    expect(out.failed).toEqual(ids);
+    expect(world.pins.get(ids[0] as string)).toBe(1);
+  });
+});
+
+describe('rotation payloads, ids and key check', () => {
+  it('a rotate job carries a rotation id and nothing else; a revoke job a secret id and maybe a deployment id', () => {
+    const id = randomUUID();
+    expect(parsePayload('rotate', { rotationId: id }).ok).toBe(true);
+    expect(parsePayload('rotate', { rotationId: id, value: 'sk-ant-canary-x' })).toEqual({
+      ok: false,
+      problem: 'payload refused for queue rotate: (root) (ids only)',
+    });
+    expect(parsePayload('revoke', { secretId: id, deploymentId: id }).ok).toBe(true);
+    expect(parsePayload('revoke', { secretId: 'sk-ant-canary-x' }).ok).toBe(false);
+  });
+
+  it('an Idempotency-Key maps to one rotation id per scope', () => {
+    const a = rotationIdFor('org/secret', 'k1');
+    expect(a).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(rotationIdFor('org/secret', 'k1')).toBe(a);
+    expect(rotationIdFor('org/secret', 'k2')).not.toBe(a);
+    expect(rotationIdFor('other/secret', 'k1')).not.toBe(a);
+  });
+
+  describe('provider key check against a local stub provider', () => {
+    let server: Server;
+    let base: string;
+    const bodies: string[] = [];
+    beforeAll(async () => {
+      server = createServer((req, res) => {
+        const key = req.headers['x-api-key'] ?? req.headers.authorization ?? '';
+        const good = String(key).includes('good');
+        // the body echoes the key: it must never be read or logged
+        res.writeHead(good ? 200 : 401, { 'content-type': 'application/json' });
+        const body = JSON.stringify({ echoed: key });
+        bodies.push(body);
+        res.end(body);
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    });
+    afterAll(() => new Promise<void>((r) => server.close(() => r())));
+
+    it('valid for 2xx, invalid for 401 (the reason names the status, never the body), unchecked for an unknown provider', async () => {
+      const v = makeHttpKeyValidator({ baseUrls: { '*': base } });
+      expect(await v.validate('anthropic', new Secret('sk-ant-good-key-0123456789'))).toEqual({
+        status: 'valid',
+      });
+      const bad = await v.validate('openai', new Secret('sk-typo-0123456789abcdef'));
+      expect(bad).toEqual({ status: 'invalid', reason: 'openai refused the key (HTTP 401)' });
+      expect(JSON.stringify(bad)).not.toContain('typo');
+      expect((await v.validate('other', new Secret('x'.repeat(30)))).status).toBe('unchecked');
+      expect(bodies.length).toBe(2);
+    });
+
+    it('the rotation service refuses an invalid key before anything is stored or enqueued', async () => {
+      const calls: string[] = [];
+      const rotations = {
+        secretBindings: () => Promise.resolve({ provider: 'anthropic', deployments: [] }),
+        start: () => {
+          calls.push('start');
+          return Promise.reject(new Error('must not be called'));
+        },
+      } as unknown as RotationStore;
+      const service = makeRotationService({
+        rotations,
+        queues: {
+          enqueue: () => {
+            calls.push('enqueue');
+            return Promise.resolve('');
+          },
+        },
+        validator: makeHttpKeyValidator({ baseUrls: { '*': base } }),
+        graceSeconds: 60,
+      });
+      await expect(
+        service.rotate({ secretId: randomUUID(), value: new Secret('sk-ant-typo-0123456789abcdef') }),
+      ).rejects.toMatchObject({ code: 'invalid_input', field: 'value' });
+      expect(calls).toEqual([]);
+    });
+  });
+});
+
+describe('mapLimit', () => {
+  it('runs every item and collects failures without stopping the others', async () => {
+    const r = await mapLimit([1, 2, 3, 4], 2, (n) =>
+      n === 2 ? Promise.reject(new Error('x')) : Promise.resolve(n * 2),
+    );
+    expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+  });
+});

@@ -4,7 +4,11 @@ import { loadConfig } from '../orchestrator/config';
 import { makePgRpc } from '../orchestrator/db/pg-rpc';
 import type { Rpc } from '../orchestrator/db/rpc';
 import { Secret } from '../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../orchestrator/secrets/secrets-service';
+
+/** The fingerprint key (kept outside the database); in memory for the benchmark. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * `npm run bench -- secrets [seconds] [auditRows]`: audited secret reads per second through the
@@ -15,7 +19,7 @@ import { makeSecretsService } from '../orchestrator/secrets/secrets-service';
 const CALLERS = 8;
 
 const setup = async (rpc: Rpc, orgs: number): Promise<{ orgId: string; deploymentId: string }[]> => {
-  const secrets = makeSecretsService({ rpc });
+  const secrets = makeSecretsService({ rpc, fingerprintKey });
   const out: { orgId: string; deploymentId: string }[] = [];
   for (let i = 0; i < orgs; i++) {
     const tag = randomUUID().slice(0, 8);
@@ -38,7 +42,7 @@ const setup = async (rpc: Rpc, orgs: number): Promise<{ orgId: string; deploymen
 };
 
 const readLoad = async (rpc: Rpc, targets: { deploymentId: string }[], seconds: number): Promise<number> => {
-  const secrets = makeSecretsService({ rpc });
+  const secrets = makeSecretsService({ rpc, fingerprintKey });
   const until = Date.now() + seconds * 1000;
   let reads = 0;
   const caller = async (i: number): Promise<void> => {
@@ -96,7 +100,7 @@ export const run = async (args: string[]): Promise<void> => {
     console.log(
       `wrote ${auditRowsWanted} audit rows through deployment_secrets__read in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
     );
-    const secrets = makeSecretsService({ rpc: db.rpc });
+    const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey });
     const t1 = process.hrtime.bigint();
     const v = await secrets.verifyAuditLog(big.orgId);
     const ms = Number(process.hrtime.bigint() - t1) / 1e6;

@@ -1,12 +1,6 @@
 import { z } from 'zod';
 import { OrchestratorError } from './errors';
-import {
-  DNS_ZONE,
-  POLL_INTERVAL,
-  canonicalCidr,
-  hcloudLocation,
-  hcloudServerType,
-} from './infra/validation';
+import { DNS_ZONE, POLL_INTERVAL, canonicalCidr, hcloudLocation, hcloudServerType } from './infra/validation';
 
 /**
  * Every environment variable the orchestrator reads, in one schema, parsed once at start by a
@@ -65,6 +59,13 @@ export const configSchema = z
       .optional(),
     /** The ed25519 key that signs them (0600, created on first use); unset: `<CORTEX_STATE_DIR>/keys/audit_checkpoint_ed25519`. */
     AUDIT_CHECKPOINT_KEY_FILE: z.string().min(1).optional(),
+    /**
+     * The HMAC key of the secret fingerprints org members see (32+ random bytes as hex, 0600, kept
+     * with the orchestrator, never with the database); unset (local only): `<CORTEX_STATE_DIR>/keys/fingerprint_key`,
+     * created on first use. Required with HOST_PROVIDER=hcloud or RPC_ADAPTER=supabase (checked
+     * where the key is made: orchestrator/secrets/fingerprint.ts).
+     */
+    FINGERPRINT_KEY_FILE: z.string().min(1).optional(),
 
     DNS_ZONE: z
       .string()

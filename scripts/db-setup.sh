@@ -40,5 +40,37 @@ MSG
     exit 1
   fi
 fi
+# A database whose secrets migration predates the fingerprint move (issue 7: the HMAC key left the
+# vault for FINGERPRINT_KEY_FILE; secrets__create / __add_version and platform_secrets__create /
+# __rotate take p_fingerprint) is brought forward in place, so a shared development database keeps
+# its rows: the old functions and the vault key go, and the current definitions of the changed
+# functions (with their grants) are taken from the migration files themselves, not copied here.
+if [ "$(psql -X -q -At -d "$URL" -c "select to_regprocedure('public.secrets__fingerprint_key()') is not null" 2>/dev/null)" = t ]; then
+  echo "db-setup: moving the fingerprint key out of the database (issue 7) on an existing database" >&2
+  CHANGED='secrets__describe_value|secrets__create|secrets__add_version|platform_secrets__describe_value|platform_secrets__create|platform_secrets__rotate'
+  {
+    echo 'begin;'
+    echo 'drop function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text);'
+    echo 'drop function public.secrets__add_version(uuid, text, text, text, inet, text);'
+    echo 'drop function public.platform_secrets__create(text, text, text, text, inet, text);'
+    echo 'drop function public.platform_secrets__rotate(text, text, text, text, inet, text);'
+    echo 'drop function public.platform_secrets__describe_value(text);'
+    echo 'drop function public.secrets__describe_value(text);'
+    echo 'drop function public.secrets__fingerprint(text);'
+    echo 'drop function public.secrets__fingerprint_key();'
+    echo "delete from vault.secrets where name = 'cortex:fingerprint-key:v1';"
+    for f in supabase/migrations/20261125211700_secrets.sql supabase/migrations/20261125221400_platform_secrets.sql; do
+      awk -v re="^create function public[.]($CHANGED)[(]" '
+        $0 ~ re { on = 1 }
+        on { print }
+        on && /^\$\$;$/ { on = 0 }' "$f"
+      awk -v re="^(revoke|grant) .* on function public[.]($CHANGED)[(]" '
+        $0 ~ re { on = 1 }
+        on { print }
+        on && /;$/ { on = 0 }' "$f"
+    done
+    echo 'commit;'
+  } | psql -X -q -v ON_ERROR_STOP=1 -d "$URL" >/dev/null
+fi
 sep='?'; case "$URL" in *\?*) sep='&' ;; esac
 npx --no-install supabase migration up --db-url "${URL}${sep}sslmode=disable" 2>&1 | grep -v '^$' || { echo "migration up failed" >&2; exit 1; }

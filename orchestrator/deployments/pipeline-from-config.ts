@@ -15,6 +15,7 @@ import { makeWorkers, type WorkerDeps, type Workers } from '../queues/workers';
 import { generateHostKeyPair, publicKeyOfPrivate } from '../remote/host-keys';
 import { makeSshKeySourceFromConfig } from '../remote/ssh-key-from-config';
 import type { Secret } from '../secret';
+import { makeFingerprintKeyFromConfig } from '../secrets/fingerprint';
 import { makeSecretsService } from '../secrets/secrets-service';
 import { deprovisionSteps } from '../steps/deprovision-steps';
 import { makeHostAccess } from '../steps/host-access';
@@ -68,7 +69,7 @@ export const makePipelineFromConfig = async (
 ) => {
   const db = makeRpcFromConfig(config);
   const store = makeDeploymentStore({ rpc: db.rpc });
-  const secrets = makeSecretsService({ rpc: db.rpc });
+  const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey: makeFingerprintKeyFromConfig(config) });
   let hosts = opts.hosts;
   if (!hosts) {
     if (config.HOST_PROVIDER === 'local') {

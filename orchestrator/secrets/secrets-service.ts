@@ -3,6 +3,7 @@ import type { Rpc } from '../db/rpc';
 import { OrchestratorError } from '../errors';
 import { metrics } from '../metrics/metrics';
 import { Secret } from '../secret';
+import type { FingerprintKey } from './fingerprint';
 import {
   auditArgs,
   checkPlatformSecretValue,
@@ -71,10 +72,12 @@ const createInput = z.object({
 /**
  * The secrets service: everything the orchestrator does with customer keys, on top of the rpc
  * port. Values come in and go out only as `Secret`; reading goes through the one audited SQL
- * function, and a denial is a value (the audit row of a denial must commit).
+ * function, and a denial is a value (the audit row of a denial must commit). The fingerprint shown
+ * beside a secret is computed here, under `fingerprintKey` (kept outside the database), and handed
+ * to SQL, which checks its shape.
  */
-export const makeSecretsService = (deps: { rpc: Rpc }) => {
-  const { rpc } = deps;
+export const makeSecretsService = (deps: { rpc: Rpc; fingerprintKey: FingerprintKey }) => {
+  const { rpc, fingerprintKey } = deps;
 
   const create = async (
     input: { orgId: string; name: string; provider: string; value: Secret; deploymentId?: string },
@@ -88,6 +91,7 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
       p_name: i.name,
       p_provider: i.provider,
       p_value: plain,
+      p_fingerprint: await fingerprintKey.fingerprint(plain),
       p_deployment_id: i.deploymentId,
       ...auditArgs(ctx),
     });
@@ -100,7 +104,12 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     const id = parseInput(uuid, secretId, 'secret_id');
     const plain = checkSecretValue('value', value);
     return toMeta(
-      await rpc<MetaRow>('secrets__add_version', { p_secret_id: id, p_value: plain, ...auditArgs(ctx) }),
+      await rpc<MetaRow>('secrets__add_version', {
+        p_secret_id: id,
+        p_value: plain,
+        p_fingerprint: await fingerprintKey.fingerprint(plain),
+        ...auditArgs(ctx),
+      }),
     );
   };
 
@@ -201,7 +210,12 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     async (name: string, value: Secret, ctx?: AuditContext): Promise<PlatformSecretMetadata> => {
       const n = parseInput(platformSecretName, name, 'name');
       const plain = checkPlatformSecretValue('value', value);
-      const r = await rpc<MetaRow>(fn, { p_name: n, p_value: plain, ...auditArgs(ctx) });
+      const r = await rpc<MetaRow>(fn, {
+        p_name: n,
+        p_value: plain,
+        p_fingerprint: await fingerprintKey.fingerprint(plain),
+        ...auditArgs(ctx),
+      });
       return { ...toMeta(r), name: n };
     };
   const createPlatformSecret = writePlatformSecret('platform_secrets__create');
@@ -248,7 +262,11 @@ export const makeSecretsService = (deps: { rpc: Rpc }) => {
     };
   };
 
+  /** The keyed fingerprint of a value, as secrets__create stores it (for callers that pass one to SQL themselves). */
+  const fingerprint = (value: Secret): Promise<string> => fingerprintKey.fingerprint(value.reveal());
+
   return {
+    fingerprint,
     create,
     addVersion,
     retireVersion,

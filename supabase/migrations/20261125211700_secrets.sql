@@ -78,46 +78,6 @@ begin
 end
 $$;
 
--- The fingerprint org members see: HMAC-SHA256 under a key they never see, so that a short or
--- guessable value cannot be confirmed by hashing guesses (an unkeyed SHA-256 gave such values
--- away). The key is 32 random bytes kept in the vault (`cortex:fingerprint-key:v1`), i.e.
--- encrypted under the vault's root key, which is outside the database (locally the root key file,
--- on a hosted project Supabase's server key); it is created here once and never returned.
--- Whoever can read the vault can compute fingerprints, and could read the values anyway.
-create function public.secrets__fingerprint_key()
-returns bytea
-language plpgsql stable
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  v_hex text;
-begin
-  select ds.decrypted_secret into v_hex from vault.decrypted_secrets ds where ds.name = 'cortex:fingerprint-key:v1';
-  if v_hex is null or v_hex !~ '^[0-9a-f]{64}$' then
-    raise exception using errcode = 'XX000', message = 'the fingerprint key (vault secret cortex:fingerprint-key:v1) is missing';
-  end if;
-  return pg_catalog.decode(v_hex, 'hex');
-end
-$$;
-
-create function public.secrets__fingerprint(p_value text)
-returns text
-language sql stable
-set search_path = pg_catalog, pg_temp
-as $$
-  select pg_catalog.encode(
-    extensions.hmac(pg_catalog.convert_to(p_value, 'UTF8'), public.secrets__fingerprint_key(), 'sha256'), 'hex')
-$$;
-
-do $$
-begin
-  if not exists (select 1 from vault.secrets s where s.name = 'cortex:fingerprint-key:v1') then
-    perform public.vault__store(pg_catalog.encode(extensions.gen_random_bytes(32), 'hex'), 'cortex:fingerprint-key:v1',
-      'cortex: HMAC-SHA256 key of the secret fingerprints org members see');
-  end if;
-end
-$$;
-
 -- A customer value: as input__check_text, and at least 20 characters. Real provider keys are far
 -- longer (OpenAI and Anthropic keys are 50 to 110 characters); anything shorter is a mistake, and
 -- even a keyed fingerprint of it would be a small search space for whoever holds the key.
@@ -136,15 +96,32 @@ $$;
 
 -- What may be shown of a value: `sk-ant-…ab12` for a real key. Shorter values show less, so that at
 -- least twelve characters always stay hidden.
-create function public.secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
-language sql stable
+--
+-- And its fingerprint, which the caller computes: HMAC-SHA256 of the value (UTF-8) under a key
+-- kept OUTSIDE the database, by the orchestrator (FINGERPRINT_KEY_FILE), as 64 lowercase hex
+-- digits. An unkeyed SHA-256 would give a short or guessable value away to anyone who can read the
+-- metadata (org members among them), and a key inside the database would hand the same search to
+-- whoever can read the database. No function here can compute a fingerprint; this one checks its
+-- shape, and refuses the value's plain SHA-256 (a caller that forgot the key). A caller holding
+-- cortex_orchestrator can still store a false fingerprint: misleading metadata, never a value.
+create function public.secrets__describe_value(p_value text, p_fingerprint text, out display_prefix text, out fingerprint text)
+language plpgsql immutable
 set search_path = pg_catalog, pg_temp
 as $$
-  select
-    pg_catalog.left(p_value, least(7, greatest(pg_catalog.char_length(p_value) - 16, 0)))
-      || '…'
-      || case when pg_catalog.char_length(p_value) >= 16 then pg_catalog.right(p_value, 4) else '' end,
-    public.secrets__fingerprint(p_value)
+begin
+  if p_fingerprint is null or p_fingerprint !~ '^[0-9a-f]{64}$' then
+    raise exception using errcode = '22023', message =
+      'fingerprint: must be the HMAC-SHA256 of the value under the orchestrator''s fingerprint key, as 64 lowercase hex digits';
+  end if;
+  if p_fingerprint = pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex') then
+    raise exception using errcode = '22023', message =
+      'fingerprint: is the unkeyed SHA-256 of the value; give its HMAC-SHA256 under the fingerprint key';
+  end if;
+  display_prefix := pg_catalog.left(p_value, least(7, greatest(pg_catalog.char_length(p_value) - 16, 0)))
+    || '…'
+    || case when pg_catalog.char_length(p_value) >= 16 then pg_catalog.right(p_value, 4) else '' end;
+  fingerprint := p_fingerprint;
+end
 $$;
 
 -- The vault name carries the scope, so names of two orgs (or deployments) can never collide.
@@ -195,10 +172,8 @@ create trigger deployments_guard_deleted
   before update of status on public.deployments
   for each row execute function public.deployments__guard_deleted();
 
-revoke all on function public.secrets__describe_value(text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__describe_value(text, text) from public, anon, authenticated, service_role;
 revoke all on function public.vault__store(text, text, text) from public, anon, authenticated, service_role;
-revoke all on function public.secrets__fingerprint_key() from public, anon, authenticated, service_role;
-revoke all on function public.secrets__fingerprint(text) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__check_value(text) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__vault_name(uuid, uuid, uuid, integer) from public, anon, authenticated, service_role;
 revoke all on function public.input__check_env_var(text) from public, anon, authenticated, service_role;
@@ -299,6 +274,7 @@ create function public.secrets__create(
   p_name text,
   p_provider text,
   p_value text,
+  p_fingerprint text,
   p_deployment_id uuid default null,
   p_actor text default null,
   p_job_id text default null,
@@ -350,7 +326,7 @@ begin
       message = 'name: an active secret with this name already exists in this scope; add a version to it instead';
   end if;
 
-  select * into v_described from public.secrets__describe_value(p_value);
+  select * into v_described from public.secrets__describe_value(p_value, p_fingerprint);
   v_vault_name := public.secrets__vault_name(p_org_id, p_deployment_id, v_secret_id, 1);
   v_vault_id := public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex secret %s version 1', v_secret_id));
 
@@ -373,6 +349,7 @@ $$;
 create function public.secrets__add_version(
   p_secret_id uuid,
   p_value text,
+  p_fingerprint text,
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
@@ -400,7 +377,7 @@ begin
   end if;
 
   select coalesce(max(v.version), 0) + 1 into v_version from public.secret_versions v where v.secret_id = p_secret_id;
-  select * into v_described from public.secrets__describe_value(p_value);
+  select * into v_described from public.secrets__describe_value(p_value, p_fingerprint);
   v_vault_id := public.vault__store(
     p_value,
     public.secrets__vault_name(v_secret.org_id, v_secret.deployment_id, p_secret_id, v_version),
@@ -921,9 +898,9 @@ begin
 end
 $$;
 
-revoke all on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text)
+revoke all on function public.secrets__create(uuid, text, text, text, text, uuid, text, text, inet, text)
   from public, anon, authenticated, service_role;
-revoke all on function public.secrets__add_version(uuid, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.secrets__add_version(uuid, text, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.secret_versions__retire(uuid, integer, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__revoke(uuid, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text)
@@ -931,8 +908,8 @@ revoke all on function public.deployment_secrets__bind(uuid, text, uuid, text, t
 revoke all on function public.deployment_secrets__unbind(uuid, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.deployment_secrets__read(uuid, uuid[], text, text, inet, text, uuid) from public, anon, authenticated, service_role;
 revoke all on function public.secrets__delete_for_deployment(uuid, text, text, inet, text) from public, anon, authenticated, service_role;
-grant execute on function public.secrets__create(uuid, text, text, text, uuid, text, text, inet, text) to cortex_orchestrator;
-grant execute on function public.secrets__add_version(uuid, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secrets__create(uuid, text, text, text, text, uuid, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.secrets__add_version(uuid, text, text, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.secret_versions__retire(uuid, integer, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.secrets__revoke(uuid, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.deployment_secrets__bind(uuid, text, uuid, text, text, inet, text) to cortex_orchestrator;

@@ -113,28 +113,35 @@ end
 $$;
 
 -- Display prefix of a value that may span lines: described on one line, without its final line
--- feeds (the fingerprint is of the exact value).
-create function public.platform_secrets__describe_value(p_value text, out display_prefix text, out fingerprint text)
-language sql stable
+-- feeds. The fingerprint, given by the caller, is of the exact value (see secrets__describe_value:
+-- its shape is checked, and the value's plain SHA-256 refused).
+create function public.platform_secrets__describe_value(p_value text, p_fingerprint text, out display_prefix text, out fingerprint text)
+language plpgsql immutable
 set search_path = pg_catalog, pg_temp
 as $$
-  select
-    (public.secrets__describe_value(
-      pg_catalog.replace(pg_catalog.rtrim(p_value, e'\n'), e'\n', ' '))).display_prefix,
-    public.secrets__fingerprint(p_value)
+begin
+  select d.display_prefix into display_prefix
+  from public.secrets__describe_value(pg_catalog.replace(pg_catalog.rtrim(p_value, e'\n'), e'\n', ' '), p_fingerprint) d;
+  if p_fingerprint = pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(p_value, 'UTF8')), 'hex') then
+    raise exception using errcode = '22023', message =
+      'fingerprint: is the unkeyed SHA-256 of the value; give its HMAC-SHA256 under the fingerprint key';
+  end if;
+  fingerprint := p_fingerprint;
+end
 $$;
 
 revoke all on function public.platform_secrets__audit(text, text, uuid, integer, text, text, text, inet, text)
   from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__check_name(text) from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__check_value(text) from public, anon, authenticated, service_role;
-revoke all on function public.platform_secrets__describe_value(text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__describe_value(text, text) from public, anon, authenticated, service_role;
 
 -- ---- functions (the contract) -------------------------------------------------------------------
 
 create function public.platform_secrets__create(
   p_name text,
   p_value text,
+  p_fingerprint text,
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
@@ -157,7 +164,7 @@ begin
       message = 'name: a platform secret with this name already exists; rotate it instead';
   end if;
 
-  select * into v_described from public.platform_secrets__describe_value(p_value);
+  select * into v_described from public.platform_secrets__describe_value(p_value, p_fingerprint);
   v_vault_name := 'platform:' || p_name || ':v1';
   v_vault_id := public.vault__store(p_value, v_vault_name, pg_catalog.format('cortex platform secret %s version 1', p_name));
   insert into public.platform_secrets (id, name, display_prefix, fingerprint)
@@ -185,6 +192,7 @@ $$;
 create function public.platform_secrets__rotate(
   p_name text,
   p_value text,
+  p_fingerprint text,
   p_actor text default null,
   p_job_id text default null,
   p_request_ip inet default null,
@@ -210,7 +218,7 @@ begin
   end if;
 
   select coalesce(max(v.version), 0) + 1 into v_version from public.platform_secret_versions v where v.secret_id = v_secret.id;
-  select * into v_described from public.platform_secrets__describe_value(p_value);
+  select * into v_described from public.platform_secrets__describe_value(p_value, p_fingerprint);
   v_vault_name := 'platform:' || p_name || ':v' || v_version::text;
   insert into public.platform_secret_versions (secret_id, version, vault_secret_id, display_prefix, fingerprint)
   values (v_secret.id, v_version,
@@ -345,11 +353,11 @@ begin
 end
 $$;
 
-revoke all on function public.platform_secrets__create(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
-revoke all on function public.platform_secrets__rotate(text, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__create(text, text, text, text, text, inet, text) from public, anon, authenticated, service_role;
+revoke all on function public.platform_secrets__rotate(text, text, text, text, text, inet, text) from public, anon, authenticated, service_role;
 revoke all on function public.platform_secrets__read(text, text, text, inet, text, uuid) from public, anon, authenticated, service_role;
-grant execute on function public.platform_secrets__create(text, text, text, text, inet, text) to cortex_orchestrator;
-grant execute on function public.platform_secrets__rotate(text, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.platform_secrets__create(text, text, text, text, text, inet, text) to cortex_orchestrator;
+grant execute on function public.platform_secrets__rotate(text, text, text, text, text, inet, text) to cortex_orchestrator;
 grant execute on function public.platform_secrets__read(text, text, text, inet, text, uuid) to cortex_orchestrator;
 revoke all on function public.platform_secrets__intend_read(text, text, text, inet, text)
   from public, anon, authenticated, service_role;

@@ -91,7 +91,7 @@ select throws_ok($$select public.deployments__set_status('00000000-0000-0000-000
   'deployment 00000000-0000-0000-0000-00000000dead not found', 'set_status of an unknown deployment: not_found');
 
 -- deleting needs the deployment's secrets gone first
-select public.secrets__create(:'org', 'scoped', 'other', 'canary-deployments-value-0001', :'dep_id') ->> 'secret_id' as sid \gset
+select public.secrets__create(:'org', 'scoped', 'other', 'canary-deployments-value-0001', repeat('ab', 32), :'dep_id') ->> 'secret_id' as sid \gset
 select is(public.deployments__set_status(:'dep_id', 'deprovisioning') ->> 'status', 'deprovisioning', 'ready -> deprovisioning');
 select throws_ok(format('select public.deployments__set_status(%L, %L)', :'dep_id', 'deleted'), '22023',
   format('status: deployment %s still has secrets or bindings; call secrets__delete_for_deployment first', :'dep_id'),

@@ -5,10 +5,10 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 select plan(57);
--- the keyed fingerprint: HMAC-SHA256 under the vault-held key (the test, as superuser, may read it)
+-- the keyed fingerprint, as the orchestrator computes it (HMAC-SHA256 under a key outside the
+-- database; here a test key): the functions store what they are given
 create function pg_temp.fp(p_value text) returns text language sql as $f$
-  select encode(extensions.hmac(convert_to(p_value, 'UTF8'),
-    decode((select decrypted_secret from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'), 'hex'), 'sha256'), 'hex')
+  select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
 $f$;
 
 -- Canary keys are generated at run time: the repo never holds a real-looking key. Each keeps a fixed
@@ -29,7 +29,7 @@ select public.deployments__create(:'org_a', 'A2', 'test-secrets-a2') ->> 'id' as
 select public.deployments__create(:'org_b', 'B1', 'test-secrets-b1') ->> 'id' as dep_b1 \gset
 
 -- ---- create ----------------------------------------------------------------------------------------
-select public.secrets__create(:'org_a', 'anthropic', 'anthropic', :'k1',
+select public.secrets__create(:'org_a', 'anthropic', 'anthropic', :'k1', pg_temp.fp(:'k1'),
   null, 'tester', 'job-1', '192.0.2.10', 'pgtap') as created \gset
 select (:'created'::jsonb) ->> 'secret_id' as s1 \gset
 select is((:'created'::jsonb) - 'secret_id',
@@ -50,11 +50,11 @@ select is((select count(*) from public.secret_access_log l where l.secret_id = :
            and l.job_id = 'job-1' and l.request_ip = '192.0.2.10' and l.user_agent = 'pgtap'),
   1::bigint, 'create is audited with the audit context');
 
-select public.secrets__create(:'org_a', 'openai', 'openai', :'k2', :'dep_a1')
+select public.secrets__create(:'org_a', 'openai', 'openai', :'k2', pg_temp.fp(:'k2'), :'dep_a1')
   ->> 'vault_name' as scoped_name \gset
 select matches(:'scoped_name'::text, format('^org:%s:deployment:%s:secret:[0-9a-f-]{36}:v1$', :'org_a', :'dep_a1'),
   'a deployment-scoped secret''s vault name carries the deployment');
-select public.secrets__create(:'org_b', 'anthropic', 'anthropic', :'k3')
+select public.secrets__create(:'org_b', 'anthropic', 'anthropic', :'k3', pg_temp.fp(:'k3'))
   ->> 'secret_id' as sb \gset
 select isnt((select count(*) from vault.secrets where name like format('org:%s:%%', :'org_b')), 0::bigint,
   'org B''s secret of the same name lives under org B''s prefix: names cannot collide across orgs');
@@ -66,32 +66,33 @@ select is((select count(*) from public.secrets s, public.secret_versions v
 select is((select count(*) from public.secret_access_log l where l::text like ('%' || :'marker' || '%')),
   0::bigint, 'no audit row holds a value');
 
-select is((public.secrets__create(:'org_a', 'short', 'other', 'abcdefghijklmnopqrst') ->> 'display_prefix'), 'abcd…qrst',
+select is((public.secrets__create(:'org_a', 'short', 'other', 'abcdefghijklmnopqrst', repeat('ab', 32)) ->> 'display_prefix'), 'abcd…qrst',
   'a 20-character value (the shortest accepted) shows four and four, twelve stay hidden');
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'tiny', 'other', 'abcdefghijklmnopqrs'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, repeat(''ab'', 32))', :'org_a', 'tiny', 'other', 'abcdefghijklmnopqrs'),
   '22023', 'value: must be at least 20 characters (no real API key is shorter)',
   'a value shorter than 20 characters is refused');
-select isnt((public.secrets__create(:'org_a', 'keyed', 'other', 'abcdefghijklmnopqrst-k') ->> 'fingerprint'),
-  encode(sha256(convert_to('abcdefghijklmnopqrst-k', 'UTF8')), 'hex'),
-  'the fingerprint is not the unkeyed SHA-256 a member could compute from a guess');
-select is((public.secrets__describe_value('abcdefghijk')).display_prefix, '…',
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'keyed', 'other', 'abcdefghijklmnopqrst-k',
+    encode(sha256(convert_to('abcdefghijklmnopqrst-k', 'UTF8')), 'hex')),
+  '22023', 'fingerprint: is the unkeyed SHA-256 of the value; give its HMAC-SHA256 under the fingerprint key',
+  'the fingerprint cannot be the unkeyed SHA-256 a member could compute from a guess');
+select is((public.secrets__describe_value('abcdefghijk', repeat('ab', 32))).display_prefix, '…',
   '(the display rule itself: a short value would show nothing)');
 
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic', 'x-long-enough-value-0001'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, repeat(''ab'', 32))', :'org_a', 'anthropic', 'anthropic', 'x-long-enough-value-0001'),
   '23505', 'name: an active secret with this name already exists in this scope; add a version to it instead',
   'a second active secret of the same name in the same scope is refused');
-select lives_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'anthropic', 'anthropic',
+select lives_ok(format('select public.secrets__create(%L, %L, %L, %L, repeat(''ab'', 32), %L)', :'org_a', 'anthropic', 'anthropic',
   :'k9', :'dep_a2'),
   'the same name in another scope (deployment A2) is fine');
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, %L)', :'org_a', 'cross', 'other', 'x-long-enough-value-0001', :'dep_b1'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, repeat(''ab'', 32), %L)', :'org_a', 'cross', 'other', 'x-long-enough-value-0001', :'dep_b1'),
   '22023', format('deployment_id: deployment %s belongs to another organization; scope the secret to a deployment of organization %s',
     :'dep_b1', :'org_a'),
   'a secret cannot be scoped to another org''s deployment');
-select throws_ok(format('select public.secrets__create(%L, %L, %L, %L)', '00000000-0000-0000-0000-00000000dead', 'x', 'other', 'x-long-enough-value-0001'),
+select throws_ok(format('select public.secrets__create(%L, %L, %L, %L, repeat(''ab'', 32))', '00000000-0000-0000-0000-00000000dead', 'x', 'other', 'x-long-enough-value-0001'),
   'P0002', 'organization 00000000-0000-0000-0000-00000000dead not found', 'a secret of an unknown org: not_found');
 
 -- ---- add a version, retire the old one ---------------------------------------------------------
-select is(public.secrets__add_version(:'s1', :'k4', 'rotator') - 'secret_id',
+select is(public.secrets__add_version(:'s1', :'k4', pg_temp.fp(:'k4'), 'rotator') - 'secret_id',
   jsonb_build_object('version', 2, 'display_prefix', 'sk-ant-…gh78',
     'fingerprint', pg_temp.fp(:'k4')),
   'secrets__add_version returns version 2 with its prefix and fingerprint');
@@ -126,7 +127,7 @@ select is(public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s1',
   'deployment_secrets__bind binds an org-wide secret');
 select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'bind'
            and deployment_id = :'dep_a1' and actor = 'binder'), 1::bigint, 'bind is audited');
-select public.secrets__create(:'org_a', 'anthropic-2', 'anthropic', :'k5')
+select public.secrets__create(:'org_a', 'anthropic-2', 'anthropic', :'k5', pg_temp.fp(:'k5'))
   ->> 'secret_id' as s2 \gset
 select lives_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'ANTHROPIC_API_KEY', :'s2'),
   'binding the same env var again replaces the binding');
@@ -135,7 +136,7 @@ select is((select secret_id from public.deployment_secrets where deployment_id =
 select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'OTHER_ORG', :'sb'), '22023',
   format('secret_id: secret %s belongs to another organization than deployment %s', :'sb', :'dep_a1'),
   'a secret of another org cannot be bound');
-select public.secrets__create(:'org_a', 'a2-only', 'other', 'canary-secrets-a2-only', :'dep_a2') ->> 'secret_id' as s_a2 \gset
+select public.secrets__create(:'org_a', 'a2-only', 'other', 'canary-secrets-a2-only', repeat('ab', 32), :'dep_a2') ->> 'secret_id' as s_a2 \gset
 select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'A2_ONLY', :'s_a2'), '22023',
   format('secret_id: secret %s is scoped to another deployment; bind an org-wide secret or one scoped to deployment %s',
     :'s_a2', :'dep_a1'),
@@ -167,14 +168,14 @@ select is((select count(*) from public.secret_versions where secret_id = :'s1' a
 select is((select count(*) from public.deployment_secrets where secret_id = :'s1'), 0::bigint, 'no binding of it remains');
 select is((select count(*) from public.secret_access_log where secret_id = :'s1' and operation = 'revoke'
            and actor = 'revoker'), 1::bigint, 'revoke is audited');
-select throws_ok(format('select public.secrets__add_version(%L, %L)', :'s1', 'x-long-enough-value-0001'), '22023',
+select throws_ok(format('select public.secrets__add_version(%L, %L, repeat(''ab'', 32))', :'s1', 'x-long-enough-value-0001'), '22023',
   format('secret_id: secret %s is revoked; create a new secret instead', :'s1'), 'a revoked secret takes no new version');
 select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'X', :'s1'), '22023',
   format('secret_id: secret %s is revoked; bind an active secret', :'s1'), 'a revoked secret cannot be bound');
 select is(public.secrets__revoke(:'s1') ->> 'status', 'revoked', 'revoking again is harmless');
 
 -- ---- delete for a deployment ----------------------------------------------------------------------
-select public.secrets__create(:'org_a', 'a1-second', 'other', 'canary-secrets-a1-second', :'dep_a1') ->> 'secret_id' as s_a1b \gset
+select public.secrets__create(:'org_a', 'a1-second', 'other', 'canary-secrets-a1-second', repeat('ab', 32), :'dep_a1') ->> 'secret_id' as s_a1b \gset
 select public.deployment_secrets__bind(:'dep_a1', 'SECOND', :'s_a1b') is not null as bound \gset
 select public.deployment_secrets__bind(:'dep_a1', 'ORG_WIDE', :'s2') is not null as bound \gset
 select is(public.secrets__delete_for_deployment(:'dep_a1', 'deprovisioner'), '{"deleted": 2}'::jsonb,

@@ -16,11 +16,11 @@ select public.deployments__create(:'org_a', 'A1', 'test-read-a1') ->> 'id' as de
 select public.deployments__create(:'org_a', 'A2', 'test-read-a2') ->> 'id' as dep_a2 \gset
 select public.deployments__create(:'org_b', 'B1', 'test-read-b1') ->> 'id' as dep_b1 \gset
 
-select public.secrets__create(:'org_a', 'anthropic', 'anthropic', 'canary-read-org-wide-a-0001') ->> 'secret_id' as s_a \gset
-select public.secrets__create(:'org_a', 'openai', 'openai', 'canary-read-scoped-a1-0002', :'dep_a1') ->> 'secret_id' as s_a1 \gset
-select public.secrets__create(:'org_a', 'unbound', 'other', 'canary-read-unbound-a-0003') ->> 'secret_id' as s_unbound \gset
-select public.secrets__create(:'org_a', 'a2', 'other', 'canary-read-scoped-a2-0004', :'dep_a2') ->> 'secret_id' as s_a2 \gset
-select public.secrets__create(:'org_b', 'anthropic', 'anthropic', 'canary-read-org-b-0005') ->> 'secret_id' as s_b \gset
+select public.secrets__create(:'org_a', 'anthropic', 'anthropic', 'canary-read-org-wide-a-0001', repeat('ab', 32)) ->> 'secret_id' as s_a \gset
+select public.secrets__create(:'org_a', 'openai', 'openai', 'canary-read-scoped-a1-0002', repeat('ab', 32), :'dep_a1') ->> 'secret_id' as s_a1 \gset
+select public.secrets__create(:'org_a', 'unbound', 'other', 'canary-read-unbound-a-0003', repeat('ab', 32)) ->> 'secret_id' as s_unbound \gset
+select public.secrets__create(:'org_a', 'a2', 'other', 'canary-read-scoped-a2-0004', repeat('ab', 32), :'dep_a2') ->> 'secret_id' as s_a2 \gset
+select public.secrets__create(:'org_b', 'anthropic', 'anthropic', 'canary-read-org-b-0005', repeat('ab', 32)) ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s_a') is not null as bound \gset
 select public.deployment_secrets__bind(:'dep_a1', 'OPENAI_API_KEY', :'s_a1') is not null as bound \gset
 select public.deployment_secrets__bind(:'dep_a2', 'A2_KEY', :'s_a2') is not null as bound \gset
@@ -65,7 +65,7 @@ select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[], p_i
 select is((select array_agg(secret_id) from pg_temp.new_log('read', 'success')), array[:'s_a1']::uuid[],
   'and only those are audited');
 
-select public.secrets__add_version(:'s_a', 'canary-read-org-wide-a-0006') is not null as rotated \gset
+select public.secrets__add_version(:'s_a', 'canary-read-org-wide-a-0006', repeat('ab', 32)) is not null as rotated \gset
 select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a']::uuid[])) -> 'secrets' -> 0,
   jsonb_build_object('env_var', 'ANTHROPIC_API_KEY', 'secret_id', :'s_a', 'version', 2, 'value', 'canary-read-org-wide-a-0006'),
   'a read returns the current version');
@@ -150,7 +150,7 @@ select is(public.deployment_secrets__read(:'dep_a2', array[:'s_a2']::uuid[], p_i
   format('deployment %s is deleted', :'dep_a2'), 'a deleted deployment is denied');
 
 -- ---- a vault row that is gone or does not decrypt ------------------------------------------------
-select public.secrets__create(:'org_b', 'broken', 'other', 'canary-read-broken-0007') ->> 'secret_id' as s_broken \gset
+select public.secrets__create(:'org_b', 'broken', 'other', 'canary-read-broken-0007', repeat('ab', 32)) ->> 'secret_id' as s_broken \gset
 select public.deployment_secrets__bind(:'dep_b1', 'BROKEN', :'s_broken') is not null as bound \gset
 delete from vault.secrets where id = (select vault_secret_id from public.secret_versions where secret_id = :'s_broken');
 select pg_temp.mark() as marked \gset

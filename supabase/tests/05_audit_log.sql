@@ -13,13 +13,13 @@ select public.deployments__create(:'org_a', 'A1', 'test-log-a1') ->> 'id' as dep
 select public.deployments__create(:'org_b', 'B1', 'test-log-b1') ->> 'id' as dep_b \gset
 
 -- interleave the two orgs' writes: A gets 6 rows, B 4
-select public.secrets__create(:'org_a', 'k', 'other', 'canary-log-a-0001-pa') ->> 'secret_id' as s_a \gset
-select public.secrets__create(:'org_b', 'k', 'other', 'canary-log-b-0001-pa') ->> 'secret_id' as s_b \gset
+select public.secrets__create(:'org_a', 'k', 'other', 'canary-log-a-0001-pa', repeat('ab', 32)) ->> 'secret_id' as s_a \gset
+select public.secrets__create(:'org_b', 'k', 'other', 'canary-log-b-0001-pa', repeat('ab', 32)) ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a', 'KEY', :'s_a') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_b', 'KEY', :'s_b') is not null as ok \gset
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
 select public.deployment_secrets__read(:'dep_b', p_intent_id => pg_temp.read_intent(:'dep_b', null)) is not null as ok \gset
-select public.secrets__add_version(:'s_a', 'canary-log-a-0002-pa') is not null as ok \gset
+select public.secrets__add_version(:'s_a', 'canary-log-a-0002-pa', repeat('ab', 32)) is not null as ok \gset
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset
 -- (a secret B does not have: another org's would be refused in A's chain too)
 select public.deployment_secrets__read(:'dep_b', array['00000000-0000-0000-0000-00000000dead']::uuid[]) is not null as ok \gset

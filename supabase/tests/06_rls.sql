@@ -17,8 +17,8 @@ select public.deployments__create(:'org_a', 'A1', 'test-rls-a1') ->> 'id' as dep
 select public.deployments__create(:'org_b', 'B1', 'test-rls-b1') ->> 'id' as dep_b \gset
 insert into public.deployment_steps (deployment_id, run, step, status, started_at)
 values (:'dep_a', 1, 'host', 'running', now()), (:'dep_b', 1, 'host', 'running', now());
-select public.secrets__create(:'org_a', 'k', 'anthropic', 'canary-rls-value-a-0001') ->> 'secret_id' as s_a \gset
-select public.secrets__create(:'org_b', 'k', 'anthropic', 'canary-rls-value-b-0001') ->> 'secret_id' as s_b \gset
+select public.secrets__create(:'org_a', 'k', 'anthropic', 'canary-rls-value-a-0001', repeat('ab', 32)) ->> 'secret_id' as s_a \gset
+select public.secrets__create(:'org_b', 'k', 'anthropic', 'canary-rls-value-b-0001', repeat('ab', 32)) ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a', 'KEY', :'s_a') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_b', 'KEY', :'s_b') is not null as ok \gset
 select public.deployment_secrets__read(:'dep_a', p_intent_id => pg_temp.read_intent(:'dep_a', null)) is not null as ok \gset

@@ -9,10 +9,10 @@ set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
 select plan(62);
 \ir support/read_intent.psql
--- the keyed fingerprint: HMAC-SHA256 under the vault-held key (the test, as superuser, may read it)
+-- the keyed fingerprint, as the orchestrator computes it (HMAC-SHA256 under a key outside the
+-- database; here a test key): the functions store what they are given
 create function pg_temp.fp(p_value text) returns text language sql as $f$
-  select encode(extensions.hmac(convert_to(p_value, 'UTF8'),
-    decode((select decrypted_secret from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'), 'hex'), 'sha256'), 'hex')
+  select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
 $f$;
 
 -- shaped like an OpenSSH private key (several lines and a final line feed), random on every run
@@ -34,7 +34,7 @@ $$;
 
 -- ---- create ----------------------------------------------------------------------------------------
 set local role cortex_orchestrator;
-select public.platform_secrets__create('pgtap-ssh-key', :'key1', 'ops:alice', 'job-p1', '192.0.2.20', 'pgtap')
+select public.platform_secrets__create('pgtap-ssh-key', :'key1', pg_temp.fp(:'key1'), 'ops:alice', 'job-p1', '192.0.2.20', 'pgtap')
   as created \gset
 reset role;
 select (:'created'::jsonb) ->> 'secret_id' as ps \gset
@@ -56,7 +56,7 @@ select is((select count(*) from pg_temp.new_log('create', 'success') l
              and l.chain_id = :'platform' and l.actor = 'ops:alice' and l.job_id = 'job-p1'
              and l.request_ip = '192.0.2.20' and l.user_agent = 'pgtap'),
   1::bigint, 'create is audited with the audit context, without an org, in the platform chain');
-select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'another-value-0001-long-enough')$$, '23505',
+select throws_ok($$select public.platform_secrets__create('pgtap-ssh-key', 'another-value-0001-long-enough', repeat('ab', 32))$$, '23505',
   'name: a platform secret with this name already exists; rotate it instead', 'a second secret of the same name is refused');
 
 -- ---- read ------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ select is((select count(*) from public.platform_secrets s, public.platform_secre
 -- ---- rotate ----------------------------------------------------------------------------------------
 select pg_temp.mark() as marked \gset
 set local role cortex_orchestrator;
-select public.platform_secrets__rotate('pgtap-ssh-key', :'key2', 'ops:bob') as rotated \gset
+select public.platform_secrets__rotate('pgtap-ssh-key', :'key2', pg_temp.fp(:'key2'), 'ops:bob') as rotated \gset
 reset role;
 select is((:'rotated'::jsonb) - 'display_prefix',
   jsonb_build_object('secret_id', :'ps', 'name', 'pgtap-ssh-key', 'version', 2,
@@ -116,7 +116,7 @@ select is((select array_agg(l.operation || '/' || l.version order by l.id) from 
            where l.id > (select id from log_mark) and l.secret_id = :'ps' and l.operation in ('rotate', 'delete')),
   array['rotate/2', 'delete/1'], 'the rotation and the deletion of version 1 are audited');
 select is((select actor from pg_temp.new_log('rotate', 'success')), 'ops:bob', 'with the audit context');
-select throws_ok($$select public.platform_secrets__rotate('pgtap-no-such-key', 'value-0003-long-enough-too')$$, 'P0002',
+select throws_ok($$select public.platform_secrets__rotate('pgtap-no-such-key', 'value-0003-long-enough-too', repeat('ab', 32))$$, 'P0002',
   'platform secret pgtap-no-such-key not found', 'rotating an unknown name is refused');
 
 -- ---- the platform chain ---------------------------------------------------------------------------------
@@ -167,29 +167,29 @@ select (select count(*) from public.platform_secrets) as secrets,
        (select count(*) from public.platform_secret_versions) as versions,
        (select count(*) from vault.secrets) as vault, (select count(*) from public.secret_access_log) as log;
 
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-bad', 'canary-platform-input' || c || 'tail'),
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-bad', 'canary-platform-input' || c || 'tail'),
   '22023', 'value: must not contain control characters other than line feeds (U+0000-U+0009, U+000B-U+001F, U+007F)',
   'a value containing ' || to_hex(ascii(c)) || 'h is refused')
 from unnest(array[chr(1), chr(9), chr(13), chr(27), chr(31), chr(127)]) c;
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-bad', E'line one\r\nline two\r\n'),
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-bad', E'line one\r\nline two\r\n'),
   '22023', 'value: must not contain control characters other than line feeds (U+0000-U+0009, U+000B-U+001F, U+007F)',
   'CRLF line ends are refused: only U+000A ends a line');
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-bad', repeat(E'abcdefg\n', 2048) || 'x'),
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-bad', repeat(E'abcdefg\n', 2048) || 'x'),
   '22023', 'value: must be at most 16384 characters', 'a value of 16385 characters is refused');
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-bad', ''), '22023',
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-bad', ''), '22023',
   'value: must not be empty', 'an empty value is refused');
-select throws_ok($$select public.platform_secrets__create('pgtap-bad', null)$$, '22023',
+select throws_ok($$select public.platform_secrets__create('pgtap-bad', null, repeat('ab', 32))$$, '22023',
   'value: must not be empty', 'a null value is refused');
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-bad', E' \n \n'), '22023',
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-bad', E' \n \n'), '22023',
   'value: must not be blank', 'a value of spaces and line feeds is refused');
-select throws_ok(format('select public.platform_secrets__rotate(%L, %L)', 'pgtap-ssh-key', 'canary' || chr(9)), '22023',
+select throws_ok(format('select public.platform_secrets__rotate(%L, %L, repeat(''ab'', 32))', 'pgtap-ssh-key', 'canary' || chr(9)), '22023',
   'value: must not contain control characters other than line feeds (U+0000-U+0009, U+000B-U+001F, U+007F)',
   'rotate checks the value too');
-select throws_ok(format('select public.platform_secrets__create(%L, %L)', n, 'value-0004'), '22023',
+select throws_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', n, 'value-0004'), '22023',
   'name: must be a platform secret name: lowercase letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters',
   'name ' || replace(quote_literal(n), E'\n', '\n') || ' is refused')
 from unnest(array['', 'Upper', 'has space', 'colon:name', '-leading', '.leading', repeat('a', 64), E'new\nline']) n;
-select throws_ok($$select public.platform_secrets__create(null, 'value-0005')$$, '22023',
+select throws_ok($$select public.platform_secrets__create(null, 'value-0005', repeat('ab', 32))$$, '22023',
   'name: must be a platform secret name: lowercase letters, digits, ".", "_" and "-", starting with a letter or digit, at most 63 characters',
   'a null name is refused');
 select throws_ok($$select public.platform_secrets__read('Not A Name')$$, '22023',
@@ -202,7 +202,7 @@ select is(
               (select count(*) from vault.secrets), (select count(*) from public.secret_access_log))::text),
   (select row(secrets, versions, vault, log)::text from counts_before),
   'the refused calls changed nothing and wrote no audit row');
-select lives_ok(format('select public.platform_secrets__create(%L, %L)', 'pgtap-big', repeat(E'abcdefg\n', 2048)),
+select lives_ok(format('select public.platform_secrets__create(%L, %L, repeat(''ab'', 32))', 'pgtap-big', repeat(E'abcdefg\n', 2048)),
   'a value of exactly 16384 characters over 2048 lines is accepted');
 select is(public.platform_secrets__read('pgtap-big', p_intent_id => pg_temp.platform_intent('pgtap-big')) ->> 'value', repeat(E'abcdefg\n', 2048), 'and reads back whole');
 

@@ -11,9 +11,9 @@ select plan(9);
 
 select public.organizations__create('Test Org Append') ->> 'id' as org \gset
 select public.deployments__create(:'org', 'A1', 'test-append-a1') ->> 'id' as dep \gset
-select public.secrets__create(:'org', 'k1', 'other', 'canary-append-0001-p') ->> 'secret_id' as s1 \gset
-select public.secrets__create(:'org', 'k2', 'other', 'canary-append-0002-p') ->> 'secret_id' as s2 \gset
-select public.secrets__create(:'org', 'k3', 'other', 'canary-append-0003-p') ->> 'secret_id' as s3 \gset
+select public.secrets__create(:'org', 'k1', 'other', 'canary-append-0001-p', repeat('ab', 32)) ->> 'secret_id' as s1 \gset
+select public.secrets__create(:'org', 'k2', 'other', 'canary-append-0002-p', repeat('ab', 32)) ->> 'secret_id' as s2 \gset
+select public.secrets__create(:'org', 'k3', 'other', 'canary-append-0003-p', repeat('ab', 32)) ->> 'secret_id' as s3 \gset
 select public.deployment_secrets__bind(:'dep', 'K1', :'s1') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep', 'K2', :'s2') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep', 'K3', :'s3') is not null as ok \gset
@@ -50,7 +50,7 @@ select is(public.secret_access_log__verify(:'org') ->> 'ok', 'true', 'and the ch
 -- a read refused for two of three secrets: one denied row per refused secret, no success row
 select public.secrets__revoke(:'s2') is not null as ok \gset
 select public.organizations__create('Test Org Append B') ->> 'id' as org_b \gset
-select public.secrets__create(:'org_b', 'kb', 'other', 'canary-append-0004-p') ->> 'secret_id' as sb \gset
+select public.secrets__create(:'org_b', 'kb', 'other', 'canary-append-0004-p', repeat('ab', 32)) ->> 'secret_id' as sb \gset
 update log_mark set id = (select max(id) from public.secret_access_log);
 set local role cortex_orchestrator;
 select public.deployment_secrets__read(:'dep', array[:'s1', :'s2', :'sb']::uuid[], 'append-test', p_intent_id => pg_temp.read_intent(:'dep', array[:'s1', :'s2', :'sb']::uuid[])) as denied \gset

@@ -9,11 +9,11 @@ select plan(17);
 select public.organizations__create('Test Org Lock Order') ->> 'id' as org \gset
 select public.deployments__create(:'org', 'A', 'test-lock-order-a') ->> 'id' as dep_a \gset
 select public.deployments__create(:'org', 'B', 'test-lock-order-b') ->> 'id' as dep_b \gset
-select public.secrets__create(:'org', 'one', 'other', 'canary-lock-order-0001', :'dep_a') ->> 'secret_id' as s1 \gset
-select public.secrets__create(:'org', 'two', 'other', 'canary-lock-order-0002', :'dep_a') ->> 'secret_id' as s2 \gset
-select public.secrets__create(:'org', 'three', 'other', 'canary-lock-order-0003', :'dep_a') ->> 'secret_id' as s3 \gset
-select public.secrets__create(:'org', 'wide', 'other', 'canary-lock-order-0004') ->> 'secret_id' as w \gset
-select public.secrets__add_version(:'s1', 'canary-lock-order-0005') ->> 'version' as s1_v2 \gset
+select public.secrets__create(:'org', 'one', 'other', 'canary-lock-order-0001', repeat('ab', 32), :'dep_a') ->> 'secret_id' as s1 \gset
+select public.secrets__create(:'org', 'two', 'other', 'canary-lock-order-0002', repeat('ab', 32), :'dep_a') ->> 'secret_id' as s2 \gset
+select public.secrets__create(:'org', 'three', 'other', 'canary-lock-order-0003', repeat('ab', 32), :'dep_a') ->> 'secret_id' as s3 \gset
+select public.secrets__create(:'org', 'wide', 'other', 'canary-lock-order-0004', repeat('ab', 32)) ->> 'secret_id' as w \gset
+select public.secrets__add_version(:'s1', 'canary-lock-order-0005', repeat('ab', 32)) ->> 'version' as s1_v2 \gset
 select public.deployment_secrets__bind(:'dep_a', 'ZED', :'s1') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_a', 'MID', :'s2') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_a', 'ALPHA', :'s3') is not null as ok \gset

@@ -62,7 +62,7 @@ begin
   perform pg_temp.try($$select public.organizations__create('attack')$$);
   perform pg_temp.try($$select public.deployment_secrets__read(gen_random_uuid(), array[gen_random_uuid()])$$);
   perform pg_temp.try($$select public.platform_secrets__read('attack')$$);
-  perform pg_temp.try($$select public.secrets__create(gen_random_uuid(), 'x', 'other', 'sk-attack-0123456789abcdef')$$);
+  perform pg_temp.try($$select public.secrets__create(gen_random_uuid(), 'x', 'other', 'sk-attack-0123456789abcdef', repeat('ab', 32))$$);
   perform pg_temp.try($$select public.secret_access_log__verify()$$);
 end
 $d$;

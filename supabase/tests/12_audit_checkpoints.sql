@@ -48,8 +48,8 @@ reset role;
 
 -- ---- what they return -------------------------------------------------------------------------------
 select public.organizations__create('Test Org Checkpoints') ->> 'id' as org \gset
-select public.secrets__create(:'org', 'one', 'other', 'canary-checkpoint-' || md5(random()::text)) is not null as ok \gset
-select public.secrets__create(:'org', 'two', 'other', 'canary-checkpoint-' || md5(random()::text)) is not null as ok \gset
+select public.secrets__create(:'org', 'one', 'other', 'canary-checkpoint-' || md5(random()::text), repeat('ab', 32)) is not null as ok \gset
+select public.secrets__create(:'org', 'two', 'other', 'canary-checkpoint-' || md5(random()::text), repeat('ab', 32)) is not null as ok \gset
 select hash as hash1 from public.secret_access_log where chain_id = :'org' and seq = 1 \gset
 select hash as hash2 from public.secret_access_log where chain_id = :'org' and seq = 2 \gset
 

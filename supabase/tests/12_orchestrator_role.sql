@@ -54,11 +54,11 @@ select public.deployments__create(:'org_b', 'B', 'test-role-b') ->> 'id' as dep_
 select 'sk-role-a-' || encode(extensions.gen_random_bytes(12), 'hex') as value_a \gset
 select 'sk-role-b-' || encode(extensions.gen_random_bytes(12), 'hex') as value_b \gset
 select 'platform-' || encode(extensions.gen_random_bytes(12), 'hex') as value_p \gset
-select public.secrets__create(:'org_a', 'key', 'other', :'value_a') ->> 'secret_id' as s_a \gset
-select public.secrets__create(:'org_b', 'key', 'other', :'value_b') ->> 'secret_id' as s_b \gset
+select public.secrets__create(:'org_a', 'key', 'other', :'value_a', repeat('ab', 32)) ->> 'secret_id' as s_a \gset
+select public.secrets__create(:'org_b', 'key', 'other', :'value_b', repeat('ab', 32)) ->> 'secret_id' as s_b \gset
 select public.deployment_secrets__bind(:'dep_a', 'KEY', :'s_a') is not null as bound \gset
 select public.deployment_secrets__bind(:'dep_b', 'KEY', :'s_b') is not null as bound \gset
-select public.platform_secrets__create('pgtap-role-key', :'value_p') ->> 'secret_id' as ps \gset
+select public.platform_secrets__create('pgtap-role-key', :'value_p', repeat('ab', 32)) ->> 'secret_id' as ps \gset
 select vault_secret_id as vault_a from public.secret_versions where secret_id = :'s_a' \gset
 select vault_secret_id as vault_b from public.secret_versions where secret_id = :'s_b' \gset
 select vault_secret_id as vault_p from public.platform_secret_versions where secret_id = :'ps' \gset

@@ -30,8 +30,8 @@ select is(
 -- ---- fixtures ---------------------------------------------------------------------------------------
 select public.organizations__create('Pipeline Org A') ->> 'id' as org_a \gset
 select public.organizations__create('Pipeline Org B') ->> 'id' as org_b \gset
-select public.secrets__create(:'org_a', 'a key', 'anthropic', 'sk-ant-pipeline-a-' || md5(random()::text)) ->> 'secret_id' as sec_a \gset
-select public.secrets__create(:'org_b', 'b key', 'anthropic', 'sk-ant-pipeline-b-' || md5(random()::text)) ->> 'secret_id' as sec_b \gset
+select public.secrets__create(:'org_a', 'a key', 'anthropic', 'sk-ant-pipeline-a-' || md5(random()::text), repeat('ab', 32)) ->> 'secret_id' as sec_a \gset
+select public.secrets__create(:'org_b', 'b key', 'anthropic', 'sk-ant-pipeline-b-' || md5(random()::text), repeat('ab', 32)) ->> 'secret_id' as sec_b \gset
 
 -- ---- request -------------------------------------------------------------------------------------
 select public.deployments__request(:'org_a', 'Agent P', 'tp-' || substr(md5(random()::text), 1, 8), 'local', null, null, 'echo',

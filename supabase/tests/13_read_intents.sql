@@ -13,12 +13,12 @@ select public.organizations__create('Intent Org') ->> 'id' as org \gset
 select public.deployments__create(:'org', 'I', 'test-intent-1') ->> 'id' as dep \gset
 select public.deployments__create(:'org', 'J', 'test-intent-2') ->> 'id' as dep2 \gset
 select 'sk-intent-' || encode(extensions.gen_random_bytes(12), 'hex') as value \gset
-select public.secrets__create(:'org', 'k1', 'other', :'value') ->> 'secret_id' as s1 \gset
-select public.secrets__create(:'org', 'k2', 'other', :'value' || 'x') ->> 'secret_id' as s2 \gset
+select public.secrets__create(:'org', 'k1', 'other', :'value', repeat('ab', 32)) ->> 'secret_id' as s1 \gset
+select public.secrets__create(:'org', 'k2', 'other', :'value' || 'x', repeat('ab', 32)) ->> 'secret_id' as s2 \gset
 select public.deployment_secrets__bind(:'dep', 'K1', :'s1') is not null as b \gset
 select public.deployment_secrets__bind(:'dep', 'K2', :'s2') is not null as b \gset
 select public.deployment_secrets__bind(:'dep2', 'K1', :'s1') is not null as b \gset
-select public.platform_secrets__create('pgtap-intent-key', :'value') is not null as p \gset
+select public.platform_secrets__create('pgtap-intent-key', :'value', repeat('ab', 32)) is not null as p \gset
 
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;
 grant select on log_mark to cortex_orchestrator;

@@ -29,10 +29,10 @@ select is((select decrypted_secret from vault.decrypted_secrets where id = :'dir
   'and the live row decrypts to it');
 
 select public.organizations__create('WAL Org') ->> 'id' as org \gset
-select public.secrets__create(:'org', 'k', 'other', :'customer') ->> 'secret_id' as s \gset
-select public.secrets__add_version(:'s', :'rotated') is not null as ok \gset
-select public.platform_secrets__create('pgtap-wal-key', :'platform') is not null as ok \gset
-select public.platform_secrets__rotate('pgtap-wal-key', :'platform2') is not null as ok \gset
+select public.secrets__create(:'org', 'k', 'other', :'customer', repeat('ab', 32)) ->> 'secret_id' as s \gset
+select public.secrets__add_version(:'s', :'rotated', repeat('ab', 32)) is not null as ok \gset
+select public.platform_secrets__create('pgtap-wal-key', :'platform', repeat('ab', 32)) is not null as ok \gset
+select public.platform_secrets__rotate('pgtap-wal-key', :'platform2', repeat('ab', 32)) is not null as ok \gset
 select is(pg_temp.in_pages(:'customer') + pg_temp.in_pages(:'rotated') + pg_temp.in_pages(:'platform')
           + pg_temp.in_pages(:'platform2'), 0::bigint,
   'secrets__create, __add_version, platform_secrets__create and __rotate leave no value in any row version');

@@ -58,7 +58,7 @@ grant execute on function pg_temp.sqlstate_of(text) to cortex_orchestrator, serv
 select public.organizations__create('Events Org A') ->> 'id' as org_a \gset
 select public.organizations__create('Events Org B') ->> 'id' as org_b \gset
 select 'sk-ant-events-' || md5(random()::text) as canary \gset
-select public.secrets__create(:'org_a', 'a key', 'anthropic', :'canary') ->> 'secret_id' as sec_a \gset
+select public.secrets__create(:'org_a', 'a key', 'anthropic', :'canary', repeat('ab', 32)) ->> 'secret_id' as sec_a \gset
 select public.webhook_endpoints__create(:'org_a', 'https://hooks.example.com/cortex?x=1') as ep \gset
 select (:'ep'::jsonb) ->> 'id' as ep_id, (:'ep'::jsonb) ->> 'secret' as ep_secret \gset
 select public.webhook_endpoints__create(:'org_b', 'https://hooks.example.net/b') ->> 'id' as ep_b \gset

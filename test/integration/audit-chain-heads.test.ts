@@ -1,9 +1,13 @@
 import { Client, Pool } from 'pg';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * The audit log is chained per organisation, with a chain head locked only while an
@@ -26,7 +30,7 @@ afterAll(async () => {
 
 /** An org with a deployment and one bound secret; returns what a read needs and the value. */
 const orgWithSecret = async () => {
-  const secrets = makeSecretsService({ rpc: pg.rpc });
+  const secrets = makeSecretsService({ rpc: pg.rpc, fingerprintKey });
   const { orgId, deploymentId } = await makeOrgWithDeployment(pg.rpc);
   const value = canary('other');
   const meta = await secrets.create({ orgId, name: 'k', provider: 'other', value: new Secret(value) });

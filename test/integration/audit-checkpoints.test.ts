@@ -10,9 +10,13 @@ import { runCli } from '../../orchestrator/cli/cortexctl';
 import { loadConfig } from '../../orchestrator/config';
 import { makePgRpc, type PgRpc } from '../../orchestrator/db/pg-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * Signed checkpoints against the three tamperings the hash chain alone cannot see, each done as the
@@ -68,7 +72,7 @@ const cli = async (args: string[], stateDir = state): Promise<{ code: number; ou
 
 /** An organisation whose chain holds `rows` audit rows (one `create` each). */
 const orgWithRows = async (rows: number): Promise<string> => {
-  const secrets = makeSecretsService({ rpc: db.rpc });
+  const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey });
   const { orgId } = await makeOrgWithDeployment(db.rpc);
   for (let i = 0; i < rows; i++)
     await secrets.create({ orgId, name: `k${i}`, provider: 'other', value: new Secret(canary('other')) });
@@ -135,7 +139,7 @@ it('signs every chain, and a clean log that kept growing passes against it', asy
   );
 
   // appended after the checkpoint: a chain that grew, and a chain that is new
-  await makeSecretsService({ rpc: db.rpc }).create({
+  await makeSecretsService({ rpc: db.rpc, fingerprintKey }).create({
     orgId: clean,
     name: 'later',
     provider: 'other',

@@ -3,9 +3,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Pool } from 'pg';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * Every audited secret function takes its row locks in one order: deployment, then secrets (by
@@ -57,7 +61,7 @@ interface Fixture {
 }
 
 const fixture = async (scopedCount = 2): Promise<Fixture> => {
-  const secrets = makeSecretsService({ rpc: pg.rpc });
+  const secrets = makeSecretsService({ rpc: pg.rpc, fingerprintKey });
   const { orgId, deploymentId: depA } = await makeOrgWithDeployment(pg.rpc);
   const tag = randomUUID().slice(0, 8);
   const depB = (

@@ -1,9 +1,13 @@
 import { Client, Pool } from 'pg';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * A read whose transaction never commits still leaves a committed trace (security review, item
@@ -25,7 +29,7 @@ afterAll(async () => {
 
 /** A deployment with one bound secret; a session of its own as cortex_orchestrator. */
 const setup = async () => {
-  const secrets = makeSecretsService({ rpc: pg.rpc });
+  const secrets = makeSecretsService({ rpc: pg.rpc, fingerprintKey });
   const { deploymentId } = await makeOrgWithDeployment(pg.rpc);
   const value = canary('other');
   const { secretId } = await secrets.create({

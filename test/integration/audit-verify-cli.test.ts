@@ -7,9 +7,13 @@ import { Pool } from 'pg';
 import { runCli } from '../../orchestrator/cli/cortexctl';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * `cortexctl audit-verify` end to end. Tampering breaks a chain for good, so this runs in a scratch
@@ -51,7 +55,7 @@ const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
 
 it('reports an intact chain, then names the row an attacker changed', async () => {
   const db = makePgRpc({ connectionString: scratchUrl, max: 2 });
-  const secrets = makeSecretsService({ rpc: db.rpc });
+  const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey });
   const { orgId, deploymentId } = await makeOrgWithDeployment(db.rpc);
   const meta = await secrets.create({ orgId, name: 'k', provider: 'other', value: new Secret(canary()) });
   await secrets.bind(deploymentId, 'K', meta.secretId);

@@ -1,10 +1,11 @@
-import { createHash, createHmac, randomUUID } from 'node:crypto';
+import { createHash, createHmac, randomBytes, randomUUID } from 'node:crypto';
 import type { Pool } from 'pg';
 import { utils } from 'ssh2';
 import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import type { Rpc } from '../../orchestrator/db/rpc';
 import { makeSupabaseRpc } from '../../orchestrator/db/supabase-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService, PLATFORM_AUDIT_CHAIN } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { adminPool, auditRows, makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
@@ -25,10 +26,6 @@ beforeAll(async () => {
   pg = makePgRpc({ connectionString: testDatabaseUrl(), max: 4 });
   standIn = await startPostgrestStandIn({ databaseUrl: testDatabaseUrl(), jwtSecret });
   admin = adminPool();
-  const k = await admin.query<{ hex: string }>(
-    `select decrypted_secret as hex from vault.decrypted_secrets where name = 'cortex:fingerprint-key:v1'`,
-  );
-  fingerprintKey = Buffer.from(k.rows[0]?.hex ?? '', 'hex');
 });
 afterAll(async () => {
   await standIn.close();
@@ -45,9 +42,12 @@ const adapters: [string, () => Rpc][] = [
   ['supabase-js', () => supabaseWith('cortex_orchestrator')],
 ];
 
-/** The keyed fingerprint members see: HMAC-SHA256 under the vault-held key (read here as superuser). */
-let fingerprintKey: Buffer;
-const fingerprint = (s: string): string => createHmac('sha256', fingerprintKey).update(s).digest('hex');
+/** The keyed fingerprint members see: HMAC-SHA256 under the orchestrator's key, which the database never sees. */
+const fingerprintKeyBytes = randomBytes(32);
+const fingerprintKey = makeMemoryFingerprintKey(fingerprintKeyBytes);
+const fingerprint = (s: string): string => createHmac('sha256', fingerprintKeyBytes).update(s).digest('hex');
+/** A well-formed fingerprint for calls that are refused before it matters. */
+const anyFingerprint = 'ab'.repeat(32);
 
 /** A real OpenSSH private key: several lines and a final line feed. Platform names are global. */
 const sshKey = (): string => utils.generateKeyPairSync('ed25519').private;
@@ -81,7 +81,7 @@ const platformAuditRows = async (where: { secretId?: string; reason?: string }) 
 describe.each(adapters)('secrets contract through the %s adapter', (_name, getRpc) => {
   it('creates, binds and reads a secret, auditing each step; metadata never holds the value', async () => {
     const rpc = getRpc();
-    const secrets = makeSecretsService({ rpc });
+    const secrets = makeSecretsService({ rpc, fingerprintKey });
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
     const key = canary('anthropic');
     const ctx = {
@@ -132,7 +132,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
 
   it('denies and audits a read of an unbound secret and of another organisation’s secret, returning no value', async () => {
     const rpc = getRpc();
-    const secrets = makeSecretsService({ rpc });
+    const secrets = makeSecretsService({ rpc, fingerprintKey });
     const a = await makeOrgWithDeployment(rpc);
     const b = await makeOrgWithDeployment(rpc);
     const keyA = canary('openai');
@@ -188,7 +188,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
 
   it('rotates: a new version is read next, the old one can be retired, the current one cannot', async () => {
     const rpc = getRpc();
-    const secrets = makeSecretsService({ rpc });
+    const secrets = makeSecretsService({ rpc, fingerprintKey });
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
     const v1 = canary('anthropic');
     const v2 = canary('anthropic');
@@ -219,7 +219,16 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
     const key = canary();
     const calls: [Promise<unknown>, string][] = [
-      [rpc('secrets__create', { p_org_id: orgId, p_name: 'x', p_provider: 'other', p_value: '' }), 'value'],
+      [
+        rpc('secrets__create', {
+          p_org_id: orgId,
+          p_name: 'x',
+          p_provider: 'other',
+          p_value: '',
+          p_fingerprint: anyFingerprint,
+        }),
+        'value',
+      ],
       // shorter than 20 characters: no real key (the SQL refuses it as well as the service)
       [
         rpc('secrets__create', {
@@ -227,6 +236,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
           p_name: 'x',
           p_provider: 'other',
           p_value: key.slice(0, 19),
+          p_fingerprint: anyFingerprint,
         }),
         'value',
       ],
@@ -236,6 +246,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
           p_name: 'x',
           p_provider: 'other',
           p_value: `${key}\u0007`,
+          p_fingerprint: anyFingerprint,
         }),
         'value',
       ],
@@ -245,6 +256,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
           p_name: 'x',
           p_provider: 'other',
           p_value: key.repeat(200),
+          p_fingerprint: anyFingerprint,
         }),
         'value',
       ],
@@ -254,6 +266,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
       p_name: 'ok',
       p_provider: 'other',
       p_value: key,
+      p_fingerprint: fingerprint(key),
     });
     calls.push([
       rpc('deployment_secrets__bind', {
@@ -273,7 +286,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
 
   it('deletes a deployment’s secrets (audited) and then denies reads', async () => {
     const rpc = getRpc();
-    const secrets = makeSecretsService({ rpc });
+    const secrets = makeSecretsService({ rpc, fingerprintKey });
     const { orgId, deploymentId } = await makeOrgWithDeployment(rpc);
     const meta = await secrets.create({
       orgId,
@@ -298,7 +311,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
   });
 
   it('creates, reads and rotates a multi-line platform secret, auditing each step in the platform chain', async () => {
-    const secrets = makeSecretsService({ rpc: getRpc() });
+    const secrets = makeSecretsService({ rpc: getRpc(), fingerprintKey });
     const name = platformName();
     const key = sshKey();
     expect(key.split('\n').length).toBeGreaterThan(3);
@@ -348,7 +361,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
   });
 
   it('denies and audits a read of an unknown platform secret, returning no value', async () => {
-    const secrets = makeSecretsService({ rpc: getRpc() });
+    const secrets = makeSecretsService({ rpc: getRpc(), fingerprintKey });
     const name = platformName();
     const err = await caught(secrets.readPlatformSecret(name, { actor: 'test:deny' }));
     expect(err.code).toBe('secret_denied');
@@ -367,7 +380,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
   });
 
   it('takes a platform value of up to 16 KiB over many lines, and nothing longer', async () => {
-    const secrets = makeSecretsService({ rpc: getRpc() });
+    const secrets = makeSecretsService({ rpc: getRpc(), fingerprintKey });
     const name = platformName();
     const big = `${canary()}\n`.repeat(16_384 / (canary().length + 1)).padEnd(16_384, 'x');
     expect(big).toHaveLength(16_384);
@@ -380,18 +393,24 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
 
   it('rejects bad platform input, in the service and at the SQL boundary, naming the field and echoing no value', async () => {
     const rpc = getRpc();
-    const secrets = makeSecretsService({ rpc });
+    const secrets = makeSecretsService({ rpc, fingerprintKey });
     const name = platformName();
     const key = canary();
     const calls: [Promise<unknown>, string][] = [];
     for (const bad of [`${key}\r\n`, `${key}\t`, `${key}\u0007`, `${key}\n`.repeat(1000), ' \n ', '']) {
       calls.push([secrets.createPlatformSecret(name, new Secret(bad)), 'value']);
-      calls.push([rpc('platform_secrets__create', { p_name: name, p_value: bad }), 'value']);
+      calls.push([
+        rpc('platform_secrets__create', { p_name: name, p_value: bad, p_fingerprint: anyFingerprint }),
+        'value',
+      ]);
     }
     for (const bad of ['Bad-Name', 'has space', 'colon:name', '', 'x'.repeat(64)]) {
       calls.push([secrets.readPlatformSecret(bad), 'name']);
       calls.push([rpc('platform_secrets__read', { p_name: bad }), 'name']);
-      calls.push([rpc('platform_secrets__create', { p_name: bad, p_value: key }), 'name']);
+      calls.push([
+        rpc('platform_secrets__create', { p_name: bad, p_value: key, p_fingerprint: fingerprint(key) }),
+        'name',
+      ]);
     }
     for (const [call, field] of calls) {
       const err = await caught(call);
@@ -404,7 +423,7 @@ describe.each(adapters)('secrets contract through the %s adapter', (_name, getRp
   });
 
   it('verifies the audit chain', async () => {
-    const secrets = makeSecretsService({ rpc: getRpc() });
+    const secrets = makeSecretsService({ rpc: getRpc(), fingerprintKey });
     const { orgId } = await makeOrgWithDeployment(getRpc());
     await secrets.create({ orgId, name: 'chain', provider: 'other', value: new Secret(canary()) });
     const v = await secrets.verifyAuditLog(orgId);
@@ -416,7 +435,7 @@ describe('the supabase-js adapter under any role but cortex_orchestrator', () =>
   it.each(['anon', 'authenticated', 'service_role'])(
     'a %s key cannot read secrets or create them',
     async (role) => {
-      const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+      const secrets = makeSecretsService({ rpc: supabaseWith(role), fingerprintKey });
       const { orgId, deploymentId } = await makeOrgWithDeployment(pg.rpc);
       const err = await caught(secrets.readForDeployment(deploymentId));
       expect(err.message).toMatch(/permission denied/);
@@ -437,9 +456,12 @@ describe('the supabase-js adapter under any role but cortex_orchestrator', () =>
   it.each(['anon', 'authenticated', 'service_role'])(
     'a %s key cannot read platform secrets',
     async (role) => {
-      const secrets = makeSecretsService({ rpc: supabaseWith(role) });
+      const secrets = makeSecretsService({ rpc: supabaseWith(role), fingerprintKey });
       const name = platformName();
-      await makeSecretsService({ rpc: pg.rpc }).createPlatformSecret(name, new Secret(sshKey()));
+      await makeSecretsService({ rpc: pg.rpc, fingerprintKey }).createPlatformSecret(
+        name,
+        new Secret(sshKey()),
+      );
       const err = await caught(secrets.readPlatformSecret(name));
       expect(err.message).toMatch(/permission denied/);
     },

@@ -5,8 +5,12 @@ import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { loadConfig } from '../../orchestrator/config';
 import { makeSshKeySourceFromConfig } from '../../orchestrator/remote/ssh-key-from-config';
 import { makeSshKeySource } from '../../orchestrator/remote/ssh-key-source';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService, PLATFORM_AUDIT_CHAIN } from '../../orchestrator/secrets/secrets-service';
 import { adminPool, testDatabaseUrl } from '../support/db';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * SSH_KEY_SOURCE=vault: the orchestrator's private key is a platform-scoped vault secret, read
@@ -33,7 +37,7 @@ const platformRows = async (since: number) =>
   ).rows;
 
 it('loads the orchestrator key from the vault, multi-line and intact, and audits the read', async () => {
-  const secrets = makeSecretsService({ rpc: db.rpc });
+  const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey });
   const name = `test-ssh-${randomBytes(4).toString('hex')}`;
   const key = generateHostKeyPair(); // any OpenSSH ed25519 private key will do
   const { rows } = await admin.query<{ max: string | null }>(

@@ -5,11 +5,15 @@ import { makePgRpc } from '../../orchestrator/db/pg-rpc';
 import { classify } from '../../orchestrator/errors';
 import { makeSupabaseRpc } from '../../orchestrator/db/supabase-rpc';
 import { Secret } from '../../orchestrator/secret';
+import { makeMemoryFingerprintKey } from '../../orchestrator/secrets/fingerprint';
 import { makeSecretsService } from '../../orchestrator/secrets/secrets-service';
 import { canary } from '../support/canary';
 import { makeOrgWithDeployment, testDatabaseUrl } from '../support/db';
 import { signJwt, startPostgrestStandIn } from '../support/postgrest-rpc';
 import { rejection } from '../support/rejection';
+
+/** The fingerprint key (kept outside the database); in memory for the test. */
+const fingerprintKey = makeMemoryFingerprintKey();
 
 /**
  * Outages as the supabase-js adapter meets them over HTTP: PostgREST up but its database down
@@ -60,7 +64,7 @@ describe('supabase-js adapter during an outage', () => {
     });
     const holder = await admin.connect();
     try {
-      const secrets = makeSecretsService({ rpc: pg.rpc });
+      const secrets = makeSecretsService({ rpc: pg.rpc, fingerprintKey });
       const { orgId, deploymentId } = await makeOrgWithDeployment(pg.rpc);
       const meta = await secrets.create({
         orgId,
@@ -74,7 +78,7 @@ describe('supabase-js adapter during an outage', () => {
       await holder.query('select 1 from public.secret_access_log_chains where chain_id = $1 for update', [
         orgId,
       ]);
-      const stuck = makeSecretsService({ rpc })
+      const stuck = makeSecretsService({ rpc, fingerprintKey })
         .readForDeployment(deploymentId)
         .catch((e: unknown) => e);
       await new Promise((r) => setTimeout(r, 200)); // the stuck read has the only connection

@@ -4,7 +4,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(46);
+select plan(49);
 
 -- ---- shape ----------------------------------------------------------------------------------------
 select has_table('vault', 'secrets', 'vault.secrets exists');
@@ -37,9 +37,14 @@ select ok((select position(encode(convert_to('canary-vault-value-0001', 'utf8'),
 select isnt((select secret from vault.secrets where id = :'one'), (select secret from vault.secrets where id = :'two'),
   'the same value encrypts differently in two rows');
 
+select secret as one_ct_before, encode(nonce, 'hex') as one_nonce_before from vault.secrets where id = :'one' \gset
 select vault.update_secret(:'one', 'canary-vault-value-0002');
 select is((select decrypted_secret from vault.decrypted_secrets where id = :'one'),
   'canary-vault-value-0002', 'update_secret replaces the value');
+select isnt((select secret from vault.secrets where id = :'one'), :'one_ct_before',
+  'the row holds a new ciphertext: the old value is not kept beside the new one');
+select is((select encode(nonce, 'hex') from vault.secrets where id = :'one'), :'one_nonce_before',
+  'and keeps its nonce, as supabase_vault 0.3''s update_secret does (the nonce reuse docs/data-contract.md states)');
 select is((select name || '|' || description from vault.secrets where id = :'one'),
   'test:vault:one|first', 'update_secret with null name and description keeps them');
 select vault.update_secret(:'one', null, 'test:vault:renamed', 'renamed');
@@ -155,6 +160,8 @@ select is((select decrypted_secret from vault.decrypted_secrets where id = :'thr
   'service_role creates and reads a secret');
 select lives_ok(format('select vault.update_secret(%L, %L)', :'three', 'canary-vault-value-0004'),
   'service_role updates a secret');
+select is((select name || '|' || decrypted_secret from vault.decrypted_secrets where id = :'three'),
+  'test:vault:three|canary-vault-value-0004', 'and reads the new value back, under the same name');
 select throws_ok($$insert into vault.secrets (secret) values ('x')$$, '42501', null,
   'service_role cannot insert into vault.secrets directly');
 select throws_ok(format('update vault.secrets set name = %L where id = %L', 'x', :'three'), '42501', null,

@@ -4,7 +4,7 @@
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
-select plan(57);
+select plan(59);
 -- the keyed fingerprint, as the orchestrator computes it (HMAC-SHA256 under a key outside the
 -- database; here a test key): the functions store what they are given
 create function pg_temp.fp(p_value text) returns text language sql as $f$
@@ -56,8 +56,14 @@ select matches(:'scoped_name'::text, format('^org:%s:deployment:%s:secret:[0-9a-
   'a deployment-scoped secret''s vault name carries the deployment');
 select public.secrets__create(:'org_b', 'anthropic', 'anthropic', :'k3', pg_temp.fp(:'k3'))
   ->> 'secret_id' as sb \gset
-select isnt((select count(*) from vault.secrets where name like format('org:%s:%%', :'org_b')), 0::bigint,
-  'org B''s secret of the same name lives under org B''s prefix: names cannot collide across orgs');
+select is((select array_agg(vs.name order by vs.name) from vault.secrets vs
+           join public.secret_versions v on v.vault_secret_id = vs.id where v.secret_id in (:'s1', :'sb') and v.version = 1),
+  (select array_agg(x order by x) from unnest(array[format('org:%s:secret:%s:v1', :'org_a', :'s1'),
+                                                    format('org:%s:secret:%s:v1', :'org_b', :'sb')]) x),
+  'org A''s and org B''s secrets named alike get vault names of their own, each under its org''s prefix');
+select throws_ok(format('select vault.create_secret(%L, %L)', 'canary-collision-value-0001', format('org:%s:secret:%s:v1', :'org_a', :'s1')),
+  '23505', 'duplicate key value violates unique constraint "secrets_name_idx"',
+  'a vault name already taken is refused: no second secret can take over org A''s name');
 
 select is((select count(*) from public.secrets s, public.secret_versions v
            where v.secret_id = s.id and s.org_id in (:'org_a', :'org_b')
@@ -108,6 +114,10 @@ select is((select count(*) from public.secret_access_log where secret_id = :'s1'
 select throws_ok(format('select public.secret_versions__retire(%L, 2)', :'s1'), '22023',
   format('version: 2 is the current version of secret %s; add a new version before retiring this one', :'s1'),
   'the current version cannot be retired');
+select is((select v.version || '|' || ds.decrypted_secret from public.secret_versions v
+           join vault.decrypted_secrets ds on ds.id = v.vault_secret_id where v.secret_id = :'s1' and v.retired_at is null
+           order by v.version desc limit 1),
+  '2|' || :'k4', 'the refused retire left version 2 current and readable');
 select throws_ok(format('select public.secret_versions__retire(%L, 7)', :'s1'), 'P0002',
   format('secret %s version 7 not found', :'s1'), 'retiring an unknown version: not_found');
 select is((public.secret_versions__retire(:'s1', 1) ->> 'version')::int, 1, 'secret_versions__retire retires version 1');

@@ -47,7 +47,8 @@ select results_eq($$select distinct deployment_id from public.deployment_secrets
   'deployment_secrets: only A''s');
 select results_eq($$select distinct org_id from public.secret_access_log$$, format('values (%L::uuid)', :'org_a'),
   'secret_access_log: only A''s rows (not B''s, not the org-less chain)');
-select ok((select count(*) from public.secret_access_log) >= 3, 'and A''s audit rows are there');
+select is((select array_agg(operation || '/' || outcome order by id) from public.secret_access_log),
+  array['create/success', 'bind/success', 'read/success'], 'and exactly A''s audit rows are there: create, bind, read');
 select results_eq($$select chain_id from public.secret_access_log_chains$$, format('values (%L::uuid)', :'org_a'),
   'secret_access_log_chains: only A''s');
 select is((select count(*) from public.secrets s where s::text like '%canary-rls%'), 0::bigint,

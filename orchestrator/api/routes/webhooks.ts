@@ -67,17 +67,14 @@ export const webhookRoutes: ApiPlugin = async (app, deps) => {
         { orgId, url: request.body.url, allowLoopback },
         auditContext(request),
       );
-      return reply
-        .code(201)
-        .header('cache-control', 'no-store')
-        .send({
-          id: e.id,
-          orgId: e.orgId,
-          url: e.url,
-          createdAt: e.createdAt,
-          disabledAt: e.disabledAt,
-          secret: e.secret.reveal(),
-        });
+      return reply.code(201).header('cache-control', 'no-store').send({
+        id: e.id,
+        orgId: e.orgId,
+        url: e.url,
+        createdAt: e.createdAt,
+        disabledAt: e.disabledAt,
+        secret: e.secret.reveal(),
+      });
     },
   );
 

@@ -86,7 +86,7 @@ export const makeTokenStore = (deps: { rpc: Rpc }) => {
       const i = parseInput(createInput, input);
       const token = generateToken();
       const r = await rpc<{ id: string }>('api_tokens__create', {
-        p_org_id: i.orgId ?? undefined,
+        p_org_id: i.orgId,
         p_name: i.name,
         p_scopes: i.scopes,
         p_prefix: displayPrefix(token),

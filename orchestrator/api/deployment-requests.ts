@@ -60,8 +60,9 @@ export const makeDeploymentRequests = (deps: {
       reason?: string;
       replayed?: boolean;
     }>('api_deployments__request', {
-      p_idempotency_key: idempotencyKey,
-      p_body_hash: idempotencyKey === undefined ? undefined : requestHash(i),
+      // no defaults in SQL for these two (they lead the signature): null when there is no key
+      p_idempotency_key: idempotencyKey ?? null,
+      p_body_hash: idempotencyKey === undefined ? null : requestHash(i),
       p_token_id: tokenId,
       p_org_id: i.orgId,
       p_name: i.name,

@@ -11,6 +11,7 @@ import type { Pipeline } from '../deployments/pipeline-from-config';
 import type { Logger } from '../log';
 import type { TokenStore } from './api-tokens';
 import { registerAuth } from './auth';
+import { clientErrorProblem } from './client-errors';
 import { makeErrorHandler, problems, sendProblem, toProblem } from './problems';
 import { registerRateLimit } from './rate-limit';
 import { auditRoutes } from './routes/audit';
@@ -80,6 +81,7 @@ export const buildApi = async (
     requestIdHeader: false,
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    clientErrorHandler: clientErrorProblem,
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);

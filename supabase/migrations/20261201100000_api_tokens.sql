@@ -9,6 +9,9 @@
 -- cannot be guessed or brute-forced from its hash, so a slow password hash (bcrypt, argon2) would
 -- only cost a few ms per request and protect nothing; the unique index on the hash is the lookup.
 
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- ---- tables ---------------------------------------------------------------------------------------
 
 create table public.api_tokens (

@@ -73,6 +73,14 @@ export const startTestApi = async (env: Record<string, string> = {}): Promise<Te
       } catch {
         json = undefined;
       }
+      // a 5xx is a defect: show its (value-free) reason from the log
+      if (res.status >= 500 && res.status !== 503)
+        console.warn(
+          logs
+            .filter((l) => l.includes('request failed'))
+            .slice(-3)
+            .join('\n'),
+        );
       return { status: res.status, headers: res.headers, text, json };
     },
     async close() {

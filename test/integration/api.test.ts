@@ -1,0 +1,293 @@
+import { Secret } from '../../orchestrator/secret';
+import type { Workers } from '../../orchestrator/queues/workers';
+import { startTestApi, type TestApi } from '../support/api';
+import { adminPool, auditRows } from '../support/db';
+import { canary } from '../support/canary';
+import { dumpRedis, uniqueSubdomain } from '../support/pipeline';
+
+/**
+ * The API end to end through a real listening server, real Postgres and Redis: `live` has workers
+ * (a deployment requested over HTTP reaches `ready` on a real local host); `quiet` has none under
+ * its queue prefix, for the tests that only need the records (idempotency, isolation).
+ */
+jest.setTimeout(360_000);
+
+let live: TestApi;
+let quiet: TestApi;
+let workers: Workers;
+const admin = adminPool();
+
+beforeAll(async () => {
+  [live, quiet] = await Promise.all([startTestApi(), startTestApi()]);
+  workers = live.pipeline.makeWorkerSet();
+  workers.start();
+});
+afterAll(async () => {
+  for (const t of [quiet, live]) {
+    if (!t) continue;
+    // the jobs this file queued (quiet's are never consumed) go with it
+    const keys = [...(await dumpRedis(t.pipeline.redis, `${t.pipeline.config.QUEUE_PREFIX}:*`)).keys()];
+    if (keys.length) await t.pipeline.redis.del(...keys);
+  }
+  await live?.close();
+  await quiet?.close();
+  await admin.end();
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('a deployment over HTTP', () => {
+  it('stores a canary key, requests a deployment bound to it, reaches ready, is audited and deleted; the key is in no response, log line or Redis key', async () => {
+    const t = live;
+    const org = await t.org();
+    const tok = await t.token(org, ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read']);
+    const value = canary('anthropic');
+    const responses: string[] = [];
+    const call: TestApi['call'] = async (...args) => {
+      const r = await t.call(...args);
+      responses.push(r.text, JSON.stringify([...r.headers]));
+      return r;
+    };
+    const ua = 'onboarding-app/1.0 (api test)';
+
+    const stored = await call('POST', '/v1/secrets', {
+      token: tok.token,
+      body: { name: 'anthropic key', provider: 'anthropic', value },
+      headers: { 'user-agent': ua },
+    });
+    expect(stored.status).toBe(201);
+    const meta = stored.json as Record<string, unknown>;
+    expect(Object.keys(meta).sort()).toEqual(
+      ['displayPrefix', 'fingerprint', 'id', 'name', 'orgId', 'provider', 'version'].sort(),
+    );
+    expect(meta).toMatchObject({ name: 'anthropic key', provider: 'anthropic', orgId: org });
+    // the audit row names the token, the address and the user agent
+    const created = (await auditRows(admin, { secretId: String(meta.id) })).find(
+      (r) => r.operation === 'create',
+    );
+    expect(created).toMatchObject({
+      outcome: 'success',
+      actor: `token:${tok.id}`,
+      request_ip: '127.0.0.1',
+      user_agent: ua,
+    });
+
+    const listed = await call('GET', '/v1/secrets', { token: tok.token });
+    expect((listed.json as { id: string }[]).map((s) => s.id)).toEqual([meta.id]);
+
+    const subdomain = uniqueSubdomain('api');
+    const req = await call('POST', '/v1/deployments', {
+      token: tok.token,
+      body: {
+        name: 'api test agent',
+        subdomain,
+        bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: meta.id }],
+      },
+    });
+    expect(req.status).toBe(201);
+    const id = (req.json as { deploymentId: string }).deploymentId;
+    expect(req.headers.get('location')).toBe(`/v1/deployments/${id}`);
+
+    let d: { status: string; steps: { step: string; status: string; operation: string }[] } | undefined;
+    const deadline = Date.now() + 240_000;
+    while (Date.now() < deadline) {
+      d = (await call('GET', `/v1/deployments/${id}`, { token: tok.token })).json as typeof d;
+      if (d && ['ready', 'failed'].includes(d.status)) break;
+      await sleep(1_000);
+    }
+    expect(d?.status).toBe('ready');
+    expect(d?.steps.filter((s) => s.operation === 'provision').map((s) => s.step)).toEqual([
+      'host',
+      'dns',
+      'ssh',
+      'configure',
+      'secrets',
+      'start',
+      'health',
+      'ready',
+    ]);
+
+    // a ready deployment cannot be retried
+    const retry = await call('POST', `/v1/deployments/${id}/retry`, { token: tok.token });
+    expect(retry.status).toBe(409);
+
+    const audit = await call('GET', `/v1/deployments/${id}/audit`, { token: tok.token });
+    expect(audit.status).toBe(200);
+    const trail = audit.json as { entries: { operation: string; outcome: string }[]; chain: { ok: boolean } };
+    expect(trail.chain.ok).toBe(true);
+    expect(trail.entries.map((e) => [e.operation, e.outcome])).toEqual(
+      expect.arrayContaining([
+        ['bind', 'success'],
+        ['read', 'success'],
+      ]),
+    );
+    const orgAudit = await call('GET', `/v1/orgs/${org}/audit`, { token: tok.token });
+    expect(orgAudit.status).toBe(200);
+    expect((orgAudit.json as { chain: { ok: boolean; rowsChecked: number } }).chain).toMatchObject({
+      ok: true,
+    });
+
+    const del = await call('DELETE', `/v1/deployments/${id}`, { token: tok.token });
+    expect([del.status, (del.json as { status: string }).status]).toEqual([202, 'deprovisioning']);
+    const gone = await t.pipeline.service.watch(id, () => undefined, {
+      timeoutMs: 120_000,
+      until: (x) => x.status === 'deleted',
+    });
+    expect(gone.status).toBe('deleted');
+
+    // the canary: in no response (bodies and headers), no log line, no Redis key or job
+    expect(responses.filter((r) => r.includes(value))).toEqual([]);
+    expect(t.logs.length).toBeGreaterThan(10);
+    expect(t.logs.some((l) => l.includes('"url":"/v1/secrets"'))).toBe(true);
+    expect(t.logs.filter((l) => l.includes(value))).toEqual([]);
+    expect(t.logs.filter((l) => l.includes(tok.token))).toEqual([]);
+    const redis = await dumpRedis(t.pipeline.redis, `${t.pipeline.config.QUEUE_PREFIX}:*`);
+    expect([...redis].filter(([k, v]) => k.includes(value) || v.includes(value))).toEqual([]);
+  });
+
+  it('/readyz is ready with a live worker, and names the workers when none runs under the prefix', async () => {
+    const ok = await live.call('GET', '/readyz');
+    expect([ok.status, ok.json]).toEqual([
+      200,
+      { status: 'ready', checks: { postgres: 'ok', redis: 'ok', workers: 'ok' } },
+    ]);
+    const not = await quiet.call('GET', '/readyz');
+    expect(not.status).toBe(503);
+    expect(not.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(not.json).toMatchObject({ checks: { postgres: 'ok', redis: 'ok', workers: 'failed' } });
+  });
+});
+
+describe('Idempotency-Key', () => {
+  const body = (subdomain: string) => ({ name: 'idem', subdomain, runtime: 'echo', bindings: [] });
+
+  it('two concurrent requests with one key make one deployment; the replay answers 200 with the same body', async () => {
+    const t = quiet;
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:write', 'deployments:read']);
+    const sub = uniqueSubdomain('idem');
+    const key = `key-${sub}`;
+    const send = () =>
+      t.call('POST', '/v1/deployments', {
+        token: tok.token,
+        body: body(sub),
+        headers: { 'idempotency-key': key },
+      });
+    const [a, b] = await Promise.all([send(), send()]);
+    expect([a.status, b.status].sort()).toEqual([200, 201]);
+    expect(a.json).toEqual(b.json);
+    const list = await t.call('GET', '/v1/deployments', { token: tok.token });
+    expect((list.json as unknown[]).length).toBe(1);
+    const again = await send();
+    expect([again.status, again.json, again.headers.get('idempotent-replayed')]).toEqual([
+      200,
+      a.json,
+      'true',
+    ]);
+    const count = await admin.query('select count(*)::int as n from public.deployments where org_id = $1', [
+      org,
+    ]);
+    expect(count.rows[0]).toEqual({ n: 1 });
+  });
+
+  it('the same key with another body is a 422 problem naming the header, and makes nothing', async () => {
+    const t = quiet;
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:write']);
+    const sub = uniqueSubdomain('idem');
+    const headers = { 'idempotency-key': `k-${sub}` };
+    const first = await t.call('POST', '/v1/deployments', { token: tok.token, body: body(sub), headers });
+    expect(first.status).toBe(201);
+    const other = await t.call('POST', '/v1/deployments', {
+      token: tok.token,
+      body: { ...body(sub), name: 'another name' },
+      headers,
+    });
+    expect(other.status).toBe(422);
+    expect(other.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(other.json).toMatchObject({ status: 422, field: 'header.idempotency-key' });
+    const count = await admin.query('select count(*)::int as n from public.deployments where org_id = $1', [
+      org,
+    ]);
+    expect(count.rows[0]).toEqual({ n: 1 });
+    // without a key, the same body is a new request (refused here: the subdomain is taken)
+    const nokey = await t.call('POST', '/v1/deployments', { token: tok.token, body: body(sub) });
+    expect(nokey.status).toBe(409);
+  });
+});
+
+describe('organisations are isolated', () => {
+  it("org A's token gets 404 for org B's deployment, key and audit; an ops token sees them", async () => {
+    const t = quiet;
+    const [orgA, orgB] = [await t.org(), await t.org()];
+    const all = ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read'] as const;
+    const a = await t.token(orgA, all);
+    const b = await t.token(orgB, all);
+    const ops = await t.token(null, ['deployments:read', 'audit:read', 'admin']);
+    const keyB = await t.pipeline.secrets.create({
+      orgId: orgB,
+      name: 'b key',
+      provider: 'openai',
+      value: new Secret(canary('openai')),
+    });
+    const depB = await t.call('POST', '/v1/deployments', {
+      token: b.token,
+      body: { name: 'b agent', subdomain: uniqueSubdomain('iso') },
+    });
+    expect(depB.status).toBe(201);
+    const idB = (depB.json as { deploymentId: string }).deploymentId;
+    const unknown = '00000000-0000-4000-8000-000000000000';
+
+    for (const [method, path] of [
+      ['GET', `/v1/deployments/${idB}`],
+      ['POST', `/v1/deployments/${idB}/retry`],
+      ['DELETE', `/v1/deployments/${idB}`],
+      ['GET', `/v1/deployments/${idB}/audit`],
+      ['GET', `/v1/orgs/${orgB}/audit`],
+      ['GET', `/v1/secrets?orgId=${orgB}`],
+    ] as const) {
+      const theirs = await t.call(method, path, { token: a.token });
+      const none = await t.call(method, path.replace(idB, unknown).replace(orgB, unknown), {
+        token: a.token,
+      });
+      expect([path, theirs.status]).toEqual([path, 404]);
+      // the same answer as for an id that does not exist: nothing confirms B's ids
+      expect(theirs.json).toEqual(none.json);
+    }
+    const store = await t.call('POST', '/v1/secrets', {
+      token: a.token,
+      body: { orgId: orgB, name: 'x', provider: 'other', value: canary('other') },
+    });
+    expect(store.status).toBe(404);
+    // binding B's key from A: refused, naming the field, the same as an unknown id
+    const bind = (secretId: string) =>
+      t.call('POST', '/v1/deployments', {
+        token: a.token,
+        body: { name: 'a agent', subdomain: uniqueSubdomain('iso'), bindings: [{ envVar: 'K', secretId }] },
+      });
+    const stolen = await bind(keyB.secretId);
+    expect(stolen.status).toBe(422);
+    expect(stolen.json).toMatchObject({ field: 'bindings.0.secretId' });
+    expect((await bind(unknown)).json).toEqual(stolen.json);
+    // B's deployment is untouched, and listed only for B
+    expect((await t.call('GET', '/v1/deployments', { token: a.token })).json).toEqual([]);
+    expect((await t.call('GET', `/v1/deployments/${idB}`, { token: b.token })).status).toBe(200);
+    expect((await t.pipeline.store.get(idB)).status).toBe('requested');
+
+    // an ops token sees every organisation's
+    expect((await t.call('GET', `/v1/deployments/${idB}`, { token: ops.token })).status).toBe(200);
+    expect((await t.call('GET', `/v1/orgs/${orgB}/audit`, { token: ops.token })).status).toBe(200);
+  });
+
+  it('an org token cannot hold admin; an ops token must name the organisation it acts on', async () => {
+    const t = quiet;
+    const org = await t.org();
+    await expect(t.token(org, ['admin'])).rejects.toMatchObject({ code: 'invalid_input', field: 'scopes' });
+    const ops = await t.token(null, ['secrets:write']);
+    const r = await t.call('POST', '/v1/secrets', {
+      token: ops.token,
+      body: { name: 'k', provider: 'other', value: canary('other') },
+    });
+    expect([r.status, (r.json as { field?: string }).field]).toEqual([400, 'orgId']);
+  });
+});

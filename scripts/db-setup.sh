@@ -72,5 +72,21 @@ if [ "$(psql -X -q -At -d "$URL" -c "select to_regprocedure('public.secrets__fin
     echo 'commit;'
   } | psql -X -q -v ON_ERROR_STOP=1 -d "$URL" >/dev/null
 fi
+# Likewise the pipeline's shared guard of record_host / record_dns (deployments__lock_provisioning,
+# added in the squash): same behaviour before and after, brought in so the schema is the same.
+if [ "$(psql -X -q -At -d "$URL" -c "select to_regprocedure('public.deployments__record_dns(uuid, text, text)') is not null
+      and to_regprocedure('public.deployments__lock_provisioning(uuid, text)') is null" 2>/dev/null)" = t ]; then
+  echo "db-setup: adding deployments__lock_provisioning (the squash) on an existing database" >&2
+  CHANGED='deployments__lock_provisioning|deployments__record_host|deployments__record_dns'
+  {
+    echo 'begin;'
+    awk -v re="^create function public[.]($CHANGED)[(]" '
+      $0 ~ re { on = 1; sub(/^create function/, "create or replace function") }
+      on { print }
+      on && /^\$\$;$/ { on = 0 }' supabase/migrations/20261130120000_pipeline.sql
+    grep -E '^revoke all on function public[.]deployments__lock_provisioning[(]' supabase/migrations/20261130120000_pipeline.sql
+    echo 'commit;'
+  } | psql -X -q -v ON_ERROR_STOP=1 -d "$URL" >/dev/null
+fi
 sep='?'; case "$URL" in *\?*) sep='&' ;; esac
 npx --no-install supabase migration up --db-url "${URL}${sep}sslmode=disable" 2>&1 | grep -v '^$' || { echo "migration up failed" >&2; exit 1; }

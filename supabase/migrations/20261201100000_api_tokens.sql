@@ -66,6 +66,8 @@ alter table public.api_idempotency_keys enable row level security;
 -- No policy: tokens are an ops concern; no API role reads or writes these tables directly.
 revoke all on table public.api_tokens, public.api_token_events, public.api_idempotency_keys
   from public, anon, authenticated, service_role, cortex_orchestrator;
+-- the identity sequence: Supabase's default privileges would hand it to the API roles
+revoke all on sequence public.api_token_events_id_seq from public, anon, authenticated, service_role, cortex_orchestrator;
 
 create function public.api_token_events__refuse_change()
 returns trigger

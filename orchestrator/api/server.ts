@@ -19,6 +19,8 @@ import { deploymentRoutes } from './routes/deployments';
 import { docsRoutes } from './routes/docs';
 import { eventRoutes } from './routes/events';
 import { healthRoutes } from './routes/health';
+import { metricsRoutes } from './routes/metrics';
+import { queueBoardRoutes } from './routes/queue-board';
 import { rotationRoutes } from './routes/rotation';
 import { secretRoutes } from './routes/secrets';
 import { webhookRoutes } from './routes/webhooks';
@@ -52,6 +54,8 @@ export const ROUTES: readonly ApiPlugin[] = [
   webhookRoutes,
   // H5 (events, webhooks), H6 (metrics, Bull Board), H8 (rotation): one line each below
   rotationRoutes,
+  metricsRoutes,
+  queueBoardRoutes,
 ];
 
 /** A key is far smaller; nothing the API takes comes near this. */

@@ -1,8 +1,6 @@
 import { hostname } from 'node:os';
 import type { Config } from '../config';
 import type { Pipeline } from '../deployments/pipeline-from-config';
-import { OrchestratorError } from '../errors';
-import type { Secret } from '../secret';
 import { swapAgentEnvironment } from '../steps/agent-swap';
 import { makeHttpKeyValidator, noKeyValidation, type KeyValidator } from './key-validator';
 import { makeRevokeJob } from './revoke-job';
@@ -19,23 +17,12 @@ export const keyValidatorFromConfig = (config: Config): KeyValidator =>
       )
     : noKeyValidation;
 
-type SecretsWithFingerprint = { fingerprint?: (value: Secret) => string | Promise<string> };
-
-/** The secrets service's keyed fingerprint (the key never leaves the orchestrator). */
-const fingerprintOf =
-  (secrets: unknown) =>
-  (value: Secret): string | Promise<string> => {
-    const f = (secrets as SecretsWithFingerprint).fingerprint;
-    if (!f) throw new OrchestratorError('config_invalid', 'the secrets service computes no fingerprint');
-    return f(value);
-  };
-
 /** Just the service (the API process: no workers). */
 export const makeRotationServiceFromPipeline = (
   pipeline: Pick<Pipeline, 'config' | 'db' | 'queues' | 'secrets'>,
 ) =>
   makeRotationService({
-    rotations: makeRotationStore({ rpc: pipeline.db.rpc, fingerprint: fingerprintOf(pipeline.secrets) }),
+    rotations: makeRotationStore({ rpc: pipeline.db.rpc, fingerprint: pipeline.secrets.fingerprint }),
     queues: pipeline.queues,
     validator: keyValidatorFromConfig(pipeline.config),
     graceSeconds: pipeline.config.ROTATION_GRACE_SECONDS,
@@ -54,7 +41,7 @@ export const makeRotationFromPipeline = (
   } = {},
 ) => {
   const { config, log } = pipeline;
-  const rotations = makeRotationStore({ rpc: pipeline.db.rpc, fingerprint: fingerprintOf(pipeline.secrets) });
+  const rotations = makeRotationStore({ rpc: pipeline.db.rpc, fingerprint: pipeline.secrets.fingerprint });
   const service = makeRotationService({
     rotations,
     queues: pipeline.queues,

@@ -8,7 +8,9 @@ import { BlockList, isIP } from 'node:net';
  * address that was checked (the `lookup` below is handed to http.request), so no second
  * resolution can swap it.
  */
-const blocked = new BlockList();
+// two lists: Node matches IPv4 addresses against IPv4-mapped IPv6 rules (::ffff:0:0/96 would block them all)
+const blocked4 = new BlockList();
+const blocked6 = new BlockList();
 for (const [net, bits] of [
   ['0.0.0.0', 8],
   ['10.0.0.0', 8],
@@ -26,7 +28,7 @@ for (const [net, bits] of [
   ['224.0.0.0', 4],
   ['240.0.0.0', 4],
 ] as const)
-  blocked.addSubnet(net, bits, 'ipv4');
+  blocked4.addSubnet(net, bits, 'ipv4');
 for (const [net, bits] of [
   ['::', 127],
   ['::ffff:0:0', 96],
@@ -41,7 +43,7 @@ for (const [net, bits] of [
   ['fec0::', 10],
   ['ff00::', 8],
 ] as const)
-  blocked.addSubnet(net, bits, 'ipv6');
+  blocked6.addSubnet(net, bits, 'ipv6');
 
 const loopback = new BlockList();
 loopback.addSubnet('127.0.0.0', 8, 'ipv4');
@@ -53,7 +55,7 @@ export const addressAllowed = (address: string, allowLoopback: boolean): boolean
   if (family === 0) return false;
   const type = family === 4 ? 'ipv4' : 'ipv6';
   if (allowLoopback && loopback.check(address, type)) return true;
-  return !blocked.check(address, type);
+  return type === 'ipv4' ? !blocked4.check(address, 'ipv4') : !blocked6.check(address, 'ipv6');
 };
 
 type LookupCallback = (

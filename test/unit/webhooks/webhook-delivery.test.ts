@@ -1,0 +1,124 @@
+import { Webhook } from 'standardwebhooks';
+import { parseRateLimit } from '../../../orchestrator/api/rate-limit';
+import { Secret } from '../../../orchestrator/secret';
+import { addressAllowed } from '../../../orchestrator/webhooks/webhook-address';
+import { parseWebhookJob, webhookJobId } from '../../../orchestrator/webhooks/webhook-payloads';
+import { sendWebhook, signatureHeaders } from '../../../orchestrator/webhooks/webhook-sender';
+import { webhookBody } from '../../../orchestrator/webhooks/webhook-workers';
+
+/** The webhook parts that need no service: addresses, payloads, signatures, the rate-limit setting. */
+describe('addresses a webhook may reach (the SQL list, again at delivery time)', () => {
+  it.each([
+    '10.1.2.3',
+    '127.0.0.1',
+    '169.254.169.254',
+    '172.16.0.1',
+    '192.168.1.1',
+    '100.64.0.1',
+    '0.0.0.0',
+    '224.0.0.1',
+    '::1',
+    '::',
+    'fe80::1',
+    'fc00::1',
+    '::ffff:127.0.0.1',
+    '::ffff:10.0.0.1',
+    '64:ff9b::a00:1',
+    'not-an-ip',
+  ])('refuses %s', (a) => expect(addressAllowed(a, false)).toBe(false));
+
+  it.each(['93.184.215.14', '1.1.1.1', '2606:4700:4700::1111'])('allows the public %s', (a) =>
+    expect(addressAllowed(a, false)).toBe(true),
+  );
+
+  it('local mode adds loopback, and only loopback', () => {
+    expect(addressAllowed('127.0.0.1', true)).toBe(true);
+    expect(addressAllowed('::1', true)).toBe(true);
+    expect(addressAllowed('10.0.0.1', true)).toBe(false);
+    expect(addressAllowed('169.254.169.254', true)).toBe(false);
+  });
+});
+
+describe('the webhooks queue carries ids only', () => {
+  it('accepts a delivery id and nothing else', () => {
+    expect(parseWebhookJob({ deliveryId: '42' })).toEqual({ ok: true, payload: { deliveryId: '42' } });
+    for (const bad of [
+      {},
+      { deliveryId: 42 },
+      { deliveryId: '0' },
+      { deliveryId: '42', secret: 'whsec_x' },
+      { deliveryId: '4:2' },
+    ])
+      expect(parseWebhookJob(bad).ok).toBe(false);
+    expect(JSON.stringify(parseWebhookJob({ deliveryId: 'sk-live-value' }))).not.toContain('sk-live-value');
+  });
+  it('job ids are deterministic and have no ":"', () => {
+    expect(webhookJobId('42')).toBe('webhooks-42');
+    expect(() => webhookJobId('4:2')).toThrow();
+  });
+});
+
+describe('signing', () => {
+  const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+  it('signs id.timestamp.body so that the standardwebhooks library verifies it', () => {
+    const body = webhookBody(
+      {
+        id: '7',
+        deploymentId: 'd',
+        at: '2026-11-30T00:00:00Z',
+        kind: 'status',
+        payload: { status: 'ready', previous_status: 'provisioning' },
+      },
+      'o',
+    );
+    expect(JSON.parse(body)).toEqual({
+      type: 'deployment.status',
+      timestamp: '2026-11-30T00:00:00.000Z',
+      data: { eventId: 7, deploymentId: 'd', orgId: 'o', status: 'ready', previousStatus: 'provisioning' },
+    });
+    const h = signatureHeaders(new Secret(secret), '7', new Date(), body);
+    expect(h['webhook-id']).toBe('7');
+    expect(new Webhook(secret).verify(body, h)).toMatchObject({ type: 'deployment.status' });
+    expect(() => new Webhook(secret).verify(body.replace('ready', 'failed'), h)).toThrow();
+  });
+
+  it('refuses to send to a private address, to plain http outside local mode and to a URL with credentials', async () => {
+    const base = {
+      msgId: '1',
+      timestamp: new Date(),
+      body: '{}',
+      secret: new Secret(secret),
+      timeoutMs: 1000,
+    };
+    expect(await sendWebhook({ ...base, url: 'https://10.0.0.1/x', allowLoopback: false })).toEqual({
+      ok: false,
+      error: 'address_refused',
+    });
+    expect(await sendWebhook({ ...base, url: 'https://[::1]/x', allowLoopback: false })).toEqual({
+      ok: false,
+      error: 'address_refused',
+    });
+    expect(await sendWebhook({ ...base, url: 'http://127.0.0.1:9/x', allowLoopback: false })).toEqual({
+      ok: false,
+      error: 'bad_url',
+    });
+    expect(await sendWebhook({ ...base, url: 'http://93.184.215.14/x', allowLoopback: true })).toEqual({
+      ok: false,
+      error: 'bad_url',
+    });
+    expect(await sendWebhook({ ...base, url: 'https://u:p@93.184.215.14/x', allowLoopback: false })).toEqual({
+      ok: false,
+      error: 'bad_url',
+    });
+  });
+});
+
+describe('API_RATE_LIMIT', () => {
+  it('reads a count per second, minute or hour', () => {
+    expect(parseRateLimit('600/min')).toEqual({ max: 600, windowMs: 60_000 });
+    expect(parseRateLimit('20/s')).toEqual({ max: 20, windowMs: 1_000 });
+    expect(parseRateLimit('10000/h')).toEqual({ max: 10_000, windowMs: 3_600_000 });
+    for (const bad of ['0/min', '600', '600/day', '-1/s', '1e3/s'])
+      expect(() => parseRateLimit(bad)).toThrow('API_RATE_LIMIT');
+  });
+});

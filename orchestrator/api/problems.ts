@@ -168,6 +168,29 @@ const build = (
   ...(extra.errors ? { errors: extra.errors } : {}),
 });
 
+/**
+ * not_found / conflict. Our own messages (the services', the SQL functions' `<thing> <id> not
+ * found`) name only ids the caller sent; a database's own message (a unique violation names a
+ * constraint, and Postgres's detail can quote values) is replaced by plain words.
+ */
+const NOT_FOUND =
+  /^(?:[a-z_]+: )?((?:deployment|organization|secret|token) [0-9a-f-]{36} not found)(?: \(SQLSTATE \w+\))?$/;
+const dbSafe = (
+  code: ErrorCode,
+  message: string,
+): [string, { field?: string; errors?: { field: string; message: string }[] }] => {
+  if (!message.includes('(SQLSTATE')) return [message, {}];
+  const nf = NOT_FOUND.exec(message);
+  if (nf?.[1]) return [nf[1], {}];
+  if (code === 'conflict') {
+    const field = /subdomain/.test(message) ? 'subdomain' : /name/.test(message) ? 'name' : undefined;
+    return field
+      ? [`${field}: is already in use`, { field, errors: [{ field, message: 'is already in use' }] }]
+      : ['the request conflicts with the current state of the resource', {}];
+  }
+  return [code === 'not_found' ? 'not found' : 'the request could not be completed', {}];
+};
+
 /** Any thrown thing → the problem document to send. Unknown errors are 500 with no detail of theirs. */
 export const toProblem = (err: unknown): Problem => {
   if (err instanceof ApiProblem) return build(err.status, err.slug, err.detail, err.extra);
@@ -196,8 +219,7 @@ export const toProblem = (err: unknown): Problem => {
         errors: [{ field, message }],
       });
     }
-    // not_found / conflict: our own messages name ids the caller sent, never values
-    return build(status, err.code.replace(/_/g, '-'), err.message.replace(/ \(SQLSTATE \w+\)$/, ''));
+    return build(status, err.code.replace(/_/g, '-'), ...dbSafe(err.code, err.message));
   }
   const fe = err as Partial<FastifyError> | null;
   const known = typeof fe?.code === 'string' ? FASTIFY_CODES[fe.code] : undefined;

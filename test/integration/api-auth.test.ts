@@ -1,4 +1,10 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { runCli } from '../../orchestrator/cli/cortexctl';
 import { startTestApi, type TestApi } from '../support/api';
+import { testDatabaseUrl } from '../support/db';
 
 /**
  * The API's skeleton through a real listening server: public health and OpenAPI, bearer tokens and
@@ -133,5 +139,90 @@ describe('problem documents', () => {
     });
     expect(big.status).toBe(413);
     expect(big.headers.get('content-type')).toMatch(PROBLEM);
+  });
+});
+
+describe('cortexctl tokens and api', () => {
+  const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
+    let out = '';
+    const code = await runCli(args, {
+      env: { ...process.env, DATABASE_URL: testDatabaseUrl(), LOG_LEVEL: 'silent' },
+      out: (s) => (out += s),
+    });
+    return { code, out };
+  };
+
+  it('tokens create prints the token once; list shows its prefix only; revoke refuses it at once', async () => {
+    const org = await t.org();
+    const made = await cli([
+      'tokens',
+      'create',
+      '--org',
+      org,
+      '--scope',
+      'deployments:read,audit:read',
+      '--name',
+      'cli',
+    ]);
+    expect(made.code).toBe(0);
+    const token = /^token: +(ctx_[0-9A-Za-z]{43})$/m.exec(made.out)?.[1] ?? '';
+    const id = /^token id: +([0-9a-f-]{36})$/m.exec(made.out)?.[1] ?? '';
+    expect(token).not.toBe('');
+    expect((await t.call('GET', '/v1/deployments', { token })).status).toBe(200);
+
+    const listed = await cli(['tokens', 'list', '--org', org]);
+    expect(listed.out).toContain(`ctx_${token.slice(4, 12)}…`);
+    expect(listed.out).toContain('audit:read,deployments:read');
+    expect(listed.out).not.toContain(token.slice(12));
+
+    expect((await cli(['tokens', 'revoke', id])).code).toBe(0);
+    expect((await t.call('GET', '/v1/deployments', { token })).status).toBe(401);
+    expect((await cli(['tokens', 'list', '--org', org])).out).toBe('');
+
+    const bad = await cli(['tokens', 'create', '--org', org, '--scope', 'deployments:read,root']);
+    expect(bad.code).toBe(1);
+    expect(bad.out).toContain('scope[1]: must be one of');
+    const both = await cli(['tokens', 'create', '--org', org, '--ops', '--scope', 'admin']);
+    expect([both.code, both.out]).toEqual([1, expect.stringContaining('exactly one of --org')]);
+  });
+
+  it('cortexctl api listens on 127.0.0.1:API_PORT, answers, and exits 0 on SIGTERM', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const a = s.address();
+        s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
+      });
+    });
+    const child = spawn(
+      join(__dirname, '../../node_modules/.bin/tsx'),
+      ['orchestrator/cli/cortexctl.ts', 'api'],
+      {
+        cwd: join(__dirname, '../..'),
+        env: {
+          ...process.env,
+          DATABASE_URL: testDatabaseUrl(),
+          API_PORT: String(port),
+          QUEUE_PREFIX: `t${randomBytes(5).toString('hex')}`,
+          LOG_LEVEL: 'warn',
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let output = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve, reject) => {
+      const onData = (d: Buffer): void => {
+        output += d.toString();
+        if (output.includes('listening on')) resolve();
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', onData);
+      void exited.then(() => reject(new Error(`cortexctl api exited: ${output.slice(-2000)}`)));
+    });
+    expect(output).toContain(`http://127.0.0.1:${port}`);
+    const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+    expect(r.status).toBe(200);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
   });
 });

@@ -213,6 +213,9 @@ describe('Idempotency-Key', () => {
     // without a key, the same body is a new request (refused here: the subdomain is taken)
     const nokey = await t.call('POST', '/v1/deployments', { token: tok.token, body: body(sub) });
     expect(nokey.status).toBe(409);
+    // the database's own words (constraint names, SQLSTATEs) stay out of the problem
+    expect(nokey.json).toMatchObject({ field: 'subdomain', detail: 'subdomain: is already in use' });
+    expect(nokey.text).not.toMatch(/SQLSTATE|constraint|_key|deployments__/);
   });
 });
 

@@ -1,4 +1,5 @@
 import { OrchestratorError } from '../../errors';
+import { metrics } from '../../metrics/metrics';
 
 /**
  * The few Hetzner Cloud API calls the orchestrator makes itself, outside Pulumi: the DNS preflight
@@ -94,8 +95,10 @@ export const makeHcloudApi = (deps: {
         ...(deps.signal ? { signal: deps.signal } : {}),
       });
     } catch {
+      metrics.providerCalls.inc({ provider: 'hcloud', method, status: 'error' });
       throw new OrchestratorError('provider_unavailable', `Hetzner API ${method} ${route(path)}: no answer`);
     }
+    metrics.providerCalls.inc({ provider: 'hcloud', method, status: String(res.status) });
     const body: unknown = res.status === 204 ? undefined : await res.json().catch(() => undefined);
     if (res.status >= 200 && res.status < 300) return body;
     const code = codeOf(body);

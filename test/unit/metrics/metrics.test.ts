@@ -133,3 +133,99 @@ describe('metrics', () => {
     expect(parsed?.[0]?.values).toEqual([]);
   });
 });
+
+describe('instrumentation where the events happen', () => {
+  const value = async (
+    m: {
+      get(): Promise<{ values: { value: number; labels: Record<string, unknown>; metricName?: string }[] }>;
+    },
+    labels: Record<string, string>,
+    metricName?: string,
+  ): Promise<number> =>
+    (await m.get()).values
+      .filter((v) => (metricName ? v.metricName === metricName : true))
+      .filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))
+      .reduce((a, v) => a + v.value, 0);
+
+  it('the step runner observes each step’s duration by operation, step and outcome', async () => {
+    const { metrics } = await import('../../../orchestrator/metrics/metrics');
+    const { makeStepRunner } = await import('../../../orchestrator/steps/step-runner');
+    const { makeLogger } = await import('../../../orchestrator/log');
+    const { OrchestratorError } = await import('../../../orchestrator/errors');
+    const dep = { id: 'd1', status: 'provisioning', currentRun: 1, steps: [] as unknown[] };
+    const store = {
+      begin: async () => ({ action: 'run', run: 1, deployment: dep }),
+      get: async () => dep,
+      stepStarted: async () => undefined,
+      stepFinished: async () => dep,
+    } as never;
+    const count = (step: string, outcome: string) =>
+      value(
+        metrics.stepDuration,
+        { operation: 'provision', step, outcome },
+        'cortex_step_duration_seconds_count',
+      );
+    const before = [await count('m-ok', 'succeeded'), await count('m-bad', 'failed')];
+    const runner = makeStepRunner({ store, log: makeLogger({ level: 'silent' }) });
+    await expect(
+      runner.run({
+        operation: 'provision',
+        deploymentId: 'd1',
+        jobId: 'j',
+        finalAttempt: true,
+        steps: [
+          { name: 'm-ok', deadlineMs: 1_000, apply: async () => undefined },
+          {
+            name: 'm-bad',
+            deadlineMs: 1_000,
+            apply: async () => {
+              throw new OrchestratorError('invalid_input', 'no');
+            },
+          },
+        ],
+      }),
+    ).rejects.toThrow('no');
+    expect([await count('m-ok', 'succeeded'), await count('m-bad', 'failed')]).toEqual([
+      (before[0] ?? 0) + 1,
+      (before[1] ?? 0) + 1,
+    ]);
+  });
+
+  it('the secrets service counts each value read, and a denial once', async () => {
+    const { metrics } = await import('../../../orchestrator/metrics/metrics');
+    const { makeSecretsService } = await import('../../../orchestrator/secrets/secrets-service');
+    let answer: unknown = {
+      status: 'ok',
+      secrets: [
+        { env_var: 'A', secret_id: 's1', version: 1, value: 'x' },
+        { env_var: 'B', secret_id: 's2', version: 1, value: 'y' },
+      ],
+    };
+    const rpc = (async (fn: string) => (fn.endsWith('intend_read') ? { intent_id: 'i' } : answer)) as Rpc;
+    const svc = makeSecretsService({ rpc });
+    const ok0 = await value(metrics.secretAccess, { operation: 'read', outcome: 'success' });
+    const denied0 = await value(metrics.secretAccess, { operation: 'read', outcome: 'denied' });
+    await svc.readForDeployment('00000000-0000-4000-8000-000000000001');
+    answer = { status: 'denied', reason: 'not bound' };
+    await svc.readForDeployment('00000000-0000-4000-8000-000000000001');
+    expect(await value(metrics.secretAccess, { operation: 'read', outcome: 'success' })).toBe(ok0 + 2);
+    expect(await value(metrics.secretAccess, { operation: 'read', outcome: 'denied' })).toBe(denied0 + 1);
+  });
+
+  it('the hcloud API client counts its requests by method and status', async () => {
+    const { metrics } = await import('../../../orchestrator/metrics/metrics');
+    const { makeHcloudApi } = await import('../../../orchestrator/infra/hcloud/api');
+    const api = makeHcloudApi({
+      token: 't',
+      fetch: async () => ({
+        status: 200,
+        json: async () => ({ zones: [], meta: { pagination: { next_page: null } } }),
+      }),
+    });
+    const n0 = await value(metrics.providerCalls, { provider: 'hcloud', method: 'GET', status: '200' });
+    await api.zone('example.com');
+    expect(await value(metrics.providerCalls, { provider: 'hcloud', method: 'GET', status: '200' })).toBe(
+      n0 + 1,
+    );
+  });
+});

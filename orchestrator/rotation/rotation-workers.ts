@@ -5,6 +5,7 @@ import { parsePayload } from '../queues/job-payloads';
 import type { Queues } from '../queues/queues';
 import { reasonOf } from '../steps/step-runner';
 import type { RevokeJob } from './revoke-job';
+import { rotationMetrics } from './rotation-metrics';
 import type { RotationJob } from './rotation-job';
 import type { OverdueKey, RotationStore } from './rotation-store';
 
@@ -34,12 +35,18 @@ export const makeRotationProcessors = (deps: { rotationJob: RotationJob; revokeJ
       const parsed = parsePayload('rotate', job.data);
       if (!parsed.ok) return refuse(job, parsed.problem);
       try {
-        return await deps.rotationJob.run({
+        const out = await deps.rotationJob.run({
           rotationId: parsed.payload.rotationId,
           jobId: job.id ?? `rotate-${parsed.payload.rotationId}`,
           signal,
           finalAttempt: finalAttempt(job),
         });
+        const m = rotationMetrics.deployments;
+        m.inc({ outcome: 'switched' }, out.switched.length);
+        m.inc({ outcome: 'rolled_back' }, out.rolledBack.length);
+        m.inc({ outcome: 'failed' }, out.failed.length);
+        m.inc({ outcome: 'skipped' }, out.skipped.length);
+        return out;
       } catch (err) {
         return rethrow(err);
       }
@@ -96,6 +103,7 @@ export const makeRotationMaintenance = (deps: {
 
   const keyAge = async (): Promise<{ overdue: number }> => {
     const keys = await rotations.overdue();
+    rotationMetrics.keysOverMaxAge.set(keys.length);
     deps.onOverdue?.(keys);
     for (const k of keys)
       log.warn(

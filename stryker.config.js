@@ -46,19 +46,15 @@ module.exports = {
   timeoutMS: 30000,
   incremental: true,
   incrementalFile: '.local/stryker/incremental.json',
-  // Outside the repository: a sandbox under it would be crawled by everyone's jest (haste collisions).
-  tempDirName: require('node:path').join(require('node:os').tmpdir(), 'cortex-stryker'),
+  // Inside the repository, so that the sandbox finds node_modules by walking up (no link: Stryker
+  // would search the whole tree for node_modules folders, .local's host images included, which is
+  // slow and fails when a host goes away mid-scan). .local is ignored by git, eslint and prettier.
+  tempDirName: '.local/stryker/tmp',
+  symlinkNodeModules: false,
   cleanTempDir: true,
-  // Copy only what the tests need into the sandbox (.local holds databases and host images).
-  ignorePatterns: [
-    '/*',
-    '!/orchestrator',
-    '!/templates',
-    '!/test',
-    '!/workers',
-    '!/package.json',
-    '!/tsconfig.json',
-  ],
+  // Copy only what the tests need into the sandbox (.local holds databases and host images); no
+  // package.json, whose name would collide in jest's module map for anyone testing meanwhile.
+  ignorePatterns: ['/*', '!/orchestrator', '!/templates', '!/test', '!/workers', '!/tsconfig.json'],
   reporters: ['clear-text', 'progress', 'html', 'json'],
   htmlReporter: { fileName: '.local/stryker/report.html' },
   jsonReporter: { fileName: '.local/stryker/report.json' },

@@ -27,12 +27,16 @@ afterAll(async () => {
   await admin.end();
 });
 
-const platformRows = async (since: number) =>
+/**
+ * This test's own rows of the platform chain (which every test and worker shares): those naming its
+ * secret, and the denial naming its missing name (a denied name has no secret id).
+ */
+const platformRows = async (secretId: string, deniedName: string) =>
   (
     await admin.query<{ operation: string; outcome: string; actor: string | null }>(
       `select operation, outcome, actor from public.secret_access_log
-        where chain_id = $1 and id > $2 order by id`,
-      [PLATFORM_AUDIT_CHAIN, since],
+        where chain_id = $1 and (secret_id = $2 or (secret_id is null and reason = $3)) order by id`,
+      [PLATFORM_AUDIT_CHAIN, secretId, `platform secret ${deniedName} not found`],
     )
   ).rows;
 
@@ -40,11 +44,7 @@ it('loads the orchestrator key from the vault, multi-line and intact, and audits
   const secrets = makeSecretsService({ rpc: db.rpc, fingerprintKey });
   const name = `test-ssh-${randomBytes(4).toString('hex')}`;
   const key = generateHostKeyPair(); // any OpenSSH ed25519 private key will do
-  const { rows } = await admin.query<{ max: string | null }>(
-    'select max(id)::text as max from public.secret_access_log',
-  );
-  const since = Number(rows[0]?.max ?? 0);
-  await secrets.createPlatformSecret(name, key.privateKey, { actor: 'test:setup' });
+  const created = await secrets.createPlatformSecret(name, key.privateKey, { actor: 'test:setup' });
 
   // As a composition root wires it: SSH_KEY_SOURCE=vault, SSH_PRIVATE_KEY_SECRET=<name>.
   const config = loadConfig({ SSH_KEY_SOURCE: 'vault', SSH_PRIVATE_KEY_SECRET: name });
@@ -64,13 +64,11 @@ it('loads the orchestrator key from the vault, multi-line and intact, and audits
   });
   await expect(missing.load()).rejects.toMatchObject({ code: 'secret_denied' });
 
-  const audit = await platformRows(since);
-  expect(audit.map((r) => `${r.operation}/${r.outcome}/${r.actor}`)).toEqual(
-    expect.arrayContaining([
-      'create/success/test:setup',
-      'read/success/orchestrator:ssh',
-      'read/denied/orchestrator:ssh',
-    ]),
-  );
+  const audit = await platformRows(created.secretId, `${name}-missing`);
+  expect(audit.map((r) => `${r.operation}/${r.outcome}/${r.actor}`)).toEqual([
+    'create/success/test:setup',
+    'read/success/orchestrator:ssh',
+    'read/denied/orchestrator:ssh',
+  ]);
   expect(JSON.stringify(audit)).not.toContain(key.privateKey.reveal().slice(40, 80));
 });

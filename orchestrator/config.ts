@@ -157,8 +157,12 @@ export const configSchema = z
     ORPHAN_SWEEP_EVERY_MS: z.coerce.number().int().min(1_000).default(600_000),
     /** A host no live deployment owns is removed once it has been seen unowned this long. */
     ORPHAN_GRACE_SECONDS: z.coerce.number().int().min(0).max(604_800).default(900),
-    /** Provision/deprovision jobs per second on hcloud (Hetzner allows 3,600 requests an hour). */
-    HCLOUD_JOBS_PER_SECOND: z.coerce.number().int().min(1).max(100).default(1),
+    /**
+     * Provision jobs, and separately deprovision jobs, started per hour on hcloud, spaced evenly.
+     * Hetzner allows 3,600 requests an hour per project; a provisioning costs at most about 39 and a
+     * deprovisioning about 14 (docs/infrastructure.md), so 60 of each is at most about 3,200.
+     */
+    HCLOUD_JOBS_PER_HOUR: z.coerce.number().int().min(1).max(3_600).default(60),
     // ---- key rotation (orchestrator/rotation) ----
     /** Deployments one rotation switches at once. */
     ROTATE_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(8),

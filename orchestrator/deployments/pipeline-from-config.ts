@@ -182,7 +182,7 @@ export const makePipelineFromConfig = async (
         prefix: config.QUEUE_PREFIX,
         concurrency: config.WORKER_CONCURRENCY,
         lockDurationMs: config.JOB_LOCK_MS,
-        ...(config.HOST_PROVIDER === 'hcloud' ? { cloudRatePerSecond: config.HCLOUD_JOBS_PER_SECOND } : {}),
+        ...(config.HOST_PROVIDER === 'hcloud' ? { cloudJobsPerHour: config.HCLOUD_JOBS_PER_HOUR } : {}),
         reconcileIdleSeconds: config.RECONCILE_IDLE_SECONDS,
         orphanGraceSeconds: config.ORPHAN_GRACE_SECONDS,
       },

@@ -23,8 +23,8 @@ export interface WorkerSettings {
   readonly prefix: string;
   readonly concurrency: number;
   readonly lockDurationMs: number;
-  /** Jobs per second that may call the cloud API (hcloud); undefined: no limit (local). */
-  readonly cloudRatePerSecond?: number;
+  /** Jobs per hour per queue that may call the cloud API (hcloud); undefined: no limit (local). */
+  readonly cloudJobsPerHour?: number;
   readonly reconcileIdleSeconds: number;
   readonly orphanGraceSeconds: number;
 }
@@ -46,6 +46,17 @@ export interface WorkerDeps {
 }
 
 const LEASE_BUSY_DELAY_MS = 1_000;
+
+/**
+ * BullMQ's limiter for a queue whose jobs call the Hetzner API: one job started per
+ * 3,600 s / perHour, across every worker process (the limiter lives in Redis). A job is a whole
+ * provisioning or deprovisioning, so this bounds the requests per hour; a burst of jobs waits in
+ * the queue instead of spending the project's 3,600 requests an hour at once.
+ */
+export const cloudLimiter = (perHour: number): { max: number; duration: number } => ({
+  max: 1,
+  duration: Math.ceil(3_600_000 / perHour),
+});
 
 export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
   const holder = `${hostname()}-${process.pid}`;
@@ -170,7 +181,7 @@ export const makeWorkers = (deps: WorkerDeps, s: WorkerSettings) => {
       stalledInterval: Math.max(1_000, Math.floor(s.lockDurationMs / 2)),
       maxStalledCount: 3,
     };
-    const limiter = s.cloudRatePerSecond ? { max: s.cloudRatePerSecond, duration: 1_000 } : undefined;
+    const limiter = s.cloudJobsPerHour ? cloudLimiter(s.cloudJobsPerHour) : undefined;
     for (const q of queues) {
       const processor =
         deps.processors?.[q] ??

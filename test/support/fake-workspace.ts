@@ -138,12 +138,15 @@ export const runProgramWithMocks = async (
       newResource: (args) => {
         const before = ctx.previous?.find((r) => r.type === args.type && r.name === args.name);
         // A changed ForceNew input replaces the resource: the replacement gets a new id.
+        // Inputs under the program's own `ignoreChanges` keep their old value, so never replace.
+        const ignored = options.get(`${args.type}::${args.name}`)?.ignoreChanges ?? [];
         const replaced =
           before !== undefined &&
           (FORCE_NEW[args.type] ?? []).some(
             (k) =>
+              !ignored.includes(k) &&
               JSON.stringify((before.inputs as Record<string, unknown>)[k]) !==
-              JSON.stringify((args.inputs as Record<string, unknown>)[k]),
+                JSON.stringify((args.inputs as Record<string, unknown>)[k]),
           );
         const assignedId = before && !replaced ? before.assignedId : String(nextId++);
         const opts = options.get(`${args.type}::${args.name}`);
@@ -249,17 +252,19 @@ export interface PartwayFailure {
 }
 
 /**
- * Inputs whose change makes the hcloud provider replace the resource (ForceNew in
- * terraform-provider-hcloud); any other changed input is an update in place.
+ * Inputs whose change makes the hcloud provider replace the resource, as read in
+ * terraform-provider-hcloud v1.66.1 (cd9db19f; `ForceNew: true` in the SDKv2 schemas,
+ * `RequiresReplace()` in the plugin-framework ones) and unchanged at v1.68.0+5 (f81c9af4) except
+ * that `datacenter` is gone there: docs/infrastructure.md, "Verified against the provider's source".
+ * Any other changed input is an update in place (a changed `serverType` is a resize: power off,
+ * change type). `hcloud.Firewall` has no ForceNew input at all.
  */
 export const FORCE_NEW: Record<string, readonly string[]> = {
   'hcloud:index/sshKey:SshKey': ['publicKey'],
-  'hcloud:index/server:Server': ['location', 'image', 'datacenter'],
+  'hcloud:index/server:Server': ['location', 'image', 'datacenter', 'userData', 'sshKeys'],
+  'hcloud:index/firewallAttachment:FirewallAttachment': ['firewallId'],
+  'hcloud:index/primaryIp:PrimaryIp': ['type', 'location', 'datacenter'],
   'hcloud:index/zoneRrset:ZoneRrset': ['zone', 'name', 'type'],
-};
-/** The agent program's `ignoreChanges` on the server. */
-const IGNORED: Record<string, readonly string[]> = {
-  'hcloud:index/server:Server': ['userData', 'sshKeys'],
 };
 
 const urnOf = (project: string, stack: string, r: { type: string; name: string }): string =>
@@ -516,7 +521,8 @@ export const makeFakeWorkspace = (
           const a = before.inputs as Record<string, unknown>;
           const b = r.inputs as Record<string, unknown>;
           const diffs = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter(
-            (k) => !(IGNORED[r.type] ?? []).includes(k) && JSON.stringify(a[k]) !== JSON.stringify(b[k]),
+            (k) =>
+              !(r.options?.ignoreChanges ?? []).includes(k) && JSON.stringify(a[k]) !== JSON.stringify(b[k]),
           );
           const keys = diffs.filter((k) => (FORCE_NEW[r.type] ?? []).includes(k));
           emit(r, keys.length > 0 ? 'replace' : diffs.length > 0 ? 'update' : 'same', diffs, keys);

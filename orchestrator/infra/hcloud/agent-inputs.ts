@@ -38,7 +38,7 @@ export const agentSettingsSchema = z.object({
   sshCidrs: z.array(canonicalCidr).min(1, 'must list at least one CIDR'),
   /** The host key the orchestrator generated and pins; exported so `describe` can return it. */
   hostPublicKey: ed25519PublicKey,
-  /** The hcloud provider's action polling interval (its default, 500ms, spends the rate limit). */
+  /** The hcloud provider's action polling interval, used with pollFunction 'constant' (docs/infrastructure.md). */
   pollInterval,
 });
 

@@ -88,6 +88,9 @@ describe('agent program (pulumi mocks)', () => {
   it('raises the provider polling interval from config and gives it no token', () => {
     const provider = one(result, 'pulumi:providers:hcloud');
     expect(provider.inputs.pollInterval).toBe('7s');
+    // Constant, deliberately: with only pollInterval set the provider would poll exponentially from
+    // it (hcloud.ExponentialBackoff(2, interval): 7, 14, 28, 56 s …), docs/infrastructure.md.
+    expect(provider.inputs.pollFunction).toBe('constant');
     expect(provider.inputs.token).toBeUndefined();
     for (const r of result.resources.filter((x) => x.type.startsWith('hcloud:')))
       expect(r.provider).toContain(`pulumi:providers:hcloud::hcloud::${provider.assignedId}`);

@@ -28,7 +28,7 @@ describe('platform program (pulumi mocks)', () => {
     const key = r.resources.find((x) => x.type === 'hcloud:index/sshKey:SshKey')!;
     const provider = r.resources.find((x) => x.type === 'pulumi:providers:hcloud')!;
     expect(key.inputs).toMatchObject({ name: SSH_KEY_NAME, publicKey });
-    expect(provider.inputs).toMatchObject({ pollInterval: '9s' });
+    expect(provider.inputs).toMatchObject({ pollInterval: '9s', pollFunction: 'constant' });
     expect(provider.inputs.token).toBeUndefined();
     expect(r.outputs.sshKeyId).toEqual({ value: key.assignedId, secret: false });
     expect(programFor(PLATFORM_STACK)).toBe(platformProgram);

@@ -5,6 +5,7 @@ import { makeHcloudApi } from '../../../../orchestrator/infra/hcloud/api';
 import { ensurePlatformStack } from '../../../../orchestrator/infra/hcloud/platform-stack';
 import { generateHostKeyPair } from '../../../../orchestrator/remote/host-keys';
 import { makeFakeHcloudApi } from '../../../support/fake-hcloud-api';
+import { FORCE_NEW } from '../../../support/fake-workspace';
 import { hcloudWorld, hostSpec, ZONE } from '../../../support/hcloud-world';
 import { rejection } from '../../../support/rejection';
 
@@ -194,6 +195,24 @@ describe('item 2: a changed default never replaces, resizes or deletes a live se
     // Control: the state restored, the same ensure goes through.
     (server.inputs as Record<string, unknown>).serverType = 'cx23';
     await expect(w.hosts.ensure(spec)).resolves.toEqual(host);
+  });
+
+  it('changed user data or SSH key ids (ForceNew in the provider) never replace the live server: ignoreChanges', async () => {
+    // terraform-provider-hcloud marks user_data and ssh_keys ForceNew (docs/infrastructure.md,
+    // "Verified against the provider's source"); the fake replaces on them too, unless ignored.
+    expect(FORCE_NEW['hcloud:index/server:Server']).toEqual(expect.arrayContaining(['userData', 'sshKeys']));
+    const w = await hcloudWorld();
+    const spec = hostSpec();
+    const host = await w.hosts.ensure(spec);
+    const server = serverOf(w, spec.deploymentId);
+    expect(server.options?.ignoreChanges).toEqual(expect.arrayContaining(['userData', 'sshKeys']));
+    // The state says the server was made with other user data and another key (an older template,
+    // a rotated orchestrator key): the next `up` keeps it.
+    (server.inputs as Record<string, unknown>).userData = 'an older template';
+    (server.inputs as Record<string, unknown>).sshKeys = ['999'];
+    await expect(w.hosts.ensure(spec)).resolves.toEqual(host);
+    expect(serverOf(w, spec.deploymentId).assignedId).toBe(server.assignedId);
+    expect(w.serversOf(spec.deploymentId)).toEqual([expect.objectContaining({ id: Number(host.serverId) })]);
   });
 
   it('servers carry delete and rebuild protection, lifted only by destroy', async () => {

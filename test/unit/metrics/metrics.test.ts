@@ -202,7 +202,7 @@ describe('instrumentation where the events happen', () => {
       ],
     };
     const rpc = (async (fn: string) => (fn.endsWith('intend_read') ? { intent_id: 'i' } : answer)) as Rpc;
-    const svc = makeSecretsService({ rpc });
+    const svc = makeSecretsService({ rpc, fingerprintKey: {} } as never);
     const ok0 = await value(metrics.secretAccess, { operation: 'read', outcome: 'success' });
     const denied0 = await value(metrics.secretAccess, { operation: 'read', outcome: 'denied' });
     await svc.readForDeployment('00000000-0000-4000-8000-000000000001');
@@ -214,7 +214,7 @@ describe('instrumentation where the events happen', () => {
 
   it('the hcloud API client counts its requests by method and status', async () => {
     const { metrics } = await import('../../../orchestrator/metrics/metrics');
-    const { makeHcloudApi } = await import('../../../orchestrator/infra/hcloud/api');
+    const { makeHcloudApi } = await import('../../../orchestrator/infra/hcloud');
     const api = makeHcloudApi({
       token: 't',
       fetch: async () => ({

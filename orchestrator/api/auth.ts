@@ -26,7 +26,7 @@ declare module 'fastify' {
 /** Routes that serve the API's own description: public, whoever registers them. */
 const PUBLIC_PATHS = [/^\/openapi\.json$/, /^\/docs(\/|$)/];
 
-const BEARER = /^Bearer ([\x21-\x7e]{1,200})$/;
+const BEARER = /^Bearer ([\x21-\x7e]{1,200})$/i;
 
 export const registerAuth = (app: FastifyInstance, tokens: Pick<TokenStore, 'authenticate'>): void => {
   app.decorateRequest('principal', null);

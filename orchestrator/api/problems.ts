@@ -213,7 +213,7 @@ export const toProblem = (err: unknown): Problem => {
     if (err.code === 'invalid_input' || err.code === 'secret_denied') {
       const field = apiField(err.field ?? 'input');
       // "<sql_field>: message" → the message alone, under the API's field name
-      const message = err.message.replace(/^[^:]*: /, '');
+      const message = err.message.replace(/^[^:]*: /, '').replace(/ \(SQLSTATE \w+\)$/, '');
       return build(status, status === 422 ? 'unprocessable' : 'invalid-input', `${field}: ${message}`, {
         field,
         errors: [{ field, message }],

@@ -3,7 +3,9 @@ import { createServer, type IncomingHttpHeaders } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Webhook, WebhookVerificationError } from 'standardwebhooks';
 import type { Rpc } from '../../orchestrator/db/rpc';
+import { runCli } from '../../orchestrator/cli/cortexctl';
 import { makeWebhookWorkersFromConfig } from '../../orchestrator/webhooks/webhooks-from-config';
+import { testDatabaseUrl } from '../support/db';
 import type { WebhookWorkers } from '../../orchestrator/webhooks/webhook-workers';
 import { startTestApi, type TestApi } from '../support/api';
 import { adminPool } from '../support/db';
@@ -293,6 +295,30 @@ describe('endpoints over the API', () => {
       403,
     );
     await r.close();
+  });
+});
+
+describe('cortexctl webhooks', () => {
+  it('add prints the secret once; list shows the endpoint without it; remove removes it; a private address is refused', async () => {
+    const orgId = await t.org();
+    const lines: string[] = [];
+    const cli = (...argv: string[]) =>
+      runCli(['webhooks', ...argv], {
+        env: { ...process.env, DATABASE_URL: testDatabaseUrl(), LOG_LEVEL: 'silent' },
+        out: (x) => lines.push(x),
+      });
+    expect(await cli('add', '--org', orgId, '--url', 'http://127.0.0.1:9/cli', '--json')).toBe(0);
+    const added = JSON.parse(lines.pop() ?? '{}') as { id: string; secret: string };
+    expect(added.secret).toMatch(/^whsec_/);
+    expect(await cli('list', '--org', orgId)).toBe(0);
+    const listed = lines.pop() ?? '';
+    expect(listed).toContain(added.id);
+    expect(listed).not.toContain('whsec_');
+    expect(await cli('add', '--org', orgId, '--url', 'https://169.254.169.254/x')).toBe(1);
+    expect(lines.pop()).toContain('url: host is a private');
+    expect(await cli('remove', '--org', orgId, added.id)).toBe(0);
+    expect(await cli('list', '--org', orgId, '--json')).toBe(0);
+    expect(JSON.parse(lines.pop() ?? 'null')).toEqual([]);
   });
 });
 

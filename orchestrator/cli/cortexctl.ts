@@ -5,6 +5,7 @@ import { apiCommands } from './api-commands';
 import { runAuditCheckpoint, runAuditVerify } from './audit-verify';
 import { pipelineCommands } from './pipeline-commands';
 import { readSecretFromStdin } from './read-secret';
+import { webhookCommands } from './webhook-commands';
 import { defaultPulumiHome, formatDoctor, runDoctor, systemProbes, type DoctorProbes } from './doctor';
 
 /**
@@ -30,6 +31,7 @@ export interface CliCommand {
 export const commands: Record<string, CliCommand> = {
   ...pipelineCommands,
   ...apiCommands,
+  ...webhookCommands,
   'audit-verify': {
     summary:
       'verify the audit hash chains and every chain against the newest signed checkpoint; names each problem',

@@ -2,10 +2,20 @@ import YAML from 'yaml';
 import { invalidInput } from '../orchestrator/errors';
 import { type HostKeyPair, parsePublicKey } from '../orchestrator/remote/host-keys';
 import { isSecret, Secret } from '../orchestrator/secret';
+import {
+  AGENT_SLOTS,
+  ENV_DIR,
+  SLOT_PORT_VARIABLE,
+  UPSTREAM_SCRIPT_PATH,
+  UPSTREAM_UNIT,
+  UPSTREAM_UNIT_PATH,
+  slotPort,
+  slotSettingsPath,
+} from './agent-slots';
 import { CADDYFILE_PATH, type CaddyTls, renderCaddyfile } from './caddyfile';
 import { fillTemplate, loadTemplate } from './render';
 import type { RuntimeProfile } from './runtime-profiles';
-import { AGENT_UNIT_PATH, METADATA_BLOCK_UNIT, renderAgentUnit } from './systemd-unit';
+import { AGENT_UNIT_PATH, METADATA_BLOCK_UNIT, renderAgentTemplateUnit } from './systemd-unit';
 
 export { METADATA_BLOCK_UNIT };
 
@@ -49,7 +59,7 @@ export interface UserDataInput extends AgentServerFilesInput {
 
 export const SSHD_DROPIN_PATH = '/etc/ssh/sshd_config.d/10-cortex.conf';
 export const METADATA_BLOCK_SCRIPT_PATH = '/usr/local/sbin/cortex-block-metadata';
-export const ENV_DIR = '/etc/cortex';
+export { ENV_DIR };
 /** Packages every agent server needs (present in the local image; installed on Hetzner). */
 export const BASE_PACKAGES = ['caddy', 'nftables', 'openssh-server'] as const;
 
@@ -85,6 +95,9 @@ export const agentServerFiles = (input: AgentServerFilesInput): ServerFile[] => 
   if (input.metadataBlock !== 'required' && input.metadataBlock !== 'best-effort')
     throw invalidInput('metadataBlock', 'must be required or best-effort');
   checkRuntimeFiles(input.runtime);
+  const port: unknown = input.runtime.port;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65533)
+    throw invalidInput('runtime.port', 'must be a port number 1-65533 (the slots listen on the next two)');
   return [
     { path: SSHD_DROPIN_PATH, content: loadTemplate('sshd-cortex.conf'), permissions: '0644' },
     {
@@ -100,7 +113,25 @@ export const agentServerFiles = (input: AgentServerFilesInput): ServerFile[] => 
       permissions: '0644',
     },
     ...input.runtime.files,
-    { path: AGENT_UNIT_PATH, content: renderAgentUnit(input.runtime), permissions: '0644' },
+    // The blue/green template unit and each slot's port (no secret: the env files are written by
+    // the orchestrator only, over SSH).
+    { path: AGENT_UNIT_PATH, content: renderAgentTemplateUnit(input.runtime), permissions: '0644' },
+    ...AGENT_SLOTS.map((slot): ServerFile => ({
+      path: slotSettingsPath(slot),
+      content: `# Written by the cortex orchestrator: slot ${slot}'s port (no secret).\n${SLOT_PORT_VARIABLE}=${slotPort(input.runtime.port, slot)}\n`,
+      permissions: '0644',
+    })),
+    // Caddy's upstream, the service port, routed to the active slot by an nft redirect.
+    { path: UPSTREAM_SCRIPT_PATH, content: loadTemplate('cortex-upstream.sh'), permissions: '0755' },
+    {
+      path: UPSTREAM_UNIT_PATH,
+      content: fillTemplate(loadTemplate('cortex-upstream.service.tmpl'), {
+        metadataBlockUnit: METADATA_BLOCK_UNIT,
+        scriptPath: UPSTREAM_SCRIPT_PATH,
+        servicePort: String(input.runtime.port),
+      }),
+      permissions: '0644',
+    },
     {
       path: CADDYFILE_PATH,
       content: renderCaddyfile({
@@ -161,6 +192,8 @@ export const buildUserData = (input: UserDataInput): Record<string, unknown> => 
   const runcmd: (readonly string[])[] = [
     ['systemctl', 'daemon-reload'],
     ['systemctl', 'enable', '--now', METADATA_BLOCK_UNIT],
+    // The service port routed to the first slot (no agent runs yet: nothing is reachable).
+    ['systemctl', 'enable', '--now', UPSTREAM_UNIT],
     ['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', ENV_DIR],
     ...input.runtime.installCommands,
     // sshd may have started before the drop-in was written; pick it up now.

@@ -16,6 +16,13 @@ import pins from './runtimes/openclaw-pins.json';
  */
 export type RuntimeName = 'echo' | 'openclaw';
 
+/**
+ * How an agent moves to a new environment (orchestrator/steps/agent-swap.ts): `blue-green` starts
+ * a second instance beside the running one and moves Caddy to it once healthy; `held-restart`
+ * restarts the one instance in place while Caddy holds requests (`lb_try_duration`).
+ */
+export type SwapMode = 'blue-green' | 'held-restart';
+
 export interface RuntimeFile {
   readonly path: string;
   readonly content: string;
@@ -37,6 +44,8 @@ export interface RuntimeProfile {
   readonly packages: readonly string[];
   /** False when the runtime needs the internet at first boot (no local host has it). */
   readonly runsOffline: boolean;
+  /** How a new environment is swapped in; `blue-green` needs a runtime that can run twice at once. */
+  readonly swapMode: SwapMode;
 }
 
 export const AGENT_PORT = 18789;
@@ -68,6 +77,8 @@ export const echoRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   installCommands: [],
   packages: ['python3'],
   runsOffline: true,
+  // Stateless and port-configurable: two instances run side by side during a swap.
+  swapMode: 'blue-green',
 });
 
 export interface OpenclawPins {
@@ -123,6 +134,10 @@ export const openclawRuntime = (port: number = AGENT_PORT): RuntimeProfile => ({
   installCommands: [[`${LIB}/install-openclaw.sh`]],
   packages: ['curl', 'ca-certificates', 'xz-utils'],
   runsOffline: false,
+  // One gateway per agent: it keeps sessions and memory in its state directory and holds the
+  // channel connections (a Telegram bot's long poll, a WhatsApp session) that a second instance
+  // would fight over; so it is restarted in place, with Caddy holding requests meanwhile.
+  swapMode: 'held-restart',
 });
 
 export const runtimeProfile = (name: RuntimeName, port: number = AGENT_PORT): RuntimeProfile =>

@@ -1,11 +1,13 @@
 import { invalidInput } from '../errors';
 import { Secret, isSecret } from '../secret';
+import { FIRST_SLOT, slotEnvFilePath } from '../../templates/agent-slots';
 import reserved from '../../templates/runtimes/reserved-env-names.json';
 import { LONE_SURROGATE } from './shell-quote';
 
 /**
- * The agent's environment file, `/etc/cortex/agent.env`, loaded by the unit's `EnvironmentFile=`
- * (invariant 8). Everything is validated before anything is rendered, so bad input can never
+ * The agent's environment file, `/etc/cortex/agent-<slot>.env` (one per blue/green slot,
+ * templates/agent-slots.ts), loaded by the unit's `EnvironmentFile=` (invariant 8). Everything is
+ * validated before anything is rendered, so bad input can never
  * produce a partial file; the rendered file is itself a Secret.
  *
  * systemd 252's parser (src/basic/env-file.c, `parse_env_file_internal`) does not expand `$` or
@@ -16,7 +18,8 @@ import { LONE_SURROGATE } from './shell-quote';
  * characters escaped, which round-trips byte for byte (checked against a real unit in
  * test/integration/remote-host.test.ts) and is also what a POSIX shell would read from the file.
  */
-export const ENV_FILE_PATH = '/etc/cortex/agent.env';
+/** The env file of the slot a new server starts on (`/etc/cortex/agent-blue.env`). */
+export const ENV_FILE_PATH = slotEnvFilePath(FIRST_SLOT);
 export const ENV_NAME_PATTERN = /^[A-Z_][A-Z0-9_]*$/;
 export const ENV_NAME_MAX = 128;
 /** Bytes of UTF-8 per value: far above any API key, far below ARG_MAX. */

@@ -1,21 +1,29 @@
-import { posix } from 'node:path';
 import { invalidInput } from '../errors';
+import { ACTIVE_SLOT_PATH, ENV_DIR, UPSTREAM_NFT_TABLE, isAgentSlot } from '../../templates/agent-slots';
+import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import type { Argv } from './agent-commands';
 
 /**
  * Remote commands of the agent swap (orchestrator/steps/agent-swap.ts), as data like
- * agent-commands.ts. None reads a file's content back: the env files are copied and moved on the
- * host as root, never fetched.
+ * agent-commands.ts. None of them can read an env file back: the previous env file is kept by a
+ * hard link and restored by a rename on the host, never fetched; the one reader (`activeSlot`)
+ * has a fixed path and no argument; the HTTP probes print a status code and discard the body.
  */
-const ENV_DIR = '/etc/cortex';
-const ENV_NAME = /^[a-z][a-z0-9.-]{0,63}$/;
+const UNIT = /^cortex-agent@(blue|green)\.service$|^cortex-upstream\.service$/;
+const ENV_FILE_NAME = /^agent-(blue|green)\.env(\.previous)?$/;
 const HOST = /^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$/;
-const HTTP_PATH = /^\/[A-Za-z0-9._~/?=&%-]{0,200}$/;
+const HTTP_PATH = /^\/[A-Za-z0-9._~/-]{0,200}$/;
+/** The only certificate a probe may name: Caddy's local CA root (templates/caddyfile.ts). */
+const LOCAL_CA = caddyLocalRootCaPath();
 
-/** A plain file directly in /etc/cortex (the root-only env file directory). */
-const envDirFile = (p: string): string => {
-  if (posix.dirname(p) !== ENV_DIR || !ENV_NAME.test(posix.basename(p)))
-    throw invalidInput('path', 'must be a plain file name in /etc/cortex');
+const unit = (u: string): string => {
+  if (!UNIT.test(u)) throw invalidInput('unit', 'must be an agent slot unit or cortex-upstream.service');
+  return u;
+};
+/** `/etc/cortex/agent-<slot>.env[.previous]` only. */
+const envFile = (p: string): string => {
+  const name = p.startsWith(`${ENV_DIR}/`) ? p.slice(ENV_DIR.length + 1) : '';
+  if (!ENV_FILE_NAME.test(name)) throw invalidInput('path', 'must be a slot env file in /etc/cortex');
   return p;
 };
 const port = (p: number): string => {
@@ -28,27 +36,39 @@ const httpPath = (p: string): string => {
 };
 
 export const swapCommands = {
-  /** Copy an env file to another name in /etc/cortex, root:root 0600 kept (no-op if it does not exist). */
-  copyEnvFile: (from: string, to: string): Argv => [
-    'sh',
-    '-c',
-    'if [ -e "$1" ]; then cp --preserve=mode,ownership --no-dereference -- "$1" "$2.tmp" && mv -f -- "$2.tmp" "$2"; fi',
-    'sh',
-    envDirFile(from),
-    envDirFile(to),
-  ],
+  start: (u: string): Argv => ['systemctl', 'start', unit(u)],
+  stop: (u: string): Argv => ['systemctl', 'stop', unit(u)],
+  disable: (u: string): Argv => ['systemctl', 'disable', unit(u)],
+  /** The live redirect of the service port (`… redirect to :<slot port> comment "slot <slot>"`). */
+  upstreamRoute: (): Argv => ['nft', 'list', 'table', 'ip', UPSTREAM_NFT_TABLE],
+  /** How often systemd restarted the unit's process since it was last started (a crash loop shows here). */
+  restarts: (u: string): Argv => ['systemctl', 'show', '--property=NRestarts', '--value', unit(u)],
+  /** The active-slot record: one word (`blue`/`green`), or nothing when there is none. */
+  activeSlot: (): Argv => ['cat', '--', ACTIVE_SLOT_PATH],
+  /** Keep the current env file under a second name (a hard link: no copy of its content is made). */
+  linkEnvFile: (from: string, to: string): Argv => ['ln', '-f', '--', envFile(from), envFile(to)],
   /** Rename one env file over another (atomic, same directory). */
-  moveEnvFile: (from: string, to: string): Argv => ['mv', '-f', '--', envDirFile(from), envDirFile(to)],
+  moveEnvFile: (from: string, to: string): Argv => ['mv', '-f', '--', envFile(from), envFile(to)],
+  /** TCP connections established to a local port, one per line (requests in flight to an instance). */
+  establishedTo: (agentPort: number): Argv => [
+    'ss',
+    '-H',
+    '-t',
+    '-n',
+    'state',
+    'established',
+    `( sport = :${port(agentPort)} )`,
+  ],
   /**
    * GET https://<site>:<port><path> through Caddy on this host (the name resolved to 127.0.0.1),
-   * the certificate verified (against Caddy's local CA root when given, else the system store).
+   * the certificate verified against Caddy's local CA root (`localCa`) or the system's store.
    * Prints the HTTP status only; the body is discarded.
    */
   httpsProbeThroughCaddy: (o: {
     siteName: string;
     httpsPort: number;
     path: string;
-    caPath?: string;
+    localCa: boolean;
   }): Argv => {
     if (!HOST.test(o.siteName)) throw invalidInput('siteName', 'must be a DNS name');
     const p = port(o.httpsPort);
@@ -63,11 +83,11 @@ export const swapCommands = {
       '%{http_code}',
       '--resolve',
       `${o.siteName}:${p}:127.0.0.1`,
-      ...(o.caPath ? ['--cacert', o.caPath] : []),
+      ...(o.localCa ? ['--cacert', LOCAL_CA] : []),
       `https://${o.siteName}:${p}${httpPath(o.path)}`,
     ];
   },
-  /** GET http://127.0.0.1:<port><path> on the host, straight to an agent instance (not through Caddy). */
+  /** GET http://127.0.0.1:<port><path> on the host, straight to one agent instance (not through Caddy). */
   httpProbeLoopback: (agentPort: number, path: string): Argv => [
     'curl',
     '--silent',
@@ -80,3 +100,14 @@ export const swapCommands = {
     `http://127.0.0.1:${port(agentPort)}${httpPath(path)}`,
   ],
 } as const;
+
+export const parseActiveSlot = (stdout: string): 'blue' | 'green' | undefined => {
+  const s = stdout.trim();
+  return isAgentSlot(s) ? s : undefined;
+};
+
+/** The slot port the live nft redirect sends the service port to, if there is one. */
+export const parseUpstreamRoute = (stdout: string, servicePort: number): number | undefined => {
+  const m = new RegExp(`tcp dport ${servicePort} redirect to :(\\d{1,5})`).exec(stdout);
+  return m?.[1] ? Number(m[1]) : undefined;
+};

@@ -11,6 +11,7 @@ import { run, type RemoteShell } from '../remote/ssh-shell';
 import type { SecretsService } from '../secrets/secrets-service';
 import { caddyLocalRootCaPath, type CaddyTls } from '../../templates/caddyfile';
 import { agentServerFiles, buildUserData, renderUserData } from '../../templates/cloud-init';
+import { ACTIVE_SLOT_PATH, FIRST_SLOT, UPSTREAM_UNIT } from '../../templates/agent-slots';
 import { runtimeProfile } from '../../templates/runtime-profiles';
 import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT } from '../../templates/systemd-unit';
 import type { HostAccess } from './host-access';
@@ -60,6 +61,10 @@ const DEFAULT_DEADLINES: Record<ProvisionStep, number> = {
   health: 120_000,
   ready: 30_000,
 };
+
+/** The agent's unit and env file before blue/green slots (removed by the configure step). */
+const LEGACY_AGENT_UNIT = 'cortex-agent.service';
+const LEGACY_ENV_FILE = '/etc/cortex/agent.env';
 
 export const siteNameOf = (dep: Pick<Deployment, 'subdomain'>, zone: string): string =>
   `${dep.subdomain}.${zone}`;
@@ -306,6 +311,13 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
         await run(shell, ['install', '-d', '-m', '0700', '-o', 'root', '-g', 'root', '/etc/cortex'], {
           signal: ctx.signal,
         });
+        // A server configured before blue/green ran the agent as a plain unit with one env file:
+        // stopped and removed (no-ops elsewhere), so it neither holds the port nor keeps a value.
+        await shell.exec(['systemctl', 'disable', '--now', LEGACY_AGENT_UNIT], { signal: ctx.signal });
+        await run(shell, agentCommands.removeFile(`/etc/systemd/system/${LEGACY_AGENT_UNIT}`), {
+          signal: ctx.signal,
+        });
+        await run(shell, agentCommands.removeFile(LEGACY_ENV_FILE), { signal: ctx.signal });
         await run(shell, agentCommands.daemonReload(), { signal: ctx.signal });
       });
     },
@@ -367,9 +379,17 @@ export const provisionSteps = (deps: ProvisionDeps): StepDef[] => {
             await new Promise((r) => setTimeout(r, 1_000 * attempt));
           }
         };
-        await run(shell, agentCommands.enableUnits('caddy.service', AGENT_UNIT_NAME), o);
+        await run(shell, agentCommands.enableUnits('caddy.service', UPSTREAM_UNIT, AGENT_UNIT_NAME), o);
+        // A new server serves the first slot: the record names it, and the upstream unit routes
+        // Caddy's upstream port to it (an agent swap moves both: orchestrator/steps/agent-swap.ts).
+        await shell.writeFileAtomic(ACTIVE_SLOT_PATH, Buffer.from(`${FIRST_SLOT}\n`), {
+          mode: 0o600,
+          dirMode: 0o700,
+          ...o,
+        });
         await restart('caddy.service');
         await restart(METADATA_BLOCK_UNIT);
+        await restart(UPSTREAM_UNIT);
         // The stock admin API (TCP 2019, unauthenticated) must be gone and the socket answering.
         const stock = parseListeners(
           (await run(shell, agentCommands.tcpListeners(CADDY_STOCK_ADMIN_PORT), o)).stdout.toString('utf8'),

@@ -3,7 +3,7 @@ import { OrchestratorError } from '../errors';
 import { agentCommands, parseMainPid } from '../remote/agent-commands';
 import { run, type RemoteShell } from '../remote/ssh-shell';
 import type { BoundSecret } from '../secrets/secrets-service';
-import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
+import { servingAgentUnit } from './agent-swap';
 
 /**
  * The orchestrator's own check that the agent runs with the values the vault holds, without
@@ -17,9 +17,9 @@ export const verifyAgentValues = async (
   shell: RemoteShell,
   bound: readonly BoundSecret[],
 ): Promise<Map<string, ValueCheck>> => {
-  const pid = parseMainPid(
-    (await run(shell, agentCommands.mainPid(AGENT_UNIT_NAME))).stdout.toString('utf8'),
-  );
+  // The blue/green slot serving traffic (orchestrator/steps/agent-swap.ts).
+  const unit = await servingAgentUnit(shell);
+  const pid = parseMainPid((await run(shell, agentCommands.mainPid(unit))).stdout.toString('utf8'));
   if (pid < 2) throw new OrchestratorError('remote_command_failed', 'the agent is not running');
   const nonce = randomBytes(32);
   const out = (

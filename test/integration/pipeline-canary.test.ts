@@ -7,6 +7,7 @@ import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-conf
 import { makeLogger } from '../../orchestrator/log';
 import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
 import { run } from '../../orchestrator/remote/ssh-shell';
+import { ENV_FILE_PATH } from '../../orchestrator/remote/env-file';
 import { AGENT_UNIT_NAME } from '../../templates/systemd-unit';
 import { agentProbes, parseEnviron } from '../support/agent-probes';
 import { testDatabaseUrl } from '../support/db';
@@ -78,9 +79,7 @@ describe('a canary key provisioned end to end', () => {
     // Where it must be (the positive control: the needle is findable the way we look for it).
     const { shell } = await p.access.connect(ready);
     try {
-      expect((await run(shell, agentProbes.readFile('/etc/cortex/agent.env'))).stdout.includes(value)).toBe(
-        true,
-      );
+      expect((await run(shell, agentProbes.readFile(ENV_FILE_PATH))).stdout.includes(value)).toBe(true);
       const pid = parseMainPid((await run(shell, agentCommands.mainPid(AGENT_UNIT_NAME))).stdout.toString());
       expect(
         parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout)
@@ -107,7 +106,7 @@ describe('a canary key provisioned end to end', () => {
         ],
         { stdin: `${value}\n`, timeoutMs: 120_000 },
       );
-      expect(grep.stdout.toString().trim().split('\n').sort()).toEqual(['/etc/cortex/agent.env']);
+      expect(grep.stdout.toString().trim().split('\n').sort()).toEqual([ENV_FILE_PATH]);
       const hostArgv = (await run(shell, ['ps', '-eo', 'args'])).stdout.toString();
       expect(hostArgv.length).toBeGreaterThan(100);
       expect(hostArgv.includes(value)).toBe(false);

@@ -229,10 +229,10 @@ describe('remote shell and templates on a real local host', () => {
     expect((await run(shell, agentProbes.readFile(ENV_FILE_PATH))).stdout.equals(before)).toBe(true);
     const listing = (await text(shell, agentCommands.listDir('/etc/cortex'))).trim().split('\n');
     // The cut really happened mid-write: a partial temp file is there, beside the untouched target.
-    expect(listing.some((f) => /^\.agent\.env\.tmp-[0-9a-f]{16}$/.test(f))).toBe(true);
+    expect(listing.some((f) => /^\.agent-blue\.env\.tmp-[0-9a-f]{16}$/.test(f))).toBe(true);
     await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
     expect((await text(shell, agentCommands.listDir('/etc/cortex'))).trim().split('\n')).toEqual([
-      'agent.env',
+      'agent-blue.env',
     ]);
   });
 

@@ -3,6 +3,7 @@ import { join, relative } from 'node:path';
 import { agentCommands, type Argv } from '../../../orchestrator/remote/agent-commands';
 import { ENV_FILE_PATH } from '../../../orchestrator/remote/env-file';
 import { rekeyCommands } from '../../../orchestrator/remote/rekey';
+import { swapCommands } from '../../../orchestrator/remote/swap-commands';
 
 /**
  * The env file stays write-only for the orchestrator (README, DESIGN invariant 4): a static check
@@ -114,6 +115,11 @@ describe('the env file stays write-only', () => {
       'orchestrator/remote/rekey.ts: cat',
       // `install -d` of the env file's directory
       'orchestrator/steps/provision-steps.ts: install',
+      // swapCommands.activeSlot: one fixed path (the active-slot record), no argument
+      'orchestrator/remote/swap-commands.ts: cat',
+      // swapCommands.httpsProbeThroughCaddy / httpProbeLoopback: URLs only, body discarded; the
+      // one file named is Caddy's local CA root (a fixed path)
+      'orchestrator/remote/swap-commands.ts: curl',
     ]);
     const found = scan('orchestrator');
     expect(found.filter((r) => !reviewed.has(r))).toEqual([]);
@@ -168,6 +174,36 @@ describe('the env file stays write-only', () => {
       uses.push(`${name}: ${argv[0] ?? ''}`);
     }
     expect(uses.sort()).toEqual(['listDir: ls', 'removeFile: rm', 'stat: stat']);
+  });
+
+  it("the swap's commands cannot be pointed at an env file's content", () => {
+    expect(swapCommands.activeSlot()).toEqual(['cat', '--', '/etc/cortex/active-slot']);
+    expect(swapCommands.activeSlot.length).toBe(0);
+    const probe = swapCommands.httpsProbeThroughCaddy({
+      siteName: 'a.agents.example.com',
+      httpsPort: 443,
+      path: '/health',
+      localCa: true,
+    });
+    expect(probe).toEqual(expect.arrayContaining(['--output', '/dev/null', '--cacert']));
+    expect(probe[probe.indexOf('--cacert') + 1]).toBe(
+      '/var/lib/caddy/storage/pki/authorities/local/root.crt',
+    );
+    expect(probe.join(' ')).not.toMatch(/cortex\/agent|file:|@/);
+    expect(() =>
+      swapCommands.httpsProbeThroughCaddy({
+        siteName: 'a.example.com',
+        httpsPort: 443,
+        path: ENV_FILE_PATH,
+        localCa: false,
+      }),
+    ).not.toThrow(); // a URL path, not a file: curl fetches https://a.example.com/etc/cortex/…
+    expect(() => swapCommands.httpProbeLoopback(18789, 'file:///etc/cortex/agent-blue.env')).toThrow(/path/);
+    expect(swapCommands.httpProbeLoopback(18789, '/health')).toEqual(expect.arrayContaining(['/dev/null']));
+    // The env file is only linked or renamed within /etc/cortex, never copied elsewhere.
+    expect(() => swapCommands.linkEnvFile(ENV_FILE_PATH, '/tmp/x')).toThrow(/path/);
+    expect(() => swapCommands.moveEnvFile(ENV_FILE_PATH, '/var/www/x.env')).toThrow(/path/);
+    expect(swapCommands.linkEnvFile(ENV_FILE_PATH, `${ENV_FILE_PATH}.previous`)[0]).toBe('ln');
   });
 
   it('nothing in orchestrator/ reads a remote file over SFTP', () => {

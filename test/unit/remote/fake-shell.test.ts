@@ -23,11 +23,11 @@ describe('fake RemoteShell', () => {
     expect(isOrchestratorError(err) && err.code).toBe('ssh_connect_failed');
     expect(fake.files.get(ENV_FILE_PATH)?.content.toString()).toBe('old');
     expect((await fake.reconnect().exec(agentCommands.listDir('/etc/cortex'))).stdout.toString()).toMatch(
-      /^\.agent\.env\.tmp-[0-9a-f]{16}\nagent\.env\n$/,
+      /^\.agent-blue\.env\.tmp-[0-9a-f]{16}\nagent-blue\.env\n$/,
     );
     await fake.shell.writeFileAtomic(ENV_FILE_PATH, Buffer.from('new'));
     expect((await fake.shell.exec(agentCommands.listDir('/etc/cortex'))).stdout.toString()).toBe(
-      'agent.env\n',
+      'agent-blue.env\n',
     );
   });
 

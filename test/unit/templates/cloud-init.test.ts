@@ -113,12 +113,13 @@ const EXPECTED_CANARY_OUTCOMES: Record<string, string> = {
   metadataBlock: 'rejected',
   installPackages: 'absent',
   'runtime.name': 'error',
-  'runtime.port': 'rejected as agentPort',
+  'runtime.port': 'rejected',
   'runtime.healthPath': 'absent',
   'runtime.execStart[0]': 'error',
   'runtime.execStart[1]': 'rendered',
   'runtime.execStart[2]': 'rendered',
-  'runtime.execStart[3]': 'rendered',
+  // The --port word: the blue/green template unit substitutes the slot's port for it.
+  'runtime.execStart[3]': 'error',
   'runtime.execStart[4]': 'rendered',
   'runtime.execStart[5]': 'rendered',
   'runtime.unitOptions[0]': 'error',
@@ -136,6 +137,7 @@ const EXPECTED_CANARY_OUTCOMES: Record<string, string> = {
   'runtime.packages[1]': 'rejected',
   'runtime.packages[2]': 'rejected',
   'runtime.runsOffline': 'absent',
+  'runtime.swapMode': 'absent',
 };
 
 describe('cloud-init user data', () => {
@@ -194,6 +196,8 @@ describe('cloud-init user data', () => {
 
   it('runcmd is argv lists: metadata block, the 0700 env directory, no agent start', () => {
     const doc = buildUserData(localInput()) as Doc;
+    // The route of Caddy's upstream (the service port) to the first slot, applied at boot.
+    expect(doc.runcmd).toContainEqual(['systemctl', 'enable', '--now', 'cortex-upstream.service']);
     expect(doc.runcmd).toContainEqual(['systemctl', 'enable', '--now', 'cortex-metadata-block.service']);
     expect(doc.runcmd).toContainEqual([
       'install',

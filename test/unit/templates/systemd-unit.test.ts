@@ -4,7 +4,21 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { agentServerFiles, METADATA_BLOCK_SCRIPT_PATH } from '../../../templates/cloud-init';
 import { echoRuntime, openclawRuntime, type RuntimeProfile } from '../../../templates/runtime-profiles';
-import { AGENT_UNIT_NAME, METADATA_BLOCK_UNIT, renderAgentUnit } from '../../../templates/systemd-unit';
+import { ENV_FILE_PATH } from '../../../orchestrator/remote/env-file';
+import {
+  SLOT_PORT_VARIABLE,
+  UPSTREAM_SCRIPT_PATH,
+  UPSTREAM_UNIT,
+  UPSTREAM_UNIT_PATH,
+  slotEnvFilePath,
+  slotSettingsPath,
+} from '../../../templates/agent-slots';
+import {
+  AGENT_UNIT_NAME,
+  METADATA_BLOCK_UNIT,
+  renderAgentTemplateUnit,
+  renderAgentUnit,
+} from '../../../templates/systemd-unit';
 
 /**
  * `systemd-analyze verify` against a throwaway root: this machine's unit library (for the targets
@@ -50,7 +64,9 @@ const exposure = (unit: string): number => {
     const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', file], {
       encoding: 'utf8',
     });
-    const m = /Overall exposure level for cortex-agent\.service: (\d+\.\d+)/.exec(r.stdout);
+    const m = new RegExp(
+      `Overall exposure level for ${AGENT_UNIT_NAME.replace(/[.@]/g, '\\$&')}: (\\d+\\.\\d+)`,
+    ).exec(r.stdout);
     if (!m?.[1]) throw new Error(`no exposure level in systemd-analyze output: ${r.stdout}${r.stderr}`);
     return Number(m[1]);
   } finally {
@@ -88,6 +104,61 @@ describe('agent systemd unit', () => {
     expect(r.code).toBe(0);
   });
 
+  it.each([
+    ['echo', echoRuntime()],
+    ['openclaw', openclawRuntime()],
+  ] as [string, RuntimeProfile][])(
+    'the %s template unit passes systemd-analyze verify cleanly as both slot instances',
+    (_, rt) => {
+      const template = renderAgentTemplateUnit(rt);
+      const r = verify(
+        {
+          'cortex-agent@blue.service': template,
+          'cortex-agent@green.service': template,
+          [METADATA_BLOCK_UNIT]: blockUnit('required'),
+        },
+        [rt.execStart[0] as string, METADATA_BLOCK_SCRIPT_PATH],
+      );
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+    },
+  );
+
+  it('the template unit: env file and port per slot (%i), the port file read last, one dynamic user', () => {
+    const l = lines(renderAgentTemplateUnit(echoRuntime()));
+    const envFiles = l.filter((x) => x.startsWith('EnvironmentFile='));
+    // The slot's env file, then its port: a later file wins, so the env file cannot move the port.
+    expect(envFiles).toEqual([
+      `EnvironmentFile=${slotEnvFilePath('%i' as 'blue')}`,
+      `EnvironmentFile=${slotSettingsPath('%i' as 'blue')}`,
+    ]);
+    expect(l).toContain(
+      `ExecStart=/usr/bin/python3 -I /usr/local/lib/cortex/echo-agent.py --port=\${${SLOT_PORT_VARIABLE}}`,
+    );
+    expect(renderAgentTemplateUnit(openclawRuntime())).toMatch(
+      /^ExecStart=\/usr\/local\/bin\/openclaw gateway run --port=\$\{CORTEX_AGENT_PORT\} --bind=loopback/m,
+    );
+    expect(l).toEqual(expect.arrayContaining(['DynamicUser=yes', 'User=cortex-agent']));
+    // Everything else is the plain unit's sandbox, line for line.
+    const plain = lines(renderAgentUnit(echoRuntime()));
+    const differs = (x: string) => /^(EnvironmentFile|ExecStart|Description)=/.test(x);
+    expect(l.filter((x) => !differs(x))).toEqual(plain.filter((x) => !differs(x)));
+  });
+
+  it('the template unit needs exactly one --port word and does not echo the words it refuses', () => {
+    const rt = echoRuntime();
+    const canary = 'sk-ant-not-a-port-word';
+    expect(() => renderAgentTemplateUnit({ ...rt, execStart: ['/usr/bin/python3', canary] })).toThrow(
+      /exactly one --port/,
+    );
+    expect(() => renderAgentTemplateUnit({ ...rt, execStart: ['/usr/bin/python3', canary] })).not.toThrow(
+      new RegExp(canary),
+    );
+    expect(() =>
+      renderAgentTemplateUnit({ ...rt, execStart: [...rt.execStart, `--port=${rt.port}`] }),
+    ).toThrow(/exactly one --port/);
+  });
+
   it('the verifier is sharp: a typo in a key or a value is reported', () => {
     const unit = renderAgentUnit(echoRuntime());
     expect(
@@ -113,7 +184,7 @@ describe('agent systemd unit', () => {
     const l = lines(renderAgentUnit(echoRuntime()));
     for (const expected of [
       'DynamicUser=yes',
-      'EnvironmentFile=/etc/cortex/agent.env',
+      `EnvironmentFile=${ENV_FILE_PATH}`,
       'NoNewPrivileges=yes',
       'CapabilityBoundingSet=',
       'AmbientCapabilities=',
@@ -129,7 +200,10 @@ describe('agent systemd unit', () => {
       expect(l).toContain(expected);
     expect(l.some((x) => /^User=root$|^User=0$/.test(x))).toBe(false);
     // The env file is mandatory: a missing file must stop the start, not run an agent without keys.
-    expect(l).not.toContain('EnvironmentFile=-/etc/cortex/agent.env');
+    expect(l).not.toContain(`EnvironmentFile=-${ENV_FILE_PATH}`);
+    expect(lines(renderAgentTemplateUnit(echoRuntime())).some((x) => x.startsWith('EnvironmentFile=-'))).toBe(
+      false,
+    );
   });
 
   it('openclaw keeps W^X off for the V8 JIT; echo turns it on', () => {
@@ -169,9 +243,10 @@ describe('agent systemd unit', () => {
     ['echo', echoRuntime()],
     ['openclaw', openclawRuntime()],
   ] as ['echo' | 'openclaw', RuntimeProfile][])(
-    'the %s unit keeps its systemd-analyze security exposure at or below the level reached',
+    'the %s unit (the blue/green template, as servers run it) keeps its systemd-analyze security exposure at or below the level reached',
     (name, rt) => {
-      const unit = renderAgentUnit(rt);
+      expect(exposure(renderAgentUnit(rt))).toBeLessThanOrEqual(MAX_EXPOSURE[name]);
+      const unit = renderAgentTemplateUnit(rt);
       expect(exposure(unit)).toBeLessThanOrEqual(MAX_EXPOSURE[name]);
       // The measure is sharp: dropping an option that counts raises the score. (The metadata deny
       // does not count: systemd scores only allow lists; its test is on a real host.)
@@ -196,6 +271,38 @@ describe('agent systemd unit', () => {
     // echo talks to Caddy on loopback only: everything else is refused.
     const echo = lines(renderAgentUnit(echoRuntime()));
     expect(echo).toEqual(expect.arrayContaining(['IPAddressAllow=localhost', 'IPAddressDeny=any']));
+  });
+
+  it('the upstream unit (service port -> active slot) verifies, restarts with the block, and its script parses', () => {
+    const files = agentServerFiles({
+      siteName: 'a.agents.example.com',
+      tls: { mode: 'internal' },
+      runtime: echoRuntime(),
+      metadataBlock: 'required',
+    });
+    const unit = files.find((f) => f.path === UPSTREAM_UNIT_PATH)?.content ?? '';
+    expect(lines(unit)).toEqual(
+      expect.arrayContaining([
+        `ExecStart=${UPSTREAM_SCRIPT_PATH} 18789`,
+        `PartOf=${METADATA_BLOCK_UNIT}`,
+        'Type=oneshot',
+        'RemainAfterExit=yes',
+      ]),
+    );
+    const r = verify({ [UPSTREAM_UNIT]: unit, [METADATA_BLOCK_UNIT]: blockUnit('required') }, [
+      UPSTREAM_SCRIPT_PATH,
+      METADATA_BLOCK_SCRIPT_PATH,
+    ]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const script = files.find((f) => f.path === UPSTREAM_SCRIPT_PATH);
+    expect(script?.permissions).toBe('0755');
+    expect(spawnSync('sh', ['-n'], { input: script?.content ?? 'x(', encoding: 'utf8' }).status).toBe(0);
+    // The slots' ports, one past and two past the service port, in the files the template unit reads.
+    expect(files.filter((f) => /slot-(blue|green)\.env$/.test(f.path)).map((f) => lines(f.content))).toEqual([
+      ['CORTEX_AGENT_PORT=18790'],
+      ['CORTEX_AGENT_PORT=18791'],
+    ]);
   });
 
   it('the metadata-block unit verifies too', () => {

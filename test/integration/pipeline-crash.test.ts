@@ -133,8 +133,9 @@ describe('SIGKILL inside each step, then another worker', () => {
         expect(records.map((r) => r.ipv4)).toEqual([ready.ipv4]);
         const { shell } = await p.access.connect(ready);
         try {
+          // The serving slot's env file and the active-slot record; no temp file of a cut write.
           expect((await run(shell, agentCommands.listDir('/etc/cortex'))).stdout.toString().trim()).toBe(
-            'agent.env',
+            'active-slot\nagent-blue.env',
           );
         } finally {
           await shell.close();

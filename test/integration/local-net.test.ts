@@ -25,6 +25,20 @@ const readForward = (): string => readFileSync(FORWARD, 'utf8').trim();
 // A veth pair (no `dummy` module in every kernel): one end holds the address.
 const DUMMY = `cxb${process.pid % 100000}a`;
 const PEER = `cxb${process.pid % 100000}b`;
+const linkExists = async (): Promise<boolean> =>
+  run('ip', ['link', 'show', DUMMY]).then(
+    () => true,
+    () => false,
+  );
+/** The gateway address held by an interface of this test's own (each test sets the state it needs). */
+const holdAddress = async (): Promise<void> => {
+  if (await linkExists()) return;
+  await run('ip', ['link', 'add', DUMMY, 'type', 'veth', 'peer', 'name', PEER]);
+  await run('ip', ['addr', 'add', '10.214.255.249/30', 'dev', DUMMY]);
+};
+const freeAddress = async (): Promise<void> => {
+  if (await linkExists()) await run('ip', ['link', 'del', DUMMY]);
+};
 const SUBNET = '10.214.255.248/30'; // one slot: gateway .249, host .250
 
 describe('local host addresses', () => {
@@ -45,15 +59,16 @@ describe('local host addresses', () => {
   });
 
   it('addressUsers names the interface holding an address of the range, and no other', async () => {
+    await freeAddress();
     expect(await addressUsers('10.214.255.249', 30, 've-none')).toEqual([]);
-    await run('ip', ['link', 'add', DUMMY, 'type', 'veth', 'peer', 'name', PEER]);
-    await run('ip', ['addr', 'add', '10.214.255.249/30', 'dev', DUMMY]);
+    await holdAddress();
     expect(await addressUsers('10.214.255.249', 30, 've-none')).toEqual([DUMMY]);
     expect(await addressUsers('10.214.255.249', 30, DUMMY)).toEqual([]);
     expect(await addressUsers('10.214.255.253', 30, 've-none')).toEqual([]);
   });
 
   it('refuses to boot a host on an address already in use, naming the interface', async () => {
+    await holdAddress();
     const err: unknown = await provider.ensure(t.spec).catch((e: unknown) => e);
     expect(isOrchestratorError(err) && err.code).toBe('conflict');
     expect((err as Error).message).toBe(
@@ -63,7 +78,7 @@ describe('local host addresses', () => {
 
   it('boots the same host once the address is free, and IPv4 forwarding stays off', async () => {
     const before = readForward();
-    await run('ip', ['link', 'del', DUMMY]);
+    await freeAddress();
     const host = await provider.ensure(t.spec);
     expect([host.state, host.ipv4]).toEqual(['running', '10.214.255.250']);
     expect(readForward()).toBe(before);

@@ -2,7 +2,7 @@
  * `npm run bench -- <name>`: prints figures; never a test. Each benchmark is bench/<name>.ts
  * exporting `run(args: string[]): Promise<void>`.
  */
-const names = ['secrets', 'hosts', 'provision', 'rotate'] as const;
+const names = ['secrets', 'hosts', 'provision', 'rotate', 'api'] as const;
 
 const main = async (): Promise<void> => {
   const [name, ...rest] = process.argv.slice(2);

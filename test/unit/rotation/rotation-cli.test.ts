@@ -1,0 +1,55 @@
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { runCli } from '../../../orchestrator/cli/cortexctl';
+import { readValueFile } from '../../../orchestrator/cli/rotation-commands';
+
+/** `cortexctl secrets rotate|revoke|rotation`: argument errors before any connection, value files. */
+const cli = async (
+  argv: string[],
+  readSecret?: () => Promise<string>,
+): Promise<{ code: number; out: string }> => {
+  let out = '';
+  const code = await runCli(argv, {
+    env: { LOG_LEVEL: 'silent' },
+    out: (t) => (out += t),
+    ...(readSecret ? { readSecret } : {}),
+  });
+  return { code, out };
+};
+
+describe('cortexctl secrets rotation commands', () => {
+  it('name what is missing or wrong, and never take a value from argv', async () => {
+    expect(await cli(['secrets', 'rotate'])).toEqual({
+      code: 1,
+      out: 'cortexctl secrets: secret id: is required\n',
+    });
+    const r = await cli(['secrets', 'rotate', 'x', '--value', 'sk-ant-canary-argv']);
+    expect(r.code).toBe(1);
+    expect(r.out).toContain("Unknown option '--value'");
+    expect(r.out).not.toContain('sk-ant-canary-argv');
+    expect((await cli(['secrets', 'rotate', 'x', '--value-file', 'a', '--value-stdin'])).out).toContain(
+      'give --value-file or --value-stdin, not both',
+    );
+    expect(
+      (await cli(['secrets', 'rotate', 'x', '--value-stdin'], () => Promise.resolve('\n'))).out,
+    ).toContain('value: is empty');
+    expect((await cli(['secrets', 'rotation'])).out).toContain('rotation id: is required');
+    expect((await cli(['secrets', 'max-age', 'x', 'soon'])).out).toContain(
+      'max_age_seconds: must be whole seconds or none',
+    );
+  });
+
+  it('a value file: one trailing newline dropped; a directory, an empty or an oversized file refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cortex-rot-'));
+    const f = join(dir, 'key');
+    await writeFile(f, 'sk-ant-canary-from-file-0123456789\n', { mode: 0o600 });
+    expect((await readValueFile(f)).reveal()).toBe('sk-ant-canary-from-file-0123456789');
+    await expect(readValueFile(dir)).rejects.toThrow('--value-file: must be a regular file');
+    await writeFile(f, '', { mode: 0o600 });
+    await expect(readValueFile(f)).rejects.toThrow('--value-file: is empty');
+    await writeFile(f, 'x'.repeat(70_000), { mode: 0o600 });
+    await expect(readValueFile(f)).rejects.toThrow('--value-file: must be at most 64 KiB');
+    await expect(readValueFile(join(dir, 'missing'))).rejects.toThrow('--value-file: cannot be opened');
+  });
+});

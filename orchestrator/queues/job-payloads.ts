@@ -1,11 +1,19 @@
 import { z } from 'zod';
+import { webhookJobSchema } from '../webhooks/webhook-payloads';
 
 /**
  * What a job may carry: ids and references only (DESIGN: job data sits in Redis in clear text).
  * One strict zod schema per queue: an unknown field, a long string, anything that is not an id is
  * refused, so a value that slipped into a payload is never acted upon.
  */
-export const QUEUE_NAMES = ['provision', 'deprovision', 'maintenance', 'rotate', 'revoke'] as const;
+export const QUEUE_NAMES = [
+  'provision',
+  'deprovision',
+  'maintenance',
+  'rotate',
+  'revoke',
+  'webhooks',
+] as const;
 export type QueueName = (typeof QUEUE_NAMES)[number];
 
 const deploymentJob = z.object({ deploymentId: z.uuid() }).strict();
@@ -25,6 +33,8 @@ export const payloadSchemas = {
   // rotation (orchestrator/rotation): the value went into the vault before the job was enqueued
   rotate: z.object({ rotationId: z.uuid() }).strict(),
   revoke: z.object({ secretId: z.uuid(), deploymentId: z.uuid().optional() }).strict(),
+  // webhook deliveries (orchestrator/webhooks): its own worker; listed here for the board and metrics
+  webhooks: webhookJobSchema,
 } as const satisfies Record<QueueName, z.ZodType>;
 
 export type Payload<Q extends QueueName> = z.output<(typeof payloadSchemas)[Q]>;

@@ -211,8 +211,10 @@ const waitHealthyDirect = async (
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (o.signal?.aborted) throw new OrchestratorError('aborted', 'the swap was aborted');
+    // The deadline is checked before each probe: an answer begun after it does not count.
+    const inTime = Date.now() < until;
     const r = await shell.exec(swapCommands.httpProbeLoopback(port, path), o);
-    if (r.code === 0 && r.stdout.toString('utf8').trim() === '200') return undefined;
+    if (inTime && r.code === 0 && r.stdout.toString('utf8').trim() === '200') return undefined;
     const restarts = Number(
       (await shell.exec(swapCommands.restarts(unit), o)).stdout.toString('utf8').trim(),
     );

@@ -1,5 +1,6 @@
 import { Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Logger } from '../log';
+import { failedJobOutcome, metrics } from '../metrics/metrics';
 import { reasonOf } from '../steps/step-runner';
 import { WEBHOOKS_QUEUE, parseWebhookJob, webhookJobId } from './webhook-payloads';
 import { sendWebhook, type SendInput, type SendResult } from './webhook-sender';
@@ -131,6 +132,10 @@ export const makeWebhookWorkers = (
       concurrency: s.concurrency,
     });
     worker.on('error', (err) => log.error({ reason: reasonOf(err) }, 'webhook worker error'));
+    worker.on('failed', (job, err) =>
+      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: failedJobOutcome(job, err) }),
+    );
+    worker.on('completed', () => metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: 'completed' }));
     loop();
   };
 

@@ -2,9 +2,11 @@
  * `npm run bench -- rotate [N …]`: local mode, real parts. For each N (default 1, 10 and 50), N
  * deployments bound to one key are provisioned (not timed), a client per deployment loops on the
  * agent's health URL through Caddy (verified HTTPS), the key is rotated, and the bench prints the
- * seconds from the rotate request until every bound deployment is recorded `switched` (the swap
- * health-checks the new environment before traffic moves to it) and the failed client requests
- * meanwhile, one line per size: `50 deployments: 12.3 s, 0 failed requests`. Workers run in this
+ * seconds from the rotate request until every bound deployment serves from its new blue/green slot
+ * (started with the new key and health-checked before Caddy's upstream moves to it; watched over
+ * SSH through the slot record the swap writes after the switch), the failed client requests
+ * meanwhile, and when the rotation record completed (old instances drained and stopped), one line
+ * per size: `50 deployments: 12.3 s, 0 failed requests (…)`. Workers run in this
  * process (ROTATE_CONCURRENCY, default 8). Deployments are removed afterwards.
  * Target (issue 11): 50 deployments in under 15 s with zero failed requests.
  */
@@ -16,6 +18,7 @@ import { agentCommands } from '../orchestrator/remote/agent-commands';
 import { run as runRemote } from '../orchestrator/remote/ssh-shell';
 import { makeRotationFromPipeline } from '../orchestrator/rotation/rotation-from-config';
 import { Secret } from '../orchestrator/secret';
+import { servingAgentUnit } from '../orchestrator/steps/agent-swap';
 import { httpsGet } from '../orchestrator/steps/https-health';
 import { caddyLocalRootCaPath } from '../templates/caddyfile';
 
@@ -80,6 +83,10 @@ export const run = async (args: string[]): Promise<void> => {
           await sleep(20);
         }
       });
+      // Which blue/green slot serves each agent (the record the swap writes right after Caddy's
+      // upstream moved to the new, health-checked slot): when it changes, the agent serves the new key.
+      const shells = await Promise.all(ready.map(async (d) => (await p.access.connect(d)).shell));
+      const slots = await Promise.all(shells.map((sh) => servingAgentUnit(sh)));
       await sleep(1_000);
       const before = { requests, failed };
       const t0 = Date.now();
@@ -87,19 +94,31 @@ export const run = async (args: string[]): Promise<void> => {
         { secretId: secret.secretId, value: key() },
         { actor: 'bench' },
       );
+      const switchedAt = await Promise.all(
+        shells.map(async (sh, i) => {
+          while (Date.now() - t0 < 600_000) {
+            if ((await servingAgentUnit(sh).catch(() => slots[i])) !== slots[i]) return Date.now();
+            await sleep(100);
+          }
+          return NaN;
+        }),
+      );
+      await Promise.all(shells.map((sh) => sh.close()));
       let done = await rot.service.status(started.id);
       while (done.state !== 'completed') {
         await sleep(100);
         done = await rot.service.status(started.id);
       }
-      const seconds = (Date.now() - t0) / 1000;
+      const seconds = (Math.max(...switchedAt) - t0) / 1000;
+      const recorded = (Date.now() - t0) / 1000;
       const during = { requests: requests - before.requests, failed: failed - before.failed };
       stop = true;
       await Promise.all(clients);
       const notSwitched = done.deployments.filter((d) => d.state !== 'switched').length;
       console.log(
         `${n} deployments: ${seconds.toFixed(1)} s, ${during.failed} failed requests` +
-          ` (of ${during.requests}; ${ready.length} ready${notSwitched ? `, ${notSwitched} not switched` : ''}, ROTATE_CONCURRENCY ${config.ROTATE_CONCURRENCY})`,
+          ` (of ${during.requests}; every rotation record complete, old instances drained and stopped, after ${recorded.toFixed(1)} s;` +
+          ` ${ready.length} ready${notSwitched ? `, ${notSwitched} not switched` : ''}, ROTATE_CONCURRENCY ${config.ROTATE_CONCURRENCY})`,
       );
       await Promise.all(ids.map((id) => p.service.destroy(id)));
       await Promise.all(

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { makeTokenStore } from '../api/api-tokens';
+import { makeApiClient, type ApiClient } from '../api/client';
 import { loadConfig } from '../config';
-import type { Deployment } from '../deployments/deployment-store';
 import { makePipelineFromConfig, type Pipeline } from '../deployments/pipeline-from-config';
 import { curlHealthCommand } from '../dns/curl-command';
 import { makeDnsQueryFromConfig } from '../dns/dns-wiring';
@@ -17,21 +18,38 @@ import { reasonOf } from '../steps/step-runner';
 import { verifyAgentValues } from '../steps/verify-values';
 import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import type { CliContext } from './cortexctl';
+import {
+  ensureDemoApi,
+  followViaApi,
+  stopDemoApi,
+  writeTokenHeaderFile,
+  type ApiDeployment,
+} from './demo-api';
 import { followDeployment } from './pipeline-commands';
 
 /**
- * `npm run demo`: one local agent end to end, as the onboarding flow would have it. Starts the
- * workers in this process, creates (or reuses) a demo organisation, stores a generated demo key,
- * provisions an agent with live step progress, and shows what an operator would check: the URL, a
- * curl line that works when pasted, what the agent reports (names only), the orchestrator's own
- * check that each value on the host is the vault's (never printed), the audit rows, the time.
- * `npm run demo -- --down` removes everything it made (the organisation row stays: audit rows name it).
+ * `npm run demo`: one local agent end to end, exactly as the onboarding flow would have it: over
+ * HTTP. Starts the workers in this process and the API (`cortexctl api`) as a detached child,
+ * creates (or reuses) a demo organisation and a token for it (in a 0600 curl header file, never
+ * printed), then through the typed client stores a generated demo key, requests the deployment
+ * (with an Idempotency-Key) and follows it step by step; then shows what an operator would check:
+ * the URL, a curl line that works when pasted, what the agent reports (names only), the
+ * orchestrator's own check that each value on the host is the vault's (never printed), the audit
+ * trail as the API serves it, and curl lines to follow the events and read the trail.
+ * `npm run demo -- --down` deletes the deployments through the API, revokes the key and the token,
+ * and stops the API (the organisation row stays: audit rows name it).
  */
 interface DemoState {
   orgId?: string;
   secretIds: string[];
   deployments: string[];
+  /** The demo's API process (detached, so that the printed curl lines keep working). */
+  api?: { pid: number; url: string };
+  /** The demo token's id (its plaintext is only in the 0600 header file). */
+  tokenId?: string;
 }
+
+const DEMO_SCOPES = ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read'] as const;
 
 const stateFile = (stateDir: string): string => path.resolve(stateDir, 'demo', 'state.json');
 const loadState = async (stateDir: string): Promise<DemoState> =>
@@ -46,27 +64,65 @@ const saveState = async (stateDir: string, s: DemoState): Promise<void> => {
 
 const down = async (p: Pipeline, ctx: CliContext, state: DemoState): Promise<number> => {
   let failed = 0;
-  for (const id of state.deployments) {
-    const d = await p.service.get(id).catch(() => undefined);
-    if (!d || d.status === 'deleted') continue;
-    ctx.out(`removing deployment ${id} (${d.subdomain})\n`);
-    await p.service.destroy(id);
-    const gone = await followDeployment(p, ctx, id, (x) => x.status === 'deleted', 300_000);
-    if (gone.status !== 'deleted') failed++;
+  const tokens = makeTokenStore({ rpc: p.db.rpc });
+  // Through the API when the demo's API still runs (a short-lived token for this alone); directly
+  // through the service when it does not.
+  const apiUp = state.api
+    ? await fetch(`${state.api.url}/healthz`).then(
+        (r) => r.ok,
+        () => false,
+      )
+    : false;
+  const temp =
+    apiUp && state.orgId
+      ? await tokens.create(
+          { orgId: state.orgId, name: 'demo --down', scopes: ['deployments:write', 'deployments:read'] },
+          'demo',
+        )
+      : undefined;
+  const api =
+    temp && state.api
+      ? makeApiClient({ baseUrl: state.api.url, token: temp.token, userAgent: 'cortex-demo' })
+      : undefined;
+  try {
+    for (const id of state.deployments) {
+      const d = await p.service.get(id).catch(() => undefined);
+      if (!d || d.status === 'deleted') continue;
+      ctx.out(`removing deployment ${id} (${d.subdomain})${api ? ': DELETE /v1/deployments/{id}' : ''}\n`);
+      if (api) {
+        const r = await api.DELETE('/v1/deployments/{id}', { params: { path: { id } } });
+        if (r.response.status !== 202)
+          throw new Error(`DELETE /v1/deployments/${id} answered ${r.response.status}`);
+      } else await p.service.destroy(id);
+      const gone = await followDeployment(p, ctx, id, (x) => x.status === 'deleted', 300_000);
+      if (gone.status !== 'deleted') failed++;
+    }
+  } finally {
+    if (temp) await tokens.revoke(temp.id, 'demo').catch(() => undefined);
   }
   for (const s of state.secretIds) await p.secrets.revoke(s, { actor: 'demo' }).catch(() => undefined);
+  if (state.tokenId) await tokens.revoke(state.tokenId, 'demo').catch(() => undefined);
+  if (await stopDemoApi(state.api?.pid)) ctx.out(`stopped the demo's API (pid ${state.api?.pid})\n`);
   await rm(path.dirname(stateFile(p.config.CORTEX_STATE_DIR)), { recursive: true, force: true });
   ctx.out(
     failed
       ? `${failed} deployment(s) could not be removed; see npm run cortexctl -- list\n`
-      : 'demo removed: agents, DNS records, hosts, the demo key (the organisation row stays; audit rows name it)\n',
+      : 'demo removed: agents, DNS records, hosts, the demo key, the demo token (revoked), the API (the organisation row stays; audit rows name it)\n',
   );
   return failed ? 1 : 0;
 };
 
-const report = async (p: Pipeline, ctx: CliContext, d: Deployment, t0: number): Promise<void> => {
+const report = async (
+  p: Pipeline,
+  ctx: CliContext,
+  d: ApiDeployment,
+  t0: number,
+  api: ApiClient,
+  follow: { url: string; headerFile: string },
+): Promise<void> => {
   const name = siteNameOf(d, p.config.DNS_ZONE);
-  const { shell } = await p.access.connect(d);
+  // The operator's own checks below go to the host over SSH (the API never touches a host).
+  const { shell } = await p.access.connect(await p.store.get(d.id));
   try {
     const ca = (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString(
       'utf8',
@@ -95,14 +151,21 @@ const report = async (p: Pipeline, ctx: CliContext, d: Deployment, t0: number): 
   } finally {
     await shell.close();
   }
-  ctx.out('\naudit trail of this deployment (no values in it):\n');
-  for (const a of await p.store.audit(d.id))
+  const trail = await api.GET('/v1/deployments/{id}/audit', { params: { path: { id: d.id } } });
+  if (!trail.data) throw new Error(`GET /v1/deployments/${d.id}/audit answered ${trail.response.status}`);
+  ctx.out('\naudit trail of this deployment, from GET /v1/deployments/{id}/audit (no values in it):\n');
+  for (const a of trail.data.entries)
     ctx.out(
       `  ${a.at.replace('T', ' ').slice(0, 23)}  ${a.operation.padEnd(6)} ${a.outcome.padEnd(7)} secret ${a.secretId?.slice(0, 8) ?? '-'} v${a.version ?? '-'}  by ${a.actor ?? '-'}${a.jobId ? ` job ${a.jobId.slice(0, 18)}…` : ''}\n`,
     );
-  const verified = await p.secrets.verifyAuditLog(d.orgId);
+  const chain = trail.data.chain;
+  ctx.out(`audit chain of the organisation: ${chain.ok ? `intact (${chain.rowsChecked} rows)` : 'BROKEN'}\n`);
+  // The token is read from its 0600 file by curl itself: it is in no argv, no history, no log.
+  const h = `-H @${follow.headerFile}`;
   ctx.out(
-    `audit chain of the organisation: ${verified.ok ? `intact (${verified.rowsChecked} rows)` : 'BROKEN'}\n`,
+    `\nfollow its events   curl -sN ${h} ${follow.url}/v1/deployments/${d.id}/events\n` +
+      `read its audit      curl -s ${h} ${follow.url}/v1/deployments/${d.id}/audit\n` +
+      `                    (the demo token in ${follow.headerFile} is revoked by --down)\n`,
   );
   ctx.out(
     `\nready in ${((Date.now() - t0) / 1000).toFixed(1)} s. Remove it all with: npm run demo -- --down\n`,
@@ -133,34 +196,63 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
       await saveState(config.CORTEX_STATE_DIR, state);
     }
     ctx.out(`organisation ${state.orgId}\n`);
-    const key = new Secret(`sk-ant-demo-${randomBytes(24).toString('base64url')}`);
-    const meta = await p.secrets.create(
-      { orgId: state.orgId, name: 'demo Anthropic key', provider: 'anthropic', value: key },
-      { actor: 'demo' },
-    );
-    state.secretIds.push(meta.secretId);
+
+    // A token for the demo organisation, as `cortexctl tokens create` makes one; the previous
+    // run's is revoked. Its plaintext goes only to the API client and a 0600 curl header file.
+    const tokens = makeTokenStore({ rpc: p.db.rpc });
+    if (state.tokenId) await tokens.revoke(state.tokenId, 'demo').catch(() => undefined);
+    const made = await tokens.create({ orgId: state.orgId, name: 'demo', scopes: [...DEMO_SCOPES] }, 'demo');
+    state.tokenId = made.id;
+    await saveState(config.CORTEX_STATE_DIR, state);
+    const headerFile = await writeTokenHeaderFile(config.CORTEX_STATE_DIR, made.token);
+    const srv = await ensureDemoApi({
+      stateDir: config.CORTEX_STATE_DIR,
+      env: ctx.env,
+      preferredPort: config.API_PORT,
+      ...(state.api ? { previous: state.api } : {}),
+    });
+    state.api = { pid: srv.pid, url: srv.url };
     await saveState(config.CORTEX_STATE_DIR, state);
     ctx.out(
-      `demo key   ${meta.secretId}  ${meta.displayPrefix}  fingerprint ${meta.fingerprint.slice(0, 16)}…\n`,
+      `api        ${srv.url}${srv.reused ? ' (still running from the last demo)' : ''}, pid ${srv.pid}, log ${path.relative(process.cwd(), path.resolve(config.CORTEX_STATE_DIR, 'demo', 'api.log'))}\n` +
+        `token      ${made.prefix}… (scopes ${DEMO_SCOPES.join(', ')}; in ${path.relative(process.cwd(), headerFile)}, mode 0600)\n`,
+    );
+    const api = makeApiClient({ baseUrl: srv.url, token: made.token, userAgent: 'cortex-demo' });
+
+    const key = new Secret(`sk-ant-demo-${randomBytes(24).toString('base64url')}`);
+    const stored = await api.POST('/v1/secrets', {
+      body: { name: 'demo Anthropic key', provider: 'anthropic', value: key.reveal() },
+    });
+    if (!stored.data)
+      throw new Error(`POST /v1/secrets answered ${stored.response.status}: ${stored.error?.detail ?? ''}`);
+    const meta = stored.data;
+    state.secretIds.push(meta.id);
+    await saveState(config.CORTEX_STATE_DIR, state);
+    ctx.out(
+      `demo key   POST /v1/secrets → ${meta.id}  ${meta.displayPrefix}  fingerprint ${meta.fingerprint.slice(0, 16)}…\n`,
     );
 
     const subdomain = `demo-${randomBytes(3).toString('hex')}`;
-    const req = await p.service.request(
-      {
-        orgId: state.orgId,
+    const requested = await api.POST('/v1/deployments', {
+      params: { header: { 'idempotency-key': `demo-${subdomain}` } },
+      body: {
         name: 'demo agent',
         subdomain,
-        bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: meta.secretId }],
+        bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: meta.id }],
       },
-      { actor: 'demo' },
-    );
-    state.deployments.push(req.deploymentId);
+    });
+    if (!requested.data)
+      throw new Error(
+        `POST /v1/deployments answered ${requested.response.status}: ${requested.error?.detail ?? ''}`,
+      );
+    const deploymentId = requested.data.deploymentId;
+    state.deployments.push(deploymentId);
     await saveState(config.CORTEX_STATE_DIR, state);
-    ctx.out(`deployment ${req.deploymentId} (${subdomain}.${config.DNS_ZONE})\n`);
-    const d = await followDeployment(
-      p,
+    ctx.out(`deployment POST /v1/deployments → ${deploymentId} (${subdomain}.${config.DNS_ZONE})\n`);
+    const d = await followViaApi(
+      api,
       ctx,
-      req.deploymentId,
+      deploymentId,
       (x) => ['ready', 'failed', 'deleted'].includes(x.status),
       600_000,
     );
@@ -171,7 +263,7 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
       );
       return 1;
     }
-    await report(p, ctx, d, t0);
+    await report(p, ctx, d, t0, api, { url: srv.url, headerFile });
     return 0;
   } finally {
     await p.close(2_000);

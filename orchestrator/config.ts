@@ -174,8 +174,8 @@ export const configSchema = z
     ROTATION_STALLED_SECONDS: z.coerce.number().int().min(1).max(86_400).default(600),
     /** How often keys older than their max age are flagged. */
     KEY_AGE_CHECK_EVERY_MS: z.coerce.number().int().min(1_000).default(3_600_000),
-    /** Check a new key against its provider before fanning out: `off` (local mode) or `http`. */
-    KEY_VALIDATION: z.enum(['off', 'http']).default('off'),
+    /** Check a new key against its provider before fanning out: `off` or `http` (unset: `http` with hcloud, `off` in local mode). */
+    KEY_VALIDATION: z.enum(['off', 'http']).optional(),
     /** Base URL of every provider's key check (a local stub provider); unset: the providers' own. */
     KEY_VALIDATION_BASE_URL: z.url({ protocol: /^https?$/ }).optional(),
 

@@ -9,9 +9,9 @@ import { makeRotationService } from './rotation-service';
 import { makeRotationStore, type OverdueKey } from './rotation-store';
 import { makeRotationMaintenance, makeRotationProcessors } from './rotation-workers';
 
-/** Key validation from the configuration: off (local mode's default) or the providers over HTTP. */
+/** Key validation from the configuration: the providers over HTTP (hcloud's default) or off (local mode's). */
 export const keyValidatorFromConfig = (config: Config): KeyValidator =>
-  config.KEY_VALIDATION === 'http'
+  (config.KEY_VALIDATION ?? (config.HOST_PROVIDER === 'hcloud' ? 'http' : 'off')) === 'http'
     ? makeHttpKeyValidator(
         config.KEY_VALIDATION_BASE_URL ? { baseUrls: { '*': config.KEY_VALIDATION_BASE_URL } } : {},
       )

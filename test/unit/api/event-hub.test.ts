@@ -1,0 +1,79 @@
+import type { Rpc } from '../../../orchestrator/db/rpc';
+import { makeEventHub, type EventBatch } from '../../../orchestrator/api/event-hub';
+import { makeLogger } from '../../../orchestrator/log';
+
+/**
+ * The API's one poller for all event streams: however many streams are open, one query per tick;
+ * streams of one deployment at one cursor share their entry; with no stream, no query at all.
+ */
+const log = makeLogger({ level: 'silent', name: 'hub-test' });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const fakeRpc = () => {
+  const calls: { ids: string[]; after: string[] }[] = [];
+  const rpc = (async (fn: string, args: Record<string, unknown>) => {
+    expect(fn).toBe('deployment_events__poll');
+    const ids = args.p_deployment_ids as string[];
+    const after = args.p_after_ids as string[];
+    calls.push({ ids, after });
+    // one new event per deployment per call, after its cursor
+    return ids.map((id, i) => ({
+      deployment_id: id,
+      after_id: after[i],
+      status: 'provisioning',
+      settled: true,
+      events: [{ id: String(Number(after[i]) + 1), deployment_id: id, at: 'now', kind: 'step', payload: {} }],
+    }));
+  }) as Rpc;
+  return { rpc, calls };
+};
+
+it('one query per tick for 300 streams over 3 deployments, deduplicated by (deployment, cursor)', async () => {
+  const { rpc, calls } = fakeRpc();
+  const hub = makeEventHub({ rpc, log }, { pollMs: 20, pageSize: 100 });
+  const got = new Map<number, EventBatch[]>();
+  const unsubs = Array.from({ length: 300 }, (_, i) => {
+    const sub = {
+      deploymentId: `d${i % 3}`,
+      after: '0',
+      onBatch: (b: EventBatch) => {
+        got.set(i, [...(got.get(i) ?? []), b]);
+        sub.after = b.events.at(-1)?.id ?? sub.after;
+      },
+      onError: () => undefined,
+    };
+    return hub.subscribe(sub);
+  });
+  await sleep(75);
+  expect(calls.length).toBeGreaterThanOrEqual(2);
+  expect(calls.length).toBeLessThanOrEqual(4);
+  // the first tick: three pairs, not three hundred
+  expect(calls[0]).toEqual({ ids: ['d0', 'd1', 'd2'], after: ['0', '0', '0'] });
+  expect(got.get(0)?.[0]?.events.map((e) => e.id)).toEqual(['1']);
+  expect(got.size).toBe(300);
+  for (const u of unsubs) u();
+  expect(hub.size).toBe(0);
+  const n = calls.length;
+  await sleep(80);
+  expect(calls.length).toBe(n); // no stream, no query
+});
+
+it('ends the streams after five failed polls in a row', async () => {
+  let n = 0;
+  const rpc = (async () => {
+    n += 1;
+    throw new Error('db down');
+  }) as Rpc;
+  const hub = makeEventHub({ rpc, log }, { pollMs: 5, pageSize: 100 });
+  let ended = false;
+  const unsub = hub.subscribe({
+    deploymentId: 'd',
+    after: '0',
+    onBatch: () => undefined,
+    onError: () => (ended = true),
+  });
+  for (let i = 0; i < 100 && !ended; i++) await sleep(5);
+  expect(ended).toBe(true);
+  expect(n).toBe(5);
+  unsub();
+});

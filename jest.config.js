@@ -5,14 +5,15 @@ const common = {
   testEnvironmentOptions: { globalsCleanup: 'off' },
   transform: {
     '^.+\\.ts$': ['ts-jest', { diagnostics: false }],
-    // ESM-only dependency of @fastify/static (Bull Board's): Node 24 require()s it, Jest's CommonJS
-    // runtime needs it compiled (no --experimental-vm-modules needed)
-    '/node_modules/content-disposition/.+\\.js$': [
+    // ESM-only dependencies (content-disposition: @fastify/static's, Bull Board's; cookie:
+    // light-my-request's, Fastify's inject): Node 24 require()s them, Jest's CommonJS runtime needs
+    // them compiled (no --experimental-vm-modules needed)
+    '/node_modules/(content-disposition|cookie)/.+\\.js$': [
       'ts-jest',
       { diagnostics: false, tsconfig: { allowJs: true, module: 'commonjs' } },
     ],
   },
-  transformIgnorePatterns: ['/node_modules/(?!content-disposition/)'],
+  transformIgnorePatterns: ['/node_modules/(?!(content-disposition|cookie)/)'],
 };
 module.exports = {
   projects: [

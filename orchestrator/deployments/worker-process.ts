@@ -32,14 +32,16 @@ export const runWorkerProcess = async (
   const webhooks = makeWebhookWorkersFromConfig(config, pipeline.db.rpc, log);
   webhooks.start();
   // This process's counters reach the API's one scrape through Redis (metrics-publisher.ts).
-  collectProcessDefaults();
-  const publisher = startMetricsPublisher({
-    redis: pipeline.redis,
-    registry: processRegistry,
-    prefix: config.QUEUE_PREFIX,
-    holder: workers.holder,
-    onError: (err) => log.warn({ reason: reasonOf(err) }, 'could not publish metrics'),
-  });
+  if (config.METRICS_ENABLED) collectProcessDefaults();
+  const publisher = config.METRICS_ENABLED
+    ? startMetricsPublisher({
+        redis: pipeline.redis,
+        registry: processRegistry,
+        prefix: config.QUEUE_PREFIX,
+        holder: workers.holder,
+        onError: (err) => log.warn({ reason: reasonOf(err) }, 'could not publish metrics'),
+      })
+    : undefined;
   const schedule = async (): Promise<void> => {
     await pipeline.scheduleMaintenance();
     await rotation.schedule();
@@ -72,7 +74,7 @@ export const runWorkerProcess = async (
         .close(config.SHUTDOWN_GRACE_MS)
         .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
       await webhooks.close().catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));
-      await publisher.stop();
+      await publisher?.stop();
       await pipeline
         .close(config.SHUTDOWN_GRACE_MS)
         .catch((err: unknown) => log.error({ reason: reasonOf(err) }, 'close failed'));

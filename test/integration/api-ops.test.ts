@@ -31,7 +31,7 @@ let orgToken: string;
 const tokenIds: string[] = [];
 
 beforeAll(async () => {
-  p = await startTestPipeline();
+  p = await startTestPipeline({ METRICS_ENABLED: 'true' });
   const tokens = makeTokenStore({ rpc: p.db.rpc });
   const org = await p.db.rpc<{ id: string }>('organizations__create', {
     p_name: `ops-${randomUUID().slice(0, 8)}`,
@@ -121,6 +121,25 @@ describe('Bull Board in headless Chromium', () => {
 });
 
 describe('GET /metrics', () => {
+  it('is not served with METRICS_ENABLED=false (the default)', async () => {
+    const off = await buildApi(
+      {
+        log: makeLogger({ level: 'silent', name: 'api-ops-test' }),
+        tokens: makeTokenStore({ rpc: p.db.rpc }),
+        pipeline: { ...p, config: { ...p.config, METRICS_ENABLED: false } },
+      },
+      { routes: [metricsRoutes] },
+    );
+    try {
+      await off.listen({ host: '127.0.0.1', port: 0 });
+      const url = `http://127.0.0.1:${(off.server.address() as AddressInfo).port}/metrics`;
+      const r = await fetch(url, { headers: { authorization: `Bearer ${adminToken}` } });
+      expect(r.status).toBe(404);
+    } finally {
+      await off.close();
+    }
+  });
+
   it('needs an admin token', async () => {
     expect((await fetch(`${base}/metrics`)).status).toBe(401);
     expect(

@@ -13,6 +13,8 @@ export const METRICS_PATH = '/metrics';
 
 export const metricsRoutes: ApiPlugin = async (app, deps) => {
   const { pipeline } = deps;
+  // METRICS_ENABLED=false (the default): no /metrics route (a 404), and workers publish nothing.
+  if (!pipeline.config.METRICS_ENABLED) return;
   collectProcessDefaults();
   const scrape = makeMetricsScrape({
     rpc: pipeline.db.rpc,

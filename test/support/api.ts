@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { DestinationStream } from 'pino';
 import { startApi, type RunningApi } from '../../orchestrator/api/api-process';
 import { makeTokenStore, type Scope, type TokenStore } from '../../orchestrator/api/api-tokens';
+import { makeApiClient, type ApiClient } from '../../orchestrator/api/client';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { makeLogger, type Logger } from '../../orchestrator/log';
 import { startTestPipeline } from './pipeline';
@@ -27,6 +28,8 @@ export interface TestApi {
     path: string,
     opts?: { token?: string; body?: unknown; rawBody?: string; headers?: Record<string, string> },
   ): Promise<{ status: number; headers: Headers; text: string; json: unknown }>;
+  /** The typed client (as the onboarding app uses it) with this token. */
+  client(token?: string): ApiClient;
   close(): Promise<void>;
 }
 
@@ -82,6 +85,9 @@ export const startTestApi = async (env: Record<string, string> = {}): Promise<Te
             .join('\n'),
         );
       return { status: res.status, headers: res.headers, text, json };
+    },
+    client(token) {
+      return makeApiClient({ baseUrl: api.url, ...(token ? { token } : {}), userAgent: 'api-test' });
     },
     async close() {
       await api.close();

@@ -1,6 +1,9 @@
 -- Metrics read at scrape time (issue 10): the API process answers Prometheus with figures taken
 -- from the source of truth rather than from any one process's memory, so a deployment moved by any
 -- worker on any machine is counted once. Counts only: no id, no name, no value leaves this function.
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create function public.metrics__deployments_by_status()
 returns jsonb
 language sql stable security definer

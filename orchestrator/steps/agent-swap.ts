@@ -320,7 +320,12 @@ const settle = async (
   o: ExecOptions,
 ): Promise<void> => {
   const old = otherSlot(serving);
-  await writeRecord(shell, serving, o);
+  // The route leads to the serving slot (a flushed ruleset, or a record a cut run left pointing
+  // elsewhere, is put right: the record is what the upstream unit applies at boot).
+  if ((await liveRoute(shell, basePort, o)) !== slotPort(basePort, serving)) {
+    const reason = await routeTo(shell, serving, basePort, o);
+    if (reason) throw new OrchestratorError('remote_command_failed', reason);
+  } else await writeRecord(shell, serving, o);
   await shell.exec(agentCommands.enable(agentUnitName(serving)), o);
   await shell.exec(swapCommands.disable(agentUnitName(old)), o);
   if ((await shell.exec(agentCommands.isActive(agentUnitName(old)), o)).code === 0)
@@ -377,10 +382,18 @@ const blueGreen = async (
     slot: serving,
   });
 
-  // A retry after the switch (or a swap to the environment it already runs): only finish up.
+  // A retry after the switch (or a swap to the environment it already runs): only finish up,
+  // and check it end to end like a swap.
   if (await runsWith(shell, agentUnitName(serving), input.env, o)) {
     await settle(shell, serving, base, drainSeconds, o);
-    return done(serving);
+    const reason = await waitHealthyThroughCaddy(
+      shell,
+      at.caddy,
+      profile.healthPath,
+      THROUGH_CADDY_TIMEOUT_MS,
+      o,
+    );
+    return reason ? failed(reason) : done(serving);
   }
 
   // 1. The idle slot, from scratch, with the new environment.
@@ -435,7 +448,16 @@ const heldRestart = async (
   const drainSeconds = opts.drainSeconds ?? 30;
   if (await runsWith(shell, unit, input.env, o)) {
     await settle(shell, slot, profile.port, drainSeconds, o);
-    return { mode: 'held-restart', healthy: true, slot };
+    const reason = await waitHealthyThroughCaddy(
+      shell,
+      at.caddy,
+      profile.healthPath,
+      THROUGH_CADDY_TIMEOUT_MS,
+      o,
+    );
+    return reason
+      ? { mode: 'held-restart', healthy: false, reason, slot }
+      : { mode: 'held-restart', healthy: true, slot };
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
   // The previous file stays (a second name for the same inode, root-only) until the new one is proven.

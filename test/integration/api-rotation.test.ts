@@ -40,7 +40,7 @@ const keyOf = async (orgId: string): Promise<string> =>
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('rotation over the API', () => {
-  it('rotates with an Idempotency-Key (a repeat is the same rotation, another value 409), follows it to completed, audits the token', async () => {
+  it('rotates with an Idempotency-Key (a repeat is the same rotation, another value 422), follows it to completed, audits the token', async () => {
     const org = await t.org();
     const tok = await t.token(org, ['secrets:write', 'deployments:read']);
     const secretId = await keyOf(org);
@@ -65,7 +65,7 @@ describe('rotation over the API', () => {
       body: { value: canary() },
       headers,
     });
-    expect(other.status).toBe(409);
+    expect(other.json).toMatchObject({ status: 422, field: 'header.idempotency-key' });
     let state = '';
     for (let i = 0; i < 100 && state !== 'completed'; i++) {
       const s = await t.call('GET', `/v1/rotations/${rot.id}`, { token: tok.token });

@@ -2027,7 +2027,7 @@ export interface paths {
         put?: never;
         /**
          * Rotate a key: a new version, every bound agent switched with no failed request
-         * @description 202 with the rotation (follow it at GET /v1/rotations/{id}). The same Idempotency-Key and value: the same rotation (200); the same key with another value: 409.
+         * @description 202 with the rotation (follow it at GET /v1/rotations/{id}). The same Idempotency-Key and value: the same rotation (200); the same key with another value or secret: 422.
          */
         post: {
             parameters: {
@@ -2241,6 +2241,27 @@ export interface paths {
                 };
                 /** @description Unsupported Media Type */
                 415: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": {
+                            detail?: string;
+                            errors?: {
+                                field: string;
+                                message: string;
+                            }[];
+                            field?: string;
+                            status: number;
+                            title: string;
+                            type: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description Unprocessable Entity */
+                422: {
                     headers: {
                         [name: string]: unknown;
                     };

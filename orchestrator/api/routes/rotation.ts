@@ -1,10 +1,11 @@
 import { z } from 'zod';
 import { makeRotationServiceFromPipeline } from '../../rotation/rotation-from-config';
 import type { Rotation } from '../../rotation/rotation-store';
+import { isOrchestratorError } from '../../errors';
 import { Secret } from '../../secret';
 import { auditContext, principalOf } from '../auth';
 import { idParams, idempotencyHeaders } from '../api-schemas';
-import { problemResponses } from '../problems';
+import { problemResponses, problems } from '../problems';
 import type { ApiPlugin } from '../server';
 
 /**
@@ -84,30 +85,45 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
         tags: ['rotation'],
         summary: 'Rotate a key: a new version, every bound agent switched with no failed request',
         description:
-          '202 with the rotation (follow it at GET /v1/rotations/{id}). The same Idempotency-Key and value: the same rotation (200); the same key with another value: 409.',
+          '202 with the rotation (follow it at GET /v1/rotations/{id}). The same Idempotency-Key and value: the same rotation (200); the same key with another value or secret: 422.',
         params: idParams,
         headers: idempotencyHeaders,
         body: rotateBody,
         response: {
           200: rotationSchema,
           202: rotationSchema,
-          ...problemResponses(400, 401, 403, 404, 409, 413, 415),
+          ...problemResponses(400, 401, 403, 404, 409, 413, 415, 422),
         },
       },
     },
     async (request, reply) => {
       const p = principalOf(request);
       const key = request.headers['idempotency-key'];
-      const r = await service.rotate(
-        {
-          secretId: request.params.id,
-          value: new Secret(request.body.value),
-          leaked: request.body.leaked ?? false,
-          ...(key === undefined ? {} : { idempotencyKey: `${p.tokenId}:${key}` }),
-          ...(p.orgId ? { orgId: p.orgId } : {}),
-        },
-        auditContext(request),
-      );
+      const r = await service
+        .rotate(
+          {
+            secretId: request.params.id,
+            value: new Secret(request.body.value),
+            leaked: request.body.leaked ?? false,
+            ...(key === undefined ? {} : { idempotencyKey: `${p.tokenId}:${key}` }),
+            ...(p.orgId ? { orgId: p.orgId } : {}),
+          },
+          auditContext(request),
+        )
+        .catch((err: unknown) => {
+          // The key reused for another request: the same answer as POST /v1/deployments gives.
+          if (
+            isOrchestratorError(err) &&
+            err.code === 'conflict' &&
+            /^secret_rotations__start: rotation_id: already used/.test(err.message)
+          )
+            throw problems.invalid(
+              'header.idempotency-key',
+              'was already used with a different request body; use a new key for a new request',
+              422,
+            );
+          throw err;
+        });
       return reply.code(r.existing ? 200 : 202).send(view(r));
     },
   );

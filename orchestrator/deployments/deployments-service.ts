@@ -168,6 +168,7 @@ export const makeDeploymentsService = (deps: {
    * Follow a deployment until `until` says stop (default: a final status), calling `onChange` with
    * each new state. Polls Postgres, the source of truth (so it works from any process).
    */
+  const SETTLE_MS = 10_000;
   const watch = async (
     deploymentId: string,
     onChange: (d: Deployment) => void,
@@ -178,7 +179,21 @@ export const makeDeploymentsService = (deps: {
       signal?: AbortSignal;
     } = {},
   ): Promise<Deployment> => {
-    const until = opts.until ?? ((d: Deployment) => FINAL_STATUSES.has(d.status));
+    // A final status is written inside its step (the `ready` step sets `ready`), and the step's own
+    // end is recorded just after: by default, wait for the run's steps to settle too, so a caller
+    // never sees `ready` with its last step still running, for at most SETTLE_MS (a worker that
+    // died between the two: the next begin() records the step).
+    let finalSince: number | undefined;
+    const settled = (d: Deployment): boolean => {
+      if (!FINAL_STATUSES.has(d.status)) {
+        finalSince = undefined;
+        return false;
+      }
+      finalSince ??= Date.now();
+      const running = d.steps.some((s) => s.run === d.currentRun && s.status === 'running');
+      return !running || Date.now() - finalSince >= SETTLE_MS;
+    };
+    const until = opts.until ?? settled;
     const deadline = Date.now() + (opts.timeoutMs ?? 30 * 60_000);
     let last = '';
     for (;;) {

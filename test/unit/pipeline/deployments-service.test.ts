@@ -101,3 +101,53 @@ describe('deployments service: request validation', () => {
     expect(enqueue).not.toHaveBeenCalled();
   });
 });
+
+describe('deployments service: watch', () => {
+  const step = (run: number, name: string, status: string) => ({
+    run,
+    operation: 'provision',
+    step: name,
+    status,
+  });
+  const at = (status: string, readyStep: string) =>
+    ({
+      id: randomUUID(),
+      status,
+      currentRun: 2,
+      steps: [step(1, 'ready', 'running'), step(2, 'ready', readyStep)],
+    }) as never;
+
+  it('waits past a final status until the run’s last step is recorded (the `ready` step sets `ready` before its own end)', async () => {
+    const answers = [
+      at('provisioning', 'running'),
+      at('ready', 'running'),
+      at('ready', 'running'),
+      at('ready', 'succeeded'),
+    ];
+    const get = jest.fn(async () => answers.shift() ?? at('ready', 'succeeded'));
+    const service = makeDeploymentsService({
+      store: { get } as unknown as DeploymentStore,
+      queues: { enqueue: jest.fn() },
+      provider: 'local',
+    });
+    const seen: string[] = [];
+    const d = await service.watch(randomUUID(), (x) => seen.push(`${x.status}/${x.steps[1]?.status}`), {
+      intervalMs: 1,
+    });
+    // an older run's step left `running` by a crash does not hold the watch
+    expect(d.steps.map((s) => s.status)).toEqual(['running', 'succeeded']);
+    expect(get).toHaveBeenCalledTimes(4);
+    expect(seen).toEqual(['provisioning/running', 'ready/running', 'ready/succeeded']);
+  });
+
+  it('an explicit `until` is honoured as given', async () => {
+    const get = jest.fn(async () => at('ready', 'running'));
+    const service = makeDeploymentsService({
+      store: { get } as unknown as DeploymentStore,
+      queues: { enqueue: jest.fn() },
+      provider: 'local',
+    });
+    const d = await service.watch(randomUUID(), () => undefined, { until: (x) => x.status === 'ready' });
+    expect([d.status, get.mock.calls.length]).toEqual(['ready', 1]);
+  });
+});

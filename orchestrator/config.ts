@@ -122,7 +122,7 @@ export const configSchema = z
     API_HOST: z.string().default('127.0.0.1'),
     API_PORT: port.default(18080),
     SHUTDOWN_GRACE_MS: z.coerce.number().int().min(0).default(30_000),
-    METRICS_ENABLED: bool.default(false),
+    METRICS_ENABLED: bool.default(true),
     /** Requests per token (per address for public routes) and window, counted in Redis: `600/min`, `20/s`, `10000/h`. */
     API_RATE_LIMIT: z
       .string()

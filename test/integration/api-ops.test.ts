@@ -121,7 +121,7 @@ describe('Bull Board in headless Chromium', () => {
 });
 
 describe('GET /metrics', () => {
-  it('is not served with METRICS_ENABLED=false (the default)', async () => {
+  it('is not served with METRICS_ENABLED=false', async () => {
     const off = await buildApi(
       {
         log: makeLogger({ level: 'silent', name: 'api-ops-test' }),

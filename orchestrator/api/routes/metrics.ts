@@ -13,7 +13,7 @@ export const METRICS_PATH = '/metrics';
 
 export const metricsRoutes: ApiPlugin = async (app, deps) => {
   const { pipeline } = deps;
-  // METRICS_ENABLED=false (the default): no /metrics route (a 404), and workers publish nothing.
+  // METRICS_ENABLED=false (on by default): no /metrics route (a 404), and workers publish nothing.
   if (!pipeline.config.METRICS_ENABLED) return;
   collectProcessDefaults();
   const scrape = makeMetricsScrape({

@@ -120,6 +120,17 @@ describe('parsePublicKey', () => {
     for (const blob of bad.filter((b) => b.length > 0))
       expect(refusal(() => parsePublicKey(line(blob)))).toEqual(invalid('hostPublicKey', BAD_BLOB));
   });
+
+  it('reads base64 with one or two padding characters as base64, and refuses the blob it holds', () => {
+    // a valid ed25519 blob is 51 bytes, never padded: 50 and 49 bytes end in `=` and `==`
+    for (const [blob, pad] of [
+      [GOOD.subarray(0, 50), '='],
+      [GOOD.subarray(0, 49), '=='],
+    ] as const) {
+      expect(line(blob).endsWith(`${pad}`) && !line(blob).endsWith(`${pad}=`)).toBe(true);
+      expect(refusal(() => parsePublicKey(line(blob)))).toEqual(invalid('hostPublicKey', BAD_BLOB));
+    }
+  });
 });
 
 describe('fingerprints, blobs and derived keys', () => {
@@ -183,6 +194,25 @@ describe('generateHostKeyPair', () => {
     const pad = section.subarray(afterComment);
     expect([...pad]).toEqual(Array.from({ length: pad.length }, (_, i) => i + 1));
     expect(pad.length).toBeLessThan(8);
+  });
+
+  it('zeroes its copies of the seed and of the private sections before returning', () => {
+    const fill = jest.spyOn(Buffer.prototype, 'fill');
+    try {
+      const pem = generateHostKeyPair().privateKey.reveal();
+      const zeroed = fill.mock.contexts.filter((_, i) => fill.mock.calls[i]?.[0] === 0) as Buffer[];
+      // seed, seed||public, the private section, the padded section, the whole body
+      expect(zeroed.map((b) => b.length)).toEqual([32, 64, 131, 136, 234]);
+      for (const b of zeroed) expect(b.every((x) => x === 0)).toBe(true);
+      // the PEM was written before the zeroing: its body is not zeros
+      expect(
+        Buffer.from(pem.split('\n').slice(1, -2).join(''), 'base64')
+          .subarray(-136)
+          .some((x) => x !== 0),
+      ).toBe(true);
+    } finally {
+      fill.mockRestore();
+    }
   });
 
   it('refuses a key node:crypto returned malformed', () => {

@@ -60,6 +60,24 @@ export const swapCommands = {
     `( sport = :${port(agentPort)} )`,
   ],
   /**
+   * The TCP sockets listening on a local port, any address, with the processes holding them
+   * (`users:(("python3",pid=812,fd=3))`): who answers on a slot's port.
+   */
+  listenersOn: (agentPort: number): Argv => [
+    'ss',
+    '-H',
+    '-l',
+    '-t',
+    '-n',
+    '-p',
+    `( sport = :${port(agentPort)} )`,
+  ],
+  /** A process's cgroup membership (`0::/system.slice/…/cortex-agent@green.service`): which unit runs it. */
+  processCgroup: (pid: number): Argv => {
+    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
+    return ['cat', '--', `/proc/${pid}/cgroup`];
+  },
+  /**
    * GET https://<site>:<port><path> through Caddy on this host (the name resolved to 127.0.0.1),
    * the certificate verified against Caddy's local CA root (`localCa`) or the system's store.
    * Prints the HTTP status only; the body is discarded.
@@ -111,3 +129,24 @@ export const parseUpstreamRoute = (stdout: string, servicePort: number): number 
   const m = new RegExp(`tcp dport ${servicePort} redirect to :(\\d{1,5})`).exec(stdout);
   return m?.[1] ? Number(m[1]) : undefined;
 };
+
+/**
+ * The listening sockets of `ss -H -l -t -n -p` output, each with the process ids holding it (an
+ * empty list when ss names none: a socket whose holder cannot be told, e.g. a closed process's).
+ */
+export const parseListenerPids = (stdout: string): number[][] =>
+  stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => [...l.matchAll(/\bpid=(\d{1,10})\b/g)].map((m) => Number(m[1])));
+
+/**
+ * Is the process (its `/proc/<pid>/cgroup`) in `unit`'s cgroup? The systemd hierarchy's line
+ * (`0::` on cgroup v2, `name=systemd` on v1) must end in `/<unit>`; a process of another unit, of a
+ * user session or of a sub-cgroup is not.
+ */
+export const cgroupIsUnit = (cgroupFile: string, unit: string): boolean =>
+  cgroupFile
+    .split('\n')
+    .map((l) => /^\d+:(?:name=systemd)?:(\/.*)$/.exec(l.trim())?.[1])
+    .some((path) => path !== undefined && path.endsWith(`/${unit}`));

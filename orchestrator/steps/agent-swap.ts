@@ -4,7 +4,13 @@ import { agentCommands, parseMainPid } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
 import type { ExecOptions, RemoteShell } from '../remote/ssh-shell';
-import { parseActiveSlot, parseUpstreamRoute, swapCommands } from '../remote/swap-commands';
+import {
+  cgroupIsUnit,
+  parseActiveSlot,
+  parseListenerPids,
+  parseUpstreamRoute,
+  swapCommands,
+} from '../remote/swap-commands';
 import type { Secret } from '../secret';
 import {
   ACTIVE_SLOT_PATH,
@@ -69,11 +75,19 @@ export interface AgentSwapInput {
   readonly env: ReadonlyMap<string, Secret>;
 }
 
+/**
+ * Why a swap is not healthy, where a caller may act on it: `port_held_by_foreign_process` — the new
+ * slot's port is (also) held by a process outside the new slot's unit, so its 200 proves nothing
+ * (an agent of the other slot, both run as one dynamic user, can bind it first).
+ */
+export type SwapFailureCode = 'port_held_by_foreign_process';
+
 export interface AgentSwapResult {
   readonly mode: SwapMode;
   readonly healthy: boolean;
   /** Why it is not healthy: short words, never the host's output. */
   readonly reason?: string;
+  readonly code?: SwapFailureCode;
   /** The slot serving traffic when the swap returned. */
   readonly slot?: AgentSlot;
 }
@@ -199,7 +213,37 @@ const stateOf = async (shell: RemoteShell, unit: string, o: ExecOptions): Promis
     .filter((l) => /^[a-z0-9-]{1,32}$/.test(l))
     .join('/') || 'unknown';
 
-/** Poll an instance's health path on its own port, from the host, until 200, a crash loop or the deadline. */
+/**
+ * Does every socket listening on `port` belong to a process of `unit` (and is there one)? A 200 on
+ * the port proves nothing else: both slots run as one dynamic user, so the serving slot's agent
+ * could have bound the idle slot's port first (the new instance then fails with EADDRINUSE and the
+ * probe reaches the impostor). Read from the host as root: `ss -p` for the holders, their
+ * `/proc/<pid>/cgroup` for the unit.
+ */
+const portOwnedBy = async (
+  shell: RemoteShell,
+  unit: string,
+  port: number,
+  o: ExecOptions,
+): Promise<boolean> => {
+  const r = await shell.exec(swapCommands.listenersOn(port), o);
+  if (r.code !== 0) return false;
+  const sockets = parseListenerPids(r.stdout.toString('utf8'));
+  if (sockets.length === 0 || sockets.some((pids) => pids.length === 0)) return false;
+  for (const pid of new Set(sockets.flat())) {
+    if (pid < 2) return false;
+    const c = await shell.exec(swapCommands.processCgroup(pid), o);
+    if (c.code !== 0 || !cgroupIsUnit(c.stdout.toString('utf8'), unit)) return false;
+  }
+  return true;
+};
+
+type Unhealthy = { readonly reason: string; readonly code?: SwapFailureCode };
+
+/**
+ * Poll an instance's health path on its own port, from the host, until 200 from a process of
+ * `unit` (a 200 from anyone else fails at once), a crash loop or the deadline.
+ */
 const waitHealthyDirect = async (
   shell: RemoteShell,
   unit: string,
@@ -207,22 +251,32 @@ const waitHealthyDirect = async (
   path: string,
   timeoutMs: number,
   o: ExecOptions,
-): Promise<string | undefined> => {
+): Promise<Unhealthy | undefined> => {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (o.signal?.aborted) throw new OrchestratorError('aborted', 'the swap was aborted');
     // The deadline is checked before each probe: an answer begun after it does not count.
     const inTime = Date.now() < until;
     const r = await shell.exec(swapCommands.httpProbeLoopback(port, path), o);
-    if (inTime && r.code === 0 && r.stdout.toString('utf8').trim() === '200') return undefined;
+    if (inTime && r.code === 0 && r.stdout.toString('utf8').trim() === '200') {
+      if (await portOwnedBy(shell, unit, port, o)) return undefined;
+      return {
+        reason: `port ${port} is held by a process outside ${unit}: its answer does not count`,
+        code: 'port_held_by_foreign_process',
+      };
+    }
     const restarts = Number(
       (await shell.exec(swapCommands.restarts(unit), o)).stdout.toString('utf8').trim(),
     );
     const state = await stateOf(shell, unit, o);
     if (restarts >= CRASH_LOOP_RESTARTS || state.startsWith('failed'))
-      return `${unit} is not healthy: it keeps exiting (${Number.isInteger(restarts) ? restarts : '?'} restarts; ${state})`;
+      return {
+        reason: `${unit} is not healthy: it keeps exiting (${Number.isInteger(restarts) ? restarts : '?'} restarts; ${state})`,
+      };
     if (Date.now() >= until)
-      return `${unit} was not healthy on port ${port} within ${Math.round(timeoutMs / 1000)} s (${state})`;
+      return {
+        reason: `${unit} was not healthy on port ${port} within ${Math.round(timeoutMs / 1000)} s (${state})`,
+      };
     await sleep(250);
   }
 };
@@ -375,10 +429,11 @@ const blueGreen = async (
   const drainSeconds = opts.drainSeconds ?? 30;
   const { serving } = at;
   const done = (slot: AgentSlot): AgentSwapResult => ({ mode: 'blue-green', healthy: true, slot });
-  const failed = (reason: string): AgentSwapResult => ({
+  const failed = (reason: string, code?: SwapFailureCode): AgentSwapResult => ({
     mode: 'blue-green',
     healthy: false,
     reason,
+    ...(code ? { code } : {}),
     slot: serving,
   });
 
@@ -405,13 +460,13 @@ const blueGreen = async (
   await shell.exec(agentCommands.resetFailed(unit), o);
   await shell.writeFileAtomic(slotEnvFilePath(target), content, { mode: 0o600, dirMode: 0o700, ...o });
   const started = await shell.exec(swapCommands.start(unit), o);
-  const unhealthy =
+  const unhealthy: Unhealthy | undefined =
     started.code !== 0
-      ? `${unit} did not start (${await stateOf(shell, unit, o)})`
+      ? { reason: `${unit} did not start (${await stateOf(shell, unit, o)})` }
       : await waitHealthyDirect(shell, unit, port, profile.healthPath, opts.healthTimeoutMs ?? 60_000, o);
   if (unhealthy) {
     await discardSlot(shell, target, o);
-    return failed(unhealthy);
+    return failed(unhealthy.reason, unhealthy.code);
   }
 
   // 2. Traffic moves (the new slot starts at boot first, so a reboot from here on serves it),

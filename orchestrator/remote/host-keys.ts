@@ -1,5 +1,5 @@
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from 'node:crypto';
-import { utils } from 'ssh2';
+import { utils, type ParsedKey } from 'ssh2';
 import { invalidInput } from '../errors';
 import { Secret } from '../secret';
 
@@ -125,9 +125,10 @@ export const sameKeyBlob = (a: Buffer, b: Buffer): boolean => a.length === b.len
  * configured so the two can never disagree.
  */
 export const publicKeyOfPrivate = (privateKey: Secret, field = 'privateKey'): string => {
-  const parsed = utils.parseKey(privateKey.reveal());
-  if (parsed instanceof Error || Array.isArray(parsed))
+  // ssh2 (1.17) parses public keys too, and returns undefined rather than an Error for an
+  // openssh-key-v1 file that holds no key (found while mutation testing): both are refused here.
+  const parsed = utils.parseKey(privateKey.reveal()) as ParsedKey | Error | undefined;
+  if (parsed === undefined || parsed instanceof Error || !parsed.isPrivateKey())
     throw invalidInput(field, 'is not an unencrypted OpenSSH private key');
-  const key = parsed as { type: string; getPublicSSH(): Buffer };
-  return `${key.type} ${key.getPublicSSH().toString('base64')}`;
+  return `${parsed.type} ${parsed.getPublicSSH().toString('base64')}`;
 };

@@ -161,6 +161,21 @@ describe('fingerprints, blobs and derived keys', () => {
     expect(refusal(() => publicKeyOfPrivate(new Secret(''), 'orchestratorKey'))).toEqual(
       invalid('orchestratorKey', 'is not an unencrypted OpenSSH private key'),
     );
+    // ssh2 parses a public key line as a key, and an openssh-key-v1 file holding no key as nothing
+    expect(refusal(() => publicKeyOfPrivate(new Secret(pair.publicKey)))).toEqual(
+      invalid('privateKey', 'is not an unencrypted OpenSSH private key'),
+    );
+    const noKey = Buffer.concat([
+      Buffer.from('openssh-key-v1\0', 'latin1'),
+      str('none'),
+      str('none'),
+      u32(0),
+      u32(0),
+    ]);
+    const noKeyPem = `-----BEGIN OPENSSH PRIVATE KEY-----\n${noKey.toString('base64')}\n-----END OPENSSH PRIVATE KEY-----\n`;
+    expect(refusal(() => publicKeyOfPrivate(new Secret(noKeyPem)))).toEqual(
+      invalid('privateKey', 'is not an unencrypted OpenSSH private key'),
+    );
   });
 });
 

@@ -131,6 +131,18 @@ export const configSchema = z
         'must look like 600/min (a count per s, min or h)',
       )
       .default('600/min'),
+    /** Failed authentications per client address and window (Redis); past it 429 before any token lookup. */
+    API_AUTH_FAILURE_LIMIT: z
+      .string()
+      .regex(
+        /^[1-9][0-9]{0,6}\/(s|sec|second|min|minute|h|hour)$/,
+        'must look like 30/min (a count per s, min or h)',
+      )
+      .default('30/min'),
+    /** Open event streams (SSE) per token and API process; past it 429 with Retry-After. */
+    API_STREAMS_PER_TOKEN: z.coerce.number().int().min(1).max(5_000).default(20),
+    /** An event stream ends after this long; EventSource reconnects with Last-Event-ID and authenticates again. */
+    API_STREAM_MAX_MS: z.coerce.number().int().min(1_000).max(86_400_000).default(600_000),
     /** Webhook deliveries: attempts (exponential backoff from WEBHOOK_BACKOFF_MS) and the timeout of one POST. */
     WEBHOOK_ATTEMPTS: z.coerce.number().int().min(1).max(30).default(8),
     WEBHOOK_BACKOFF_MS: z.coerce.number().int().min(100).max(3_600_000).default(5_000),

@@ -2,7 +2,7 @@ import { isIP } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditContext } from '../secrets/secret-input';
 import type { ApiPrincipal, Scope, TokenStore } from './api-tokens';
-import { problems } from './problems';
+import { ApiProblem, problems } from './problems';
 
 /**
  * Authentication and authorisation of every request. A route says who may call it in its
@@ -28,7 +28,20 @@ const PUBLIC_PATHS = [/^\/openapi\.json$/, /^\/docs(\/|$)/];
 
 const BEARER = /^Bearer ([\x21-\x7e]{1,200})$/i;
 
-export const registerAuth = (app: FastifyInstance, tokens: Pick<TokenStore, 'authenticate'>): void => {
+/** Failed authentications per client address (rate-limit.ts: makeAuthFailureLimiter, in Redis). */
+export interface AuthFailureLimiter {
+  readonly max: number;
+  readonly windowMs: number;
+  /** Seconds until the address may try again, or undefined when it is not over the limit. */
+  blocked(ip: string): Promise<number | undefined>;
+  failed(ip: string): Promise<void>;
+}
+
+export const registerAuth = (
+  app: FastifyInstance,
+  tokens: Pick<TokenStore, 'authenticate'>,
+  failures?: AuthFailureLimiter,
+): void => {
   app.decorateRequest('principal', null);
   app.addHook('onRoute', (route) => {
     const config = route.config ?? {};
@@ -36,12 +49,25 @@ export const registerAuth = (app: FastifyInstance, tokens: Pick<TokenStore, 'aut
     else if (!config.public && !(config.scopes && config.scopes.length > 0))
       route.config = { ...config, scopes: ['admin'] };
   });
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', async (request, reply) => {
     const config = request.routeOptions.config;
     if (config.public) return;
+    // an address that failed too often is refused before any token lookup (Postgres stays out of it)
+    const wait = failures ? await failures.blocked(request.ip) : undefined;
+    if (failures && wait !== undefined) {
+      void reply.header('retry-after', String(wait));
+      throw new ApiProblem(
+        429,
+        'too-many-requests',
+        `at most ${failures.max} failed authentications per ${failures.windowMs / 1000} s from one address; retry after ${wait} s`,
+      );
+    }
     const m = BEARER.exec(request.headers.authorization ?? '');
     const principal = m?.[1] ? await tokens.authenticate(m[1]) : undefined;
-    if (!principal) throw problems.unauthorized();
+    if (!principal) {
+      await failures?.failed(request.ip);
+      throw problems.unauthorized();
+    }
     request.principal = principal;
     const need = config.scopes;
     if (need && !need.some((s) => principal.scopes.includes(s))) throw problems.forbidden(need);

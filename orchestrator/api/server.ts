@@ -13,7 +13,7 @@ import type { TokenStore } from './api-tokens';
 import { registerAuth } from './auth';
 import { clientErrorProblem } from './client-errors';
 import { makeErrorHandler, problems, sendProblem, toProblem } from './problems';
-import { registerRateLimit } from './rate-limit';
+import { makeAuthFailureLimiter, registerRateLimit } from './rate-limit';
 import { auditRoutes } from './routes/audit';
 import { deploymentRoutes } from './routes/deployments';
 import { docsRoutes } from './routes/docs';
@@ -91,7 +91,15 @@ export const buildApi = async (
   app.setSerializerCompiler(serializerCompiler);
   app.setErrorHandler(makeErrorHandler(deps.log.child({ component: 'api' })));
   app.setNotFoundHandler((request, reply) => sendProblem(reply, toProblem(problems.notFound('route'))));
-  registerAuth(app, deps.tokens);
+  registerAuth(
+    app,
+    deps.tokens,
+    makeAuthFailureLimiter({
+      redis: deps.pipeline.redis,
+      limit: deps.pipeline.config.API_AUTH_FAILURE_LIMIT,
+      prefix: deps.pipeline.config.QUEUE_PREFIX,
+    }),
+  );
   // after the auth hook (its limiter is a route-level onRequest hook) and before every route
   await registerRateLimit(app, {
     redis: deps.pipeline.redis,

@@ -16,6 +16,11 @@ import type { ApiPlugin } from '../server';
  * which tells an EventSource to stop reconnecting. A comment line every 15 s keeps proxies from
  * closing an idle stream. One poller per API process serves all open streams (event-hub.ts); a
  * closed connection unsubscribes at once.
+ *
+ * Fairness and revocation: at most `API_STREAMS_PER_TOKEN` open streams per token in this process
+ * (the next gets 429 + Retry-After, so one organisation cannot take the process's 5,000 from
+ * everyone else); a stream ends after `API_STREAM_MAX_MS` (EventSource reconnects with
+ * Last-Event-ID, which authenticates the token again: a revoked token's stream lasts at most that).
  */
 export const HEARTBEAT_MS = 15_000;
 export const EVENTS_POLL_MS = 400;
@@ -44,6 +49,9 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
   const { rpc } = deps.pipeline.db;
   const hub = makeEventHub({ rpc, log: deps.log }, { pollMs: EVENTS_POLL_MS, pageSize: PAGE });
   const open = new Set<() => void>();
+  /** Open streams per token id (an entry is removed when its last stream ends). */
+  const perToken = new Map<string, number>();
+  const { API_STREAMS_PER_TOKEN: perTokenMax, API_STREAM_MAX_MS: maxMs } = deps.pipeline.config;
   // streams end before the server waits for its connections to close
   app.addHook('preClose', async () => {
     for (const end of [...open]) end();
@@ -92,6 +100,16 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         void reply.header('retry-after', '5');
         throw new ApiProblem(503, 'unavailable', 'too many open event streams; retry shortly');
       }
+      const mine = perToken.get(p.tokenId) ?? 0;
+      if (mine >= perTokenMax) {
+        void reply.header('retry-after', '10');
+        throw new ApiProblem(
+          429,
+          'too-many-requests',
+          `at most ${perTokenMax} open event streams per token; close one or retry later`,
+        );
+      }
+      perToken.set(p.tokenId, mine + 1);
 
       reply.hijack();
       const res: ServerResponse = reply.raw;
@@ -107,12 +125,18 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
       let ended = false;
       let unsubscribe: () => void = () => undefined;
       const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), HEARTBEAT_MS);
+      // no `end` event: the client reconnects with Last-Event-ID and its token is checked again
+      const lifetime = setTimeout(() => end(), maxMs);
       const end = (): void => {
         if (ended) return;
         ended = true;
         clearInterval(heartbeat);
+        clearTimeout(lifetime);
         unsubscribe();
         open.delete(end);
+        const left = (perToken.get(p.tokenId) ?? 1) - 1;
+        if (left > 0) perToken.set(p.tokenId, left);
+        else perToken.delete(p.tokenId);
         res.end();
       };
       open.add(end);

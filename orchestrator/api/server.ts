@@ -86,6 +86,21 @@ export const buildApi = async (
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
     clientErrorHandler: clientErrorProblem,
+    // The router's own refusals (a path parameter over maxParamLength: 414; a malformed percent
+    // escape: 400) answer with a problem document like every other error, not Fastify's JSON.
+    frameworkErrors: (err, _request, reply) => {
+      const tooLong = err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      void sendProblem(
+        reply,
+        toProblem(
+          problems.invalid(
+            'path',
+            tooLong ? 'a path parameter is too long' : 'is not a valid URL component',
+            tooLong ? 414 : 400,
+          ),
+        ),
+      );
+    },
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);

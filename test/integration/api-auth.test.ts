@@ -96,6 +96,18 @@ describe('authentication and scopes', () => {
     expect(r.headers.get('content-type')).toMatch(PROBLEM);
     expect(r.json).toMatchObject({ status: 404, title: 'Not Found' });
   });
+
+  it("the router's own refusals are problem documents too: an over-long path parameter (414), a malformed escape (400)", async () => {
+    // found by the property test in a CI dry run: Fastify answered these with its own JSON
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:read']);
+    const long = await t.call('GET', `/v1/deployments/${'A'.repeat(201)}`, { token: tok.token });
+    expect([long.status, long.headers.get('content-type')]).toEqual([414, expect.stringMatching(PROBLEM)]);
+    expect(long.json).toMatchObject({ status: 414, field: 'path' });
+    const bad = await t.call('GET', '/v1/deployments/%E0%A4%A', { token: tok.token });
+    expect([bad.status, bad.headers.get('content-type')]).toEqual([400, expect.stringMatching(PROBLEM)]);
+    expect(bad.json).toMatchObject({ status: 400, field: 'path' });
+  });
 });
 
 describe('problem documents', () => {
@@ -224,5 +236,35 @@ describe('cortexctl tokens and api', () => {
     expect(r.status).toBe(200);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+  });
+});
+
+describe('failed authentications per address (Redis)', () => {
+  it('past API_AUTH_FAILURE_LIMIT: 429 with Retry-After, counted by address in Redis with the window as TTL', async () => {
+    const u = await startTestApi({ API_AUTH_FAILURE_LIMIT: '5/min' });
+    try {
+      const org = await u.org();
+      const good = await u.token(org, ['deployments:read']);
+      const unknown = () => `ctx_${randomBytes(32).toString('hex').slice(0, 43)}`;
+      for (let i = 0; i < 5; i++)
+        expect((await u.call('GET', '/v1/deployments', { token: unknown() })).status).toBe(401);
+      for (let i = 0; i < 5; i++) {
+        const r = await u.call('GET', '/v1/deployments', { token: unknown() });
+        expect(r.status).toBe(429);
+        expect(r.headers.get('content-type')).toMatch(PROBLEM);
+        expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      }
+      // while blocked, the address's valid token is refused too: it cannot be told apart without a lookup
+      expect((await u.call('GET', '/v1/deployments', { token: good.token })).status).toBe(429);
+      // (that no token lookup runs while blocked: test/unit/api/api-abuse.test.ts counts them)
+      const keys = await u.pipeline.redis.keys(`${u.pipeline.config.QUEUE_PREFIX}:authfail:*`);
+      expect(keys).toHaveLength(1);
+      expect(keys[0]).toMatch(/:authfail:ip-(::ffff:)?127\.0\.0\.1$/);
+      const ttl = await u.pipeline.redis.pttl(keys[0] ?? '');
+      expect(ttl).toBeGreaterThan(0);
+      expect(ttl).toBeLessThanOrEqual(60_000);
+    } finally {
+      await u.close();
+    }
   });
 });

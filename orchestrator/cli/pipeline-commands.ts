@@ -261,7 +261,7 @@ export const pipelineCommands: Record<string, CliCommand> = {
       const r = parse(args, { detach: { type: 'boolean' } }, 1);
       const id = need(r.positionals[0], 'deployment id');
       return withPipeline(ctx, async (p) => {
-        await p.service.destroy(id);
+        await p.service.destroy(id, { actor: 'cortexctl' });
         if (r.values.detach) return 0;
         const d = await followDeployment(p, ctx, id, (d) => d.status === 'deleted');
         return d.status === 'deleted' ? 0 : 1;

@@ -188,7 +188,10 @@ const revoke: Sub = async (args, ctx) => {
     });
     try {
       await events.waitUntilReady();
-      const res = await rot.service.revoke({ secretId, ...(deploymentId ? { deploymentId } : {}) });
+      const res = await rot.service.revoke(
+        { secretId, ...(deploymentId ? { deploymentId } : {}) },
+        { actor: 'cortexctl' },
+      );
       if (!r.values.json) ctx.out(`revoke job ${res.jobId}: ${res.deployments} deployment(s)\n`);
       if (r.values.detach) return 0;
       const job = await p.queues.queues.revoke.getJob(res.jobId);

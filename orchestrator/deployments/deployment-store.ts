@@ -216,7 +216,15 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
       );
       return { action: r.action, run: r.run, deployment: toDeployment(r.deployment) };
     },
-    async requestDeprovision(deploymentId: string): Promise<Deployment> {
+    async requestDeprovision(deploymentId: string, ctx?: AuditContext): Promise<Deployment> {
+      // with a caller to name: the same change, and its audited `request` row in one transaction
+      if (ctx?.actor)
+        return toDeployment(
+          await rpc<Row>('deployments__request_deprovision_audited', {
+            p_deployment_id: id(deploymentId),
+            ...auditArgs(ctx),
+          }),
+        );
       return toDeployment(
         await rpc<Row>('deployments__request_deprovision', { p_deployment_id: id(deploymentId) }),
       );

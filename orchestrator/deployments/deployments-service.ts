@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { OrchestratorError } from '../errors';
+import { jobIdFor } from '../queues/job-payloads';
 import type { Queues } from '../queues/queues';
 import { envVarName, parseInput, uuid, type AuditContext } from '../secrets/secret-input';
 import { runtimeProfile } from '../../templates/runtime-profiles';
@@ -137,9 +138,20 @@ export const makeDeploymentsService = (deps: {
     limit?: number;
   }): Promise<DeploymentSummary[]> => store.list(opts);
 
-  /** Deprovision: wins over a provision in progress, which stops at its next step boundary. */
-  const destroy = async (deploymentId: string): Promise<{ status: DeploymentStatus; jobId?: string }> => {
-    const dep = await store.requestDeprovision(id(deploymentId));
+  /**
+   * Deprovision: wins over a provision in progress, which stops at its next step boundary. With an
+   * audit context naming an actor, the request is audited (`request`, with the job id) in the
+   * transaction that marks the deployment.
+   */
+  const destroy = async (
+    deploymentId: string,
+    ctx?: AuditContext,
+  ): Promise<{ status: DeploymentStatus; jobId?: string }> => {
+    const depId = id(deploymentId);
+    const dep = await store.requestDeprovision(
+      depId,
+      ctx?.actor ? { ...ctx, jobId: jobIdFor('deprovision', depId) } : undefined,
+    );
     if (dep.status === 'deleted') return { status: dep.status };
     const jobId = await queues.enqueue('deprovision', { deploymentId: dep.id }, dep.id);
     return { status: dep.status, jobId };

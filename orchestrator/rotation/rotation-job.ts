@@ -1,4 +1,4 @@
-import { classify, OrchestratorError } from '../errors';
+import { classify, isOrchestratorError, OrchestratorError } from '../errors';
 import type { Logger } from '../log';
 import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
@@ -45,6 +45,27 @@ export interface RotationOutcome {
   readonly skipped: string[];
   readonly retired: number[];
 }
+
+/**
+ * What a rotation record keeps of a failure, and GET /v1/rotations/:id shows: a code only (an
+ * OrchestratorError's code, else `unexpected`). The message (host key fingerprints, unit names,
+ * ports) goes to the worker's log, never into the record.
+ */
+export const rotationReasonCode = (err: unknown): string =>
+  isOrchestratorError(err) ? err.code : 'unexpected';
+
+const CODE = /^[a-z][a-z0-9_]{0,62}$/;
+const PREFIXED = /^([a-z][a-z0-9_]{0,62}): /;
+
+/**
+ * A stored reason as a code, as deployment_events__reason_code does for events: a code as it is,
+ * `code: detail` (a record written before codes) as its code, anything else `unexpected`.
+ */
+export const reasonCodeOf = (reason: string | null): string | null => {
+  if (reason === null) return null;
+  if (CODE.test(reason)) return reason;
+  return PREFIXED.exec(reason)?.[1] ?? 'unexpected';
+};
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -125,7 +146,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       if (dep.status !== 'ready' && dep.status !== 'rotating') {
         // not running an agent: its next provision reads the current (new) version
         await rotations.setState(rot.id, d.deploymentId, d.state === 'pending' ? 'skipped' : 'failed', {
-          reason: `deployment is ${dep.status}`,
+          reason: `deployment_${dep.status}`,
           ...ctx,
         });
         return;
@@ -138,7 +159,11 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       } catch (err) {
         // nothing touched the host in this attempt (a resumed one may have: see below)
         if (classify(err) !== 'permanent' && !finalAttempt) throw err;
-        await rotations.setState(rot.id, d.deploymentId, 'failed', { reason: reasonOf(err), ...ctx });
+        dlog.error({ reason: reasonOf(err) }, 'could not read the environment; rotation failed here');
+        await rotations.setState(rot.id, d.deploymentId, 'failed', {
+          reason: rotationReasonCode(err),
+          ...ctx,
+        });
         return;
       }
       const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
@@ -160,8 +185,9 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           const back = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts);
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }
+        // the swap's reason (unit names, ports) is logged below, not recorded
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
-          reason: r.reason ?? 'not healthy',
+          reason: 'unhealthy',
           swapMode: r.mode,
           ...ctx,
         });
@@ -178,7 +204,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       // attempt records `failed` (pinned to the old version).
       if (classify(err) === 'permanent' || finalAttempt) {
         await rotations
-          .setState(rot.id, d.deploymentId, 'failed', { reason: reasonOf(err), ...ctx })
+          .setState(rot.id, d.deploymentId, 'failed', { reason: rotationReasonCode(err), ...ctx })
           .catch((e: unknown) => dlog.error({ reason: reasonOf(e) }, 'could not record the failure'));
         dlog.error({ reason: reasonOf(err) }, 'rotation failed on this deployment');
         return;

@@ -1,5 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../errors';
+import { jobIdFor } from '../queues/job-payloads';
 import type { Queues } from '../queues/queues';
 import type { Secret } from '../secret';
 import { parseInput, uuid, type AuditContext } from '../secrets/secret-input';
@@ -70,11 +71,19 @@ export const makeRotationService = (deps: {
     return { ...rot, jobId };
   };
 
-  const revoke = async (req: {
-    secretId: string;
-    deploymentId?: string;
-    orgId?: string;
-  }): Promise<{ jobId: string; deployments: number }> => {
+  /**
+   * Queue a revoke. With an audit context naming an actor (the API's token, the CLI's operator),
+   * the accepted request is audited first (`request`, with the job id), so the job's own rows
+   * (actor `orchestrator`) trace back to who asked.
+   */
+  const revoke = async (
+    req: {
+      secretId: string;
+      deploymentId?: string;
+      orgId?: string;
+    },
+    ctx?: AuditContext,
+  ): Promise<{ jobId: string; deployments: number }> => {
     const secretId = parseInput(uuid, req.secretId, 'secret_id');
     const deploymentId =
       req.deploymentId === undefined ? undefined : parseInput(uuid, req.deploymentId, 'deployment_id');
@@ -87,10 +96,20 @@ export const makeRotationService = (deps: {
         'not_found',
         `secret ${secretId} is not bound to deployment ${deploymentId}`,
       );
+    const key = deploymentId ? `${secretId}-${deploymentId}` : secretId;
+    if (ctx?.actor)
+      await rotations.requestRevoke(
+        {
+          secretId,
+          ...(deploymentId ? { deploymentId } : {}),
+          ...(req.orgId ? { orgId: req.orgId } : {}),
+        },
+        { ...ctx, jobId: jobIdFor('revoke', key) },
+      );
     const jobId = await deps.queues.enqueue(
       'revoke',
       { secretId, ...(deploymentId ? { deploymentId } : {}) },
-      deploymentId ? `${secretId}-${deploymentId}` : secretId,
+      key,
     );
     return { jobId, deployments: found.deployments.length };
   };

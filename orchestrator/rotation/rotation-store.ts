@@ -143,6 +143,22 @@ export const makeRotationStore = (deps: {
       }),
     );
 
+  /**
+   * A revoke accepted (20261201140000_request_audit.sql): one audited `request` row in the org's
+   * chain naming the caller (actor, address, user agent) and the job; nothing else changes.
+   */
+  const requestRevoke = async (
+    input: { secretId: string; deploymentId?: string; orgId?: string },
+    ctx: AuditContext,
+  ): Promise<void> => {
+    await rpc('secrets__request_revoke', {
+      p_secret_id: id(input.secretId, 'secret_id'),
+      p_deployment_id: input.deploymentId === undefined ? undefined : id(input.deploymentId, 'deployment_id'),
+      p_org_id: input.orgId === undefined ? undefined : id(input.orgId, 'org_id'),
+      ...auditArgs(ctx),
+    });
+  };
+
   const get = async (rotationId: string, orgId?: string): Promise<Rotation> =>
     toRotation(
       await rpc<Row>('secret_rotations__get', {
@@ -350,6 +366,7 @@ export const makeRotationStore = (deps: {
     readVersions,
     setVersion,
     revokeBindings,
+    requestRevoke,
     setMaxAge,
     overdue,
     readsOfVersion,

@@ -163,7 +163,8 @@ export const deploymentRoutes: ApiPlugin = async (app, deps) => {
     },
     async (request, reply) => {
       const d = await visible(principalOf(request), request.params.id);
-      const r = await pipeline.service.destroy(d.id);
+      // audited (`request`: the token, address, user agent and job) with the status change
+      const r = await pipeline.service.destroy(d.id, auditContext(request));
       return reply
         .code(202)
         .send({ deploymentId: d.id, status: r.status, ...(r.jobId ? { jobId: r.jobId } : {}) });

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { makeRotationServiceFromPipeline } from '../../rotation/rotation-from-config';
+import { reasonCodeOf } from '../../rotation/rotation-job';
 import type { Rotation } from '../../rotation/rotation-store';
 import { isOrchestratorError } from '../../errors';
 import { Secret } from '../../secret';
@@ -68,7 +69,8 @@ const view = (r: Rotation): z.infer<typeof rotationSchema> => ({
   finishedAt: r.finishedAt,
   retireAfter: r.retireAfter,
   oldRetiredAt: r.oldRetiredAt,
-  deployments: r.deployments.map((d) => ({ ...d })),
+  // a reason code only (e.g. unhealthy, remote_command_failed); the detail stays in the worker's log
+  deployments: r.deployments.map((d) => ({ ...d, reason: reasonCodeOf(d.reason) })),
   rolledBack: r.deployments
     .filter((d) => d.state === 'rolled_back' || d.state === 'failed')
     .map((d) => d.deploymentId),
@@ -145,11 +147,15 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
     },
     async (request, reply) => {
       const p = principalOf(request);
-      const r = await service.revoke({
-        secretId: request.params.id,
-        ...(request.body.deploymentId ? { deploymentId: request.body.deploymentId } : {}),
-        ...(p.orgId ? { orgId: p.orgId } : {}),
-      });
+      // the accepted request is audited with the token, address and user agent, and the job id
+      const r = await service.revoke(
+        {
+          secretId: request.params.id,
+          ...(request.body.deploymentId ? { deploymentId: request.body.deploymentId } : {}),
+          ...(p.orgId ? { orgId: p.orgId } : {}),
+        },
+        auditContext(request),
+      );
       return reply.code(202).send(r);
     },
   );

@@ -5,7 +5,12 @@ import { OrchestratorError } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { parsePayload } from '../../../orchestrator/queues/job-payloads';
 import { makeHttpKeyValidator } from '../../../orchestrator/rotation/key-validator';
-import { makeRotationJob, mapLimit } from '../../../orchestrator/rotation/rotation-job';
+import {
+  makeRotationJob,
+  mapLimit,
+  reasonCodeOf,
+  rotationReasonCode,
+} from '../../../orchestrator/rotation/rotation-job';
 import { makeRotationService, rotationIdFor } from '../../../orchestrator/rotation/rotation-service';
 import type {
   Rotation,
@@ -281,5 +286,108 @@ describe('mapLimit', () => {
       n === 2 ? Promise.reject(new Error('x')) : Promise.resolve(n * 2),
     );
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+  });
+});
+
+describe('rotation failure reasons are codes (finding 7: the detail stays in the log)', () => {
+  const DETAIL = 'host key SHA256:AbCdEf0123 changed; unit cortex-agent@blue.service on port 18081';
+
+  it('records a code for a failed and a rolled-back deployment, never the message; the log keeps the detail', async () => {
+    const ids = [randomUUID(), randomUUID()];
+    const world = fakeWorld(ids);
+    const lines: string[] = [];
+    const jl = makeLogger({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const swap: Swap = (_s, input) =>
+      input.deploymentId === ids[0]
+        ? Promise.reject(new OrchestratorError('remote_command_failed', DETAIL))
+        : Promise.resolve({ mode: 'held-restart', healthy: false, reason: DETAIL });
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases,
+      access,
+      swap: swap as never,
+      log: jl,
+      concurrency: 2,
+      holder: 'test',
+    });
+    const out = await run(j, true);
+    expect(out.failed).toEqual([ids[0]]);
+    expect(out.rolledBack).toEqual([ids[1]]);
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('remote_command_failed');
+    expect(world.rows.get(ids[1] as string)?.reason).toBe('unhealthy');
+    expect(JSON.stringify([...world.rows.values()])).not.toContain('SHA256');
+    expect(lines.some((l) => l.includes('SHA256:AbCdEf0123'))).toBe(true);
+  });
+
+  it('a deployment not running is recorded as deployment_<status>', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids);
+    const j = makeRotationJob({
+      rotations: world.store,
+      store: { get: (id: string) => Promise.resolve({ id, status: 'failed', runtime: 'echo' }) } as never,
+      leases,
+      access,
+      swap: (() => Promise.reject(new Error('not called'))) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    const out = await run(j, true);
+    expect(out.skipped).toEqual(ids);
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('deployment_failed');
+  });
+
+  it('an error that is not ours is `unexpected`; a stored reason shows as its code only', () => {
+    expect(rotationReasonCode(new OrchestratorError('timeout', 'x'))).toBe('timeout');
+    expect(rotationReasonCode(new Error(DETAIL))).toBe('unexpected');
+    expect(reasonCodeOf(null)).toBeNull();
+    expect(reasonCodeOf('unhealthy')).toBe('unhealthy');
+    // a record written before codes: its prefix, or `unexpected`
+    expect(reasonCodeOf(`remote_command_failed: ${DETAIL}`)).toBe('remote_command_failed');
+    expect(reasonCodeOf('deployment is deleted')).toBe('unexpected');
+    expect(reasonCodeOf(DETAIL)).toBe('unexpected');
+  });
+});
+
+describe('revoke: the accepted request is audited with the caller (finding 1)', () => {
+  const service = (calls: string[]) =>
+    makeRotationService({
+      rotations: {
+        secretBindings: () =>
+          Promise.resolve({ provider: 'anthropic', status: 'active', deployments: [{ deploymentId: 'd' }] }),
+        requestRevoke: (input: unknown, ctx: unknown) => {
+          calls.push(`audit ${JSON.stringify([input, ctx])}`);
+          return Promise.resolve();
+        },
+      } as unknown as RotationStore,
+      queues: {
+        enqueue: (q: string, _d: unknown, key: string) => {
+          calls.push(`enqueue ${q}-${key}`);
+          return Promise.resolve(`${q}-${key}`);
+        },
+      },
+      validator: { validate: () => Promise.resolve({ status: 'unchecked' }) } as never,
+      graceSeconds: 60,
+    });
+
+  it('writes the audit row (actor, address, user agent, job id) before the job is queued', async () => {
+    const calls: string[] = [];
+    const ctx = { actor: 'token:t1', requestIp: '127.0.0.1', userAgent: 'ua/1' };
+    const r = await service(calls).revoke({ secretId: SECRET, orgId: 'o' }, ctx);
+    expect(r).toEqual({ jobId: `revoke-${SECRET}`, deployments: 1 });
+    expect(calls).toEqual([
+      `audit ${JSON.stringify([
+        { secretId: SECRET, orgId: 'o' },
+        { ...ctx, jobId: `revoke-${SECRET}` },
+      ])}`,
+      `enqueue revoke-${SECRET}`,
+    ]);
+  });
+
+  it('an internal caller with no actor writes no request row', async () => {
+    const calls: string[] = [];
+    await service(calls).revoke({ secretId: SECRET });
+    expect(calls).toEqual([`enqueue revoke-${SECRET}`]);
   });
 });

@@ -125,8 +125,26 @@ describe('rotation over the API', () => {
     const org = await t.org();
     const tok = await t.token(org, ['secrets:write']);
     const secretId = await keyOf(org);
-    const r = await t.call('POST', `/v1/secrets/${secretId}/revoke`, { token: tok.token, body: {} });
+    const ua = 'revoker/1.0 (api-rotation test)';
+    const r = await t.call('POST', `/v1/secrets/${secretId}/revoke`, {
+      token: tok.token,
+      body: {},
+      headers: { 'user-agent': ua },
+    });
     expect(r.status).toBe(202);
+    const { jobId } = r.json as { jobId: string };
+    // the accepted request is audited with the token, address, user agent and the job it queued
+    const requested = (await auditRows(admin, { secretId })).filter((x) => x.operation === 'request');
+    expect(requested).toEqual([
+      expect.objectContaining({
+        org_id: org,
+        outcome: 'success',
+        actor: `token:${tok.id}`,
+        request_ip: '127.0.0.1',
+        user_agent: ua,
+        job_id: jobId,
+      }),
+    ]);
     let revoked = false;
     for (let i = 0; i < 100 && !revoked; i++) {
       revoked = (await auditRows(admin, { secretId })).some((x) => x.operation === 'revoke');

@@ -127,8 +127,26 @@ describe('a deployment over HTTP', () => {
       ok: true,
     });
 
-    const del = await call('DELETE', `/v1/deployments/${id}`, { token: tok.token });
+    const del = await call('DELETE', `/v1/deployments/${id}`, {
+      token: tok.token,
+      headers: { 'user-agent': ua },
+    });
     expect([del.status, (del.json as { status: string }).status]).toEqual([202, 'deprovisioning']);
+    // the deletion is audited with the token, address, user agent and the job it queued
+    const deleteRequest = (await auditRows(admin, { deploymentId: id })).filter(
+      (r) => r.operation === 'request',
+    );
+    expect(deleteRequest).toEqual([
+      expect.objectContaining({
+        org_id: org,
+        outcome: 'success',
+        actor: `token:${tok.id}`,
+        request_ip: '127.0.0.1',
+        user_agent: ua,
+        job_id: (del.json as { jobId: string }).jobId,
+        reason: 'deprovision requested',
+      }),
+    ]);
     const gone = await t.pipeline.service.watch(id, () => undefined, {
       timeoutMs: 120_000,
       until: (x) => x.status === 'deleted',
@@ -155,6 +173,39 @@ describe('a deployment over HTTP', () => {
     expect(not.status).toBe(503);
     expect(not.headers.get('content-type')).toMatch(/^application\/problem\+json/);
     expect(not.json).toMatchObject({ checks: { postgres: 'ok', redis: 'ok', workers: 'failed' } });
+  });
+});
+
+describe('DELETE /v1/deployments/:id', () => {
+  it('is audited when accepted: a request row naming the token, address, user agent and job (no worker needed)', async () => {
+    const t = quiet;
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:write']);
+    const req = await t.call('POST', '/v1/deployments', {
+      token: tok.token,
+      body: { name: 'delete audit', subdomain: uniqueSubdomain('del'), runtime: 'echo', bindings: [] },
+    });
+    expect(req.status).toBe(201);
+    const id = (req.json as { deploymentId: string }).deploymentId;
+    const ua = 'deleter/1.0 (api test)';
+    const del = await t.call('DELETE', `/v1/deployments/${id}`, {
+      token: tok.token,
+      headers: { 'user-agent': ua },
+    });
+    expect(del.status).toBe(202);
+    const rows = (await auditRows(admin, { deploymentId: id })).filter((r) => r.operation === 'request');
+    expect(rows).toEqual([
+      expect.objectContaining({
+        org_id: org,
+        outcome: 'success',
+        actor: `token:${tok.id}`,
+        request_ip: '127.0.0.1',
+        user_agent: ua,
+        job_id: `deprovision-${id}`,
+        reason: 'deprovision requested',
+      }),
+    ]);
+    expect((del.json as { jobId: string }).jobId).toBe(`deprovision-${id}`);
   });
 });
 

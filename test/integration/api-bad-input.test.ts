@@ -455,7 +455,8 @@ const queueCounts = async (): Promise<Record<string, Record<string, number>>> =>
 };
 
 beforeAll(async () => {
-  t = await startTestApi({ API_RATE_LIMIT: '1000000/min' });
+  // hostile Authorization cases are 401s: without this, the per-address limit would turn every later case into 429
+  t = await startTestApi({ API_RATE_LIMIT: '1000000/min', API_AUTH_FAILURE_LIMIT: '1000000/min' });
   pool = adminPool();
   orgId = await t.org();
   token = (await t.token(orgId, ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read']))

@@ -67,7 +67,7 @@ const fixture = async (scopes: Parameters<TestApi['token']>[1] = ['deployments:r
       });
     },
   };
-  return { orgId, deploymentId: dep.id, tag, token: token.token, drive };
+  return { orgId, deploymentId: dep.id, tag, token: token.token, tokenId: token.id, drive };
 };
 
 const url = (id: string, q = '') => `${t.api.url}/v1/deployments/${id}/events${q}`;
@@ -218,4 +218,36 @@ it('sends a heartbeat comment every 15 s on an idle stream', async () => {
   expect(s.comments).toContain(': keep-alive');
   s.abort();
   await next;
+});
+
+it('per token at most API_STREAMS_PER_TOKEN open streams (429, another token unaffected); a stream ends after API_STREAM_MAX_MS, so a revoked token loses its stream', async () => {
+  const u = await startTestApi({ API_STREAMS_PER_TOKEN: '2', API_STREAM_MAX_MS: '2000' });
+  const open: { abort(): void }[] = [];
+  try {
+    const f = await fixture();
+    const at = (id: string) => `${u.api.url}/v1/deployments/${id}/events`;
+    const s1 = await openSse(at(f.deploymentId), auth(f.token));
+    open.push(s1);
+    expect(label((await s1.next()) as SseFrame)).toBe('status:requested');
+    const s2 = await openSse(at(f.deploymentId), auth(f.token));
+    open.push(s2);
+    expect(s2.status).toBe(200);
+    const over = await fetch(at(f.deploymentId), { headers: auth(f.token) });
+    expect(over.status).toBe(429);
+    expect(over.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(over.headers.get('retry-after')).toBe('10');
+    const other = await t.token(f.orgId, ['deployments:read']);
+    const s3 = await openSse(at(f.deploymentId), auth(other.token));
+    open.push(s3);
+    expect(s3.status).toBe(200);
+
+    // revoked while open: the stream ends at its maximum lifetime, and the reconnect is refused
+    await t.tokens.revoke(f.tokenId, 'api-test');
+    expect(await s1.next(5_000)).toBeNull();
+    const again = await fetch(at(f.deploymentId), { headers: auth(f.token, { 'last-event-id': '1' }) });
+    expect(again.status).toBe(401);
+  } finally {
+    for (const s of open) s.abort();
+    await u.close();
+  }
 });

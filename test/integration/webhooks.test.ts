@@ -43,7 +43,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const until = async <T>(
   what: string,
   f: () => Promise<T | undefined> | T | undefined,
-  ms = 30_000,
+  ms = 120_000, // a bound for a loaded machine, not a speed claim: it returns as soon as the condition holds
 ): Promise<T> => {
   const deadline = Date.now() + ms;
   for (;;) {

@@ -27,6 +27,18 @@ chmod 0711 "$STATE"
 # per-checkout directory under /var/tmp and link it from .local/pg.
 if [ ! -e "$STATE/pg" ] && ! runuser -u postgres -- test -x "$STATE" 2>/dev/null; then
   alt=/var/tmp/cortex-pg-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+  # A cluster an earlier checkout at this same path left behind (its .local is gone, so this is a
+  # fresh one): start clean rather than reuse a schema built from older migrations. A cluster that
+  # still runs is left alone (and reused, as before).
+  if [ -e "$alt/data/PG_VERSION" ]; then
+    pidfile="$alt/data/postmaster.pid"
+    if [ -s "$pidfile" ] && kill -0 "$(head -n 1 "$pidfile")" 2>/dev/null; then
+      log "a PostgreSQL an earlier checkout at $ROOT started still runs from $alt: reusing it"
+    else
+      log "removing the cluster an earlier checkout at $ROOT left in $alt"
+      rm -rf "$alt"
+    fi
+  fi
   log "postgres cannot reach $STATE; keeping the cluster in $alt (linked from $STATE/pg)"
   mkdir -p "$alt"; chown postgres:postgres "$alt"; chmod 0700 "$alt"
   ln -s "$alt" "$STATE/pg"

@@ -80,7 +80,7 @@ describe('authentication and scopes', () => {
     const tok = await t.token(org, ['deployments:read', 'deployments:write', 'audit:read']);
     const r = await t.call('POST', '/v1/secrets', {
       token: tok.token,
-      body: { name: 'k', provider: 'anthropic', value: 'sk-ant-not-stored-000000000000' },
+      body: { name: 'k', provider: 'anthropic', value: `canary-${randomBytes(16).toString('hex')}` },
     });
     expect(r.status).toBe(403);
     expect(r.json).toMatchObject({ status: 403, detail: expect.stringContaining('secrets:write') });

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import type { ExecResult, RemoteShell } from '../../../orchestrator/remote/ssh-shell';
 import {
   parseActiveSlot,
@@ -115,7 +116,7 @@ describe('swapAgentEnvironment before it touches the host', () => {
   });
 
   it('a bad variable is refused before any command, without its value in the message', async () => {
-    const key = 'sk-ant-swap-canary-0123456789';
+    const key = `canary-${randomBytes(16).toString('hex')}`;
     const err = await swapAgentEnvironment(shell, {
       deploymentId: 'd',
       runtime: 'echo',

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,8 +44,9 @@ describe('cortexctl secrets rotation commands', () => {
   it('a value file: one trailing newline dropped; a directory, an empty or an oversized file refused', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'cortex-rot-'));
     const f = join(dir, 'key');
-    await writeFile(f, 'sk-ant-canary-from-file-0123456789\n', { mode: 0o600 });
-    expect((await readValueFile(f)).reveal()).toBe('sk-ant-canary-from-file-0123456789');
+    const canary = `canary-${randomBytes(16).toString('hex')}`;
+    await writeFile(f, `${canary}\n`, { mode: 0o600 });
+    expect((await readValueFile(f)).reveal()).toBe(canary);
     await expect(readValueFile(dir)).rejects.toThrow('--value-file: must be a regular file');
     await writeFile(f, '', { mode: 0o600 });
     await expect(readValueFile(f)).rejects.toThrow('--value-file: is empty');

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { OrchestratorError } from '../../../orchestrator/errors';
@@ -242,10 +242,12 @@ describe('rotation payloads, ids and key check', () => {
 
     it('valid for 2xx, invalid for 401 (the reason names the status, never the body), unchecked for an unknown provider', async () => {
       const v = makeHttpKeyValidator({ baseUrls: { '*': base } });
-      expect(await v.validate('anthropic', new Secret('sk-ant-good-key-0123456789'))).toEqual({
+      expect(
+        await v.validate('anthropic', new Secret(`canary-good-${randomBytes(12).toString('hex')}`)),
+      ).toEqual({
         status: 'valid',
       });
-      const bad = await v.validate('openai', new Secret('sk-typo-0123456789abcdef'));
+      const bad = await v.validate('openai', new Secret(`canary-typo-${randomBytes(12).toString('hex')}`));
       expect(bad).toEqual({ status: 'invalid', reason: 'openai refused the key (HTTP 401)' });
       expect(JSON.stringify(bad)).not.toContain('typo');
       expect((await v.validate('other', new Secret('x'.repeat(30)))).status).toBe('unchecked');
@@ -273,7 +275,10 @@ describe('rotation payloads, ids and key check', () => {
         graceSeconds: 60,
       });
       await expect(
-        service.rotate({ secretId: randomUUID(), value: new Secret('sk-ant-typo-0123456789abcdef') }),
+        service.rotate({
+          secretId: randomUUID(),
+          value: new Secret(`canary-typo-${randomBytes(12).toString('hex')}`),
+        }),
       ).rejects.toMatchObject({ code: 'invalid_input', field: 'value' });
       expect(calls).toEqual([]);
     });

@@ -14,13 +14,15 @@ import type { RotationStore } from './rotation-store';
  * deployment the agent is swapped onto its environment without the secret's variables (every other
  * binding read at the version it runs, audited), and only once that is healthy is the binding
  * removed (audited `revoke`); a deployment that is not running just loses the binding (its next
- * provision writes an env file without it). Revoking the whole secret then deletes every version
- * from the vault (`secrets__revoke`, audited). Idempotent: a retry finds only what is left.
+ * provision writes an env file without it). While its agent is swapped the deployment shows
+ * `rotating`, as in a rotation, and is `ready` again afterwards, whether the swap worked or not.
+ * Revoking the whole secret then deletes every version from the vault (`secrets__revoke`,
+ * audited). Idempotent: a retry finds only what is left.
  */
 export interface RevokeJobDeps {
   readonly rotations: RotationStore;
   readonly secrets: Pick<SecretsService, 'revoke'>;
-  readonly store: Pick<DeploymentStore, 'get'>;
+  readonly store: Pick<DeploymentStore, 'get' | 'setStatus'>;
   readonly leases: Leases;
   readonly access: HostAccess;
   readonly swap: typeof swapAgentEnvironment;
@@ -39,6 +41,24 @@ export interface RevokeOutcome {
 export const makeRevokeJob = (deps: RevokeJobDeps) => {
   const { rotations, log } = deps;
 
+  /**
+   * `ready` → `rotating` for the swap, and back once it is over (also on failure). Back only
+   * from `rotating`: a deprovision requested meanwhile (`rotating` → `deprovisioning`) is not undone.
+   * A `rotating` left by a crashed attempt is ours to clear too: under the lease no other operation
+   * runs on this deployment.
+   */
+  const restoreReady = async (deploymentId: string): Promise<void> => {
+    try {
+      if ((await deps.store.get(deploymentId)).status === 'rotating')
+        await deps.store.setStatus(deploymentId, 'ready');
+    } catch (err) {
+      log.error(
+        { deploymentId, reason: reasonOf(err) },
+        'could not set the deployment ready again after revoke',
+      );
+    }
+  };
+
   const revokeOne = async (secretId: string, deploymentId: string, jobId: string, signal: AbortSignal) => {
     const ctx = { actor: 'orchestrator', jobId };
     const lease = await deps.leases.acquire(deploymentId, deps.holder);
@@ -46,26 +66,33 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     try {
       const dep = await deps.store.get(deploymentId);
       if (dep.status === 'ready' || dep.status === 'rotating') {
-        const rest = (await rotations.bindings(deploymentId)).filter((b) => b.secretId !== secretId);
-        const wanted = [...new Map(rest.map((b) => [b.secretId, b.version])).entries()].map(
-          ([id, version]) => ({
-            secretId: id,
-            version,
-          }),
-        );
-        const values = await rotations.readVersions(deploymentId, wanted, ctx);
-        const env = new Map(values.map((v) => [v.envVar, v.value]));
-        const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+        if (dep.status === 'ready') await deps.store.setStatus(deploymentId, 'rotating');
         try {
-          const r = await deps.swap(shell, { deploymentId, runtime: dep.runtime, env }, { signal });
-          if (!r.healthy)
-            throw new OrchestratorError(
-              'remote_command_failed',
-              `the agent is not healthy without the secret (${r.reason ?? 'no reason'}); it still holds it`,
-            );
+          const rest = (await rotations.bindings(deploymentId)).filter((b) => b.secretId !== secretId);
+          const wanted = [...new Map(rest.map((b) => [b.secretId, b.version])).entries()].map(
+            ([id, version]) => ({
+              secretId: id,
+              version,
+            }),
+          );
+          const values = await rotations.readVersions(deploymentId, wanted, ctx);
+          const env = new Map(values.map((v) => [v.envVar, v.value]));
+          const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+          try {
+            const r = await deps.swap(shell, { deploymentId, runtime: dep.runtime, env }, { signal });
+            if (!r.healthy)
+              throw new OrchestratorError(
+                'remote_command_failed',
+                `the agent is not healthy without the secret (${r.reason ?? 'no reason'}); it still holds it`,
+              );
+          } finally {
+            await shell.close().catch(() => undefined);
+          }
+          await rotations.revokeBindings(secretId, deploymentId, ctx);
         } finally {
-          await shell.close().catch(() => undefined);
+          await restoreReady(deploymentId);
         }
+        return;
       }
       await rotations.revokeBindings(secretId, deploymentId, ctx);
     } finally {

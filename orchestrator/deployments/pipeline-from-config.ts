@@ -115,10 +115,10 @@ export const makePipelineFromConfig = async (
   const [pauseStep, pauseWhen] = (config.PIPELINE_PAUSE_AT_STEP ?? '').split(':');
   const hold =
     (when: string | undefined) =>
-    async (step: string): Promise<void> => {
+    async (step: string, deploymentId: string): Promise<void> => {
       if (!pauseStep || step !== pauseStep || when !== pauseWhen) return;
       log.warn(
-        { step, when: when ?? 'started' },
+        { step, when: when ?? 'started', deploymentId },
         'PIPELINE_PAUSE_AT_STEP: holding this job until the process is killed',
       );
       await new Promise<never>(() => undefined);

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { runCommand } from '../command';
 import { OrchestratorError } from '../errors';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -23,31 +23,21 @@ export type KnotcRunner = (
 
 export const makeKnotcRunner =
   (opts: { socket: string; binary?: string; timeoutMs?: number }): KnotcRunner =>
-  (args, input) =>
-    new Promise((resolve, reject) => {
-      const child = execFile(
-        opts.binary ?? 'knotc',
-        ['-x', '-s', opts.socket, '-t', '10', ...args],
-        { timeout: opts.timeoutMs ?? 15_000, encoding: 'utf8', maxBuffer: 16 * 1024 * 1024 },
-        (err, stdout, stderr) => {
-          // knotc prints some errors on stdout, some on stderr: both are read.
-          const output = `${stdout}${stderr}`;
-          if (!err) return resolve({ code: 0, output });
-          if (typeof err.code === 'number') return resolve({ code: err.code, output });
-          reject(
-            new OrchestratorError(
-              'provider_unavailable',
-              `knotc could not run (${err.killed ? 'timed out' : String(err.code)}); is knot-dnsutils installed?`,
-              { cause: err },
-            ),
-          );
-        },
-      );
-      // knotc may exit before reading its input (a refused socket, a busy zone): its exit code
-      // says so above; a broken pipe on stdin must not become an unhandled error.
-      child.stdin?.on('error', () => undefined);
-      child.stdin?.end(input ?? '');
+  async (args, input) => {
+    // Its own process group (runCommand): a stop signal sent to the worker's group must not cut a
+    // zone edit half-way.
+    const r = await runCommand(opts.binary ?? 'knotc', ['-x', '-s', opts.socket, '-t', '10', ...args], {
+      timeoutMs: opts.timeoutMs ?? 15_000,
+      input: input ?? '',
     });
+    // knotc prints some errors on stdout, some on stderr: both are read.
+    const output = `${r.stdout}${r.stderr}`;
+    if (r.code !== null) return { code: r.code, output };
+    throw new OrchestratorError(
+      'provider_unavailable',
+      `knotc could not run (${r.failure === 'timeout' ? 'timed out' : (r.failure ?? 'killed')}); is knot-dnsutils installed?`,
+    );
+  };
 
 export interface LocalDnsDeps {
   /** The zone Knot serves (DNS_ZONE). */

@@ -1,31 +1,26 @@
-import { execFile } from 'node:child_process';
+import { runCommand } from '../../command';
 import { OrchestratorError } from '../../errors';
 
-/** Run a command of this machine (never a shell line): argv in, stdout out, a readable error on failure. */
-export const run = (
+/**
+ * Run a command of this machine (never a shell line): argv in, stdout out, a readable error on
+ * failure. It runs in a process group of its own (see `runCommand`): a stop signal to the worker's
+ * group must not kill the command a step is waiting on.
+ */
+export const run = async (
   cmd: string,
   args: readonly string[],
   opts: { timeoutMs?: number; allowFailure?: boolean } = {},
-): Promise<{ stdout: string; stderr: string; code: number }> =>
-  new Promise((resolve, reject) => {
-    execFile(
-      cmd,
-      args,
-      { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        if (!err) return resolve({ stdout, stderr, code: 0 });
-        const code = typeof err.code === 'number' ? err.code : -1;
-        if (opts.allowFailure && code !== -1) return resolve({ stdout, stderr, code });
-        reject(
-          new OrchestratorError(
-            'internal',
-            `${cmd} ${args.join(' ')} failed (${err.killed ? 'timed out' : `exit ${code}`}): ${stderr.trim() || err.message}`,
-            { cause: err },
-          ),
-        );
-      },
-    );
-  });
+): Promise<{ stdout: string; stderr: string; code: number }> => {
+  const r = await runCommand(cmd, args, { timeoutMs: opts.timeoutMs ?? 60_000 });
+  if (r.code === 0 || (opts.allowFailure && r.code !== null))
+    return { stdout: r.stdout, stderr: r.stderr, code: r.code };
+  const why =
+    r.failure === 'timeout' ? 'timed out' : r.code !== null ? `exit ${r.code}` : (r.failure ?? 'killed');
+  throw new OrchestratorError(
+    'internal',
+    `${cmd} ${args.join(' ')} failed (${why}): ${r.stderr.trim() || r.failure || 'no output'}`,
+  );
+};
 
 export const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
   new Promise((resolve, reject) => {

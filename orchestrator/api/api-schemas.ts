@@ -19,7 +19,9 @@ export const idempotencyHeaders = z.looseObject({
     .max(200, 'must be at most 200 characters')
     .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters only')
     .optional()
-    .describe('Same key and same body: the same deployment. Same key, another body: 422.'),
+    .describe(
+      'Per organisation (any of its tokens, or an ops token acting for it): the same key and request, the same result; the same key with another request: 422.',
+    ),
 });
 
 const iso = z.string().describe('ISO 8601 time');

@@ -17,7 +17,7 @@ export interface RotateRequest {
   readonly value: Secret;
   /** Leak response: no grace period, the old version retired as soon as every host moved. */
   readonly leaked?: boolean;
-  /** Same key (per org and secret) → same rotation: a retried request starts nothing new. */
+  /** Same key (per organisation, whichever token sends it) → same rotation: a retry starts nothing new. */
   readonly idempotencyKey?: string;
   /** An org-scoped caller: another org's secret reads as absent. */
   readonly orgId?: string;
@@ -45,11 +45,12 @@ export const makeRotationService = (deps: {
     ctx: AuditContext = {},
   ): Promise<Rotation & { jobId: string }> => {
     const secretId = parseInput(uuid, req.secretId, 'secret_id');
-    const rotationId = req.idempotencyKey
-      ? rotationIdFor(`${req.orgId ?? 'ops'}/${secretId}`, req.idempotencyKey)
-      : randomUUID();
-    const jobId = `rotate-${rotationId}`;
     const meta = await rotations.secretBindings(secretId, req.orgId ? { orgId: req.orgId } : {});
+    // One rule for every Idempotency-Key (docs/api.md): scoped to the organisation the request acts
+    // for, here the secret's own (an ops token acting for it shares the org's keys), not to the
+    // token and not to the secret: the same key on another secret is another request (422).
+    const rotationId = req.idempotencyKey ? rotationIdFor(meta.orgId, req.idempotencyKey) : randomUUID();
+    const jobId = `rotate-${rotationId}`;
     // a typo never reaches the agents: refused before the vault or any host sees it
     const check = await deps.validator.validate(meta.provider, req.value);
     if (check.status === 'invalid')

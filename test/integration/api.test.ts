@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Secret } from '../../orchestrator/secret';
 import type { Workers } from '../../orchestrator/queues/workers';
 import { startTestApi, type TestApi } from '../support/api';
@@ -267,6 +268,83 @@ describe('Idempotency-Key', () => {
     // the database's own words (constraint names, SQLSTATEs) stay out of the problem
     expect(nokey.json).toMatchObject({ field: 'subdomain', detail: 'subdomain: is already in use' });
     expect(nokey.text).not.toMatch(/SQLSTATE|constraint|_key|deployments__/);
+  });
+});
+
+describe('Idempotency-Key scope: one rule for every endpoint', () => {
+  const body = (subdomain: string) => ({ name: 'idem', subdomain, runtime: 'echo' as const, bindings: [] });
+  const keyOf = async (t: TestApi, orgId: string): Promise<string> =>
+    (
+      await t.pipeline.secrets.create({
+        orgId,
+        name: `idem-${randomUUID().slice(0, 8)}`,
+        provider: 'anthropic',
+        value: new Secret(canary()),
+      })
+    ).secretId;
+
+  it("keys are per organisation: two tokens of one org and an ops token acting for it get the same deployment and the same rotation; another org's same key is independent", async () => {
+    const t = quiet;
+    const [orgA, orgB] = [await t.org(), await t.org()];
+    const scopes = ['secrets:write', 'deployments:write', 'deployments:read'] as const;
+    const a1 = t.client((await t.token(orgA, scopes)).token);
+    const a2 = t.client((await t.token(orgA, scopes)).token);
+    const ops = t.client((await t.token(null, scopes)).token);
+    const b = t.client((await t.token(orgB, scopes)).token);
+    const header = { 'idempotency-key': `shared-${randomUUID()}` };
+
+    // POST /v1/deployments
+    const sub = uniqueSubdomain('idem');
+    const d1 = await a1.POST('/v1/deployments', { params: { header }, body: body(sub) });
+    const d2 = await a2.POST('/v1/deployments', { params: { header }, body: body(sub) });
+    const d3 = await ops.POST('/v1/deployments', { params: { header }, body: { ...body(sub), orgId: orgA } });
+    expect([d1.response.status, d2.response.status, d3.response.status]).toEqual([201, 200, 200]);
+    expect(d1.data?.orgId).toBe(orgA);
+    expect([d2.data?.deploymentId, d3.data?.deploymentId]).toEqual([
+      d1.data?.deploymentId,
+      d1.data?.deploymentId,
+    ]);
+    const dB = await b.POST('/v1/deployments', { params: { header }, body: body(uniqueSubdomain('idem')) });
+    expect(dB.response.status).toBe(201);
+    expect(dB.data?.deploymentId).not.toBe(d1.data?.deploymentId);
+    const counts = await admin.query<{ org_id: string; n: number }>(
+      'select org_id::text, count(*)::int as n from public.deployments where org_id = any($1) group by org_id order by org_id',
+      [[orgA, orgB]],
+    );
+    expect(counts.rows).toEqual(
+      [
+        { org_id: orgA, n: 1 },
+        { org_id: orgB, n: 1 },
+      ].sort((x, y) => x.org_id.localeCompare(y.org_id)),
+    );
+
+    // POST /v1/secrets/:id/rotate, the same key (its own endpoint: no clash with the deployment's)
+    const [secretA, otherA, secretB] = [await keyOf(t, orgA), await keyOf(t, orgA), await keyOf(t, orgB)];
+    const value = canary();
+    const rotate = (c: typeof a1, id: string, v = value) =>
+      c.POST('/v1/secrets/{id}/rotate', { params: { path: { id }, header }, body: { value: v } });
+    const r1 = await rotate(a1, secretA);
+    const r2 = await rotate(a2, secretA);
+    const r3 = await rotate(ops, secretA);
+    expect([r1.response.status, r2.response.status, r3.response.status]).toEqual([202, 200, 200]);
+    expect([r2.data?.id, r3.data?.id]).toEqual([r1.data?.id, r1.data?.id]);
+    expect(r1.data?.toVersion).toBe(2);
+    // the same key on another secret of the org is another request: 422, as for a deployment
+    const clash = await rotate(a2, otherA, canary());
+    expect([clash.response.status, clash.error?.field]).toEqual([422, 'header.idempotency-key']);
+    // another organisation's same key starts its own rotation
+    const rB = await rotate(b, secretB);
+    expect(rB.response.status).toBe(202);
+    expect(rB.data?.id).not.toBe(r1.data?.id);
+    const versions = await admin.query<{ id: string; current_version: number }>(
+      'select id::text, current_version from public.secrets where id = any($1)',
+      [[secretA, otherA, secretB]],
+    );
+    expect(Object.fromEntries(versions.rows.map((r) => [r.id, r.current_version]))).toEqual({
+      [secretA]: 2,
+      [otherA]: 1,
+      [secretB]: 2,
+    });
   });
 });
 

@@ -232,7 +232,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description Same key and same body: the same deployment. Same key, another body: 422. */
+                    /** @description Per organisation (any of its tokens, or an ops token acting for it): the same key and request, the same result; the same key with another request: 422. */
                     "idempotency-key"?: string;
                 };
                 path?: never;
@@ -2033,7 +2033,7 @@ export interface paths {
             parameters: {
                 query?: never;
                 header?: {
-                    /** @description Same key and same body: the same deployment. Same key, another body: 422. */
+                    /** @description Per organisation (any of its tokens, or an ops token acting for it): the same key and request, the same result; the same key with another request: 422. */
                     "idempotency-key"?: string;
                 };
                 path: {

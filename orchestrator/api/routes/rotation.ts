@@ -107,7 +107,8 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
             secretId: request.params.id,
             value: new Secret(request.body.value),
             leaked: request.body.leaked ?? false,
-            ...(key === undefined ? {} : { idempotencyKey: `${p.tokenId}:${key}` }),
+            // per organisation, not per token: another token of the org retrying gets the same rotation
+            ...(key === undefined ? {} : { idempotencyKey: key }),
             ...(p.orgId ? { orgId: p.orgId } : {}),
           },
           auditContext(request),

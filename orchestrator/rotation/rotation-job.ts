@@ -69,6 +69,9 @@ export const reasonCodeOf = (reason: string | null): string | null => {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A deployment whose provision is past its `secrets` step: waited for, never recorded failed for it. */
+class ProvisionInFlight extends OrchestratorError {}
+
 /** Run `fn` over `items`, at most `limit` at once; every item runs, errors are collected. */
 export const mapLimit = async <T, R>(
   items: readonly T[],
@@ -144,11 +147,32 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
     try {
       const dep = await deps.store.get(d.deploymentId);
       if (dep.status !== 'ready' && dep.status !== 'rotating') {
-        // not running an agent: its next provision reads the current (new) version
-        await rotations.setState(rot.id, d.deploymentId, d.state === 'pending' ? 'skipped' : 'failed', {
-          reason: `deployment_${dep.status}`,
-          ...ctx,
-        });
+        // Not running an agent now. Its host holds the old version only if this run's `secrets`
+        // step is done: a resumed provision does not do it again.
+        const wroteOld = dep.steps.some(
+          (s) =>
+            s.run === dep.currentRun &&
+            s.operation === 'provision' &&
+            s.step === 'secrets' &&
+            s.status === 'succeeded',
+        );
+        if (d.state === 'pending' && dep.status === 'provisioning' && wroteOld)
+          // Left pending, even by the last attempt: once the provision is done (ready) a retry of
+          // this job, or the rotation sweep after ROTATION_STALLED_SECONDS, switches it like any
+          // other; if the provision fails instead, the case below applies.
+          throw new ProvisionInFlight(
+            'stack_locked',
+            `deployment ${d.deploymentId} is provisioning past its secrets step; it is switched once ready`,
+          );
+        // `failed` pins the binding to the old version, which its env file holds (the next rotation
+        // moves it; the old version is not retired under it); `skipped` follows the current
+        // version, which its next `secrets` step reads.
+        await rotations.setState(
+          rot.id,
+          d.deploymentId,
+          d.state === 'pending' && !wroteOld ? 'skipped' : 'failed',
+          { reason: `deployment_${dep.status}`, ...ctx },
+        );
         return;
       }
       const resumed = d.state === 'switching';
@@ -199,6 +223,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         await shell.close().catch(() => undefined);
       }
     } catch (err) {
+      if (err instanceof ProvisionInFlight) throw err;
       // The swap contract leaves the host on the old environment or the new one. A transient
       // failure (SSH dropped, the database away) stays `switching` for the retry; the last
       // attempt records `failed` (pinned to the old version).

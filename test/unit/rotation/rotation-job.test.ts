@@ -330,7 +330,9 @@ describe('rotation failure reasons are codes (finding 7: the detail stays in the
     const world = fakeWorld(ids);
     const j = makeRotationJob({
       rotations: world.store,
-      store: { get: (id: string) => Promise.resolve({ id, status: 'failed', runtime: 'echo' }) } as never,
+      store: {
+        get: (id: string) => Promise.resolve({ id, status: 'failed', runtime: 'echo', steps: [] }),
+      } as never,
       leases,
       access,
       swap: (() => Promise.reject(new Error('not called'))) as never,

@@ -1,0 +1,243 @@
+import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
+import { run, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
+import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
+import type { Workers } from '../../orchestrator/queues/workers';
+import {
+  makeRotationFromPipeline,
+  type RotationWiring,
+} from '../../orchestrator/rotation/rotation-from-config';
+import type { Rotation } from '../../orchestrator/rotation/rotation-store';
+import { Secret } from '../../orchestrator/secret';
+import { servingAgentUnit, swapAgentEnvironment } from '../../orchestrator/steps/agent-swap';
+import { httpsGet } from '../../orchestrator/steps/https-health';
+import { caddyLocalRootCaPath } from '../../templates/caddyfile';
+import { agentProbes, parseEnviron } from '../support/agent-probes';
+import { canary } from '../support/canary';
+import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
+
+/**
+ * Gaps of issue 11 closed, on a real local host provisioned by the pipeline:
+ * - the held restart (the openclaw runtime's swap mode, forced here on the echo runtime, which is
+ *   the only one that runs offline) with a new environment the agent refuses to start with: the
+ *   swap says not healthy, the rotation rolls the deployment back (pinned to the old version), and
+ *   the host serves the old environment again, with nothing of the new value on disk;
+ * - revoke shows the deployment `rotating` while it swaps the agent, and `ready` afterwards.
+ * The oracle is the serving agent's process environment, read over SSH as root.
+ */
+jest.setTimeout(900_000);
+
+const ENV = 'ANTHROPIC_API_KEY';
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Deployments swapped by held restart (openclaw's mode) instead of their runtime's blue/green. */
+const held = new Set<string>();
+const swap: typeof swapAgentEnvironment = (shell, input, opts) =>
+  swapAgentEnvironment(shell, input, held.has(input.deploymentId) ? { ...opts, mode: 'held-restart' } : opts);
+
+/**
+ * A fault the test puts on the host (as root, like agent-swap.test.ts's port squatter): every agent
+ * slot refuses to start when its key contains this marker, the way an agent that checks its key at
+ * start exits on a bad one. `$$` is systemd's escape for the shell's `$`: the value is never on a
+ * command line, only in the environment the unit already gets from its env file.
+ */
+const REFUSED = '-refused-';
+const FAULT_DROP_IN = '/etc/systemd/system/cortex-agent@.service.d/zz-test-refuse-key.conf';
+const faultUnit = `[Service]\nExecStartPre=/bin/sh -c 'case "$$${ENV}" in *${REFUSED}*) exit 1;; esac'\n`;
+
+let p: Pipeline;
+let rot: RotationWiring;
+let workers: Workers;
+
+beforeAll(async () => {
+  p = await startTestPipeline({ ROTATION_GRACE_SECONDS: '3600' });
+  rot = makeRotationFromPipeline(p, { swap });
+  workers = p.makeWorkerSet(rot.maintenanceTasks, rot.processors);
+  workers.start();
+});
+afterAll(async () => {
+  await p?.close(5_000);
+});
+
+const provisionOne = async (orgId: string, secretId: string): Promise<string> => {
+  const { deploymentId } = await p.service.request({
+    orgId,
+    name: 'rotation gaps',
+    subdomain: uniqueSubdomain('gap'),
+    bindings: [{ envVar: ENV, secretId }],
+  });
+  const d = await p.service.watch(deploymentId, () => undefined, { timeoutMs: 600_000 });
+  expect([d.status, d.failureReason]).toEqual(['ready', null]);
+  return deploymentId;
+};
+
+const destroy = async (id: string): Promise<void> => {
+  await p.service.destroy(id).catch(() => undefined);
+  await p.service
+    .watch(id, () => undefined, { timeoutMs: 180_000, until: (d) => d.status === 'deleted' })
+    .catch(() => undefined);
+};
+
+const withShell = async <T>(id: string, fn: (s: RemoteShell) => Promise<T>): Promise<T> => {
+  const { shell } = await p.access.connect(await p.store.get(id));
+  try {
+    return await fn(shell);
+  } finally {
+    await shell.close();
+  }
+};
+
+/** The variable as the serving agent process has it (the oracle), or undefined. */
+const agentValue = (id: string): Promise<string | undefined> =>
+  withShell(id, async (shell) => {
+    const unit = await servingAgentUnit(shell);
+    const pid = parseMainPid((await run(shell, agentCommands.mainPid(unit))).stdout.toString());
+    return parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout)
+      .get(ENV)
+      ?.toString('utf8');
+  });
+
+/** How many files under /etc/cortex hold `value`. */
+const filesHolding = (id: string, value: string): Promise<number> =>
+  withShell(id, async (shell) => {
+    const files = (await run(shell, ['find', '/etc/cortex', '-type', 'f'])).stdout
+      .toString()
+      .split('\n')
+      .filter(Boolean);
+    let n = 0;
+    for (const f of files) if ((await run(shell, agentProbes.readFile(f))).stdout.includes(value)) n++;
+    return n;
+  });
+
+/** A client looping on the agent's health URL through Caddy (verified HTTPS) until stopped. */
+const loopClient = async (id: string) => {
+  const d = await p.store.get(id);
+  const ca = await withShell(id, async (shell) =>
+    (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString(),
+  );
+  const target = { ip: d.ipv4 ?? '', servername: d.dnsName ?? '', ca, path: '/health' };
+  let stop = false;
+  let ok = 0;
+  const failures: string[] = [];
+  const runner = (async () => {
+    while (!stop) {
+      const r = await httpsGet(target).catch((e: unknown) => ({
+        status: 0,
+        body: (e as { code?: string }).code ?? 'error',
+      }));
+      if (r.status === 200) ok++;
+      else failures.push(r.status ? `HTTP ${r.status}` : r.body);
+      await sleep(50);
+    }
+  })();
+  return {
+    stop: async () => {
+      stop = true;
+      await runner;
+      return { ok, failures };
+    },
+  };
+};
+
+const untilCompleted = async (id: string, timeoutMs = 600_000): Promise<Rotation> => {
+  const t0 = Date.now();
+  for (;;) {
+    const s = await rot.service.status(id);
+    if (s.state === 'completed') return s;
+    if (Date.now() - t0 > timeoutMs)
+      throw new Error(`rotation ${id} still ${s.state}: ${JSON.stringify(s.deployments)}`);
+    await sleep(500);
+  }
+};
+
+describe('rotation gaps on a real local host', () => {
+  let org: Awaited<ReturnType<typeof orgWithKey>>;
+  let id: string;
+
+  beforeAll(async () => {
+    org = await orgWithKey(p);
+    id = await provisionOne(org.orgId, org.secretId);
+    held.add(id);
+  });
+  afterAll(async () => {
+    if (id) await destroy(id);
+  });
+
+  it('held restart, the new environment refused by the agent: rolled back, pinned, the old environment serves again, nothing new on disk', async () => {
+    await withShell(id, async (shell) => {
+      await shell.writeFileAtomic(FAULT_DROP_IN, Buffer.from(faultUnit), { mode: 0o644, dirMode: 0o755 });
+      await run(shell, ['systemctl', 'daemon-reload']);
+    });
+    try {
+      expect(await agentValue(id)).toBe(org.value);
+      const refused = `${canary('anthropic')}${REFUSED}x`;
+      const clients = await loopClient(id);
+      await sleep(500);
+      const t0 = Date.now();
+      const started = await rot.service.rotate({ secretId: org.secretId, value: new Secret(refused) });
+      const done = await untilCompleted(started.id);
+      const ms = Date.now() - t0;
+      await sleep(500);
+      const seen = await clients.stop();
+      console.log(
+        `held restart refused: rotation ${ms} ms, ${seen.ok} requests ok, ${seen.failures.length} failed (${[...new Set(seen.failures)].join(', ')})`,
+      );
+
+      // The record: rolled back by held restart, the binding pinned to the old version.
+      expect(done.deployments.map((d) => [d.deploymentId, d.state, d.swapMode, d.reason])).toEqual([
+        [id, 'rolled_back', 'held-restart', 'unhealthy'],
+      ]);
+      expect(await rot.rotations.bindings(id)).toEqual([
+        { envVar: ENV, secretId: org.secretId, version: 1, pinned: true },
+      ]);
+      expect((await p.store.get(id)).status).toBe('ready');
+
+      // The host: the old environment runs and answers through Caddy; the refused value is on no disk.
+      expect(await agentValue(id)).toBe(org.value);
+      expect(await filesHolding(id, refused)).toBe(0);
+      expect(await filesHolding(id, org.value)).toBe(1);
+      const unitState = await withShell(id, async (shell) =>
+        (await shell.exec(['systemctl', 'is-active', await servingAgentUnit(shell)])).stdout
+          .toString()
+          .trim(),
+      );
+      expect(unitState).toBe('active');
+      // Clients looping through Caddy during the failed restart saw no failure: Caddy held their
+      // requests while the swap found the new environment refused and restarted the old one.
+      expect(seen.failures).toEqual([]);
+      expect(seen.ok).toBeGreaterThan(5);
+    } finally {
+      await withShell(id, async (shell) => {
+        await shell.exec(['rm', '-f', FAULT_DROP_IN]);
+        await shell.exec(['systemctl', 'daemon-reload']);
+      });
+    }
+  });
+
+  it('revoke shows the deployment `rotating` while it swaps the agent, `ready` afterwards; the variable is gone', async () => {
+    const statuses = new Set<string>();
+    let watching = true;
+    const watcher = (async () => {
+      while (watching) {
+        statuses.add((await p.store.get(id)).status);
+        await sleep(100);
+      }
+    })();
+    try {
+      const { jobId } = await rot.service.revoke({ secretId: org.secretId, deploymentId: id });
+      const t0 = Date.now();
+      while ((await rot.rotations.bindings(id)).length > 0) {
+        if (Date.now() - t0 > 300_000) throw new Error(`revoke ${jobId} did not finish`);
+        await sleep(250);
+      }
+      // the status is restored right after the bindings are removed
+      for (let i = 0; i < 40 && (await p.store.get(id)).status !== 'ready'; i++) await sleep(250);
+    } finally {
+      watching = false;
+      await watcher;
+    }
+    expect(statuses.has('rotating')).toBe(true);
+    expect((await p.store.get(id)).status).toBe('ready');
+    expect(await agentValue(id)).toBeUndefined();
+    expect(await filesHolding(id, org.value)).toBe(0);
+  });
+});

@@ -1,0 +1,175 @@
+import { randomUUID } from 'node:crypto';
+import { OrchestratorError } from '../../../orchestrator/errors';
+import type {
+  Deployment,
+  DeploymentStatus,
+  StepRecord,
+} from '../../../orchestrator/deployments/deployment-store';
+import { makeLogger } from '../../../orchestrator/log';
+import { makeRotationJob } from '../../../orchestrator/rotation/rotation-job';
+import type {
+  Rotation,
+  RotationDeploymentState,
+  RotationStore,
+} from '../../../orchestrator/rotation/rotation-store';
+import { Secret } from '../../../orchestrator/secret';
+
+/**
+ * A deployment that is not running an agent when the rotation reaches it (issue 11, open point:
+ * one past its `secrets` step was `skipped` and kept the old key until its next provision or
+ * rotation). Now:
+ * - provisioning, this run's `secrets` step done (its env file holds the old version, and the
+ *   resumed provision will not write it again): left pending, even by the last attempt, and
+ *   switched by the retry that finds it ready;
+ * - failed past its `secrets` step: recorded `failed`, i.e. pinned to the old version its host
+ *   holds (so that version is not retired under it and the next rotation moves it);
+ * - not yet past `secrets` (requested, or provisioning before it): `skipped`, following the
+ *   current version, which its `secrets` step reads.
+ * The fake keeps the state machine of secret_rotation_deployments__set_state and its pins.
+ */
+const log = makeLogger({ level: 'silent' });
+const SECRET = randomUUID();
+const VALUES: Record<number, string> = { 1: 'old-value-xxxxxxxxxxxxxxxx', 2: 'new-value-xxxxxxxxxxxxxxxx' };
+
+const step = (run: number, name: string, status: StepRecord['status']): StepRecord => ({
+  run,
+  operation: 'provision',
+  step: name,
+  status,
+  attempt: 1,
+  startedAt: null,
+  finishedAt: null,
+  durationMs: null,
+  error: null,
+});
+
+const world = (dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?: number }) => {
+  const id = randomUUID();
+  const d = { ...dep, currentRun: dep.currentRun ?? 1 };
+  let state: RotationDeploymentState = 'pending';
+  let pin: number | null = null;
+  let completed = false;
+  const allowed: Record<string, RotationDeploymentState[]> = {
+    pending: ['switching', 'skipped', 'failed'],
+    switching: ['switching', 'switched', 'rolled_back', 'failed'],
+  };
+  const rotation = (): Rotation => ({
+    id: 'r1',
+    orgId: 'o',
+    secretId: SECRET,
+    fromVersion: 1,
+    toVersion: 2,
+    state: completed ? 'completed' : 'running',
+    leaked: false,
+    graceSeconds: 60,
+    jobId: null,
+    createdAt: '',
+    finishedAt: null,
+    retireAfter: null,
+    oldRetiredAt: null,
+    deployments: [{ deploymentId: id, fromVersion: 1, state, reason: null, swapMode: null }],
+  });
+  const rotations = {
+    get: () => Promise.resolve(rotation()),
+    setState: (_r: string, _d: string, to: RotationDeploymentState) => {
+      if (!(allowed[state] ?? []).includes(to))
+        return Promise.reject(new OrchestratorError('invalid_input', `state: ${state} -> ${to}`));
+      state = to;
+      if (to === 'switched' || to === 'skipped') pin = null;
+      if (to === 'rolled_back' || to === 'failed') pin = 1;
+      return Promise.resolve(rotation());
+    },
+    finish: () => {
+      if (state === 'pending' || state === 'switching')
+        return Promise.reject(new OrchestratorError('invalid_input', 'rotation_id: not done'));
+      completed = true;
+      return Promise.resolve(rotation());
+    },
+    bindings: () =>
+      Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version: 1, pinned: false }]),
+    readVersions: (_d: string, wanted: { secretId: string; version: number }[]) =>
+      Promise.resolve(
+        wanted.map((w) => ({
+          envVar: 'ANTHROPIC_API_KEY',
+          secretId: w.secretId,
+          version: w.version,
+          value: new Secret(VALUES[w.version] ?? ''),
+        })),
+      ),
+  } as unknown as RotationStore;
+  const swapped: string[] = [];
+  const job = makeRotationJob({
+    rotations,
+    store: { get: () => Promise.resolve({ id, runtime: 'echo', ...d } as unknown as Deployment) },
+    leases: {
+      acquire: (x: string) =>
+        Promise.resolve({ deploymentId: x, held: () => true, release: () => Promise.resolve() }),
+    } as never,
+    access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
+    swap: ((_s: unknown, input: { env: ReadonlyMap<string, Secret> }) => {
+      swapped.push(input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '');
+      return Promise.resolve({ mode: 'blue-green', healthy: true });
+    }) as never,
+    log,
+    concurrency: 4,
+    holder: 'test',
+  });
+  const run = (finalAttempt: boolean) =>
+    job.run({ rotationId: 'r1', jobId: 'rotate-r1', signal: new AbortController().signal, finalAttempt });
+  return { d, run, swapped, state: () => state, pin: () => pin };
+};
+
+const pastSecrets = (run = 1): StepRecord[] => [
+  step(run, 'host', 'succeeded'),
+  step(run, 'configure', 'succeeded'),
+  step(run, 'secrets', 'succeeded'),
+  step(run, 'start', 'running'),
+];
+
+describe('rotate job: deployments that run no agent when the rotation reaches them', () => {
+  it('provisioning past its secrets step: left pending (even by the last attempt), then switched once ready', async () => {
+    const w = world({ status: 'provisioning', steps: pastSecrets() });
+    await expect(w.run(false)).rejects.toThrow('not done yet');
+    await expect(w.run(true)).rejects.toThrow('provisioning past its secrets step');
+    expect(w.state()).toBe('pending');
+    expect(w.swapped).toEqual([]);
+    // the provision finishes; the rotation sweep's re-run of the job switches it
+    w.d.status = 'ready';
+    const out = await w.run(false);
+    expect(out.switched).toHaveLength(1);
+    expect(out.state).toBe('completed');
+    expect(w.swapped).toEqual([VALUES[2]]);
+  });
+
+  it('failed past its secrets step: recorded failed, pinned to the old version its env file holds', async () => {
+    const w = world({ status: 'failed', steps: pastSecrets() });
+    const out = await w.run(false);
+    expect(out.failed).toHaveLength(1);
+    expect(out.skipped).toEqual([]);
+    expect(w.pin()).toBe(1);
+    expect(w.swapped).toEqual([]);
+  });
+
+  it('provisioning before its secrets step: skipped, following the current version its secrets step will read', async () => {
+    const w = world({
+      status: 'provisioning',
+      steps: [step(1, 'host', 'succeeded'), step(1, 'configure', 'running')],
+    });
+    const out = await w.run(false);
+    expect(out.skipped).toHaveLength(1);
+    expect(w.pin()).toBeNull();
+  });
+
+  it('a secrets step of an earlier run does not count: the current run writes the env file again', async () => {
+    const w = world({ status: 'provisioning', currentRun: 2, steps: pastSecrets(1) });
+    const out = await w.run(false);
+    expect(out.skipped).toHaveLength(1);
+  });
+
+  it('requested (never provisioned): skipped', async () => {
+    const w = world({ status: 'requested', steps: [] });
+    const out = await w.run(true);
+    expect(out.skipped).toHaveLength(1);
+    expect(w.pin()).toBeNull();
+  });
+});

@@ -190,6 +190,15 @@ export const configSchema = z
     KEY_VALIDATION: z.enum(['off', 'http']).optional(),
     /** Base URL of every provider's key check (a local stub provider); unset: the providers' own. */
     KEY_VALIDATION_BASE_URL: z.url({ protocol: /^https?$/ }).optional(),
+    // ---- retention of the API's bookkeeping (orchestrator/api/api-retention.ts; floors in SQL too) ----
+    /** Idempotency keys of deployment requests are remembered at least this long (floor 1 day). */
+    IDEMPOTENCY_KEEP_SECONDS: z.coerce.number().int().min(86_400).max(315_360_000).default(604_800),
+    /** Events of settled deployments older than this are removed (floor 7 days; a moving deployment keeps all). */
+    EVENTS_KEEP_SECONDS: z.coerce.number().int().min(604_800).max(315_360_000).default(2_592_000),
+    /** Finished webhook deliveries older than this are removed (floor 7 days; pending ones stay). */
+    DELIVERIES_KEEP_SECONDS: z.coerce.number().int().min(604_800).max(315_360_000).default(2_592_000),
+    /** How often the maintenance job applies that retention. */
+    RETENTION_EVERY_MS: z.coerce.number().int().min(60_000).default(3_600_000),
 
     /**
      * Debugging aid: a worker holds every job when it reaches this step (after recording its start),

@@ -1,3 +1,4 @@
+import { makeApiRetention } from '../api/api-retention';
 import { makeAuditCheckpointsFromConfig } from '../audit/audit-checkpoints-from-config';
 import type { Config } from '../config';
 import type { Logger } from '../log';
@@ -10,8 +11,9 @@ import { makeWebhookWorkersFromConfig } from '../webhooks/webhooks-from-config';
 
 /**
  * A worker process: the provision, deprovision and maintenance workers, the maintenance job
- * schedulers (reconcile, orphan sweep, signed audit checkpoints), and a graceful stop on SIGTERM and
- * SIGINT — running steps finish or hand their job back at a step boundary within SHUTDOWN_GRACE_MS.
+ * schedulers (reconcile, orphan sweep, signed audit checkpoints, retention of the API's records),
+ * and a graceful stop on SIGTERM and SIGINT — running steps finish or hand their job back at a step
+ * boundary within SHUTDOWN_GRACE_MS.
  * Used by `workers/worker.ts` and `cortexctl worker`.
  */
 export const AUDIT_CHECKPOINT_EVERY_MS = 3_600_000;
@@ -23,8 +25,17 @@ export const runWorkerProcess = async (
   const pipeline = await makePipelineFromConfig(config, log);
   const checkpoints = makeAuditCheckpointsFromConfig(config, pipeline.db.rpc);
   const rotation = makeRotationFromPipeline(pipeline);
+  const retention = makeApiRetention({
+    rpc: pipeline.db.rpc,
+    log: log.child({ task: 'retention' }),
+    ages: config,
+  });
   const workers = pipeline.makeWorkerSet(
-    { 'audit-checkpoint': () => checkpoints.checkpoint(), ...rotation.maintenanceTasks },
+    {
+      'audit-checkpoint': () => checkpoints.checkpoint(),
+      retention: () => retention.run(),
+      ...rotation.maintenanceTasks,
+    },
     rotation.processors,
   );
   workers.start();
@@ -49,6 +60,12 @@ export const runWorkerProcess = async (
       'audit-checkpoint',
       { every: AUDIT_CHECKPOINT_EVERY_MS },
       { name: 'maintenance', data: { task: 'audit-checkpoint' } },
+    );
+    // idempotency keys, finished webhook deliveries, settled deployments' events (docs/api.md)
+    await pipeline.queues.queues.maintenance.upsertJobScheduler(
+      'retention',
+      { every: config.RETENTION_EVERY_MS },
+      { name: 'maintenance', data: { task: 'retention' } },
     );
   };
   await schedule();

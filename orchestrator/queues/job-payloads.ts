@@ -23,6 +23,7 @@ export const MAINTENANCE_TASKS = [
   'audit-checkpoint',
   'rotation-sweep',
   'key-age',
+  'retention',
 ] as const;
 export type MaintenanceTask = (typeof MAINTENANCE_TASKS)[number];
 

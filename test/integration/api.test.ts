@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { makeApiRetention } from '../../orchestrator/api/api-retention';
 import { Secret } from '../../orchestrator/secret';
 import type { Workers } from '../../orchestrator/queues/workers';
 import { startTestApi, type TestApi } from '../support/api';
@@ -345,6 +346,43 @@ describe('Idempotency-Key scope: one rule for every endpoint', () => {
       [otherA]: 1,
       [secretB]: 2,
     });
+  });
+});
+
+describe('retention of idempotency keys', () => {
+  it('the maintenance task (as the orchestrator role) forgets a key past IDEMPOTENCY_KEEP_SECONDS: the key then starts a new request; a recent key is kept', async () => {
+    const t = quiet;
+    const org = await t.org();
+    const c = t.client((await t.token(org, ['deployments:write'])).token);
+    const [oldKey, newKey] = [`old-${randomUUID()}`, `new-${randomUUID()}`];
+    const ask = (key: string) =>
+      c.POST('/v1/deployments', {
+        params: { header: { 'idempotency-key': key } },
+        body: { name: 'kept', subdomain: uniqueSubdomain('ret') },
+      });
+    expect((await ask(oldKey)).response.status).toBe(201);
+    expect((await ask(newKey)).response.status).toBe(201);
+    // another body under a remembered key: 422
+    expect((await ask(oldKey)).response.status).toBe(422);
+    await admin.query(
+      `update public.api_idempotency_keys set created_at = now() - make_interval(secs => $2 + 60)
+       where org_id = $1 and key = $3`,
+      [org, t.pipeline.config.IDEMPOTENCY_KEEP_SECONDS, oldKey],
+    );
+    const removed = await makeApiRetention({
+      rpc: t.pipeline.db.rpc,
+      log: t.log,
+      ages: t.pipeline.config,
+    }).run();
+    expect(removed.idempotencyKeys).toBeGreaterThanOrEqual(1);
+    const left = await admin.query<{ key: string }>(
+      'select key from public.api_idempotency_keys where org_id = $1 order by key',
+      [org],
+    );
+    expect(left.rows.map((r) => r.key)).toEqual([newKey]);
+    // forgotten: the old key now makes a new deployment; the recent one still refuses another body
+    expect((await ask(oldKey)).response.status).toBe(201);
+    expect((await ask(newKey)).response.status).toBe(422);
   });
 });
 

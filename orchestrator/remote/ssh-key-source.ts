@@ -25,13 +25,15 @@ export interface SshKeySource {
 }
 
 const checkKey = (key: Secret, where: string): Secret => {
-  const parsed = utils.parseKey(key.reveal());
-  if (parsed instanceof Error || Array.isArray(parsed))
+  // ssh2 (1.17) returns one key or an Error, but undefined for an openssh-key-v1 file that holds
+  // no key (found while mutation testing: it threw a TypeError here instead of config_invalid).
+  const parsed = utils.parseKey(key.reveal()) as ReturnType<typeof utils.parseKey> | undefined;
+  if (parsed === undefined || parsed instanceof Error)
     throw new OrchestratorError(
       'config_invalid',
       `${where} does not hold an unencrypted OpenSSH private key`,
     );
-  if (!(parsed as { isPrivateKey(): boolean }).isPrivateKey())
+  if (!parsed.isPrivateKey())
     throw new OrchestratorError('config_invalid', `${where} holds a public key; the private key is needed`);
   return key;
 };
@@ -60,12 +62,16 @@ const loadFile = async (file: string): Promise<Secret> => {
         'config_invalid',
         `${where} has mode ${(st.mode & 0o777).toString(8)}; it must not be readable by group or others (chmod 600)`,
       );
+    // Stryker disable next-line OptionalChaining: equivalent on Linux, where process.geteuid always exists
     const uid = process.geteuid?.();
-    if (uid !== undefined && st.uid !== uid)
-      throw new OrchestratorError(
-        'config_invalid',
-        `${where} is owned by uid ${st.uid}, not by this process (uid ${uid})`,
-      );
+    // Stryker disable next-line ConditionalExpression: equivalent on Linux, where uid is never undefined (its false is the inner if's, counted)
+    if (uid !== undefined) {
+      if (st.uid !== uid)
+        throw new OrchestratorError(
+          'config_invalid',
+          `${where} is owned by uid ${st.uid}, not by this process (uid ${uid})`,
+        );
+    }
     const buf = await fh.readFile();
     const key = new Secret(buf.toString('utf8'));
     buf.fill(0);

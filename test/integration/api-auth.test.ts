@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { makeApiClient } from '../../orchestrator/api/client';
 import { runCli } from '../../orchestrator/cli/cortexctl';
 import { startTestApi, type TestApi } from '../support/api';
 import { testDatabaseUrl } from '../support/db';
@@ -9,6 +10,9 @@ import { testDatabaseUrl } from '../support/db';
 /**
  * The API's skeleton through a real listening server: public health and OpenAPI, bearer tokens and
  * scopes, problem documents for every error (validation names the field, unknown routes are 404).
+ * Requests go through the onboarding app's typed client (`t.client`), so a drift of the API's
+ * schema fails to compile here; raw requests (`t.call`) only where a test sends what the client
+ * cannot: an unknown route, a malformed escape or JSON body, the OpenAPI document and docs page.
  */
 jest.setTimeout(60_000);
 
@@ -24,8 +28,8 @@ const PROBLEM = /^application\/problem\+json/;
 
 describe('public routes', () => {
   it('GET /healthz answers without a token', async () => {
-    const r = await t.call('GET', '/healthz');
-    expect([r.status, r.json]).toEqual([200, { status: 'ok' }]);
+    const r = await t.client().GET('/healthz');
+    expect([r.response.status, r.data]).toEqual([200, { status: 'ok' }]);
   });
 
   it('GET /openapi.json is an OpenAPI 3.1 document generated from the route schemas', async () => {
@@ -57,40 +61,41 @@ describe('public routes', () => {
 describe('authentication and scopes', () => {
   it('refuses a request without a token, with a malformed one and with an unknown one: 401 problem', async () => {
     for (const token of [undefined, 'nope', `ctx_${'A'.repeat(43)}`]) {
-      const r = await t.call('GET', '/v1/deployments', token === undefined ? {} : { token });
-      expect(r.status).toBe(401);
-      expect(r.headers.get('content-type')).toMatch(PROBLEM);
-      expect(r.headers.get('www-authenticate')).toBe('Bearer');
-      expect(r.json).toMatchObject({ status: 401, title: 'Unauthorized' });
+      const r = await t.client(token).GET('/v1/deployments');
+      expect(r.response.status).toBe(401);
+      expect(r.response.headers.get('content-type')).toMatch(PROBLEM);
+      expect(r.response.headers.get('www-authenticate')).toBe('Bearer');
+      expect(r.error).toMatchObject({ status: 401, title: 'Unauthorized' });
     }
   });
 
   it('a revoked token is refused at once (401)', async () => {
     const org = await t.org();
     const tok = await t.token(org, ['deployments:read']);
-    expect((await t.call('GET', '/v1/deployments', { token: tok.token })).status).toBe(200);
+    const c = t.client(tok.token);
+    expect((await c.GET('/v1/deployments')).response.status).toBe(200);
     await t.tokens.revoke(tok.id, 'api-test');
-    const r = await t.call('GET', '/v1/deployments', { token: tok.token });
-    expect(r.status).toBe(401);
-    expect(r.headers.get('content-type')).toMatch(PROBLEM);
+    const r = await c.GET('/v1/deployments');
+    expect(r.response.status).toBe(401);
+    expect(r.response.headers.get('content-type')).toMatch(PROBLEM);
   });
 
   it('a token without secrets:write cannot store a key (403), and nothing is stored', async () => {
     const org = await t.org();
-    const tok = await t.token(org, ['deployments:read', 'deployments:write', 'audit:read']);
-    const r = await t.call('POST', '/v1/secrets', {
-      token: tok.token,
+    const c = t.client((await t.token(org, ['deployments:read', 'deployments:write', 'audit:read'])).token);
+    const r = await c.POST('/v1/secrets', {
       body: { name: 'k', provider: 'anthropic', value: `canary-${randomBytes(16).toString('hex')}` },
     });
-    expect(r.status).toBe(403);
-    expect(r.json).toMatchObject({ status: 403, detail: expect.stringContaining('secrets:write') });
-    const list = await t.call('GET', '/v1/secrets', { token: tok.token });
-    expect([list.status, list.json]).toEqual([200, []]);
+    expect(r.response.status).toBe(403);
+    expect(r.error).toMatchObject({ status: 403, detail: expect.stringContaining('secrets:write') });
+    const list = await c.GET('/v1/secrets');
+    expect([list.response.status, list.data]).toEqual([200, []]);
   });
 
   it('unknown routes are a 404 problem', async () => {
     const org = await t.org();
     const tok = await t.token(org, ['deployments:read']);
+    // a path the API does not declare: the typed client cannot name it, so a raw request
     const r = await t.call('GET', '/v1/nothing-here', { token: tok.token });
     expect(r.status).toBe(404);
     expect(r.headers.get('content-type')).toMatch(PROBLEM);
@@ -101,9 +106,15 @@ describe('authentication and scopes', () => {
     // found by the property test in a CI dry run: Fastify answered these with its own JSON
     const org = await t.org();
     const tok = await t.token(org, ['deployments:read']);
-    const long = await t.call('GET', `/v1/deployments/${'A'.repeat(201)}`, { token: tok.token });
-    expect([long.status, long.headers.get('content-type')]).toEqual([414, expect.stringMatching(PROBLEM)]);
-    expect(long.json).toMatchObject({ status: 414, field: 'path' });
+    const long = await t.client(tok.token).GET('/v1/deployments/{id}', {
+      params: { path: { id: 'A'.repeat(201) } },
+    });
+    expect([long.response.status, long.response.headers.get('content-type')]).toEqual([
+      414,
+      expect.stringMatching(PROBLEM),
+    ]);
+    expect(long.error).toMatchObject({ status: 414, field: 'path' });
+    // the client escapes every path parameter: a malformed escape needs a raw request
     const bad = await t.call('GET', '/v1/deployments/%E0%A4%A', { token: tok.token });
     expect([bad.status, bad.headers.get('content-type')]).toEqual([400, expect.stringMatching(PROBLEM)]);
     expect(bad.json).toMatchObject({ status: 400, field: 'path' });
@@ -115,28 +126,29 @@ describe('problem documents', () => {
     const org = await t.org();
     const tok = await t.token(org, ['deployments:write']);
     const hostile = 'HOSTILE-VALUE-d41d8cd98f';
-    const r = await t.call('POST', '/v1/deployments', {
-      token: tok.token,
+    const r = await t.client(tok.token).POST('/v1/deployments', {
       body: {
         name: 'x',
         subdomain: 'ok-sub',
         bindings: [{ envVar: `lower${hostile}`, secretId: '00000000-0000-4000-8000-000000000000' }],
       },
     });
-    expect(r.status).toBe(400);
-    expect(r.headers.get('content-type')).toMatch(PROBLEM);
-    expect(r.json).toMatchObject({
+    expect(r.response.status).toBe(400);
+    expect(r.response.headers.get('content-type')).toMatch(PROBLEM);
+    expect(r.error).toMatchObject({
       type: expect.stringContaining('invalid-input'),
       status: 400,
       field: 'bindings.0.envVar',
     });
-    expect(r.text).not.toContain(hostile);
-    expect(r.text).not.toMatch(/stack|SQLSTATE|select /i);
+    const text = JSON.stringify(r.error);
+    expect(text).not.toContain(hostile);
+    expect(text).not.toMatch(/stack|SQLSTATE|select /i);
   });
 
   it('malformed JSON and an oversized body are problems too (400, 413)', async () => {
     const org = await t.org();
     const tok = await t.token(org, ['secrets:write']);
+    // broken JSON: a raw body the client would never send
     const bad = await t.call('POST', '/v1/secrets', {
       token: tok.token,
       rawBody: '{"name": "x", "value": "sk-secret-in-broken-json',
@@ -145,12 +157,11 @@ describe('problem documents', () => {
     expect(bad.status).toBe(400);
     expect(bad.json).toMatchObject({ field: 'body' });
     expect(bad.text).not.toContain('sk-secret-in-broken-json');
-    const big = await t.call('POST', '/v1/secrets', {
-      token: tok.token,
+    const big = await t.client(tok.token).POST('/v1/secrets', {
       body: { name: 'x', provider: 'other', value: 'v'.repeat(70_000) },
     });
-    expect(big.status).toBe(413);
-    expect(big.headers.get('content-type')).toMatch(PROBLEM);
+    expect(big.response.status).toBe(413);
+    expect(big.response.headers.get('content-type')).toMatch(PROBLEM);
   });
 });
 
@@ -180,7 +191,7 @@ describe('cortexctl tokens and api', () => {
     const token = /^token: +(ctx_[0-9A-Za-z]{43})$/m.exec(made.out)?.[1] ?? '';
     const id = /^token id: +([0-9a-f-]{36})$/m.exec(made.out)?.[1] ?? '';
     expect(token).not.toBe('');
-    expect((await t.call('GET', '/v1/deployments', { token })).status).toBe(200);
+    expect((await t.client(token).GET('/v1/deployments')).response.status).toBe(200);
 
     const listed = await cli(['tokens', 'list', '--org', org]);
     expect(listed.out).toContain(`ctx_${token.slice(4, 12)}…`);
@@ -188,7 +199,7 @@ describe('cortexctl tokens and api', () => {
     expect(listed.out).not.toContain(token.slice(12));
 
     expect((await cli(['tokens', 'revoke', id])).code).toBe(0);
-    expect((await t.call('GET', '/v1/deployments', { token })).status).toBe(401);
+    expect((await t.client(token).GET('/v1/deployments')).response.status).toBe(401);
     expect((await cli(['tokens', 'list', '--org', org])).out).toBe('');
 
     const bad = await cli(['tokens', 'create', '--org', org, '--scope', 'deployments:read,root']);
@@ -232,8 +243,8 @@ describe('cortexctl tokens and api', () => {
       void exited.then(() => reject(new Error(`cortexctl api exited: ${output.slice(-2000)}`)));
     });
     expect(output).toContain(`http://127.0.0.1:${port}`);
-    const r = await fetch(`http://127.0.0.1:${port}/healthz`);
-    expect(r.status).toBe(200);
+    const r = await makeApiClient({ baseUrl: `http://127.0.0.1:${port}` }).GET('/healthz');
+    expect([r.response.status, r.data]).toEqual([200, { status: 'ok' }]);
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
   });
@@ -247,15 +258,15 @@ describe('failed authentications per address (Redis)', () => {
       const good = await u.token(org, ['deployments:read']);
       const unknown = () => `ctx_${randomBytes(32).toString('hex').slice(0, 43)}`;
       for (let i = 0; i < 5; i++)
-        expect((await u.call('GET', '/v1/deployments', { token: unknown() })).status).toBe(401);
+        expect((await u.client(unknown()).GET('/v1/deployments')).response.status).toBe(401);
       for (let i = 0; i < 5; i++) {
-        const r = await u.call('GET', '/v1/deployments', { token: unknown() });
-        expect(r.status).toBe(429);
-        expect(r.headers.get('content-type')).toMatch(PROBLEM);
-        expect(Number(r.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+        const r = await u.client(unknown()).GET('/v1/deployments');
+        expect(r.response.status).toBe(429);
+        expect(r.response.headers.get('content-type')).toMatch(PROBLEM);
+        expect(Number(r.response.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       }
       // while blocked, the address's valid token is refused too: it cannot be told apart without a lookup
-      expect((await u.call('GET', '/v1/deployments', { token: good.token })).status).toBe(429);
+      expect((await u.client(good.token).GET('/v1/deployments')).response.status).toBe(429);
       // (that no token lookup runs while blocked: test/unit/api/api-abuse.test.ts counts them)
       const keys = await u.pipeline.redis.keys(`${u.pipeline.config.QUEUE_PREFIX}:authfail:*`);
       expect(keys).toHaveLength(1);

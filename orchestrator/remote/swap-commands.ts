@@ -1,7 +1,15 @@
 import { invalidInput } from '../errors';
-import { ACTIVE_SLOT_PATH, ENV_DIR, UPSTREAM_NFT_TABLE, isAgentSlot } from '../../templates/agent-slots';
+import {
+  ACTIVE_SLOT_PATH,
+  ENV_DIR,
+  UPSTREAM_NFT_TABLE,
+  isAgentSlot,
+  type AgentSlot,
+} from '../../templates/agent-slots';
 import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import type { Argv } from './agent-commands';
+import type { ExecResult } from './ssh-shell';
+import { SWAP_HOST_SCRIPT } from './swap-host-script';
 
 /**
  * Remote commands of the agent swap (orchestrator/steps/agent-swap.ts), as data like
@@ -34,8 +42,130 @@ const httpPath = (p: string): string => {
   if (!HTTP_PATH.test(p)) throw invalidInput('path', 'must be a plain absolute URL path');
   return p;
 };
+const slotUnit = (u: string): string => {
+  if (!/^cortex-agent@(blue|green)\.service$/.test(u))
+    throw invalidInput('unit', 'must be an agent slot unit');
+  return u;
+};
+
+/** `python3 -I -c <swap-host-script.ts> <mode> …`: the host helper, in one of its modes. */
+const HELPER: Argv = ['python3', '-I', '-c', SWAP_HOST_SCRIPT];
+type HelperMode = 'batch' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record';
+const HELPER_MODES: readonly string[] = ['digests', 'wait-healthy', 'port-holders', 'write-record'];
+const helper = (mode: HelperMode, ...args: string[]): Argv => [...HELPER, mode, ...args];
+const helperArgs = (argv: Argv): string[] | undefined =>
+  argv.length > HELPER.length && HELPER.every((a, i) => argv[i] === a)
+    ? argv.slice(HELPER.length)
+    : undefined;
+
+/**
+ * One step of a batch (`swapCommands.batch`): a command as data, run on the host in order.
+ */
+export interface BatchStep {
+  readonly argv: Argv;
+  /** The batch's standard input is handed to this step (the digests' nonce). */
+  readonly stdin?: boolean;
+  /** The step is done only when it exits 0 and its standard output matches (a regex, searched). */
+  readonly match?: string;
+  /** Run again every `everyMs` until done or `forMs` have passed; the last answer is returned. */
+  readonly poll?: { readonly everyMs: number; readonly forMs: number };
+  /** Stop the batch after this step when it is not done. */
+  readonly required?: boolean;
+}
+
+/**
+ * The programs a batch may run: the swap's own commands. `cat` only for the active-slot record;
+ * the helper only in its modes; no shell, no reader of a file the caller names.
+ */
+const BATCH_PROGRAMS = new Set(['systemctl', 'nft', 'ss', 'curl', 'rm', 'ls', 'ln', 'mv', 'stat']);
+const checkStep = (s: BatchStep, i: number): object => {
+  const field = `steps[${i}]`;
+  const h = helperArgs(s.argv);
+  if (h) {
+    if (!HELPER_MODES.includes(h[0] ?? '')) throw invalidInput(field, 'names no helper mode');
+  } else if (
+    s.argv.join('\0') !== ['cat', '--', ACTIVE_SLOT_PATH].join('\0') &&
+    !BATCH_PROGRAMS.has(s.argv[0] ?? '')
+  )
+    throw invalidInput(field, 'is not one of the swap commands');
+  if (s.match !== undefined && (s.match.length > 200 || !/^[\w\s:^$\\.|()*+?-]*$/.test(s.match)))
+    throw invalidInput(`${field}.match`, 'must be a short pattern');
+  const ms = (n: number, max: number): number => {
+    if (!Number.isInteger(n) || n < 0 || n > max) throw invalidInput(`${field}.poll`, `must be 0-${max} ms`);
+    return n;
+  };
+  return {
+    ...(h ? { helper: h } : { argv: [...s.argv] }),
+    ...(s.stdin ? { stdin: true } : {}),
+    ...(s.match !== undefined ? { match: s.match } : {}),
+    ...(s.poll ? { poll: { everyMs: ms(s.poll.everyMs, 10_000), forMs: ms(s.poll.forMs, 3_600_000) } } : {}),
+    ...(s.required ? { required: true } : {}),
+  };
+};
+
+/** A batch's steps (each helper step back as its full argv), or undefined for another command. */
+export const decodeBatch = (argv: Argv): BatchStep[] | undefined => {
+  const h = helperArgs(argv);
+  if (h?.[0] !== 'batch' || h[1] === undefined) return undefined;
+  const { steps } = JSON.parse(h[1]) as {
+    steps: (Omit<BatchStep, 'argv'> & { argv?: string[]; helper?: string[] })[];
+  };
+  return steps.map(({ argv: a, helper: hp, ...rest }) => ({
+    ...rest,
+    argv: hp ? [...HELPER, ...hp] : (a ?? []),
+  }));
+};
+
+/** The answers of a batch, one per step that ran (fewer when a required step stopped it). */
+export const parseBatchOutput = (stdout: string): ExecResult[] =>
+  stdout
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .flatMap((l) => {
+      try {
+        const v = JSON.parse(l) as { code?: unknown; out?: unknown; err?: unknown };
+        if (typeof v.code !== 'number' || typeof v.out !== 'string' || typeof v.err !== 'string') return [];
+        return [{ code: v.code, stdout: Buffer.from(v.out, 'base64'), stderr: Buffer.from(v.err, 'base64') }];
+      } catch {
+        return [];
+      }
+    });
 
 export const swapCommands = {
+  /**
+   * Several of these commands in ONE remote command (one SSH round trip): the host helper runs
+   * them in order, polls where asked, stops at a required step that is not done, and prints each
+   * answer (exit code, output) as it comes. Standard input, if any, goes to the steps marked
+   * `stdin` only. Only the swap's own programs are accepted.
+   */
+  batch: (steps: readonly BatchStep[]): Argv => {
+    if (steps.length === 0 || steps.length > 64) throw invalidInput('steps', 'must be 1-64 steps');
+    return helper('batch', JSON.stringify({ steps: steps.map(checkStep) }));
+  },
+  /**
+   * For each variable of the unit's running process: its name and HMAC-SHA256(nonce, value), the
+   * nonce (hex) read from standard input (see agentCommands.environDigests). Exit 3: no process.
+   */
+  unitDigests: (u: string): Argv => helper('digests', slotUnit(u)),
+  /**
+   * Poll http://127.0.0.1:<port><path> from the host every 100 ms until 200 (exit 0), the unit
+   * crash-looping (exit 1, `crashloop <restarts> <state>`) or `timeoutMs` (exit 2, `timeout <state>`).
+   */
+  waitHealthyLoopback: (u: string, agentPort: number, path: string, timeoutMs: number): Argv => {
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 3_600_000)
+      throw invalidInput('timeoutMs', 'must be 0-3600000');
+    return helper('wait-healthy', slotUnit(u), port(agentPort), httpPath(path), String(timeoutMs));
+  },
+  /**
+   * The TCP sockets listening on a local port, any address, with the processes holding them, and
+   * each holder's `/proc/<pid>/cgroup` (JSON `{ss, cgroups}`): who answers on a slot's port.
+   */
+  portHolders: (agentPort: number): Argv => helper('port-holders', port(agentPort)),
+  /** The active-slot record, written atomically on the host (root:root 0600 in a 0700 directory). */
+  writeActiveSlot: (slot: AgentSlot): Argv => {
+    if (!isAgentSlot(slot)) throw invalidInput('slot', 'must be blue or green');
+    return helper('write-record', slot);
+  },
   start: (u: string): Argv => ['systemctl', 'start', unit(u)],
   stop: (u: string): Argv => ['systemctl', 'stop', unit(u)],
   disable: (u: string): Argv => ['systemctl', 'disable', unit(u)],
@@ -59,24 +189,6 @@ export const swapCommands = {
     'established',
     `( sport = :${port(agentPort)} )`,
   ],
-  /**
-   * The TCP sockets listening on a local port, any address, with the processes holding them
-   * (`users:(("python3",pid=812,fd=3))`): who answers on a slot's port.
-   */
-  listenersOn: (agentPort: number): Argv => [
-    'ss',
-    '-H',
-    '-l',
-    '-t',
-    '-n',
-    '-p',
-    `( sport = :${port(agentPort)} )`,
-  ],
-  /** A process's cgroup membership (`0::/system.slice/…/cortex-agent@green.service`): which unit runs it. */
-  processCgroup: (pid: number): Argv => {
-    if (!Number.isInteger(pid) || pid < 2) throw invalidInput('pid', 'must be a process id');
-    return ['cat', '--', `/proc/${pid}/cgroup`];
-  },
   /**
    * GET https://<site>:<port><path> through Caddy on this host (the name resolved to 127.0.0.1),
    * the certificate verified against Caddy's local CA root (`localCa`) or the system's store.
@@ -150,3 +262,22 @@ export const cgroupIsUnit = (cgroupFile: string, unit: string): boolean =>
     .split('\n')
     .map((l) => /^\d+:(?:name=systemd)?:(\/.*)$/.exec(l.trim())?.[1])
     .some((path) => path !== undefined && path.endsWith(`/${unit}`));
+
+/**
+ * The listening sockets on a port and the cgroup of each holder (`portHolders`' JSON), or undefined
+ * when the answer is not that.
+ */
+export const parsePortHolders = (
+  stdout: string,
+): { sockets: number[][]; cgroups: ReadonlyMap<number, string> } | undefined => {
+  try {
+    const v = JSON.parse(stdout) as { ss?: unknown; cgroups?: unknown };
+    if (typeof v.ss !== 'string' || typeof v.cgroups !== 'object' || v.cgroups === null) return undefined;
+    const cgroups = new Map<number, string>();
+    for (const [pid, c] of Object.entries(v.cgroups as Record<string, unknown>))
+      if (/^\d{1,10}$/.test(pid) && typeof c === 'string') cgroups.set(Number(pid), c);
+    return { sockets: parseListenerPids(v.ss), cgroups };
+  } catch {
+    return undefined;
+  }
+};

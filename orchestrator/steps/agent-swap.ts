@@ -1,19 +1,20 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { OrchestratorError, invalidInput } from '../errors';
-import { agentCommands, parseMainPid } from '../remote/agent-commands';
+import { agentCommands } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
-import type { ExecOptions, RemoteShell } from '../remote/ssh-shell';
+import type { ExecOptions, ExecResult, RemoteShell } from '../remote/ssh-shell';
 import {
   cgroupIsUnit,
   parseActiveSlot,
-  parseListenerPids,
+  parseBatchOutput,
+  parsePortHolders,
   parseUpstreamRoute,
   swapCommands,
+  type BatchStep,
 } from '../remote/swap-commands';
 import type { Secret } from '../secret';
 import {
-  ACTIVE_SLOT_PATH,
   AGENT_SLOTS,
   ENV_DIR,
   FIRST_SLOT,
@@ -107,10 +108,9 @@ export interface AgentSwapOptions {
 
 export const swapModeOf = (runtime: RuntimeName): SwapMode => runtimeProfile(runtime).swapMode;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-/** A process restarted this often while we wait is crash-looping: not healthy, do not wait longer. */
-const CRASH_LOOP_RESTARTS = 3;
 const THROUGH_CADDY_TIMEOUT_MS = 20_000;
+/** How often a host-side poll asks again (health through Caddy, drain). */
+const POLL_EVERY_MS = 100;
 
 interface CaddyView {
   /** The agent site Caddy serves and its HTTPS port. */
@@ -142,9 +142,8 @@ const findDial = (node: Json, depth = 0): string | undefined => {
   return undefined;
 };
 
-/** Caddy's live config over the admin socket: the site, and where its reverse_proxy points. */
-const readCaddy = async (shell: RemoteShell, o: ExecOptions): Promise<CaddyView | undefined> => {
-  const r = await shell.exec(agentCommands.caddyAdminProbe(), o);
+/** Caddy's live config (from its admin socket): the site, and where its reverse_proxy points. */
+const parseCaddy = (r: ExecResult): CaddyView | undefined => {
   if (r.code !== 0) return undefined;
   try {
     const cfg = JSON.parse(r.stdout.toString('utf8')) as {
@@ -171,21 +170,36 @@ const readCaddy = async (shell: RemoteShell, o: ExecOptions): Promise<CaddyView 
   return undefined;
 };
 
-/** Does `unit`'s running process hold exactly `env` (and no other customer variable)? */
-const runsWith = async (
+const NOT_RUN: ExecResult = { code: 255, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+const out = (r: ExecResult): string => r.stdout.toString('utf8').trim();
+
+/**
+ * Run steps on the host in ONE round trip (swapCommands.batch); one answer per step, `NOT_RUN` for
+ * a step after a required one that was not done. The command's deadline covers every poll in it.
+ */
+const runBatch = async (
   shell: RemoteShell,
-  unit: string,
-  env: ReadonlyMap<string, Secret>,
+  steps: readonly BatchStep[],
   o: ExecOptions,
-): Promise<boolean> => {
-  if ((await shell.exec(agentCommands.isActive(unit), o)).code !== 0) return false;
-  const pid = parseMainPid((await shell.exec(agentCommands.mainPid(unit), o)).stdout.toString('utf8'));
-  if (pid < 2) return false;
-  const nonce = randomBytes(32);
-  const r = await shell.exec(agentCommands.environDigests(pid), {
+  extra: { readonly stdin?: string; readonly boundMs?: number } = {},
+): Promise<ExecResult[]> => {
+  const timeoutMs = 60_000 + (extra.boundMs ?? 0) + steps.reduce((t, s) => t + (s.poll?.forMs ?? 0), 0);
+  const r = await shell.exec(swapCommands.batch(steps), {
     ...o,
-    stdin: `${nonce.toString('hex')}\n`,
+    timeoutMs,
+    ...(extra.stdin !== undefined ? { stdin: extra.stdin } : {}),
   });
+  const results = parseBatchOutput(r.stdout.toString('utf8'));
+  if (results.length === 0)
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `the swap's host helper exited ${r.code} before its first step`,
+    );
+  return steps.map((_, i) => results[i] ?? NOT_RUN);
+};
+
+/** Did the unit's running process hold exactly `env` (and no other customer variable)? */
+const digestsMatch = (r: ExecResult, nonce: Buffer, env: ReadonlyMap<string, Secret>): boolean => {
   if (r.code !== 0) return false;
   const remote = new Map(
     r.stdout
@@ -205,216 +219,222 @@ const runsWith = async (
   return true;
 };
 
-const stateOf = async (shell: RemoteShell, unit: string, o: ExecOptions): Promise<string> =>
-  (await shell.exec(agentCommands.unitState(unit), o)).stdout
+/**
+ * Does every socket listening on the new slot's port belong to a process of `unit` (and is there
+ * one)? A 200 on the port proves nothing else: both slots run as one dynamic user, so the serving
+ * slot's agent could have bound the idle slot's port first (the new instance then fails with
+ * EADDRINUSE and the probe reaches the impostor). Read on the host as root: `ss -p` for the
+ * holders, their `/proc/<pid>/cgroup` for the unit (swapCommands.portHolders).
+ */
+const portOwnedBy = (r: ExecResult, unit: string): boolean => {
+  if (r.code !== 0) return false;
+  const h = parsePortHolders(r.stdout.toString('utf8'));
+  if (!h || h.sockets.length === 0 || h.sockets.some((pids) => pids.length === 0)) return false;
+  return [...new Set(h.sockets.flat())].every((pid) => {
+    const c = h.cgroups.get(pid);
+    return pid >= 2 && c !== undefined && cgroupIsUnit(c, unit);
+  });
+};
+
+/** Why the HTTPS probe through Caddy (polled on the host) did not answer 200, or undefined. */
+const throughCaddyFailed = (r: ExecResult, timeoutMs: number): string | undefined => {
+  const code = out(r);
+  if (r.code === 0 && code === '200') return undefined;
+  const last = r === NOT_RUN ? 'not run' : /^[1-5]\d\d$/.test(code) ? `HTTP ${code}` : `curl exit ${r.code}`;
+  return `not healthy through Caddy within ${Math.round(timeoutMs / 1000)} s (last: ${last})`;
+};
+
+const stateWords = (r: ExecResult): string =>
+  r.stdout
     .toString('utf8')
     .split('\n')
     .map((l) => l.trim())
     .filter((l) => /^[a-z0-9-]{1,32}$/.test(l))
     .join('/') || 'unknown';
 
-/**
- * Does every socket listening on `port` belong to a process of `unit` (and is there one)? A 200 on
- * the port proves nothing else: both slots run as one dynamic user, so the serving slot's agent
- * could have bound the idle slot's port first (the new instance then fails with EADDRINUSE and the
- * probe reaches the impostor). Read from the host as root: `ss -p` for the holders, their
- * `/proc/<pid>/cgroup` for the unit.
- */
-const portOwnedBy = async (
-  shell: RemoteShell,
-  unit: string,
-  port: number,
-  o: ExecOptions,
-): Promise<boolean> => {
-  const r = await shell.exec(swapCommands.listenersOn(port), o);
-  if (r.code !== 0) return false;
-  const sockets = parseListenerPids(r.stdout.toString('utf8'));
-  if (sockets.length === 0 || sockets.some((pids) => pids.length === 0)) return false;
-  for (const pid of new Set(sockets.flat())) {
-    if (pid < 2) return false;
-    const c = await shell.exec(swapCommands.processCgroup(pid), o);
-    if (c.code !== 0 || !cgroupIsUnit(c.stdout.toString('utf8'), unit)) return false;
-  }
-  return true;
-};
-
-type Unhealthy = { readonly reason: string; readonly code?: SwapFailureCode };
-
-/**
- * Poll an instance's health path on its own port, from the host, until 200 from a process of
- * `unit` (a 200 from anyone else fails at once), a crash loop or the deadline.
- */
-const waitHealthyDirect = async (
-  shell: RemoteShell,
-  unit: string,
-  port: number,
-  path: string,
-  timeoutMs: number,
-  o: ExecOptions,
-): Promise<Unhealthy | undefined> => {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (o.signal?.aborted) throw new OrchestratorError('aborted', 'the swap was aborted');
-    // The deadline is checked before each probe: an answer begun after it does not count.
-    const inTime = Date.now() < until;
-    const r = await shell.exec(swapCommands.httpProbeLoopback(port, path), o);
-    if (inTime && r.code === 0 && r.stdout.toString('utf8').trim() === '200') {
-      if (await portOwnedBy(shell, unit, port, o)) return undefined;
-      return {
-        reason: `port ${port} is held by a process outside ${unit}: its answer does not count`,
-        code: 'port_held_by_foreign_process',
-      };
-    }
-    const restarts = Number(
-      (await shell.exec(swapCommands.restarts(unit), o)).stdout.toString('utf8').trim(),
-    );
-    const state = await stateOf(shell, unit, o);
-    if (restarts >= CRASH_LOOP_RESTARTS || state.startsWith('failed'))
-      return {
-        reason: `${unit} is not healthy: it keeps exiting (${Number.isInteger(restarts) ? restarts : '?'} restarts; ${state})`,
-      };
-    if (Date.now() >= until)
-      return {
-        reason: `${unit} was not healthy on port ${port} within ${Math.round(timeoutMs / 1000)} s (${state})`,
-      };
-    await sleep(250);
-  }
-};
-
-/** Poll the agent's health path through Caddy (HTTPS, certificate verified) from the host. */
-const waitHealthyThroughCaddy = async (
-  shell: RemoteShell,
-  view: CaddyView,
-  path: string,
-  timeoutMs: number,
-  o: ExecOptions,
-): Promise<string | undefined> => {
-  const localCa = (await shell.exec(agentCommands.stat(caddyLocalRootCaPath()), o)).code === 0;
-  const argv = swapCommands.httpsProbeThroughCaddy({
-    siteName: view.siteName,
-    httpsPort: view.httpsPort,
-    path,
-    localCa,
-  });
-  const until = Date.now() + timeoutMs;
-  let last = 'no answer';
-  for (;;) {
-    if (o.signal?.aborted) throw new OrchestratorError('aborted', 'the swap was aborted');
-    const r = await shell.exec(argv, o);
-    const code = r.stdout.toString('utf8').trim();
-    if (r.code === 0 && code === '200') return undefined;
-    last = /^[1-5]\d\d$/.test(code) ? `HTTP ${code}` : `curl exit ${r.code}`;
-    if (Date.now() >= until)
-      return `not healthy through Caddy within ${Math.round(timeoutMs / 1000)} s (last: ${last})`;
-    await sleep(250);
-  }
-};
-
-const writeRecord = (shell: RemoteShell, slot: AgentSlot, o: ExecOptions): Promise<void> =>
-  shell.writeFileAtomic(ACTIVE_SLOT_PATH, Buffer.from(`${slot}\n`), { mode: 0o600, dirMode: 0o700, ...o });
-
-/** The slot port the service port is routed to now (the live nft rule), if any. */
-const liveRoute = async (
-  shell: RemoteShell,
-  basePort: number,
-  o: ExecOptions,
-): Promise<number | undefined> => {
-  const r = await shell.exec(swapCommands.upstreamRoute(), o);
-  return r.code === 0 ? parseUpstreamRoute(r.stdout.toString('utf8'), basePort) : undefined;
-};
-
-/**
- * Move traffic: the record names `slot`, and the upstream unit re-applies the redirect from it
- * (one nft transaction: open connections keep their instance, new ones go to `slot`). Caddy's
- * config is not touched. Checked in the live rule.
- */
-const routeTo = async (
-  shell: RemoteShell,
-  slot: AgentSlot,
-  basePort: number,
-  o: ExecOptions,
-): Promise<string | undefined> => {
-  await writeRecord(shell, slot, o);
-  const r = await shell.exec(agentCommands.restart(UPSTREAM_UNIT), o);
-  if (r.code !== 0)
-    return `${UPSTREAM_UNIT} did not apply the route (${await stateOf(shell, UPSTREAM_UNIT, o)})`;
-  if ((await liveRoute(shell, basePort, o)) !== slotPort(basePort, slot))
+/** The route to `slot`: record written, upstream unit re-applied, the live rule checked (a required step). */
+const routeSteps = (slot: AgentSlot, basePort: number): BatchStep[] => [
+  { argv: swapCommands.writeActiveSlot(slot), required: true },
+  { argv: agentCommands.restart(UPSTREAM_UNIT) },
+  { argv: agentCommands.unitState(UPSTREAM_UNIT) },
+  {
+    argv: swapCommands.upstreamRoute(),
+    match: `tcp dport ${basePort} redirect to :${slotPort(basePort, slot)}\\b`,
+    required: true,
+  },
+];
+/** What `routeSteps`' answers say: undefined when traffic goes to `slot`. */
+const routeFailed = (r: readonly ExecResult[], slot: AgentSlot, basePort: number): string | undefined => {
+  const [record = NOT_RUN, restart = NOT_RUN, state = NOT_RUN, rule = NOT_RUN] = r;
+  if (record.code !== 0) return `the active-slot record was not written (exit ${record.code})`;
+  if (restart.code !== 0) return `${UPSTREAM_UNIT} did not apply the route (${stateWords(state)})`;
+  if (
+    rule.code !== 0 ||
+    parseUpstreamRoute(rule.stdout.toString('utf8'), basePort) !== slotPort(basePort, slot)
+  )
     return `the live route does not lead to slot ${slot}`;
   return undefined;
 };
 
 /** Stop a slot and forget its failures; its env file is removed (no value of an idle slot stays on disk). */
-const discardSlot = async (shell: RemoteShell, slot: AgentSlot, o: ExecOptions): Promise<void> => {
-  const unit = agentUnitName(slot);
-  await shell.exec(swapCommands.stop(unit), o);
-  await shell.exec(agentCommands.resetFailed(unit), o);
-  await shell.exec(agentCommands.removeFile(slotEnvFilePath(slot)), o);
-};
+const discardSteps = (slot: AgentSlot): BatchStep[] => [
+  { argv: swapCommands.disable(agentUnitName(slot)) },
+  { argv: swapCommands.stop(agentUnitName(slot)) },
+  { argv: agentCommands.resetFailed(agentUnitName(slot)) },
+  { argv: agentCommands.removeFile(slotEnvFilePath(slot)) },
+];
 
-/** Wait until no TCP connection is left to the old instance's port, at most `seconds`. */
-const drain = async (shell: RemoteShell, port: number, seconds: number, o: ExecOptions): Promise<void> => {
-  const until = Date.now() + seconds * 1000;
-  while (Date.now() < until) {
-    const r = await shell.exec(swapCommands.establishedTo(port), o);
-    if (r.code === 0 && r.stdout.toString('utf8').trim() === '') return;
-    await sleep(200);
-  }
-};
+interface Where {
+  readonly serving: AgentSlot;
+  /** The slot the live nft rule leads to, if any. */
+  readonly live: AgentSlot | undefined;
+  readonly caddy: CaddyView;
+  /** Caddy's local CA root is on the host (the HTTPS probe verifies against it). */
+  readonly localCa: boolean;
+  /** Does the slot's running process hold the requested environment (nonce HMACs)? */
+  readonly runs: (slot: AgentSlot) => boolean;
+}
 
 /**
- * The end state around a serving slot: the record names it, it starts at boot and the other does
- * not, the other is drained and stopped, and no env file but the serving one is left (nor a kept
- * previous one, nor a temp file of a cut write).
+ * Where the host is, in one round trip: Caddy's site, the record, the live route (the truth about
+ * traffic; a cut run may have written the record and not applied it yet), and, given `env`, the
+ * HMAC digests of both slots' running environments under a fresh nonce (sent on standard input).
+ */
+const look = async (
+  shell: RemoteShell,
+  basePort: number,
+  o: ExecOptions,
+  env?: ReadonlyMap<string, Secret>,
+): Promise<Where | { reason: string }> => {
+  const nonce = randomBytes(32);
+  const r = await runBatch(
+    shell,
+    [
+      { argv: agentCommands.caddyAdminProbe() },
+      { argv: swapCommands.activeSlot() },
+      { argv: swapCommands.upstreamRoute() },
+      { argv: agentCommands.stat(caddyLocalRootCaPath()) },
+      ...(env
+        ? AGENT_SLOTS.map((s) => ({ argv: swapCommands.unitDigests(agentUnitName(s)), stdin: true }))
+        : []),
+    ],
+    o,
+    env ? { stdin: `${nonce.toString('hex')}\n` } : {},
+  );
+  const [caddyAnswer = NOT_RUN, record = NOT_RUN, rule = NOT_RUN, ca = NOT_RUN] = r;
+  const caddy = parseCaddy(caddyAnswer);
+  if (!caddy) return { reason: "Caddy's admin API did not answer with the agent's site" };
+  const port = rule.code === 0 ? parseUpstreamRoute(rule.stdout.toString('utf8'), basePort) : undefined;
+  const live = port === undefined ? undefined : slotOfPort(basePort, port);
+  return {
+    serving: live ?? parseActiveSlot(record.code === 0 ? record.stdout.toString('utf8') : '') ?? FIRST_SLOT,
+    live,
+    caddy,
+    localCa: ca.code === 0,
+    runs: (slot) =>
+      env !== undefined && digestsMatch(r[4 + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN, nonce, env),
+  };
+};
+
+const caddyProbe = (at: Where, path: string, forMs: number): BatchStep => ({
+  argv: swapCommands.httpsProbeThroughCaddy({
+    siteName: at.caddy.siteName,
+    httpsPort: at.caddy.httpsPort,
+    path,
+    localCa: at.localCa,
+  }),
+  match: '^200$',
+  poll: { everyMs: POLL_EVERY_MS, forMs },
+});
+
+/**
+ * The end state around a serving slot, in one round trip (two when a cut write left a temp file):
+ * the route leads to it and the record names it, it starts at boot and the other does not, the
+ * other is drained (no TCP connection left to its port, polled, at most `drainSeconds`) and
+ * stopped, and no env file but the serving one is left (nor a kept previous one). With `probe`,
+ * the end-to-end check through Caddy closes the batch; its answer is returned.
  */
 const settle = async (
   shell: RemoteShell,
+  at: Where,
   serving: AgentSlot,
   basePort: number,
   drainSeconds: number,
   o: ExecOptions,
-): Promise<void> => {
+  opts: { readonly routed: boolean; readonly probe?: BatchStep },
+): Promise<ExecResult> => {
   const old = otherSlot(serving);
-  // The route leads to the serving slot (a flushed ruleset, or a record a cut run left pointing
-  // elsewhere, is put right: the record is what the upstream unit applies at boot).
-  if ((await liveRoute(shell, basePort, o)) !== slotPort(basePort, serving)) {
-    const reason = await routeTo(shell, serving, basePort, o);
+  // A flushed ruleset, or a record a cut run left pointing elsewhere, is put right (the record is
+  // what the upstream unit applies at boot).
+  const route: BatchStep[] = opts.routed
+    ? []
+    : at.live === serving
+      ? [{ argv: swapCommands.writeActiveSlot(serving), required: true }]
+      : routeSteps(serving, basePort);
+  const rest: BatchStep[] = [
+    { argv: agentCommands.enable(agentUnitName(serving)) },
+    { argv: swapCommands.disable(agentUnitName(old)) },
+    {
+      argv: swapCommands.establishedTo(slotPort(basePort, old)),
+      match: '^\\s*$',
+      poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
+    },
+    ...discardSteps(old).slice(1),
+    ...AGENT_SLOTS.map((s) => ({ argv: agentCommands.removeFile(`${slotEnvFilePath(s)}.previous`) })),
+    { argv: agentCommands.listDir(ENV_DIR) },
+    ...(opts.probe ? [opts.probe] : []),
+  ];
+  const r = await runBatch(shell, [...route, ...rest], o);
+  if (route.length > 1) {
+    const reason = routeFailed(r, serving, basePort);
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
-  } else await writeRecord(shell, serving, o);
-  await shell.exec(agentCommands.enable(agentUnitName(serving)), o);
-  await shell.exec(swapCommands.disable(agentUnitName(old)), o);
-  if ((await shell.exec(agentCommands.isActive(agentUnitName(old)), o)).code === 0)
-    await drain(shell, slotPort(basePort, old), drainSeconds, o);
-  await discardSlot(shell, old, o);
-  const leftovers = (await shell.exec(agentCommands.listDir(ENV_DIR), o)).stdout
+  } else if (route.length === 1 && r[0]?.code !== 0)
+    throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
+  const listing = r[route.length + rest.length - (opts.probe ? 2 : 1)] ?? NOT_RUN;
+  const leftovers = listing.stdout
     .toString('utf8')
     .split('\n')
     .map((l) => l.trim())
     .filter(
-      (f) =>
-        AGENT_SLOTS.some((s) => f === `agent-${s}.env.previous` || isTempNameFor(`agent-${s}.env`, f)) ||
-        isTempNameFor('active-slot', f),
+      (f) => AGENT_SLOTS.some((s) => isTempNameFor(`agent-${s}.env`, f)) || isTempNameFor('active-slot', f),
     );
-  for (const f of leftovers) await shell.exec(agentCommands.removeFile(`${ENV_DIR}/${f}`), o);
+  if (leftovers.length > 0)
+    await runBatch(
+      shell,
+      leftovers.map((f) => ({ argv: agentCommands.removeFile(`${ENV_DIR}/${f}`) })),
+      o,
+    );
+  return opts.probe ? (r[r.length - 1] ?? NOT_RUN) : NOT_RUN;
 };
 
-interface Where {
-  readonly serving: AgentSlot;
-  readonly caddy: CaddyView;
-}
-
-const where = async (
-  shell: RemoteShell,
-  basePort: number,
-  o: ExecOptions,
-): Promise<Where | { reason: string }> => {
-  const caddy = await readCaddy(shell, o);
-  if (!caddy) return { reason: "Caddy's admin API did not answer with the agent's site" };
-  const record = parseActiveSlot((await shell.exec(swapCommands.activeSlot(), o)).stdout.toString('utf8'));
-  // Traffic goes where the live route says; a cut run may have written the record and not
-  // applied it yet (the route wins: settle() rewrites the record to agree).
-  const port = await liveRoute(shell, basePort, o);
-  const live = port === undefined ? undefined : slotOfPort(basePort, port);
-  return { serving: live ?? record ?? FIRST_SLOT, caddy };
+/** Why the new slot is not healthy (its start, its health wait and its port owner's answers). */
+const slotUnhealthy = (
+  unit: string,
+  port: number,
+  timeoutMs: number,
+  [started = NOT_RUN, waited = NOT_RUN, holders = NOT_RUN]: readonly ExecResult[],
+): { readonly reason: string; readonly code?: SwapFailureCode } | undefined => {
+  const [word = '', a = '', b = ''] = out(waited).split(' ');
+  const state = word === 'timeout' ? a || 'unknown' : b || 'unknown';
+  if (started.code !== 0) return { reason: `${unit} did not start (${state})` };
+  if (waited.code === 0 && word === 'healthy')
+    return portOwnedBy(holders, unit)
+      ? undefined
+      : {
+          reason: `port ${port} is held by a process outside ${unit}: its answer does not count`,
+          code: 'port_held_by_foreign_process',
+        };
+  if (word === 'crashloop') {
+    const restarts = Number(a);
+    return {
+      reason: `${unit} is not healthy: it keeps exiting (${Number.isInteger(restarts) && restarts >= 0 ? restarts : '?'} restarts; ${state})`,
+    };
+  }
+  if (word === 'timeout')
+    return {
+      reason: `${unit} was not healthy on port ${port} within ${Math.round(timeoutMs / 1000)} s (${state})`,
+    };
+  return { reason: `${unit} was not health-checked (helper exit ${waited.code})` };
 };
 
 const blueGreen = async (
@@ -427,6 +447,7 @@ const blueGreen = async (
   const profile = runtimeProfile(input.runtime);
   const base = profile.port;
   const drainSeconds = opts.drainSeconds ?? 30;
+  const healthMs = opts.healthTimeoutMs ?? 60_000;
   const { serving } = at;
   const done = (slot: AgentSlot): AgentSwapResult => ({ mode: 'blue-green', healthy: true, slot });
   const failed = (reason: string, code?: SwapFailureCode): AgentSwapResult => ({
@@ -439,52 +460,66 @@ const blueGreen = async (
 
   // A retry after the switch (or a swap to the environment it already runs): only finish up,
   // and check it end to end like a swap.
-  if (await runsWith(shell, agentUnitName(serving), input.env, o)) {
-    await settle(shell, serving, base, drainSeconds, o);
-    const reason = await waitHealthyThroughCaddy(
-      shell,
-      at.caddy,
-      profile.healthPath,
-      THROUGH_CADDY_TIMEOUT_MS,
-      o,
-    );
+  if (at.runs(serving)) {
+    const probe = await settle(shell, at, serving, base, drainSeconds, o, {
+      routed: false,
+      probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
+    });
+    const reason = throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS);
     return reason ? failed(reason) : done(serving);
   }
 
-  // 1. The idle slot, from scratch, with the new environment.
+  // 1. The idle slot, from scratch, with the new environment (over SFTP: the value is on no
+  // command line), started and polled on its own port from the host; its port must be its own.
   const target = otherSlot(serving);
   const unit = agentUnitName(target);
   const port = slotPort(base, target);
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
-  await shell.exec(swapCommands.stop(unit), o);
-  await shell.exec(agentCommands.resetFailed(unit), o);
   await shell.writeFileAtomic(slotEnvFilePath(target), content, { mode: 0o600, dirMode: 0o700, ...o });
-  const started = await shell.exec(swapCommands.start(unit), o);
-  const unhealthy: Unhealthy | undefined =
-    started.code !== 0
-      ? { reason: `${unit} did not start (${await stateOf(shell, unit, o)})` }
-      : await waitHealthyDirect(shell, unit, port, profile.healthPath, opts.healthTimeoutMs ?? 60_000, o);
+  const started = await runBatch(
+    shell,
+    [
+      { argv: swapCommands.stop(unit) },
+      { argv: agentCommands.resetFailed(unit) },
+      { argv: swapCommands.start(unit) },
+      { argv: swapCommands.waitHealthyLoopback(unit, port, profile.healthPath, healthMs), required: true },
+      { argv: swapCommands.portHolders(port) },
+    ],
+    o,
+    { boundMs: healthMs },
+  );
+  const unhealthy = slotUnhealthy(unit, port, healthMs, started.slice(2));
   if (unhealthy) {
-    await discardSlot(shell, target, o);
+    await runBatch(shell, discardSteps(target), o);
     return failed(unhealthy.reason, unhealthy.code);
   }
 
   // 2. Traffic moves (the new slot starts at boot first, so a reboot from here on serves it),
-  // then checked end to end: HTTPS through Caddy.
-  await shell.exec(agentCommands.enable(unit), o);
+  // then checked end to end: HTTPS through Caddy, polled on the host.
+  const moved = await runBatch(
+    shell,
+    [
+      { argv: agentCommands.enable(unit) },
+      ...routeSteps(target, base),
+      caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
+    ],
+    o,
+  );
+  if (moved[1]?.code !== 0)
+    throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
   const notSwitched =
-    (await routeTo(shell, target, base, o)) ??
-    (await waitHealthyThroughCaddy(shell, at.caddy, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS, o));
+    routeFailed(moved.slice(1), target, base) ??
+    throughCaddyFailed(moved[moved.length - 1] ?? NOT_RUN, THROUGH_CADDY_TIMEOUT_MS);
   if (notSwitched) {
-    const back = await routeTo(shell, serving, base, o);
-    if (back) throw new OrchestratorError('remote_command_failed', back);
-    await shell.exec(swapCommands.disable(unit), o);
-    await discardSlot(shell, target, o);
+    // Back to the old slot; only once that route is checked is the new one discarded.
+    const back = await runBatch(shell, [...routeSteps(serving, base), ...discardSteps(target)], o);
+    const reason = routeFailed(back, serving, base);
+    if (reason) throw new OrchestratorError('remote_command_failed', reason);
     return failed(notSwitched);
   }
 
   // 3. The record, boot, the old instance drained and stopped, its env file removed.
-  await settle(shell, target, base, drainSeconds, o);
+  await settle(shell, at, target, base, drainSeconds, o, { routed: true });
   return done(target);
 };
 
@@ -501,38 +536,56 @@ const heldRestart = async (
   const file = slotEnvFilePath(slot);
   const previous = `${file}.previous`;
   const drainSeconds = opts.drainSeconds ?? 30;
-  if (await runsWith(shell, unit, input.env, o)) {
-    await settle(shell, slot, profile.port, drainSeconds, o);
-    const reason = await waitHealthyThroughCaddy(
-      shell,
-      at.caddy,
-      profile.healthPath,
-      THROUGH_CADDY_TIMEOUT_MS,
-      o,
-    );
-    return reason
+  const healthMs = opts.healthTimeoutMs ?? 60_000;
+  const result = (reason: string | undefined): AgentSwapResult =>
+    reason
       ? { mode: 'held-restart', healthy: false, reason, slot }
       : { mode: 'held-restart', healthy: true, slot };
+  if (at.runs(slot)) {
+    const probe = await settle(shell, at, slot, profile.port, drainSeconds, o, {
+      routed: false,
+      probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
+    });
+    return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
   // The previous file stays (a second name for the same inode, root-only) until the new one is proven.
   const kept = (await shell.exec(swapCommands.linkEnvFile(file, previous), o)).code === 0;
   await shell.writeFileAtomic(file, content, { mode: 0o600, dirMode: 0o700, ...o });
-  const restarted = await shell.exec(agentCommands.restart(unit), o);
+  // While it restarts no instance serves and Caddy holds requests for lb_try_duration only: a unit
+  // that does not (re)start, or crash-loops on its own port (from the host), ends the wait at once
+  // (required steps), so the old environment is back within the hold; then end to end via Caddy.
+  // (rotation-gaps.test.ts: 12 failed requests in a 60 s probe before; 0 now.)
+  const port = slotPort(profile.port, slot);
+  const checked = await runBatch(
+    shell,
+    [
+      { argv: agentCommands.restart(unit), required: true },
+      { argv: swapCommands.waitHealthyLoopback(unit, port, profile.healthPath, healthMs), required: true },
+      { argv: swapCommands.portHolders(port) },
+      caddyProbe(at, profile.healthPath, healthMs),
+    ],
+    o,
+    { boundMs: healthMs },
+  );
   const reason =
-    restarted.code !== 0
-      ? `${unit} did not restart (${await stateOf(shell, unit, o)})`
-      : await waitHealthyThroughCaddy(shell, at.caddy, profile.healthPath, opts.healthTimeoutMs ?? 60_000, o);
+    slotUnhealthy(unit, port, healthMs, checked)?.reason ??
+    throughCaddyFailed(checked[3] ?? NOT_RUN, healthMs);
   if (reason === undefined) {
-    await settle(shell, slot, profile.port, drainSeconds, o);
-    return { mode: 'held-restart', healthy: true, slot };
+    await settle(shell, at, slot, profile.port, drainSeconds, o, { routed: false });
+    return result(undefined);
   }
-  if (kept) {
-    await shell.exec(swapCommands.moveEnvFile(previous, file), o);
-    await shell.exec(agentCommands.resetFailed(unit), o);
-    await shell.exec(agentCommands.restart(unit), o);
-  }
-  return { mode: 'held-restart', healthy: false, reason, slot };
+  if (kept)
+    await runBatch(
+      shell,
+      [
+        { argv: swapCommands.moveEnvFile(previous, file) },
+        { argv: agentCommands.resetFailed(unit) },
+        { argv: agentCommands.restart(unit) },
+      ],
+      o,
+    );
+  return result(reason);
 };
 
 export const swapAgentEnvironment = async (
@@ -546,7 +599,7 @@ export const swapAgentEnvironment = async (
     throw invalidInput('mode', `the ${input.runtime} runtime cannot run twice; it swaps by held restart`);
   // Validated before anything on the host changes (names, values; never echoed).
   renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
-  const at = await where(shell, runtimeProfile(input.runtime).port, o);
+  const at = await look(shell, runtimeProfile(input.runtime).port, o, input.env);
   if ('reason' in at) return { mode, healthy: false, reason: at.reason };
   return mode === 'blue-green'
     ? blueGreen(shell, input, opts, at, o)
@@ -558,6 +611,6 @@ export const servingAgentUnit = async (
   shell: RemoteShell,
   basePort: number = AGENT_PORT,
 ): Promise<string> => {
-  const at = await where(shell, basePort, {});
+  const at = await look(shell, basePort, {});
   return agentUnitName('reason' in at ? FIRST_SLOT : at.serving);
 };

@@ -7,6 +7,7 @@ import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-com
 import { ENV_FILE_PATH, renderEnvFile } from '../../orchestrator/remote/env-file';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { run, waitUntilReady, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
+import { decodeBatch, swapCommands } from '../../orchestrator/remote/swap-commands';
 import { OrchestratorError } from '../../orchestrator/errors';
 import { Secret } from '../../orchestrator/secret';
 import { swapAgentEnvironment, type AgentSwapResult } from '../../orchestrator/steps/agent-swap';
@@ -89,14 +90,24 @@ const loop = (get: () => Promise<Got>, clients = 2) => {
   };
 };
 
-/** Wraps a shell so that the first command matching `when` "crashes" the swap (a dropped connection). */
+/**
+ * Wraps a shell so that the swap is cut right before the first command matching `when` (a dropped
+ * connection). A command sent on its own is not run; in a batch (several steps in one round trip,
+ * swapCommands.batch) the steps before it run, as the host helper would have run them before the
+ * connection died, and the rest do not.
+ */
 const crashingShell = (shell: RemoteShell, when: (argv: readonly string[]) => boolean): RemoteShell => {
   let crashed = false;
   return {
     exec: async (argv, opts) => {
-      if (!crashed && when(argv)) {
-        crashed = true;
-        throw new OrchestratorError('ssh_connect_failed', 'simulated crash');
+      if (!crashed) {
+        const steps = decodeBatch(argv);
+        const at = steps ? steps.findIndex((s) => when(s.argv)) : when(argv) ? 0 : -1;
+        if (at >= 0) {
+          crashed = true;
+          if (steps && at > 0) await shell.exec(swapCommands.batch(steps.slice(0, at)), opts);
+          throw new OrchestratorError('ssh_connect_failed', 'simulated crash');
+        }
       }
       return shell.exec(argv, opts);
     },

@@ -120,6 +120,10 @@ describe('the env file stays write-only', () => {
       // swapCommands.httpsProbeThroughCaddy / httpProbeLoopback: URLs only, body discarded; the
       // one file named is Caddy's local CA root (a fixed path)
       'orchestrator/remote/swap-commands.ts: curl',
+      // the swap's host helper (swap-host-script.ts): its modes take a slot unit, a port, a URL
+      // path or a slot, never a file path; it opens /proc/<pid>/environ only to HMAC it under a
+      // one-time key, and /proc/<pid>/cgroup; a batch runs only the swap's own commands
+      'orchestrator/remote/swap-commands.ts: python3',
     ]);
     const found = scan('orchestrator');
     expect(found.filter((r) => !reviewed.has(r))).toEqual([]);
@@ -204,6 +208,42 @@ describe('the env file stays write-only', () => {
     expect(() => swapCommands.linkEnvFile(ENV_FILE_PATH, '/tmp/x')).toThrow(/path/);
     expect(() => swapCommands.moveEnvFile(ENV_FILE_PATH, '/var/www/x.env')).toThrow(/path/);
     expect(swapCommands.linkEnvFile(ENV_FILE_PATH, `${ENV_FILE_PATH}.previous`)[0]).toBe('ln');
+  });
+
+  it("the swap's host helper reads no file it is told, and a batch runs no reader", () => {
+    const script = swapCommands.portHolders(1)[3] as string;
+    // every open() in the helper: the two /proc files by pid, a new temp file, the record's
+    // directory (to fsync it), the batch lock (write-only)
+    expect([...script.matchAll(/\bopen\(([^,)]*)/g)].map((m) => m[1])).toEqual([
+      '"/proc/%d/environ" % pid',
+      '"/proc/%d/cgroup" % pid',
+      'tmp',
+      'ENV_DIR',
+      'LOCK',
+    ]);
+    expect(script).toContain('LOCK = "/run/cortex-swap.lock"');
+    expect(script).not.toMatch(/\b(exec|eval|os\.system|shell=True)\b/);
+    expect(script).toContain('hmac.new(key, v, hashlib.sha256).hexdigest()');
+    for (const bad of [ENV_FILE_PATH, '/etc/cortex/agent-blue.env', '../agent-blue.env'])
+      expect(() => swapCommands.unitDigests(bad)).toThrow(/unit/);
+    expect(() =>
+      swapCommands.waitHealthyLoopback('cortex-agent@blue.service', 1, ENV_FILE_PATH, 1),
+    ).not.toThrow(); // a URL path
+    expect(() =>
+      swapCommands.waitHealthyLoopback(
+        'cortex-agent@blue.service',
+        1,
+        'file:///etc/cortex/agent-blue.env',
+        1,
+      ),
+    ).toThrow(/path/);
+    for (const reader of [
+      ['cat', '--', ENV_FILE_PATH],
+      ['python3', '-c', 'x'],
+      ['sh', '-c', 'x'],
+      ['cp', ENV_FILE_PATH, '/tmp/x'],
+    ])
+      expect(() => swapCommands.batch([{ argv: reader }])).toThrow(/steps\[0\]/);
   });
 
   it('nothing in orchestrator/ reads a remote file over SFTP', () => {

@@ -1,10 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import type { ExecResult, RemoteShell } from '../../../orchestrator/remote/ssh-shell';
 import {
+  decodeBatch,
   parseActiveSlot,
+  parseBatchOutput,
   parseUpstreamRoute,
   swapCommands,
 } from '../../../orchestrator/remote/swap-commands';
+import { ACTIVE_SLOT_PATH } from '../../../templates/agent-slots';
 import { Secret } from '../../../orchestrator/secret';
 import { swapAgentEnvironment, swapModeOf } from '../../../orchestrator/steps/agent-swap';
 import { slotOfPort, slotPort } from '../../../templates/agent-slots';
@@ -90,17 +93,108 @@ describe('swap commands', () => {
   });
 });
 
+describe('a batch: several swap commands in one round trip', () => {
+  it('carries its steps as data, each helper step by mode (no nested script), and decodes back', () => {
+    const steps = [
+      { argv: swapCommands.activeSlot() },
+      { argv: swapCommands.unitDigests('cortex-agent@blue.service'), stdin: true },
+      {
+        argv: swapCommands.establishedTo(18790),
+        match: '^\\s*$',
+        poll: { everyMs: 100, forMs: 30_000 },
+      },
+      { argv: swapCommands.start('cortex-agent@green.service'), required: true },
+    ];
+    const argv = swapCommands.batch(steps);
+    expect(argv.slice(0, 3)).toEqual(['python3', '-I', '-c']);
+    expect(argv[4]).toBe('batch');
+    expect(argv).toHaveLength(6);
+    // the helper's source is sent once, not once per helper step
+    expect(argv[5]).not.toContain('import ');
+    expect(JSON.parse(argv[5] as string).steps[1]).toEqual({
+      helper: ['digests', 'cortex-agent@blue.service'],
+      stdin: true,
+    });
+    expect(decodeBatch(argv)).toEqual(steps);
+    expect(decodeBatch(swapCommands.activeSlot())).toBeUndefined();
+    expect(decodeBatch(swapCommands.unitDigests('cortex-agent@blue.service'))).toBeUndefined();
+  });
+
+  it('refuses anything but the swap commands: no reader of a named file, no shell, no other script', () => {
+    for (const argv of [
+      ['cat', '--', '/etc/cortex/agent-blue.env'],
+      ['cat', ACTIVE_SLOT_PATH],
+      ['sh', '-c', 'cat /etc/cortex/agent-blue.env'],
+      ['python3', '-I', '-c', 'print(open("/etc/cortex/agent-blue.env").read())'],
+      ['python3', '-I', '-c', swapCommands.portHolders(1)[3] as string, 'batch', '{"steps":[]}'],
+      ['base64', '/etc/cortex/agent-blue.env'],
+      ['xargs', 'cat'],
+    ])
+      expect(() => swapCommands.batch([{ argv }])).toThrow(/steps\[0\]/);
+    expect(swapCommands.batch([{ argv: ['cat', '--', ACTIVE_SLOT_PATH] }])).toHaveLength(6);
+    expect(() => swapCommands.batch([])).toThrow(/steps/);
+    expect(() =>
+      swapCommands.batch([{ argv: swapCommands.activeSlot(), poll: { everyMs: -1, forMs: 10 } }]),
+    ).toThrow(/poll/);
+    expect(() => swapCommands.batch([{ argv: swapCommands.activeSlot(), match: '[^a]{99}' }])).toThrow(
+      /match/,
+    );
+  });
+
+  it("the helper's modes validate their arguments before anything runs", () => {
+    expect(swapCommands.unitDigests('cortex-agent@green.service').slice(4)).toEqual([
+      'digests',
+      'cortex-agent@green.service',
+    ]);
+    for (const bad of ['cortex-upstream.service', 'ssh.service', 'cortex-agent@blue.service x'])
+      expect(() => swapCommands.unitDigests(bad)).toThrow(/unit/);
+    expect(
+      swapCommands.waitHealthyLoopback('cortex-agent@blue.service', 18790, '/health', 60_000).slice(4),
+    ).toEqual(['wait-healthy', 'cortex-agent@blue.service', '18790', '/health', '60000']);
+    expect(() => swapCommands.waitHealthyLoopback('cortex-agent@blue.service', 18790, '/h?x', 1)).toThrow(
+      /path/,
+    );
+    expect(() => swapCommands.waitHealthyLoopback('cortex-agent@blue.service', 18790, '/h', -1)).toThrow(
+      /timeoutMs/,
+    );
+    expect(swapCommands.writeActiveSlot('green').slice(4)).toEqual(['write-record', 'green']);
+    expect(() => swapCommands.writeActiveSlot('red' as 'blue')).toThrow(/slot/);
+  });
+
+  it('reads the answers line by line; a stopped batch has fewer', () => {
+    const line = (code: number, out: string) =>
+      `${JSON.stringify({ code, out: Buffer.from(out).toString('base64'), err: '' })}\n`;
+    const r = parseBatchOutput(`${line(0, 'blue\n')}${line(3, '')}garbage\n{"code":"x"}\n`);
+    expect(r.map((x) => [x.code, x.stdout.toString()])).toEqual([
+      [0, 'blue\n'],
+      [3, ''],
+    ]);
+    expect(parseBatchOutput('')).toEqual([]);
+  });
+});
+
 describe('swapAgentEnvironment before it touches the host', () => {
   const calls: string[] = [];
+  const sent: (readonly string[])[] = [];
   const shell: RemoteShell = {
     exec: async (argv): Promise<ExecResult> => {
       calls.push(argv.join(' '));
-      return { code: 1, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+      sent.push(argv);
+      // A batch whose every step fails (Caddy's admin API among them).
+      const steps = decodeBatch(argv) ?? [];
+      return {
+        code: 0,
+        stdout: Buffer.from(steps.map(() => `${JSON.stringify({ code: 1, out: '', err: '' })}\n`).join('')),
+        stderr: Buffer.alloc(0),
+      };
     },
     writeFileAtomic: async (p) => void calls.push(`write ${p}`),
     close: async () => undefined,
   };
-  beforeEach(() => (calls.length = 0));
+  beforeEach(() => {
+    calls.length = 0;
+    sent.length = 0;
+  });
 
   it('the runtime profile says the mode: echo blue-green, openclaw held restart (it cannot run twice)', async () => {
     expect(swapModeOf('echo')).toBe('blue-green');
@@ -138,8 +232,14 @@ describe('swapAgentEnvironment before it touches the host', () => {
       healthy: false,
       reason: expect.stringMatching(/admin API/) as unknown,
     });
-    // Only the read of Caddy's config was sent: no write, no start, no stop.
+    // Only the first look was sent (reads: Caddy's config, the record, the route, digests): no
+    // write, no start, no stop.
     expect(calls).toHaveLength(1);
-    expect(calls[0]).toMatch(/^curl .*--unix-socket/);
+    // (a helper step's argv is shown without the helper's source)
+    const steps = (decodeBatch(sent[0] ?? []) ?? []).map((s) =>
+      (s.argv[0] === 'python3' ? s.argv.slice(4) : s.argv).join(' '),
+    );
+    expect(steps[0]).toMatch(/^curl .*--unix-socket/);
+    expect(steps.join('\n')).not.toMatch(/systemctl (start|stop|restart|enable|disable)|^rm |write-record/m);
   });
 });

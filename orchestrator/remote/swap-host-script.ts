@@ -1,0 +1,252 @@
+/**
+ * The agent swap's host-side helper (issue 11, rotation speed): one Python program, run as
+ * `python3 -I -c <this> <mode> <args…>` by the commands in swap-commands.ts. It exists so that a
+ * swap phase is ONE SSH round trip instead of ten: `batch` runs a list of argv steps (the same
+ * commands as data the swap sent one by one before) in order, repeats a step at a short interval
+ * until its output matches (a poll, bounded), stops early when a required step fails, and prints
+ * one JSON line per finished step as soon as it finishes (a dropped connection kills it at the next
+ * step boundary: the write fails), holding a lock (/run/cortex-swap.lock) so that such a cut batch
+ * and the batches of the next run never overlap on one host. The other modes are the steps whose input depends on an earlier
+ * answer (a process id, a socket's holder), done on the host:
+ *
+ * - `digests <unit>`: HMAC-SHA256(nonce, value) per variable of the unit's running process; the
+ *   nonce (hex, fresh per check) is read from standard input, so nothing derived from a value
+ *   without that one-time key leaves the host. Exit 3: the unit runs no process.
+ * - `wait-healthy <unit> <port> <path> <ms>`: GET http://127.0.0.1:<port><path> every 100 ms until
+ *   200 (`healthy`, exit 0), a crash loop (`crashloop <restarts> <state>`, exit 1) or the deadline
+ *   (`timeout <state>`, exit 2). An answer begun after the deadline does not count. Body discarded.
+ * - `port-holders <port>`: the listening sockets on the port (`ss -p`) and the cgroup of every
+ *   process holding one, as JSON: the orchestrator decides whether they all belong to one unit.
+ * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
+ *   (root:root 0700 directory, temp file O_EXCL 0600, fsync, fchown, rename, directory fsync,
+ *   verified); temp files of a cut write are removed first.
+ *
+ * Nothing here reads a file but /proc/<pid>/environ (digests only) and /proc/<pid>/cgroup, and no
+ * mode takes a path: the env files stay write-only for the orchestrator.
+ */
+export const SWAP_HOST_SCRIPT = String.raw`import base64, fcntl, hashlib, hmac, http.client, json, os, re, stat, subprocess, sys, time
+
+UNIT = re.compile(r"cortex-agent@(blue|green)\.service")
+HTTP_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
+ENV_DIR = "/etc/cortex"
+RECORD = ENV_DIR + "/active-slot"
+LOCK = "/run/cortex-swap.lock"
+STATE_WORD = re.compile(r"[a-z0-9-]{1,32}")
+
+
+class Bad(Exception):
+    pass
+
+
+def run(argv, data=None, timeout=60):
+    try:
+        p = subprocess.run(argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired:
+        return 124, b"", b"timed out\n"
+    except OSError:
+        return 127, b"", b"cannot run\n"
+
+
+def unit_arg(u):
+    if not UNIT.fullmatch(u):
+        raise Bad("unit")
+    return u
+
+
+def int_arg(s, lo, hi):
+    if not re.fullmatch(r"[0-9]{1,10}", s) or not lo <= int(s) <= hi:
+        raise Bad("number")
+    return int(s)
+
+
+def props(unit, names):
+    _, out, _ = run(["systemctl", "show", "--property=" + ",".join(names), unit])
+    d = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        k, s, v = line.partition("=")
+        if s:
+            d[k] = v
+    return d
+
+
+def digests(args, data):
+    unit = unit_arg(args[0])
+    if run(["systemctl", "is-active", "--quiet", unit])[0] != 0:
+        return 3, b""
+    pid = props(unit, ["MainPID"]).get("MainPID", "0")
+    pid = int(pid) if pid.isdigit() else 0
+    if pid < 2:
+        return 3, b""
+    key = bytes.fromhex(data.decode("ascii").split("\n")[0].strip())
+    if len(key) < 16:
+        raise Bad("nonce")
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 3, b""
+    out = []
+    for e in raw.split(b"\0"):
+        n, s, v = e.partition(b"=")
+        if s:
+            out.append(n.decode("ascii", "replace") + " " + hmac.new(key, v, hashlib.sha256).hexdigest() + "\n")
+    return 0, "".join(out).encode()
+
+
+def probe(port, path):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            return r.status
+        finally:
+            c.close()
+    except Exception:
+        return 0
+
+
+def wait_healthy(args, data):
+    unit = unit_arg(args[0])
+    port = int_arg(args[1], 1, 65535)
+    if not HTTP_PATH.fullmatch(args[2]):
+        raise Bad("path")
+    ms = int_arg(args[3], 0, 3600000)
+    until = time.monotonic() + ms / 1000
+    n = 0
+    while True:
+        in_time = time.monotonic() < until
+        if probe(port, args[2]) == 200 and in_time:
+            return 0, b"healthy\n"
+        late = time.monotonic() >= until
+        if n % 5 == 0 or late:
+            p = props(unit, ["NRestarts", "ActiveState", "SubState", "Result", "ExecMainStatus"])
+            words = [p.get(k, "") for k in ("ActiveState", "SubState", "Result", "ExecMainStatus")]
+            state = "/".join(w for w in words if STATE_WORD.fullmatch(w)) or "unknown"
+            r = p.get("NRestarts", "")
+            restarts = int(r) if r.isdigit() else -1
+            if restarts >= 3 or state.startswith("failed"):
+                return 1, ("crashloop %d %s\n" % (restarts, state)).encode()
+            if late:
+                return 2, ("timeout %s\n" % state).encode()
+        n += 1
+        time.sleep(0.1)
+
+
+def port_holders(args, data):
+    port = int_arg(args[0], 1, 65535)
+    code, out, _ = run(["ss", "-H", "-l", "-t", "-n", "-p", "( sport = :%d )" % port])
+    if code != 0:
+        return 1, b""
+    ss = out.decode("utf-8", "replace")
+    cgroups = {}
+    for pid in sorted(set(int(m) for m in re.findall(r"\bpid=(\d{1,10})\b", ss))):
+        try:
+            with open("/proc/%d/cgroup" % pid) as f:
+                cgroups[str(pid)] = f.read(65536)
+        except OSError:
+            cgroups[str(pid)] = ""
+    return 0, json.dumps({"ss": ss, "cgroups": cgroups}).encode()
+
+
+def write_record(args, data):
+    slot = args[0]
+    if slot not in ("blue", "green"):
+        raise Bad("slot")
+    try:
+        st = os.lstat(ENV_DIR)
+    except FileNotFoundError:
+        os.mkdir(ENV_DIR, 0o700)
+        st = os.lstat(ENV_DIR)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Bad("directory")
+    if st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
+        os.chown(ENV_DIR, 0, 0, follow_symlinks=False)
+        os.chmod(ENV_DIR, 0o700)
+        st = os.lstat(ENV_DIR)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
+            raise Bad("directory")
+    for f in os.listdir(ENV_DIR):
+        if re.fullmatch(r"\.active-slot\.tmp-[0-9a-f]{16}", f):
+            os.unlink(ENV_DIR + "/" + f)
+    body = (slot + "\n").encode()
+    tmp = ENV_DIR + "/.active-slot.tmp-" + os.urandom(8).hex()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+        os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    os.rename(tmp, RECORD)
+    dfd = os.open(ENV_DIR, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    st = os.lstat(RECORD)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o600 or st.st_size != len(body):
+        raise Bad("record")
+    return 0, b""
+
+
+HELPERS = {"digests": digests, "wait-healthy": wait_healthy, "port-holders": port_holders, "write-record": write_record}
+
+
+def call(mode, args, data):
+    try:
+        return HELPERS[mode](args, data) + (b"",)
+    except Exception as e:
+        return 64 if isinstance(e, Bad) else 1, b"", (type(e).__name__ + "\n").encode()
+
+
+def b64(b):
+    return base64.b64encode(b).decode("ascii")
+
+
+def batch(program, data):
+    # One batch at a time on a host: a batch whose connection was cut runs on until its next answer
+    # cannot be written, and must not overlap the batches of the run that follows (held until exit).
+    lock = os.open(LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    for step in json.loads(program)["steps"]:
+        poll = step.get("poll")
+        until = time.monotonic() + poll["forMs"] / 1000 if poll else 0
+        match = step.get("match")
+        step_in = data if step.get("stdin") else None
+        while True:
+            if "helper" in step:
+                code, out, err = call(step["helper"][0], step["helper"][1:], step_in or b"")
+            else:
+                code, out, err = run(step["argv"], step_in)
+            met = code == 0 and (match is None or re.search(match, out.decode("utf-8", "replace")) is not None)
+            if met or not poll or time.monotonic() >= until:
+                break
+            time.sleep(poll["everyMs"] / 1000)
+        line = json.dumps({"code": code, "out": b64(out), "err": b64(err[-2000:])}) + "\n"
+        try:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os._exit(141)
+        if step.get("required") and not met:
+            break
+    return 0
+
+
+def main():
+    mode, args = sys.argv[1], sys.argv[2:]
+    data = sys.stdin.buffer.read() if mode in ("batch", "digests") else b""
+    if mode == "batch":
+        sys.exit(batch(args[0], data))
+    code, out, err = call(mode, args, data)
+    sys.stdout.buffer.write(out)
+    sys.stderr.buffer.write(err)
+    sys.exit(code)
+
+
+main()
+`;

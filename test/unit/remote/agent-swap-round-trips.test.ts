@@ -1,0 +1,78 @@
+import { Secret } from '../../../orchestrator/secret';
+import { swapAgentEnvironment } from '../../../orchestrator/steps/agent-swap';
+import { slotEnvFilePath } from '../../../templates/agent-slots';
+import { GREEN_PORT, makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
+
+/**
+ * The rotation benchmark's lever (issue 11): a swap's cost on a loaded host was its SSH round
+ * trips (each one an sshd session: fork, PAM, a login shell). The swap sends each phase as ONE
+ * batch (swapCommands.batch), polls on the host, and writes the env file over SFTP. Counted here on
+ * the recording shell, so that a step sent on its own again fails this test. Before the batches, the
+ * same blue/green swap on the same model took 29 round trips: 26 commands and 3 SFTP writes
+ * (agent-swap.ts at 44beff9 against this fake host, whose health check answers at the first probe;
+ * on a real host every further health probe cost 3 more, every drain probe 1 more).
+ */
+const envOf = (v: string) => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
+const swap = (h: SwapHost, v: string, mode?: 'held-restart') =>
+  swapAgentEnvironment(
+    h.shell,
+    { deploymentId: 'd', runtime: 'echo', env: envOf(v) },
+    { healthTimeoutMs: 2_000, drainSeconds: 1, ...(mode ? { mode } : {}) },
+  );
+const kinds = (h: SwapHost) => h.sent.map((c) => c[0]);
+
+describe('round trips per swap', () => {
+  it('blue/green from scratch: 5 (look, env file, start + health + port owner, route + HTTPS check, settle)', async () => {
+    const h = makeSwapHost();
+    expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(kinds(h)).toEqual(['batch', 'write', 'batch', 'batch', 'batch']);
+    expect(h.sent[1]).toEqual(['write', slotEnvFilePath('green')]);
+    expect(h.sent.length).toBeLessThanOrEqual(5);
+    // every phase's commands still ran, on the host, in order
+    const inner = h.fake.calls.map((c) => c.join(' '));
+    const order = [
+      'systemctl start cortex-agent@green.service',
+      `ss -H -l -t -n -p ( sport = :${GREEN_PORT} )`,
+      'systemctl enable cortex-agent@green.service',
+      'systemctl restart cortex-upstream.service',
+      'systemctl disable cortex-agent@blue.service',
+      'systemctl stop cortex-agent@blue.service',
+      'rm -f -- /etc/cortex/agent-blue.env',
+    ].map((c) => inner.indexOf(c));
+    expect(order.every((i) => i >= 0)).toBe(true);
+    expect([...order].sort((a, b) => a - b)).toEqual(order);
+  });
+
+  it('a re-run with the environment already serving: 2 (look, settle + HTTPS check), nothing restarted', async () => {
+    const h = makeSwapHost();
+    await swap(h, 'sk-new');
+    h.sent.length = 0;
+    const calls = h.fake.calls.length;
+    expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(kinds(h)).toEqual(['batch', 'batch']);
+    expect(h.fake.calls.slice(calls).map((c) => c.join(' '))).not.toContain(
+      'systemctl start cortex-agent@green.service',
+    );
+  });
+
+  it('an unhealthy new slot: 4 (look, env file, start + health wait, discard), traffic stays', async () => {
+    const h = makeSwapHost({ deaf: 'cortex-agent@green.service' });
+    const r = await swap(h, 'sk-new');
+    expect(r).toMatchObject({ mode: 'blue-green', healthy: false, slot: 'blue' });
+    expect(r.reason).toMatch(/cortex-agent@green\.service was not healthy on port 18791 within 2 s/);
+    expect(kinds(h)).toEqual(['batch', 'write', 'batch', 'batch']);
+    expect(h.route()).not.toBe(GREEN_PORT);
+    expect(h.fake.files.has(slotEnvFilePath('green'))).toBe(false);
+  });
+
+  it('held restart: at most 5 (look, keep the old file, env file, restart + HTTPS check, settle)', async () => {
+    const h = makeSwapHost();
+    expect(await swap(h, 'sk-held', 'held-restart')).toEqual({
+      mode: 'held-restart',
+      healthy: true,
+      slot: 'blue',
+    });
+    expect(h.sent.length).toBeLessThanOrEqual(5);
+    expect(kinds(h)).toEqual(['batch', 'ln', 'write', 'batch', 'batch']);
+  });
+});

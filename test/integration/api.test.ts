@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { makeApiRetention } from '../../orchestrator/api/api-retention';
+import { makeApiClient } from '../../orchestrator/api/client';
 import { Secret } from '../../orchestrator/secret';
 import type { Workers } from '../../orchestrator/queues/workers';
 import { startTestApi, type TestApi } from '../support/api';
@@ -10,7 +11,8 @@ import { dumpRedis, uniqueSubdomain } from '../support/pipeline';
 /**
  * The API end to end through a real listening server, real Postgres and Redis: `live` has workers
  * (a deployment requested over HTTP reaches `ready` on a real local host); `quiet` has none under
- * its queue prefix, for the tests that only need the records (idempotency, isolation).
+ * its queue prefix, for the tests that only need the records (idempotency, isolation). Every request
+ * goes through the onboarding app's typed client, so a drift of the API's schema fails to compile.
  */
 jest.setTimeout(360_000);
 
@@ -45,28 +47,31 @@ describe('a deployment over HTTP', () => {
     const tok = await t.token(org, ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read']);
     const value = canary('anthropic');
     const responses: string[] = [];
-    const call: TestApi['call'] = async (...args) => {
-      const r = await t.call(...args);
-      responses.push(r.text, JSON.stringify([...r.headers]));
-      return r;
-    };
     const ua = 'onboarding-app/1.0 (api test)';
-
-    const stored = await call('POST', '/v1/secrets', {
+    // the onboarding app's typed client, every response (body and headers) kept for the canary check
+    const api = makeApiClient({
+      baseUrl: t.api.url,
       token: tok.token,
-      body: { name: 'anthropic key', provider: 'anthropic', value },
-      headers: { 'user-agent': ua },
+      userAgent: ua,
+      fetch: async (request) => {
+        const res = await fetch(request);
+        responses.push(await res.clone().text(), JSON.stringify([...res.headers]));
+        return res;
+      },
     });
-    expect(stored.status).toBe(201);
-    const meta = stored.json as Record<string, unknown>;
+
+    const stored = await api.POST('/v1/secrets', {
+      body: { name: 'anthropic key', provider: 'anthropic', value },
+    });
+    expect(stored.response.status).toBe(201);
+    const meta = stored.data;
+    if (!meta) throw new Error('no key metadata');
     expect(Object.keys(meta).sort()).toEqual(
       ['displayPrefix', 'fingerprint', 'id', 'name', 'orgId', 'provider', 'version'].sort(),
     );
     expect(meta).toMatchObject({ name: 'anthropic key', provider: 'anthropic', orgId: org });
     // the audit row names the token, the address and the user agent
-    const created = (await auditRows(admin, { secretId: String(meta.id) })).find(
-      (r) => r.operation === 'create',
-    );
+    const created = (await auditRows(admin, { secretId: meta.id })).find((r) => r.operation === 'create');
     expect(created).toMatchObject({
       outcome: 'success',
       actor: `token:${tok.id}`,
@@ -74,26 +79,27 @@ describe('a deployment over HTTP', () => {
       user_agent: ua,
     });
 
-    const listed = await call('GET', '/v1/secrets', { token: tok.token });
-    expect((listed.json as { id: string }[]).map((s) => s.id)).toEqual([meta.id]);
+    const listed = await api.GET('/v1/secrets');
+    expect(listed.data?.map((s) => s.id)).toEqual([meta.id]);
 
     const subdomain = uniqueSubdomain('api');
-    const req = await call('POST', '/v1/deployments', {
-      token: tok.token,
+    const req = await api.POST('/v1/deployments', {
       body: {
         name: 'api test agent',
         subdomain,
         bindings: [{ envVar: 'ANTHROPIC_API_KEY', secretId: meta.id }],
       },
     });
-    expect(req.status).toBe(201);
-    const id = (req.json as { deploymentId: string }).deploymentId;
-    expect(req.headers.get('location')).toBe(`/v1/deployments/${id}`);
+    expect(req.response.status).toBe(201);
+    const id = req.data?.deploymentId ?? '';
+    expect(req.response.headers.get('location')).toBe(`/v1/deployments/${id}`);
 
-    let d: { status: string; steps: { step: string; status: string; operation: string }[] } | undefined;
+    type Got = NonNullable<Awaited<ReturnType<typeof getDeployment>>['data']>;
+    const getDeployment = () => api.GET('/v1/deployments/{id}', { params: { path: { id } } });
+    let d: Got | undefined;
     const deadline = Date.now() + 240_000;
     while (Date.now() < deadline) {
-      d = (await call('GET', `/v1/deployments/${id}`, { token: tok.token })).json as typeof d;
+      d = (await getDeployment()).data;
       if (d && ['ready', 'failed'].includes(d.status)) break;
       await sleep(1_000);
     }
@@ -110,30 +116,24 @@ describe('a deployment over HTTP', () => {
     ]);
 
     // a ready deployment cannot be retried
-    const retry = await call('POST', `/v1/deployments/${id}/retry`, { token: tok.token });
-    expect(retry.status).toBe(409);
+    const retry = await api.POST('/v1/deployments/{id}/retry', { params: { path: { id } } });
+    expect(retry.response.status).toBe(409);
 
-    const audit = await call('GET', `/v1/deployments/${id}/audit`, { token: tok.token });
-    expect(audit.status).toBe(200);
-    const trail = audit.json as { entries: { operation: string; outcome: string }[]; chain: { ok: boolean } };
-    expect(trail.chain.ok).toBe(true);
-    expect(trail.entries.map((e) => [e.operation, e.outcome])).toEqual(
+    const audit = await api.GET('/v1/deployments/{id}/audit', { params: { path: { id } } });
+    expect(audit.response.status).toBe(200);
+    expect(audit.data?.chain.ok).toBe(true);
+    expect(audit.data?.entries.map((e) => [e.operation, e.outcome])).toEqual(
       expect.arrayContaining([
         ['bind', 'success'],
         ['read', 'success'],
       ]),
     );
-    const orgAudit = await call('GET', `/v1/orgs/${org}/audit`, { token: tok.token });
-    expect(orgAudit.status).toBe(200);
-    expect((orgAudit.json as { chain: { ok: boolean; rowsChecked: number } }).chain).toMatchObject({
-      ok: true,
-    });
+    const orgAudit = await api.GET('/v1/orgs/{orgId}/audit', { params: { path: { orgId: org } } });
+    expect(orgAudit.response.status).toBe(200);
+    expect(orgAudit.data?.chain).toMatchObject({ ok: true });
 
-    const del = await call('DELETE', `/v1/deployments/${id}`, {
-      token: tok.token,
-      headers: { 'user-agent': ua },
-    });
-    expect([del.status, (del.json as { status: string }).status]).toEqual([202, 'deprovisioning']);
+    const del = await api.DELETE('/v1/deployments/{id}', { params: { path: { id } } });
+    expect([del.response.status, del.data?.status]).toEqual([202, 'deprovisioning']);
     // the deletion is audited with the token, address, user agent and the job it queued
     const deleteRequest = (await auditRows(admin, { deploymentId: id })).filter(
       (r) => r.operation === 'request',
@@ -145,7 +145,7 @@ describe('a deployment over HTTP', () => {
         actor: `token:${tok.id}`,
         request_ip: '127.0.0.1',
         user_agent: ua,
-        job_id: (del.json as { jobId: string }).jobId,
+        job_id: del.data?.jobId,
         reason: 'deprovision requested',
       }),
     ]);
@@ -156,6 +156,7 @@ describe('a deployment over HTTP', () => {
     expect(gone.status).toBe('deleted');
 
     // the canary: in no response (bodies and headers), no log line, no Redis key or job
+    expect(responses.length).toBeGreaterThan(10);
     expect(responses.filter((r) => r.includes(value))).toEqual([]);
     expect(t.logs.length).toBeGreaterThan(10);
     expect(t.logs.some((l) => l.includes('"url":"/v1/secrets"'))).toBe(true);
@@ -166,15 +167,15 @@ describe('a deployment over HTTP', () => {
   });
 
   it('/readyz is ready with a live worker, and names the workers when none runs under the prefix', async () => {
-    const ok = await live.call('GET', '/readyz');
-    expect([ok.status, ok.json]).toEqual([
+    const ok = await live.client().GET('/readyz');
+    expect([ok.response.status, ok.data]).toEqual([
       200,
       { status: 'ready', checks: { postgres: 'ok', redis: 'ok', workers: 'ok' } },
     ]);
-    const not = await quiet.call('GET', '/readyz');
-    expect(not.status).toBe(503);
-    expect(not.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-    expect(not.json).toMatchObject({ checks: { postgres: 'ok', redis: 'ok', workers: 'failed' } });
+    const not = await quiet.client().GET('/readyz');
+    expect(not.response.status).toBe(503);
+    expect(not.response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(not.error).toMatchObject({ checks: { postgres: 'ok', redis: 'ok', workers: 'failed' } });
   });
 });
 
@@ -183,18 +184,17 @@ describe('DELETE /v1/deployments/:id', () => {
     const t = quiet;
     const org = await t.org();
     const tok = await t.token(org, ['deployments:write']);
-    const req = await t.call('POST', '/v1/deployments', {
-      token: tok.token,
+    const req = await t.client(tok.token).POST('/v1/deployments', {
       body: { name: 'delete audit', subdomain: uniqueSubdomain('del'), runtime: 'echo', bindings: [] },
     });
-    expect(req.status).toBe(201);
-    const id = (req.json as { deploymentId: string }).deploymentId;
+    expect(req.response.status).toBe(201);
+    const id = req.data?.deploymentId ?? '';
     const ua = 'deleter/1.0 (api test)';
-    const del = await t.call('DELETE', `/v1/deployments/${id}`, {
-      token: tok.token,
-      headers: { 'user-agent': ua },
-    });
-    expect(del.status).toBe(202);
+    const del = await makeApiClient({ baseUrl: t.api.url, token: tok.token, userAgent: ua }).DELETE(
+      '/v1/deployments/{id}',
+      { params: { path: { id } } },
+    );
+    expect(del.response.status).toBe(202);
     const rows = (await auditRows(admin, { deploymentId: id })).filter((r) => r.operation === 'request');
     expect(rows).toEqual([
       expect.objectContaining({
@@ -207,34 +207,30 @@ describe('DELETE /v1/deployments/:id', () => {
         reason: 'deprovision requested',
       }),
     ]);
-    expect((del.json as { jobId: string }).jobId).toBe(`deprovision-${id}`);
+    expect(del.data?.jobId).toBe(`deprovision-${id}`);
   });
 });
 
 describe('Idempotency-Key', () => {
-  const body = (subdomain: string) => ({ name: 'idem', subdomain, runtime: 'echo', bindings: [] });
+  const body = (subdomain: string) => ({ name: 'idem', subdomain, runtime: 'echo' as const, bindings: [] });
 
   it('two concurrent requests with one key make one deployment; the replay answers 200 with the same body', async () => {
     const t = quiet;
     const org = await t.org();
-    const tok = await t.token(org, ['deployments:write', 'deployments:read']);
+    const c = t.client((await t.token(org, ['deployments:write', 'deployments:read'])).token);
     const sub = uniqueSubdomain('idem');
     const key = `key-${sub}`;
     const send = () =>
-      t.call('POST', '/v1/deployments', {
-        token: tok.token,
-        body: body(sub),
-        headers: { 'idempotency-key': key },
-      });
+      c.POST('/v1/deployments', { params: { header: { 'idempotency-key': key } }, body: body(sub) });
     const [a, b] = await Promise.all([send(), send()]);
-    expect([a.status, b.status].sort()).toEqual([200, 201]);
-    expect(a.json).toEqual(b.json);
-    const list = await t.call('GET', '/v1/deployments', { token: tok.token });
-    expect((list.json as unknown[]).length).toBe(1);
+    expect([a.response.status, b.response.status].sort()).toEqual([200, 201]);
+    expect(a.data).toEqual(b.data);
+    const list = await c.GET('/v1/deployments');
+    expect(list.data).toHaveLength(1);
     const again = await send();
-    expect([again.status, again.json, again.headers.get('idempotent-replayed')]).toEqual([
+    expect([again.response.status, again.data, again.response.headers.get('idempotent-replayed')]).toEqual([
       200,
-      a.json,
+      a.data,
       'true',
     ]);
     const count = await admin.query('select count(*)::int as n from public.deployments where org_id = $1', [
@@ -246,29 +242,28 @@ describe('Idempotency-Key', () => {
   it('the same key with another body is a 422 problem naming the header, and makes nothing', async () => {
     const t = quiet;
     const org = await t.org();
-    const tok = await t.token(org, ['deployments:write']);
+    const c = t.client((await t.token(org, ['deployments:write'])).token);
     const sub = uniqueSubdomain('idem');
-    const headers = { 'idempotency-key': `k-${sub}` };
-    const first = await t.call('POST', '/v1/deployments', { token: tok.token, body: body(sub), headers });
-    expect(first.status).toBe(201);
-    const other = await t.call('POST', '/v1/deployments', {
-      token: tok.token,
+    const header = { 'idempotency-key': `k-${sub}` };
+    const first = await c.POST('/v1/deployments', { params: { header }, body: body(sub) });
+    expect(first.response.status).toBe(201);
+    const other = await c.POST('/v1/deployments', {
+      params: { header },
       body: { ...body(sub), name: 'another name' },
-      headers,
     });
-    expect(other.status).toBe(422);
-    expect(other.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-    expect(other.json).toMatchObject({ status: 422, field: 'header.idempotency-key' });
+    expect(other.response.status).toBe(422);
+    expect(other.response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(other.error).toMatchObject({ status: 422, field: 'header.idempotency-key' });
     const count = await admin.query('select count(*)::int as n from public.deployments where org_id = $1', [
       org,
     ]);
     expect(count.rows[0]).toEqual({ n: 1 });
     // without a key, the same body is a new request (refused here: the subdomain is taken)
-    const nokey = await t.call('POST', '/v1/deployments', { token: tok.token, body: body(sub) });
-    expect(nokey.status).toBe(409);
+    const nokey = await c.POST('/v1/deployments', { body: body(sub) });
+    expect(nokey.response.status).toBe(409);
     // the database's own words (constraint names, SQLSTATEs) stay out of the problem
-    expect(nokey.json).toMatchObject({ field: 'subdomain', detail: 'subdomain: is already in use' });
-    expect(nokey.text).not.toMatch(/SQLSTATE|constraint|_key|deployments__/);
+    expect(nokey.error).toMatchObject({ field: 'subdomain', detail: 'subdomain: is already in use' });
+    expect(JSON.stringify(nokey.error)).not.toMatch(/SQLSTATE|constraint|_key|deployments__/);
   });
 });
 
@@ -391,73 +386,73 @@ describe('organisations are isolated', () => {
     const t = quiet;
     const [orgA, orgB] = [await t.org(), await t.org()];
     const all = ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read'] as const;
-    const a = await t.token(orgA, all);
-    const b = await t.token(orgB, all);
-    const ops = await t.token(null, ['deployments:read', 'audit:read', 'admin']);
+    const a = t.client((await t.token(orgA, all)).token);
+    const b = t.client((await t.token(orgB, all)).token);
+    const ops = t.client((await t.token(null, ['deployments:read', 'audit:read', 'admin'])).token);
     const keyB = await t.pipeline.secrets.create({
       orgId: orgB,
       name: 'b key',
       provider: 'openai',
       value: new Secret(canary('openai')),
     });
-    const depB = await t.call('POST', '/v1/deployments', {
-      token: b.token,
+    const depB = await b.POST('/v1/deployments', {
       body: { name: 'b agent', subdomain: uniqueSubdomain('iso') },
     });
-    expect(depB.status).toBe(201);
-    const idB = (depB.json as { deploymentId: string }).deploymentId;
+    expect(depB.response.status).toBe(201);
+    const idB = depB.data?.deploymentId ?? '';
     const unknown = '00000000-0000-4000-8000-000000000000';
 
-    for (const [method, path] of [
-      ['GET', `/v1/deployments/${idB}`],
-      ['POST', `/v1/deployments/${idB}/retry`],
-      ['DELETE', `/v1/deployments/${idB}`],
-      ['GET', `/v1/deployments/${idB}/audit`],
-      ['GET', `/v1/orgs/${orgB}/audit`],
-      ['GET', `/v1/secrets?orgId=${orgB}`],
-    ] as const) {
-      const theirs = await t.call(method, path, { token: a.token });
-      const none = await t.call(method, path.replace(idB, unknown).replace(orgB, unknown), {
-        token: a.token,
-      });
-      expect([path, theirs.status]).toEqual([path, 404]);
+    // each call for B's ids and for ids that do not exist: the same 404 problem
+    const calls: [string, (id: string, orgId: string) => Promise<{ response: Response; error?: unknown }>][] =
+      [
+        ['GET deployment', (id) => a.GET('/v1/deployments/{id}', { params: { path: { id } } })],
+        ['POST retry', (id) => a.POST('/v1/deployments/{id}/retry', { params: { path: { id } } })],
+        ['DELETE deployment', (id) => a.DELETE('/v1/deployments/{id}', { params: { path: { id } } })],
+        ['GET deployment audit', (id) => a.GET('/v1/deployments/{id}/audit', { params: { path: { id } } })],
+        ['GET org audit', (_, orgId) => a.GET('/v1/orgs/{orgId}/audit', { params: { path: { orgId } } })],
+        ['GET secrets', (_, orgId) => a.GET('/v1/secrets', { params: { query: { orgId } } })],
+      ];
+    for (const [name, call] of calls) {
+      const theirs = await call(idB, orgB);
+      const none = await call(unknown, unknown);
+      expect([name, theirs.response.status]).toEqual([name, 404]);
       // the same answer as for an id that does not exist: nothing confirms B's ids
-      expect(theirs.json).toEqual(none.json);
+      expect(theirs.error).toEqual(none.error);
     }
-    const store = await t.call('POST', '/v1/secrets', {
-      token: a.token,
+    const store = await a.POST('/v1/secrets', {
       body: { orgId: orgB, name: 'x', provider: 'other', value: canary('other') },
     });
-    expect(store.status).toBe(404);
+    expect(store.response.status).toBe(404);
     // binding B's key from A: refused, naming the field, the same as an unknown id
     const bind = (secretId: string) =>
-      t.call('POST', '/v1/deployments', {
-        token: a.token,
+      a.POST('/v1/deployments', {
         body: { name: 'a agent', subdomain: uniqueSubdomain('iso'), bindings: [{ envVar: 'K', secretId }] },
       });
     const stolen = await bind(keyB.secretId);
-    expect(stolen.status).toBe(422);
-    expect(stolen.json).toMatchObject({ field: 'bindings.0.secretId' });
-    expect((await bind(unknown)).json).toEqual(stolen.json);
+    expect(stolen.response.status).toBe(422);
+    expect(stolen.error).toMatchObject({ field: 'bindings.0.secretId' });
+    expect((await bind(unknown)).error).toEqual(stolen.error);
     // B's deployment is untouched, and listed only for B
-    expect((await t.call('GET', '/v1/deployments', { token: a.token })).json).toEqual([]);
-    expect((await t.call('GET', `/v1/deployments/${idB}`, { token: b.token })).status).toBe(200);
+    expect((await a.GET('/v1/deployments')).data).toEqual([]);
+    const byId = { params: { path: { id: idB } } };
+    expect((await b.GET('/v1/deployments/{id}', byId)).response.status).toBe(200);
     expect((await t.pipeline.store.get(idB)).status).toBe('requested');
 
     // an ops token sees every organisation's
-    expect((await t.call('GET', `/v1/deployments/${idB}`, { token: ops.token })).status).toBe(200);
-    expect((await t.call('GET', `/v1/orgs/${orgB}/audit`, { token: ops.token })).status).toBe(200);
+    expect((await ops.GET('/v1/deployments/{id}', byId)).response.status).toBe(200);
+    expect(
+      (await ops.GET('/v1/orgs/{orgId}/audit', { params: { path: { orgId: orgB } } })).response.status,
+    ).toBe(200);
   });
 
   it('an org token cannot hold admin; an ops token must name the organisation it acts on', async () => {
     const t = quiet;
     const org = await t.org();
     await expect(t.token(org, ['admin'])).rejects.toMatchObject({ code: 'invalid_input', field: 'scopes' });
-    const ops = await t.token(null, ['secrets:write']);
-    const r = await t.call('POST', '/v1/secrets', {
-      token: ops.token,
+    const ops = t.client((await t.token(null, ['secrets:write'])).token);
+    const r = await ops.POST('/v1/secrets', {
       body: { name: 'k', provider: 'other', value: canary('other') },
     });
-    expect([r.status, (r.json as { field?: string }).field]).toEqual([400, 'orgId']);
+    expect([r.response.status, r.error?.field]).toEqual([400, 'orgId']);
   });
 });

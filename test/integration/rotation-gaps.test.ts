@@ -41,8 +41,15 @@ const swap: typeof swapAgentEnvironment = (shell, input, opts) =>
  * command line, only in the environment the unit already gets from its env file.
  */
 const REFUSED = '-refused-';
+/** Likewise, a key with this marker starts, and the agent dies at once: a crash loop (Restart=always). */
+const CRASHES = '-crashes-';
 const FAULT_DROP_IN = '/etc/systemd/system/cortex-agent@.service.d/zz-test-refuse-key.conf';
-const faultUnit = `[Service]\nExecStartPre=/bin/sh -c 'case "$$${ENV}" in *${REFUSED}*) exit 1;; esac'\n`;
+const faultUnit = [
+  '[Service]',
+  `ExecStartPre=/bin/sh -c 'case "$$${ENV}" in *${REFUSED}*) exit 1;; esac'`,
+  `ExecStartPost=/bin/sh -c 'case "$$${ENV}" in *${CRASHES}*) kill -9 "$$MAINPID";; esac'`,
+  '',
+].join('\n');
 
 let p: Pipeline;
 let rot: RotationWiring;
@@ -114,16 +121,21 @@ const loopClient = async (id: string) => {
   const ca = await withShell(id, async (shell) =>
     (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString(),
   );
-  const target = { ip: d.ipv4 ?? '', servername: d.dnsName ?? '', ca, path: '/health' };
+  // A client that waits as long as Caddy holds a request (lb_try_duration, 15 s) and a little more:
+  // a held request is slow, not failed. The slowest answer is reported.
+  const target = { ip: d.ipv4 ?? '', servername: d.dnsName ?? '', ca, path: '/health', timeoutMs: 20_000 };
   let stop = false;
   let ok = 0;
+  let slowestMs = 0;
   const failures: string[] = [];
   const runner = (async () => {
     while (!stop) {
+      const t0 = Date.now();
       const r = await httpsGet(target).catch((e: unknown) => ({
         status: 0,
-        body: (e as { code?: string }).code ?? 'error',
+        body: (e as { code?: string; message?: string }).code ?? (e as Error).message,
       }));
+      slowestMs = Math.max(slowestMs, Date.now() - t0);
       if (r.status === 200) ok++;
       else failures.push(r.status ? `HTTP ${r.status}` : r.body);
       await sleep(50);
@@ -133,7 +145,7 @@ const loopClient = async (id: string) => {
     stop: async () => {
       stop = true;
       await runner;
-      return { ok, failures };
+      return { ok, failures, slowestMs };
     },
   };
 };
@@ -162,14 +174,19 @@ describe('rotation gaps on a real local host', () => {
     if (id) await destroy(id);
   });
 
-  it('held restart, the new environment refused by the agent: rolled back, pinned, the old environment serves again, nothing new on disk', async () => {
+  /**
+   * Rotate to a value the fault refuses (`marker`), by held restart, while a client loops through
+   * Caddy; then check the record, the binding, the host and the client. The deployment runs
+   * `expected` before and after.
+   */
+  const heldRestartRefused = async (what: string, marker: string, expected: () => string) => {
     await withShell(id, async (shell) => {
       await shell.writeFileAtomic(FAULT_DROP_IN, Buffer.from(faultUnit), { mode: 0o644, dirMode: 0o755 });
       await run(shell, ['systemctl', 'daemon-reload']);
     });
     try {
-      expect(await agentValue(id)).toBe(org.value);
-      const refused = `${canary('anthropic')}${REFUSED}x`;
+      expect(await agentValue(id)).toBe(expected());
+      const refused = `${canary('anthropic')}${marker}x`;
       const clients = await loopClient(id);
       await sleep(500);
       const t0 = Date.now();
@@ -179,7 +196,7 @@ describe('rotation gaps on a real local host', () => {
       await sleep(500);
       const seen = await clients.stop();
       console.log(
-        `held restart refused: rotation ${ms} ms, ${seen.ok} requests ok, ${seen.failures.length} failed (${[...new Set(seen.failures)].join(', ')})`,
+        `held restart, ${what}: rotation ${ms} ms, ${seen.ok} requests ok, ${seen.failures.length} failed (${[...new Set(seen.failures)].join(', ')}), slowest ${seen.slowestMs} ms`,
       );
 
       // The record: rolled back by held restart, the binding pinned to the old version.
@@ -192,9 +209,9 @@ describe('rotation gaps on a real local host', () => {
       expect((await p.store.get(id)).status).toBe('ready');
 
       // The host: the old environment runs and answers through Caddy; the refused value is on no disk.
-      expect(await agentValue(id)).toBe(org.value);
+      expect(await agentValue(id)).toBe(expected());
       expect(await filesHolding(id, refused)).toBe(0);
-      expect(await filesHolding(id, org.value)).toBe(1);
+      expect(await filesHolding(id, expected())).toBe(1);
       const unitState = await withShell(id, async (shell) =>
         (await shell.exec(['systemctl', 'is-active', await servingAgentUnit(shell)])).stdout
           .toString()
@@ -211,6 +228,14 @@ describe('rotation gaps on a real local host', () => {
         await shell.exec(['systemctl', 'daemon-reload']);
       });
     }
+  };
+
+  it('held restart, the new environment refused by the agent at start: rolled back, pinned, the old environment serves again, nothing new on disk, no failed request', async () => {
+    await heldRestartRefused('refused at start', REFUSED, () => org.value);
+  });
+
+  it("held restart, the agent crash-loops on the new environment: found within Caddy's hold, rolled back, no failed request", async () => {
+    await heldRestartRefused('crash loop', CRASHES, () => org.value);
   });
 
   it('revoke shows the deployment `rotating` while it swaps the agent, `ready` afterwards; the variable is gone', async () => {

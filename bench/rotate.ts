@@ -4,7 +4,7 @@
  * agent's health URL through Caddy (verified HTTPS), the key is rotated, and the bench prints the
  * seconds from the rotate request until every bound deployment serves from its new blue/green slot
  * (started with the new key and health-checked before Caddy's upstream moves to it; watched over
- * SSH through the slot record the swap writes after the switch), the failed client requests
+ * SSH by a watcher on each host: the active-slot record, then the live nft route), the failed client requests
  * meanwhile, and when the rotation record completed (old instances drained and stopped), one line
  * per size: `50 deployments: 12.3 s, 0 failed requests (…)`. Workers run in this
  * process (ROTATE_CONCURRENCY, default 8). Deployments are removed afterwards.
@@ -18,11 +18,36 @@ import { agentCommands } from '../orchestrator/remote/agent-commands';
 import { run as runRemote } from '../orchestrator/remote/ssh-shell';
 import { makeRotationFromPipeline } from '../orchestrator/rotation/rotation-from-config';
 import { Secret } from '../orchestrator/secret';
-import { servingAgentUnit } from '../orchestrator/steps/agent-swap';
+import { parseUpstreamRoute, swapCommands } from '../orchestrator/remote/swap-commands';
+import { ACTIVE_SLOT_PATH, UPSTREAM_NFT_TABLE, slotOfPort } from '../templates/agent-slots';
+import { AGENT_PORT } from '../templates/runtime-profiles';
 import { httpsGet } from '../orchestrator/steps/https-health';
 import { caddyLocalRootCaPath } from '../templates/caddyfile';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Waits ON THE HOST until traffic goes to another slot than `start`: reads the active-slot record
+ * every 20 ms (a 6-byte read, no process started; the swap writes it right before it
+ * re-applies the route), then the live nft route until it leads to the new slot, and exits.
+ * One SSH command per host for the whole rotation, so that watching 50 hosts does not load the
+ * machine being measured (polling over SSH every 100 ms did).
+ */
+const WATCH_SWITCH = [
+  'import subprocess, sys, time',
+  'start, port, limit = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])',
+  'while time.monotonic() < limit:',
+  '    try:',
+  `        slot = open("${ACTIVE_SLOT_PATH}").read().strip()`,
+  '    except OSError:',
+  '        slot = start',
+  '    if slot != start:',
+  `        out = subprocess.run(["nft", "list", "table", "ip", "${UPSTREAM_NFT_TABLE}"], capture_output=True, text=True).stdout`,
+  '        if "tcp dport %s redirect to :" % port in out and \'"slot %s"\' % slot in out:',
+  '            sys.exit(0)',
+  '    time.sleep(0.02)',
+  'sys.exit(1)',
+].join('\n');
 const key = (): Secret => new Secret(`sk-ant-bench-${randomBytes(24).toString('base64url')}`);
 
 export const run = async (args: string[]): Promise<void> => {
@@ -83,10 +108,24 @@ export const run = async (args: string[]): Promise<void> => {
           await sleep(20);
         }
       });
-      // Which blue/green slot serves each agent (the record the swap writes right after Caddy's
-      // upstream moved to the new, health-checked slot): when it changes, the agent serves the new key.
+      // Which blue/green slot serves each agent (the live nft route); a watcher per host returns
+      // once traffic goes to the other slot (started with the new key and health-checked first).
       const shells = await Promise.all(ready.map(async (d) => (await p.access.connect(d)).shell));
-      const slots = await Promise.all(shells.map((sh) => servingAgentUnit(sh)));
+      const slots = await Promise.all(
+        shells.map(async (sh) => {
+          const route = await sh.exec(swapCommands.upstreamRoute());
+          return (
+            slotOfPort(AGENT_PORT, parseUpstreamRoute(route.stdout.toString(), AGENT_PORT) ?? 0) ?? 'blue'
+          );
+        }),
+      );
+      const watchers = shells.map((sh, i) =>
+        sh
+          .exec(['python3', '-I', '-c', WATCH_SWITCH, slots[i] ?? 'blue', String(AGENT_PORT), '600'], {
+            timeoutMs: 620_000,
+          })
+          .then((r) => (r.code === 0 ? Date.now() : NaN)),
+      );
       await sleep(1_000);
       const before = { requests, failed };
       const t0 = Date.now();
@@ -94,15 +133,7 @@ export const run = async (args: string[]): Promise<void> => {
         { secretId: secret.secretId, value: key() },
         { actor: 'bench' },
       );
-      const switchedAt = await Promise.all(
-        shells.map(async (sh, i) => {
-          while (Date.now() - t0 < 600_000) {
-            if ((await servingAgentUnit(sh).catch(() => slots[i])) !== slots[i]) return Date.now();
-            await sleep(100);
-          }
-          return NaN;
-        }),
-      );
+      const switchedAt = await Promise.all(watchers);
       await Promise.all(shells.map((sh) => sh.close()));
       let done = await rot.service.status(started.id);
       while (done.state !== 'completed') {

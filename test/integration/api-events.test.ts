@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { ApiClient } from '../../orchestrator/api/client';
 import type { Rpc } from '../../orchestrator/db/rpc';
 import { startTestApi, type TestApi } from '../support/api';
 import { openSse, type SseFrame } from '../support/sse';
@@ -9,7 +10,9 @@ import { openSse, type SseFrame } from '../support/sse';
  * resumes after Last-Event-ID without a repeat (204 once there is nothing left), is a 404 for
  * another organisation, and a client that goes away is unsubscribed at once. Status changes are
  * driven through the SQL step functions exactly as the runner calls them (the end-to-end run with
- * a real worker and host is in webhooks.test.ts).
+ * a real worker and host is in webhooks.test.ts). Streams are read with a raw SSE reader (as an
+ * EventSource would); every request that must not open one (a refusal, the 204 after the end) goes
+ * through the onboarding app's typed client, so a drift of the route's schema fails to compile.
  */
 jest.setTimeout(120_000);
 
@@ -71,6 +74,22 @@ const fixture = async (scopes: Parameters<TestApi['token']>[1] = ['deployments:r
 };
 
 const url = (id: string, q = '') => `${t.api.url}/v1/deployments/${id}/events${q}`;
+/**
+ * The events route through the typed client where no stream is expected (a refusal or a 204): the
+ * body is taken as a stream and a 200's is cancelled, so a stream opened by mistake fails the status
+ * assertion instead of hanging on a JSON parse.
+ */
+const noStream = async (api: ApiClient, id: string, lastEventId?: string) => {
+  const r = await api.GET('/v1/deployments/{id}/events', {
+    params: {
+      path: { id },
+      ...(lastEventId === undefined ? {} : { header: { 'last-event-id': lastEventId } }),
+    },
+    parseAs: 'stream',
+  });
+  await r.data?.cancel();
+  return r;
+};
 const auth = (token: string, extra: Record<string, string> = {}) => ({
   authorization: `Bearer ${token}`,
   ...extra,
@@ -157,10 +176,8 @@ it('resumes after Last-Event-ID without a repeat; after the end a reconnect gets
     rest.slice(4).map(label),
   );
 
-  const after = await fetch(url(f.deploymentId), {
-    headers: auth(f.token, { 'last-event-id': rest.at(-1)?.id ?? '' }),
-  });
-  expect(after.status).toBe(204);
+  const after = await noStream(t.client(f.token), f.deploymentId, rest.at(-1)?.id ?? '');
+  expect(after.response.status).toBe(204);
 });
 
 it('ends at failed with the failed step and a reason code, never the reason text', async () => {
@@ -191,22 +208,18 @@ it('ends at failed with the failed step and a reason code, never the reason text
 it('is a 404 for another organisation, 401 without a token, 403 without deployments:read', async () => {
   const a = await fixture();
   const b = await fixture();
-  const foreign = await fetch(url(a.deploymentId), { headers: auth(b.token) });
-  expect(foreign.status).toBe(404);
-  expect(foreign.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-  const unknown = await fetch(url('00000000-0000-4000-8000-000000000000'), { headers: auth(b.token) });
-  expect([unknown.status, await unknown.text()]).toEqual([
-    404,
-    await (await fetch(url(a.deploymentId), { headers: auth(b.token) })).text(),
-  ]);
-  expect((await fetch(url(a.deploymentId))).status).toBe(401);
+  const asB = t.client(b.token);
+  const foreign = await noStream(asB, a.deploymentId);
+  expect(foreign.response.status).toBe(404);
+  expect(foreign.response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+  const unknown = await noStream(asB, '00000000-0000-4000-8000-000000000000');
+  expect([unknown.response.status, unknown.error]).toEqual([404, foreign.error]);
+  expect((await noStream(t.client(), a.deploymentId)).response.status).toBe(401);
   const writer = await t.token(a.orgId, ['secrets:write']);
-  expect((await fetch(url(a.deploymentId), { headers: auth(writer.token) })).status).toBe(403);
-  const bad = await fetch(url(a.deploymentId), {
-    headers: auth(a.token, { 'last-event-id': '1; drop table' }),
-  });
-  expect(bad.status).toBe(400);
-  expect(await bad.json()).toMatchObject({ field: 'header.last-event-id' });
+  expect((await noStream(t.client(writer.token), a.deploymentId)).response.status).toBe(403);
+  const bad = await noStream(t.client(a.token), a.deploymentId, '1; drop table');
+  expect(bad.response.status).toBe(400);
+  expect(bad.error).toMatchObject({ field: 'header.last-event-id' });
 });
 
 it('sends a heartbeat comment every 15 s on an idle stream', async () => {
@@ -232,10 +245,10 @@ it('per token at most API_STREAMS_PER_TOKEN open streams (429, another token una
     const s2 = await openSse(at(f.deploymentId), auth(f.token));
     open.push(s2);
     expect(s2.status).toBe(200);
-    const over = await fetch(at(f.deploymentId), { headers: auth(f.token) });
-    expect(over.status).toBe(429);
-    expect(over.headers.get('content-type')).toMatch(/^application\/problem\+json/);
-    expect(over.headers.get('retry-after')).toBe('10');
+    const over = await noStream(u.client(f.token), f.deploymentId);
+    expect(over.response.status).toBe(429);
+    expect(over.response.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    expect(over.response.headers.get('retry-after')).toBe('10');
     const other = await t.token(f.orgId, ['deployments:read']);
     const s3 = await openSse(at(f.deploymentId), auth(other.token));
     open.push(s3);
@@ -244,8 +257,8 @@ it('per token at most API_STREAMS_PER_TOKEN open streams (429, another token una
     // revoked while open: the stream ends at its maximum lifetime, and the reconnect is refused
     await t.tokens.revoke(f.tokenId, 'api-test');
     expect(await s1.next(5_000)).toBeNull();
-    const again = await fetch(at(f.deploymentId), { headers: auth(f.token, { 'last-event-id': '1' }) });
-    expect(again.status).toBe(401);
+    const again = await noStream(u.client(f.token), f.deploymentId, '1');
+    expect(again.response.status).toBe(401);
   } finally {
     for (const s of open) s.abort();
     await u.close();

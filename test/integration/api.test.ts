@@ -328,6 +328,12 @@ describe('Idempotency-Key scope: one rule for every endpoint', () => {
     // the same key on another secret of the org is another request: 422, as for a deployment
     const clash = await rotate(a2, otherA, canary());
     expect([clash.response.status, clash.error?.field]).toEqual([422, 'header.idempotency-key']);
+    // ... and so is the same key and value with another leak setting (the answer is not the earlier rotation)
+    const leak = await a1.POST('/v1/secrets/{id}/rotate', {
+      params: { path: { id: secretA }, header },
+      body: { value, leaked: true },
+    });
+    expect([leak.response.status, leak.error?.field]).toEqual([422, 'header.idempotency-key']);
     // another organisation's same key starts its own rotation
     const rB = await rotate(b, secretB);
     expect(rB.response.status).toBe(202);

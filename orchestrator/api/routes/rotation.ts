@@ -127,6 +127,14 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
             );
           throw err;
         });
+      // `leaked` is part of the request too: the key replayed with another leak setting is another
+      // request (a leak response must never be answered with the earlier, graceful rotation)
+      if (r.existing && r.leaked !== (request.body.leaked ?? false))
+        throw problems.invalid(
+          'header.idempotency-key',
+          'was already used with a different request body; use a new key for a new request',
+          422,
+        );
       return reply.code(r.existing ? 200 : 202).send(view(r));
     },
   );

@@ -139,6 +139,13 @@ export const configSchema = z
         'must look like 30/min (a count per s, min or h)',
       )
       .default('30/min'),
+    /**
+     * How long an API process trusts a token it looked up, without asking Postgres again; 0 turns
+     * the cache off. Revocations announced through Redis apply at once; this bounds the rest.
+     */
+    API_TOKEN_CACHE_MS: z.coerce.number().int().min(0).max(60_000).default(5_000),
+    /** The API's rate limiters give up on a Redis command after this long and answer 503. */
+    API_REDIS_TIMEOUT_MS: z.coerce.number().int().min(50).max(30_000).default(1_000),
     /** Open event streams (SSE) per token and API process; past it 429 with Retry-After. */
     API_STREAMS_PER_TOKEN: z.coerce.number().int().min(1).max(5_000).default(20),
     /** An event stream ends after this long; EventSource reconnects with Last-Event-ID and authenticates again. */

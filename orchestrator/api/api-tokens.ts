@@ -75,8 +75,26 @@ const createInput = z
 type Row = Record<string, unknown>;
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
-export const makeTokenStore = (deps: { rpc: Rpc }) => {
+export const makeTokenStore = (deps: {
+  rpc: Rpc;
+  /**
+   * Tells every API process about a committed revocation (token-revocations.ts), so their token
+   * caches and event streams drop the token at once. Without it a revoked token is still refused by
+   * Postgres, and API caches honour it within API_TOKEN_CACHE_MS.
+   */
+  announce?: (tokenId: string) => Promise<unknown>;
+}) => {
   const { rpc } = deps;
+  /** The principal behind a token's SHA-256 (hex), or undefined (unknown or revoked alike). */
+  const authenticateHash = async (hash: string): Promise<ApiPrincipal | undefined> => {
+    const r = await rpc<{ status: string; id?: string; org_id?: string | null; scopes?: string[] }>(
+      'api_tokens__authenticate',
+      { p_hash: hash },
+    );
+    if (r.status !== 'ok' || typeof r.id !== 'string') return undefined;
+    const scopes = (r.scopes ?? []).filter((s): s is Scope => (SCOPES as readonly string[]).includes(s));
+    return { tokenId: r.id, orgId: r.org_id ?? null, scopes };
+  };
   return {
     /** Returns the plaintext once: it is not stored anywhere and cannot be shown again. */
     async create(
@@ -98,20 +116,28 @@ export const makeTokenStore = (deps: { rpc: Rpc }) => {
     /** The principal behind a presented token, or undefined (unknown, malformed or revoked alike). */
     async authenticate(token: string): Promise<ApiPrincipal | undefined> {
       if (!TOKEN_FORMAT.test(token)) return undefined;
-      const r = await rpc<{ status: string; id?: string; org_id?: string | null; scopes?: string[] }>(
-        'api_tokens__authenticate',
-        { p_hash: hashToken(token) },
-      );
-      if (r.status !== 'ok' || typeof r.id !== 'string') return undefined;
-      const scopes = (r.scopes ?? []).filter((s): s is Scope => (SCOPES as readonly string[]).includes(s));
-      return { tokenId: r.id, orgId: r.org_id ?? null, scopes };
+      return authenticateHash(hashToken(token));
     },
-    async revoke(id: string, actor?: string): Promise<{ id: string; revokedAt: string }> {
+    authenticateHash,
+    /**
+     * Revokes in Postgres (committed), then announces it. `announced` is false when the
+     * announcement failed (Redis unreachable): the revocation stands, and API processes' caches
+     * let go of the token within API_TOKEN_CACHE_MS; undefined when this store has no announcer.
+     */
+    async revoke(
+      id: string,
+      actor?: string,
+    ): Promise<{ id: string; revokedAt: string; announced?: boolean }> {
       const r = await rpc<{ id: string; revoked_at: string }>('api_tokens__revoke', {
         p_id: parseInput(uuid, id, 'id'),
         p_actor: actor,
       });
-      return { id: r.id, revokedAt: r.revoked_at };
+      if (!deps.announce) return { id: r.id, revokedAt: r.revoked_at };
+      const announced = await deps.announce(r.id).then(
+        () => true,
+        () => false,
+      );
+      return { id: r.id, revokedAt: r.revoked_at, announced };
     },
     async list(opts: { orgId?: string; includeRevoked?: boolean } = {}): Promise<TokenInfo[]> {
       const rows = await rpc<Row[]>('api_tokens__list', {

@@ -39,7 +39,7 @@ export interface AuthFailureLimiter {
 
 export const registerAuth = (
   app: FastifyInstance,
-  tokens: Pick<TokenStore, 'authenticate'>,
+  tokens: Pick<TokenStore, 'authenticate'> & { vouched?(token: string): boolean },
   failures?: AuthFailureLimiter,
 ): void => {
   app.decorateRequest('principal', null);
@@ -52,8 +52,21 @@ export const registerAuth = (
   app.addHook('onRequest', async (request, reply) => {
     const config = request.routeOptions.config;
     if (config.public) return;
-    // an address that failed too often is refused before any token lookup (Postgres stays out of it)
-    const wait = failures ? await failures.blocked(request.ip) : undefined;
+    const m = BEARER.exec(request.headers.authorization ?? '');
+    const presented = m?.[1];
+    // An address that failed too often is refused before any token lookup (Postgres stays out of
+    // it) — unless the token was valid in this process within the hour (token-cache.ts `vouched`):
+    // a flood of made-up tokens never matches one, and a real client behind the same address (NAT,
+    // a shared proxy) keeps working. Its lookup still decides; a revoked token is refused as ever.
+    const vouched = presented !== undefined && tokens.vouched?.(presented) === true;
+    const wait =
+      failures && !vouched
+        ? await failures.blocked(request.ip).catch((err: unknown) => {
+            // Redis unreachable (a 503 problem): ask to come back soon
+            void reply.header('retry-after', '5');
+            throw err;
+          })
+        : undefined;
     if (failures && wait !== undefined) {
       void reply.header('retry-after', String(wait));
       throw new ApiProblem(
@@ -62,8 +75,7 @@ export const registerAuth = (
         `at most ${failures.max} failed authentications per ${failures.windowMs / 1000} s from one address; retry after ${wait} s`,
       );
     }
-    const m = BEARER.exec(request.headers.authorization ?? '');
-    const principal = m?.[1] ? await tokens.authenticate(m[1]) : undefined;
+    const principal = presented ? await tokens.authenticate(presented) : undefined;
     if (!principal) {
       await failures?.failed(request.ip);
       throw problems.unauthorized();

@@ -1,4 +1,3 @@
-import rateLimit from '@fastify/rate-limit';
 import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { AuthFailureLimiter } from './auth';
@@ -7,13 +6,21 @@ import { ApiProblem } from './problems';
 
 /**
  * Per-token rate limits, counted in Redis (so every API process shares one budget per token):
- * `API_RATE_LIMIT` requests per window (`600/min` by default; `/s`, `/min`, `/h`). The key is the
- * token's id once the auth hook has run, the peer address for public routes. The limiter runs as a
- * route-level onRequest hook, which Fastify runs after the instance's onRequest hooks, i.e. after
+ * `API_RATE_LIMIT` requests per window (`600/min` by default; `/s`, `/min`, `/h`), a fixed window
+ * from the first request, under `<prefix>:ratelimit:token-<token id>` (the peer address,
+ * `ip-<address>`, for public routes). The hook is added after the auth hook, so it runs after
  * authentication: a request without a valid token is refused (401) before it is counted, and
  * tokens are 256 random bits, so there is nothing to guess by retrying. Over the limit: 429, a
- * problem document, and Retry-After in seconds. Failed authentications have their own per-address
- * limit (makeAuthFailureLimiter below), checked before the token lookup.
+ * problem document, and Retry-After in seconds; every counted answer carries `x-ratelimit-limit`,
+ * `x-ratelimit-remaining` and `x-ratelimit-reset`. Failed authentications have their own
+ * per-address limit (makeAuthFailureLimiter below), checked before the token lookup.
+ *
+ * Redis unreachable: the limiter fails fast and closed. Its connection has no offline queue and no
+ * retries (a command while disconnected is refused at once) and a command timeout
+ * (`API_REDIS_TIMEOUT_MS`, for a Redis that accepts but does not answer), and an authenticated
+ * request then gets **503** (problem document, Retry-After: 5) instead of waiting: an API that
+ * cannot count cannot promise a limit. Public routes (health, the OpenAPI document) are served
+ * uncounted instead, so /healthz and /readyz still answer and say what is wrong.
  */
 export const parseRateLimit = (spec: string, field = 'API_RATE_LIMIT'): { max: number; windowMs: number } => {
   const m = /^([1-9][0-9]{0,6})\/(s|sec|second|min|minute|h|hour)$/.exec(spec.trim());
@@ -23,26 +30,54 @@ export const parseRateLimit = (spec: string, field = 'API_RATE_LIMIT'): { max: n
   return { max: Number(m[1]), windowMs };
 };
 
-export const registerRateLimit = async (
+// INCR; the window starts at the first request (a key left without expiry gets one now)
+const HIT = `
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}`;
+
+type HitCommand = (key: string, windowMs: number) => Promise<[number, number]>;
+
+export const registerRateLimit = (
   app: FastifyInstance,
   opts: { redis: Redis; limit: string; prefix: string },
-): Promise<void> => {
+): void => {
   const { max, windowMs } = parseRateLimit(opts.limit);
-  await app.register(rateLimit, {
-    global: true,
-    hook: 'onRequest',
-    max,
-    timeWindow: windowMs,
-    redis: opts.redis,
-    nameSpace: `${opts.prefix}:ratelimit:`,
-    keyGenerator: (request) =>
-      request.principal ? `token-${request.principal.tokenId}` : `ip-${request.ip}`,
-    errorResponseBuilder: (_request, ctx) =>
-      new ApiProblem(
+  const redis = opts.redis as Redis & { cortexRateLimitHit?: HitCommand };
+  // EVALSHA with a fallback to EVAL, managed by ioredis
+  if (!redis.cortexRateLimitHit) redis.defineCommand('cortexRateLimitHit', { numberOfKeys: 1, lua: HIT });
+  const hit = (key: string): Promise<[number, number]> =>
+    (redis.cortexRateLimitHit as HitCommand)(`${opts.prefix}:ratelimit:${key}`, windowMs);
+
+  app.addHook('onRequest', async (request, reply) => {
+    const key = request.principal ? `token-${request.principal.tokenId}` : `ip-${request.ip}`;
+    let count: number;
+    let ttl: number;
+    try {
+      [count, ttl] = await hit(key);
+    } catch {
+      if (request.routeOptions.config.public) return;
+      void reply.header('retry-after', '5');
+      throw new ApiProblem(503, 'unavailable', 'the rate limiter cannot reach Redis; retry shortly');
+    }
+    const reset = Math.max(1, Math.ceil(ttl / 1000));
+    void reply.headers({
+      'x-ratelimit-limit': String(max),
+      'x-ratelimit-remaining': String(Math.max(0, max - count)),
+      'x-ratelimit-reset': String(reset),
+    });
+    if (count > max) {
+      void reply.header('retry-after', String(reset));
+      throw new ApiProblem(
         429,
         'too-many-requests',
-        `at most ${ctx.max} requests per ${windowMs / 1000} s; retry after ${ctx.after}`,
-      ),
+        `at most ${max} requests per ${windowMs / 1000} s; retry after ${reset} s`,
+      );
+    }
   });
 };
 
@@ -52,8 +87,12 @@ export const registerRateLimit = async (
  * The auth hook asks `blocked` BEFORE it looks a token up, so an address past `API_AUTH_FAILURE_LIMIT`
  * gets 429 without reaching Postgres — a flood of well-formed unknown tokens costs one Redis GET
  * each, not an api_tokens__authenticate call. While blocked, a valid token from that address is
- * refused too (it cannot be told apart without the lookup).
+ * refused too unless this process found it valid within the hour (auth.ts, token-cache.ts
+ * `vouched`). Redis unreachable: `blocked` throws a 503 problem (fail fast, closed).
  */
+const unavailable = (): ApiProblem =>
+  new ApiProblem(503, 'unavailable', 'the failed-authentication limiter cannot reach Redis; retry shortly');
+
 export const makeAuthFailureLimiter = (opts: {
   redis: Pick<Redis, 'get' | 'pttl' | 'incr' | 'pexpire'>;
   limit: string;
@@ -65,16 +104,27 @@ export const makeAuthFailureLimiter = (opts: {
     max,
     windowMs,
     async blocked(ip) {
-      const n = Number((await opts.redis.get(key(ip))) ?? 0);
+      let n: number;
+      let ttl = 0;
+      try {
+        n = Number((await opts.redis.get(key(ip))) ?? 0);
+        if (n >= max) ttl = await opts.redis.pttl(key(ip));
+      } catch {
+        // cannot tell: refuse fast rather than let unknown tokens through to Postgres uncounted
+        throw unavailable();
+      }
       if (n < max) return undefined;
-      const ttl = await opts.redis.pttl(key(ip));
       return Math.max(1, Math.ceil((ttl > 0 ? ttl : windowMs) / 1000));
     },
     async failed(ip) {
-      const n = await opts.redis.incr(key(ip));
-      // the window starts at the first failure; a key left without expiry (crash between the two
-      // calls) gets one at the next failure
-      if (n === 1 || (await opts.redis.pttl(key(ip))) < 0) await opts.redis.pexpire(key(ip), windowMs);
+      try {
+        const n = await opts.redis.incr(key(ip));
+        // the window starts at the first failure; a key left without expiry (crash between the two
+        // calls) gets one at the next failure
+        if (n === 1 || (await opts.redis.pttl(key(ip))) < 0) await opts.redis.pexpire(key(ip), windowMs);
+      } catch {
+        // best effort: the request is refused (401) either way, and `blocked` refuses while Redis is out
+      }
     },
   };
 };

@@ -7,9 +7,11 @@ import {
   validatorCompiler,
   type FastifyPluginAsyncZod,
 } from 'fastify-type-provider-zod';
+import type { Redis } from 'ioredis';
 import type { Pipeline } from '../deployments/pipeline-from-config';
 import type { Logger } from '../log';
 import type { TokenStore } from './api-tokens';
+import type { RevocationFeed } from './token-revocations';
 import { registerAuth } from './auth';
 import { clientErrorProblem } from './client-errors';
 import { makeErrorHandler, problems, sendProblem, toProblem } from './problems';
@@ -32,7 +34,15 @@ import { webhookRoutes } from './routes/webhooks';
  */
 export type ApiDeps = {
   readonly log: Logger;
-  readonly tokens: Pick<TokenStore, 'authenticate'>;
+  /** The token cache in the API process (token-cache.ts); a plain token store works too. */
+  readonly tokens: Pick<TokenStore, 'authenticate'> & { vouched?(token: string): boolean };
+  /**
+   * The rate limiters' Redis connection, made to fail fast (api-process.ts: no offline queue, no
+   * retries, a command timeout); the pipeline's (which waits for Redis) when absent.
+   */
+  readonly limiterRedis?: Redis;
+  /** Announced revocations: open event streams of a revoked token end at once. */
+  readonly revocations?: Pick<RevocationFeed, 'onRevoked'>;
   readonly pipeline: Pick<Pipeline, 'config' | 'db' | 'store' | 'secrets' | 'service' | 'queues' | 'redis'>;
 };
 
@@ -110,14 +120,14 @@ export const buildApi = async (
     app,
     deps.tokens,
     makeAuthFailureLimiter({
-      redis: deps.pipeline.redis,
+      redis: deps.limiterRedis ?? deps.pipeline.redis,
       limit: deps.pipeline.config.API_AUTH_FAILURE_LIMIT,
       prefix: deps.pipeline.config.QUEUE_PREFIX,
     }),
   );
-  // after the auth hook (its limiter is a route-level onRequest hook) and before every route
-  await registerRateLimit(app, {
-    redis: deps.pipeline.redis,
+  // after the auth hook (hooks run in the order they are added) and before every route
+  registerRateLimit(app, {
+    redis: deps.limiterRedis ?? deps.pipeline.redis,
     limit: deps.pipeline.config.API_RATE_LIMIT,
     prefix: deps.pipeline.config.QUEUE_PREFIX,
   });

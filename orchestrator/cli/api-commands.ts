@@ -1,7 +1,10 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { Redis } from 'ioredis';
 import { startApi } from '../api/api-process';
 import { makeTokenStore, parseScopes } from '../api/api-tokens';
-import { loadConfig } from '../config';
+import { makeRevocationAnnouncer } from '../api/token-revocations';
+import { loadConfig, type Config } from '../config';
+import { redisOptionsFromUrl } from '../deployments/pipeline-from-config';
 import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { OrchestratorError, invalidInput } from '../errors';
 import { makeLogger } from '../log';
@@ -25,6 +28,30 @@ const parse = (args: readonly string[], options: NonNullable<ParseArgsConfig['op
 
 const ACTOR = 'cortexctl';
 
+/**
+ * A revocation is announced to the API processes over a short-lived Redis connection that fails
+ * fast (no retries, no offline queue, 3 s at most): Redis being down never blocks or undoes a
+ * revocation, it only leaves the API caches to expire on their own (API_TOKEN_CACHE_MS).
+ */
+const announceRevocation = async (config: Config, tokenId: string): Promise<number> => {
+  const redis = new Redis({
+    ...redisOptionsFromUrl(config.REDIS_URL),
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: 3_000,
+    commandTimeout: 3_000,
+  });
+  redis.on('error', () => undefined);
+  try {
+    await redis.connect();
+    return await makeRevocationAnnouncer(redis)(tokenId);
+  } finally {
+    redis.disconnect();
+  }
+};
+
 const withTokens = async <T>(
   ctx: CliContext,
   fn: (t: ReturnType<typeof makeTokenStore>) => Promise<T>,
@@ -32,7 +59,9 @@ const withTokens = async <T>(
   const config = loadConfig({ LOG_LEVEL: 'warn', ...ctx.env });
   const db = makeRpcFromConfig(config);
   try {
-    return await fn(makeTokenStore({ rpc: db.rpc }));
+    return await fn(
+      makeTokenStore({ rpc: db.rpc, announce: (tokenId) => announceRevocation(config, tokenId) }),
+    );
   } finally {
     await db.close();
   }
@@ -104,6 +133,10 @@ export const apiCommands: Record<string, CliCommand> = {
         return withTokens(ctx, async (t) => {
           const done = await t.revoke(id, ACTOR);
           ctx.out(`revoked ${done.id} at ${done.revokedAt}\n`);
+          if (done.announced === false)
+            ctx.out(
+              'warning: Redis was unreachable, so running API processes were not told; they refuse the token once their cache entry expires (API_TOKEN_CACHE_MS)\n',
+            );
           return 0;
         });
       }

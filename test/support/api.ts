@@ -3,6 +3,7 @@ import type { DestinationStream } from 'pino';
 import { startApi, type RunningApi } from '../../orchestrator/api/api-process';
 import { makeTokenStore, type Scope, type TokenStore } from '../../orchestrator/api/api-tokens';
 import { makeApiClient, type ApiClient } from '../../orchestrator/api/client';
+import { makeRevocationAnnouncer } from '../../orchestrator/api/token-revocations';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { makeLogger, type Logger } from '../../orchestrator/log';
 import { startTestPipeline } from './pipeline';
@@ -39,7 +40,11 @@ export const startTestApi = async (env: Record<string, string> = {}): Promise<Te
   const log = makeLogger({ level: 'debug', name: 'test-api' }, sink);
   const pipeline = await startTestPipeline(env, { log });
   const api = await startApi(pipeline.config, log, { pipeline, port: 0, host: '127.0.0.1' });
-  const tokens = makeTokenStore({ rpc: pipeline.db.rpc });
+  // revocations announced as the CLI does, so the API's token cache drops them at once
+  const tokens = makeTokenStore({
+    rpc: pipeline.db.rpc,
+    announce: makeRevocationAnnouncer(pipeline.redis),
+  });
   return {
     api,
     pipeline,

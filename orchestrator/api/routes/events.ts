@@ -19,8 +19,10 @@ import type { ApiPlugin } from '../server';
  *
  * Fairness and revocation: at most `API_STREAMS_PER_TOKEN` open streams per token in this process
  * (the next gets 429 + Retry-After, so one organisation cannot take the process's 5,000 from
- * everyone else); a stream ends after `API_STREAM_MAX_MS` (EventSource reconnects with
- * Last-Event-ID, which authenticates the token again: a revoked token's stream lasts at most that).
+ * everyone else). A revocation announced through Redis (token-revocations.ts) ends the token's
+ * open streams at once; the reconnect is then refused (401). A stream also ends after
+ * `API_STREAM_MAX_MS` (EventSource reconnects with Last-Event-ID, which authenticates the token
+ * again), which bounds a revoked token's stream when the announcement was missed (Redis down).
  */
 export const HEARTBEAT_MS = 15_000;
 export const EVENTS_POLL_MS = 400;
@@ -49,13 +51,18 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
   const { rpc } = deps.pipeline.db;
   const hub = makeEventHub({ rpc, log: deps.log }, { pollMs: EVENTS_POLL_MS, pageSize: PAGE });
   const open = new Set<() => void>();
-  /** Open streams per token id (an entry is removed when its last stream ends). */
-  const perToken = new Map<string, number>();
+  /** Open streams (their `end`) per token id (an entry is removed when its last stream ends). */
+  const perToken = new Map<string, Set<() => void>>();
   const { API_STREAMS_PER_TOKEN: perTokenMax, API_STREAM_MAX_MS: maxMs } = deps.pipeline.config;
   // streams end before the server waits for its connections to close
   app.addHook('preClose', async () => {
     for (const end of [...open]) end();
   });
+  // a revoked token's streams end now ({ all } is a feed outage: nothing to end, the cache empties)
+  const stopListening = deps.revocations?.onRevoked((e) => {
+    if ('tokenId' in e) for (const end of [...(perToken.get(e.tokenId) ?? [])]) end();
+  });
+  app.addHook('onClose', async () => stopListening?.());
 
   app.get(
     '/v1/deployments/:id/events',
@@ -100,8 +107,8 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         void reply.header('retry-after', '5');
         throw new ApiProblem(503, 'unavailable', 'too many open event streams; retry shortly');
       }
-      const mine = perToken.get(p.tokenId) ?? 0;
-      if (mine >= perTokenMax) {
+      const mine = perToken.get(p.tokenId) ?? new Set<() => void>();
+      if (mine.size >= perTokenMax) {
         void reply.header('retry-after', '10');
         throw new ApiProblem(
           429,
@@ -109,7 +116,6 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
           `at most ${perTokenMax} open event streams per token; close one or retry later`,
         );
       }
-      perToken.set(p.tokenId, mine + 1);
 
       reply.hijack();
       const res: ServerResponse = reply.raw;
@@ -134,12 +140,13 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         clearTimeout(lifetime);
         unsubscribe();
         open.delete(end);
-        const left = (perToken.get(p.tokenId) ?? 1) - 1;
-        if (left > 0) perToken.set(p.tokenId, left);
-        else perToken.delete(p.tokenId);
+        mine.delete(end);
+        if (mine.size === 0 && perToken.get(p.tokenId) === mine) perToken.delete(p.tokenId);
         res.end();
       };
       open.add(end);
+      mine.add(end);
+      perToken.set(p.tokenId, mine);
       res.on('close', end);
       const slog = request.log.child({ deploymentId: request.params.id });
       slog.debug({ open: open.size, streams: hub.size }, 'event stream opened');

@@ -50,8 +50,14 @@ const slotUnit = (u: string): string => {
 
 /** `python3 -I -c <swap-host-script.ts> <mode> …`: the host helper, in one of its modes. */
 const HELPER: Argv = ['python3', '-I', '-c', SWAP_HOST_SCRIPT];
-type HelperMode = 'batch' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record';
-const HELPER_MODES: readonly string[] = ['digests', 'wait-healthy', 'port-holders', 'write-record'];
+type HelperMode = 'batch' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record' | 'write-env';
+const HELPER_MODES: readonly string[] = [
+  'digests',
+  'wait-healthy',
+  'port-holders',
+  'write-record',
+  'write-env',
+];
 const helper = (mode: HelperMode, ...args: string[]): Argv => [...HELPER, mode, ...args];
 const helperArgs = (argv: Argv): string[] | undefined =>
   argv.length > HELPER.length && HELPER.every((a, i) => argv[i] === a)
@@ -166,9 +172,23 @@ export const swapCommands = {
     if (!isAgentSlot(slot)) throw invalidInput('slot', 'must be blue or green');
     return helper('write-record', slot);
   },
+  /**
+   * The slot's env file, written atomically on the host like `writeActiveSlot`, its content read
+   * from standard input (in a batch: mark the step `stdin`; the value is on no command line).
+   */
+  writeEnvFile: (slot: AgentSlot): Argv => {
+    if (!isAgentSlot(slot)) throw invalidInput('slot', 'must be blue or green');
+    return helper('write-env', slot);
+  },
   start: (u: string): Argv => ['systemctl', 'start', unit(u)],
   stop: (u: string): Argv => ['systemctl', 'stop', unit(u)],
-  disable: (u: string): Argv => ['systemctl', 'disable', unit(u)],
+  /**
+   * Boot enablement without a reload of the service manager (750 ms each on a loaded host, twice
+   * per swap): enablement is the `[Install]` symlinks, read at boot and by `is-enabled` from disk;
+   * the running manager needs no reload to start, stop or route the slots.
+   */
+  enable: (u: string): Argv => ['systemctl', 'enable', '--no-reload', unit(u)],
+  disable: (u: string): Argv => ['systemctl', 'disable', '--no-reload', unit(u)],
   /** The live redirect of the service port (`… redirect to :<slot port> comment "slot <slot>"`). */
   upstreamRoute: (): Argv => ['nft', 'list', 'table', 'ip', UPSTREAM_NFT_TABLE],
   /** How often systemd restarted the unit's process since it was last started (a crash loop shows here). */
@@ -177,6 +197,11 @@ export const swapCommands = {
   activeSlot: (): Argv => ['cat', '--', ACTIVE_SLOT_PATH],
   /** Keep the current env file under a second name (a hard link: no copy of its content is made). */
   linkEnvFile: (from: string, to: string): Argv => ['ln', '-f', '--', envFile(from), envFile(to)],
+  /** Remove slot env files (and kept previous ones) in one command; a missing one is no error. */
+  removeEnvFiles: (...paths: string[]): Argv => {
+    if (paths.length === 0) throw invalidInput('path', 'must name a slot env file');
+    return ['rm', '-f', '--', ...paths.map(envFile)];
+  },
   /** Rename one env file over another (atomic, same directory). */
   moveEnvFile: (from: string, to: string): Argv => ['mv', '-f', '--', envFile(from), envFile(to)],
   /** TCP connections established to a local port, one per line (requests in flight to an instance). */

@@ -20,9 +20,12 @@
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
  *   (root:root 0700 directory, temp file O_EXCL 0600, fsync, fchown, rename, directory fsync,
  *   verified); temp files of a cut write are removed first.
+ * - `write-env <slot>`: the slot's env file, the same way, its content read from standard input
+ *   (the batch's, handed to this step only): no value on a command line, nothing of it printed.
  *
  * Nothing here reads a file but /proc/<pid>/environ (digests only) and /proc/<pid>/cgroup, and no
- * mode takes a path: the env files stay write-only for the orchestrator.
+ * mode takes a path: the env files stay write-only for the orchestrator (`write-env` writes one,
+ * named by its slot).
  */
 export const SWAP_HOST_SCRIPT = String.raw`import base64, fcntl, hashlib, hmac, http.client, json, os, re, stat, subprocess, sys, time
 
@@ -72,11 +75,10 @@ def props(unit, names):
 
 def digests(args, data):
     unit = unit_arg(args[0])
-    if run(["systemctl", "is-active", "--quiet", unit])[0] != 0:
-        return 3, b""
-    pid = props(unit, ["MainPID"]).get("MainPID", "0")
+    p = props(unit, ["ActiveState", "MainPID"])
+    pid = p.get("MainPID", "0")
     pid = int(pid) if pid.isdigit() else 0
-    if pid < 2:
+    if p.get("ActiveState") != "active" or pid < 2:
         return 3, b""
     key = bytes.fromhex(data.decode("ascii").split("\n")[0].strip())
     if len(key) < 16:
@@ -151,10 +153,7 @@ def port_holders(args, data):
     return 0, json.dumps({"ss": ss, "cgroups": cgroups}).encode()
 
 
-def write_record(args, data):
-    slot = args[0]
-    if slot not in ("blue", "green"):
-        raise Bad("slot")
+def write_atomic(name, body):
     try:
         st = os.lstat(ENV_DIR)
     except FileNotFoundError:
@@ -169,31 +168,56 @@ def write_record(args, data):
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o700:
             raise Bad("directory")
     for f in os.listdir(ENV_DIR):
-        if re.fullmatch(r"\.active-slot\.tmp-[0-9a-f]{16}", f):
+        if re.fullmatch(re.escape("." + name + ".tmp-") + "[0-9a-f]{16}", f):
             os.unlink(ENV_DIR + "/" + f)
-    body = (slot + "\n").encode()
-    tmp = ENV_DIR + "/.active-slot.tmp-" + os.urandom(8).hex()
+    path = ENV_DIR + "/" + name
+    tmp = ENV_DIR + "/." + name + ".tmp-" + os.urandom(8).hex()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, body)
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
         os.fchown(fd, 0, 0)
         os.fchmod(fd, 0o600)
-    finally:
+    except BaseException:
         os.close(fd)
-    os.rename(tmp, RECORD)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
     dfd = os.open(ENV_DIR, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    st = os.lstat(RECORD)
+    st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_gid != 0 or stat.S_IMODE(st.st_mode) != 0o600 or st.st_size != len(body):
-        raise Bad("record")
+        raise Bad("written file")
     return 0, b""
 
 
-HELPERS = {"digests": digests, "wait-healthy": wait_healthy, "port-holders": port_holders, "write-record": write_record}
+def write_record(args, data):
+    if args[0] not in ("blue", "green"):
+        raise Bad("slot")
+    return write_atomic("active-slot", (args[0] + "\n").encode())
+
+
+def write_env(args, data):
+    if args[0] not in ("blue", "green"):
+        raise Bad("slot")
+    if not 0 < len(data) <= 1048576:
+        raise Bad("size")
+    return write_atomic("agent-" + args[0] + ".env", data)
+
+
+HELPERS = {
+    "digests": digests,
+    "wait-healthy": wait_healthy,
+    "port-holders": port_holders,
+    "write-record": write_record,
+    "write-env": write_env,
+}
 
 
 def call(mode, args, data):
@@ -239,7 +263,7 @@ def batch(program, data):
 
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
-    data = sys.stdin.buffer.read() if mode in ("batch", "digests") else b""
+    data = sys.stdin.buffer.read() if mode in ("batch", "digests", "write-env") else b""
     if mode == "batch":
         sys.exit(batch(args[0], data))
     code, out, err = call(mode, args, data)

@@ -181,7 +181,7 @@ const runBatch = async (
   shell: RemoteShell,
   steps: readonly BatchStep[],
   o: ExecOptions,
-  extra: { readonly stdin?: string; readonly boundMs?: number } = {},
+  extra: { readonly stdin?: string | Secret; readonly boundMs?: number } = {},
 ): Promise<ExecResult[]> => {
   const timeoutMs = 60_000 + (extra.boundMs ?? 0) + steps.reduce((t, s) => t + (s.poll?.forMs ?? 0), 0);
   const r = await shell.exec(swapCommands.batch(steps), {
@@ -277,11 +277,11 @@ const routeFailed = (r: readonly ExecResult[], slot: AgentSlot, basePort: number
 };
 
 /** Stop a slot and forget its failures; its env file is removed (no value of an idle slot stays on disk). */
-const discardSteps = (slot: AgentSlot): BatchStep[] => [
+const discardSteps = (slot: AgentSlot, alsoRemove: readonly string[] = []): BatchStep[] => [
   { argv: swapCommands.disable(agentUnitName(slot)) },
   { argv: swapCommands.stop(agentUnitName(slot)) },
   { argv: agentCommands.resetFailed(agentUnitName(slot)) },
-  { argv: agentCommands.removeFile(slotEnvFilePath(slot)) },
+  { argv: swapCommands.removeEnvFiles(slotEnvFilePath(slot), ...alsoRemove) },
 ];
 
 interface Where {
@@ -371,16 +371,20 @@ const settle = async (
     : at.live === serving
       ? [{ argv: swapCommands.writeActiveSlot(serving), required: true }]
       : routeSteps(serving, basePort);
+  const [disable, ...discard] = discardSteps(
+    old,
+    AGENT_SLOTS.map((s) => `${slotEnvFilePath(s)}.previous`),
+  );
   const rest: BatchStep[] = [
-    { argv: agentCommands.enable(agentUnitName(serving)) },
-    { argv: swapCommands.disable(agentUnitName(old)) },
+    // (a swap that just routed enabled the serving slot then)
+    ...(opts.routed ? [] : [{ argv: swapCommands.enable(agentUnitName(serving)) }]),
+    ...(disable ? [disable] : []),
     {
       argv: swapCommands.establishedTo(slotPort(basePort, old)),
       match: '^\\s*$',
       poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
     },
-    ...discardSteps(old).slice(1),
-    ...AGENT_SLOTS.map((s) => ({ argv: agentCommands.removeFile(`${slotEnvFilePath(s)}.previous`) })),
+    ...discard,
     { argv: agentCommands.listDir(ENV_DIR) },
     ...(opts.probe ? [opts.probe] : []),
   ];
@@ -469,26 +473,29 @@ const blueGreen = async (
     return reason ? failed(reason) : done(serving);
   }
 
-  // 1. The idle slot, from scratch, with the new environment (over SFTP: the value is on no
-  // command line), started and polled on its own port from the host; its port must be its own.
+  // 1. The idle slot, from scratch, with the new environment (written on the host from standard
+  // input: the value is on no command line), started and polled on its own port from the host;
+  // its port must be its own.
   const target = otherSlot(serving);
   const unit = agentUnitName(target);
   const port = slotPort(base, target);
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
-  await shell.writeFileAtomic(slotEnvFilePath(target), content, { mode: 0o600, dirMode: 0o700, ...o });
   const started = await runBatch(
     shell,
     [
       { argv: swapCommands.stop(unit) },
       { argv: agentCommands.resetFailed(unit) },
+      { argv: swapCommands.writeEnvFile(target), stdin: true, required: true },
       { argv: swapCommands.start(unit) },
       { argv: swapCommands.waitHealthyLoopback(unit, port, profile.healthPath, healthMs), required: true },
       { argv: swapCommands.portHolders(port) },
     ],
     o,
-    { boundMs: healthMs },
+    { stdin: content, boundMs: healthMs },
   );
-  const unhealthy = slotUnhealthy(unit, port, healthMs, started.slice(2));
+  if (started[2]?.code !== 0)
+    throw new OrchestratorError('remote_command_failed', `the env file of slot ${target} was not written`);
+  const unhealthy = slotUnhealthy(unit, port, healthMs, started.slice(3));
   if (unhealthy) {
     await runBatch(shell, discardSteps(target), o);
     return failed(unhealthy.reason, unhealthy.code);
@@ -499,7 +506,7 @@ const blueGreen = async (
   const moved = await runBatch(
     shell,
     [
-      { argv: agentCommands.enable(unit) },
+      { argv: swapCommands.enable(unit) },
       ...routeSteps(target, base),
       caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
     ],
@@ -549,25 +556,29 @@ const heldRestart = async (
     return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
-  // The previous file stays (a second name for the same inode, root-only) until the new one is proven.
-  const kept = (await shell.exec(swapCommands.linkEnvFile(file, previous), o)).code === 0;
-  await shell.writeFileAtomic(file, content, { mode: 0o600, dirMode: 0o700, ...o });
+  // The previous file stays (a second name for the same inode, root-only) until the new one is
+  // proven; the new one is written on the host from standard input (on no command line).
   // While it restarts no instance serves and Caddy holds requests for lb_try_duration only: a unit
   // that does not (re)start, or crash-loops on its own port (from the host), ends the wait at once
   // (required steps), so the old environment is back within the hold; then end to end via Caddy.
   // (rotation-gaps.test.ts: 12 failed requests in a 60 s probe before; 0 now.)
   const port = slotPort(profile.port, slot);
-  const checked = await runBatch(
+  const [link = NOT_RUN, written = NOT_RUN, ...checked] = await runBatch(
     shell,
     [
+      { argv: swapCommands.linkEnvFile(file, previous) },
+      { argv: swapCommands.writeEnvFile(slot), stdin: true, required: true },
       { argv: agentCommands.restart(unit), required: true },
       { argv: swapCommands.waitHealthyLoopback(unit, port, profile.healthPath, healthMs), required: true },
       { argv: swapCommands.portHolders(port) },
       caddyProbe(at, profile.healthPath, healthMs),
     ],
     o,
-    { boundMs: healthMs },
+    { stdin: content, boundMs: healthMs },
   );
+  if (written.code !== 0)
+    throw new OrchestratorError('remote_command_failed', `the env file of slot ${slot} was not written`);
+  const kept = link.code === 0;
   const reason =
     slotUnhealthy(unit, port, healthMs, checked)?.reason ??
     throughCaddyFailed(checked[3] ?? NOT_RUN, healthMs);

@@ -354,7 +354,7 @@ describe('agent swap on a real local host', () => {
     ['after traffic moved (the drain)', (a: readonly string[]) => a[0] === 'ss'],
     [
       'while removing the old env file',
-      (a: readonly string[]) => a[0] === 'rm' && /agent-(blue|green)\.env$/.test(a[a.length - 1] ?? ''),
+      (a: readonly string[]) => a[0] === 'rm' && a.some((f) => /agent-(blue|green)\.env$/.test(f)),
     ],
   ])('a run cut %s leaves one healthy slot serving, and a re-run converges', async (_, when) => {
     const key = newKey();

@@ -216,6 +216,15 @@ export const makeSwapHost = (
         cgroups[m[1] as string] = files.get(`/proc/${m[1] as string}/cgroup`)?.content.toString() ?? '';
       return ok(JSON.stringify({ ss, cgroups }));
     }
+    if (mode === 'write-env') {
+      files.set(slotEnvFilePath(args[0] === 'green' ? 'green' : 'blue'), {
+        content: Buffer.from(stdin ?? Buffer.alloc(0)),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+      });
+      return ok();
+    }
     if (mode === 'write-record') {
       files.set(ACTIVE_SLOT_PATH, {
         content: Buffer.from(`${args[0] ?? ''}\n`),

@@ -58,7 +58,7 @@ describe('blue/green swap: the new slot must own its port (finding 6)', () => {
     expect(h.active.has('cortex-agent@green.service')).toBe(false);
     expect(h.fake.files.has(slotEnvFilePath('green'))).toBe(false);
     const sent = h.fake.calls.map((c) => c.join(' '));
-    expect(sent).not.toContain('systemctl enable cortex-agent@green.service');
+    expect(sent).not.toContain('systemctl enable --no-reload cortex-agent@green.service');
     expect(sent).not.toContain('systemctl restart cortex-upstream.service');
   });
 

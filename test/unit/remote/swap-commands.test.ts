@@ -158,6 +158,19 @@ describe('a batch: several swap commands in one round trip', () => {
       /timeoutMs/,
     );
     expect(swapCommands.writeActiveSlot('green').slice(4)).toEqual(['write-record', 'green']);
+    expect(swapCommands.writeEnvFile('blue').slice(4)).toEqual(['write-env', 'blue']);
+    expect(() => swapCommands.writeEnvFile('../x' as 'blue')).toThrow(/slot/);
+    expect(swapCommands.enable('cortex-agent@blue.service')).toEqual([
+      'systemctl',
+      'enable',
+      '--no-reload',
+      'cortex-agent@blue.service',
+    ]);
+    expect(
+      swapCommands.removeEnvFiles('/etc/cortex/agent-blue.env', '/etc/cortex/agent-green.env.previous'),
+    ).toEqual(['rm', '-f', '--', '/etc/cortex/agent-blue.env', '/etc/cortex/agent-green.env.previous']);
+    for (const bad of ['/etc/cortex/active-slot', '/etc/shadow', '/etc/cortex/../cortex/agent-blue.env'])
+      expect(() => swapCommands.removeEnvFiles(bad)).toThrow(/path/);
     expect(() => swapCommands.writeActiveSlot('red' as 'blue')).toThrow(/slot/);
   });
 

@@ -1,0 +1,92 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { canary } from '../../support/canary';
+import { parseBatchOutput, swapCommands } from '../../../orchestrator/remote/swap-commands';
+import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+
+/**
+ * The swap's host helper, run here with python3 against a temporary directory in place of
+ * /etc/cortex (and of its lock): the atomic writes (the env file from standard input, the record),
+ * and a batch's order, polls and required steps. As root (CI) the files are checked root:root.
+ */
+const root = process.getuid?.() === 0;
+let dir: string;
+let script: string;
+const helper = (args: readonly string[], stdin = '') =>
+  spawnSync('python3', ['-I', '-c', script, ...args], { input: stdin });
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'swap-helper-'));
+  chmodSync(dir, 0o755);
+  script = SWAP_HOST_SCRIPT.replace('ENV_DIR = "/etc/cortex"', `ENV_DIR = "${dir}/cortex"`).replace(
+    'LOCK = "/run/cortex-swap.lock"',
+    `LOCK = "${dir}/lock"`,
+  );
+  expect(script).not.toBe(SWAP_HOST_SCRIPT);
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+(root ? describe : describe.skip)('the host helper (as root)', () => {
+  it('write-env: the content from standard input, 0600 root:root in a 0700 directory, stale temp files gone, nothing printed', () => {
+    const value = canary();
+    const first = helper(['write-env', 'green'], `K="${value}"\n`);
+    expect(first.status).toBe(0);
+    expect(statSync(`${dir}/cortex`).mode & 0o7777).toBe(0o700);
+    // a temp file of a cut write, and a directory someone loosened, are put right by the next write
+    writeFileSync(`${dir}/cortex/.agent-green.env.tmp-0123456789abcdef`, 'partial');
+    chmodSync(`${dir}/cortex`, 0o755);
+    const r = helper(['write-env', 'green'], `K="${value}"\nL="2"\n`);
+    expect(r.status).toBe(0);
+    expect(`${r.stdout.toString()}${r.stderr.toString()}`).toBe('');
+    const st = statSync(`${dir}/cortex/agent-green.env`);
+    expect([st.uid, st.gid, st.mode & 0o7777]).toEqual([0, 0, 0o600]);
+    expect(statSync(`${dir}/cortex`).mode & 0o7777).toBe(0o700);
+    expect(readFileSync(`${dir}/cortex/agent-green.env`, 'utf8')).toBe(`K="${value}"\nL="2"\n`);
+    expect(readdirSync(`${dir}/cortex`)).toEqual(['agent-green.env']);
+  });
+
+  it('write-env refuses an empty content and any slot but blue or green; write-record writes one word', () => {
+    expect(helper(['write-env', 'blue']).status).toBe(64);
+    expect(helper(['write-env', '../x'], 'K="v"\n').status).toBe(64);
+    expect(helper(['write-record', 'red']).status).toBe(64);
+    expect(helper(['write-record', 'blue']).status).toBe(0);
+    expect(readFileSync(`${dir}/cortex/active-slot`, 'utf8')).toBe('blue\n');
+    expect(statSync(`${dir}/cortex/active-slot`).mode & 0o7777).toBe(0o600);
+  });
+
+  it('a batch runs in order, hands standard input only to its marked step, polls until a match, and stops at a required step not done', () => {
+    const value = canary();
+    const program = swapCommands.batch([
+      { argv: swapCommands.writeEnvFile('blue'), stdin: true, required: true },
+      { argv: ['ls', '-A1', '--', `${dir}/cortex`] },
+      // never matches: polled for its bound (300 ms) and returned as not done
+      { argv: ['ls', '-A1', '--', `${dir}/cortex`], match: '^nothing$', poll: { everyMs: 50, forMs: 300 } },
+      { argv: ['ls', '-A1', '--', `${dir}/none`], required: true },
+      { argv: swapCommands.writeActiveSlot('green') },
+    ])[5];
+    const t0 = Date.now();
+    const r = helper(['batch', program as string], `K="${value}"\n`);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(300);
+    expect(r.status).toBe(0);
+    const out = parseBatchOutput(r.stdout.toString());
+    expect(out.map((x) => x.code)).toEqual([0, 0, 0, 2]);
+    expect(out[1]?.stdout.toString()).toBe('agent-blue.env\n');
+    expect(r.stdout.toString()).not.toContain(value);
+    expect(readFileSync(`${dir}/cortex/agent-blue.env`, 'utf8')).toBe(`K="${value}"\n`);
+    // the step after the required one that failed did not run
+    expect(readdirSync(`${dir}/cortex`)).toEqual(['agent-blue.env']);
+  });
+});
+
+describe('the host helper refuses bad arguments', () => {
+  it.each([
+    [['digests', 'cortex-agent@red.service']],
+    [['wait-healthy', 'cortex-agent@blue.service', '0', '/health', '1']],
+    [['wait-healthy', 'cortex-agent@blue.service', '18790', 'file:///etc/shadow', '1']],
+    [['port-holders', '70000']],
+  ])('%j: exit 64, nothing run', (args) => {
+    expect(helper(args, '00'.repeat(32)).status).toBe(64);
+  });
+});

@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Stats } from 'ssh2';
 import type { OrchestratorError } from '../../../orchestrator/errors';
 import {
@@ -26,6 +26,22 @@ type Hooks = {
   setstat?: 'ignore';
 };
 const S_IFLNK = 0o120000;
+
+/**
+ * This fake is sftp-server running AS ROOT on this machine: it must never touch a path outside the
+ * test's own temporary directory. A mutant (Stryker) or a bug that lets a bad path through
+ * otherwise writes `/top` or `/etc/x` and takes over `/` or `/etc` with mode 0700 — which happened
+ * once and locked Postgres out of its shared memory. Such a call fails here instead (with a message
+ * that does not mention "path", so it cannot pass for the product's own refusal).
+ */
+const SANDBOX = join(tmpdir(), 'rfb-');
+const confined = (p: unknown): string => {
+  if (typeof p !== 'string' || !resolve(p).startsWith(SANDBOX) || resolve(p) !== p)
+    throw Object.assign(new Error(`test fake: ${JSON.stringify(p)} is outside the sandbox`), {
+      code: 'EFAKE',
+    });
+  return p;
+};
 
 const localSftp = (hooks: Hooks = {}) => {
   const log: Call[] = [];
@@ -55,7 +71,11 @@ const localSftp = (hooks: Hooks = {}) => {
       const h = Buffer.from(String(next++));
       handles.set(
         h.toString(),
-        fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, attrs.mode),
+        fs.openSync(
+          confined(p),
+          fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
+          attrs.mode,
+        ),
       );
       return h;
     }),
@@ -67,21 +87,21 @@ const localSftp = (hooks: Hooks = {}) => {
     fchown: cbify('fchown', (h: Buffer, u: number, g: number) => fs.fchownSync(fd(h), u, g)),
     fchmod: cbify('fchmod', (h: Buffer, m: number) => fs.fchmodSync(fd(h), m)),
     close: cbify('close', (h: Buffer) => fs.closeSync(fd(h))),
-    ext_openssh_rename: cbify('rename', (a: string, b: string) => fs.renameSync(a, b)),
+    ext_openssh_rename: cbify('rename', (a: string, b: string) => fs.renameSync(confined(a), confined(b))),
     lstat: cbify('lstat', (p: string) => {
       const n = (lstats.get(p) ?? 0) + 1;
       lstats.set(p, n);
-      const st = toStats(fs.lstatSync(p));
+      const st = toStats(fs.lstatSync(confined(p)));
       return hooks.lstat ? hooks.lstat(p, st, n) : st;
     }),
-    mkdir: cbify('mkdir', (p: string, a: { mode: number }) => fs.mkdirSync(p, { mode: a.mode })),
+    mkdir: cbify('mkdir', (p: string, a: { mode: number }) => fs.mkdirSync(confined(p), { mode: a.mode })),
     setstat: cbify('setstat', (p: string, a: { uid: number; gid: number; mode: number }) => {
       if (hooks.setstat === 'ignore') return;
-      fs.chownSync(p, a.uid, a.gid);
+      fs.chownSync(confined(p), a.uid, a.gid);
       fs.chmodSync(p, a.mode);
     }),
-    readdir: cbify('readdir', (p: string) => fs.readdirSync(p).map((filename) => ({ filename }))),
-    unlink: cbify('unlink', (p: string) => fs.unlinkSync(p)),
+    readdir: cbify('readdir', (p: string) => fs.readdirSync(confined(p)).map((filename) => ({ filename }))),
+    unlink: cbify('unlink', (p: string) => fs.unlinkSync(confined(p))),
   } as unknown as SftpOps;
   return { sftp, log, names: () => log.map((c) => c.name) };
 };

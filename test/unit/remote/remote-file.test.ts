@@ -1,9 +1,25 @@
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Stats } from 'ssh2';
 import { isOrchestratorError } from '../../../orchestrator/errors';
 import { type SftpOps, isTempNameFor, writeFileAtomicSftp } from '../../../orchestrator/remote/remote-file';
+
+/**
+ * This fake is sftp-server running AS ROOT on this machine: it must never touch a path outside the
+ * test's own temporary directory. A mutant (Stryker) or a bug that lets a bad path through
+ * otherwise writes `/top` or `/etc/x` and takes over `/` or `/etc` with mode 0700 — which happened
+ * once and locked Postgres out of its shared memory. Such a call fails here instead (with a message
+ * that does not mention "path", so it cannot pass for the product's own refusal).
+ */
+const SANDBOX = join(tmpdir(), 'rf-');
+const confined = (p: unknown): string => {
+  if (typeof p !== 'string' || !resolve(p).startsWith(SANDBOX) || resolve(p) !== p)
+    throw Object.assign(new Error(`test fake: ${JSON.stringify(p)} is outside the sandbox`), {
+      code: 'EFAKE',
+    });
+  return p;
+};
 
 /**
  * SFTP over the local file system, as OpenSSH's sftp-server does it (open with O_EXCL and the
@@ -36,7 +52,11 @@ const localSftp = (failAt?: string) => {
       const h = Buffer.from(String(next++));
       handles.set(
         h.toString(),
-        fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, attrs.mode),
+        fs.openSync(
+          confined(p),
+          fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
+          attrs.mode,
+        ),
       );
       return h;
     }),
@@ -47,15 +67,15 @@ const localSftp = (failAt?: string) => {
     fchown: cbify('fchown', (h: Buffer, u: number, g: number) => fs.fchownSync(fd(h), u, g)),
     fchmod: cbify('fchmod', (h: Buffer, m: number) => fs.fchmodSync(fd(h), m)),
     close: cbify('close', (h: Buffer) => fs.closeSync(fd(h))),
-    ext_openssh_rename: cbify('rename', (a: string, b: string) => fs.renameSync(a, b)),
-    lstat: cbify('lstat', (p: string) => toStats(fs.lstatSync(p))),
-    mkdir: cbify('mkdir', (p: string, a: { mode: number }) => fs.mkdirSync(p, { mode: a.mode })),
+    ext_openssh_rename: cbify('rename', (a: string, b: string) => fs.renameSync(confined(a), confined(b))),
+    lstat: cbify('lstat', (p: string) => toStats(fs.lstatSync(confined(p)))),
+    mkdir: cbify('mkdir', (p: string, a: { mode: number }) => fs.mkdirSync(confined(p), { mode: a.mode })),
     setstat: cbify('setstat', (p: string, a: { uid: number; gid: number; mode: number }) => {
-      fs.chownSync(p, a.uid, a.gid);
+      fs.chownSync(confined(p), a.uid, a.gid);
       fs.chmodSync(p, a.mode);
     }),
-    readdir: cbify('readdir', (p: string) => fs.readdirSync(p).map((filename) => ({ filename }))),
-    unlink: cbify('unlink', (p: string) => fs.unlinkSync(p)),
+    readdir: cbify('readdir', (p: string) => fs.readdirSync(confined(p)).map((filename) => ({ filename }))),
+    unlink: cbify('unlink', (p: string) => fs.unlinkSync(confined(p))),
   } as unknown as SftpOps;
   return { sftp, log };
 };

@@ -265,7 +265,8 @@ describe('failed authentications per address (Redis)', () => {
         expect(r.response.headers.get('content-type')).toMatch(PROBLEM);
         expect(Number(r.response.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
       }
-      // while blocked, the address's valid token is refused too: it cannot be told apart without a lookup
+      // while blocked, a token this process has not yet found valid is refused too: telling it apart
+      // would take a lookup (a token it has seen passes: api-token-cache.test.ts)
       expect((await u.client(good.token).GET('/v1/deployments')).response.status).toBe(429);
       // (that no token lookup runs while blocked: test/unit/api/api-abuse.test.ts counts them)
       const keys = await u.pipeline.redis.keys(`${u.pipeline.config.QUEUE_PREFIX}:authfail:*`);

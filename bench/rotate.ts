@@ -11,6 +11,7 @@
  * Target (issue 11): 50 deployments in under 15 s with zero failed requests.
  */
 import { randomBytes } from 'node:crypto';
+import { loadavg } from 'node:os';
 import { loadConfig } from '../orchestrator/config';
 import { makePipelineFromConfig } from '../orchestrator/deployments/pipeline-from-config';
 import { makeLogger } from '../orchestrator/log';
@@ -129,11 +130,13 @@ export const run = async (args: string[]): Promise<void> => {
       await sleep(1_000);
       const before = { requests, failed };
       const t0 = Date.now();
+      const loadAtStart = loadavg()[0] ?? 0;
       const started = await rot.service.rotate(
         { secretId: secret.secretId, value: key() },
         { actor: 'bench' },
       );
       const switchedAt = await Promise.all(watchers);
+      const loadAtSwitch = loadavg()[0] ?? 0;
       await Promise.all(shells.map((sh) => sh.close()));
       let done = await rot.service.status(started.id);
       while (done.state !== 'completed') {
@@ -149,7 +152,8 @@ export const run = async (args: string[]): Promise<void> => {
       console.log(
         `${n} deployments: ${seconds.toFixed(1)} s, ${during.failed} failed requests` +
           ` (of ${during.requests}; every rotation record complete, old instances drained and stopped, after ${recorded.toFixed(1)} s;` +
-          ` ${ready.length} ready${notSwitched ? `, ${notSwitched} not switched` : ''}, ROTATE_CONCURRENCY ${config.ROTATE_CONCURRENCY})`,
+          ` ${ready.length} ready${notSwitched ? `, ${notSwitched} not switched` : ''}, ROTATE_CONCURRENCY ${config.ROTATE_CONCURRENCY};` +
+          ` load average (1 min) ${loadAtStart.toFixed(1)} at the request, ${loadAtSwitch.toFixed(1)} when all had switched)`,
       );
       await Promise.all(ids.map((id) => p.service.destroy(id)));
       await Promise.all(

@@ -14,7 +14,9 @@
  *   without that one-time key leaves the host. Exit 3: the unit runs no process.
  * - `wait-healthy <unit> <port> <path> <ms>`: GET http://127.0.0.1:<port><path> every 100 ms until
  *   200 (`healthy`, exit 0), a crash loop (`crashloop <restarts> <state>`, exit 1) or the deadline
- *   (`timeout <state>`, exit 2). An answer begun after the deadline does not count. Body discarded.
+ *   (`timeout <state>`, exit 2). An answer begun after the deadline does not count. One probe takes
+ *   3 s at most however slowly the listener answers (it may be hostile: a trickled answer must not
+ *   hold the helper nor the lock); at most 64 KiB of the body is read, then discarded.
  * - `port-holders <port>`: the listening sockets on the port (`ss -p`) and the cgroup of every
  *   process holding one, as JSON: the orchestrator decides whether they all belong to one unit.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
@@ -27,7 +29,7 @@
  * mode takes a path: the env files stay write-only for the orchestrator (`write-env` writes one,
  * named by its slot).
  */
-export const SWAP_HOST_SCRIPT = String.raw`import base64, fcntl, hashlib, hmac, http.client, json, os, re, stat, subprocess, sys, time
+export const SWAP_HOST_SCRIPT = String.raw`import base64, fcntl, hashlib, hmac, http.client, json, os, re, signal, stat, subprocess, sys, time
 
 UNIT = re.compile(r"cortex-agent@(blue|green)\.service")
 HTTP_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
@@ -96,18 +98,40 @@ def digests(args, data):
     return 0, "".join(out).encode()
 
 
+class Late(Exception):
+    pass
+
+
+def expire(signum, frame):
+    raise Late()
+
+
 def probe(port, path):
+    # Whatever listens on the port may be hostile (the other slot's agent can bind it first): one
+    # probe takes 3 s in all however slowly it trickles its answer (a socket timeout bounds each
+    # read only), and at most 64 KiB of the body is read (the status is what counts).
+    old = signal.signal(signal.SIGALRM, expire)
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
         try:
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            return r.status
+            signal.setitimer(signal.ITIMER_REAL, 3)
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+            try:
+                c.request("GET", path)
+                r = c.getresponse()
+                status = r.status
+                try:
+                    r.read(65536)
+                except Exception:
+                    pass
+                return status
+            finally:
+                c.close()
         finally:
-            c.close()
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except Exception:
         return 0
+    finally:
+        signal.signal(signal.SIGALRM, old)
 
 
 def wait_healthy(args, data):

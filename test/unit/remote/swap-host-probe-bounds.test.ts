@@ -1,0 +1,85 @@
+import { spawn } from 'node:child_process';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+
+/**
+ * Review R2 (issue 11): the helper's `wait-healthy` probe runs as root on the agent's host against
+ * whatever listens on the slot's port, which may be a hostile process (the other slot's agent can
+ * bind it first: the port-owner check exists for that). The probe must stay bounded whatever that
+ * listener does: an answer trickled a byte at a time (headers or body) must not hold the root helper
+ * (and the host's swap lock, /run/cortex-swap.lock, which every later swap waits for) past the
+ * helper's own deadline, nor make it buffer an unbounded body.
+ */
+const runHelper = (args: readonly string[], killAfterMs: number) =>
+  new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
+    const t0 = Date.now();
+    const p = spawn('python3', ['-I', '-c', SWAP_HOST_SCRIPT, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), killAfterMs);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, ms: Date.now() - t0 });
+    });
+  });
+
+/** A listener that answers `head` at once, then one byte of `drip` every 200 ms, forever. */
+const trickler = async (head: string, drip: string): Promise<{ server: Server; port: number }> => {
+  const sockets = new Set<Socket>();
+  const server = createServer((s) => {
+    sockets.add(s);
+    s.on('error', () => undefined);
+    s.once('data', () => {
+      s.write(head);
+      const t = setInterval(() => s.write(drip), 200);
+      s.on('close', () => {
+        clearInterval(t);
+        sockets.delete(s);
+      });
+    });
+  });
+  server.on('close', () => sockets.forEach((s) => s.destroy()));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const close = server.close.bind(server);
+  server.close = (cb) => {
+    sockets.forEach((s) => s.destroy());
+    return close(cb);
+  };
+  return { server, port: (server.address() as AddressInfo).port };
+};
+
+describe('the host helper: wait-healthy against a hostile listener', () => {
+  let server: Server | undefined;
+  afterEach(async () => {
+    await new Promise((r) => server?.close(r) ?? r(undefined));
+    server = undefined;
+  });
+
+  it('a status line then headers trickled forever: the helper gives up by its deadline (timeout, exit 2)', async () => {
+    const t = await trickler('HTTP/1.1 200 OK\r\nX-Slow: ', 'a');
+    server = t.server;
+    const r = await runHelper(
+      ['wait-healthy', 'cortex-agent@green.service', String(t.port), '/health', '1000'],
+      15_000,
+    );
+    // bound: the 1 s deadline plus one probe's own bound (3 s) and slack for a loaded machine
+    expect(r.ms).toBeLessThan(8_000);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toMatch(/^timeout /);
+  }, 20_000);
+
+  it('a 200 whose body is trickled forever: the status is taken without reading the body to its end', async () => {
+    const t = await trickler('HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n', 'b');
+    server = t.server;
+    const r = await runHelper(
+      ['wait-healthy', 'cortex-agent@green.service', String(t.port), '/health', '1000'],
+      15_000,
+    );
+    expect(r.ms).toBeLessThan(8_000);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('healthy\n');
+  }, 20_000);
+});

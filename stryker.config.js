@@ -18,13 +18,18 @@ module.exports = {
       testEnvironment: 'node',
       testEnvironmentOptions: { globalsCleanup: 'off' },
       transform: { '^.+\\.ts$': ['ts-jest', { diagnostics: false }] },
-      testMatch: [
-        '<rootDir>/test/unit/remote/{env-file,shell-quote,host-keys,remote-file,ssh-key-source}*.test.ts',
-        '<rootDir>/test/unit/secrets/**/*.test.ts',
-        '<rootDir>/test/unit/core/{secret,errors}.test.ts',
-        // not the template suites that run caddy, systemd-analyze and cloud-init on every mutant
-        '<rootDir>/test/unit/templates/template-escaping*.test.ts',
-      ],
+      // STRYKER_TESTS (comma-separated globs from the project root) narrows this to one file's own
+      // tests, so that an unrelated test file failing the dry run (another change in progress)
+      // cannot stop a per-file run; perTest coverage runs the same tests on each mutant either way.
+      testMatch: process.env.STRYKER_TESTS
+        ? process.env.STRYKER_TESTS.split(',').map((glob) => `<rootDir>/${glob}`)
+        : [
+            '<rootDir>/test/unit/remote/{env-file,shell-quote,host-keys,remote-file,ssh-key-source}*.test.ts',
+            '<rootDir>/test/unit/secrets/**/*.test.ts',
+            '<rootDir>/test/unit/core/{secret,errors}.test.ts',
+            // not the template suites that run caddy, systemd-analyze and cloud-init on every mutant
+            '<rootDir>/test/unit/templates/template-escaping*.test.ts',
+          ],
     },
     enableFindRelatedTests: false,
   },

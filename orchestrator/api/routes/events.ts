@@ -58,9 +58,17 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
   app.addHook('preClose', async () => {
     for (const end of [...open]) end();
   });
+  // Token ids this process heard revoked (a revocation is final; bounded, oldest dropped): a
+  // stream request authenticated before the announcement but still awaiting its first read (or the
+  // rate limiter) when it arrived finds its token here and is refused, instead of opening a stream
+  // that would outlive the revocation by API_STREAM_MAX_MS.
+  const revoked = new Set<string>();
   // a revoked token's streams end now ({ all } is a feed outage: nothing to end, the cache empties)
   const stopListening = deps.revocations?.onRevoked((e) => {
-    if ('tokenId' in e) for (const end of [...(perToken.get(e.tokenId) ?? [])]) end();
+    if (!('tokenId' in e)) return;
+    revoked.add(e.tokenId);
+    if (revoked.size > 10_000) revoked.delete(revoked.values().next().value as string);
+    for (const end of [...(perToken.get(e.tokenId) ?? [])]) end();
   });
   app.addHook('onClose', async () => stopListening?.());
 
@@ -95,6 +103,8 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         throw err;
       });
       if (!canSee(p, String(first.org_id))) throw problems.notFound('deployment');
+      // revoked while this request was in flight (nothing awaits between here and the registration)
+      if (revoked.has(p.tokenId)) throw problems.unauthorized();
       const batch: EventBatch = {
         status: String(first.status),
         settled: first.settled === true,

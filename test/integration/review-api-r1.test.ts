@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { DestinationStream } from 'pino';
 import { startApi, type RunningApi } from '../../orchestrator/api/api-process';
-import { makeTokenStore } from '../../orchestrator/api/api-tokens';
+import { hashToken, makeTokenStore } from '../../orchestrator/api/api-tokens';
 import { makeRevocationAnnouncer } from '../../orchestrator/api/token-revocations';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { makeLogger } from '../../orchestrator/log';
@@ -41,7 +41,7 @@ beforeAll(async () => {
     return rpc(fn, args);
   };
   const sink: DestinationStream = { write: (line: string) => void logs.push(line) };
-  api = await startApi(pipeline.config, makeLogger({ level: 'info', name: 'review-r1' }, sink), {
+  api = await startApi(pipeline.config, makeLogger({ level: 'debug', name: 'review-r1' }, sink), {
     pipeline: { ...pipeline, db: { ...pipeline.db, rpc: held } },
     port: 0,
     host: '127.0.0.1',
@@ -107,4 +107,9 @@ it('a token revoked (and announced) while its stream request is in flight gets n
   } finally {
     s.abort();
   }
+  // nothing logged (at debug) carries the token or its SHA-256: the announcement is the id alone
+  const all = logs.join('\n');
+  expect(all).not.toContain(tok.token);
+  expect(all).not.toContain(hashToken(tok.token));
+  expect(all).not.toContain(tok.token.slice(4, 20));
 });

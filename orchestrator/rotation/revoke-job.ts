@@ -47,10 +47,13 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
    * A `rotating` left by a crashed attempt is ours to clear too: under the lease no other operation
    * runs on this deployment.
    */
+  const setReady = async (deploymentId: string): Promise<void> => {
+    if ((await deps.store.get(deploymentId)).status === 'rotating')
+      await deps.store.setStatus(deploymentId, 'ready');
+  };
   const restoreReady = async (deploymentId: string): Promise<void> => {
     try {
-      if ((await deps.store.get(deploymentId)).status === 'rotating')
-        await deps.store.setStatus(deploymentId, 'ready');
+      await setReady(deploymentId);
     } catch (err) {
       log.error(
         { deploymentId, reason: reasonOf(err) },
@@ -88,10 +91,15 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           } finally {
             await shell.close().catch(() => undefined);
           }
-          await rotations.revokeBindings(secretId, deploymentId, ctx);
-        } finally {
+        } catch (err) {
           await restoreReady(deploymentId);
+          throw err;
         }
+        // `ready` again BEFORE the binding goes, and a failure to do so thrown (retried): the job
+        // finds its deployments by their binding and the reconciler re-enqueues no `rotating` one,
+        // so one whose binding is gone would stay `rotating` for good.
+        await setReady(deploymentId);
+        await rotations.revokeBindings(secretId, deploymentId, ctx);
         return;
       }
       await rotations.revokeBindings(secretId, deploymentId, ctx);

@@ -5,6 +5,7 @@ import { hashToken, makeTokenStore } from '../../orchestrator/api/api-tokens';
 import { makeRevocationAnnouncer } from '../../orchestrator/api/token-revocations';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import { makeLogger } from '../../orchestrator/log';
+import { startTestApi, type TestApi } from '../support/api';
 import { startTestPipeline } from '../support/pipeline';
 import { openSse } from '../support/sse';
 
@@ -112,4 +113,37 @@ it('a token revoked (and announced) while its stream request is in flight gets n
   expect(all).not.toContain(tok.token);
   expect(all).not.toContain(hashToken(tok.token));
   expect(all).not.toContain(tok.token.slice(4, 20));
+});
+
+describe('rate limit and scopes (review R1)', () => {
+  let t: TestApi;
+  beforeAll(async () => {
+    t = await startTestApi({ API_RATE_LIMIT: '3/min' });
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  it('positive control: a token past API_RATE_LIMIT gets 429 on a route it may call', async () => {
+    const { token } = await t.token(await t.org(), ['deployments:read']);
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i += 1) statuses.push((await t.call('GET', '/v1/deployments', { token })).status);
+    expect(statuses).toEqual([200, 200, 200, 429]);
+  });
+
+  // KNOWN GAP, NOT FIXED (review R1, low; older than this session: the limiter was a hook after
+  // the auth hook before af3076e too). The auth hook answers 403 (a route outside the token's
+  // scopes) before the rate-limit hook runs, so such requests are never counted: a token can send
+  // any number of them, each one an authentication (a Postgres lookup while the cache is off or its
+  // feed is down). `it.failing` passes while the gap is there; fix it and turn this into `it`.
+  it.failing(
+    'KNOWN GAP: requests refused 403 (outside the scopes) count against the token limit',
+    async () => {
+      const { token } = await t.token(await t.org(), ['deployments:read']);
+      const statuses: number[] = [];
+      for (let i = 0; i < 5; i += 1)
+        statuses.push((await t.call('POST', '/v1/secrets', { token, body: {} })).status);
+      expect(statuses).toContain(429);
+    },
+  );
 });

@@ -65,7 +65,10 @@ export const parseInput = <S extends z.ZodType>(schema: S, input: unknown, prefi
   const r = schema.safeParse(input);
   if (r.success) return r.data;
   const issue = r.error.issues[0];
-  const field = [prefix, ...(issue?.path ?? []).map(String)].filter(Boolean).join('.') || 'input';
+  // Stryker disable next-line OptionalChaining,ArrayDeclaration: unreachable, a failed zod parse has at least one issue
+  const path = issue?.path ?? [];
+  const field = [prefix, ...path.map(String)].filter(Boolean).join('.') || 'input';
+  // Stryker disable next-line OptionalChaining,StringLiteral: unreachable, as above
   throw invalidInput(field, issue?.message ?? 'is invalid');
 };
 
@@ -95,6 +98,7 @@ export const checkSecretValue = (field: string, value: Secret): string => {
     blank: /^ *$/,
   });
   if (LONE_SURROGATE.test(v)) throw invalidInput(field, 'must be well-formed Unicode');
+  // Stryker disable next-line StringLiteral: equivalent, Buffer.byteLength counts UTF-8 for an empty encoding name too
   if (Buffer.byteLength(v, 'utf8') > ENV_VALUE_MAX_BYTES)
     throw invalidInput(field, `must be at most ${ENV_VALUE_MAX_BYTES} bytes in UTF-8`);
   return v;

@@ -69,10 +69,11 @@ describe('schemas', () => {
   });
 
   it('providers and UUIDs', () => {
-    expect(parseInput(secretProvider, 'openai')).toBe('openai');
-    expect(refusal(() => parseInput(secretProvider, 'gemini', 'provider'))).toEqual(
-      invalid('provider', 'must be one of anthropic, openai, other'),
-    );
+    for (const p of ['anthropic', 'openai', 'other']) expect(parseInput(secretProvider, p)).toBe(p);
+    for (const p of ['gemini', '', 'Openai'])
+      expect(refusal(() => parseInput(secretProvider, p, 'provider'))).toEqual(
+        invalid('provider', 'must be one of anthropic, openai, other'),
+      );
     expect(refusal(() => parseInput(uuid, 'x', 'org_id'))).toEqual(invalid('org_id', 'must be a UUID'));
   });
 

@@ -131,6 +131,7 @@ describe('renderCaddyfile: length boundaries', () => {
       `x@${label(63)}.io`,
       `x@b.${label(63)}`,
       'x@B-1.COM',
+      'x@a.b.c.io',
     ])
       expect([email, acme(email)]).toEqual([email, 'accepted']);
     for (const email of [

@@ -89,6 +89,12 @@ describe('buildUserData input checks', () => {
     );
     // null, numbers and booleans are leaves
     expect(build({ tls: { mode: 'internal', a: null, b: 1, c: false } })).toBe('accepted');
+    // arrays count as a level too
+    const loop: unknown[] = [];
+    loop.push(loop);
+    expect(build({ tls: { mode: 'internal', a: loop } })).toEqual(
+      invalid(`tls.a${'[0]'.repeat(7)}`, 'is nested too deeply'),
+    );
     const cycle: Record<string, unknown> = { mode: 'internal' };
     cycle.self = cycle;
     expect(build({ tls: cycle })).toEqual(invalid(`tls${'.self'.repeat(8)}`, 'is nested too deeply'));
@@ -196,6 +202,22 @@ describe('agentServerFiles input checks', () => {
       expect([port, files({ runtime: runtime({ port }) })]).toEqual([port, portRefused]);
   });
 
+  it('places exactly these files, each with its mode', () => {
+    expect(agentServerFiles(input()).map((f) => [f.path, f.permissions])).toEqual([
+      ['/etc/ssh/sshd_config.d/10-cortex.conf', '0644'],
+      ['/usr/local/sbin/cortex-block-metadata', '0755'],
+      ['/etc/systemd/system/cortex-metadata-block.service', '0644'],
+      ['/usr/local/lib/cortex/echo-agent.py', '0755'],
+      ['/usr/local/lib/cortex/reserved-env-names.json', '0644'],
+      ['/etc/systemd/system/cortex-agent@.service', '0644'],
+      ['/usr/local/lib/cortex/slot-blue.env', '0644'],
+      ['/usr/local/lib/cortex/slot-green.env', '0644'],
+      ['/usr/local/sbin/cortex-upstream', '0755'],
+      ['/etc/systemd/system/cortex-upstream.service', '0644'],
+      ['/etc/caddy/Caddyfile', '0644'],
+    ]);
+  });
+
   it('writes each slot port file, the upstream unit with the service port, and the Caddyfile with the HTTPS port', () => {
     const byPath = new Map(agentServerFiles(input({ httpsPort: 8443 })).map((f) => [f.path, f]));
     expect(byPath.get('/usr/local/lib/cortex/slot-blue.env')).toEqual({
@@ -266,5 +288,13 @@ describe('the user data document', () => {
     expect(text.split('\n')).toContain(`      ${long}`);
     expect(text).toMatch(/ {4}content: \|\n {6}# x{300}\n {6}line two\n/);
     expect(YAML.parse(text)).toEqual(JSON.parse(JSON.stringify(doc)));
+    // a long one-line value stays on one line (no folding at 80 columns)
+    const words = Array.from({ length: 60 }, () => 'word').join(' ');
+    const one = renderUserData(
+      buildUserData(
+        input({ runtime: runtime({ files: [{ path: '/a', content: words, permissions: '0644' }] }) }),
+      ),
+    ).reveal();
+    expect(one.split('\n')).toContain(`    content: ${words}`);
   });
 });

@@ -81,8 +81,15 @@ export const registerAuth = (
       throw problems.unauthorized();
     }
     request.principal = principal;
-    const need = config.scopes;
-    if (need && !need.some((s) => principal.scopes.includes(s))) throw problems.forbidden(need);
+  });
+  // The scope check comes after the per-token rate limit (an onRequest hook registered after this
+  // one), so requests refused 403 count against the token's limit too: probing routes outside its
+  // scopes costs a stolen token its budget like any other request.
+  app.addHook('preParsing', async (request) => {
+    const need = request.routeOptions.config.scopes;
+    if (request.routeOptions.config.public || !need) return;
+    const principal = principalOf(request);
+    if (!need.some((s) => principal.scopes.includes(s))) throw problems.forbidden(need);
   });
 };
 

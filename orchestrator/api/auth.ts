@@ -35,6 +35,12 @@ export interface AuthFailureLimiter {
   /** Seconds until the address may try again, or undefined when it is not over the limit. */
   blocked(ip: string): Promise<number | undefined>;
   failed(ip: string): Promise<void>;
+  /**
+   * Throws the limiter's 503 when its Redis connection is known to be down (no round trip). A token
+   * vouched for skips `blocked`; without this, during an outage each of its requests would still
+   * cost a Postgres lookup before the rate limiter refused it (review R1).
+   */
+  assertReachable?(): void;
 }
 
 export const registerAuth = (
@@ -59,6 +65,14 @@ export const registerAuth = (
     // a flood of made-up tokens never matches one, and a real client behind the same address (NAT,
     // a shared proxy) keeps working. Its lookup still decides; a revoked token is refused as ever.
     const vouched = presented !== undefined && tokens.vouched?.(presented) === true;
+    if (vouched) {
+      try {
+        failures?.assertReachable?.();
+      } catch (err) {
+        void reply.header('retry-after', '5');
+        throw err;
+      }
+    }
     const wait =
       failures && !vouched
         ? await failures.blocked(request.ip).catch((err: unknown) => {

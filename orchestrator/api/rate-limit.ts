@@ -94,7 +94,7 @@ const unavailable = (): ApiProblem =>
   new ApiProblem(503, 'unavailable', 'the failed-authentication limiter cannot reach Redis; retry shortly');
 
 export const makeAuthFailureLimiter = (opts: {
-  redis: Pick<Redis, 'get' | 'pttl' | 'incr' | 'pexpire'>;
+  redis: Pick<Redis, 'get' | 'pttl' | 'incr' | 'pexpire'> & { readonly status?: string };
   limit: string;
   prefix: string;
 }): AuthFailureLimiter => {
@@ -115,6 +115,10 @@ export const makeAuthFailureLimiter = (opts: {
       }
       if (n < max) return undefined;
       return Math.max(1, Math.ceil((ttl > 0 ? ttl : windowMs) / 1000));
+    },
+    assertReachable() {
+      // ioredis's connection state; a stand-in without one is taken as reachable
+      if (opts.redis.status !== undefined && opts.redis.status !== 'ready') throw unavailable();
     },
     async failed(ip) {
       try {

@@ -176,6 +176,29 @@ describe('remote shell and templates on a real local host', () => {
     await provider?.destroy(deploymentId);
   });
 
+  // The host's state that later tests build on, made by the test that checks it when the file runs
+  // in order, and by these helpers when a test runs alone (`-t`): each test passes on its own.
+  const done = { env: false, agent: false, caddy: false };
+  const ensureEnvFile = async (): Promise<void> => {
+    if (done.env) return;
+    await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
+    done.env = true;
+  };
+  const ensureAgentOnEnv = async (): Promise<void> => {
+    await ensureEnvFile();
+    if (done.agent) return;
+    await run(shell, agentCommands.daemonReload());
+    await run(shell, agentCommands.restart(AGENT_UNIT_NAME));
+    done.agent = true;
+  };
+  /** Caddy on the agent's Caddyfile (after boot it runs the package's stock config: see below). */
+  const ensureAgentCaddy = async (): Promise<void> => {
+    await ensureAgentOnEnv();
+    if (done.caddy) return;
+    await run(shell, agentCommands.restart('caddy.service'));
+    done.caddy = true;
+  };
+
   it('logs in as root with the pinned key; the host has only that key and no default user', async () => {
     expect(host.hostPublicKey.trim()).toBe(hostKey.publicKey);
     expect((await text(shell, ['id', '-u'])).trim()).toBe('0');
@@ -204,6 +227,7 @@ describe('remote shell and templates on a real local host', () => {
 
   it('writes the env file root:root 0600 in a root:root 0700 directory', async () => {
     await shell.writeFileAtomic(ENV_FILE_PATH, renderEnvFile(envEntries));
+    done.env = true;
     expect((await text(shell, agentCommands.stat(ENV_FILE_PATH))).trim()).toBe('0 0 600 regular file');
     expect((await text(shell, agentCommands.stat('/etc/cortex'))).trim()).toBe('0 0 700 directory');
     expect(await text(shell, agentProbes.readFile(ENV_FILE_PATH))).toBe(renderEnvFile(envEntries).reveal());
@@ -214,6 +238,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('a connection cut mid-write leaves the old file intact; the next write removes the temp file', async () => {
+    await ensureEnvFile();
     const before = (await run(shell, agentProbes.readFile(ENV_FILE_PATH))).stdout;
     const r = await relay({ host: host.ipv4, port: 22 }, 1024 * 1024);
     try {
@@ -237,8 +262,10 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it("the agent's environment holds exactly the bytes written (systemd EnvironmentFile= round trip)", async () => {
+    await ensureEnvFile();
     await run(shell, agentCommands.daemonReload());
     await run(shell, agentCommands.restart(AGENT_UNIT_NAME));
+    done.agent = true;
     // MainPID is set at fork; its environment is the agent's only once it has exec'd the runtime.
     let pid = 0;
     for (let i = 0; i < 100; i++) {
@@ -302,6 +329,7 @@ describe('remote shell and templates on a real local host', () => {
     // A restart (what the provisioning `start` step does) applies the agent's Caddyfile: nothing on
     // TCP 2019, the admin API only on the socket, which answers root and refuses nobody.
     await run(shell, agentCommands.restart('caddy.service'));
+    done.caddy = true;
     expect(await listeners()).toEqual([]);
     const gone = await stockAdmin();
     expect({ code: gone.code, stderr: gone.stderr.toString().trim() }).toEqual({
@@ -317,6 +345,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('Caddy serves the agent over HTTPS, verified against the local CA root fetched over SSH', async () => {
+    await ensureAgentCaddy();
     const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
     expect(ca).toContain('BEGIN CERTIFICATE');
     let res: { status: number; body: string } | undefined;
@@ -388,6 +417,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('with the nft rule flushed, the agent unit itself still refuses the metadata address (IPAddressDeny=)', async () => {
+    await ensureAgentOnEnv();
     // A stand-in metadata service on this host (169.254.169.254:80 on lo, root), then the attacker's
     // move: `nft flush ruleset`. A probe runs under the agent unit's own sandbox (the rendered unit,
     // its ExecStart swapped for a one-shot connect) and logs what it got.
@@ -472,6 +502,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('a failing metadata block keeps the agent down (Requires=); best-effort mode lets it start', async () => {
+    await ensureAgentOnEnv();
     const dropIn = `/etc/systemd/system/${METADATA_BLOCK_UNIT}.d/zz-test.conf`;
     const setDropIn = async (content: string | undefined) => {
       if (content === undefined) await run(shell, agentCommands.removeFile(dropIn));
@@ -507,6 +538,7 @@ describe('remote shell and templates on a real local host', () => {
   });
 
   it('Caddy holds a request while the agent is down and completes it once the agent is back', async () => {
+    await ensureAgentCaddy();
     const ca = await text(shell, agentProbes.readFile(caddyLocalRootCaPath()));
     const get = () =>
       httpsGet({ ip: host.ipv4, servername: siteName, path: runtime.healthPath, ca, timeoutMs: 30_000 });

@@ -75,9 +75,15 @@ const startApiProcess = async (
   port: number,
 ): Promise<{ child: ChildProcess; url: string }> => {
   const root = path.resolve(__dirname, '..');
+  // BENCH_API_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`): node flags for the API
+  // process, which then runs in one node process (`node <flags> --import tsx …`) instead of under
+  // tsx's CLI (a parent that spawns it), so that the flags reach the process that serves.
+  const nodeArgs = (env.BENCH_API_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(
     process.execPath,
-    [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'orchestrator/cli/cortexctl.ts', 'api'],
+    nodeArgs.length > 0
+      ? [...nodeArgs, '--import', 'tsx', 'orchestrator/cli/cortexctl.ts', 'api']
+      : [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'orchestrator/cli/cortexctl.ts', 'api'],
     {
       cwd: root,
       env: { ...env, API_PORT: String(port), API_HOST: '127.0.0.1' },

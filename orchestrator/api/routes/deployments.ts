@@ -13,6 +13,7 @@ import {
   operationAcceptedSchema,
 } from '../api-schemas';
 import { makeDeploymentRequests } from '../deployment-requests';
+import { makeReadCoalescer } from '../read-coalescer';
 import { problems, problemResponses } from '../problems';
 import type { ApiPlugin } from '../server';
 import type { ApiPrincipal } from '../api-tokens';
@@ -29,9 +30,17 @@ export const deploymentRoutes: ApiPlugin = async (app, deps) => {
     config: pipeline.config,
   });
 
+  // GET's reads of one deployment share a Postgres read, never one started before they arrived
+  // (read-coalescer.ts: as fresh as a read of their own)
+  const reads = makeReadCoalescer((id) => pipeline.store.get(id));
+
   /** The deployment if this principal may see it; otherwise the same 404 as for an unknown id. */
-  const visible = async (p: ApiPrincipal, id: string): Promise<Deployment> => {
-    const d = await pipeline.store.get(id).catch((err: unknown) => {
+  const visible = async (
+    p: ApiPrincipal,
+    id: string,
+    get: (id: string) => Promise<Deployment> = (i) => pipeline.store.get(i),
+  ): Promise<Deployment> => {
+    const d = await get(id).catch((err: unknown) => {
       if ((err as { code?: string }).code === 'not_found') throw problems.notFound('deployment');
       throw err;
     });
@@ -103,7 +112,7 @@ export const deploymentRoutes: ApiPlugin = async (app, deps) => {
       },
     },
     async (request) => {
-      const d = await visible(principalOf(request), request.params.id);
+      const d = await visible(principalOf(request), request.params.id, reads.read);
       return { ...d, steps: [...d.steps] };
     },
   );

@@ -11,6 +11,7 @@
  * Target (issue 11): 50 deployments in under 15 s with zero failed requests.
  */
 import { randomBytes } from 'node:crypto';
+import { Agent, request } from 'node:https';
 import { loadavg } from 'node:os';
 import { loadConfig } from '../orchestrator/config';
 import { makePipelineFromConfig } from '../orchestrator/deployments/pipeline-from-config';
@@ -22,8 +23,8 @@ import { Secret } from '../orchestrator/secret';
 import { parseUpstreamRoute, swapCommands } from '../orchestrator/remote/swap-commands';
 import { ACTIVE_SLOT_PATH, UPSTREAM_NFT_TABLE, slotOfPort } from '../templates/agent-slots';
 import { AGENT_PORT } from '../templates/runtime-profiles';
-import { httpsGet } from '../orchestrator/steps/https-health';
 import { caddyLocalRootCaPath } from '../templates/caddyfile';
+import { describeCpu, sampleCpu } from './cpu';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -49,6 +50,33 @@ const WATCH_SWITCH = [
   '    time.sleep(0.02)',
   'sys.exit(1)',
 ].join('\n');
+/** Each looping client's request interval (it waits for the answer first when that takes longer). */
+const CLIENT_EVERY_MS = 100;
+
+/** GET /health through Caddy on a kept-alive connection; the status, 0 on any error. */
+const get = (agent: Agent, t: { ip: string; servername: string }): Promise<number> =>
+  new Promise((resolve) => {
+    const req = request(
+      {
+        host: t.ip,
+        port: 443,
+        path: '/health',
+        servername: t.servername,
+        agent,
+        headers: { host: t.servername },
+        timeout: 10_000,
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+        res.on('error', () => resolve(0));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+
 const key = (): Secret => new Secret(`sk-ant-bench-${randomBytes(24).toString('base64url')}`);
 
 export const run = async (args: string[]): Promise<void> => {
@@ -102,11 +130,19 @@ export const run = async (args: string[]): Promise<void> => {
       let requests = 0;
       let failed = 0;
       const clients = targets.map(async (t) => {
-        while (!stop) {
-          requests++;
-          const r = await httpsGet({ ...t, path: '/health' }).catch(() => ({ status: 0 }));
-          if (r.status !== 200) failed++;
-          await sleep(20);
+        // A client as a browser or an SDK is one: a kept-alive connection (TLS once), a request every
+        // CLIENT_EVERY_MS. Each request still goes through Caddy to the agent's upstream (the nft
+        // redirect that a swap moves); Caddy itself is not restarted by a blue/green swap.
+        const agent = new Agent({ keepAlive: true, maxSockets: 1, ca: t.ca, servername: t.servername });
+        try {
+          while (!stop) {
+            const next = Date.now() + CLIENT_EVERY_MS;
+            requests++;
+            if ((await get(agent, t).catch(() => 0)) !== 200) failed++;
+            await sleep(Math.max(0, next - Date.now()));
+          }
+        } finally {
+          agent.destroy();
         }
       });
       // Which blue/green slot serves each agent (the live nft route); a watcher per host returns
@@ -127,8 +163,11 @@ export const run = async (args: string[]): Promise<void> => {
           })
           .then((r) => (r.code === 0 ? Date.now() : NaN)),
       );
-      await sleep(1_000);
+      const idle0 = await sampleCpu();
+      await sleep(2_000);
+      const idle1 = await sampleCpu();
       const before = { requests, failed };
+      const cpu0 = idle1;
       const t0 = Date.now();
       const loadAtStart = loadavg()[0] ?? 0;
       const started = await rot.service.rotate(
@@ -136,6 +175,7 @@ export const run = async (args: string[]): Promise<void> => {
         { actor: 'bench' },
       );
       const switchedAt = await Promise.all(watchers);
+      const cpu1 = await sampleCpu();
       const loadAtSwitch = loadavg()[0] ?? 0;
       await Promise.all(shells.map((sh) => sh.close()));
       let done = await rot.service.status(started.id);
@@ -154,6 +194,10 @@ export const run = async (args: string[]): Promise<void> => {
           ` (of ${during.requests}; every rotation record complete, old instances drained and stopped, after ${recorded.toFixed(1)} s;` +
           ` ${ready.length} ready${notSwitched ? `, ${notSwitched} not switched` : ''}, ROTATE_CONCURRENCY ${config.ROTATE_CONCURRENCY};` +
           ` load average (1 min) ${loadAtStart.toFixed(1)} at the request, ${loadAtSwitch.toFixed(1)} when all had switched)`,
+      );
+      console.log(
+        `  until all switched: ${describeCpu(cpu0, cpu1, { n, what: 'deployment' })};` +
+          ` the 2 s before the request, clients looping: ${describeCpu(idle0, idle1)}`,
       );
       await Promise.all(ids.map((id) => p.service.destroy(id)));
       await Promise.all(

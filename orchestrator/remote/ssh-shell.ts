@@ -29,12 +29,34 @@ export interface WriteFileOptions extends AtomicWriteOptions {
 }
 
 /**
+ * A remote command kept running for a conversation in lines (the swap helper's `session` mode): a
+ * request is written to its standard input, its answer is the lines on its standard output up to
+ * and including the first that `last` accepts.
+ */
+export interface LineSession {
+  /**
+   * Send `request` and collect the answer's lines. Times out, aborts or loses its command like
+   * `exec`; the session is then closed. Resolves with the lines read so far and `ended: true` when
+   * the command exits before the last line.
+   */
+  ask(
+    request: Buffer,
+    last: (line: string) => boolean,
+    o?: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
+  ): Promise<{ readonly lines: string[]; readonly ended: boolean }>;
+  /** End its standard input and let it exit; does not wait. */
+  close(): void;
+}
+
+/**
  * The port the provisioning steps use to act on an agent server. Commands are argv arrays (the
  * adapter quotes them); files are replaced atomically and verified root:root with the requested
  * mode (0600 by default) in a root:root directory (0700 by default).
  */
 export interface RemoteShell {
   exec(argv: readonly string[], opts?: ExecOptions): Promise<ExecResult>;
+  /** Start a command for a conversation in lines (optional: callers fall back to `exec`). */
+  openLines?(argv: readonly string[], opts?: ExecOptions): Promise<LineSession>;
   writeFileAtomic(path: string, content: Buffer | Secret, opts?: WriteFileOptions): Promise<void>;
   close(): Promise<void>;
 }
@@ -272,6 +294,107 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
     );
   };
 
+  const openLines = (argv: readonly string[], eo: ExecOptions = {}): Promise<LineSession> => {
+    const name = argv[0] ?? '';
+    let opened: ClientChannel | undefined;
+    return bounded(
+      `remote command ${name}`,
+      eo.timeoutMs ?? opts.commandTimeoutMs,
+      eo.signal,
+      () => opened?.close(),
+      () =>
+        tracked(
+          () =>
+            new Promise<ClientChannel>((resolve, reject) =>
+              client.exec(quoteArgv(argv), (err, stream) => {
+                if (err)
+                  return reject(
+                    new OrchestratorError('ssh_connect_failed', `${where(target)}: ${err.message}`, {
+                      cause: err,
+                    }),
+                  );
+                opened = stream;
+                resolve(stream);
+              }),
+            ),
+        ),
+    ).then((stream) => lineSession(stream, name));
+  };
+
+  /** One request at a time; stdout is split into lines, stderr is drained and dropped. */
+  const lineSession = (stream: ClientChannel, name: string): LineSession => {
+    let partial = '';
+    let ended = false;
+    let size = 0;
+    let waiting:
+      | {
+          lines: string[];
+          last: (l: string) => boolean;
+          done: (ended: boolean) => void;
+          fail: (e: Error) => void;
+        }
+      | undefined;
+    const queued: string[] = [];
+    const take = (line: string): void => {
+      if (!waiting) return void queued.push(line);
+      waiting.lines.push(line);
+      if (waiting.last(line)) {
+        const w = waiting;
+        waiting = undefined;
+        w.done(false);
+      }
+    };
+    stream.on('data', (d: Buffer) => {
+      size += d.length;
+      if (size > MAX_OUTPUT_BYTES) {
+        waiting?.fail(
+          new OrchestratorError('remote_command_failed', `${name}: output exceeds ${MAX_OUTPUT_BYTES} bytes`),
+        );
+        waiting = undefined;
+        ended = true;
+        stream.close();
+        return;
+      }
+      const parts = (partial + d.toString('utf8')).split('\n');
+      partial = parts.pop() ?? '';
+      for (const l of parts) take(l);
+    });
+    stream.stderr.on('data', () => undefined);
+    stream.on('close', () => {
+      ended = true;
+      const w = waiting;
+      waiting = undefined;
+      w?.done(true);
+    });
+    const ask: LineSession['ask'] = (request, last, ao = {}) =>
+      bounded(
+        `remote command ${name}`,
+        ao.timeoutMs ?? opts.commandTimeoutMs,
+        ao.signal,
+        () => {
+          // timed out or aborted: the session is over for every later request too
+          ended = true;
+          waiting = undefined;
+          stream.close();
+        },
+        () =>
+          tracked(
+            () =>
+              new Promise<{ lines: string[]; ended: boolean }>((resolve, reject) => {
+                if (waiting)
+                  return reject(new OrchestratorError('internal', `${name}: one request at a time`));
+                const lines: string[] = [];
+                if (ended) return resolve({ lines, ended: true });
+                size = 0;
+                waiting = { lines, last, done: (e) => resolve({ lines, ended: e }), fail: reject };
+                queued.length = 0; // output nobody asked for answers no request
+                stream.write(request);
+              }),
+          ),
+      );
+    return { ask, close: () => void stream.end() };
+  };
+
   const writeFileAtomic = (
     path: string,
     content: Buffer | Secret,
@@ -324,7 +447,7 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
     });
 
   return connected.then(
-    () => ({ exec, writeFileAtomic, close }) satisfies RemoteShell,
+    () => ({ exec, openLines, writeFileAtomic, close }) satisfies RemoteShell,
     (err: unknown) => {
       client.destroy();
       throw err;

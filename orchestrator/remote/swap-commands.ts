@@ -50,7 +50,8 @@ const slotUnit = (u: string): string => {
 
 /** `python3 -I -c <swap-host-script.ts> <mode> …`: the host helper, in one of its modes. */
 const HELPER: Argv = ['python3', '-I', '-c', SWAP_HOST_SCRIPT];
-type HelperMode = 'batch' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record' | 'write-env';
+type HelperMode =
+  'batch' | 'session' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record' | 'write-env';
 const HELPER_MODES: readonly string[] = [
   'digests',
   'wait-healthy',
@@ -109,6 +110,25 @@ const checkStep = (s: BatchStep, i: number): object => {
   };
 };
 
+/** The program of a batch command (`swapCommands.batch`, validated there), or undefined for another. */
+export const batchProgram = (argv: Argv): string | undefined => {
+  const h = helperArgs(argv);
+  return h?.[0] === 'batch' && h.length === 2 ? h[1] : undefined;
+};
+
+/**
+ * A session's request line for a batch: its program and its standard input (base64). The caller
+ * zeroes the buffer once it is written when the input is secret (an env file's content).
+ */
+export const sessionRequest = (program: string, stdin?: Buffer): Buffer =>
+  Buffer.from(
+    `{"program": ${JSON.stringify(program)}, "data": "${stdin ? stdin.toString('base64') : ''}"}\n`,
+    'utf8',
+  );
+
+/** The line that ends a session's answer to one request. */
+export const SESSION_END_LINE = '{"end": true}';
+
 /** A batch's steps (each helper step back as its full argv), or undefined for another command. */
 export const decodeBatch = (argv: Argv): BatchStep[] | undefined => {
   const h = helperArgs(argv);
@@ -148,6 +168,11 @@ export const swapCommands = {
     if (steps.length === 0 || steps.length > 64) throw invalidInput('steps', 'must be 1-64 steps');
     return helper('batch', JSON.stringify({ steps: steps.map(checkStep) }));
   },
+  /**
+   * The helper kept running for a whole swap: batches are sent to it as request lines
+   * (`sessionRequest`), so a swap starts one python3 on the host instead of one per phase.
+   */
+  session: (): Argv => helper('session'),
   /**
    * For each variable of the unit's running process: its name and HMAC-SHA256(nonce, value), the
    * nonce (hex) read from standard input (see agentCommands.environDigests). Exit 3: no process.

@@ -3,17 +3,20 @@ import { OrchestratorError, invalidInput } from '../errors';
 import { agentCommands } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
-import type { ExecOptions, ExecResult, RemoteShell } from '../remote/ssh-shell';
+import type { ExecOptions, ExecResult, LineSession, RemoteShell } from '../remote/ssh-shell';
 import {
   cgroupIsUnit,
   parseActiveSlot,
   parseBatchOutput,
   parsePortHolders,
   parseUpstreamRoute,
+  SESSION_END_LINE,
+  batchProgram,
+  sessionRequest,
   swapCommands,
   type BatchStep,
 } from '../remote/swap-commands';
-import type { Secret } from '../secret';
+import { type Secret, isSecret } from '../secret';
 import {
   AGENT_SLOTS,
   ENV_DIR,
@@ -599,6 +602,61 @@ const heldRestart = async (
   return result(reason);
 };
 
+/**
+ * The shell a swap works through: each batch goes to ONE helper kept running for the whole swap
+ * (swapCommands.session; a python3 start per phase was most of a swap's CPU on the host), when the
+ * shell can hold a conversation (`openLines`); otherwise, or once that helper is gone, each batch is
+ * its own command as before. Anything else goes to the shell unchanged. The helper holds the host's
+ * swap lock until `end`.
+ */
+export const swapSession = async (
+  shell: RemoteShell,
+  o: ExecOptions,
+): Promise<{ readonly shell: RemoteShell; end(): void }> => {
+  if (!shell.openLines) return { shell, end: () => undefined };
+  let session: LineSession | undefined = await shell.openLines(swapCommands.session(), o);
+  const viaSession = async (s: LineSession, program: string, eo: ExecOptions): Promise<ExecResult> => {
+    const stdin =
+      eo.stdin === undefined
+        ? undefined
+        : isSecret(eo.stdin)
+          ? Buffer.from(eo.stdin.reveal(), 'utf8')
+          : Buffer.from(eo.stdin);
+    const request = sessionRequest(program, stdin);
+    try {
+      const { lines, ended } = await s.ask(request, (l) => l === SESSION_END_LINE, {
+        ...(eo.timeoutMs !== undefined ? { timeoutMs: eo.timeoutMs } : {}),
+        ...(eo.signal ? { signal: eo.signal } : {}),
+      });
+      if (ended) session = undefined;
+      const answers = lines.filter((l) => l !== SESSION_END_LINE);
+      return {
+        code: ended ? 255 : 0,
+        stdout: Buffer.from(answers.map((l) => `${l}\n`).join(''), 'utf8'),
+        stderr: Buffer.alloc(0),
+      };
+    } catch (err) {
+      session = undefined;
+      s.close();
+      throw err;
+    } finally {
+      if (isSecret(eo.stdin)) {
+        request.fill(0);
+        stdin?.fill(0);
+      }
+    }
+  };
+  const wrapped: RemoteShell = {
+    exec: (argv, eo = {}) => {
+      const program = batchProgram(argv);
+      return program !== undefined && session ? viaSession(session, program, eo) : shell.exec(argv, eo);
+    },
+    writeFileAtomic: (path, content, wo) => shell.writeFileAtomic(path, content, wo),
+    close: () => shell.close(),
+  };
+  return { shell: wrapped, end: () => session?.close() };
+};
+
 export const swapAgentEnvironment = async (
   shell: RemoteShell,
   input: AgentSwapInput,
@@ -610,11 +668,17 @@ export const swapAgentEnvironment = async (
     throw invalidInput('mode', `the ${input.runtime} runtime cannot run twice; it swaps by held restart`);
   // Validated before anything on the host changes (names, values; never echoed).
   renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
-  const at = await look(shell, runtimeProfile(input.runtime).port, o, input.env);
-  if ('reason' in at) return { mode, healthy: false, reason: at.reason };
-  return mode === 'blue-green'
-    ? blueGreen(shell, input, opts, at, o)
-    : heldRestart(shell, input, opts, at, o);
+  const session = await swapSession(shell, o);
+  try {
+    const sh = session.shell;
+    const at = await look(sh, runtimeProfile(input.runtime).port, o, input.env);
+    if ('reason' in at) return { mode, healthy: false, reason: at.reason };
+    return await (mode === 'blue-green'
+      ? blueGreen(sh, input, opts, at, o)
+      : heldRestart(sh, input, opts, at, o));
+  } finally {
+    session.end();
+  }
 };
 
 /** The unit of the slot serving traffic (the value check of verify-values.ts uses it). */

@@ -1,6 +1,6 @@
 import { createHmac } from 'node:crypto';
-import type { ExecResult } from '../../orchestrator/remote/ssh-shell';
-import { decodeBatch } from '../../orchestrator/remote/swap-commands';
+import type { ExecResult, LineSession } from '../../orchestrator/remote/ssh-shell';
+import { SESSION_END_LINE, decodeBatch, swapCommands } from '../../orchestrator/remote/swap-commands';
 import { ACTIVE_SLOT_PATH, slotEnvFilePath } from '../../templates/agent-slots';
 import { makeFakeShell } from './fake-shell';
 
@@ -24,6 +24,8 @@ export const makeSwapHost = (
     reusePort?: boolean;
     /** A unit that starts but never listens (its health check times out). */
     deaf?: string;
+    /** The shell can hold the helper's session (`openLines`), as the SSH adapter can. */
+    session?: boolean;
   } = {},
 ) => {
   const fake = makeFakeShell();
@@ -253,7 +255,53 @@ export const makeSwapHost = (
     },
     close: () => fake.shell.close(),
   };
-  return { fake, shell, sent, listeners, listen, active, route: () => route };
+  /** Sessions opened and still open (`end` not yet sent). */
+  let openSessions = 0;
+  /**
+   * The helper's session mode on this model: `session` when it is started (one python3), `ask`
+   * for each request line (a round trip); each request runs as the batch it carries.
+   */
+  const openLines = (argv: readonly string[]): Promise<LineSession> => {
+    if (argv.join('\0') !== swapCommands.session().join('\0'))
+      return Promise.reject(new Error('not the session'));
+    sent.push(['session']);
+    openSessions++;
+    let closed = false;
+    return Promise.resolve({
+      ask: async (request: Buffer, last: (l: string) => boolean) => {
+        if (closed) return { lines: [], ended: true };
+        const req = JSON.parse(request.toString('utf8')) as { program: string; data: string };
+        const batchArgv = [...swapCommands.session().slice(0, -1), 'batch', req.program];
+        const steps = decodeBatch(batchArgv) ?? [];
+        sent.push(['ask', ...steps.map((st) => st.argv.slice(0, 4).join(' ').slice(0, 60))]);
+        const data = Buffer.from(req.data, 'base64');
+        const r = await fake.shell.exec(batchArgv, data.length > 0 ? { stdin: data } : {});
+        const lines = [
+          ...r.stdout
+            .toString()
+            .split('\n')
+            .filter((l) => l !== ''),
+          SESSION_END_LINE,
+        ];
+        expect(lines.filter(last)).toEqual([SESSION_END_LINE]);
+        return { lines, ended: false };
+      },
+      close: () => {
+        if (!closed) openSessions--;
+        closed = true;
+      },
+    });
+  };
+  return {
+    fake,
+    shell: o.session ? { ...shell, openLines } : shell,
+    sent,
+    listeners,
+    listen,
+    active,
+    route: () => route,
+    openSessions: () => openSessions,
+  };
 };
 
 export type SwapHost = ReturnType<typeof makeSwapHost>;

@@ -82,4 +82,27 @@ describe('round trips per swap', () => {
     });
     expect(kinds(h)).toEqual(['batch', 'batch', 'batch']);
   });
+
+  it('through the helper session (the SSH adapter): one python3 on the host for the whole swap, the same 4 batches, the same commands in the same order, and the session ended', async () => {
+    const plain = makeSwapHost();
+    await swap(plain, 'sk-new');
+    const h = makeSwapHost({ session: true });
+    expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(kinds(h)).toEqual(['session', 'ask', 'ask', 'ask', 'ask']);
+    expect(h.sent.slice(1).map((x) => x.slice(1))).toEqual(plain.sent.map((x) => x.slice(1)));
+    expect(h.fake.calls.map((c) => c.join(' '))).toEqual(plain.fake.calls.map((c) => c.join(' ')));
+    expect(h.openSessions()).toBe(0);
+    // the env file still came from the request's standard input, never a command line
+    expect(h.fake.files.get(slotEnvFilePath('green'))?.content.toString()).toContain(
+      'ANTHROPIC_API_KEY="sk-new"',
+    );
+    expect(h.fake.commandLines.join('\n')).not.toContain('sk-new');
+  });
+
+  it('through the session, a swap that fails still ends its session (the host lock is released)', async () => {
+    const h = makeSwapHost({ session: true, deaf: 'cortex-agent@green.service' });
+    expect(await swap(h, 'sk-new')).toMatchObject({ healthy: false, slot: 'blue' });
+    expect(kinds(h)).toEqual(['session', 'ask', 'ask', 'ask']);
+    expect(h.openSessions()).toBe(0);
+  });
 });

@@ -208,6 +208,69 @@ describe('ssh2 RemoteShell adapter', () => {
     expect(await codeOf(shell.exec(['true']))).toBe('ssh_connect_failed');
   });
 
+  describe('openLines (a command kept for a conversation in lines)', () => {
+    // a line server: answers each request line with two lines, the second the end marker
+    const echo = ['sh', '-c', 'while IFS= read -r l; do printf "got %s\\nend\\n" "$l"; done'];
+    const isEnd = (l: string) => l === 'end';
+
+    it('answers each request with its lines up to the last one, in order, on one command', async () => {
+      shell = await connectSsh(target, opts);
+      const before = commands().length;
+      const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)(echo);
+      expect(await s.ask(Buffer.from('one\n'), isEnd)).toEqual({ lines: ['got one', 'end'], ended: false });
+      expect(await s.ask(Buffer.from('two\n'), isEnd)).toEqual({ lines: ['got two', 'end'], ended: false });
+      expect(commands().length - before).toBe(1);
+      s.close();
+    });
+
+    it('a request is on no command line (a secret rides standard input only)', async () => {
+      shell = await connectSsh(target, opts);
+      const value = `secret-${Date.now()}`;
+      const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)(echo);
+      expect((await s.ask(Buffer.from(`${value}\n`), isEnd)).lines).toEqual([`got ${value}`, 'end']);
+      expect(commands().some((c) => c.includes(value))).toBe(false);
+      s.close();
+    });
+
+    it('a command that exits before its last line gives the lines so far and ended; later asks end at once', async () => {
+      shell = await connectSsh(target, opts);
+      const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)([
+        'sh',
+        '-c',
+        'read -r l; printf "partial\\n"; exit 3',
+      ]);
+      expect(await s.ask(Buffer.from('x\n'), isEnd)).toEqual({ lines: ['partial'], ended: true });
+      expect(await s.ask(Buffer.from('y\n'), isEnd)).toEqual({ lines: [], ended: true });
+    });
+
+    it('times out a request that gets no last line, and closes the session; the connection stays usable', async () => {
+      shell = await connectSsh(target, opts);
+      const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)(['sh', '-c', 'sleep 60']);
+      const t0 = Date.now();
+      expect(await codeOf(s.ask(Buffer.from('x\n'), isEnd, { timeoutMs: 300 }))).toBe('ssh_timeout');
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      expect((await s.ask(Buffer.from('y\n'), isEnd)).ended).toBe(true);
+      expect((await shell.exec(['true'])).code).toBe(0);
+    });
+
+    it('rejects a pending request when the connection drops, instead of hanging', async () => {
+      shell = await connectSsh(target, opts);
+      const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)(['sh', '-c', 'sleep 60']);
+      const pending = s.ask(Buffer.from('x\n'), isEnd);
+      setTimeout(() => {
+        for (const c of ssh.connections) c.end();
+      }, 150);
+      const r = await pending.then(
+        (v) => v,
+        (e: unknown) => (e as { code?: string }).code,
+      );
+      // either way it settles: refused as a dropped connection, or ended with nothing
+      expect(r === 'ssh_connect_failed' || (typeof r === 'object' && r.ended && r.lines.length === 0)).toBe(
+        true,
+      );
+    });
+  });
+
   it('run() turns a non-zero exit into remote_command_failed; the stderr tail stays out of the message and of JSON', async () => {
     shell = await connectSsh(target, opts);
     const err = await run(shell, ['sh', '-c', 'echo nope >&2; exit 4']).catch((e: unknown) => e);

@@ -82,4 +82,38 @@ describe('the host helper: wait-healthy against a hostile listener', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toBe('healthy\n');
   }, 20_000);
+
+  it.each([
+    ['HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok', 0, 'healthy\n'],
+    ['HTTP/1.1 200 OK\r\n\r\n', 0, 'healthy\n'],
+    ['HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n', 2, /^timeout /],
+    ['HTTP/1.1 2000 OK\r\n\r\n', 2, /^timeout /],
+    ['SSH-2.0-OpenSSH_9.6\r\n\r\n', 2, /^timeout /],
+    ['HTTP/1.1 200 OK\r\nX-Unfinished: yes\r\n', 2, /^timeout /],
+  ])(
+    'a listener that answers %j and closes: exit %d',
+    async (answer, code, stdout) => {
+      const sockets = new Set<Socket>();
+      let request = '';
+      server = createServer((s) => {
+        sockets.add(s);
+        s.on('error', () => undefined);
+        s.once('data', (b: Buffer) => {
+          request = b.toString('latin1');
+          s.end(answer);
+        });
+      });
+      await new Promise<void>((r) => server?.listen(0, '127.0.0.1', r));
+      const port = (server.address() as AddressInfo).port;
+      const r = await runHelper(
+        ['wait-healthy', 'cortex-agent@green.service', String(port), '/health', '700'],
+        15_000,
+      );
+      expect(r.code).toBe(code);
+      if (typeof stdout === 'string') expect(r.stdout).toBe(stdout);
+      else expect(r.stdout).toMatch(stdout);
+      expect(request).toMatch(/^GET \/health HTTP\/1\.[01]\r\n/);
+    },
+    20_000,
+  );
 });

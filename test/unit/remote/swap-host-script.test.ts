@@ -1,9 +1,15 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { canary } from '../../support/canary';
-import { parseBatchOutput, swapCommands } from '../../../orchestrator/remote/swap-commands';
+import {
+  SESSION_END_LINE,
+  batchProgram,
+  parseBatchOutput,
+  sessionRequest,
+  swapCommands,
+} from '../../../orchestrator/remote/swap-commands';
 import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
 
 /**
@@ -20,10 +26,9 @@ const helper = (args: readonly string[], stdin = '') =>
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'swap-helper-'));
   chmodSync(dir, 0o755);
-  script = SWAP_HOST_SCRIPT.replace('ENV_DIR = "/etc/cortex"', `ENV_DIR = "${dir}/cortex"`).replace(
-    'LOCK = "/run/cortex-swap.lock"',
-    `LOCK = "${dir}/lock"`,
-  );
+  script = SWAP_HOST_SCRIPT.replace('ENV_DIR = "/etc/cortex"', `ENV_DIR = "${dir}/cortex"`)
+    .replace('LOCK = "/run/cortex-swap.lock"', `LOCK = "${dir}/lock"`)
+    .replace('SESSION_IDLE_S = 60', 'SESSION_IDLE_S = 1');
   expect(script).not.toBe(SWAP_HOST_SCRIPT);
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -77,6 +82,100 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
     expect(readFileSync(`${dir}/cortex/agent-blue.env`, 'utf8')).toBe(`K="${value}"\n`);
     // the step after the required one that failed did not run
     expect(readdirSync(`${dir}/cortex`)).toEqual(['agent-blue.env']);
+  });
+});
+
+/** The helper in session mode: request lines in, answer lines out (until SESSION_END_LINE). */
+const startSession = () => {
+  const p = spawn('python3', ['-I', '-c', script, 'session']);
+  let buf = '';
+  const lines: string[] = [];
+  const waiters: (() => void)[] = [];
+  p.stdout.on('data', (d: Buffer) => {
+    buf += d.toString();
+    const parts = buf.split('\n');
+    buf = parts.pop() ?? '';
+    lines.push(...parts);
+    waiters.splice(0).forEach((w) => w());
+  });
+  const exited = new Promise<number | null>((r) => p.on('close', (c) => r(c)));
+  /** The answer to one request: the lines before the end marker, or undefined if none came within `ms`. */
+  /** The answer to the request sent last: the lines before the end marker, or undefined if none came within `ms`. */
+  const answer = async (ms = 5_000) => {
+    const until = Date.now() + ms;
+    for (;;) {
+      const end = lines.indexOf(SESSION_END_LINE);
+      if (end >= 0) return lines.splice(0, end + 1).slice(0, -1);
+      const left = until - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, left);
+      });
+    }
+  };
+  const ask = (steps: Parameters<typeof swapCommands.batch>[0], stdin?: string, ms = 5_000) => {
+    p.stdin.write(
+      sessionRequest(
+        batchProgram(swapCommands.batch(steps)) as string,
+        stdin ? Buffer.from(stdin) : undefined,
+      ),
+    );
+    return answer(ms);
+  };
+  return { p: p as ChildProcessWithoutNullStreams, ask, answer, exited };
+};
+
+(root ? describe : describe.skip)('the host helper in session mode (as root)', () => {
+  it('answers batch after batch on one process, each ended by the end line, standard input only to its marked step', async () => {
+    const s = startSession();
+    const value = canary();
+    const a = await s.ask(
+      [{ argv: swapCommands.writeEnvFile('green'), stdin: true, required: true }],
+      `K="${value}"\n`,
+    );
+    expect(a?.map((l) => parseBatchOutput(l)[0]?.code)).toEqual([0]);
+    const b = await s.ask([
+      { argv: ['ls', '-A1', '--', `${dir}/cortex`] },
+      { argv: swapCommands.writeActiveSlot('green') },
+    ]);
+    expect(b?.length).toBe(2);
+    expect(parseBatchOutput((b ?? []).join('\n'))[0]?.stdout.toString()).toBe('agent-green.env\n');
+    expect(readFileSync(`${dir}/cortex/agent-green.env`, 'utf8')).toBe(`K="${value}"\n`);
+    expect(readFileSync(`${dir}/cortex/active-slot`, 'utf8')).toBe('green\n');
+    s.p.stdin.end();
+    expect(await s.exited).toBe(0);
+  });
+
+  it('holds the host lock for its whole life: a second session waits until the first one ends', async () => {
+    const first = startSession();
+    expect(await first.ask([{ argv: ['ls', '-A1', '--', dir] }])).toHaveLength(1);
+    const second = startSession();
+    expect(await second.ask([{ argv: ['ls', '-A1', '--', dir] }], undefined, 700)).toBeUndefined();
+    first.p.stdin.end();
+    expect(await first.exited).toBe(0);
+    // the waiting request is answered once the lock is free
+    expect(await second.answer(5_000)).toHaveLength(1);
+    second.p.stdin.end();
+    expect(await second.exited).toBe(0);
+  });
+
+  it('ends on a malformed request (64), at end of input (0), and after its idle limit without a request (0)', async () => {
+    const bad = startSession();
+    bad.p.stdin.write('{"program": 1}\n');
+    expect(await bad.exited).toBe(64);
+    const eof = startSession();
+    eof.p.stdin.end();
+    expect(await eof.exited).toBe(0);
+    const idle = startSession();
+    const t0 = Date.now();
+    expect(await idle.exited).toBe(0); // SESSION_IDLE_S is 1 in this test
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    // the lock is free again: a new session answers at once
+    const next = startSession();
+    expect(await next.ask([{ argv: ['ls', '-A1', '--', dir] }], undefined, 3_000)).toHaveLength(1);
+    next.p.stdin.end();
+    expect(await next.exited).toBe(0);
   });
 });
 

@@ -3,12 +3,16 @@ import type { Redis } from 'ioredis';
 import type { AuthFailureLimiter } from './auth';
 import { invalidInput } from '../errors';
 import { ApiProblem } from './problems';
+import { makeLeasedBudget, type BudgetAnswer, type LeasedBudget } from './rate-limit-lease';
 
 /**
  * Per-token rate limits, counted in Redis (so every API process shares one budget per token):
  * `API_RATE_LIMIT` requests per window (`600/min` by default; `/s`, `/min`, `/h`), a fixed window
  * from the first request, under `<prefix>:ratelimit:token-<token id>` (the peer address,
- * `ip-<address>`, for public routes). The hook is added after the auth hook, so it runs after
+ * `ip-<address>`, for public routes). Under 200 per window every request is one INCR in Redis;
+ * from 200, the process leases blocks of 1 % of the limit (at most 100) atomically and spends them
+ * locally: never over the limit, at most one unspent block per process and key
+ * (rate-limit-lease.ts). The hook is added after the auth hook, so it runs after
  * authentication: a request without a valid token is refused (401) before it is counted, and
  * tokens are 256 random bits, so there is nothing to guess by retrying. Over the limit: 429, a
  * problem document, and Retry-After in seconds; every counted answer carries `x-ratelimit-limit`,
@@ -40,37 +44,91 @@ if ttl < 0 then
 end
 return {n, ttl}`;
 
+// Lease up to ARGV[3] units of the window's budget ARGV[2] (never past it), in one atomic step;
+// the window (ARGV[1] ms) starts at the first request, as HIT's (rate-limit-lease.ts)
+const LEASE = `
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+local grant = math.max(0, math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) - n))
+if grant > 0 then n = redis.call('INCRBY', KEYS[1], grant) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {grant, n, ttl}`;
+
 type HitCommand = (key: string, windowMs: number) => Promise<[number, number]>;
+type LeaseCommand = (
+  key: string,
+  windowMs: number,
+  max: number,
+  want: number,
+) => Promise<[number, number, number]>;
+
+/**
+ * The budget of one limit in Redis: per request (INCR) under 200 a window, else leased in blocks
+ * (rate-limit-lease.ts). Exported for the integration test that runs it against a real Redis.
+ */
+export const makeRedisBudget = (opts: {
+  redis: Redis;
+  max: number;
+  windowMs: number;
+  prefix: string;
+}): LeasedBudget => {
+  const { max, windowMs } = opts;
+  const redis = opts.redis as Redis & {
+    cortexRateLimitHit?: HitCommand;
+    cortexRateLimitLease?: LeaseCommand;
+  };
+  // EVALSHA with a fallback to EVAL, managed by ioredis
+  if (!redis.cortexRateLimitHit) redis.defineCommand('cortexRateLimitHit', { numberOfKeys: 1, lua: HIT });
+  if (!redis.cortexRateLimitLease)
+    redis.defineCommand('cortexRateLimitLease', { numberOfKeys: 1, lua: LEASE });
+  const full = (key: string): string => `${opts.prefix}:ratelimit:${key}`;
+  return makeLeasedBudget({
+    max,
+    hit: async (key) => {
+      const [count, ttlMs] = await (redis.cortexRateLimitHit as HitCommand)(full(key), windowMs);
+      return { count, ttlMs };
+    },
+    lease: async (key, want) => {
+      const [granted, count, ttlMs] = await (redis.cortexRateLimitLease as LeaseCommand)(
+        full(key),
+        windowMs,
+        max,
+        want,
+      );
+      return { granted, count, ttlMs };
+    },
+    // ioredis's connection state: leased units are not spent while it is not ready (rate-limit-lease.ts)
+    reachable: () => redis.status === undefined || redis.status === 'ready',
+  });
+};
 
 export const registerRateLimit = (
   app: FastifyInstance,
   opts: { redis: Redis; limit: string; prefix: string },
 ): void => {
   const { max, windowMs } = parseRateLimit(opts.limit);
-  const redis = opts.redis as Redis & { cortexRateLimitHit?: HitCommand };
-  // EVALSHA with a fallback to EVAL, managed by ioredis
-  if (!redis.cortexRateLimitHit) redis.defineCommand('cortexRateLimitHit', { numberOfKeys: 1, lua: HIT });
-  const hit = (key: string): Promise<[number, number]> =>
-    (redis.cortexRateLimitHit as HitCommand)(`${opts.prefix}:ratelimit:${key}`, windowMs);
+  const budget = makeRedisBudget({ redis: opts.redis, max, windowMs, prefix: opts.prefix });
 
   app.addHook('onRequest', async (request, reply) => {
     const key = request.principal ? `token-${request.principal.tokenId}` : `ip-${request.ip}`;
-    let count: number;
-    let ttl: number;
+    let answer: BudgetAnswer;
     try {
-      [count, ttl] = await hit(key);
+      answer = await budget.take(key);
     } catch {
       if (request.routeOptions.config.public) return;
       void reply.header('retry-after', '5');
       throw new ApiProblem(503, 'unavailable', 'the rate limiter cannot reach Redis; retry shortly');
     }
-    const reset = Math.max(1, Math.ceil(ttl / 1000));
+    const reset = Math.max(1, Math.ceil(answer.resetMs / 1000));
     void reply.headers({
       'x-ratelimit-limit': String(max),
-      'x-ratelimit-remaining': String(Math.max(0, max - count)),
+      'x-ratelimit-remaining': String(answer.remaining),
       'x-ratelimit-reset': String(reset),
     });
-    if (count > max) {
+    if (!answer.allowed) {
       void reply.header('retry-after', String(reset));
       throw new ApiProblem(
         429,

@@ -43,7 +43,12 @@ export interface LineSession {
     request: Buffer,
     last: (line: string) => boolean,
     o?: { readonly timeoutMs?: number; readonly signal?: AbortSignal },
-  ): Promise<{ readonly lines: string[]; readonly ended: boolean }>;
+  ): Promise<{
+    readonly lines: string[];
+    readonly ended: boolean;
+    /** Once ended: the command's exit status (255 when unknown) and the tail of its stderr. */
+    readonly exit?: { readonly code: number; readonly stderrTail: string };
+  }>;
   /** End its standard input and let it exit; does not wait. */
   close(): void;
 }
@@ -297,11 +302,15 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
   const openLines = (argv: readonly string[], eo: ExecOptions = {}): Promise<LineSession> => {
     const name = argv[0] ?? '';
     let opened: ClientChannel | undefined;
+    let gaveUp = false;
     return bounded(
       `remote command ${name}`,
       eo.timeoutMs ?? opts.commandTimeoutMs,
       eo.signal,
-      () => opened?.close(),
+      () => {
+        gaveUp = true;
+        opened?.close();
+      },
       () =>
         tracked(
           () =>
@@ -314,6 +323,8 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
                     }),
                   );
                 opened = stream;
+                // opened after the caller gave up (timeout, abort): nobody will use or end it
+                if (gaveUp) stream.close();
                 resolve(stream);
               }),
             ),
@@ -359,7 +370,16 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
       partial = parts.pop() ?? '';
       for (const l of parts) take(l);
     });
-    stream.stderr.on('data', () => undefined);
+    let stderrTail = '';
+    let exitCode = 255;
+    stream.stderr.on('data', (d: Buffer) => {
+      stderrTail = (stderrTail + d.toString('utf8')).slice(-2_000);
+    });
+    stream.on('exit', (c: number | null, signalName?: string) => {
+      if (typeof c === 'number') exitCode = c;
+      else if (signalName) exitCode = 128 + (SIGNALS[signalName] ?? 127);
+    });
+    const exit = () => ({ code: exitCode, stderrTail });
     stream.on('close', () => {
       ended = true;
       const w = waiting;
@@ -380,13 +400,18 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
         () =>
           tracked(
             () =>
-              new Promise<{ lines: string[]; ended: boolean }>((resolve, reject) => {
+              new Promise<Awaited<ReturnType<LineSession['ask']>>>((resolve, reject) => {
                 if (waiting)
                   return reject(new OrchestratorError('internal', `${name}: one request at a time`));
                 const lines: string[] = [];
-                if (ended) return resolve({ lines, ended: true });
+                if (ended) return resolve({ lines, ended: true, exit: exit() });
                 size = 0;
-                waiting = { lines, last, done: (e) => resolve({ lines, ended: e }), fail: reject };
+                waiting = {
+                  lines,
+                  last,
+                  done: (e) => resolve(e ? { lines, ended: true, exit: exit() } : { lines, ended: false }),
+                  fail: reject,
+                };
                 queued.length = 0; // output nobody asked for answers no request
                 stream.write(request);
               }),

@@ -16,8 +16,8 @@
  *   200 (`healthy`, exit 0), a crash loop (`crashloop <restarts> <state>`, exit 1) or the deadline
  *   (`timeout <state>`, exit 2). An answer begun after the deadline does not count. One probe takes
  *   3 s at most however slowly the listener answers (it may be hostile: a trickled answer must not
- *   hold the helper nor the lock); the status counts once the headers are in (at most 64 KiB are
- *   read), the body is not read.
+ *   hold the helper nor the lock); the status counts once the head is in (at most 64 KiB are
+ *   read in all, the body within what is left of the bound).
  * - `port-holders <port>`: the listening sockets on the port (`ss -p`) and the cgroup of every
  *   process holding one, as JSON: the orchestrator decides whether they all belong to one unit.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
@@ -56,7 +56,9 @@ class Bad(Exception):
 
 def run(argv, data=None, timeout=60):
     try:
-        p = subprocess.run(argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        # No input: end of file at once, never the helper's own standard input (in a session that is
+        # the SSH channel, which carries the next requests, env files among them).
+        p = subprocess.run(argv, input=data, stdin=None if data is not None else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
         return p.returncode, p.stdout, p.stderr
     except subprocess.TimeoutExpired:
         return 124, b"", b"timed out\n"
@@ -118,13 +120,19 @@ def expire(signum, frame):
     raise Late()
 
 
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
 def probe(port, path):
     # Whatever listens on the port may be hostile (the other slot's agent can bind it first): one
     # probe takes 3 s in all however slowly it trickles its answer (a socket timeout bounds each
-    # read only), and at most 64 KiB of the answer's head is read (the status is what counts). A plain
+    # read only), and at most 64 KiB of the answer is read. The status counts once the head is
+    # complete (lines ended by CRLF or LF, as http.client took them); the body is then read to its
+    # end within what is left of both bounds, and a body cut by them still leaves the status. A plain
     # HTTP/1.0 GET on a socket: http.client alone cost the helper 34 ms of imports (ssl, email).
     import signal, socket
     old = signal.signal(signal.SIGALRM, expire)
+    status = 0
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, 3)
@@ -132,23 +140,28 @@ def probe(port, path):
             try:
                 c.sendall(("GET %s HTTP/1.0\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % (path, port)).encode("ascii"))
                 got = b""
-                # the status counts once the headers are complete; the body is not waited for
-                while len(got) < 65536 and b"\r\n\r\n" not in got:
+                while len(got) < 65536:
+                    if not status and HEAD_END.search(got):
+                        m = re.match(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r\n]", got)
+                        if not m:
+                            break
+                        status = int(m.group(1))
                     b = c.recv(65536 - len(got))
                     if not b:
                         break
                     got += b
+                if not status and HEAD_END.search(got):
+                    m = re.match(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r\n]", got)
+                    status = int(m.group(1)) if m else 0
             finally:
                 c.close()
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except Exception:
-        return 0
+        return status
     finally:
         signal.signal(signal.SIGALRM, old)
-    # a whole head only: a status line alone, cut before the blank line, is no answer
-    m = re.match(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r]", got)
-    return int(m.group(1)) if m and b"\r\n\r\n" in got else 0
+    return status
 
 
 def wait_healthy(args, data):
@@ -347,7 +360,7 @@ def session():
         except Exception:
             return 64
         finally:
-            line = None
+            line = req = chunk = None
         run_steps(steps, data)
         data = None
         emit('{"end": true}\n')

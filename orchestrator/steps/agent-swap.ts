@@ -615,7 +615,12 @@ export const swapSession = async (
 ): Promise<{ readonly shell: RemoteShell; end(): void }> => {
   if (!shell.openLines) return { shell, end: () => undefined };
   let session: LineSession | undefined = await shell.openLines(swapCommands.session(), o);
-  const viaSession = async (s: LineSession, program: string, eo: ExecOptions): Promise<ExecResult> => {
+  const viaSession = async (
+    s: LineSession,
+    argv: readonly string[],
+    program: string,
+    eo: ExecOptions,
+  ): Promise<ExecResult> => {
     const stdin =
       eo.stdin === undefined
         ? undefined
@@ -624,16 +629,19 @@ export const swapSession = async (
           : Buffer.from(eo.stdin);
     const request = sessionRequest(program, stdin);
     try {
-      const { lines, ended } = await s.ask(request, (l) => l === SESSION_END_LINE, {
+      const { lines, ended, exit } = await s.ask(request, (l) => l === SESSION_END_LINE, {
         ...(eo.timeoutMs !== undefined ? { timeoutMs: eo.timeoutMs } : {}),
         ...(eo.signal ? { signal: eo.signal } : {}),
       });
       if (ended) session = undefined;
       const answers = lines.filter((l) => l !== SESSION_END_LINE);
+      // The helper was gone before this request (its idle limit, killed): nothing of the batch ran,
+      // so it runs as its own command, as without a session.
+      if (ended && answers.length === 0) return await shell.exec(argv, eo);
       return {
-        code: ended ? 255 : 0,
+        code: ended ? (exit?.code ?? 255) : 0,
         stdout: Buffer.from(answers.map((l) => `${l}\n`).join(''), 'utf8'),
-        stderr: Buffer.alloc(0),
+        stderr: Buffer.from(exit?.stderrTail ?? '', 'utf8'),
       };
     } catch (err) {
       session = undefined;
@@ -649,7 +657,7 @@ export const swapSession = async (
   const wrapped: RemoteShell = {
     exec: (argv, eo = {}) => {
       const program = batchProgram(argv);
-      return program !== undefined && session ? viaSession(session, program, eo) : shell.exec(argv, eo);
+      return program !== undefined && session ? viaSession(session, argv, program, eo) : shell.exec(argv, eo);
     },
     writeFileAtomic: (path, content, wo) => shell.writeFileAtomic(path, content, wo),
     close: () => shell.close(),

@@ -26,6 +26,8 @@ export const makeSwapHost = (
     deaf?: string;
     /** The shell can hold the helper's session (`openLines`), as the SSH adapter can. */
     session?: boolean;
+    /** The session's helper is gone after this many requests (later ones end with no answer). */
+    sessionDiesAfter?: number;
   } = {},
 ) => {
   const fake = makeFakeShell();
@@ -267,9 +269,15 @@ export const makeSwapHost = (
     sent.push(['session']);
     openSessions++;
     let closed = false;
+    let asked = 0;
     return Promise.resolve({
       ask: async (request: Buffer, last: (l: string) => boolean) => {
-        if (closed) return { lines: [], ended: true };
+        if (o.sessionDiesAfter !== undefined && asked++ >= o.sessionDiesAfter) {
+          sent.push(['ask (helper gone)']);
+          if (!closed) openSessions--;
+          closed = true;
+        }
+        if (closed) return { lines: [], ended: true, exit: { code: 137, stderrTail: '' } };
         const req = JSON.parse(request.toString('utf8')) as { program: string; data: string };
         const batchArgv = [...swapCommands.session().slice(0, -1), 'batch', req.program];
         const steps = decodeBatch(batchArgv) ?? [];

@@ -105,4 +105,13 @@ describe('round trips per swap', () => {
     expect(kinds(h)).toEqual(['session', 'ask', 'ask', 'ask']);
     expect(h.openSessions()).toBe(0);
   });
+
+  it('a session whose helper is gone (idle limit, killed) before a request: that batch and the rest run as their own commands, and the swap completes', async () => {
+    const h = makeSwapHost({ session: true, sessionDiesAfter: 1 });
+    expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(kinds(h)).toEqual(['session', 'ask', 'ask (helper gone)', 'batch', 'batch', 'batch']);
+    expect(h.fake.files.get(slotEnvFilePath('green'))?.content.toString()).toContain(
+      'ANTHROPIC_API_KEY="sk-new"',
+    );
+  });
 });

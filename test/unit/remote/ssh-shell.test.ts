@@ -237,10 +237,14 @@ describe('ssh2 RemoteShell adapter', () => {
       const s = await (shell.openLines as NonNullable<RemoteShell['openLines']>)([
         'sh',
         '-c',
-        'read -r l; printf "partial\\n"; exit 3',
+        'read -r l; printf "partial\\n"; printf "why\\n" >&2; exit 3',
       ]);
-      expect(await s.ask(Buffer.from('x\n'), isEnd)).toEqual({ lines: ['partial'], ended: true });
-      expect(await s.ask(Buffer.from('y\n'), isEnd)).toEqual({ lines: [], ended: true });
+      expect(await s.ask(Buffer.from('x\n'), isEnd)).toEqual({
+        lines: ['partial'],
+        ended: true,
+        exit: { code: 3, stderrTail: 'why\n' },
+      });
+      expect(await s.ask(Buffer.from('y\n'), isEnd)).toMatchObject({ lines: [], ended: true });
     });
 
     it('times out a request that gets no last line, and closes the session; the connection stays usable', async () => {

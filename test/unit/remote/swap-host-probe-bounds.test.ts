@@ -86,6 +86,7 @@ describe('the host helper: wait-healthy against a hostile listener', () => {
   it.each([
     ['HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok', 0, 'healthy\n'],
     ['HTTP/1.1 200 OK\r\n\r\n', 0, 'healthy\n'],
+    ['HTTP/1.1 200 OK\nContent-Length: 0\n\n', 0, 'healthy\n'],
     ['HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n', 2, /^timeout /],
     ['HTTP/1.1 2000 OK\r\n\r\n', 2, /^timeout /],
     ['SSH-2.0-OpenSSH_9.6\r\n\r\n', 2, /^timeout /],

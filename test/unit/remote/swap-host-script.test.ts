@@ -147,6 +147,32 @@ const startSession = () => {
     expect(await s.exited).toBe(0);
   });
 
+  it("a step's command gets end of file on its standard input, never the session's (which carries the next requests)", async () => {
+    const s = startSession();
+    const t0 = Date.now();
+    const a = await s.ask(
+      [{ argv: ['ls', '-A1', '--', dir] }, { argv: swapCommands.activeSlot() }],
+      undefined,
+      5_000,
+    );
+    expect(a).toHaveLength(2);
+    // cat of the record path reads its file; the proof is a step that reads standard input: run on
+    // the helper directly (a batch may only run the swap's programs)
+    const reader = spawnSync(
+      'python3',
+      [
+        '-I',
+        '-c',
+        `${script.replace(/\nmain\(\)\s*$/, '\n')}\nimport sys\nprint(run(["sh", "-c", "head -c1 | wc -c"])[1].decode().strip())`,
+      ],
+      { input: 'x'.repeat(10), timeout: 10_000 },
+    );
+    expect(reader.stdout.toString().trim()).toBe('0');
+    expect(Date.now() - t0).toBeLessThan(8_000);
+    s.p.stdin.end();
+    expect(await s.exited).toBe(0);
+  });
+
   it('holds the host lock for its whole life: a second session waits until the first one ends', async () => {
     const first = startSession();
     expect(await first.ask([{ argv: ['ls', '-A1', '--', dir] }])).toHaveLength(1);

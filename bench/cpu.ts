@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, readdir } from 'node:fs/promises';
 
 /**
  * Where the machine's CPU went during a timed window, for the benchmarks' printed figures:
@@ -56,3 +56,46 @@ export const describeCpu = (a: CpuSample, b: CpuSample, per?: { n: number; what:
   const each = per && per.n > 0 ? `, ${(total / per.n).toFixed(2)} core-s per ${per.what}` : '';
   return `CPU ${f(total)} core-s (hosts ${f(hosts)}, this process ${f(self)}, rest ${f(rest)}${each})`;
 };
+
+/**
+ * CPU of the local hosts per unit (`ssh.service`, `caddy.service`, `cortex-agent@green.service`,
+ * `init.scope`, …), summed over every host, in seconds: which part of the hosts' share a window's
+ * work went to. Read from each host's cgroup2 tree (`cortex/<state>/<machine>/payload/…`).
+ */
+export const sampleHostUnits = async (): Promise<Map<string, number>> => {
+  const out = new Map<string, number>();
+  const root = '/sys/fs/cgroup/unified/cortex';
+  const walk = async (dir: string, depth: number): Promise<void> => {
+    let entries;
+    try {
+      entries = await readdir(dir, { withFileTypes: true });
+    } catch {
+      return; // gone, or another layout
+    }
+    for (const e of entries) {
+      if (!e.isDirectory()) continue;
+      const sub = `${dir}/${e.name}`;
+      // depth 0: state dirs, 1: machines, 2: payload, 3: init.scope / system.slice, 4: units in slices, 5: template units
+      if (depth >= 3 && !e.name.endsWith('.slice')) {
+        try {
+          const m = /^usage_usec (\d+)$/m.exec(await readFile(`${sub}/cpu.stat`, 'utf8'));
+          if (m?.[1]) out.set(e.name, (out.get(e.name) ?? 0) + Number(m[1]) / 1e6);
+        } catch {
+          // gone
+        }
+      } else await walk(sub, depth + 1);
+    }
+  };
+  await walk(root, 0);
+  return out;
+};
+
+/** `ssh.service 12.3, cortex-agent@green.service 8.1, …`: the `top` units between two samples. */
+export const describeHostUnits = (a: Map<string, number>, b: Map<string, number>, top = 6): string =>
+  [...b]
+    .map(([k, v]) => [k.replace(/\\x2d/g, '-'), v - (a.get(k) ?? 0)] as const)
+    .filter(([, v]) => v > 0.05)
+    .sort((x, y) => y[1] - x[1])
+    .slice(0, top)
+    .map(([k, v]) => `${k} ${v.toFixed(1)}`)
+    .join(', ');

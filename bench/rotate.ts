@@ -25,7 +25,7 @@ import { parseUpstreamRoute, swapCommands } from '../orchestrator/remote/swap-co
 import { ACTIVE_SLOT_PATH, UPSTREAM_NFT_TABLE, slotOfPort } from '../templates/agent-slots';
 import { AGENT_PORT } from '../templates/runtime-profiles';
 import { caddyLocalRootCaPath } from '../templates/caddyfile';
-import { describeCpu, sampleCpu } from './cpu';
+import { describeCpu, describeHostUnits, sampleCpu, sampleHostUnits } from './cpu';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -171,11 +171,23 @@ export const run = async (args: string[]): Promise<void> => {
           })
           .then((r) => (r.code === 0 ? Date.now() : NaN)),
       );
+      // Starting N watchers (an SSH session and a python3 each) costs about 0.1 core-second each:
+      // wait until the machine is back to the clients' load (a 1 s window under one core busy, at
+      // most 30 s), so that the rotation is not timed against the bench's own start-up.
+      const settleStart = Date.now();
+      for (let a = await sampleCpu(); Date.now() - settleStart < 30_000;) {
+        await sleep(1_000);
+        const b = await sampleCpu();
+        if (b.totalSeconds - a.totalSeconds < 1) break;
+        a = b;
+      }
+      const settledMs = Date.now() - settleStart;
       const idle0 = await sampleCpu();
       await sleep(2_000);
       const idle1 = await sampleCpu();
       const before = { requests, failed };
       const cpu0 = idle1;
+      const units0 = await sampleHostUnits();
       const t0 = Date.now();
       const loadAtStart = loadavg()[0] ?? 0;
       const started = await rot.service.rotate(
@@ -184,6 +196,7 @@ export const run = async (args: string[]): Promise<void> => {
       );
       const switchedAt = await Promise.all(watchers);
       const cpu1 = await sampleCpu();
+      const units1 = await sampleHostUnits();
       const loadAtSwitch = loadavg()[0] ?? 0;
       await Promise.all(shells.map((sh) => sh.close()));
       let done = await rot.service.status(started.id);
@@ -205,7 +218,9 @@ export const run = async (args: string[]): Promise<void> => {
       );
       console.log(
         `  until all switched: ${describeCpu(cpu0, cpu1, { n, what: 'deployment' })};` +
-          ` the 2 s before the request, clients looping: ${describeCpu(idle0, idle1)}`,
+          ` the 2 s before the request, clients looping: ${describeCpu(idle0, idle1)}` +
+          ` (after ${(settledMs / 1000).toFixed(0)} s for the watchers' start-up to settle);` +
+          ` hosts' core-s by unit until all switched: ${describeHostUnits(units0, units1)}`,
       );
       await Promise.all(ids.map((id) => p.service.destroy(id)));
       await Promise.all(

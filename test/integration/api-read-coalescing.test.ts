@@ -105,7 +105,17 @@ it('a GET arriving while a read that predates a change is still in flight gets a
     await locker.query('begin');
     await locker.query('lock table public.deployment_steps in access exclusive mode');
     const first = t.call('GET', path, { token }); // its read starts now, before the change
-    await new Promise((r) => setTimeout(r, 300));
+    // until that read waits for the lock (its snapshot taken): a fixed sleep would race on a busy machine
+    for (let waited = 0; ; waited += 20) {
+      const { rows } = await admin.query<{ n: string }>(
+        `select count(*) as n from pg_catalog.pg_locks l
+          where l.relation = 'public.deployment_steps'::regclass and not l.granted
+            and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())`,
+      );
+      if (Number(rows[0]?.n) > 0) break;
+      if (waited > 10_000) throw new Error('the first read never waited for the lock');
+      await new Promise((r) => setTimeout(r, 20));
+    }
     // the change commits (deployments, not the locked table) while that read is in flight
     await admin.query('update public.deployments set name = $1 where id = $2', [`After ${tag}`, dep.id]);
     const second = t.call('GET', path, { token }); // sent after the commit

@@ -59,7 +59,9 @@ export const makeLeasedBudget = (opts: {
   now?: () => number;
 }) => {
   const { max } = opts;
-  const now = opts.now ?? Date.now;
+  // monotonic: a lease's end is `sent + Redis's TTL`; a wall clock stepped back would stretch it
+  // past the real window (review R4)
+  const now = opts.now ?? (() => performance.now());
   const maxKeys = opts.maxKeys ?? 10_000;
   const size = leaseSize(max);
   const budgets = new Map<string, Budget>();

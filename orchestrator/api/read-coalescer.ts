@@ -14,16 +14,40 @@
  * the one in flight settles, which every caller that arrived meanwhile shares. Nothing is kept
  * once a read has answered its callers; a failed read fails exactly the callers it was started for.
  */
-export const makeReadCoalescer = <T>(fetch: (key: string) => Promise<T>) => {
-  /** per key: the read in flight, and the one queued behind it (not started yet) */
-  const keys = new Map<string, { inflight: Promise<T>; queued?: Promise<T> }>();
+export const makeReadCoalescer = <T>(
+  fetch: (key: string) => Promise<T>,
+  opts: {
+    /**
+     * A read in flight longer than this (a dead connection that TCP has not noticed yet) is not
+     * waited for by later callers: each reads on its own, as without coalescing (review R4).
+     */
+    readonly staleMs?: number;
+    readonly now?: () => number;
+  } = {},
+) => {
+  const staleMs = opts.staleMs ?? 5_000;
+  const now = opts.now ?? (() => performance.now());
+  /** per key: the read in flight (and when it started), and the one queued behind it (not started yet) */
+  const keys = new Map<string, { inflight: Promise<T>; startedAt: number; queued?: Promise<T> }>();
   let reads = 0;
   let calls = 0;
 
-  const start = (key: string): Promise<T> => {
+  /** `fetch`, with a synchronous throw turned into a rejection (the slot must still settle) */
+  const fetchOnce = (key: string): Promise<T> => {
     reads += 1;
-    const inflight = fetch(key);
-    const slot: { inflight: Promise<T>; queued?: Promise<T> } = { inflight };
+    try {
+      return fetch(key);
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  };
+
+  const start = (key: string): Promise<T> => {
+    const inflight = fetchOnce(key);
+    const slot: { inflight: Promise<T>; startedAt: number; queued?: Promise<T> } = {
+      inflight,
+      startedAt: now(),
+    };
     keys.set(key, slot);
     const settled = (): void => {
       // the queued read (if any) takes the slot, or the key is done
@@ -39,6 +63,7 @@ export const makeReadCoalescer = <T>(fetch: (key: string) => Promise<T>) => {
       calls += 1;
       const slot = keys.get(key);
       if (!slot) return start(key);
+      if (now() - slot.startedAt > staleMs) return fetchOnce(key);
       if (!slot.queued) {
         const next = (): Promise<T> => start(key);
         // started when the read in flight settles (either way), for every caller that arrived

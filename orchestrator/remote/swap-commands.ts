@@ -179,8 +179,9 @@ export const swapCommands = {
    */
   unitDigests: (u: string): Argv => helper('digests', slotUnit(u)),
   /**
-   * Poll http://127.0.0.1:<port><path> from the host every 100 ms until 200 (exit 0), the unit
-   * crash-looping (exit 1, `crashloop <restarts> <state>`) or `timeoutMs` (exit 2, `timeout <state>`).
+   * Poll http://127.0.0.1:<port><path> from the host (every 100 ms, after 2 s every 250 ms) until
+   * 200 (exit 0), the unit crash-looping (exit 1, `crashloop <restarts> <state>`) or `timeoutMs`
+   * (exit 2, `timeout <state>`).
    */
   waitHealthyLoopback: (u: string, agentPort: number, path: string, timeoutMs: number): Argv => {
     if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 3_600_000)

@@ -86,4 +86,45 @@ describe('read coalescer', () => {
     started[1]?.resolve('v2');
     expect(await b).toBe('v2');
   });
+
+  it('a fetch that throws synchronously fails its callers only: the key is free again and the next read fetches (review R4)', async () => {
+    const started: ((v: string) => void)[] = [];
+    let n = 0;
+    const c = makeReadCoalescer((): Promise<string> => {
+      n += 1;
+      if (n === 2) throw new Error('bad input');
+      return new Promise((resolve) => started.push(resolve));
+    });
+    const first = c.read('x');
+    const second = c.read('x'); // queued behind the first: its fetch throws
+    started[0]?.('one');
+    expect(await first).toBe('one');
+    await expect(second).rejects.toThrow('bad input');
+    await tick();
+    expect(c.stats().keys).toBe(0);
+    const third = c.read('x');
+    expect(n).toBe(3);
+    started[1]?.('three');
+    expect(await third).toBe('three');
+  });
+
+  it('a read in flight longer than staleMs (a dead connection) is not waited for: a later caller reads on its own (review R4)', async () => {
+    let t = 0;
+    const started: { resolve: (v: string) => void }[] = [];
+    const c = makeReadCoalescer((): Promise<string> => new Promise((resolve) => started.push({ resolve })), {
+      staleMs: 1_000,
+      now: () => t,
+    });
+    const stuck = c.read('x'); // never answered
+    t = 500;
+    const queued = c.read('x'); // within the bound: waits for the next read, as before
+    expect(started).toHaveLength(1);
+    t = 1_500;
+    const later = c.read('x');
+    expect(started).toHaveLength(2);
+    started[1]?.resolve('fresh');
+    expect(await later).toBe('fresh');
+    void stuck;
+    void queued;
+  });
 });

@@ -43,7 +43,8 @@ export const makeTokenCache = (
   },
   opts: TokenCacheOptions,
 ) => {
-  const now = opts.now ?? Date.now;
+  // monotonic: a wall clock stepped back would keep an entry (or a vouch) past its time
+  const now = opts.now ?? (() => performance.now());
   const maxEntries = opts.maxEntries ?? 10_000;
   const vouchMs = opts.vouchMs ?? 3_600_000;
   const entries = new Map<string, Entry>();

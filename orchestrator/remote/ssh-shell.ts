@@ -332,7 +332,7 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
     ).then((stream) => lineSession(stream, name));
   };
 
-  /** One request at a time; stdout is split into lines, stderr is drained and dropped. */
+  /** One request at a time; stdout is split into lines; stderr is kept as a tail for the exit. */
   const lineSession = (stream: ClientChannel, name: string): LineSession => {
     let partial = '';
     let ended = false;

@@ -51,11 +51,12 @@ const slotUnit = (u: string): string => {
 /** `python3 -I -c <swap-host-script.ts> <mode> …`: the host helper, in one of its modes. */
 const HELPER: Argv = ['python3', '-I', '-c', SWAP_HOST_SCRIPT];
 type HelperMode =
-  'batch' | 'session' | 'digests' | 'wait-healthy' | 'port-holders' | 'write-record' | 'write-env';
+  'batch' | 'session' | 'digests' | 'wait-healthy' | 'port-holders' | 'soak' | 'write-record' | 'write-env';
 const HELPER_MODES: readonly string[] = [
   'digests',
   'wait-healthy',
   'port-holders',
+  'soak',
   'write-record',
   'write-env',
 ];
@@ -193,6 +194,37 @@ export const swapCommands = {
    * each holder's `/proc/<pid>/cgroup` (JSON `{ss, cgroups}`): who answers on a slot's port.
    */
   portHolders: (agentPort: number): Argv => helper('port-holders', port(agentPort)),
+  /**
+   * After traffic moved to `u` (on `agentPort`): poll its health there every 250 ms for at least
+   * `soakMs`, and until no TCP connection is left to the old instance's port (`oldPort`; 0: none)
+   * or `drainMs` have passed. Exit 1, `unhealthy probes|restarts|state <n> <state>`: 3 failed
+   * probes in a row, a restart of the unit, or the unit not active/running at the end (the old
+   * instance still runs: route back to it). Exit 0: `drained`, `drain-timeout <left>` or `soaked`.
+   */
+  soak: (
+    u: string,
+    agentPort: number,
+    path: string,
+    soakMs: number,
+    oldPort: number,
+    drainMs: number,
+  ): Argv => {
+    if (!Number.isInteger(soakMs) || soakMs < 0 || soakMs > 600_000)
+      throw invalidInput('soakMs', 'must be 0-600000');
+    if (!Number.isInteger(drainMs) || drainMs < 0 || drainMs > 3_600_000)
+      throw invalidInput('drainMs', 'must be 0-3600000');
+    if (oldPort !== 0 && port(oldPort) === port(agentPort))
+      throw invalidInput('oldPort', "must not be the new instance's port");
+    return helper(
+      'soak',
+      slotUnit(u),
+      port(agentPort),
+      httpPath(path),
+      String(soakMs),
+      oldPort === 0 ? '0' : port(oldPort),
+      String(drainMs),
+    );
+  },
   /** The active-slot record, written atomically on the host (root:root 0600 in a 0700 directory). */
   writeActiveSlot: (slot: AgentSlot): Argv => {
     if (!isAgentSlot(slot)) throw invalidInput('slot', 'must be blue or green');

@@ -21,6 +21,13 @@
  *   read in all, the body within what is left of the bound).
  * - `port-holders <port>`: the listening sockets on the port (`ss -p`) and the cgroup of every
  *   process holding one, as JSON: the orchestrator decides whether they all belong to one unit.
+ * - `soak <unit> <port> <path> <soak ms> <old port> <drain ms>`: after traffic moved to a new
+ *   instance, GET its health path every 250 ms for at least `soak ms`, and until no ESTABLISHED
+ *   TCP connection is left on `old port` (read from /proc/net/tcp{,6}; 0: no old instance) or
+ *   `drain ms` have passed: `drained`, `drain-timeout <left>` or `soaked` (exit 0). Three failed
+ *   probes in a row, a restart of the unit (NRestarts read at the start and the end) or a unit not
+ *   active/running at the end: `unhealthy probes|restarts|state <n> <state>` (exit 1), the old
+ *   instance still there to go back to.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
  *   (root:root 0700 directory, temp file O_EXCL 0600, fsync, fchown, rename, directory fsync,
  *   verified); temp files of a cut write are removed first.
@@ -32,7 +39,7 @@
  *   answers the batch's lines then `{"end": true}`; the lock is held for the session's life, which
  *   ends at end of input, at a malformed line or after 60 s without a request.
  *
- * Nothing here reads a file but /proc/<pid>/environ (digests only) and /proc/<pid>/cgroup, and no
+ * Nothing here reads a file but /proc/<pid>/environ (digests only), /proc/<pid>/cgroup and /proc/net/tcp{,6}, and no
  * mode takes a path: the env files stay write-only for the orchestrator (`write-env` writes one,
  * named by its slot).
  */
@@ -199,6 +206,82 @@ def wait_healthy(args, data):
         time.sleep(0.1 if now - start < 2 else 0.25)
 
 
+def established(port):
+    # ESTABLISHED TCP connections whose local port is 'port' (the connections an instance accepted
+    # and has not closed: what 'ss -t state established ( sport = :port )' lists), read from
+    # /proc/net/tcp and tcp6 instead of an ss start every poll. -1: not known (then not drained).
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                f.readline()
+                for line in f:
+                    parts = line.split()
+                    if len(parts) > 3 and parts[3] == "01" and int(parts[1].rpartition(":")[2], 16) == port:
+                        n += 1
+        except FileNotFoundError:
+            if name == "/proc/net/tcp":
+                return -1
+        except (OSError, ValueError):
+            return -1
+    return n
+
+
+SOAK_EVERY_S = 0.25
+SOAK_FAILS = 3
+
+
+def soak(args, data):
+    # After traffic moved to a new instance: it must stay healthy while the old one drains. GET
+    # <path> on its port every 250 ms; SOAK_FAILS failed probes in a row, or any restart of its unit
+    # (NRestarts, read at the start and at the end), or a unit not active/running at the end, is
+    # 'unhealthy ...' (exit 1: the old instance still runs, the swap routes back to it). Otherwise it
+    # ends once 'soak ms' have passed and no connection is left to 'old port' ('drained'; 0: no old
+    # instance, 'soaked'), or once 'drain ms' have passed ('drain-timeout <connections left>').
+    unit = unit_arg(args[0])
+    port = int_arg(args[1], 1, 65535)
+    if not HTTP_PATH.fullmatch(args[2]):
+        raise Bad("path")
+    soak_ms = int_arg(args[3], 0, 600000)
+    old_port = int_arg(args[4], 0, 65535)
+    drain_ms = int_arg(args[5], 0, 3600000)
+    if old_port == port:
+        raise Bad("old port")
+
+    def restarts_state():
+        p = props(unit, ["NRestarts", "ActiveState", "SubState"])
+        r = p.get("NRestarts", "")
+        words = [p.get(k, "") for k in ("ActiveState", "SubState")]
+        return (int(r) if r.isdigit() else -1), "/".join(w for w in words if STATE_WORD.fullmatch(w)) or "unknown"
+
+    start = time.monotonic()
+    soak_until = start + soak_ms / 1000
+    drain_until = start + max(soak_ms, drain_ms) / 1000
+    before, _ = restarts_state()
+    fails = 0
+    while True:
+        if probe(port, args[2]) == 200:
+            fails = 0
+        else:
+            fails += 1
+            if fails >= SOAK_FAILS:
+                _, state = restarts_state()
+                return 1, ("unhealthy probes %d %s\n" % (fails, state)).encode()
+        now = time.monotonic()
+        if now >= soak_until:
+            left = established(old_port) if old_port else 0
+            if left == 0 or now >= drain_until:
+                after, state = restarts_state()
+                if before < 0 or after != before:
+                    return 1, ("unhealthy restarts %d %s\n" % (max(after - before, 0) if before >= 0 and after >= 0 else -1, state)).encode()
+                if state != "active/running":
+                    return 1, ("unhealthy state 0 %s\n" % state).encode()
+                if not old_port:
+                    return 0, b"soaked\n"
+                return 0, (b"drained\n" if left == 0 else ("drain-timeout %d\n" % left).encode())
+        time.sleep(SOAK_EVERY_S)
+
+
 def port_holders(args, data):
     port = int_arg(args[0], 1, 65535)
     code, out, _ = run(["ss", "-H", "-l", "-t", "-n", "-p", "( sport = :%d )" % port])
@@ -278,6 +361,7 @@ HELPERS = {
     "digests": digests,
     "wait-healthy": wait_healthy,
     "port-holders": port_holders,
+    "soak": soak,
     "write-record": write_record,
     "write-env": write_env,
 }

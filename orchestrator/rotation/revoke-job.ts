@@ -29,6 +29,8 @@ export interface RevokeJobDeps {
   readonly log: Logger;
   readonly concurrency: number;
   readonly holder: string;
+  /** How long a switched agent must stay healthy before the swap is final (ROTATION_SOAK_SECONDS). */
+  readonly soakSeconds?: number;
 }
 
 export interface RevokeOutcome {
@@ -82,7 +84,11 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           const env = new Map(values.map((v) => [v.envVar, v.value]));
           const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
           try {
-            const r = await deps.swap(shell, { deploymentId, runtime: dep.runtime, env }, { signal });
+            const r = await deps.swap(
+              shell,
+              { deploymentId, runtime: dep.runtime, env },
+              { signal, ...(deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds }) },
+            );
             if (!r.healthy)
               throw new OrchestratorError(
                 'remote_command_failed',

@@ -56,6 +56,7 @@ export const makeRotationFromPipeline = (
     access: pipeline.access,
     swap: opts.swap ?? swapAgentEnvironment,
     concurrency: config.ROTATE_CONCURRENCY,
+    soakSeconds: config.ROTATION_SOAK_SECONDS,
     holder,
   };
   const processors = makeRotationProcessors({

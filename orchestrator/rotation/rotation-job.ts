@@ -33,6 +33,8 @@ export interface RotationJobDeps {
   /** How long to wait for a busy deployment's lease before leaving it to the job's retry. */
   readonly leaseWaitMs?: number;
   readonly drainSeconds?: number;
+  /** How long a switched agent must stay healthy before the swap is final (ROTATION_SOAK_SECONDS). */
+  readonly soakSeconds?: number;
 }
 
 export interface RotationOutcome {
@@ -195,6 +197,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         const opts = {
           signal,
           ...(deps.drainSeconds === undefined ? {} : { drainSeconds: deps.drainSeconds }),
+          ...(deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds }),
         };
         const r = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env }, opts);
         if (r.healthy) {

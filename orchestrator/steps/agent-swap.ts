@@ -103,6 +103,12 @@ export interface AgentSwapOptions {
   /** How long the new environment has to become healthy; default 60 s. */
   readonly healthTimeoutMs?: number;
   /**
+   * How long the new instance must stay healthy after traffic moved to it, the old one still
+   * running (blue-green) or its previous env file still kept (held restart), before the swap is
+   * final; default 5. Failing meanwhile puts the old environment back (`healthy: false`).
+   */
+  readonly soakSeconds?: number;
+  /**
    * Force a mode other than the runtime profile's: `held-restart` works for every runtime (tests,
    * or an operator who wants the old behaviour); `blue-green` only for a runtime that can run twice.
    */
@@ -112,6 +118,8 @@ export interface AgentSwapOptions {
 export const swapModeOf = (runtime: RuntimeName): SwapMode => runtimeProfile(runtime).swapMode;
 
 const THROUGH_CADDY_TIMEOUT_MS = 20_000;
+/** How long a new instance must stay healthy after the switch (AgentSwapOptions.soakSeconds). */
+export const DEFAULT_SOAK_SECONDS = 5;
 /** How often a host-side poll asks again (health through Caddy, drain). */
 const POLL_EVERY_MS = 100;
 
@@ -364,8 +372,13 @@ const settle = async (
   basePort: number,
   drainSeconds: number,
   o: ExecOptions,
-  opts: { readonly routed: boolean; readonly probe?: BatchStep },
-): Promise<ExecResult> => {
+  opts: {
+    readonly routed: boolean;
+    readonly probe?: BatchStep;
+    /** A soak (soakStep): it runs first, as a required step, for up to `boundMs`. */
+    readonly watch?: { readonly step: BatchStep; readonly boundMs: number };
+  },
+): Promise<{ readonly probe: ExecResult; readonly watch: ExecResult }> => {
   const old = otherSlot(serving);
   // A flushed ruleset, or a record a cut run left pointing elsewhere, is put right (the record is
   // what the upstream unit applies at boot).
@@ -379,24 +392,33 @@ const settle = async (
     AGENT_SLOTS.map((s) => `${slotEnvFilePath(s)}.previous`),
   );
   const rest: BatchStep[] = [
+    // The serving instance watched while the old one drains (a required step: when it fails the
+    // batch stops here, the old slot still enabled, running and holding its env file).
+    ...(opts.watch ? [{ ...opts.watch.step, required: true }] : []),
     // (a swap that just routed enabled the serving slot then)
     ...(opts.routed ? [] : [{ argv: swapCommands.enable(agentUnitName(serving)) }]),
     ...(disable ? [disable] : []),
-    {
-      argv: swapCommands.establishedTo(slotPort(basePort, old)),
-      match: '^\\s*$',
-      poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
-    },
+    ...(opts.watch
+      ? []
+      : [
+          {
+            argv: swapCommands.establishedTo(slotPort(basePort, old)),
+            match: '^\\s*$',
+            poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
+          },
+        ]),
     ...discard,
     { argv: agentCommands.listDir(ENV_DIR) },
     ...(opts.probe ? [opts.probe] : []),
   ];
-  const r = await runBatch(shell, [...route, ...rest], o);
+  const r = await runBatch(shell, [...route, ...rest], o, { boundMs: opts.watch?.boundMs ?? 0 });
+  const watch = opts.watch ? (r[route.length] ?? NOT_RUN) : NOT_RUN;
   if (route.length > 1) {
     const reason = routeFailed(r, serving, basePort);
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
   } else if (route.length === 1 && r[0]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
+  if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
   const listing = r[route.length + rest.length - (opts.probe ? 2 : 1)] ?? NOT_RUN;
   const leftovers = listing.stdout
     .toString('utf8')
@@ -411,7 +433,39 @@ const settle = async (
       leftovers.map((f) => ({ argv: agentCommands.removeFile(`${ENV_DIR}/${f}`) })),
       o,
     );
-  return opts.probe ? (r[r.length - 1] ?? NOT_RUN) : NOT_RUN;
+  return { probe: opts.probe ? (r[r.length - 1] ?? NOT_RUN) : NOT_RUN, watch };
+};
+
+/**
+ * The soak of a new instance (swapCommands.soak) as a batch step, and how long it may run: the
+ * longer of the soak and the drain, plus one probe's own bound (3 s).
+ */
+const soakStep = (
+  unit: string,
+  port: number,
+  path: string,
+  soakSeconds: number,
+  oldPort: number,
+  drainSeconds: number,
+): { readonly step: BatchStep; readonly boundMs: number } => ({
+  step: {
+    argv: swapCommands.soak(unit, port, path, soakSeconds * 1000, oldPort, drainSeconds * 1000),
+    required: true,
+  },
+  boundMs: Math.max(soakSeconds, drainSeconds) * 1000 + 3_000,
+});
+
+/** Why the soak found the new instance unhealthy (short words, never the host's output), or undefined. */
+const soakFailed = (unit: string, r: ExecResult): string | undefined => {
+  if (r.code === 0) return undefined;
+  const [word = '', what = '', n = '', state = ''] = out(r).split(' ');
+  const count = /^\d{1,6}$/.test(n) ? n : '?';
+  const st = /^[a-z0-9/-]{1,80}$/.test(state) ? state : 'unknown';
+  if (word === 'unhealthy' && what === 'probes')
+    return `${unit} stopped answering its health check after the switch (${count} failed probes in a row; ${st})`;
+  if (word === 'unhealthy' && what === 'restarts') return `${unit} restarted after the switch (${st})`;
+  if (word === 'unhealthy' && what === 'state') return `${unit} was ${st} at the end of its soak`;
+  return `${unit} could not be watched after the switch (helper exit ${r.code})`;
 };
 
 /** Why the new slot is not healthy (its start, its health wait and its port owner's answers). */
@@ -455,6 +509,7 @@ const blueGreen = async (
   const base = profile.port;
   const drainSeconds = opts.drainSeconds ?? 30;
   const healthMs = opts.healthTimeoutMs ?? 60_000;
+  const soakSeconds = opts.soakSeconds ?? DEFAULT_SOAK_SECONDS;
   const { serving } = at;
   const done = (slot: AgentSlot): AgentSwapResult => ({ mode: 'blue-green', healthy: true, slot });
   const failed = (reason: string, code?: SwapFailureCode): AgentSwapResult => ({
@@ -466,9 +521,10 @@ const blueGreen = async (
   });
 
   // A retry after the switch (or a swap to the environment it already runs): only finish up,
-  // and check it end to end like a swap.
+  // and check it end to end like a swap. (A run cut during its soak is finished here without one:
+  // whether the old slot still runs the old environment is not known here.)
   if (at.runs(serving)) {
-    const probe = await settle(shell, at, serving, base, drainSeconds, o, {
+    const { probe } = await settle(shell, at, serving, base, drainSeconds, o, {
       routed: false,
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
     });
@@ -528,8 +584,20 @@ const blueGreen = async (
     return failed(notSwitched);
   }
 
-  // 3. The record, boot, the old instance drained and stopped, its env file removed.
-  await settle(shell, at, target, base, drainSeconds, o, { routed: true });
+  // 3. The new instance watched while the old one drains (soak); then the old one disabled,
+  // stopped, its env file removed. An instance that fails meanwhile is routed away from, back to
+  // the old one, which still runs with the old environment, and discarded.
+  const { watch } = await settle(shell, at, target, base, drainSeconds, o, {
+    routed: true,
+    watch: soakStep(unit, port, profile.healthPath, soakSeconds, slotPort(base, serving), drainSeconds),
+  });
+  const fellOver = soakFailed(unit, watch);
+  if (fellOver) {
+    const back = await runBatch(shell, [...routeSteps(serving, base), ...discardSteps(target)], o);
+    const reason = routeFailed(back, serving, base);
+    if (reason) throw new OrchestratorError('remote_command_failed', reason);
+    return failed(fellOver);
+  }
   return done(target);
 };
 
@@ -547,12 +615,13 @@ const heldRestart = async (
   const previous = `${file}.previous`;
   const drainSeconds = opts.drainSeconds ?? 30;
   const healthMs = opts.healthTimeoutMs ?? 60_000;
+  const soakSeconds = opts.soakSeconds ?? DEFAULT_SOAK_SECONDS;
   const result = (reason: string | undefined): AgentSwapResult =>
     reason
       ? { mode: 'held-restart', healthy: false, reason, slot }
       : { mode: 'held-restart', healthy: true, slot };
   if (at.runs(slot)) {
-    const probe = await settle(shell, at, slot, profile.port, drainSeconds, o, {
+    const { probe } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
       routed: false,
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
     });
@@ -582,12 +651,17 @@ const heldRestart = async (
   if (written.code !== 0)
     throw new OrchestratorError('remote_command_failed', `the env file of slot ${slot} was not written`);
   const kept = link.code === 0;
-  const reason =
+  let reason =
     slotUnhealthy(unit, port, healthMs, checked)?.reason ??
     throughCaddyFailed(checked[3] ?? NOT_RUN, healthMs);
   if (reason === undefined) {
-    await settle(shell, at, slot, profile.port, drainSeconds, o, { routed: false });
-    return result(undefined);
+    // Soak: the restarted instance must stay healthy a while before the kept file goes.
+    const { watch } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
+      routed: false,
+      watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0),
+    });
+    reason = soakFailed(unit, watch);
+    if (reason === undefined) return result(undefined);
   }
   if (kept)
     await runBatch(
@@ -676,6 +750,12 @@ export const swapAgentEnvironment = async (
     throw invalidInput('mode', `the ${input.runtime} runtime cannot run twice; it swaps by held restart`);
   // Validated before anything on the host changes (names, values; never echoed).
   renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
+  const bounded = (field: string, v: number | undefined, max: number): void => {
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= max))
+      throw invalidInput(field, `must be a whole number of seconds, 0-${max}`);
+  };
+  bounded('drainSeconds', opts.drainSeconds, 3_600);
+  bounded('soakSeconds', opts.soakSeconds, 600);
   const session = await swapSession(shell, o);
   try {
     const sh = session.shell;

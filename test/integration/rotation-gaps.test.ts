@@ -8,7 +8,11 @@ import {
 } from '../../orchestrator/rotation/rotation-from-config';
 import type { Rotation } from '../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../orchestrator/secret';
-import { servingAgentUnit, swapAgentEnvironment } from '../../orchestrator/steps/agent-swap';
+import {
+  servingAgentUnit,
+  swapAgentEnvironment,
+  type AgentSwapResult,
+} from '../../orchestrator/steps/agent-swap';
 import { httpsGet } from '../../orchestrator/steps/https-health';
 import { caddyLocalRootCaPath } from '../../templates/caddyfile';
 import { agentProbes, parseEnviron } from '../support/agent-probes';
@@ -31,8 +35,17 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 /** Deployments swapped by held restart (openclaw's mode) instead of their runtime's blue/green. */
 const held = new Set<string>();
-const swap: typeof swapAgentEnvironment = (shell, input, opts) =>
-  swapAgentEnvironment(shell, input, held.has(input.deploymentId) ? { ...opts, mode: 'held-restart' } : opts);
+/** Each deployment's last swap result (its reason says which check failed). */
+const lastSwap = new Map<string, AgentSwapResult>();
+const swap: typeof swapAgentEnvironment = async (shell, input, opts) => {
+  const r = await swapAgentEnvironment(
+    shell,
+    input,
+    held.has(input.deploymentId) ? { ...opts, mode: 'held-restart' } : opts,
+  );
+  lastSwap.set(input.deploymentId, r);
+  return r;
+};
 
 /**
  * A fault the test puts on the host (as root, like agent-swap.test.ts's port squatter): every agent
@@ -43,11 +56,18 @@ const swap: typeof swapAgentEnvironment = (shell, input, opts) =>
 const REFUSED = '-refused-';
 /** Likewise, a key with this marker starts, and the agent dies at once: a crash loop (Restart=always). */
 const CRASHES = '-crashes-';
+/**
+ * And with this one the agent starts, answers its health checks, and is killed 4 s later (every
+ * start): it passes the checks before the switch and falls over after it, within the soak
+ * (ROTATION_SOAK_SECONDS 15 here).
+ */
+const FALLS_OVER = '-falls-over-';
 const FAULT_DROP_IN = '/etc/systemd/system/cortex-agent@.service.d/zz-test-refuse-key.conf';
 const faultUnit = [
   '[Service]',
   `ExecStartPre=/bin/sh -c 'case "$$${ENV}" in *${REFUSED}*) exit 1;; esac'`,
   `ExecStartPost=/bin/sh -c 'case "$$${ENV}" in *${CRASHES}*) kill -9 "$$MAINPID";; esac'`,
+  `ExecStartPost=/bin/sh -c 'case "$$${ENV}" in *${FALLS_OVER}*) (sleep 4; kill -9 "$$MAINPID") </dev/null >/dev/null 2>&1 & ;; esac'`,
   '',
 ].join('\n');
 
@@ -56,7 +76,7 @@ let rot: RotationWiring;
 let workers: Workers;
 
 beforeAll(async () => {
-  p = await startTestPipeline({ ROTATION_GRACE_SECONDS: '3600' });
+  p = await startTestPipeline({ ROTATION_GRACE_SECONDS: '3600', ROTATION_SOAK_SECONDS: '15' });
   rot = makeRotationFromPipeline(p, { swap });
   workers = p.makeWorkerSet(rot.maintenanceTasks, rot.processors);
   workers.start();
@@ -179,7 +199,13 @@ describe('rotation gaps on a real local host', () => {
    * Caddy; then check the record, the binding, the host and the client. The deployment runs
    * `expected` before and after.
    */
-  const heldRestartRefused = async (what: string, marker: string, expected: () => string) => {
+  const refusedBy = async (
+    what: string,
+    marker: string,
+    expected: () => string,
+    mode: 'held-restart' | 'blue-green' = 'held-restart',
+  ) => {
+    if (mode === 'blue-green') held.delete(id);
     await withShell(id, async (shell) => {
       await shell.writeFileAtomic(FAULT_DROP_IN, Buffer.from(faultUnit), { mode: 0o644, dirMode: 0o755 });
       await run(shell, ['systemctl', 'daemon-reload']);
@@ -196,12 +222,12 @@ describe('rotation gaps on a real local host', () => {
       await sleep(500);
       const seen = await clients.stop();
       console.log(
-        `held restart, ${what}: rotation ${ms} ms, ${seen.ok} requests ok, ${seen.failures.length} failed (${[...new Set(seen.failures)].join(', ')}), slowest ${seen.slowestMs} ms`,
+        `${mode}, ${what}: rotation ${ms} ms, ${seen.ok} requests ok, ${seen.failures.length} failed (${[...new Set(seen.failures)].join(', ')}), slowest ${seen.slowestMs} ms`,
       );
 
-      // The record: rolled back by held restart, the binding pinned to the old version.
+      // The record: rolled back, the binding pinned to the old version.
       expect(done.deployments.map((d) => [d.deploymentId, d.state, d.swapMode, d.reason])).toEqual([
-        [id, 'rolled_back', 'held-restart', 'unhealthy'],
+        [id, 'rolled_back', mode, 'unhealthy'],
       ]);
       expect(await rot.rotations.bindings(id)).toEqual([
         { envVar: ENV, secretId: org.secretId, version: 1, pinned: true },
@@ -222,7 +248,9 @@ describe('rotation gaps on a real local host', () => {
       // requests while the swap found the new environment refused and restarted the old one.
       expect(seen.failures).toEqual([]);
       expect(seen.ok).toBeGreaterThan(5);
+      return lastSwap.get(id);
     } finally {
+      held.add(id);
       await withShell(id, async (shell) => {
         await shell.exec(['rm', '-f', FAULT_DROP_IN]);
         await shell.exec(['systemctl', 'daemon-reload']);
@@ -231,11 +259,27 @@ describe('rotation gaps on a real local host', () => {
   };
 
   it('held restart, the new environment refused by the agent at start: rolled back, pinned, the old environment serves again, nothing new on disk, no failed request', async () => {
-    await heldRestartRefused('refused at start', REFUSED, () => org.value);
+    await refusedBy('refused at start', REFUSED, () => org.value);
   });
 
   it("held restart, the agent crash-loops on the new environment: found within Caddy's hold, rolled back, no failed request", async () => {
-    await heldRestartRefused('crash loop', CRASHES, () => org.value);
+    await refusedBy('crash loop', CRASHES, () => org.value);
+  });
+
+  it('blue/green, the new agent passes its checks and falls over after the switch: the soak sees it, traffic goes back to the old instance (still running), rolled back, no failed request', async () => {
+    const r = await refusedBy('falls over after the switch', FALLS_OVER, () => org.value, 'blue-green');
+    expect(r).toMatchObject({ mode: 'blue-green', healthy: false });
+    expect(r?.reason).toMatch(
+      /^cortex-agent@(blue|green)\.service (stopped answering|restarted) .*after the switch/,
+    );
+  });
+
+  it('held restart, the agent falls over after its restart: the soak sees it, the previous env file is put back, rolled back, no failed request', async () => {
+    const r = await refusedBy('falls over after the restart', FALLS_OVER, () => org.value);
+    expect(r).toMatchObject({ mode: 'held-restart', healthy: false });
+    expect(r?.reason).toMatch(
+      /^cortex-agent@(blue|green)\.service (stopped answering|restarted) .*after the switch/,
+    );
   });
 
   it('revoke shows the deployment `rotating` while it swaps the agent, `ready` afterwards; the variable is gone', async () => {

@@ -24,6 +24,8 @@ export const makeSwapHost = (
     reusePort?: boolean;
     /** A unit that starts but never listens (its health check times out). */
     deaf?: string;
+    /** A unit that answers its first health checks, then stops answering (its soak fails). */
+    fallsOver?: string;
     /** The shell can hold the helper's session (`openLines`), as the SSH adapter can. */
     session?: boolean;
     /** The session's helper is gone after this many requests (later ones end with no answer). */
@@ -129,6 +131,14 @@ export const makeSwapHost = (
     }
     return ok(); // enable, disable, reset-failed
   });
+  // ln -f -- <from> <to>: a second name for the same file (the held restart keeps the previous one)
+  fake.on('ln', (argv) => {
+    const [from = '', to = ''] = argv.slice(-2);
+    const f = files.get(from);
+    if (!f) return no(1);
+    files.set(to, f);
+    return ok();
+  });
   fake.on('nft', () =>
     ok(
       `table ip cortex_upstream {\n\tchain output {\n\t\tip daddr 127.0.0.1 tcp dport 18789 redirect to :${route} comment "slot x"\n\t}\n}\n`,
@@ -209,6 +219,14 @@ export const makeSwapHost = (
     if (mode === 'wait-healthy') {
       const port = Number(args[1]);
       return (listeners.get(port) ?? []).length > 0 ? ok('healthy\n') : no(2, 'timeout active/running\n');
+    }
+    if (mode === 'soak') {
+      // [unit, port, path, soakMs, oldPort, drainMs]: healthy while something listens on its port
+      // and the unit is not the one that falls over; the old port has nothing left to drain.
+      const [u = '', p = '', , , oldPort = '0'] = args;
+      if (u === o.fallsOver || !active.has(u) || (listeners.get(Number(p)) ?? []).length === 0)
+        return no(1, 'unhealthy probes 3 active/running\n');
+      return ok(oldPort === '0' ? 'soaked\n' : 'drained\n');
     }
     if (mode === 'port-holders') {
       const port = Number(args[0]);

@@ -157,6 +157,29 @@ describe('a batch: several swap commands in one round trip', () => {
     expect(() => swapCommands.waitHealthyLoopback('cortex-agent@blue.service', 18790, '/h', -1)).toThrow(
       /timeoutMs/,
     );
+    expect(
+      swapCommands.soak('cortex-agent@green.service', 18791, '/health', 5_000, 18790, 30_000).slice(4),
+    ).toEqual(['soak', 'cortex-agent@green.service', '18791', '/health', '5000', '18790', '30000']);
+    expect(swapCommands.soak('cortex-agent@blue.service', 18790, '/health', 0, 0, 0).slice(4)).toEqual([
+      'soak',
+      'cortex-agent@blue.service',
+      '18790',
+      '/health',
+      '0',
+      '0',
+      '0',
+    ]);
+    const soakWith = (soakMs: number, oldPort: number, drainMs: number) => () =>
+      swapCommands.soak('cortex-agent@green.service', 18791, '/health', soakMs, oldPort, drainMs);
+    expect(soakWith(-1, 0, 0)).toThrow(/^soakMs: /);
+    expect(soakWith(600_001, 0, 0)).toThrow(/^soakMs: /);
+    expect(soakWith(1, 0, -5)).toThrow(/^drainMs: /);
+    expect(soakWith(1, 18791, 1)).toThrow(/^oldPort: /);
+    expect(soakWith(1, 70_000, 1)).toThrow(/^port: /);
+    expect(() => swapCommands.soak('cortex-upstream.service', 18791, '/h', 1, 0, 1)).toThrow(/unit/);
+    // a batch accepts it as a step (a helper mode), and decodes it back
+    const step = { argv: swapCommands.soak('cortex-agent@green.service', 18791, '/health', 1, 18790, 1) };
+    expect(decodeBatch(swapCommands.batch([step]))).toEqual([step]);
     expect(swapCommands.writeActiveSlot('green').slice(4)).toEqual(['write-record', 'green']);
     expect(swapCommands.writeEnvFile('blue').slice(4)).toEqual(['write-env', 'blue']);
     expect(() => swapCommands.writeEnvFile('../x' as 'blue')).toThrow(/slot/);

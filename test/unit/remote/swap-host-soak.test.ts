@@ -1,0 +1,167 @@
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer, type Server } from 'node:http';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+
+/**
+ * The host helper's `soak` mode (issue 11, health after the switch), run here with python3: a
+ * real HTTP listener stands in for the new instance, a real TCP connection for a request the old
+ * one still serves, and a `systemctl` on PATH answers the unit's properties from a file the test
+ * changes (NRestarts, ActiveState, SubState), as `systemctl show` prints them.
+ */
+let dir: string;
+let props: string;
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'soak-'));
+  props = join(dir, 'props');
+  writeFileSync(props, 'NRestarts=0\nActiveState=active\nSubState=running\n');
+  writeFileSync(join(dir, 'systemctl'), `#!/bin/sh\ncat '${props}'\n`);
+  chmodSync(join(dir, 'systemctl'), 0o755);
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+const soak = (args: readonly string[]) =>
+  new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
+    const t0 = performance.now();
+    const p = spawn('python3', ['-I', '-c', SWAP_HOST_SCRIPT, 'soak', ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: `${dir}:/usr/bin:/bin` },
+    });
+    let stdout = '';
+    p.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, ms: performance.now() - t0 });
+    });
+  });
+
+/** An HTTP listener answering `/health` 200 while `healthy()` says so, else 503. */
+const agent = async (healthy: () => boolean): Promise<{ server: Server; port: number }> => {
+  const server = createHttpServer((req, res) => {
+    res.writeHead(req.url === '/health' && healthy() ? 200 : 503).end('{}');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+};
+const close = (s: { close(cb: () => void): unknown; closeAllConnections?: () => void }): Promise<void> =>
+  new Promise((r) => {
+    s.closeAllConnections?.();
+    s.close(() => r());
+  });
+const UNIT = 'cortex-agent@green.service';
+
+describe('the host helper: soak', () => {
+  it('a new instance healthy throughout and no old one: soaked, after the soak time, not before', async () => {
+    const a = await agent(() => true);
+    try {
+      const r = await soak([UNIT, String(a.port), '/health', '700', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+      expect(r.ms).toBeGreaterThanOrEqual(700);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('3 failed probes in a row: unhealthy probes (exit 1), with the unit state, well before the soak ends', async () => {
+    let healthy = true;
+    const a = await agent(() => healthy);
+    setTimeout(() => (healthy = false), 400);
+    try {
+      const r = await soak([UNIT, String(a.port), '/health', '20000', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([1, 'unhealthy probes 3 active/running\n']);
+      expect(r.ms).toBeLessThan(20_000);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('a listener gone (the process died): connection refused counts as a failed probe', async () => {
+    const a = await agent(() => true);
+    const port = a.port;
+    setTimeout(() => void close(a.server), 300);
+    const r = await soak([UNIT, String(port), '/health', '20000', '0', '0']);
+    expect([r.code, r.stdout]).toEqual([1, 'unhealthy probes 3 active/running\n']);
+  });
+
+  it('one failed probe between good ones is not enough', async () => {
+    let n = 0;
+    const a = await agent(() => ++n !== 2);
+    try {
+      const r = await soak([UNIT, String(a.port), '/health', '1200', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+      expect(n).toBeGreaterThan(2);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('a restart of the unit during the soak (NRestarts grew), though every probe answered: unhealthy restarts', async () => {
+    const a = await agent(() => true);
+    setTimeout(() => writeFileSync(props, 'NRestarts=1\nActiveState=active\nSubState=running\n'), 200);
+    try {
+      const r = await soak([UNIT, String(a.port), '/health', '800', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('a unit not active/running at the end, or whose restarts cannot be read: unhealthy', async () => {
+    const a = await agent(() => true);
+    try {
+      writeFileSync(props, 'NRestarts=0\nActiveState=deactivating\nSubState=stop-sigterm\n');
+      const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([1, 'unhealthy state 0 deactivating/stop-sigterm\n']);
+      writeFileSync(props, 'ActiveState=active\nSubState=running\n');
+      const r2 = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+      expect([r2.code, r2.stdout]).toEqual([1, 'unhealthy restarts -1 active/running\n']);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('the old port: waits while a connection to it is open (drain-timeout at the bound), ends as soon as it closes (drained)', async () => {
+    const a = await agent(() => true);
+    // the old instance, with one request in flight (an open connection it accepted)
+    const accepted = new Set<Socket>();
+    const old = createServer((s) => void accepted.add(s));
+    await new Promise<void>((r) => old.listen(0, '127.0.0.1', r));
+    const oldPort = (old.address() as AddressInfo).port;
+    const client = connect(oldPort, '127.0.0.1');
+    await new Promise<void>((r) => client.once('connect', () => r()));
+    try {
+      const held = await soak([UNIT, String(a.port), '/health', '200', String(oldPort), '900']);
+      expect([held.code, held.stdout]).toEqual([0, 'drain-timeout 1\n']);
+      expect(held.ms).toBeGreaterThanOrEqual(900);
+
+      const pending = soak([UNIT, String(a.port), '/health', '200', String(oldPort), '20000']);
+      setTimeout(() => {
+        client.destroy();
+        accepted.forEach((s) => s.destroy());
+      }, 600);
+      const drained = await pending;
+      expect([drained.code, drained.stdout]).toEqual([0, 'drained\n']);
+      expect(drained.ms).toBeLessThan(20_000);
+    } finally {
+      client.destroy();
+      accepted.forEach((s) => s.destroy());
+      await close(old);
+      await close(a.server);
+    }
+  });
+
+  it.each([
+    [['cortex-agent@red.service', '18791', '/health', '1000', '0', '0']],
+    [[UNIT, '18791', 'http://x/', '1000', '0', '0']],
+    [[UNIT, '18791', '/health', '600001', '0', '0']],
+    [[UNIT, '18791', '/health', '1000', '18791', '1000']],
+    [[UNIT, '18791', '/health', '1000', '-1', '1000']],
+  ])('refuses bad arguments (exit 64) before probing: %j', async (args) => {
+    const r = await soak(args);
+    expect([r.code, r.stdout]).toEqual([64, '']);
+  });
+});

@@ -36,6 +36,17 @@ export const configSchema = z
       .regex(/^[a-z_][a-z0-9_]*$/, 'must be a plain role name')
       .default('cortex_orchestrator'),
     DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+    /** The direct adapter's bounds (orchestrator/db/pg-rpc.ts): the server's, per statement. */
+    DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
+    /**
+     * This side's bound of one query, for a connection that died silently (the server's timeout
+     * never answers); unset: DATABASE_STATEMENT_TIMEOUT_MS + 5000. Must exceed the statement timeout.
+     */
+    DATABASE_QUERY_TIMEOUT_MS: z.coerce.number().int().min(200).max(3_660_000).optional(),
+    /** Opening a connection, or waiting for a free one, gives up after this long. */
+    DATABASE_CONNECT_TIMEOUT_MS: z.coerce.number().int().min(100).max(600_000).default(10_000),
+    /** Idle time before a connection's first TCP keepalive probe (then 10 probes a second apart). */
+    DATABASE_KEEPALIVE_IDLE_MS: z.coerce.number().int().min(1_000).max(7_200_000).default(10_000),
     SUPABASE_URL: z.url({ protocol: /^https?$/ }).optional(),
     /** A JWT whose `role` claim is `cortex_orchestrator` (README: data contract). Secret: never logged. */
     SUPABASE_SERVICE_ROLE_KEY: z.string().min(20).optional(),
@@ -239,6 +250,15 @@ export const configSchema = z
           message: 'is required when RPC_ADAPTER=supabase',
         });
     }
+    if (
+      c.DATABASE_QUERY_TIMEOUT_MS !== undefined &&
+      c.DATABASE_QUERY_TIMEOUT_MS <= c.DATABASE_STATEMENT_TIMEOUT_MS
+    )
+      ctx.addIssue({
+        code: 'custom',
+        path: ['DATABASE_QUERY_TIMEOUT_MS'],
+        message: 'must be greater than DATABASE_STATEMENT_TIMEOUT_MS (the server should answer first)',
+      });
     if (c.NODE_ENV === 'production' && c.PIPELINE_PAUSE_AT_STEP)
       ctx.addIssue({
         code: 'custom',

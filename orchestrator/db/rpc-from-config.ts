@@ -1,5 +1,5 @@
 import type { Config } from '../config';
-import { makePgRpc } from './pg-rpc';
+import { makePgRpc, type PgRpcOptions } from './pg-rpc';
 import type { Rpc } from './rpc';
 import { makeSupabaseRpc } from './supabase-rpc';
 
@@ -13,9 +13,16 @@ export const makeRpcFromConfig = (config: Config): { rpc: Rpc; close: () => Prom
     });
     return { rpc, close: async () => undefined };
   }
-  return makePgRpc({
-    connectionString: config.DATABASE_URL,
-    max: config.DATABASE_POOL_SIZE,
-    role: config.DATABASE_ROLE,
-  });
+  return makePgRpc(pgRpcOptions(config));
 };
+
+/** The direct adapter's options from the configuration (the DATABASE_* variables). */
+export const pgRpcOptions = (config: Config): PgRpcOptions => ({
+  connectionString: config.DATABASE_URL,
+  max: config.DATABASE_POOL_SIZE,
+  role: config.DATABASE_ROLE,
+  statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
+  queryTimeoutMs: config.DATABASE_QUERY_TIMEOUT_MS,
+  connectTimeoutMs: config.DATABASE_CONNECT_TIMEOUT_MS,
+  keepAliveIdleMs: config.DATABASE_KEEPALIVE_IDLE_MS,
+});

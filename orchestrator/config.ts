@@ -198,6 +198,11 @@ export const configSchema = z
     ROTATE_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(8),
     /** How long a rotated-out version stays in the vault (for rollback) before it is deleted. */
     ROTATION_GRACE_SECONDS: z.coerce.number().int().min(0).max(2_592_000).default(86_400),
+    /**
+     * How long a switched agent must stay healthy (its old instance, or its previous env file, still
+     * there to go back to) before a rotation or revocation counts it switched.
+     */
+    ROTATION_SOAK_SECONDS: z.coerce.number().int().min(0).max(600).default(5),
     /** How often the maintenance job retires versions past their grace and resumes stalled rotations. */
     ROTATION_SWEEP_EVERY_MS: z.coerce.number().int().min(1_000).default(60_000),
     /** A running rotation with no progress this long is re-enqueued (its job was lost). */
@@ -209,11 +214,6 @@ export const configSchema = z
     /** Base URL of every provider's key check (a local stub provider); unset: the providers' own. */
     KEY_VALIDATION_BASE_URL: z.url({ protocol: /^https?$/ }).optional(),
     // ---- retention of the API's bookkeeping (orchestrator/api/api-retention.ts; floors in SQL too) ----
-    /**
-     * How long a switched agent must stay healthy (its old instance, or its previous env file, still
-     * there to go back to) before a rotation or revocation counts it switched.
-     */
-    ROTATION_SOAK_SECONDS: z.coerce.number().int().min(0).max(600).default(5),
     /** Idempotency keys of deployment requests are remembered at least this long (floor 1 day). */
     IDEMPOTENCY_KEEP_SECONDS: z.coerce.number().int().min(86_400).max(315_360_000).default(604_800),
     /** Events of settled deployments older than this are removed (floor 7 days; a moving deployment keeps all). */

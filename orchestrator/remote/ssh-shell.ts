@@ -275,7 +275,8 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
                   if (typeof c === 'number') code = c;
                   else if (signalName) {
                     sig = signalName;
-                    code = 128 + (SIGNALS[signalName] ?? 127);
+                    // ssh2 names it SIGTERM; OpenSSH's list (SIGNALS) has TERM
+                    code = 128 + (SIGNALS[signalName.replace(/^SIG/, '')] ?? 127);
                   }
                 });
                 stream.on('close', () =>
@@ -377,7 +378,8 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
     });
     stream.on('exit', (c: number | null, signalName?: string) => {
       if (typeof c === 'number') exitCode = c;
-      else if (signalName) exitCode = 128 + (SIGNALS[signalName] ?? 127);
+      // ssh2 names it SIGTERM; OpenSSH's list (SIGNALS) has TERM
+      else if (signalName) exitCode = 128 + (SIGNALS[signalName.replace(/^SIG/, '')] ?? 127);
     });
     const exit = () => ({ code: exitCode, stderrTail });
     stream.on('close', () => {

@@ -237,7 +237,9 @@ def soak(args, data):
     # (NRestarts, read at the start and at the end), or a unit not active/running at the end, is
     # 'unhealthy ...' (exit 1: the old instance still runs, the swap routes back to it). Otherwise it
     # ends once 'soak ms' have passed and no connection is left to 'old port' ('drained'; 0: no old
-    # instance, 'soaked'), or once 'drain ms' have passed ('drain-timeout <connections left>').
+    # instance, 'soaked'), or once 'drain ms' have passed ('drain-timeout <connections left>'),
+    # always on a good probe (a failed last one is asked again: at most SOAK_FAILS - 1 probes past
+    # those bounds). It exits at once when the connection it answers on is gone.
     unit = unit_arg(args[0])
     port = int_arg(args[1], 1, 65535)
     if not HTTP_PATH.fullmatch(args[2]):
@@ -254,12 +256,19 @@ def soak(args, data):
         words = [p.get(k, "") for k in ("ActiveState", "SubState")]
         return (int(r) if r.isdigit() else -1), "/".join(w for w in words if STATE_WORD.fullmatch(w)) or "unknown"
 
+    # The connection this answers on: once its reader is gone (the SSH channel closed) nobody waits
+    # for the answer, and the host's swap lock must not be held to the end of the soak.
+    import select
+    hangup = select.poll()
+    hangup.register(1, select.POLLERR | select.POLLHUP)
     start = time.monotonic()
     soak_until = start + soak_ms / 1000
     drain_until = start + max(soak_ms, drain_ms) / 1000
     before, _ = restarts_state()
     fails = 0
     while True:
+        if hangup.poll(0):
+            os._exit(141)
         if probe(port, args[2]) == 200:
             fails = 0
         else:
@@ -268,7 +277,9 @@ def soak(args, data):
                 _, state = restarts_state()
                 return 1, ("unhealthy probes %d %s\n" % (fails, state)).encode()
         now = time.monotonic()
-        if now >= soak_until:
+        # It ends on a good probe only: a failed one is asked again until it answers or fails
+        # SOAK_FAILS times in a row.
+        if now >= soak_until and fails == 0:
             left = established(old_port) if old_port else 0
             if left == 0 or now >= drain_until:
                 after, state = restarts_state()

@@ -304,6 +304,10 @@ interface Where {
   readonly localCa: boolean;
   /** Does the slot's running process hold the requested environment (nonce HMACs)? */
   readonly runs: (slot: AgentSlot) => boolean;
+  /** Does the slot's unit run a process (whatever its environment)? */
+  readonly active: (slot: AgentSlot) => boolean;
+  /** Is the slot's previous env file (kept by a held restart until proven) on the host? */
+  readonly previousKept: (slot: AgentSlot) => boolean;
 }
 
 /**
@@ -328,6 +332,9 @@ const look = async (
       ...(env
         ? AGENT_SLOTS.map((s) => ({ argv: swapCommands.unitDigests(agentUnitName(s)), stdin: true }))
         : []),
+      ...(env
+        ? AGENT_SLOTS.map((s) => ({ argv: agentCommands.stat(`${slotEnvFilePath(s)}.previous`) }))
+        : []),
     ],
     o,
     env ? { stdin: `${nonce.toString('hex')}\n` } : {},
@@ -344,6 +351,9 @@ const look = async (
     localCa: ca.code === 0,
     runs: (slot) =>
       env !== undefined && digestsMatch(r[4 + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN, nonce, env),
+    active: (slot) => env !== undefined && (r[4 + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN).code === 0,
+    previousKept: (slot) =>
+      env !== undefined && (r[4 + AGENT_SLOTS.length + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN).code === 0,
   };
 };
 
@@ -438,7 +448,8 @@ const settle = async (
 
 /**
  * The soak of a new instance (swapCommands.soak) as a batch step, and how long it may run: the
- * longer of the soak and the drain, plus one probe's own bound (3 s).
+ * longer of the soak and the drain, plus three probes' own bounds (3 s each: a failed last probe
+ * is asked again until it answers or fails three times in a row).
  */
 const soakStep = (
   unit: string,
@@ -452,7 +463,7 @@ const soakStep = (
     argv: swapCommands.soak(unit, port, path, soakSeconds * 1000, oldPort, drainSeconds * 1000),
     required: true,
   },
-  boundMs: Math.max(soakSeconds, drainSeconds) * 1000 + 3_000,
+  boundMs: Math.max(soakSeconds, drainSeconds) * 1000 + 10_000,
 });
 
 /** Why the soak found the new instance unhealthy (short words, never the host's output), or undefined. */
@@ -498,6 +509,37 @@ const slotUnhealthy = (
   return { reason: `${unit} was not health-checked (helper exit ${waited.code})` };
 };
 
+/**
+ * Traffic back to `to` (still running its environment) after `from` failed its soak; once that
+ * route is checked, `from` is left to finish what it serves (no TCP connection left to its port,
+ * at most `drainSeconds`), then discarded (stopped, disabled, its env file removed).
+ */
+const routeBack = async (
+  shell: RemoteShell,
+  to: AgentSlot,
+  from: AgentSlot,
+  basePort: number,
+  drainSeconds: number,
+  o: ExecOptions,
+): Promise<void> => {
+  const back = await runBatch(
+    shell,
+    [
+      ...routeSteps(to, basePort),
+      { argv: swapCommands.enable(agentUnitName(to)) },
+      {
+        argv: swapCommands.establishedTo(slotPort(basePort, from)),
+        match: '^\\s*$',
+        poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
+      },
+      ...discardSteps(from),
+    ],
+    o,
+  );
+  const reason = routeFailed(back, to, basePort);
+  if (reason) throw new OrchestratorError('remote_command_failed', reason);
+};
+
 const blueGreen = async (
   shell: RemoteShell,
   input: AgentSwapInput,
@@ -524,10 +566,32 @@ const blueGreen = async (
   // and check it end to end like a swap. (A run cut during its soak is finished here without one:
   // whether the old slot still runs the old environment is not known here.)
   if (at.runs(serving)) {
-    const { probe } = await settle(shell, at, serving, base, drainSeconds, o, {
+    // The other slot still running means a run was cut after the switch and before the old
+    // instance stopped (during its soak, or right after): the soak is done here, with the old
+    // instance still there to go back to.
+    const other = otherSlot(serving);
+    const way = at.active(other);
+    const { probe, watch } = await settle(shell, at, serving, base, drainSeconds, o, {
       routed: false,
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
+      ...(way
+        ? {
+            watch: soakStep(
+              agentUnitName(serving),
+              slotPort(base, serving),
+              profile.healthPath,
+              soakSeconds,
+              slotPort(base, other),
+              drainSeconds,
+            ),
+          }
+        : {}),
     });
+    const fellOver = way ? soakFailed(agentUnitName(serving), watch) : undefined;
+    if (fellOver) {
+      await routeBack(shell, other, serving, base, drainSeconds, o);
+      return { mode: 'blue-green', healthy: false, reason: fellOver, slot: other };
+    }
     const reason = throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS);
     return reason ? failed(reason) : done(serving);
   }
@@ -593,9 +657,7 @@ const blueGreen = async (
   });
   const fellOver = soakFailed(unit, watch);
   if (fellOver) {
-    const back = await runBatch(shell, [...routeSteps(serving, base), ...discardSteps(target)], o);
-    const reason = routeFailed(back, serving, base);
-    if (reason) throw new OrchestratorError('remote_command_failed', reason);
+    await routeBack(shell, serving, target, base, drainSeconds, o);
     return failed(fellOver);
   }
   return done(target);
@@ -620,11 +682,32 @@ const heldRestart = async (
     reason
       ? { mode: 'held-restart', healthy: false, reason, slot }
       : { mode: 'held-restart', healthy: true, slot };
+  const port = slotPort(profile.port, slot);
+  const restore = async (): Promise<void> => {
+    await runBatch(
+      shell,
+      [
+        { argv: swapCommands.moveEnvFile(previous, file) },
+        { argv: agentCommands.resetFailed(unit) },
+        { argv: agentCommands.restart(unit) },
+      ],
+      o,
+    );
+  };
   if (at.runs(slot)) {
-    const { probe } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
+    // The previous file still kept means a run was cut before the restarted instance was proven
+    // (during its soak, or right after): the soak is done here, with that file to go back to.
+    const way = at.previousKept(slot);
+    const { probe, watch } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
       routed: false,
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
+      ...(way ? { watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0) } : {}),
     });
+    const fellOver = way ? soakFailed(unit, watch) : undefined;
+    if (fellOver) {
+      await restore();
+      return result(fellOver);
+    }
     return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
@@ -634,7 +717,6 @@ const heldRestart = async (
   // that does not (re)start, or crash-loops on its own port (from the host), ends the wait at once
   // (required steps), so the old environment is back within the hold; then end to end via Caddy.
   // (rotation-gaps.test.ts: 12 failed requests in a 60 s probe before; 0 now.)
-  const port = slotPort(profile.port, slot);
   const [link = NOT_RUN, written = NOT_RUN, ...checked] = await runBatch(
     shell,
     [
@@ -663,16 +745,7 @@ const heldRestart = async (
     reason = soakFailed(unit, watch);
     if (reason === undefined) return result(undefined);
   }
-  if (kept)
-    await runBatch(
-      shell,
-      [
-        { argv: swapCommands.moveEnvFile(previous, file) },
-        { argv: agentCommands.resetFailed(unit) },
-        { argv: agentCommands.restart(unit) },
-      ],
-      o,
-    );
+  if (kept) await restore();
   return result(reason);
 };
 
@@ -767,6 +840,52 @@ export const swapAgentEnvironment = async (
   } finally {
     session.end();
   }
+};
+
+/**
+ * Take every agent environment off a host whose deployment failed past its `secrets` step (a
+ * rotation moving it off the old version, issue 11): both slots stopped and their failed state
+ * reset, every slot env file, kept previous file and temp file of a cut write removed, then checked
+ * by listing /etc/cortex. The units stay enabled: the provision's `start` step, which its retry runs
+ * again, starts the slot on the file its `secrets` step writes. Throws when anything is left.
+ */
+export const scrubAgentEnvironment = async (shell: RemoteShell, o: ExecOptions = {}): Promise<void> => {
+  const must = async (argv: readonly string[], what: string): Promise<ExecResult> => {
+    const r = await shell.exec(argv, o);
+    if (r.code !== 0) throw new OrchestratorError('remote_command_failed', `${what} (exit ${r.code})`);
+    return r;
+  };
+  for (const slot of AGENT_SLOTS) {
+    await must(swapCommands.stop(agentUnitName(slot)), `${agentUnitName(slot)} did not stop`);
+    await shell.exec(agentCommands.resetFailed(agentUnitName(slot)), o);
+  }
+  await must(
+    swapCommands.removeEnvFiles(
+      ...AGENT_SLOTS.flatMap((s) => [slotEnvFilePath(s), `${slotEnvFilePath(s)}.previous`]),
+    ),
+    'the env files were not removed',
+  );
+  const isEnvFile = (f: string): boolean =>
+    AGENT_SLOTS.some(
+      (s) => f === `agent-${s}.env` || f === `agent-${s}.env.previous` || isTempNameFor(`agent-${s}.env`, f),
+    );
+  const left = (await must(agentCommands.listDir(ENV_DIR), `${ENV_DIR} could not be listed`)).stdout
+    .toString('utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(isEnvFile);
+  for (const f of left)
+    await must(agentCommands.removeFile(`${ENV_DIR}/${f}`), 'a temp file was not removed');
+  const still = (await must(agentCommands.listDir(ENV_DIR), `${ENV_DIR} could not be listed`)).stdout
+    .toString('utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(isEnvFile);
+  if (still.length > 0)
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `${still.length} agent env file(s) left in ${ENV_DIR}`,
+    );
 };
 
 /** The unit of the slot serving traffic (the value check of verify-values.ts uses it). */

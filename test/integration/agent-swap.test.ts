@@ -351,7 +351,15 @@ describe('agent swap on a real local host', () => {
       'before traffic moves (the route)',
       (a: readonly string[]) => a.join(' ') === 'systemctl restart cortex-upstream.service',
     ],
-    ['after traffic moved (the drain)', (a: readonly string[]) => a[0] === 'ss'],
+    // the soak (watching the new slot while the old one drains) is a helper step of the settle batch
+    [
+      'after traffic moved (the soak and drain)',
+      (a: readonly string[]) => a[0] === 'python3' && a[4] === 'soak',
+    ],
+    [
+      'right after the soak (disabling the old slot)',
+      (a: readonly string[]) => /^systemctl disable --no-reload cortex-agent@/.test(a.join(' ')),
+    ],
     [
       'while removing the old env file',
       (a: readonly string[]) => a[0] === 'rm' && a.some((f) => /agent-(blue|green)\.env$/.test(f)),

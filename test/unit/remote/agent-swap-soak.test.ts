@@ -127,6 +127,87 @@ describe('the soak after the switch', () => {
     expect(timeouts[0]).toBeGreaterThanOrEqual(600_000 + 3_000);
   });
 
+  /** The swap's shell, cut (an SSH error) when it is sent the batch holding the soak step. */
+  const cutAtSoak = (h: SwapHost) => {
+    const exec = h.shell.exec;
+    return {
+      ...h.shell,
+      exec: (argv: readonly string[], opts?: Parameters<typeof exec>[1]) =>
+        decodeBatch(argv)?.some((st) => st.argv[4] === 'soak')
+          ? Promise.reject(new OrchestratorError('ssh_connect_failed', 'cut'))
+          : exec(argv, opts),
+    };
+  };
+  const cutThenRerun = async (h: SwapHost, mode?: 'held-restart') => {
+    const input = { deploymentId: 'd', runtime: 'echo' as const, env: envOf('sk-new') };
+    const o = { healthTimeoutMs: 2_000, drainSeconds: 1, ...(mode ? { mode } : {}) };
+    await expect(swapAgentEnvironment(cutAtSoak(h), input, o)).rejects.toThrow('cut');
+    const before = helperCalls(h, 'soak').length;
+    const r = await swapAgentEnvironment(h.shell, input, o);
+    return { r, soaks: helperCalls(h, 'soak').length - before };
+  };
+
+  it('blue/green, a run cut before its soak: the re-run soaks the new slot, the old one still there to go back to', async () => {
+    const h = makeSwapHost();
+    const { r, soaks } = await cutThenRerun(h);
+    expect(r).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(soaks).toBe(1);
+    expect(h.active.has('cortex-agent@blue.service')).toBe(false);
+    expect(h.fake.files.has(slotEnvFilePath('blue'))).toBe(false);
+  });
+
+  it('blue/green, a run cut before its soak and the new slot falls over: the re-run routes back to the old one and discards the new one; not healthy', async () => {
+    const h = makeSwapHost({ fallsOver: 'cortex-agent@green.service' });
+    const { r, soaks } = await cutThenRerun(h);
+    expect(soaks).toBe(1);
+    expect(r).toMatchObject({ mode: 'blue-green', healthy: false, slot: 'blue' });
+    expect(r.reason).toMatch(
+      /^cortex-agent@green\.service stopped answering its health check after the switch/,
+    );
+    expect(h.route()).toBe(BLUE_PORT);
+    expect(h.fake.files.get(ACTIVE_SLOT_PATH)?.content.toString()).toBe('blue\n');
+    expect(h.active.has('cortex-agent@blue.service')).toBe(true);
+    expect(h.fake.files.get(slotEnvFilePath('blue'))?.content.toString()).toBe('K=old\n');
+    expect(h.active.has('cortex-agent@green.service')).toBe(false);
+    expect(h.fake.files.has(slotEnvFilePath('green'))).toBe(false);
+  });
+
+  it('a re-run that finds the old slot stopped (the swap was done) soaks nothing: nothing to go back to', async () => {
+    const h = makeSwapHost();
+    await swap(h, 'sk-new');
+    const before = helperCalls(h, 'soak').length;
+    expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(helperCalls(h, 'soak').length).toBe(before);
+  });
+
+  it('held restart, a run cut before its soak and the agent falls over: the re-run finds the previous file kept, soaks, and puts it back', async () => {
+    const h = makeSwapHost({ fallsOver: 'cortex-agent@blue.service' });
+    const { r, soaks } = await cutThenRerun(h, 'held-restart');
+    expect(soaks).toBe(1);
+    expect(r).toMatchObject({ mode: 'held-restart', healthy: false, slot: 'blue' });
+    expect(h.fake.files.get(slotEnvFilePath('blue'))?.content.toString()).toBe('K=old\n');
+    expect(h.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
+
+    const ok = makeSwapHost();
+    const again = await cutThenRerun(ok, 'held-restart');
+    expect(again.soaks).toBe(1);
+    expect(again.r).toEqual({ mode: 'held-restart', healthy: true, slot: 'blue' });
+    expect(ok.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
+  });
+
+  it('blue/green: after a failed soak the new slot finishes what it serves (drained) before it is stopped', async () => {
+    const h = makeSwapHost({ fallsOver: 'cortex-agent@green.service' });
+    await swap(h, 'sk-new');
+    const lines = inner(h);
+    const soakAt = lines.findIndex((l) => l.startsWith('python3 soak '));
+    const drained = lines.findIndex(
+      (l, i) => i > soakAt && l === `ss -H -t -n state established ( sport = :${GREEN_PORT} )`,
+    );
+    const stopped = lines.lastIndexOf('systemctl stop cortex-agent@green.service');
+    expect(drained).toBeGreaterThan(soakAt);
+    expect(stopped).toBeGreaterThan(drained);
+  });
+
   it.each([
     [{ soakSeconds: -1 }, 'soakSeconds'],
     [{ soakSeconds: 601 }, 'soakSeconds'],

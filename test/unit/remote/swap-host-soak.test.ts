@@ -154,6 +154,43 @@ describe('the host helper: soak', () => {
     }
   });
 
+  it('it ends on a good probe only: a listener that turns bad just before the soak ends is asked again, and is unhealthy', async () => {
+    let healthy = true;
+    const a = await agent(() => healthy);
+    setTimeout(() => (healthy = false), 550);
+    try {
+      // 700 ms of soak: the probe at ~750 ms fails; a soak that ended on time would say `soaked`
+      const r = await soak([UNIT, String(a.port), '/health', '700', '0', '0']);
+      expect([r.code, r.stdout]).toEqual([1, 'unhealthy probes 3 active/running\n']);
+    } finally {
+      await close(a.server);
+    }
+  });
+
+  it('exits at once when the connection it answers on is gone (the swap lock is not held to the end of the soak)', async () => {
+    const a = await agent(() => true);
+    try {
+      const t0 = performance.now();
+      const p = spawn(
+        'python3',
+        ['-I', '-c', SWAP_HOST_SCRIPT, 'soak', UNIT, String(a.port), '/health', '60000', '0', '0'],
+        {
+          stdio: ['ignore', 'pipe', 'ignore'],
+          env: { PATH: `${dir}:/usr/bin:/bin` },
+        },
+      );
+      const exited = new Promise<number | null>((r) => p.on('close', (code) => r(code)));
+      setTimeout(() => p.stdout.destroy(), 500);
+      const timer = setTimeout(() => p.kill('SIGKILL'), 30_000);
+      const code = await exited;
+      clearTimeout(timer);
+      expect(code).toBe(141);
+      expect(performance.now() - t0).toBeLessThan(30_000);
+    } finally {
+      await close(a.server);
+    }
+  });
+
   it.each([
     [['cortex-agent@red.service', '18791', '/health', '1000', '0', '0']],
     [[UNIT, '18791', 'http://x/', '1000', '0', '0']],

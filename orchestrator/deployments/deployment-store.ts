@@ -316,6 +316,15 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
         reason: str(r.reason),
       }));
     },
+    /**
+     * A failed provision's `step` and every later step of its current run set back to pending, so
+     * that its retry runs them again (deployment_steps__reopen); how many were reopened.
+     */
+    async reopenSteps(deploymentId: string, step: string): Promise<number> {
+      return Number(
+        await rpc<number>('deployment_steps__reopen', { p_deployment_id: id(deploymentId), p_step: step }),
+      );
+    },
     async setStatus(deploymentId: string, status: DeploymentStatus): Promise<void> {
       await rpc('deployments__set_status', { p_deployment_id: deploymentId, p_status: status });
     },

@@ -4,9 +4,9 @@ import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
 import type { SecretsService } from '../secrets/secrets-service';
 import type { HostAccess } from '../steps/host-access';
-import type { swapAgentEnvironment } from '../steps/agent-swap';
+import { scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
 import { reasonOf } from '../steps/step-runner';
-import { mapLimit } from './rotation-job';
+import { envFileWritten, mapLimit } from './rotation-job';
 import type { RotationStore } from './rotation-store';
 
 /**
@@ -22,10 +22,12 @@ import type { RotationStore } from './rotation-store';
 export interface RevokeJobDeps {
   readonly rotations: RotationStore;
   readonly secrets: Pick<SecretsService, 'revoke'>;
-  readonly store: Pick<DeploymentStore, 'get' | 'setStatus'>;
+  readonly store: Pick<DeploymentStore, 'get' | 'setStatus' | 'reopenSteps'>;
   readonly leases: Leases;
   readonly access: HostAccess;
   readonly swap: typeof swapAgentEnvironment;
+  /** Takes the agent environments off a failed deployment's host (default: scrubAgentEnvironment). */
+  readonly scrub?: typeof scrubAgentEnvironment;
   readonly log: Logger;
   readonly concurrency: number;
   readonly holder: string;
@@ -107,6 +109,27 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         await setReady(deploymentId);
         await rotations.revokeBindings(secretId, deploymentId, ctx);
         return;
+      }
+      // Not running an agent. Its host holds the secret in its env file if this run's provision
+      // wrote it (`secrets` done), and a resumed provision would start the agent on that file:
+      // a failed one has the value taken off its host and its steps from `secrets` reopened (its
+      // retry writes the file without the secret); one still provisioning is waited for (the
+      // job's retry swaps it once it is ready). Only then does the binding go.
+      if (envFileWritten(dep)) {
+        if (dep.status === 'provisioning')
+          throw new OrchestratorError(
+            'stack_locked',
+            `deployment ${deploymentId} is provisioning past its secrets step; revoked once ready`,
+          );
+        if (dep.status === 'failed') {
+          const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+          try {
+            await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
+          } finally {
+            await shell.close().catch(() => undefined);
+          }
+          await deps.store.reopenSteps(deploymentId, 'secrets');
+        }
       }
       await rotations.revokeBindings(secretId, deploymentId, ctx);
     } finally {

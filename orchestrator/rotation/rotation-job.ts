@@ -1,10 +1,10 @@
 import { classify, isOrchestratorError, OrchestratorError } from '../errors';
 import type { Logger } from '../log';
-import type { DeploymentStore } from '../deployments/deployment-store';
+import type { Deployment, DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
 import type { Secret } from '../secret';
 import type { HostAccess } from '../steps/host-access';
-import type { swapAgentEnvironment } from '../steps/agent-swap';
+import { scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
 import { reasonOf } from '../steps/step-runner';
 import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
@@ -22,10 +22,12 @@ import type { Rotation, RotationDeployment, RotationStore } from './rotation-sto
  */
 export interface RotationJobDeps {
   readonly rotations: RotationStore;
-  readonly store: Pick<DeploymentStore, 'get'>;
+  readonly store: Pick<DeploymentStore, 'get' | 'reopenSteps'>;
   readonly leases: Leases;
   readonly access: HostAccess;
   readonly swap: typeof swapAgentEnvironment;
+  /** Takes the agent environments off a failed deployment's host (default: scrubAgentEnvironment). */
+  readonly scrub?: typeof scrubAgentEnvironment;
   readonly log: Logger;
   readonly concurrency: number;
   /** Who takes leases (worker id). */
@@ -70,6 +72,19 @@ export const reasonCodeOf = (reason: string | null): string | null => {
 };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Did this run of the deployment's provision write its env file (its `secrets` step done)? A
+ * resumed provision does not write it again, so that file holds what was bound then.
+ */
+export const envFileWritten = (dep: Pick<Deployment, 'steps' | 'currentRun'>): boolean =>
+  dep.steps.some(
+    (s) =>
+      s.run === dep.currentRun &&
+      s.operation === 'provision' &&
+      s.step === 'secrets' &&
+      s.status === 'succeeded',
+  );
 
 /** A deployment whose provision is past its `secrets` step: waited for, never recorded failed for it. */
 class ProvisionInFlight extends OrchestratorError {}
@@ -151,13 +166,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       if (dep.status !== 'ready' && dep.status !== 'rotating') {
         // Not running an agent now. Its host holds the old version only if this run's `secrets`
         // step is done: a resumed provision does not do it again.
-        const wroteOld = dep.steps.some(
-          (s) =>
-            s.run === dep.currentRun &&
-            s.operation === 'provision' &&
-            s.step === 'secrets' &&
-            s.status === 'succeeded',
-        );
+        const wroteOld = envFileWritten(dep);
         if (d.state === 'pending' && dep.status === 'provisioning' && wroteOld)
           // Left pending, even by the last attempt: once the provision is done (ready) a retry of
           // this job, or the rotation sweep after ROTATION_STALLED_SECONDS, switches it like any
@@ -166,9 +175,34 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
             'stack_locked',
             `deployment ${d.deploymentId} is provisioning past its secrets step; it is switched once ready`,
           );
-        // `failed` pins the binding to the old version, which its env file holds (the next rotation
-        // moves it; the old version is not retired under it); `skipped` follows the current
-        // version, which its next `secrets` step reads.
+        // Failed past its `secrets` step: its host holds the old version, and its retry would not
+        // write the env file again. The old value is taken off the host (both slots stopped, every
+        // env file removed), then its steps from `secrets` on are reopened, so that its retry reads
+        // the current version, writes it and starts the agent on it: it follows the current
+        // version (`skipped`), and the old one can be retired. A host that cannot be reached: a
+        // transient error leaves it pending for the job's retry; on the last attempt (or a
+        // permanent error) the catch below records it `failed`, pinned to the old version its host
+        // holds (not retired under it; the next rotation tries again).
+        if (d.state === 'pending' && dep.status === 'failed' && wroteOld) {
+          const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+          try {
+            await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
+          } finally {
+            await shell.close().catch(() => undefined);
+          }
+          const reopened = await deps.store.reopenSteps(dep.id, 'secrets');
+          await rotations.setState(rot.id, d.deploymentId, 'skipped', {
+            reason: 'deployment_failed_reopened',
+            ...ctx,
+          });
+          dlog.warn(
+            { reopened },
+            'failed deployment: old environment taken off its host; its retry writes the current version',
+          );
+          return;
+        }
+        // `failed` pins the binding to the old version (a record `switching` before: a swap may
+        // have run); `skipped` follows the current version, which its next `secrets` step reads.
         await rotations.setState(
           rot.id,
           d.deploymentId,

@@ -254,6 +254,103 @@ describe('rotation on real local hosts', () => {
   });
 });
 
+describe('a deployment whose provision failed past its secrets step', () => {
+  /**
+   * A provision that failed at `health` after `secrets` wrote the env file and `start` started the
+   * agent: made so here by the superuser (session_replication_role = replica: the status machine's
+   * trigger would refuse ready → failed), on a real host that holds the old value.
+   */
+  const failAtHealth = async (id: string): Promise<void> => {
+    const c = await admin.connect();
+    try {
+      await c.query('begin');
+      await c.query('set local session_replication_role = replica');
+      await c.query(
+        `update public.deployments set status = 'failed', failed_step = 'health', failure_reason = 'health_timeout' where id = $1`,
+        [id],
+      );
+      await c.query(
+        `update public.deployment_steps s set status = 'failed', error = 'health_timeout'
+           from public.deployments d
+          where d.id = $1 and s.deployment_id = d.id and s.run = d.current_run and s.step = 'health'`,
+        [id],
+      );
+      await c.query(
+        `delete from public.deployment_steps s using public.deployments d
+          where d.id = $1 and s.deployment_id = d.id and s.run = d.current_run and s.step = 'ready'`,
+        [id],
+      );
+      await c.query('commit');
+    } catch (e) {
+      await c.query('rollback');
+      throw e;
+    } finally {
+      c.release();
+    }
+  };
+
+  it('a leaked key: the old value is taken off its host and deleted from the vault; its retry runs the new key', async () => {
+    const org = await orgWithKey(p);
+    const ids = await provision(p, org.orgId, org.secretId, 1);
+    const id = ids[0] as string;
+    try {
+      await failAtHealth(id);
+      expect(await filesHolding(p, id, org.value)).toBe(1);
+      const next = canary('anthropic');
+      const started = await rot.service.rotate({
+        secretId: org.secretId,
+        value: new Secret(next),
+        leaked: true,
+      });
+      const done = await untilCompleted(rot, started.id);
+      expect(done.deployments.map((d) => [d.deploymentId, d.state, d.reason])).toEqual([
+        [id, 'skipped', 'deployment_failed_reopened'],
+      ]);
+      // no longer pinned: it follows the current version
+      expect(await rot.rotations.bindings(id)).toEqual([
+        { envVar: ENV, secretId: org.secretId, version: 2, pinned: false },
+      ]);
+      // the old value is on no disk of the host, and no agent runs it
+      expect(await filesHolding(p, id, org.value)).toBe(0);
+      const states = await withShell(p, id, async (shell) =>
+        (
+          await shell.exec([
+            'systemctl',
+            'is-active',
+            'cortex-agent@blue.service',
+            'cortex-agent@green.service',
+          ])
+        ).stdout
+          .toString()
+          .trim()
+          .split('\n'),
+      );
+      expect(states).toEqual(['inactive', 'inactive']);
+      // leaked: the old version is deleted from the vault at once (nothing runs it any more)
+      for (let i = 0; i < 50 && (await vaultRowsOf(org.secretId, 1)) > 0; i++) await sleep(200);
+      expect(await vaultRowsOf(org.secretId, 1)).toBe(0);
+      expect((await p.store.get(id)).status).toBe('failed');
+
+      // the retry resumes at `secrets`: the new version written, the agent started on it
+      await p.service.retry(id);
+      // (watch returns at a final status: wait for the retry to take the deployment up first)
+      for (let i = 0; i < 120 && (await p.store.get(id)).status === 'failed'; i++) await sleep(250);
+      const d = await p.service.watch(id, () => undefined, { timeoutMs: 600_000 });
+      expect([d.status, d.failureReason]).toEqual(['ready', null]);
+      expect(await agentValue(p, id)).toBe(next);
+      expect(await filesHolding(p, id, next)).toBe(1);
+      expect(await filesHolding(p, id, org.value)).toBe(0);
+      const reads = (await auditRows(admin, { deploymentId: id })).filter(
+        (r) => r.operation === 'read' && r.outcome === 'success' && r.version === 2,
+      );
+      expect(reads.map((r) => r.job_id)).toContain(`provision-${id}`);
+      expect((await p.secrets.verifyAuditLog(org.orgId)).ok).toBe(true);
+    } finally {
+      await destroyAll(p, ids);
+    }
+  });
+});
+
 describe('a worker killed in the middle of a rotation', () => {
   const LOCK_MS = '4000';
   const LEASE_MS = '3000';

@@ -20,7 +20,9 @@ const world = (failReadyOnce: boolean) => {
   const bound = { value: true };
   let failures = failReadyOnce ? 1 : 0;
   const store: RevokeJobDeps['store'] = {
-    get: () => Promise.resolve({ id, status: status.value, runtime: 'echo' } as never),
+    get: () =>
+      Promise.resolve({ id, status: status.value, runtime: 'echo', steps: [], currentRun: 1 } as never),
+    reopenSteps: () => Promise.reject(new Error('not called')),
     setStatus: (_d: string, to: DeploymentStatus) => {
       if (to === 'ready' && failures > 0) {
         failures -= 1;

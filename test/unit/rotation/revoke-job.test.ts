@@ -23,13 +23,21 @@ const NEXT: Partial<Record<DeploymentStatus, DeploymentStatus[]>> = {
   failed: ['provisioning', 'deprovisioning'],
 };
 
-const world = (initial: DeploymentStatus) => {
+/** This run's provision wrote the env file (its `secrets` step done), or not. */
+const SECRETS_DONE = [{ run: 1, operation: 'provision', step: 'secrets', status: 'succeeded' }];
+
+const world = (initial: DeploymentStatus, steps: readonly object[] = []) => {
   const id = randomUUID();
   const status = { value: initial };
+  const reopened: string[] = [];
   const history: DeploymentStatus[] = [initial];
   const bound = new Set<string>([SECRET, OTHER]);
   const store: RevokeJobDeps['store'] = {
-    get: () => Promise.resolve({ id, status: status.value, runtime: 'echo' } as never),
+    get: () => Promise.resolve({ id, status: status.value, runtime: 'echo', steps, currentRun: 1 } as never),
+    reopenSteps: (_d: string, from: string) => {
+      reopened.push(from);
+      return Promise.resolve(2);
+    },
     setStatus: (_d: string, to: DeploymentStatus) => {
       if (!(NEXT[status.value] ?? []).includes(to))
         return Promise.reject(new OrchestratorError('invalid_input', `status: ${status.value} -> ${to}`));
@@ -72,13 +80,14 @@ const world = (initial: DeploymentStatus) => {
       return Promise.resolve({ bindings_removed: 1 });
     },
   } as unknown as RotationStore;
-  return { id, status, history, bound, store, rotations };
+  return { id, status, history, bound, store, rotations, reopened };
 };
 
 type Swap = (shell: unknown, input: { env: ReadonlyMap<string, Secret> }) => Promise<unknown>;
 
-const run = (w: ReturnType<typeof world>, swap: Swap, finalAttempt = true) =>
+const run = (w: ReturnType<typeof world>, swap: Swap, finalAttempt = true, scrub?: () => Promise<void>) =>
   makeRevokeJob({
+    ...(scrub ? { scrub } : {}),
     rotations: w.rotations,
     secrets: { revoke: () => Promise.resolve(undefined as never) },
     store: w.store,
@@ -164,5 +173,66 @@ describe('revoke job: the deployment shows `rotating` while its agent is swapped
     expect(swapped).toBe(false);
     expect(w.history).toEqual(['failed']);
     expect(w.bound.has(SECRET)).toBe(false);
+  });
+});
+
+describe('revoke job: a deployment that runs no agent but whose host holds the secret', () => {
+  it('failed past its secrets step: the value taken off its host, its steps from secrets reopened, then the binding removed', async () => {
+    const w = world('failed', SECRETS_DONE);
+    const order: string[] = [];
+    const out = await run(
+      w,
+      () => Promise.reject(new Error('no swap: it runs no agent')),
+      true,
+      () => {
+        order.push(`scrub (bound: ${w.bound.has(SECRET)})`);
+        return Promise.resolve();
+      },
+    );
+    expect(order).toEqual(['scrub (bound: true)']);
+    expect(w.reopened).toEqual(['secrets']);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(out.revoked).toEqual([w.id]);
+    expect(w.history).toEqual(['failed']);
+  });
+
+  it('failed past its secrets step, host unreachable: the binding is kept and the deployment reported (its retry would start the agent on the secret)', async () => {
+    const w = world('failed', SECRETS_DONE);
+    const out = await run(
+      w,
+      () => Promise.reject(new Error('no swap')),
+      true,
+      () => Promise.reject(new OrchestratorError('ssh_connect_failed', 'no route to host')),
+    );
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(w.reopened).toEqual([]);
+    expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
+  });
+
+  it('provisioning past its secrets step: not revoked yet (busy), the binding kept for the retry', async () => {
+    const w = world('provisioning', SECRETS_DONE);
+    const out = await run(
+      w,
+      () => Promise.reject(new Error('no swap')),
+      true,
+      () => Promise.reject(new Error('no scrub')),
+    );
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(out.failed.map((f) => [f.deploymentId, f.reason])).toEqual([
+      [w.id, expect.stringContaining('provisioning past its secrets step')],
+    ]);
+  });
+
+  it('failed before its secrets step (no env file written): only the binding goes', async () => {
+    const w = world('failed');
+    const out = await run(
+      w,
+      () => Promise.reject(new Error('no swap')),
+      true,
+      () => Promise.reject(new Error('no scrub')),
+    );
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(w.reopened).toEqual([]);
+    expect(out.revoked).toEqual([w.id]);
   });
 });

@@ -43,8 +43,14 @@ const step = (run: number, name: string, status: StepRecord['status']): StepReco
   error: null,
 });
 
-const world = (dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?: number }) => {
+const world = (
+  dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?: number },
+  /** What taking the environment off the host does: throws this error, or succeeds. */
+  scrubError?: Error,
+) => {
   const id = randomUUID();
+  const reopened: string[] = [];
+  let scrubbed = 0;
   const d = { ...dep, currentRun: dep.currentRun ?? 1 };
   let state: RotationDeploymentState = 'pending';
   let pin: number | null = null;
@@ -100,12 +106,22 @@ const world = (dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?
   const swapped: string[] = [];
   const job = makeRotationJob({
     rotations,
-    store: { get: () => Promise.resolve({ id, runtime: 'echo', ...d } as unknown as Deployment) },
+    store: {
+      get: () => Promise.resolve({ id, runtime: 'echo', ...d } as unknown as Deployment),
+      reopenSteps: (_id: string, from: string) => {
+        reopened.push(from);
+        return Promise.resolve(2);
+      },
+    },
     leases: {
       acquire: (x: string) =>
         Promise.resolve({ deploymentId: x, held: () => true, release: () => Promise.resolve() }),
     } as never,
     access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
+    scrub: () => {
+      scrubbed++;
+      return scrubError ? Promise.reject(scrubError) : Promise.resolve();
+    },
     swap: ((_s: unknown, input: { env: ReadonlyMap<string, Secret> }) => {
       swapped.push(input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '');
       return Promise.resolve({ mode: 'blue-green', healthy: true });
@@ -116,7 +132,7 @@ const world = (dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?
   });
   const run = (finalAttempt: boolean) =>
     job.run({ rotationId: 'r1', jobId: 'rotate-r1', signal: new AbortController().signal, finalAttempt });
-  return { d, run, swapped, state: () => state, pin: () => pin };
+  return { d, run, swapped, state: () => state, pin: () => pin, reopened, scrubbed: () => scrubbed };
 };
 
 const pastSecrets = (run = 1): StepRecord[] => [
@@ -141,13 +157,40 @@ describe('rotate job: deployments that run no agent when the rotation reaches th
     expect(w.swapped).toEqual([VALUES[2]]);
   });
 
-  it('failed past its secrets step: recorded failed, pinned to the old version its env file holds', async () => {
+  it('failed past its secrets step: the old environment taken off its host, its steps from secrets reopened, skipped (following the current version)', async () => {
     const w = world({ status: 'failed', steps: pastSecrets() });
     const out = await w.run(false);
-    expect(out.failed).toHaveLength(1);
-    expect(out.skipped).toEqual([]);
-    expect(w.pin()).toBe(1);
+    expect(w.scrubbed()).toBe(1);
+    expect(w.reopened).toEqual(['secrets']);
+    expect(out.skipped).toHaveLength(1);
+    expect(out.failed).toEqual([]);
+    expect(w.pin()).toBeNull();
     expect(w.swapped).toEqual([]);
+    expect(out.state).toBe('completed');
+  });
+
+  it('failed past its secrets step, host unreachable: left pending for the retry; on the last attempt recorded failed, pinned to the old version its host holds; nothing reopened', async () => {
+    const w = world(
+      { status: 'failed', steps: pastSecrets() },
+      new OrchestratorError('ssh_connect_failed', 'no route to host'),
+    );
+    await expect(w.run(false)).rejects.toThrow('not done yet');
+    expect(w.state()).toBe('pending');
+    const out = await w.run(true);
+    expect(out.failed).toHaveLength(1);
+    expect(w.pin()).toBe(1);
+    expect(w.reopened).toEqual([]);
+  });
+
+  it('failed past its secrets step, the scrub refused for good (a permanent error): failed, pinned, nothing reopened', async () => {
+    const w = world(
+      { status: 'failed', steps: pastSecrets() },
+      new OrchestratorError('remote_file_unsafe', '/etc/cortex is not root:root'),
+    );
+    const out = await w.run(false);
+    expect(out.failed).toHaveLength(1);
+    expect(w.pin()).toBe(1);
+    expect(w.reopened).toEqual([]);
   });
 
   it('provisioning before its secrets step: skipped, following the current version its secrets step will read', async () => {

@@ -1,4 +1,6 @@
 import { readFile, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CGROUP_PARENT, cgroupHierarchies } from '../orchestrator/infra/local/cgroup';
 
 /**
  * Where the machine's CPU went during a timed window, for the benchmarks' printed figures:
@@ -24,13 +26,20 @@ const readTotal = async (): Promise<number> => {
   return (user + nice + system + irq + softirq + steal) / TICKS_PER_SECOND;
 };
 
+/** The hosts' cgroup2 tree (`<cgroup2 mount>/cortex`, hybrid or pure cgroup2), as the local provider makes it. */
+const hostsRoot = async (): Promise<string | undefined> => {
+  const unified = (await cgroupHierarchies()).find((h) => h.kind === 'unified');
+  return unified ? join(unified.mount, CGROUP_PARENT) : undefined;
+};
+
 const readHosts = async (): Promise<number | undefined> => {
-  for (const root of ['/sys/fs/cgroup/unified/cortex', '/sys/fs/cgroup/cortex']) {
+  const root = await hostsRoot();
+  if (root) {
     try {
       const m = /^usage_usec (\d+)$/m.exec(await readFile(`${root}/cpu.stat`, 'utf8'));
       if (m?.[1]) return Number(m[1]) / 1e6;
     } catch {
-      // not this layout
+      // no host has run yet
     }
   }
   return undefined;
@@ -64,7 +73,8 @@ export const describeCpu = (a: CpuSample, b: CpuSample, per?: { n: number; what:
  */
 export const sampleHostUnits = async (): Promise<Map<string, number>> => {
   const out = new Map<string, number>();
-  const root = '/sys/fs/cgroup/unified/cortex';
+  const root = await hostsRoot();
+  if (!root) return out;
   const walk = async (dir: string, depth: number): Promise<void> => {
     let entries;
     try {

@@ -317,12 +317,12 @@ export const makeDeploymentStore = (deps: { rpc: Rpc }) => {
       }));
     },
     /**
-     * A failed provision's `step` and every later step of its current run set back to pending, so
-     * that its retry runs them again (deployment_steps__reopen); how many were reopened.
+     * A failed provision's `steps` of its current run set back to pending, so that its retry runs
+     * them again (deployment_steps__reopen); how many were reopened.
      */
-    async reopenSteps(deploymentId: string, step: string): Promise<number> {
+    async reopenSteps(deploymentId: string, steps: readonly string[]): Promise<number> {
       return Number(
-        await rpc<number>('deployment_steps__reopen', { p_deployment_id: id(deploymentId), p_step: step }),
+        await rpc<number>('deployment_steps__reopen', { p_deployment_id: id(deploymentId), p_steps: steps }),
       );
     },
     async setStatus(deploymentId: string, status: DeploymentStatus): Promise<void> {

@@ -132,9 +132,9 @@ export const SESSION_END_LINE = '{"end": true}';
 
 /** A batch's steps (each helper step back as its full argv), or undefined for another command. */
 export const decodeBatch = (argv: Argv): BatchStep[] | undefined => {
-  const h = helperArgs(argv);
-  if (h?.[0] !== 'batch' || h[1] === undefined) return undefined;
-  const { steps } = JSON.parse(h[1]) as {
+  const program = batchProgram(argv);
+  if (program === undefined) return undefined;
+  const { steps } = JSON.parse(program) as {
     steps: (Omit<BatchStep, 'argv'> & { argv?: string[]; helper?: string[] })[];
   };
   return steps.map(({ argv: a, helper: hp, ...rest }) => ({

@@ -4,9 +4,9 @@ import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
 import type { SecretsService } from '../secrets/secrets-service';
 import type { HostAccess } from '../steps/host-access';
-import { scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
+import type { scrubAgentEnvironment, swapAgentEnvironment } from '../steps/agent-swap';
 import { reasonOf } from '../steps/step-runner';
-import { envFileWritten, mapLimit } from './rotation-job';
+import { clearFailedHost, envFileWritten, mapLimit, ProvisionInFlight, secretsReached } from './rotation-job';
 import type { RotationStore } from './rotation-store';
 
 /**
@@ -31,6 +31,8 @@ export interface RevokeJobDeps {
   readonly log: Logger;
   readonly concurrency: number;
   readonly holder: string;
+  /** How long to wait for a busy deployment's lease (default 120 s). */
+  readonly leaseWaitMs?: number;
   /** How long a switched agent must stay healthy before the swap is final (ROTATION_SOAK_SECONDS). */
   readonly soakSeconds?: number;
 }
@@ -41,6 +43,8 @@ export interface RevokeOutcome {
   readonly failed: { deploymentId: string; reason: string }[];
   readonly vaultDeleted: boolean;
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export const makeRevokeJob = (deps: RevokeJobDeps) => {
   const { rotations, log } = deps;
@@ -68,8 +72,15 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
 
   const revokeOne = async (secretId: string, deploymentId: string, jobId: string, signal: AbortSignal) => {
     const ctx = { actor: 'orchestrator', jobId };
-    const lease = await deps.leases.acquire(deploymentId, deps.holder);
-    if (!lease) throw new OrchestratorError('stack_locked', `deployment ${deploymentId} is busy`);
+    // A busy deployment (a provision, a rotation) is waited for, as the rotation does: a provision
+    // past its `secrets` step must finish (ready: swapped below) before the binding can go.
+    const deadline = Date.now() + (deps.leaseWaitMs ?? 120_000);
+    let lease = await deps.leases.acquire(deploymentId, deps.holder);
+    while (!lease && Date.now() < deadline && !signal.aborted) {
+      await sleep(1_000);
+      lease = await deps.leases.acquire(deploymentId, deps.holder);
+    }
+    if (!lease) throw new ProvisionInFlight('stack_locked', `deployment ${deploymentId} is busy`);
     try {
       const dep = await deps.store.get(deploymentId);
       if (dep.status === 'ready' || dep.status === 'rotating') {
@@ -111,26 +122,16 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         return;
       }
       // Not running an agent. Its host holds the secret in its env file if this run's provision
-      // wrote it (`secrets` done), and a resumed provision would start the agent on that file:
-      // a failed one has the value taken off its host and its steps from `secrets` reopened (its
-      // retry writes the file without the secret); one still provisioning is waited for (the
-      // job's retry swaps it once it is ready). Only then does the binding go.
-      if (envFileWritten(dep)) {
-        if (dep.status === 'provisioning')
-          throw new OrchestratorError(
-            'stack_locked',
-            `deployment ${deploymentId} is provisioning past its secrets step; revoked once ready`,
-          );
-        if (dep.status === 'failed') {
-          const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
-          try {
-            await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
-          } finally {
-            await shell.close().catch(() => undefined);
-          }
-          await deps.store.reopenSteps(deploymentId, 'secrets');
-        }
-      }
+      // wrote it, and a resumed provision would start the agent on that file: a failed one has its
+      // steps from `secrets` reopened and the value taken off its host (its retry writes the file
+      // without the secret); one still provisioning past `secrets` is left bound for the job's
+      // retry (which swaps it once it is ready). Only then does the binding go.
+      if (dep.status === 'provisioning' && envFileWritten(dep))
+        throw new ProvisionInFlight(
+          'stack_locked',
+          `deployment ${deploymentId} is provisioning past its secrets step; revoked once ready`,
+        );
+      if (dep.status === 'failed' && secretsReached(dep)) await clearFailedHost(deps, dep, signal);
       await rotations.revokeBindings(secretId, deploymentId, ctx);
     } finally {
       await lease.release().catch(() => undefined);
@@ -163,12 +164,21 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         `${failed.length} deployment(s) still hold secret ${input.secretId}: ${failed[0]?.reason ?? ''}`,
       );
     let vaultDeleted = false;
-    if (!input.deploymentId && found.status === 'active') {
+    // A provision past its `secrets` step (or a deployment busy past the wait) still holds the
+    // secret and would start (or keep) an agent on it: deleting the secret now would also delete
+    // its binding (secrets__revoke), and nothing would find that host again. The secret stays;
+    // the job reports it, and a revoke run again once that deployment is ready finishes it.
+    const inFlight = failed.filter((f) => f.err instanceof ProvisionInFlight);
+    if (!input.deploymentId && found.status === 'active' && inFlight.length === 0) {
       // Withdrawn: every version leaves the vault even if an agent could not be switched (it is
       // named below); the value must not stay readable because one host is down.
       await deps.secrets.revoke(input.secretId, { actor: 'orchestrator', jobId: input.jobId });
       vaultDeleted = true;
-    }
+    } else if (!input.deploymentId && found.status === 'active')
+      log.warn(
+        { secretId: input.secretId, provisioning: inFlight.map((f) => f.deploymentId) },
+        'not deleted: a provision still holds the secret; run the revoke again once it is ready',
+      );
     const outcome: RevokeOutcome = {
       secretId: input.secretId,
       revoked: targets.filter((_, i) => results[i]?.status === 'fulfilled'),

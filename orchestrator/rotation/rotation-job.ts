@@ -5,6 +5,7 @@ import type { Leases } from '../queues/deployment-lease';
 import type { Secret } from '../secret';
 import type { HostAccess } from '../steps/host-access';
 import { scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
+import { PROVISION_STEPS } from '../steps/provision-steps';
 import { reasonOf } from '../steps/step-runner';
 import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
@@ -86,8 +87,45 @@ export const envFileWritten = (dep: Pick<Deployment, 'steps' | 'currentRun'>): b
       s.status === 'succeeded',
   );
 
+/**
+ * Did this run of the deployment's provision reach its `secrets` step (any record: a step that
+ * failed after its write, or one reopened, may have left the env file on the host)?
+ */
+export const secretsReached = (dep: Pick<Deployment, 'steps' | 'currentRun'>): boolean =>
+  dep.steps.some((s) => s.run === dep.currentRun && s.operation === 'provision' && s.step === 'secrets');
+
+/** What a failed provision's retry must run again to write its env file anew: `secrets` and every later step. */
+export const REWRITE_STEPS: readonly string[] = PROVISION_STEPS.slice(PROVISION_STEPS.indexOf('secrets'));
+
+/**
+ * Take the agent environment off the host of a deployment whose provision failed past `secrets`:
+ * its steps from `secrets` on are reopened FIRST (deployment_steps__reopen), so that a crash
+ * before the host is cleared leaves a provision whose retry writes the file anew (never one that
+ * resumes past a removed file and fails for good), then the host is scrubbed
+ * (scrubAgentEnvironment). Both are idempotent: a retry does them again. Returns how many steps
+ * were reopened.
+ */
+export const clearFailedHost = async (
+  deps: {
+    readonly store: Pick<DeploymentStore, 'reopenSteps'>;
+    readonly access: HostAccess;
+    readonly scrub?: typeof scrubAgentEnvironment;
+  },
+  dep: Deployment,
+  signal: AbortSignal,
+): Promise<number> => {
+  const reopened = await deps.store.reopenSteps(dep.id, REWRITE_STEPS);
+  const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
+  try {
+    await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
+  } finally {
+    await shell.close().catch(() => undefined);
+  }
+  return reopened;
+};
+
 /** A deployment whose provision is past its `secrets` step: waited for, never recorded failed for it. */
-class ProvisionInFlight extends OrchestratorError {}
+export class ProvisionInFlight extends OrchestratorError {}
 
 /** Run `fn` over `items`, at most `limit` at once; every item runs, errors are collected. */
 export const mapLimit = async <T, R>(
@@ -175,22 +213,16 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
             'stack_locked',
             `deployment ${d.deploymentId} is provisioning past its secrets step; it is switched once ready`,
           );
-        // Failed past its `secrets` step: its host holds the old version, and its retry would not
-        // write the env file again. The old value is taken off the host (both slots stopped, every
-        // env file removed), then its steps from `secrets` on are reopened, so that its retry reads
-        // the current version, writes it and starts the agent on it: it follows the current
-        // version (`skipped`), and the old one can be retired. A host that cannot be reached: a
-        // transient error leaves it pending for the job's retry; on the last attempt (or a
-        // permanent error) the catch below records it `failed`, pinned to the old version its host
-        // holds (not retired under it; the next rotation tries again).
-        if (d.state === 'pending' && dep.status === 'failed' && wroteOld) {
-          const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
-          try {
-            await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
-          } finally {
-            await shell.close().catch(() => undefined);
-          }
-          const reopened = await deps.store.reopenSteps(dep.id, 'secrets');
+        // Failed at or past its `secrets` step: its host may hold the old version, and its retry
+        // would not write the env file again. Its steps from `secrets` on are reopened and the old
+        // value taken off the host (clearFailedHost), so that its retry reads the current version,
+        // writes it and starts the agent on it: it follows the current version (`skipped`), and
+        // the old one can be retired. A host that cannot be reached: a transient error leaves it
+        // pending for the job's retry; on the last attempt (or a permanent error) the catch below
+        // records it `failed`, pinned to the old version its host holds (not retired under it;
+        // its retry, reopened, writes that pinned version; the next rotation tries again).
+        if (d.state === 'pending' && dep.status === 'failed' && secretsReached(dep)) {
+          const reopened = await clearFailedHost(deps, dep, signal);
           await rotations.setState(rot.id, d.deploymentId, 'skipped', {
             reason: 'deployment_failed_reopened',
             ...ctx,

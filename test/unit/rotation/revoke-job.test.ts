@@ -34,8 +34,8 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = []) => {
   const bound = new Set<string>([SECRET, OTHER]);
   const store: RevokeJobDeps['store'] = {
     get: () => Promise.resolve({ id, status: status.value, runtime: 'echo', steps, currentRun: 1 } as never),
-    reopenSteps: (_d: string, from: string) => {
-      reopened.push(from);
+    reopenSteps: (_d: string, steps: readonly string[]) => {
+      reopened.push(steps.join(','));
       return Promise.resolve(2);
     },
     setStatus: (_d: string, to: DeploymentStatus) => {
@@ -190,7 +190,7 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
       },
     );
     expect(order).toEqual(['scrub (bound: true)']);
-    expect(w.reopened).toEqual(['secrets']);
+    expect(w.reopened).toEqual(['secrets,start,health,ready']);
     expect(w.bound.has(SECRET)).toBe(false);
     expect(out.revoked).toEqual([w.id]);
     expect(w.history).toEqual(['failed']);
@@ -205,7 +205,6 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
       () => Promise.reject(new OrchestratorError('ssh_connect_failed', 'no route to host')),
     );
     expect(w.bound.has(SECRET)).toBe(true);
-    expect(w.reopened).toEqual([]);
     expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
   });
 
@@ -233,6 +232,69 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
     );
     expect(w.bound.has(SECRET)).toBe(false);
     expect(w.reopened).toEqual([]);
+    expect(out.revoked).toEqual([w.id]);
+  });
+
+  it('a whole-secret revoke with a deployment provisioning past its secrets step: the secret is NOT deleted (its binding would go with it and that host be lost); reported', async () => {
+    const w = world('provisioning', SECRETS_DONE);
+    const deleted: string[] = [];
+    const out = await makeRevokeJob({
+      rotations: w.rotations,
+      secrets: {
+        revoke: (id: string) => {
+          deleted.push(id);
+          return Promise.resolve(undefined as never);
+        },
+      },
+      store: w.store,
+      leases: {
+        acquire: (d: string) =>
+          Promise.resolve({ deploymentId: d, held: () => true, release: () => Promise.resolve() }),
+      } as never,
+      access: { connect: () => Promise.reject(new Error('not called')) } as never,
+      swap: (() => Promise.reject(new Error('not called'))) as never,
+      log,
+      concurrency: 4,
+      holder: 'test',
+    }).run({
+      secretId: SECRET,
+      jobId: 'revoke-all',
+      signal: new AbortController().signal,
+      finalAttempt: true,
+    });
+    expect(deleted).toEqual([]);
+    expect(out.vaultDeleted).toBe(false);
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
+  });
+
+  it('a busy deployment is waited for (its lease), then revoked', async () => {
+    const w = world('ready');
+    let tries = 0;
+    const out = await makeRevokeJob({
+      rotations: w.rotations,
+      secrets: { revoke: () => Promise.resolve(undefined as never) },
+      store: w.store,
+      leases: {
+        acquire: (d: string) =>
+          Promise.resolve(
+            ++tries < 3 ? undefined : { deploymentId: d, held: () => true, release: () => Promise.resolve() },
+          ),
+      } as never,
+      access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
+      swap: (() => Promise.resolve({ mode: 'blue-green', healthy: true })) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+      leaseWaitMs: 10_000,
+    }).run({
+      secretId: SECRET,
+      deploymentId: w.id,
+      jobId: 'revoke-x',
+      signal: new AbortController().signal,
+      finalAttempt: true,
+    });
+    expect(tries).toBe(3);
     expect(out.revoked).toEqual([w.id]);
   });
 });

@@ -47,9 +47,11 @@ const world = (
   dep: { status: DeploymentStatus; steps: StepRecord[]; currentRun?: number },
   /** What taking the environment off the host does: throws this error, or succeeds. */
   scrubError?: Error,
+  reopenError?: Error,
 ) => {
   const id = randomUUID();
   const reopened: string[] = [];
+  const order: string[] = [];
   let scrubbed = 0;
   const d = { ...dep, currentRun: dep.currentRun ?? 1 };
   let state: RotationDeploymentState = 'pending';
@@ -108,9 +110,10 @@ const world = (
     rotations,
     store: {
       get: () => Promise.resolve({ id, runtime: 'echo', ...d } as unknown as Deployment),
-      reopenSteps: (_id: string, from: string) => {
-        reopened.push(from);
-        return Promise.resolve(2);
+      reopenSteps: (_id: string, steps: readonly string[]) => {
+        reopened.push(steps.join(','));
+        order.push('reopen');
+        return reopenError ? Promise.reject(reopenError) : Promise.resolve(2);
       },
     },
     leases: {
@@ -120,6 +123,7 @@ const world = (
     access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
     scrub: () => {
       scrubbed++;
+      order.push('scrub');
       return scrubError ? Promise.reject(scrubError) : Promise.resolve();
     },
     swap: ((_s: unknown, input: { env: ReadonlyMap<string, Secret> }) => {
@@ -132,7 +136,7 @@ const world = (
   });
   const run = (finalAttempt: boolean) =>
     job.run({ rotationId: 'r1', jobId: 'rotate-r1', signal: new AbortController().signal, finalAttempt });
-  return { d, run, swapped, state: () => state, pin: () => pin, reopened, scrubbed: () => scrubbed };
+  return { d, run, swapped, state: () => state, pin: () => pin, reopened, order, scrubbed: () => scrubbed };
 };
 
 const pastSecrets = (run = 1): StepRecord[] => [
@@ -161,7 +165,9 @@ describe('rotate job: deployments that run no agent when the rotation reaches th
     const w = world({ status: 'failed', steps: pastSecrets() });
     const out = await w.run(false);
     expect(w.scrubbed()).toBe(1);
-    expect(w.reopened).toEqual(['secrets']);
+    expect(w.reopened).toEqual(['secrets,start,health,ready']);
+    // reopened first: a crash before the scrub leaves a provision that writes its file anew
+    expect(w.order).toEqual(['reopen', 'scrub']);
     expect(out.skipped).toHaveLength(1);
     expect(out.failed).toEqual([]);
     expect(w.pin()).toBeNull();
@@ -179,10 +185,34 @@ describe('rotate job: deployments that run no agent when the rotation reaches th
     const out = await w.run(true);
     expect(out.failed).toHaveLength(1);
     expect(w.pin()).toBe(1);
-    expect(w.reopened).toEqual([]);
+    // reopened (its retry writes the version it is pinned to), never left resuming past a removed file
+    expect(w.order.every((o, i) => o === ['reopen', 'scrub'][i % 2])).toBe(true);
   });
 
-  it('failed past its secrets step, the scrub refused for good (a permanent error): failed, pinned, nothing reopened', async () => {
+  it('failed at its secrets step (it may have written the file before failing): taken off the host and reopened too', async () => {
+    const w = world({
+      status: 'failed',
+      steps: [step(1, 'host', 'succeeded'), step(1, 'configure', 'succeeded'), step(1, 'secrets', 'failed')],
+    });
+    const out = await w.run(false);
+    expect(w.order).toEqual(['reopen', 'scrub']);
+    expect(out.skipped).toHaveLength(1);
+    expect(w.pin()).toBeNull();
+  });
+
+  it('failed past its secrets step, the reopen failing on the last attempt: failed and pinned, the host untouched (its file and steps agree)', async () => {
+    const w = world(
+      { status: 'failed', steps: pastSecrets() },
+      undefined,
+      new OrchestratorError('db_unavailable', 'x'),
+    );
+    const out = await w.run(true);
+    expect(out.failed).toHaveLength(1);
+    expect(w.pin()).toBe(1);
+    expect(w.scrubbed()).toBe(0);
+  });
+
+  it('failed past its secrets step, the scrub refused for good (a permanent error): failed, pinned (its steps reopened: its retry rewrites the pinned version)', async () => {
     const w = world(
       { status: 'failed', steps: pastSecrets() },
       new OrchestratorError('remote_file_unsafe', '/etc/cortex is not root:root'),
@@ -190,7 +220,8 @@ describe('rotate job: deployments that run no agent when the rotation reaches th
     const out = await w.run(false);
     expect(out.failed).toHaveLength(1);
     expect(w.pin()).toBe(1);
-    expect(w.reopened).toEqual([]);
+    // reopened before the scrub was refused: its retry writes the pinned (old) version anew
+    expect(w.order).toEqual(['reopen', 'scrub']);
   });
 
   it('provisioning before its secrets step: skipped, following the current version its secrets step will read', async () => {

@@ -196,6 +196,8 @@ describe('agent systemd unit', () => {
       'SystemCallFilter=@system-service',
       'RestrictSUIDSGID=yes',
       'MemoryDenyWriteExecute=yes',
+      // no core file of a crashing agent (its memory holds the keys)
+      'LimitCORE=0',
     ])
       expect(l).toContain(expected);
     expect(l.some((x) => /^User=root$|^User=0$/.test(x))).toBe(false);

@@ -203,6 +203,10 @@ const revoke: Sub = async (args, ctx) => {
         for (const d of out.revoked) ctx.out(`  ${d}  revoked\n`);
         for (const f of out.failed) ctx.out(`  ${f.deploymentId}  FAILED: ${f.reason}\n`);
         if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
+        else if (!deploymentId && out.failed.length > 0)
+          ctx.out(
+            '  NOT deleted from the vault: a deployment above still holds it (a provision past its secrets step, or busy); run the revoke again once it is ready\n',
+          );
       }
       return out && out.failed.length === 0 ? 0 : 1;
     } finally {

@@ -125,6 +125,39 @@ const filesHolding = (pl: Pipeline, id: string, value: string): Promise<number> 
     return n;
   });
 
+/**
+ * Every file on the host, outside /proc, /sys, /dev and the system's own /usr, that holds `value`
+ * (grep with the value on standard input, never on a command line): env files, kept and temp
+ * files, logs (/var/log, the journal), state (/var/lib), runtime files (/run), /tmp, /root.
+ */
+const hostFilesHolding = (pl: Pipeline, id: string, value: string): Promise<string[]> =>
+  withShell(pl, id, async (shell) =>
+    (
+      await shell.exec(
+        [
+          'grep',
+          '-rlsF',
+          '-f',
+          '-',
+          '--',
+          '/etc',
+          '/var',
+          '/run',
+          '/tmp',
+          '/root',
+          '/home',
+          '/srv',
+          '/opt',
+          '/usr/local',
+        ],
+        { stdin: new Secret(`${value}\n`) },
+      )
+    ).stdout
+      .toString()
+      .split('\n')
+      .filter(Boolean),
+  );
+
 const vaultRowsOf = async (secretId: string, version: number): Promise<number> =>
   Number(
     (
@@ -216,6 +249,8 @@ describe('rotation on real local hosts', () => {
       expect(await agentValue(p, id)).toBe(next);
       expect(await filesHolding(p, id, org.value)).toBe(0);
       expect(await filesHolding(p, id, next)).toBeGreaterThan(0);
+      // nor anywhere else on the host: logs, state, runtime files
+      expect(await hostFilesHolding(p, id, org.value)).toEqual([]);
     } finally {
       await destroyAll(p, ids);
     }
@@ -310,8 +345,8 @@ describe('a deployment whose provision failed past its secrets step', () => {
       expect(await rot.rotations.bindings(id)).toEqual([
         { envVar: ENV, secretId: org.secretId, version: 2, pinned: false },
       ]);
-      // the old value is on no disk of the host, and no agent runs it
-      expect(await filesHolding(p, id, org.value)).toBe(0);
+      // the old value is in no file of the host, and no agent runs it
+      expect(await hostFilesHolding(p, id, org.value)).toEqual([]);
       const states = await withShell(p, id, async (shell) =>
         (
           await shell.exec([
@@ -338,8 +373,8 @@ describe('a deployment whose provision failed past its secrets step', () => {
       const d = await p.service.watch(id, () => undefined, { timeoutMs: 600_000 });
       expect([d.status, d.failureReason]).toEqual(['ready', null]);
       expect(await agentValue(p, id)).toBe(next);
-      expect(await filesHolding(p, id, next)).toBe(1);
-      expect(await filesHolding(p, id, org.value)).toBe(0);
+      expect(await hostFilesHolding(p, id, next)).toEqual(['/etc/cortex/agent-blue.env']);
+      expect(await hostFilesHolding(p, id, org.value)).toEqual([]);
       const reads = (await auditRows(admin, { deploymentId: id })).filter(
         (r) => r.operation === 'read' && r.outcome === 'success' && r.version === 2,
       );

@@ -1,6 +1,6 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { CGROUP_PARENT, cgroupHierarchies } from '../orchestrator/infra/local/cgroup';
+import { CGROUP_PARENT, cgroupHierarchies } from '../orchestrator/infra/local';
 
 /**
  * Where the machine's CPU went during a timed window, for the benchmarks' printed figures:

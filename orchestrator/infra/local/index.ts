@@ -9,4 +9,4 @@ export { cleanupLocalHosts, type CleanupReport } from './cleanup';
 export { cleanupImageBuilds, ensureLocalImage, findLocalImage, type LocalImage } from './image';
 export { localPaths, type LocalPaths } from './state';
 export { assertLocalSupported } from './support';
-export { readHostMemory, type HostMemory } from './cgroup';
+export { CGROUP_PARENT, cgroupHierarchies, readHostMemory, type HostMemory } from './cgroup';

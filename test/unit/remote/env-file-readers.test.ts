@@ -212,10 +212,12 @@ describe('the env file stays write-only', () => {
 
   it("the swap's host helper reads no file it is told, and a batch runs no reader", () => {
     const script = swapCommands.portHolders(1)[3] as string;
-    // every open() in the helper: the two /proc files by pid, a new temp file, the record's
-    // directory (to fsync it), the batch lock (write-only)
+    // every open() in the helper: the two /proc files by pid, the kernel's TCP tables (by a fixed
+    // name, below), a new temp file, the record's directory (to fsync it), the batch lock (write-only)
+    expect(script).toContain('for name in ("/proc/net/tcp", "/proc/net/tcp6"):');
     expect([...script.matchAll(/\bopen\(([^,)]*)/g)].map((m) => m[1])).toEqual([
       '"/proc/%d/environ" % pid',
+      'name',
       '"/proc/%d/cgroup" % pid',
       'tmp',
       'ENV_DIR',

@@ -415,6 +415,7 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
                   fail: reject,
                 };
                 queued.length = 0; // output nobody asked for answers no request
+                partial = ''; // nor does an unterminated line left after the last answer
                 stream.write(request);
               }),
           ),

@@ -180,6 +180,13 @@ describe('ssh2 line session (openLines) against a scripted host', () => {
       expect(await s.ask(Buffer.from('two\n'), isEnd)).toEqual({ lines: ['got two', 'end'], ended: false });
     });
 
+    it('an unterminated fragment after an answer does not glue onto the next answer', async () => {
+      host.script(lineHost((l, ch) => ch.write(`got ${l}\nend\nfragment of ${l}`)));
+      const s = await open();
+      expect(await s.ask(Buffer.from('one\n'), isEnd)).toEqual({ lines: ['got one', 'end'], ended: false });
+      expect(await s.ask(Buffer.from('two\n'), isEnd)).toEqual({ lines: ['got two', 'end'], ended: false });
+    });
+
     it('a line split across packets is one line; several lines in one packet are several', async () => {
       host.script(
         lineHost((l, ch) => {

@@ -108,7 +108,7 @@ describe('local host provider (real systemd-nspawn hosts)', () => {
     const r = await sshRun(
       a.ipv4,
       auth(hostA, a),
-      'cloud-init status --wait >/dev/null; cat /etc/cortex/marker; stat -c %a /etc/cortex/marker; systemctl is-system-running',
+      'cloud-init status --wait >/dev/null; cat /etc/cortex/marker; stat -c %a /etc/cortex/marker; timeout 60 systemctl is-system-running --wait',
     );
     expect(r.stdout).toBe('written by cloud-init\n600\nrunning\n');
     // The seed holds the revealed user data byte for byte, root-only (it carries the host key).

@@ -563,8 +563,7 @@ const blueGreen = async (
   });
 
   // A retry after the switch (or a swap to the environment it already runs): only finish up,
-  // and check it end to end like a swap. (A run cut during its soak is finished here without one:
-  // whether the old slot still runs the old environment is not known here.)
+  // and check it end to end like a swap.
   if (at.runs(serving)) {
     // The other slot still running means a run was cut after the switch and before the old
     // instance stopped (during its soak, or right after): the soak is done here, with the old

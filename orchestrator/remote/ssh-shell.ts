@@ -1,5 +1,5 @@
 import { Client, type ClientChannel, type ConnectConfig, type SFTPWrapper } from 'ssh2';
-import { OrchestratorError, isOrchestratorError } from '../errors';
+import { OrchestratorError, invalidInput, isOrchestratorError } from '../errors';
 import type { Logger } from '../log';
 import { Secret, isSecret } from '../secret';
 import { HOST_KEY_TYPE, fingerprintSha256, parsePublicKey, sameKeyBlob } from './host-keys';
@@ -301,6 +301,9 @@ export const connectSsh = (target: SshTarget, opts: SshConnectOptions): Promise<
   };
 
   const openLines = (argv: readonly string[], eo: ExecOptions = {}): Promise<LineSession> => {
+    // Input goes with each request (ask); one for the whole session would be silently dropped.
+    if (eo.stdin !== undefined)
+      return Promise.reject(invalidInput('stdin', 'a line session takes its input with each request'));
     const name = argv[0] ?? '';
     let opened: ClientChannel | undefined;
     let gaveUp = false;

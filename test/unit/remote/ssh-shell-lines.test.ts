@@ -125,6 +125,16 @@ describe('ssh2 line session (openLines) against a scripted host', () => {
       expect(host.commands.length).toBe(before);
     });
 
+    it('a standard input for the whole session is refused naming the field, before any exec (input goes with each request)', async () => {
+      const before = host.commands.length;
+      const canaryValue = `sk-canary-${Math.random().toString(36).slice(2)}`;
+      const err = await rejection(open({ stdin: new Secret(canaryValue) }));
+      expect(err.code).toBe('invalid_input');
+      expect(err.message).toMatch(/^stdin: /);
+      expect(err.message).not.toContain(canaryValue);
+      expect(host.commands.length).toBe(before);
+    });
+
     it('an exec the host refuses is ssh_connect_failed naming the host, with the cause kept', async () => {
       host.script((_accept, reject) => reject());
       const err = await rejection(open());

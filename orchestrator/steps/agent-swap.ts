@@ -868,18 +868,15 @@ export const scrubAgentEnvironment = async (shell: RemoteShell, o: ExecOptions =
     AGENT_SLOTS.some(
       (s) => f === `agent-${s}.env` || f === `agent-${s}.env.previous` || isTempNameFor(`agent-${s}.env`, f),
     );
-  const left = (await must(agentCommands.listDir(ENV_DIR), `${ENV_DIR} could not be listed`)).stdout
-    .toString('utf8')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(isEnvFile);
-  for (const f of left)
+  const envFilesLeft = async (): Promise<string[]> =>
+    (await must(agentCommands.listDir(ENV_DIR), `${ENV_DIR} could not be listed`)).stdout
+      .toString('utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(isEnvFile);
+  for (const f of await envFilesLeft())
     await must(agentCommands.removeFile(`${ENV_DIR}/${f}`), 'a temp file was not removed');
-  const still = (await must(agentCommands.listDir(ENV_DIR), `${ENV_DIR} could not be listed`)).stdout
-    .toString('utf8')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(isEnvFile);
+  const still = await envFilesLeft();
   if (still.length > 0)
     throw new OrchestratorError(
       'remote_command_failed',

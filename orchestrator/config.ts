@@ -21,6 +21,8 @@ export const configSchema = z
       // It ends up in overlayfs mount options (`,` and `:` separate them) and server command lines.
       .regex(/^[^\s,:'"]+$/, 'must be a path without spaces, quotes, "," or ":"')
       .default('.local'),
+    /** `npm run demo`'s own folder (its state, API log, token header file); unset: `<CORTEX_STATE_DIR>/demo`. */
+    CORTEX_DEMO_DIR: z.string().min(1).optional(),
 
     /** `postgres`: direct connection (local mode, throughput). `supabase`: supabase-js `.rpc()`. */
     RPC_ADAPTER: z.enum(['postgres', 'supabase']).default('postgres'),

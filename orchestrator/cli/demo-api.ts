@@ -15,12 +15,14 @@ import type { CliContext } from './cortexctl';
 export type ApiDeployment =
   paths['/v1/deployments/{id}']['get']['responses'][200]['content']['application/json'];
 
-export const demoDir = (stateDir: string): string => path.resolve(stateDir, 'demo');
-export const tokenHeaderFile = (stateDir: string): string => path.join(demoDir(stateDir), 'api-token');
+/** The demo's own folder: `CORTEX_DEMO_DIR`, else `<CORTEX_STATE_DIR>/demo`. */
+export const demoDir = (config: { CORTEX_STATE_DIR: string; CORTEX_DEMO_DIR?: string | undefined }): string =>
+  path.resolve(config.CORTEX_DEMO_DIR ?? path.join(config.CORTEX_STATE_DIR, 'demo'));
+export const tokenHeaderFile = (dir: string): string => path.join(dir, 'api-token');
 
 /** `Authorization: Bearer …` in a file only this user can read, for `curl -H @file`. */
-export const writeTokenHeaderFile = async (stateDir: string, token: string): Promise<string> => {
-  const file = tokenHeaderFile(stateDir);
+export const writeTokenHeaderFile = async (dir: string, token: string): Promise<string> => {
+  const file = tokenHeaderFile(dir);
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   await rm(file, { force: true });
   await writeFile(file, `Authorization: Bearer ${token}\n`, { mode: 0o600, flag: 'wx' });
@@ -62,7 +64,8 @@ const alive = (pid: number | undefined): boolean => {
 
 /** The demo's API: the one a previous run left (when it still answers), or a new detached child. */
 export const ensureDemoApi = async (opts: {
-  stateDir: string;
+  /** The demo's folder (demoDir). */
+  dir: string;
   env: NodeJS.ProcessEnv;
   preferredPort: number;
   previous?: { pid?: number; url?: string };
@@ -73,8 +76,8 @@ export const ensureDemoApi = async (opts: {
   const port = (await portFree(opts.preferredPort)) ? opts.preferredPort : await anyPort();
   const url = `http://127.0.0.1:${port}`;
   const root = path.resolve(__dirname, '../..');
-  await mkdir(demoDir(opts.stateDir), { recursive: true, mode: 0o700 });
-  const logFd = openSync(path.join(demoDir(opts.stateDir), 'api.log'), 'a', 0o600);
+  await mkdir(opts.dir, { recursive: true, mode: 0o700 });
+  const logFd = openSync(path.join(opts.dir, 'api.log'), 'a', 0o600);
   const child = spawn(
     process.execPath,
     [path.join(root, 'node_modules/tsx/dist/cli.mjs'), 'orchestrator/cli/cortexctl.ts', 'api'],
@@ -90,9 +93,7 @@ export const ensureDemoApi = async (opts: {
   const deadline = Date.now() + 60_000;
   while (!(await healthy(url))) {
     if (child.exitCode !== null)
-      throw new Error(
-        `the API exited (${child.exitCode}); see ${path.join(demoDir(opts.stateDir), 'api.log')}`,
-      );
+      throw new Error(`the API exited (${child.exitCode}); see ${path.join(opts.dir, 'api.log')}`);
     if (Date.now() > deadline) throw new Error('the API did not answer /healthz within 60 s');
     await new Promise((r) => setTimeout(r, 250));
   }

@@ -24,6 +24,7 @@ import {
   stopDemoApi,
   writeTokenHeaderFile,
   type ApiDeployment,
+  demoDir,
 } from './demo-api';
 import { followDeployment } from './pipeline-commands';
 
@@ -51,15 +52,15 @@ interface DemoState {
 
 const DEMO_SCOPES = ['secrets:write', 'deployments:write', 'deployments:read', 'audit:read'] as const;
 
-const stateFile = (stateDir: string): string => path.resolve(stateDir, 'demo', 'state.json');
-const loadState = async (stateDir: string): Promise<DemoState> =>
-  readFile(stateFile(stateDir), 'utf8').then(
+const stateFile = (dir: string): string => path.join(dir, 'state.json');
+const loadState = async (dir: string): Promise<DemoState> =>
+  readFile(stateFile(dir), 'utf8').then(
     (t) => JSON.parse(t) as DemoState,
     () => ({ secretIds: [], deployments: [] }),
   );
-const saveState = async (stateDir: string, s: DemoState): Promise<void> => {
-  await mkdir(path.dirname(stateFile(stateDir)), { recursive: true });
-  await writeFile(stateFile(stateDir), `${JSON.stringify(s, null, 2)}\n`);
+const saveState = async (dir: string, s: DemoState): Promise<void> => {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(stateFile(dir), `${JSON.stringify(s, null, 2)}\n`);
 };
 
 const down = async (p: Pipeline, ctx: CliContext, state: DemoState): Promise<number> => {
@@ -75,10 +76,16 @@ const down = async (p: Pipeline, ctx: CliContext, state: DemoState): Promise<num
     : false;
   const temp =
     apiUp && state.orgId
-      ? await tokens.create(
-          { orgId: state.orgId, name: 'demo --down', scopes: ['deployments:write', 'deployments:read'] },
-          'demo',
-        )
+      ? await tokens
+          .create(
+            { orgId: state.orgId, name: 'demo --down', scopes: ['deployments:write', 'deployments:read'] },
+            'demo',
+          )
+          .catch((err: unknown) => {
+            // The organisation is not in this database (reset): down goes through the service.
+            if (isOrchestratorError(err) && err.code === 'not_found') return undefined;
+            throw err;
+          })
       : undefined;
   const api =
     temp && state.api
@@ -103,7 +110,7 @@ const down = async (p: Pipeline, ctx: CliContext, state: DemoState): Promise<num
   for (const s of state.secretIds) await p.secrets.revoke(s, { actor: 'demo' }).catch(() => undefined);
   if (state.tokenId) await tokens.revoke(state.tokenId, 'demo').catch(() => undefined);
   if (await stopDemoApi(state.api?.pid)) ctx.out(`stopped the demo's API (pid ${state.api?.pid})\n`);
-  await rm(path.dirname(stateFile(p.config.CORTEX_STATE_DIR)), { recursive: true, force: true });
+  await rm(demoDir(p.config), { recursive: true, force: true });
   ctx.out(
     failed
       ? `${failed} deployment(s) could not be removed; see npm run cortexctl -- list\n`
@@ -127,7 +134,7 @@ const report = async (
     const ca = (await run(shell, agentCommands.caddyRootCertificate(caddyLocalRootCaPath()))).stdout.toString(
       'utf8',
     );
-    const caFile = path.resolve(p.config.CORTEX_STATE_DIR, 'demo', `${d.id}-ca.pem`);
+    const caFile = path.join(demoDir(p.config), `${d.id}-ca.pem`);
     await writeFile(caFile, ca, { mode: 0o644 });
     const query = makeDnsQueryFromConfig(p.config);
     ctx.out(`\nagent      https://${name}\n`);
@@ -178,7 +185,8 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
   if (config.HOST_PROVIDER !== 'local')
     throw new OrchestratorError('config_invalid', 'HOST_PROVIDER: the demo runs in local mode (unset it)');
   const p = await makePipelineFromConfig(config, makeLogger({ level: config.LOG_LEVEL, name: 'demo' }));
-  const state = await loadState(config.CORTEX_STATE_DIR);
+  const dir = demoDir(config);
+  let state = await loadState(dir);
   try {
     if (args.includes('--down')) {
       const w = p.makeWorkerSet();
@@ -190,31 +198,49 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
     const w = p.makeWorkerSet();
     w.start(['provision']);
     ctx.out('workers started (in this process: provision)\n');
-    if (!state.orgId) {
+    const newOrg = async (): Promise<void> => {
       const org = await p.db.rpc<{ id: string }>('organizations__create', { p_name: 'demo organisation' });
       state.orgId = org.id;
-      await saveState(config.CORTEX_STATE_DIR, state);
-    }
-    ctx.out(`organisation ${state.orgId}\n`);
+      await saveState(dir, state);
+    };
+    if (!state.orgId) await newOrg();
 
     // A token for the demo organisation, as `cortexctl tokens create` makes one; the previous
     // run's is revoked. Its plaintext goes only to the API client and a 0600 curl header file.
     const tokens = makeTokenStore({ rpc: p.db.rpc });
     if (state.tokenId) await tokens.revoke(state.tokenId, 'demo').catch(() => undefined);
-    const made = await tokens.create({ orgId: state.orgId, name: 'demo', scopes: [...DEMO_SCOPES] }, 'demo');
+    const createToken = (orgId: string) =>
+      tokens.create({ orgId, name: 'demo', scopes: [...DEMO_SCOPES] }, 'demo');
+    const made = await createToken(state.orgId!).catch(async (err: unknown) => {
+      // The saved state names an organisation this database does not have (it was reset, or
+      // DATABASE_URL points elsewhere): its deployments and keys are not here either. Start a new
+      // demo state; the API process, if still running, is reused or replaced as usual.
+      if (!isOrchestratorError(err) || err.code !== 'not_found') throw err;
+      ctx.out(
+        `the demo state (${path.relative(process.cwd(), stateFile(dir))}) names organisation ${state.orgId}, which this database does not have (reset?): starting a new demo state` +
+          (state.deployments.length
+            ? `; the local hosts of its ${state.deployments.length} deployment(s), if any, are removed by npm run local:cleanup`
+            : '') +
+          '\n',
+      );
+      state = { secretIds: [], deployments: [], ...(state.api ? { api: state.api } : {}) };
+      await newOrg();
+      return createToken(state.orgId!);
+    });
+    ctx.out(`organisation ${state.orgId}\n`);
     state.tokenId = made.id;
-    await saveState(config.CORTEX_STATE_DIR, state);
-    const headerFile = await writeTokenHeaderFile(config.CORTEX_STATE_DIR, made.token);
+    await saveState(dir, state);
+    const headerFile = await writeTokenHeaderFile(dir, made.token);
     const srv = await ensureDemoApi({
-      stateDir: config.CORTEX_STATE_DIR,
+      dir,
       env: ctx.env,
       preferredPort: config.API_PORT,
       ...(state.api ? { previous: state.api } : {}),
     });
     state.api = { pid: srv.pid, url: srv.url };
-    await saveState(config.CORTEX_STATE_DIR, state);
+    await saveState(dir, state);
     ctx.out(
-      `api        ${srv.url}${srv.reused ? ' (still running from the last demo)' : ''}, pid ${srv.pid}, log ${path.relative(process.cwd(), path.resolve(config.CORTEX_STATE_DIR, 'demo', 'api.log'))}\n` +
+      `api        ${srv.url}${srv.reused ? ' (still running from the last demo)' : ''}, pid ${srv.pid}, log ${path.relative(process.cwd(), path.join(dir, 'api.log'))}\n` +
         `token      ${made.prefix}… (scopes ${DEMO_SCOPES.join(', ')}; in ${path.relative(process.cwd(), headerFile)}, mode 0600)\n`,
     );
     const api = makeApiClient({ baseUrl: srv.url, token: made.token, userAgent: 'cortex-demo' });
@@ -227,7 +253,7 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
       throw new Error(`POST /v1/secrets answered ${stored.response.status}: ${stored.error?.detail ?? ''}`);
     const meta = stored.data;
     state.secretIds.push(meta.id);
-    await saveState(config.CORTEX_STATE_DIR, state);
+    await saveState(dir, state);
     ctx.out(
       `demo key   POST /v1/secrets → ${meta.id}  ${meta.displayPrefix}  fingerprint ${meta.fingerprint.slice(0, 16)}…\n`,
     );
@@ -247,7 +273,7 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
       );
     const deploymentId = requested.data.deploymentId;
     state.deployments.push(deploymentId);
-    await saveState(config.CORTEX_STATE_DIR, state);
+    await saveState(dir, state);
     ctx.out(`deployment POST /v1/deployments → ${deploymentId} (${subdomain}.${config.DNS_ZONE})\n`);
     const d = await followViaApi(
       api,

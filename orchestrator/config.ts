@@ -41,8 +41,9 @@ export const configSchema = z
     /** The direct adapter's bounds (orchestrator/db/pg-rpc.ts): the server's, per statement. */
     DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(100).max(3_600_000).default(30_000),
     /**
-     * This side's bound of one query, for a connection that died silently (the server's timeout
-     * never answers); unset: DATABASE_STATEMENT_TIMEOUT_MS + 5000. Must exceed the statement timeout.
+     * This side's bound of one query (direct adapter) or one PostgREST call (supabase adapter), for
+     * a connection that died silently (the server's timeout never answers); unset:
+     * DATABASE_STATEMENT_TIMEOUT_MS + 5000. Must exceed the statement timeout.
      */
     DATABASE_QUERY_TIMEOUT_MS: z.coerce.number().int().min(200).max(3_660_000).optional(),
     /** Opening a connection, or waiting for a free one, gives up after this long. */

@@ -10,6 +10,7 @@ export const makeRpcFromConfig = (config: Config): { rpc: Rpc; close: () => Prom
     const { rpc } = makeSupabaseRpc({
       url: config.SUPABASE_URL ?? '',
       serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY ?? '',
+      requestTimeoutMs: config.DATABASE_QUERY_TIMEOUT_MS ?? config.DATABASE_STATEMENT_TIMEOUT_MS + 5_000,
     });
     return { rpc, close: async () => undefined };
   }

@@ -1,3 +1,4 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { classify } from '../../../orchestrator/errors';
 import { makeSupabaseRpc } from '../../../orchestrator/db/supabase-rpc';
 import { rejection } from '../../support/rejection';
@@ -93,5 +94,80 @@ describe('supabase-js adapter', () => {
     const { rpc } = makeSupabaseRpc({ url: URL_, serviceRoleKey: JWT, fetch: f.fetch });
     const err = await rejection(rpc('organizations__create', { p_name: 'acme' }));
     expect([err.code, err.field]).toEqual(['invalid_input', 'p_name']);
+  });
+});
+
+/**
+ * The client-side bound (DATABASE_QUERY_TIMEOUT_MS): a PostgREST, proxy or socket that stops
+ * answering must not hold a job for TCP's retransmission limit. Real HTTP servers on loopback and
+ * Node's own fetch (undici), so that the abort really ends a request in flight.
+ */
+describe('supabase-js adapter: a call that gets no answer', () => {
+  const servers: Server[] = [];
+  afterAll(async () => {
+    for (const s of servers) {
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+    }
+  });
+  const listen = async (handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<string> => {
+    const s = createServer(handler);
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const a = s.address();
+    return `http://127.0.0.1:${typeof a === 'object' && a ? a.port : 0}`;
+  };
+
+  it.each([
+    ['accepts the request and never answers', () => undefined],
+    [
+      'sends its headers and stalls the body',
+      (_req: IncomingMessage, res: ServerResponse) => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.write('{"id":');
+      },
+    ],
+  ])('a server that %s: db_unavailable (retried) at the bound, no argument in the message', async (_, h) => {
+    const seen: string[] = [];
+    const url = await listen((req, res) => {
+      seen.push(req.url ?? '');
+      h(req, res);
+    });
+    const { rpc } = makeSupabaseRpc({ url, serviceRoleKey: JWT, requestTimeoutMs: 400 });
+    const canaryArg = `canary-${Math.random().toString(36).slice(2)}`;
+    const t0 = Date.now();
+    const err = await rejection(rpc('organizations__create', { p_name: canaryArg }));
+    const took = Date.now() - t0;
+    expect([err.code, classify(err)]).toEqual(['db_unavailable', 'retry']);
+    expect(err.message).toBe('organizations__create: Supabase unreachable (no answer within 400 ms)');
+    expect(err.message).not.toContain(canaryArg);
+    expect(seen).toEqual(['/rest/v1/rpc/organizations__create']);
+    // bounded: not before the limit, and long before any TCP-level give-up (generous for a busy machine)
+    expect(took).toBeGreaterThanOrEqual(390);
+    expect(took).toBeLessThan(10_000);
+  });
+
+  it('an answer in time is not affected by the bound', async () => {
+    const url = await listen((_req, res) => {
+      setTimeout(() => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{"id":"x"}');
+      }, 50);
+    });
+    const { rpc } = makeSupabaseRpc({ url, serviceRoleKey: JWT, requestTimeoutMs: 5_000 });
+    expect(await rpc('organizations__create', { p_name: 'acme' })).toEqual({ id: 'x' });
+  });
+
+  it('a fetch that ignores the abort signal is still bounded', async () => {
+    const never = (() => new Promise<Response>(() => undefined)) as typeof fetch;
+    const { rpc } = makeSupabaseRpc({ url: URL_, serviceRoleKey: JWT, fetch: never, requestTimeoutMs: 200 });
+    const err = await rejection(rpc('organizations__create', { p_name: 'acme' }));
+    expect(err.code).toBe('db_unavailable');
+  });
+
+  it.each([0, -1, 1.5, Number.NaN])('refuses requestTimeoutMs %s, naming the field', (v) => {
+    expect(() => makeSupabaseRpc({ url: URL_, serviceRoleKey: JWT, requestTimeoutMs: v })).toThrow(
+      /requestTimeoutMs/,
+    );
   });
 });

@@ -26,6 +26,14 @@ export const slotEnvFilePath = (slot: AgentSlot): string => `${ENV_DIR}/agent-${
  */
 export const ACTIVE_SLOT_PATH = `${ENV_DIR}/active-slot`;
 
+/**
+ * The agent's dynamic user (systemd `DynamicUser=`). Each slot runs as a user of its own,
+ * `cortex-agent-<slot>`, so the two instances of a swap have different uids: the old one cannot
+ * signal the new one. The plain (non-slot) unit keeps the bare name.
+ */
+export const AGENT_USER = 'cortex-agent';
+export const slotUser = (slot: AgentSlot): string => `${AGENT_USER}-${slot}`;
+
 export const AGENT_TEMPLATE_UNIT = 'cortex-agent@.service';
 export const AGENT_TEMPLATE_UNIT_PATH = `/etc/systemd/system/${AGENT_TEMPLATE_UNIT}`;
 export const agentUnitName = (slot: AgentSlot): string => `cortex-agent@${slot}.service`;

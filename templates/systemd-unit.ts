@@ -1,6 +1,7 @@
 import { ENV_FILE_PATH } from '../orchestrator/remote/env-file';
 import {
   AGENT_TEMPLATE_UNIT,
+  AGENT_USER,
   AGENT_TEMPLATE_UNIT_PATH,
   ENV_DIR,
   FIRST_SLOT,
@@ -52,6 +53,7 @@ const render = (
   execStart: readonly string[],
   environmentFiles: readonly string[],
   slotDescription: string,
+  user: string,
 ): string =>
   fillTemplate(loadTemplate('cortex-agent.service.tmpl'), {
     runtime: runtime.name,
@@ -60,6 +62,7 @@ const render = (
     environmentFiles: environmentFiles.map((f) => `EnvironmentFile=${f}`).join('\n'),
     runtimeOptions: runtime.unitOptions.join('\n'),
     metadataBlockUnit: METADATA_BLOCK_UNIT,
+    user,
   });
 
 /** A plain (non-template) unit with one env file. */
@@ -67,14 +70,14 @@ export const renderAgentUnit = (runtime: RuntimeProfile, envFile: string = ENV_F
   checkRuntime(runtime);
   if (!PLAIN_WORD.test(envFile) || !envFile.startsWith('/'))
     throw new Error('envFile must be an absolute plain path');
-  return render(runtime, runtime.execStart, [envFile], '');
+  return render(runtime, runtime.execStart, [envFile], '', AGENT_USER);
 };
 
 /**
  * The template unit `cortex-agent@.service`: instance `%i` is the slot. Its env file is
  * `/etc/cortex/agent-%i.env`; its port comes from `/usr/local/lib/cortex/slot-%i.env`
  * (`CORTEX_AGENT_PORT=…`, listed second so it wins, and a reserved name the env file cannot set),
- * substituted into the runtime's `--port=` word.
+ * substituted into the runtime's `--port=` word. Its user is `cortex-agent-%i`, one per slot.
  */
 export const renderAgentTemplateUnit = (runtime: RuntimeProfile): string => {
   checkRuntime(runtime);
@@ -90,5 +93,7 @@ export const renderAgentTemplateUnit = (runtime: RuntimeProfile): string => {
     execStart,
     [`${ENV_DIR}/agent-%i.env`, '/usr/local/lib/cortex/slot-%i.env'],
     ', slot %i',
+    // One dynamic user per slot (slotUser): the old instance cannot signal the new one.
+    `${AGENT_USER}-%i`,
   );
 };

@@ -6,12 +6,14 @@ import { agentServerFiles, METADATA_BLOCK_SCRIPT_PATH } from '../../../templates
 import { echoRuntime, openclawRuntime, type RuntimeProfile } from '../../../templates/runtime-profiles';
 import { ENV_FILE_PATH } from '../../../orchestrator/remote/env-file';
 import {
+  AGENT_SLOTS,
   SLOT_PORT_VARIABLE,
   UPSTREAM_SCRIPT_PATH,
   UPSTREAM_UNIT,
   UPSTREAM_UNIT_PATH,
   slotEnvFilePath,
   slotSettingsPath,
+  slotUser,
 } from '../../../templates/agent-slots';
 import {
   AGENT_UNIT_NAME,
@@ -124,7 +126,7 @@ describe('agent systemd unit', () => {
     },
   );
 
-  it('the template unit: env file and port per slot (%i), the port file read last, one dynamic user', () => {
+  it('the template unit: env file, port and dynamic user per slot (%i), the port file read last', () => {
     const l = lines(renderAgentTemplateUnit(echoRuntime()));
     const envFiles = l.filter((x) => x.startsWith('EnvironmentFile='));
     // The slot's env file, then its port: a later file wins, so the env file cannot move the port.
@@ -138,10 +140,17 @@ describe('agent systemd unit', () => {
     expect(renderAgentTemplateUnit(openclawRuntime())).toMatch(
       /^ExecStart=\/usr\/local\/bin\/openclaw gateway run --port=\$\{CORTEX_AGENT_PORT\} --bind=loopback/m,
     );
-    expect(l).toEqual(expect.arrayContaining(['DynamicUser=yes', 'User=cortex-agent']));
+    // A dynamic user per slot (R5 #8): blue and green never share a uid, so the old instance of a
+    // swap cannot signal the new one (test/integration/slot-isolation.test.ts).
+    expect(l).toEqual(expect.arrayContaining(['DynamicUser=yes', 'User=cortex-agent-%i']));
+    expect(l.filter((x) => x.startsWith('User='))).toHaveLength(1);
+    expect(AGENT_SLOTS.map((s) => `User=cortex-agent-${s}`)).toEqual(
+      AGENT_SLOTS.map((s) => `User=${slotUser(s)}`),
+    );
+    expect(lines(renderAgentUnit(echoRuntime()))).toContain('User=cortex-agent');
     // Everything else is the plain unit's sandbox, line for line.
     const plain = lines(renderAgentUnit(echoRuntime()));
-    const differs = (x: string) => /^(EnvironmentFile|ExecStart|Description)=/.test(x);
+    const differs = (x: string) => /^(EnvironmentFile|ExecStart|Description|User)=/.test(x);
     expect(l.filter((x) => !differs(x))).toEqual(plain.filter((x) => !differs(x)));
   });
 

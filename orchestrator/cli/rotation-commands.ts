@@ -87,7 +87,11 @@ const readValue = async (ctx: CliContext, file: string | undefined): Promise<Sec
 
 const json = (ctx: CliContext, v: unknown): void => ctx.out(`${JSON.stringify(v, null, 2)}\n`);
 
-const describeRotation = (ctx: CliContext, r: Rotation): void => {
+/** The deployments a completed rotation left on an older version (rolled back, or failed). */
+const leftBehind = (r: Rotation): Rotation['deployments'] =>
+  r.deployments.filter((d) => d.state === 'rolled_back' || d.state === 'failed');
+
+export const describeRotation = (ctx: CliContext, r: Rotation): void => {
   ctx.out(
     `rotation ${r.id}  ${r.state}  secret ${r.secretId}  v${r.fromVersion} → v${r.toVersion}${r.leaked ? '  (leaked)' : ''}\n`,
   );
@@ -95,12 +99,23 @@ const describeRotation = (ctx: CliContext, r: Rotation): void => {
     ctx.out(
       `  ${d.deploymentId}  ${d.state.padEnd(11)} from v${d.fromVersion}${d.reason ? `  ${d.reason}` : ''}\n`,
     );
-  if (r.state === 'completed')
-    ctx.out(
-      r.oldRetiredAt
-        ? `  old version retired at ${r.oldRetiredAt}\n`
-        : `  old version kept until ${r.retireAfter ?? '?'} (grace period)\n`,
-    );
+  if (r.state !== 'completed') return;
+  if (r.oldRetiredAt) {
+    ctx.out(`  old version retired at ${r.oldRetiredAt}\n`);
+    return;
+  }
+  // Not retired: the grace period, or (the only reason for a leak) a deployment still on it. A
+  // version in use is never deleted under its host; the maintenance sweep deletes it once none is.
+  const behind = leftBehind(r);
+  const users = behind.length
+    ? ` still used by ${behind.length} deployment(s) (${behind.map((d) => `${d.deploymentId} ${d.state}`).join(', ')}): ` +
+      'kept until none is (fix and retry or remove them, or rotate again); the maintenance sweep then deletes it'
+    : '';
+  ctx.out(
+    r.leaked
+      ? `  LEAKED version v${r.fromVersion} NOT deleted yet:${users || ' waiting for the maintenance sweep'}\n`
+      : `  old version kept until ${r.retireAfter ?? '?'} (grace period)${users ? `, and${users}` : ''}\n`,
+  );
 };
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -42,6 +42,8 @@ const httpPath = (p: string): string => {
   if (!HTTP_PATH.test(p)) throw invalidInput('path', 'must be a plain absolute URL path');
   return p;
 };
+/** What identifies a unit's running instance: `<NRestarts>:<ExecMainStartTimestampMonotonic>`. */
+const BASELINE = /^\d{1,10}:\d{0,20}$/;
 const slotUnit = (u: string): string => {
   if (!/^cortex-agent@(blue|green)\.service$/.test(u))
     throw invalidInput('unit', 'must be an agent slot unit');
@@ -181,7 +183,7 @@ export const swapCommands = {
   unitDigests: (u: string): Argv => helper('digests', slotUnit(u)),
   /**
    * Poll http://127.0.0.1:<port><path> from the host (every 100 ms, after 2 s every 250 ms) until
-   * 200 (exit 0), the unit crash-looping (exit 1, `crashloop <restarts> <state>`) or `timeoutMs`
+   * 200 (exit 0, `healthy <baseline>`: the instance that answered, see parseHealthyBaseline), the unit crash-looping (exit 1, `crashloop <restarts> <state>`) or `timeoutMs`
    * (exit 2, `timeout <state>`).
    */
   waitHealthyLoopback: (u: string, agentPort: number, path: string, timeoutMs: number): Argv => {
@@ -198,8 +200,10 @@ export const swapCommands = {
    * After traffic moved to `u` (on `agentPort`): poll its health there every 250 ms for at least
    * `soakMs`, and until no TCP connection is left to the old instance's port (`oldPort`; 0: none)
    * or `drainMs` have passed. Exit 1, `unhealthy probes|restarts|state <n> <state>`: 3 failed
-   * probes in a row, a restart of the unit, or the unit not active/running at the end (the old
-   * instance still runs: route back to it). Exit 0: `drained`, `drain-timeout <left>` or `soaked`.
+   * probes in a row, a restart of the unit since `baseline` (`parseHealthyBaseline` of the health
+   * wait's answer: the instance judged healthy; none: the soak's own start, a re-run's only choice),
+   * or the unit not active/running at the end (the old instance still runs: route back to it).
+   * Exit 0: `drained`, `drain-timeout <left>` or `soaked`.
    */
   soak: (
     u: string,
@@ -208,6 +212,7 @@ export const swapCommands = {
     soakMs: number,
     oldPort: number,
     drainMs: number,
+    baseline?: string,
   ): Argv => {
     if (!Number.isInteger(soakMs) || soakMs < 0 || soakMs > 600_000)
       throw invalidInput('soakMs', 'must be 0-600000');
@@ -215,6 +220,8 @@ export const swapCommands = {
       throw invalidInput('drainMs', 'must be 0-3600000');
     if (oldPort !== 0 && port(oldPort) === port(agentPort))
       throw invalidInput('oldPort', "must not be the new instance's port");
+    if (baseline !== undefined && !BASELINE.test(baseline))
+      throw invalidInput('baseline', 'must be <restarts>:<main start> as the health wait printed it');
     return helper(
       'soak',
       slotUnit(u),
@@ -223,6 +230,7 @@ export const swapCommands = {
       String(soakMs),
       oldPort === 0 ? '0' : port(oldPort),
       String(drainMs),
+      ...(baseline === undefined ? [] : [baseline]),
     );
   },
   /** The active-slot record, written atomically on the host (root:root 0600 in a 0700 directory). */
@@ -313,6 +321,17 @@ export const swapCommands = {
     `http://127.0.0.1:${port(agentPort)}${httpPath(path)}`,
   ],
 } as const;
+
+/**
+ * The instance a health wait (`waitHealthyLoopback`) judged healthy, as it printed it
+ * (`healthy <NRestarts>:<ExecMainStartTimestampMonotonic>`): the soak's baseline. Undefined when
+ * the answer names none (then the soak takes its own start as the baseline).
+ */
+export const parseHealthyBaseline = (r: ExecResult): string | undefined => {
+  if (r.code !== 0) return undefined;
+  const [word, baseline = ''] = r.stdout.toString('utf8').trim().split(' ');
+  return word === 'healthy' && BASELINE.test(baseline) ? baseline : undefined;
+};
 
 export const parseActiveSlot = (stdout: string): 'blue' | 'green' | undefined => {
   const s = stdout.trim();

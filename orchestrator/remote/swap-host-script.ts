@@ -14,18 +14,21 @@
  *   without that one-time key leaves the host. Exit 3: the unit runs no process.
  * - `wait-healthy <unit> <port> <path> <ms>`: GET http://127.0.0.1:<port><path> every 100 ms (after
  *   2 s every 250 ms; the unit's state every second) until
- *   200 (`healthy`, exit 0), a crash loop (`crashloop <restarts> <state>`, exit 1) or the deadline
+ *   200 (`healthy <NRestarts>:<ExecMainStartTimestampMonotonic>`, read right after that answer: the
+ *   baseline the soak compares with; `healthy -` when it cannot be read; exit 0), a crash loop (`crashloop <restarts> <state>`, exit 1) or the deadline
  *   (`timeout <state>`, exit 2). An answer begun after the deadline does not count. One probe takes
  *   3 s at most however slowly the listener answers (it may be hostile: a trickled answer must not
  *   hold the helper nor the lock); the status counts once the head is in (at most 64 KiB are
  *   read in all, the body within what is left of the bound).
  * - `port-holders <port>`: the listening sockets on the port (`ss -p`) and the cgroup of every
  *   process holding one, as JSON: the orchestrator decides whether they all belong to one unit.
- * - `soak <unit> <port> <path> <soak ms> <old port> <drain ms>`: after traffic moved to a new
+ * - `soak <unit> <port> <path> <soak ms> <old port> <drain ms> [<baseline>]`: after traffic moved to a new
  *   instance, GET its health path every 250 ms for at least `soak ms`, and until no ESTABLISHED
  *   TCP connection is left on `old port` (read from /proc/net/tcp{,6}; 0: no old instance) or
  *   `drain ms` have passed: `drained`, `drain-timeout <left>` or `soaked` (exit 0). Three failed
- *   probes in a row, a restart of the unit (NRestarts read at the start and the end) or a unit not
+ *   probes in a row, a restart of the unit (NRestarts or its main process's start, read at the
+ *   start and the end, no longer what wait-healthy's `baseline` was: a restart between the health
+ *   check and the soak counts; `-` or none: the soak's start is the baseline) or a unit not
  *   active/running at the end: `unhealthy probes|restarts|state <n> <state>` (exit 1), the old
  *   instance still there to go back to.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
@@ -172,6 +175,20 @@ def probe(port, path):
     return status
 
 
+IDENTITY = ["NRestarts", "ExecMainStartTimestampMonotonic", "ActiveState", "SubState"]
+BASELINE = re.compile(r"[0-9]{1,10}:[0-9]{0,20}")
+
+
+def identity(p):
+    # "<NRestarts>:<ExecMainStartTimestampMonotonic>" (the main process's start, empty when not
+    # known) or "-" when the restart count cannot be read; and the state words.
+    r = p.get("NRestarts", "")
+    m = p.get("ExecMainStartTimestampMonotonic", "")
+    words = [p.get(k, "") for k in ("ActiveState", "SubState")]
+    state = "/".join(w for w in words if STATE_WORD.fullmatch(w)) or "unknown"
+    return (r + ":" + (m if m.isdigit() and len(m) <= 20 else "") if r.isdigit() and len(r) <= 10 else "-"), state
+
+
 def wait_healthy(args, data):
     unit = unit_arg(args[0])
     port = int_arg(args[1], 1, 65535)
@@ -189,7 +206,11 @@ def wait_healthy(args, data):
         now = time.monotonic()
         in_time = now < until
         if probe(port, args[2]) == 200 and in_time:
-            return 0, b"healthy\n"
+            # The moment it is judged healthy: which process that was (its restart count and its main
+            # process's start), read at once (a crash after the answer is restarted RestartSec, 1 s,
+            # later at the earliest), for the soak to compare with: a restart between this answer
+            # and the soak's start (during the route switch) is a restart after the health check.
+            return 0, ("healthy %s\n" % identity(props(unit, IDENTITY))[0]).encode()
         now = time.monotonic()
         late = now >= until
         if now >= next_state or late:
@@ -234,12 +255,16 @@ SOAK_FAILS = 3
 def soak(args, data):
     # After traffic moved to a new instance: it must stay healthy while the old one drains. GET
     # <path> on its port every 250 ms; SOAK_FAILS failed probes in a row, or any restart of its unit
-    # (NRestarts, read at the start and at the end), or a unit not active/running at the end, is
-    # 'unhealthy ...' (exit 1: the old instance still runs, the swap routes back to it). Otherwise it
-    # ends once 'soak ms' have passed and no connection is left to 'old port' ('drained'; 0: no old
-    # instance, 'soaked'), or once 'drain ms' have passed ('drain-timeout <connections left>'),
-    # always on a good probe (a failed last one is asked again: at most SOAK_FAILS - 1 probes past
-    # those bounds). It exits at once when the connection it answers on is gone.
+    # since 'baseline' (what wait-healthy printed when it judged the instance healthy: NRestarts and
+    # the main process's start; '-' or absent: read at the soak's start, as a re-run after a cut
+    # must, the first run's answer being gone), or a unit not active/running at the end, is
+    # 'unhealthy ...' (exit 1: the old instance still runs, the swap routes back to it). A restart
+    # before the soak starts (between the health check and the route switch) fails it at once.
+    # Otherwise it ends once 'soak ms' have passed and no connection is left to 'old port'
+    # ('drained'; 0: no old instance, 'soaked'), or once 'drain ms' have passed ('drain-timeout
+    # <connections left>'), always on a good probe (a failed last one is asked again: at most
+    # SOAK_FAILS - 1 probes past those bounds). It exits at once when the connection it answers on
+    # is gone.
     unit = unit_arg(args[0])
     port = int_arg(args[1], 1, 65535)
     if not HTTP_PATH.fullmatch(args[2]):
@@ -249,12 +274,18 @@ def soak(args, data):
     drain_ms = int_arg(args[5], 0, 3600000)
     if old_port == port:
         raise Bad("old port")
+    baseline = args[6] if len(args) > 6 else "-"
+    if baseline != "-" and not BASELINE.fullmatch(baseline):
+        raise Bad("baseline")
 
-    def restarts_state():
-        p = props(unit, ["NRestarts", "ActiveState", "SubState"])
-        r = p.get("NRestarts", "")
-        words = [p.get(k, "") for k in ("ActiveState", "SubState")]
-        return (int(r) if r.isdigit() else -1), "/".join(w for w in words if STATE_WORD.fullmatch(w)) or "unknown"
+    def restarted(now):
+        # None when 'now' is the process judged healthy, else the restarts to report (-1: unknown).
+        if baseline == "-" or now == "-":
+            return -1
+        if now == baseline:
+            return None
+        grew = int(now.partition(":")[0]) - int(baseline.partition(":")[0])
+        return grew if grew > 0 else 1
 
     # The connection this answers on: once its reader is gone (the SSH channel closed) nobody waits
     # for the answer, and the host's swap lock must not be held to the end of the soak.
@@ -264,7 +295,12 @@ def soak(args, data):
     start = time.monotonic()
     soak_until = start + soak_ms / 1000
     drain_until = start + max(soak_ms, drain_ms) / 1000
-    before, _ = restarts_state()
+    now, state = identity(props(unit, IDENTITY))
+    if baseline == "-":
+        baseline = now
+    n = restarted(now)
+    if n is not None:
+        return 1, ("unhealthy restarts %d %s\n" % (n, state)).encode()
     fails = 0
     while True:
         if hangup.poll(0):
@@ -274,17 +310,18 @@ def soak(args, data):
         else:
             fails += 1
             if fails >= SOAK_FAILS:
-                _, state = restarts_state()
+                _, state = identity(props(unit, IDENTITY))
                 return 1, ("unhealthy probes %d %s\n" % (fails, state)).encode()
-        now = time.monotonic()
+        t = time.monotonic()
         # It ends on a good probe only: a failed one is asked again until it answers or fails
         # SOAK_FAILS times in a row.
-        if now >= soak_until and fails == 0:
+        if t >= soak_until and fails == 0:
             left = established(old_port) if old_port else 0
-            if left == 0 or now >= drain_until:
-                after, state = restarts_state()
-                if before < 0 or after != before:
-                    return 1, ("unhealthy restarts %d %s\n" % (max(after - before, 0) if before >= 0 and after >= 0 else -1, state)).encode()
+            if left == 0 or t >= drain_until:
+                now, state = identity(props(unit, IDENTITY))
+                n = restarted(now)
+                if n is not None:
+                    return 1, ("unhealthy restarts %d %s\n" % (n, state)).encode()
                 if state != "active/running":
                     return 1, ("unhealthy state 0 %s\n" % state).encode()
                 if not old_port:

@@ -278,16 +278,25 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           const back = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts);
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }
-        // the swap's reason (unit names, ports) is logged below, not recorded
+        // the swap's reason (unit names, ports) is logged below, not recorded. A route back whose
+        // old instance did not answer through Caddy is rolled back (the old environment is what
+        // the host has) but not known to serve: recorded as such, logged as an error.
+        const unverified = r.code === 'rollback_unverified';
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
-          reason: 'unhealthy',
+          reason: unverified ? 'unhealthy_rollback_unverified' : 'unhealthy',
           swapMode: r.mode,
           ...ctx,
         });
-        dlog.warn(
-          { mode: r.mode, reason: r.reason },
-          'deployment not healthy on the new version: rolled back',
-        );
+        if (unverified)
+          dlog.error(
+            { mode: r.mode, reason: r.reason },
+            'deployment not healthy on the new version: routed back, but the old environment did not answer through Caddy',
+          );
+        else
+          dlog.warn(
+            { mode: r.mode, reason: r.reason },
+            'deployment not healthy on the new version: rolled back',
+          );
       } finally {
         await shell.close().catch(() => undefined);
       }

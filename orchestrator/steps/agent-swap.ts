@@ -8,6 +8,7 @@ import {
   cgroupIsUnit,
   parseActiveSlot,
   parseBatchOutput,
+  parseHealthyBaseline,
   parsePortHolders,
   parseUpstreamRoute,
   SESSION_END_LINE,
@@ -61,7 +62,9 @@ import {
  *
  * Contract: the new environment is health-checked before traffic moves. `healthy: false` means it
  * was not healthy and the host is as before (the old instance serving with the old environment,
- * nothing of the new attempt left running or on disk), so a rollback is only a database change. A
+ * nothing of the new attempt left running or on disk), so a rollback is only a database change;
+ * where the old environment had to be put back (routed back to, or its previous file restored),
+ * it is checked through Caddy again, and `code: 'rollback_unverified'` says it did not answer. A
  * thrown error (SSH dropped, aborted) means "not known": run the swap again with the same input.
  *
  * Crash safety: every step is re-entrant. A swap first reads where it is — the slot the live nft
@@ -82,9 +85,13 @@ export interface AgentSwapInput {
 /**
  * Why a swap is not healthy, where a caller may act on it: `port_held_by_foreign_process` — the new
  * slot's port is (also) held by a process outside the new slot's unit, so its 200 proves nothing
- * (an agent of the other slot, both run as one dynamic user, can bind it first).
+ * (an agent of the other slot, both run as one dynamic user, can bind it first);
+ * `rollback_unverified` — the new instance failed its soak (or its check through Caddy after the
+ * switch) and traffic was routed back to the old one (the live rule checked, the new one
+ * discarded), but the old one did not answer its health check through Caddy afterwards: the host
+ * is on the old environment and may not be serving.
  */
-export type SwapFailureCode = 'port_held_by_foreign_process';
+export type SwapFailureCode = 'port_held_by_foreign_process' | 'rollback_unverified';
 
 export interface AgentSwapResult {
   readonly mode: SwapMode;
@@ -118,6 +125,11 @@ export interface AgentSwapOptions {
 export const swapModeOf = (runtime: RuntimeName): SwapMode => runtimeProfile(runtime).swapMode;
 
 const THROUGH_CADDY_TIMEOUT_MS = 20_000;
+/**
+ * After a route back, how long the old instance (which never stopped) may take to answer through
+ * Caddy: a few tries, not the forward switch's 20 s (it served until a soak ago).
+ */
+const ROUTE_BACK_PROBE_MS = 10_000;
 /** How long a new instance must stay healthy after the switch (AgentSwapOptions.soakSeconds). */
 export const DEFAULT_SOAK_SECONDS = 5;
 /** How often a host-side poll asks again (health through Caddy, drain). */
@@ -449,7 +461,10 @@ const settle = async (
 /**
  * The soak of a new instance (swapCommands.soak) as a batch step, and how long it may run: the
  * longer of the soak and the drain, plus three probes' own bounds (3 s each: a failed last probe
- * is asked again until it answers or fails three times in a row).
+ * is asked again until it answers or fails three times in a row). `baseline`: the instance its
+ * health wait judged healthy (parseHealthyBaseline), so that a restart between that answer and the
+ * soak (during the route switch) fails it; a re-run after a cut has none (that answer went with
+ * the cut run) and the soak's own start is the baseline: a restart before it is not seen then.
  */
 const soakStep = (
   unit: string,
@@ -458,9 +473,10 @@ const soakStep = (
   soakSeconds: number,
   oldPort: number,
   drainSeconds: number,
+  baseline?: string,
 ): { readonly step: BatchStep; readonly boundMs: number } => ({
   step: {
-    argv: swapCommands.soak(unit, port, path, soakSeconds * 1000, oldPort, drainSeconds * 1000),
+    argv: swapCommands.soak(unit, port, path, soakSeconds * 1000, oldPort, drainSeconds * 1000, baseline),
     required: true,
   },
   boundMs: Math.max(soakSeconds, drainSeconds) * 1000 + 10_000,
@@ -512,16 +528,21 @@ const slotUnhealthy = (
 /**
  * Traffic back to `to` (still running its environment) after `from` failed its soak; once that
  * route is checked, `from` is left to finish what it serves (no TCP connection left to its port,
- * at most `drainSeconds`), then discarded (stopped, disabled, its env file removed).
+ * at most `drainSeconds`), then discarded (stopped, disabled, its env file removed); then `to` is
+ * checked end to end like the forward switch (HTTPS through Caddy, polled on the host for
+ * ROUTE_BACK_PROBE_MS). Returns why that check failed, or undefined: a route back whose old
+ * instance does not answer is no clean rollback.
  */
 const routeBack = async (
   shell: RemoteShell,
+  at: Where,
+  healthPath: string,
   to: AgentSlot,
   from: AgentSlot,
   basePort: number,
   drainSeconds: number,
   o: ExecOptions,
-): Promise<void> => {
+): Promise<string | undefined> => {
   const back = await runBatch(
     shell,
     [
@@ -533,12 +554,30 @@ const routeBack = async (
         poll: { everyMs: POLL_EVERY_MS, forMs: drainSeconds * 1000 },
       },
       ...discardSteps(from),
+      caddyProbe(at, healthPath, ROUTE_BACK_PROBE_MS),
     ],
     o,
   );
   const reason = routeFailed(back, to, basePort);
   if (reason) throw new OrchestratorError('remote_command_failed', reason);
+  return throughCaddyFailed(back[back.length - 1] ?? NOT_RUN, ROUTE_BACK_PROBE_MS);
 };
+
+/**
+ * A swap routed back to the old slot (its new slot failed its soak, or was not healthy through
+ * Caddy after the switch): not healthy, and `rollback_unverified` when the old slot did not answer
+ * through Caddy afterwards (`backFailed`): a route back is only a clean rollback once proven.
+ */
+const routedBack = (fellOver: string, to: AgentSlot, backFailed: string | undefined): AgentSwapResult =>
+  backFailed
+    ? {
+        mode: 'blue-green',
+        healthy: false,
+        reason: `${fellOver}; routed back to ${agentUnitName(to)}, which was ${backFailed}`,
+        code: 'rollback_unverified',
+        slot: to,
+      }
+    : { mode: 'blue-green', healthy: false, reason: fellOver, slot: to };
 
 const blueGreen = async (
   shell: RemoteShell,
@@ -587,10 +626,12 @@ const blueGreen = async (
         : {}),
     });
     const fellOver = way ? soakFailed(agentUnitName(serving), watch) : undefined;
-    if (fellOver) {
-      await routeBack(shell, other, serving, base, drainSeconds, o);
-      return { mode: 'blue-green', healthy: false, reason: fellOver, slot: other };
-    }
+    if (fellOver)
+      return routedBack(
+        fellOver,
+        other,
+        await routeBack(shell, at, profile.healthPath, other, serving, base, drainSeconds, o),
+      );
     const reason = throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS);
     return reason ? failed(reason) : done(serving);
   }
@@ -640,11 +681,24 @@ const blueGreen = async (
     routeFailed(moved.slice(1), target, base) ??
     throughCaddyFailed(moved[moved.length - 1] ?? NOT_RUN, THROUGH_CADDY_TIMEOUT_MS);
   if (notSwitched) {
-    // Back to the old slot; only once that route is checked is the new one discarded.
-    const back = await runBatch(shell, [...routeSteps(serving, base), ...discardSteps(target)], o);
+    // Back to the old slot; only once that route is checked is the new one discarded; then the old
+    // one checked through Caddy, as after a failed soak (routeBack).
+    const back = await runBatch(
+      shell,
+      [
+        ...routeSteps(serving, base),
+        ...discardSteps(target),
+        caddyProbe(at, profile.healthPath, ROUTE_BACK_PROBE_MS),
+      ],
+      o,
+    );
     const reason = routeFailed(back, serving, base);
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
-    return failed(notSwitched);
+    return routedBack(
+      notSwitched,
+      serving,
+      throughCaddyFailed(back[back.length - 1] ?? NOT_RUN, ROUTE_BACK_PROBE_MS),
+    );
   }
 
   // 3. The new instance watched while the old one drains (soak); then the old one disabled,
@@ -652,13 +706,23 @@ const blueGreen = async (
   // the old one, which still runs with the old environment, and discarded.
   const { watch } = await settle(shell, at, target, base, drainSeconds, o, {
     routed: true,
-    watch: soakStep(unit, port, profile.healthPath, soakSeconds, slotPort(base, serving), drainSeconds),
+    watch: soakStep(
+      unit,
+      port,
+      profile.healthPath,
+      soakSeconds,
+      slotPort(base, serving),
+      drainSeconds,
+      parseHealthyBaseline(started[4] ?? NOT_RUN),
+    ),
   });
   const fellOver = soakFailed(unit, watch);
-  if (fellOver) {
-    await routeBack(shell, serving, target, base, drainSeconds, o);
-    return failed(fellOver);
-  }
+  if (fellOver)
+    return routedBack(
+      fellOver,
+      serving,
+      await routeBack(shell, at, profile.healthPath, serving, target, base, drainSeconds, o),
+    );
   return done(target);
 };
 
@@ -682,16 +746,39 @@ const heldRestart = async (
       ? { mode: 'held-restart', healthy: false, reason, slot }
       : { mode: 'held-restart', healthy: true, slot };
   const port = slotPort(profile.port, slot);
-  const restore = async (): Promise<void> => {
-    await runBatch(
+  /**
+   * The previous env file put back and the unit restarted on it, then proven like the new one was
+   * (its own port, its port's owner, through Caddy): `reason` is why the new one was not kept; the
+   * result says `rollback_unverified` when the old one is not proven either.
+   */
+  const restore = async (reason: string): Promise<AgentSwapResult> => {
+    const [moved = NOT_RUN, , ...checked] = await runBatch(
       shell,
       [
         { argv: swapCommands.moveEnvFile(previous, file) },
         { argv: agentCommands.resetFailed(unit) },
         { argv: agentCommands.restart(unit) },
+        { argv: swapCommands.waitHealthyLoopback(unit, port, profile.healthPath, healthMs), required: true },
+        { argv: swapCommands.portHolders(port) },
+        caddyProbe(at, profile.healthPath, ROUTE_BACK_PROBE_MS),
       ],
       o,
+      { boundMs: healthMs },
     );
+    const viaCaddy = throughCaddyFailed(checked[3] ?? NOT_RUN, ROUTE_BACK_PROBE_MS);
+    const backFailed =
+      moved.code !== 0
+        ? `the previous env file was not put back (exit ${moved.code})`
+        : (slotUnhealthy(unit, port, healthMs, checked)?.reason ?? (viaCaddy && `${unit} was ${viaCaddy}`));
+    return backFailed
+      ? {
+          mode: 'held-restart',
+          healthy: false,
+          reason: `${reason}; after its previous env file was put back, ${backFailed}`,
+          code: 'rollback_unverified',
+          slot,
+        }
+      : result(reason);
   };
   if (at.runs(slot)) {
     // The previous file still kept means a run was cut before the restarted instance was proven
@@ -703,10 +790,7 @@ const heldRestart = async (
       ...(way ? { watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0) } : {}),
     });
     const fellOver = way ? soakFailed(unit, watch) : undefined;
-    if (fellOver) {
-      await restore();
-      return result(fellOver);
-    }
+    if (fellOver) return restore(fellOver);
     return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
@@ -739,13 +823,20 @@ const heldRestart = async (
     // Soak: the restarted instance must stay healthy a while before the kept file goes.
     const { watch } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
       routed: false,
-      watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0),
+      watch: soakStep(
+        unit,
+        port,
+        profile.healthPath,
+        soakSeconds,
+        0,
+        0,
+        parseHealthyBaseline(checked[1] ?? NOT_RUN),
+      ),
     });
     reason = soakFailed(unit, watch);
     if (reason === undefined) return result(undefined);
   }
-  if (kept) await restore();
-  return result(reason);
+  return kept ? restore(reason) : result(reason);
 };
 
 /**

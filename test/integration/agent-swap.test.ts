@@ -390,6 +390,68 @@ describe('agent swap on a real local host', () => {
     for (const old of keys.slice(0, -1)) expect(await filesHolding(old)).toBe('');
   });
 
+  it('a new instance that crashes and is restarted by systemd between its health check and its soak (during the switch): the soak sees the restart, traffic goes back, the old slot answers through Caddy', async () => {
+    const slot = await serving();
+    const current = keys[keys.length - 1] as string;
+    const key = newKey();
+    // Right before the batch holding the soak is sent (the route has moved), the new instance's
+    // main process is killed and the test waits until systemd (Restart=always, RestartSec=1) has
+    // it answering again on its own port: every probe of the soak then answers, and only the
+    // baseline taken at the health check tells this instance from the one judged healthy.
+    let restarted = false;
+    /** For each batch sent after the soak's: does it probe the agent's site through Caddy? */
+    const afterSoak: boolean[] = [];
+    const restarting: RemoteShell = {
+      exec: async (argv, opts) => {
+        const steps = decodeBatch(argv);
+        const soak = steps?.find((st) => st.argv[0] === 'python3' && st.argv[4] === 'soak');
+        if (soak && !restarted) {
+          restarted = true;
+          const unit = soak.argv[5] as string;
+          const port = Number(soak.argv[6]);
+          const pid = parseMainPid(await text(shell, agentCommands.mainPid(unit)));
+          expect(pid).toBeGreaterThan(1);
+          await run(shell, ['kill', '-9', String(pid)]);
+          let back = false;
+          for (let i = 0; i < 120 && !back; i++) {
+            await sleep(250);
+            const now = parseMainPid(await text(shell, agentCommands.mainPid(unit)));
+            back =
+              now > 1 &&
+              now !== pid &&
+              (await shell.exec(swapCommands.httpProbeLoopback(port, runtime.healthPath))).stdout
+                .toString('utf8')
+                .trim() === '200';
+          }
+          expect(back).toBe(true);
+        } else if (restarted && steps)
+          afterSoak.push(
+            steps.some(
+              (st) =>
+                st.argv[0] === 'curl' && st.argv.at(-1) === `https://${siteName}:443${runtime.healthPath}`,
+            ),
+          );
+        return shell.exec(argv, opts);
+      },
+      writeFileAtomic: (p, c, o) => shell.writeFileAtomic(p, c, o),
+      close: async () => undefined,
+    };
+    const result = await swapAgentEnvironment(restarting, { deploymentId, runtime: 'echo', env: envOf(key) });
+    expect(restarted).toBe(true);
+    const idle: AgentSlot = slot === 'blue' ? 'green' : 'blue';
+    // not healthy, and a clean rollback: the old slot answered through Caddy after the route back
+    expect(result).toEqual({
+      mode: 'blue-green',
+      healthy: false,
+      reason: `${agentUnitName(idle)} restarted after the switch (active/running)`,
+      slot,
+    });
+    // one batch after the soak's (the route back), closed by the probe through Caddy
+    expect(afterSoak).toEqual([true]);
+    await expectSettled(slot, current);
+    expect(await filesHolding(key)).toBe('');
+  });
+
   it('held restart (the fallback): Caddy holds requests while the one instance restarts; zero failures, new value, no previous file left', async () => {
     const slot = await serving();
     const key = newKey();

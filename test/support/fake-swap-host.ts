@@ -26,6 +26,13 @@ export const makeSwapHost = (
     deaf?: string;
     /** A unit that answers its first health checks, then stops answering (its soak fails). */
     fallsOver?: string;
+    /**
+     * A unit that crashes right after its health wait passed and is restarted by systemd
+     * (Restart=always) before its soak starts: NRestarts and its main process's start change.
+     */
+    restartsAfterHealthy?: string;
+    /** While this says so, HTTPS through Caddy answers 502 (Caddy up, its upstream not answering). */
+    caddyFails?: () => boolean;
     /** The shell can hold the helper's session (`openLines`), as the SSH adapter can. */
     session?: boolean;
     /** The session's helper is gone after this many requests (later ones end with no answer). */
@@ -43,6 +50,11 @@ export const makeSwapHost = (
   /** The environment each running unit was started with (read from its slot's env file). */
   const unitEnv = new Map<string, Map<string, string>>();
   const active = new Set<string>();
+  /** What identifies a unit's running instance: its restarts and its main process's start. */
+  const restarts = new Map<string, number>();
+  const mainStart = new Map<string, number>();
+  let clock = 1_000_000;
+  const instance = (u: string): string => `${restarts.get(u) ?? 0}:${mainStart.get(u) ?? 0}`;
   let route = BLUE_PORT;
   let nextPid = 1000;
   /** What the outer shell was sent: one entry per SSH round trip (`write <path>` for an SFTP write). */
@@ -67,6 +79,8 @@ export const makeSwapHost = (
         : undefined;
   const startUnit = (u: string): void => {
     active.add(u);
+    restarts.set(u, 0);
+    mainStart.set(u, (clock += 1_000));
     const port = unitPort(u);
     if (port === undefined) return;
     const file = files.get(slotEnvFilePath(u.includes('@green') ? 'green' : 'blue'));
@@ -126,7 +140,7 @@ export const makeSwapHost = (
     if (verb === 'show') {
       const prop = argv.find((a) => a.startsWith('--property=')) ?? '';
       if (prop === '--property=MainPID') return ok(`${mainPids.get(u) ?? 0}\n`);
-      if (prop === '--property=NRestarts') return ok('0\n');
+      if (prop === '--property=NRestarts') return ok(`${restarts.get(u) ?? 0}\n`);
       return ok(active.has(u) ? 'active\nrunning\nsuccess\n0\n' : 'inactive\ndead\nsuccess\n0\n');
     }
     return ok(); // enable, disable, reset-failed
@@ -182,6 +196,7 @@ export const makeSwapHost = (
     const url = argv[argv.length - 1] ?? '';
     // Through Caddy: whatever listens where the route leads answers; straight: whatever listens there.
     const port = url.startsWith('https://') ? route : Number(/127\.0\.0\.1:(\d+)\//.exec(url)?.[1]);
+    if (url.startsWith('https://') && o.caddyFails?.()) return ok('502');
     return (listeners.get(port) ?? []).length > 0 ? ok('200') : no(7);
   });
 
@@ -217,15 +232,24 @@ export const makeSwapHost = (
       );
     }
     if (mode === 'wait-healthy') {
-      const port = Number(args[1]);
-      return (listeners.get(port) ?? []).length > 0 ? ok('healthy\n') : no(2, 'timeout active/running\n');
+      const [u = '', port = ''] = args;
+      if ((listeners.get(Number(port)) ?? []).length === 0) return no(2, 'timeout active/running\n');
+      const healthy = ok(`healthy ${instance(u)}\n`);
+      if (u === o.restartsAfterHealthy) {
+        restarts.set(u, (restarts.get(u) ?? 0) + 1);
+        mainStart.set(u, (clock += 1_000));
+      }
+      return healthy;
     }
     if (mode === 'soak') {
-      // [unit, port, path, soakMs, oldPort, drainMs]: healthy while something listens on its port
-      // and the unit is not the one that falls over; the old port has nothing left to drain.
-      const [u = '', p = '', , , oldPort = '0'] = args;
+      // [unit, port, path, soakMs, oldPort, drainMs, baseline?]: healthy while something listens on
+      // its port and the unit is not the one that falls over, and (given a baseline) it is still
+      // that instance; the old port has nothing left to drain.
+      const [u = '', p = '', , , oldPort = '0', , baseline] = args;
       if (u === o.fallsOver || !active.has(u) || (listeners.get(Number(p)) ?? []).length === 0)
         return no(1, 'unhealthy probes 3 active/running\n');
+      if (baseline !== undefined && baseline !== instance(u))
+        return no(1, 'unhealthy restarts 1 active/running\n');
       return ok(oldPort === '0' ? 'soaked\n' : 'drained\n');
     }
     if (mode === 'port-holders') {
@@ -326,6 +350,8 @@ export const makeSwapHost = (
     listen,
     active,
     route: () => route,
+    /** A unit's running instance as `systemctl show` would tell it: `<NRestarts>:<main start>`. */
+    instance,
     openSessions: () => openSessions,
   };
 };

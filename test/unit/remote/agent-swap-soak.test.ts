@@ -26,6 +26,14 @@ const swap = (h: SwapHost, v: string, o: AgentSwapOptions = {}) =>
 /** The helper's mode and arguments of every helper step run on the host (not the script itself). */
 const helperCalls = (h: SwapHost, mode: string): string[][] =>
   h.fake.calls.filter((c) => c[0] === 'python3' && c[4] === mode).map((c) => c.slice(5));
+/**
+ * The instance of `unit` now (`<restarts>:<main start>`), as its health wait printed it when it
+ * judged it healthy (the fake's unit has not restarted since).
+ */
+const healthyAnswer = (h: SwapHost, unit: string): string => {
+  expect(h.instance(unit)).toMatch(/^\d+:\d+$/);
+  return h.instance(unit);
+};
 const inner = (h: SwapHost): string[] =>
   h.fake.calls.map((c) => (c[0] === 'python3' ? ['python3', ...c.slice(4)] : c).join(' '));
 
@@ -37,9 +45,18 @@ describe('the soak after the switch', () => {
       healthy: true,
       slot: 'green',
     });
-    // unit, its port, the health path, the soak, the old slot's port to drain, the drain bound
+    // unit, its port, the health path, the soak, the old slot's port to drain, the drain bound,
+    // and the instance its health wait judged healthy (restarts:main start, as the wait printed it)
     expect(helperCalls(h, 'soak')).toEqual([
-      ['cortex-agent@green.service', String(GREEN_PORT), '/health', '7000', String(BLUE_PORT), '1000'],
+      [
+        'cortex-agent@green.service',
+        String(GREEN_PORT),
+        '/health',
+        '7000',
+        String(BLUE_PORT),
+        '1000',
+        healthyAnswer(h, 'cortex-agent@green.service'),
+      ],
     ]);
     const lines = inner(h);
     const soakAt = lines.findIndex((l) => l.startsWith('python3 soak '));
@@ -93,7 +110,15 @@ describe('the soak after the switch', () => {
       slot: 'blue',
     });
     expect(helperCalls(ok, 'soak')).toEqual([
-      ['cortex-agent@blue.service', String(BLUE_PORT), '/health', '3000', '0', '0'],
+      [
+        'cortex-agent@blue.service',
+        String(BLUE_PORT),
+        '/health',
+        '3000',
+        '0',
+        '0',
+        healthyAnswer(ok, 'cortex-agent@blue.service'),
+      ],
     ]);
     expect(ok.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
 
@@ -206,6 +231,167 @@ describe('the soak after the switch', () => {
     const stopped = lines.lastIndexOf('systemctl stop cortex-agent@green.service');
     expect(drained).toBeGreaterThan(soakAt);
     expect(stopped).toBeGreaterThan(drained);
+  });
+
+  // Review R5 #7: the restart baseline is the instance the health wait judged healthy, not the one
+  // the soak finds when it starts (a crash and restart during the route switch was in that baseline).
+  it('blue/green: a new slot restarted by systemd between its health wait and its soak (during the switch) fails the soak: routed back, not healthy', async () => {
+    const h = makeSwapHost({ restartsAfterHealthy: 'cortex-agent@green.service' });
+    const r = await swap(h, 'sk-new');
+    expect(r).toEqual({
+      mode: 'blue-green',
+      healthy: false,
+      reason: 'cortex-agent@green.service restarted after the switch (active/running)',
+      slot: 'blue',
+    });
+    // the soak was given the instance judged healthy, which is no longer the one running
+    const [soakArgs] = helperCalls(h, 'soak');
+    expect(soakArgs?.[6]).toMatch(/^0:\d+$/);
+    expect(soakArgs?.[6]).not.toBe(h.instance('cortex-agent@green.service'));
+    expect(h.route()).toBe(BLUE_PORT);
+    expect(h.active.has('cortex-agent@blue.service')).toBe(true);
+    expect(h.active.has('cortex-agent@green.service')).toBe(false);
+    expect(h.fake.files.has(slotEnvFilePath('green'))).toBe(false);
+  });
+
+  it('held restart: an agent restarted by systemd between its health wait and its soak gets its previous env file back', async () => {
+    const h = makeSwapHost({ restartsAfterHealthy: 'cortex-agent@blue.service' });
+    const r = await swap(h, 'sk-held', { mode: 'held-restart' });
+    expect(r).toEqual({
+      mode: 'held-restart',
+      healthy: false,
+      reason: 'cortex-agent@blue.service restarted after the switch (active/running)',
+      slot: 'blue',
+    });
+    expect(h.fake.files.get(slotEnvFilePath('blue'))?.content.toString()).toBe('K=old\n');
+    expect(h.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
+  });
+
+  it("a re-run after a cut has no health wait's answer: its soak takes its own start as the baseline (no seventh argument)", async () => {
+    const h = makeSwapHost();
+    await cutThenRerun(h);
+    expect(helperCalls(h, 'soak')).toEqual([
+      [
+        'cortex-agent@green.service',
+        String(GREEN_PORT),
+        '/health',
+        String(DEFAULT_SOAK_SECONDS * 1000),
+        String(BLUE_PORT),
+        '1000',
+      ],
+    ]);
+  });
+
+  // Review R5 #5: a route back is checked end to end like the forward switch, through Caddy.
+  const throughCaddy = (h: SwapHost): number[] =>
+    inner(h).flatMap((l, i) => (l.startsWith('curl ') && l.includes(' https://') ? [i] : []));
+
+  it('blue/green: after a route back the old slot is probed through Caddy once the new one is discarded; a 200 is a clean rollback (no code)', async () => {
+    const h = makeSwapHost({ fallsOver: 'cortex-agent@green.service' });
+    const r = await swap(h, 'sk-new');
+    expect(r).toMatchObject({ mode: 'blue-green', healthy: false, slot: 'blue' });
+    expect(r.code).toBeUndefined();
+    const lines = inner(h);
+    const routedBack = lines.lastIndexOf('systemctl restart cortex-upstream.service');
+    const stopped = lines.lastIndexOf('systemctl stop cortex-agent@green.service');
+    expect(stopped).toBeGreaterThan(routedBack);
+    expect(throughCaddy(h).filter((i) => i > stopped)).toHaveLength(1);
+  });
+
+  it.each([
+    ['a fresh run', false],
+    ['a re-run after a cut before the soak', true],
+  ])(
+    'blue/green, %s: an old slot that does not answer through Caddy after the route back is no clean rollback (rollback_unverified), bounded',
+    async (_, cut) => {
+      let h: SwapHost | undefined = undefined;
+      const soaked = () => (h ? helperCalls(h, 'soak').length > 0 : false);
+      h = makeSwapHost({ fallsOver: 'cortex-agent@green.service', caddyFails: soaked });
+      const bounds: number[] = [];
+      const exec = h.shell.exec;
+      h.shell.exec = (argv, opts) => {
+        const steps = decodeBatch(argv);
+        if (steps?.some((st) => st.argv.join(' ').startsWith('systemctl stop cortex-agent@green')))
+          bounds.push(...steps.flatMap((st) => (st.argv[0] === 'curl' ? [st.poll?.forMs ?? -1] : [])));
+        return exec(argv, opts);
+      };
+      const r = cut ? (await cutThenRerun(h)).r : await swap(h, 'sk-new');
+      expect(r).toEqual({
+        mode: 'blue-green',
+        healthy: false,
+        reason:
+          'cortex-agent@green.service stopped answering its health check after the switch (3 failed probes in a row; active/running); routed back to cortex-agent@blue.service, which was not healthy through Caddy within 10 s (last: HTTP 502)',
+        code: 'rollback_unverified',
+        slot: 'blue',
+      });
+      // the route is back all the same, and the new slot is gone
+      expect(h.route()).toBe(BLUE_PORT);
+      expect(h.active.has('cortex-agent@blue.service')).toBe(true);
+      expect(h.active.has('cortex-agent@green.service')).toBe(false);
+      expect(h.fake.files.has(slotEnvFilePath('green'))).toBe(false);
+      // one probe step after the route back, polled for 10 s at most
+      expect(bounds).toEqual([10_000]);
+    },
+  );
+
+  it('blue/green, a switch not healthy through Caddy: routed back and the old slot probed through Caddy too; clean when it answers, rollback_unverified when it does not', async () => {
+    let clean: SwapHost | undefined = undefined;
+    clean = makeSwapHost({ caddyFails: () => clean?.route() === GREEN_PORT });
+    expect(await swap(clean, 'sk-new')).toEqual({
+      mode: 'blue-green',
+      healthy: false,
+      reason: 'not healthy through Caddy within 20 s (last: HTTP 502)',
+      slot: 'blue',
+    });
+    expect(clean.route()).toBe(BLUE_PORT);
+    const routedBack = inner(clean).lastIndexOf('systemctl restart cortex-upstream.service');
+    expect(throughCaddy(clean).filter((i) => i > routedBack).length).toBeGreaterThan(0);
+
+    const down = makeSwapHost({ caddyFails: () => true });
+    expect(await swap(down, 'sk-new')).toEqual({
+      mode: 'blue-green',
+      healthy: false,
+      reason:
+        'not healthy through Caddy within 20 s (last: HTTP 502); routed back to cortex-agent@blue.service, which was not healthy through Caddy within 10 s (last: HTTP 502)',
+      code: 'rollback_unverified',
+      slot: 'blue',
+    });
+    expect(down.route()).toBe(BLUE_PORT);
+    expect(down.active.has('cortex-agent@green.service')).toBe(false);
+    expect(down.fake.files.has(slotEnvFilePath('green'))).toBe(false);
+  });
+
+  it('held restart: the agent restarted on its previous env file is proven again (its own port, then through Caddy); clean when it answers', async () => {
+    const h = makeSwapHost({ fallsOver: 'cortex-agent@blue.service' });
+    const r = await swap(h, 'sk-held', { mode: 'held-restart' });
+    expect(r).toMatchObject({ mode: 'held-restart', healthy: false, slot: 'blue' });
+    expect(r.code).toBeUndefined();
+    const lines = inner(h);
+    const moved = lines.indexOf(`mv -f -- ${slotEnvFilePath('blue')}.previous ${slotEnvFilePath('blue')}`);
+    const restarted = lines.lastIndexOf('systemctl restart cortex-agent@blue.service');
+    const waited = lines.findIndex((l, i) => i > restarted && l.startsWith('python3 wait-healthy '));
+    expect(restarted).toBeGreaterThan(moved);
+    expect(waited).toBeGreaterThan(restarted);
+    expect(throughCaddy(h).filter((i) => i > waited)).toHaveLength(1);
+  });
+
+  it('held restart: an agent that does not answer through Caddy after its previous env file is put back is no clean rollback (rollback_unverified)', async () => {
+    let h: SwapHost | undefined = undefined;
+    h = makeSwapHost({
+      fallsOver: 'cortex-agent@blue.service',
+      caddyFails: () => (h ? helperCalls(h, 'soak').length > 0 : false),
+    });
+    expect(await swap(h, 'sk-held', { mode: 'held-restart' })).toEqual({
+      mode: 'held-restart',
+      healthy: false,
+      reason:
+        'cortex-agent@blue.service stopped answering its health check after the switch (3 failed probes in a row; active/running); after its previous env file was put back, cortex-agent@blue.service was not healthy through Caddy within 10 s (last: HTTP 502)',
+      code: 'rollback_unverified',
+      slot: 'blue',
+    });
+    // the old environment is what the host has, all the same
+    expect(h.fake.files.get(slotEnvFilePath('blue'))?.content.toString()).toBe('K=old\n');
+    expect(h.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
   });
 
   it.each([

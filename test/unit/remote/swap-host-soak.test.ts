@@ -23,10 +23,10 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-const soak = (args: readonly string[]) =>
+const helper = (mode: string, args: readonly string[]) =>
   new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
     const t0 = performance.now();
-    const p = spawn('python3', ['-I', '-c', SWAP_HOST_SCRIPT, 'soak', ...args], {
+    const p = spawn('python3', ['-I', '-c', SWAP_HOST_SCRIPT, mode, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: `${dir}:/usr/bin:/bin` },
     });
@@ -38,6 +38,13 @@ const soak = (args: readonly string[]) =>
       resolve({ code, stdout, ms: performance.now() - t0 });
     });
   });
+const soak = (args: readonly string[]) => helper('soak', args);
+/** The unit's properties as `systemctl show` prints them (the stub prints them whatever is asked). */
+const unitIs = (restarts: number, mainStart: number) =>
+  writeFileSync(
+    props,
+    `NRestarts=${restarts}\nExecMainStartTimestampMonotonic=${mainStart}\nActiveState=active\nSubState=running\n`,
+  );
 
 /** An HTTP listener answering `/health` 200 while `healthy()` says so, else 503. */
 const agent = async (healthy: () => boolean): Promise<{ server: Server; port: number }> => {
@@ -100,8 +107,13 @@ describe('the host helper: soak', () => {
   });
 
   it('a restart of the unit during the soak (NRestarts grew), though every probe answered: unhealthy restarts', async () => {
-    const a = await agent(() => true);
-    setTimeout(() => writeFileSync(props, 'NRestarts=1\nActiveState=active\nSubState=running\n'), 200);
+    // the restart comes once the soak probes (its start is read before its first probe: a timer
+    // could fire before a slow python3 start has read it, and the soak would start from the restart)
+    let probed = 0;
+    const a = await agent(() => {
+      if (++probed === 2) writeFileSync(props, 'NRestarts=1\nActiveState=active\nSubState=running\n');
+      return true;
+    });
     try {
       const r = await soak([UNIT, String(a.port), '/health', '800', '0', '0']);
       expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
@@ -191,7 +203,80 @@ describe('the host helper: soak', () => {
     }
   });
 
+  // Review R5 #7: the restart baseline is taken when the health wait judges the instance healthy,
+  // and carried to the soak: a crash and restart by systemd (Restart=always, RestartSec=1) between
+  // the two — during the route switch — is a restart after the health check.
+  describe('the baseline: the instance wait-healthy judged healthy', () => {
+    it('wait-healthy prints it (NRestarts and the main process start) when it answers healthy', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(2, 81_234_567);
+        const r = await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000']);
+        expect([r.code, r.stdout]).toEqual([0, 'healthy 2:81234567\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('a restart between the health check and the soak (NRestarts grew, new main process), though every probe answers: unhealthy restarts at once', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(0, 5_000_000);
+        const waited = await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000']);
+        expect(waited.code).toBe(0);
+        const baseline = waited.stdout.trim().split(' ')[1] ?? '';
+        // the instance crashes during the route switch and systemd starts it again
+        unitIs(1, 9_000_000);
+        const r = await soak([UNIT, String(a.port), '/health', '3000', '0', '0', baseline]);
+        expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
+        // found when the soak starts, not at its end
+        expect(r.ms).toBeLessThan(3_000);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('a new main process with the same restart count (a manual restart resets it): unhealthy restarts', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(0, 9_000_000);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0', '0:5000000']);
+        expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('the same instance throughout: soaked (the baseline alone fails nothing)', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(1, 5_000_000);
+        const waited = await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000']);
+        const baseline = waited.stdout.trim().split(' ')[1] ?? '';
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0', baseline]);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('no baseline (a re-run after a cut): the soak starts from what it finds, so a restart before it is not seen (documented limit)', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(1, 9_000_000);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+        const dash = await soak([UNIT, String(a.port), '/health', '300', '0', '0', '-']);
+        expect([dash.code, dash.stdout]).toEqual([0, 'soaked\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+  });
+
   it.each([
+    [[UNIT, '18791', '/health', '1000', '0', '0', '1:x']],
+    [[UNIT, '18791', '/health', '1000', '0', '0', '12345678901:1']],
     [['cortex-agent@red.service', '18791', '/health', '1000', '0', '0']],
     [[UNIT, '18791', 'http://x/', '1000', '0', '0']],
     [[UNIT, '18791', '/health', '600001', '0', '0']],

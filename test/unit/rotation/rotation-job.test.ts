@@ -325,6 +325,36 @@ describe('rotation failure reasons are codes (finding 7: the detail stays in the
     expect(lines.some((l) => l.includes('SHA256:AbCdEf0123'))).toBe(true);
   });
 
+  it('a route back whose old instance did not answer through Caddy (rollback_unverified) is recorded apart from a clean rollback, and logged as an error', async () => {
+    const ids = [randomUUID(), randomUUID()];
+    const world = fakeWorld(ids);
+    const lines: string[] = [];
+    const jl = makeLogger({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+    const swap = (_s: unknown, input: { deploymentId: string }) =>
+      Promise.resolve({
+        mode: 'blue-green',
+        healthy: false,
+        reason: DETAIL,
+        ...(input.deploymentId === ids[0] ? { code: 'rollback_unverified' } : {}),
+      });
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases,
+      access,
+      swap: swap as never,
+      log: jl,
+      concurrency: 2,
+      holder: 'test',
+    });
+    const out = await run(j, true);
+    expect(out.rolledBack.sort()).toEqual([...ids].sort());
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('unhealthy_rollback_unverified');
+    expect(world.rows.get(ids[1] as string)?.reason).toBe('unhealthy');
+    const levels = lines.map((l) => JSON.parse(l) as { level: number; msg: string });
+    expect(levels.filter((l) => l.level >= 50 && /did not answer through Caddy/.test(l.msg))).toHaveLength(1);
+  });
+
   it('a deployment not running is recorded as deployment_<status>', async () => {
     const ids = [randomUUID()];
     const world = fakeWorld(ids);

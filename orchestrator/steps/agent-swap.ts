@@ -88,8 +88,9 @@ export interface AgentSwapInput {
  * (an agent of the other slot, both run as one dynamic user, can bind it first);
  * `rollback_unverified` — the new instance failed its soak (or its check through Caddy after the
  * switch) and traffic was routed back to the old one (the live rule checked, the new one
- * discarded), but the old one did not answer its health check through Caddy afterwards: the host
- * is on the old environment and may not be serving.
+ * discarded), or a held restart's previous env file was put back and the unit restarted on it,
+ * but the old environment did not answer its health check (through Caddy; held restart: also on
+ * its own port) afterwards: the host is on the old environment and may not be serving.
  */
 export type SwapFailureCode = 'port_held_by_foreign_process' | 'rollback_unverified';
 

@@ -103,7 +103,7 @@ export const run = async (args: string[]): Promise<void> => {
     console.log(
       `worker process RSS (peak, concurrency ${config.WORKER_CONCURRENCY}): ${(peakRss / 2 ** 20).toFixed(0)} MB`,
     );
-    await p.secrets.revoke(key.secretId);
+    await p.secrets.revokeNow(key.secretId, { actor: 'bench' });
   } finally {
     clearInterval(rssTimer);
     await p.close(2_000);

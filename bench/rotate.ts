@@ -228,7 +228,7 @@ export const run = async (args: string[]): Promise<void> => {
           p.service.watch(id, () => undefined, { until: (d) => d.status === 'deleted', timeoutMs: 300_000 }),
         ),
       );
-      await p.secrets.revoke(secret.secretId);
+      await p.secrets.revokeNow(secret.secretId, { actor: 'bench' });
     }
   } finally {
     await p.close(2_000);

@@ -107,7 +107,7 @@ const down = async (p: Pipeline, ctx: CliContext, state: DemoState): Promise<num
   } finally {
     if (temp) await tokens.revoke(temp.id, 'demo').catch(() => undefined);
   }
-  for (const s of state.secretIds) await p.secrets.revoke(s, { actor: 'demo' }).catch(() => undefined);
+  for (const s of state.secretIds) await p.secrets.revokeNow(s, { actor: 'demo' }).catch(() => undefined);
   if (state.tokenId) await tokens.revoke(state.tokenId, 'demo').catch(() => undefined);
   if (await stopDemoApi(state.api?.pid)) ctx.out(`stopped the demo's API (pid ${state.api?.pid})\n`);
   await rm(demoDir(p.config), { recursive: true, force: true });

@@ -207,11 +207,17 @@ const revoke: Sub = async (args, ctx) => {
         { secretId, ...(deploymentId ? { deploymentId } : {}) },
         { actor: 'cortexctl' },
       );
-      if (!r.values.json) ctx.out(`revoke job ${res.jobId}: ${res.deployments} deployment(s)\n`);
+      if (!r.values.json)
+        ctx.out(`revocation ${res.revocationId}, job ${res.jobId}: ${res.deployments} deployment(s)\n`);
       if (r.values.detach) return 0;
       const job = await p.queues.queues.revoke.getJob(res.jobId);
       const out = (job ? await job.waitUntilFinished(events, 30 * 60_000) : undefined) as
-        | { revoked: string[]; failed: { deploymentId: string; reason: string }[]; vaultDeleted: boolean }
+        | {
+            revoked: string[];
+            failed: { deploymentId: string; reason: string }[];
+            vaultDeleted: boolean;
+            open?: boolean;
+          }
         | undefined;
       if (r.values.json) json(ctx, out ?? null);
       else if (out) {
@@ -220,7 +226,7 @@ const revoke: Sub = async (args, ctx) => {
         if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
         else if (!deploymentId && out.failed.length > 0)
           ctx.out(
-            '  NOT deleted from the vault: a deployment above still holds it (a provision past its secrets step, or busy); run the revoke again once it is ready\n',
+            '  NOT deleted from the vault yet: a deployment above still holds it (a provision past its secrets step, or busy); the key takes no new binding, and the revocation stays open: the rotation sweep runs it again until it is done\n',
           );
       }
       return out && out.failed.length === 0 ? 0 : 1;

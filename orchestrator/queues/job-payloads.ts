@@ -33,7 +33,8 @@ export const payloadSchemas = {
   maintenance: z.object({ task: z.enum(MAINTENANCE_TASKS) }).strict(),
   // rotation (orchestrator/rotation): the value went into the vault before the job was enqueued
   rotate: z.object({ rotationId: z.uuid() }).strict(),
-  revoke: z.object({ secretId: z.uuid(), deploymentId: z.uuid().optional() }).strict(),
+  // a revoke requested in Postgres (secrets__request_revoke): its revocation's id alone
+  revoke: z.object({ revocationId: z.uuid() }).strict(),
   // webhook deliveries (orchestrator/webhooks): its own worker; listed here for the board and metrics
   webhooks: webhookJobSchema,
 } as const satisfies Record<QueueName, z.ZodType>;

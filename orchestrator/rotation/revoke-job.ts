@@ -18,6 +18,11 @@ import type { RotationStore } from './rotation-store';
  * `rotating`, as in a rotation, and is `ready` again afterwards, whether the swap worked or not.
  * Revoking the whole secret then deletes every version from the vault (`secrets__revoke`,
  * audited). Idempotent: a retry finds only what is left.
+ *
+ * The job carries a revocation id alone (20261204100000_revocations.sql): it acts only on what
+ * that open revocation names, and every revoke call names it (the SQL refuses any other), so a job
+ * forged in Redis revokes nothing. A provision past its `secrets` step still holding the secret
+ * leaves the revocation open (the rotation sweep queues it again); otherwise it is done.
  */
 export interface RevokeJobDeps {
   readonly rotations: RotationStore;
@@ -38,7 +43,10 @@ export interface RevokeJobDeps {
 }
 
 export interface RevokeOutcome {
+  readonly revocationId: string;
   readonly secretId: string;
+  /** The revocation is still open: a provision held the secret; the rotation sweep runs it again. */
+  readonly open: boolean;
   readonly revoked: string[];
   readonly failed: { deploymentId: string; reason: string }[];
   readonly vaultDeleted: boolean;
@@ -70,7 +78,13 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     }
   };
 
-  const revokeOne = async (secretId: string, deploymentId: string, jobId: string, signal: AbortSignal) => {
+  const revokeOne = async (
+    secretId: string,
+    revocationId: string,
+    deploymentId: string,
+    jobId: string,
+    signal: AbortSignal,
+  ) => {
     const ctx = { actor: 'orchestrator', jobId };
     // A busy deployment (a provision, a rotation) is waited for, as the rotation does: a provision
     // past its `secrets` step must finish (ready: swapped below) before the binding can go.
@@ -118,7 +132,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         // finds its deployments by their binding and the reconciler re-enqueues no `rotating` one,
         // so one whose binding is gone would stay `rotating` for good.
         await setReady(deploymentId);
-        await rotations.revokeBindings(secretId, deploymentId, ctx);
+        await rotations.revokeBindings(secretId, deploymentId, revocationId, ctx);
         return;
       }
       // Not running an agent. Its host holds the secret in its env file if this run's provision
@@ -132,25 +146,30 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           `deployment ${deploymentId} is provisioning past its secrets step; revoked once ready`,
         );
       if (dep.status === 'failed' && secretsReached(dep)) await clearFailedHost(deps, dep, signal);
-      await rotations.revokeBindings(secretId, deploymentId, ctx);
+      await rotations.revokeBindings(secretId, deploymentId, revocationId, ctx);
     } finally {
       await lease.release().catch(() => undefined);
     }
   };
 
   const run = async (input: {
-    secretId: string;
-    deploymentId?: string;
+    revocationId: string;
     jobId: string;
     signal: AbortSignal;
     finalAttempt: boolean;
   }): Promise<RevokeOutcome> => {
-    const found = await rotations.secretBindings(input.secretId, {
-      ...(input.deploymentId ? { deploymentId: input.deploymentId } : {}),
-    });
+    // an id nobody opened (a forged job) is not_found here: the job fails for good
+    const rev = await rotations.revocation(input.revocationId);
+    const { secretId } = rev;
+    const deploymentId = rev.deploymentId ?? undefined;
+    if (rev.state === 'done') {
+      log.info({ revocationId: rev.id, secretId }, 'revoke already done');
+      return { revocationId: rev.id, secretId, open: false, revoked: [], failed: [], vaultDeleted: false };
+    }
+    const found = await rotations.secretBindings(secretId, deploymentId ? { deploymentId } : {});
     const targets = found.deployments.map((d) => d.deploymentId);
     const results = await mapLimit(targets, deps.concurrency, (id) =>
-      revokeOne(input.secretId, id, input.jobId, input.signal),
+      revokeOne(secretId, rev.id, id, input.jobId, input.signal),
     );
     const failed = results.flatMap((r, i) =>
       r.status === 'rejected'
@@ -161,36 +180,60 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     if (transient && !input.finalAttempt)
       throw new OrchestratorError(
         'stack_locked',
-        `${failed.length} deployment(s) still hold secret ${input.secretId}: ${failed[0]?.reason ?? ''}`,
+        `${failed.length} deployment(s) still hold secret ${secretId}: ${failed[0]?.reason ?? ''}`,
       );
-    let vaultDeleted = false;
     // A provision past its `secrets` step (or a deployment busy past the wait) still holds the
     // secret and would start (or keep) an agent on it: deleting the secret now would also delete
-    // its binding (secrets__revoke), and nothing would find that host again. The secret stays;
-    // the job reports it, and a revoke run again once that deployment is ready finishes it.
-    const inFlight = failed.filter((f) => f.err instanceof ProvisionInFlight);
-    if (!input.deploymentId && found.status === 'active' && inFlight.length === 0) {
-      // Withdrawn: every version leaves the vault even if an agent could not be switched (it is
-      // named below); the value must not stay readable because one host is down.
-      await deps.secrets.revoke(input.secretId, { actor: 'orchestrator', jobId: input.jobId });
-      vaultDeleted = true;
-    } else if (!input.deploymentId && found.status === 'active')
-      log.warn(
-        { secretId: input.secretId, provisioning: inFlight.map((f) => f.deploymentId) },
-        'not deleted: a provision still holds the secret; run the revoke again once it is ready',
-      );
+    // its binding (secrets__revoke), and nothing would find that host again. So would a binding
+    // this run did not list (none can be made while the revocation is open: bind refuses; checked
+    // again here, just before the delete). The secret stays and the revocation stays open: the
+    // rotation sweep queues this job again, and it finishes once that deployment is ready.
+    const holding = failed.filter((f) => f.err instanceof ProvisionInFlight).map((f) => f.deploymentId);
+    let vaultDeleted = false;
+    if (!deploymentId && found.status === 'active') {
+      if (holding.length === 0) {
+        const listed = new Set(targets);
+        const again = await rotations.secretBindings(secretId);
+        for (const d of again.deployments) if (!listed.has(d.deploymentId)) holding.push(d.deploymentId);
+      }
+      if (holding.length === 0) {
+        // Withdrawn: every version leaves the vault even if an agent could not be switched (it is
+        // named below); the value must not stay readable because one host is down.
+        await deps.secrets.revoke(secretId, rev.id, { actor: 'orchestrator', jobId: input.jobId });
+        vaultDeleted = true;
+      } else
+        log.warn(
+          { revocationId: rev.id, secretId, holding },
+          'not deleted yet: a provision still holds the secret; the revocation stays open and runs again',
+        );
+    }
+    const open = holding.length > 0;
     const outcome: RevokeOutcome = {
-      secretId: input.secretId,
+      revocationId: rev.id,
+      secretId,
+      open,
       revoked: targets.filter((_, i) => results[i]?.status === 'fulfilled'),
-      failed: failed.map(({ deploymentId, reason }) => ({ deploymentId, reason })),
+      failed: [
+        ...failed.map(({ deploymentId: d, reason }) => ({ deploymentId: d, reason })),
+        ...holding
+          .filter((d) => !failed.some((f) => f.deploymentId === d))
+          .map((d) => ({ deploymentId: d, reason: 'bound while the revoke ran; revoked on the next run' })),
+      ],
       vaultDeleted,
     };
+    await rotations.finishRevocation(rev.id, !open, {
+      revoked: outcome.revoked.slice(0, 50),
+      failed: outcome.failed.slice(0, 50).map((f) => ({ ...f, reason: f.reason.slice(0, 200) })),
+      vault_deleted: vaultDeleted,
+    });
     log.info(
       {
-        secretId: input.secretId,
+        revocationId: rev.id,
+        secretId,
         revoked: outcome.revoked.length,
         failed: outcome.failed.length,
         vaultDeleted,
+        open,
       },
       'revoke done',
     );

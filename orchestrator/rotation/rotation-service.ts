@@ -1,6 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../errors';
-import { jobIdFor } from '../queues/job-payloads';
 import type { Queues } from '../queues/queues';
 import type { Secret } from '../secret';
 import { parseInput, uuid, type AuditContext } from '../secrets/secret-input';
@@ -73,9 +72,10 @@ export const makeRotationService = (deps: {
   };
 
   /**
-   * Queue a revoke. With an audit context naming an actor (the API's token, the CLI's operator),
-   * the accepted request is audited first (`request`, with the job id), so the job's own rows
-   * (actor `orchestrator`) trace back to who asked.
+   * Queue a revoke: the revocation opened in Postgres first (secrets__request_revoke, audited
+   * `request` naming the caller — the API's token, the CLI's operator, or `orchestrator` for an
+   * internal caller — and the job), then its job, which carries the revocation id alone. A
+   * repeated request while one is open is the same revocation and the same job.
    */
   const revoke = async (
     req: {
@@ -83,8 +83,8 @@ export const makeRotationService = (deps: {
       deploymentId?: string;
       orgId?: string;
     },
-    ctx?: AuditContext,
-  ): Promise<{ jobId: string; deployments: number }> => {
+    ctx: AuditContext = {},
+  ): Promise<{ jobId: string; revocationId: string; deployments: number }> => {
     const secretId = parseInput(uuid, req.secretId, 'secret_id');
     const deploymentId =
       req.deploymentId === undefined ? undefined : parseInput(uuid, req.deploymentId, 'deployment_id');
@@ -97,22 +97,17 @@ export const makeRotationService = (deps: {
         'not_found',
         `secret ${secretId} is not bound to deployment ${deploymentId}`,
       );
-    const key = deploymentId ? `${secretId}-${deploymentId}` : secretId;
-    if (ctx?.actor)
-      await rotations.requestRevoke(
-        {
-          secretId,
-          ...(deploymentId ? { deploymentId } : {}),
-          ...(req.orgId ? { orgId: req.orgId } : {}),
-        },
-        { ...ctx, jobId: jobIdFor('revoke', key) },
-      );
-    const jobId = await deps.queues.enqueue(
-      'revoke',
-      { secretId, ...(deploymentId ? { deploymentId } : {}) },
-      key,
+    const { revocationId } = await rotations.requestRevoke(
+      {
+        secretId,
+        ...(deploymentId ? { deploymentId } : {}),
+        ...(req.orgId ? { orgId: req.orgId } : {}),
+      },
+      { ...ctx, actor: ctx.actor ?? 'orchestrator' },
     );
-    return { jobId, deployments: found.deployments.length };
+    // Enqueued after the revocation commits (a lost enqueue is found by the rotation sweep).
+    const jobId = await deps.queues.enqueue('revoke', { revocationId }, revocationId);
+    return { jobId, revocationId, deployments: found.deployments.length };
   };
 
   const status = (rotationId: string, orgId?: string): Promise<Rotation> => rotations.get(rotationId, orgId);

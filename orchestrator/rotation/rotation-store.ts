@@ -82,6 +82,19 @@ export interface OverdueKey {
   readonly maxAgeSeconds: number;
 }
 
+/** A requested revoke (public.secret_revocations): open until its job has finished it. */
+export interface Revocation {
+  readonly id: string;
+  readonly orgId: string;
+  readonly secretId: string;
+  /** null: the whole secret (every deployment, then the vault). */
+  readonly deploymentId: string | null;
+  readonly state: 'open' | 'done';
+  readonly jobId: string;
+  readonly attempts: number;
+  readonly result: Record<string, unknown> | null;
+}
+
 type Row = Record<string, unknown>;
 const s = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
@@ -107,6 +120,17 @@ export const toRotation = (r: Row): Rotation => ({
     swapMode: s(d.swap_mode),
   })),
   ...(typeof r.existing === 'boolean' ? { existing: r.existing } : {}),
+});
+
+const toRevocation = (r: Row): Revocation => ({
+  id: String(r.id),
+  orgId: String(r.org_id),
+  secretId: String(r.secret_id),
+  deploymentId: s(r.deployment_id),
+  state: r.state === 'done' ? 'done' : 'open',
+  jobId: String(r.job_id),
+  attempts: Number(r.attempts),
+  result: r.result && typeof r.result === 'object' ? (r.result as Record<string, unknown>) : null,
 });
 
 const graceSeconds = z.number().int().min(0).max(2_592_000);
@@ -144,20 +168,51 @@ export const makeRotationStore = (deps: {
     );
 
   /**
-   * A revoke accepted (20261201140000_request_audit.sql): one audited `request` row in the org's
-   * chain naming the caller (actor, address, user agent) and the job; nothing else changes.
+   * A revoke accepted (20261204100000_revocations.sql): a revocation opened (or the open one for
+   * the same secret and deployment-or-whole returned) and one audited `request` row in the org's
+   * chain naming the caller (actor, address, user agent) and the revocation's job. The revoke
+   * functions refuse anything but an open revocation's id; the job carries that id alone.
    */
   const requestRevoke = async (
     input: { secretId: string; deploymentId?: string; orgId?: string },
     ctx: AuditContext,
-  ): Promise<void> => {
-    await rpc('secrets__request_revoke', {
-      p_secret_id: id(input.secretId, 'secret_id'),
-      p_deployment_id: input.deploymentId === undefined ? undefined : id(input.deploymentId, 'deployment_id'),
-      p_org_id: input.orgId === undefined ? undefined : id(input.orgId, 'org_id'),
-      ...auditArgs(ctx),
-    });
+  ): Promise<{ revocationId: string; jobId: string; existing: boolean }> => {
+    const r = await rpc<{ revocation_id: string; job_id: string; existing: boolean }>(
+      'secrets__request_revoke',
+      {
+        p_secret_id: id(input.secretId, 'secret_id'),
+        p_deployment_id:
+          input.deploymentId === undefined ? undefined : id(input.deploymentId, 'deployment_id'),
+        p_org_id: input.orgId === undefined ? undefined : id(input.orgId, 'org_id'),
+        ...auditArgs(ctx),
+      },
+    );
+    return { revocationId: r.revocation_id, jobId: r.job_id, existing: r.existing };
   };
+
+  /** A revocation as the job reads it (not_found for an id nobody opened). */
+  const revocation = async (revocationId: string): Promise<Revocation> =>
+    toRevocation(
+      await rpc<Row>('secret_revocations__get', { p_revocation_id: id(revocationId, 'revocation_id') }),
+    );
+
+  /** The end of one job run: done, or left open (with its result) for the rotation sweep. */
+  const finishRevocation = async (
+    revocationId: string,
+    done: boolean,
+    result: Record<string, unknown>,
+  ): Promise<Revocation> =>
+    toRevocation(
+      await rpc<Row>('secret_revocations__finish', {
+        p_revocation_id: id(revocationId, 'revocation_id'),
+        p_done: done,
+        p_result: result,
+      }),
+    );
+
+  /** Open revocations no run has ended for `idleSeconds` (the sweep queues their job again). */
+  const listOpenRevocations = async (idleSeconds: number): Promise<string[]> =>
+    rpc<string[]>('secret_revocations__list_open', { p_idle_seconds: idleSeconds });
 
   const get = async (rotationId: string, orgId?: string): Promise<Rotation> =>
     toRotation(
@@ -300,9 +355,15 @@ export const makeRotationStore = (deps: {
       ...auditArgs(ctx),
     });
 
-  const revokeBindings = async (secretId: string, deploymentId: string | undefined, ctx?: AuditContext) =>
+  const revokeBindings = async (
+    secretId: string,
+    deploymentId: string | undefined,
+    revocationId: string,
+    ctx?: AuditContext,
+  ) =>
     rpc<{ bindings_removed: number }>('deployment_secrets__revoke', {
       p_secret_id: id(secretId, 'secret_id'),
+      p_revocation_id: id(revocationId, 'revocation_id'),
       p_deployment_id: deploymentId === undefined ? undefined : id(deploymentId, 'deployment_id'),
       ...auditArgs(ctx),
     });
@@ -367,6 +428,9 @@ export const makeRotationStore = (deps: {
     setVersion,
     revokeBindings,
     requestRevoke,
+    revocation,
+    finishRevocation,
+    listOpenRevocations,
     setMaxAge,
     overdue,
     readsOfVersion,

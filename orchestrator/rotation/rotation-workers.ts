@@ -11,7 +11,8 @@ import type { OverdueKey, RotationStore } from './rotation-store';
 
 /**
  * BullMQ processors of the `rotate` and `revoke` queues, and rotation's maintenance tasks:
- * `rotation-sweep` (resume rotations whose job was lost, retire old versions whose grace period
+ * `rotation-sweep` (resume rotations whose job was lost, queue again the job of a revocation left
+ * open (a provision held the secret) or whose job was lost, retire old versions whose grace period
  * ended) and `key-age` (flag keys older than their max age). Payloads are parsed like every other
  * queue's: anything but ids is refused as unrecoverable and wiped from Redis.
  */
@@ -56,9 +57,8 @@ export const makeRotationProcessors = (deps: { rotationJob: RotationJob; revokeJ
       if (!parsed.ok) return refuse(job, parsed.problem);
       try {
         return await deps.revokeJob.run({
-          secretId: parsed.payload.secretId,
-          ...(parsed.payload.deploymentId ? { deploymentId: parsed.payload.deploymentId } : {}),
-          jobId: job.id ?? `revoke-${parsed.payload.secretId}`,
+          revocationId: parsed.payload.revocationId,
+          jobId: job.id ?? `revoke-${parsed.payload.revocationId}`,
           signal,
           finalAttempt: finalAttempt(job),
         });
@@ -82,10 +82,15 @@ export const makeRotationMaintenance = (deps: {
 
   const sweep = async (): Promise<{
     resumed: string[];
+    revokes: string[];
     retired: { rotationId: string; versions: number[] }[];
   }> => {
     const { stalled, due } = await rotations.listAttention(deps.stalledSeconds);
     for (const id of stalled) await deps.queues.enqueue('rotate', { rotationId: id }, id);
+    // open revocations idle that long: their job again (ids only; one still queued or running
+    // under the same id is kept), until a run finds nothing holding the secret
+    const revokes = await rotations.listOpenRevocations(deps.stalledSeconds);
+    for (const id of revokes) await deps.queues.enqueue('revoke', { revocationId: id }, id);
     const retired: { rotationId: string; versions: number[] }[] = [];
     for (const id of due) {
       try {
@@ -97,8 +102,9 @@ export const makeRotationMaintenance = (deps: {
         log.warn({ rotationId: id, reason: reasonOf(err) }, 'could not retire an old version');
       }
     }
-    if (stalled.length || retired.length) log.info({ resumed: stalled, retired }, 'rotation sweep');
-    return { resumed: stalled, retired };
+    if (stalled.length || revokes.length || retired.length)
+      log.info({ resumed: stalled, revokes, retired }, 'rotation sweep');
+    return { resumed: stalled, revokes, retired };
   };
 
   const keyAge = async (): Promise<{ overdue: number }> => {

@@ -119,8 +119,33 @@ export const makeSecretsService = (deps: { rpc: Rpc; fingerprintKey: Fingerprint
     await rpc('secret_versions__retire', { p_secret_id: id, p_version: v, ...auditArgs(ctx) });
   };
 
-  const revoke = async (secretId: string, ctx?: AuditContext): Promise<void> => {
-    await rpc('secrets__revoke', { p_secret_id: parseInput(uuid, secretId, 'secret_id'), ...auditArgs(ctx) });
+  /** Every version out of the vault, every binding gone: only under an open whole-secret revocation. */
+  const revoke = async (secretId: string, revocationId: string, ctx?: AuditContext): Promise<void> => {
+    await rpc('secrets__revoke', {
+      p_secret_id: parseInput(uuid, secretId, 'secret_id'),
+      p_revocation_id: parseInput(uuid, revocationId, 'revocation_id'),
+      ...auditArgs(ctx),
+    });
+  };
+
+  /**
+   * Clean-up (bench, demo): request a whole-secret revocation (audited `request`) and carry it out
+   * at once, swapping no agent: for a secret no running deployment holds (theirs deleted first).
+   * Anything with a running agent goes through the `revoke` job (RotationService.revoke).
+   */
+  const revokeNow = async (secretId: string, ctx: AuditContext = {}): Promise<void> => {
+    const id = parseInput(uuid, secretId, 'secret_id');
+    const audit = { ...ctx, actor: ctx.actor ?? 'orchestrator' };
+    const r = await rpc<{ revocation_id: string; job_id: string }>('secrets__request_revoke', {
+      p_secret_id: id,
+      ...auditArgs(audit),
+    });
+    await revoke(id, r.revocation_id, { ...audit, jobId: r.job_id });
+    await rpc('secret_revocations__finish', {
+      p_revocation_id: r.revocation_id,
+      p_done: true,
+      p_result: { vault_deleted: true, immediate: true },
+    });
   };
 
   const bind = async (
@@ -271,6 +296,7 @@ export const makeSecretsService = (deps: { rpc: Rpc; fingerprintKey: Fingerprint
     addVersion,
     retireVersion,
     revoke,
+    revokeNow,
     bind,
     unbind,
     readForDeployment,

@@ -167,7 +167,8 @@ select is(public.deployment_secrets__unbind(:'dep_a1', 'ANTHROPIC_API_KEY') ->> 
 -- ---- revoke ---------------------------------------------------------------------------------------
 select public.deployment_secrets__bind(:'dep_a1', 'ANTHROPIC_API_KEY', :'s1') is not null as bound \gset
 select public.deployment_secrets__bind(:'dep_a2', 'ANTHROPIC_API_KEY', :'s1') is not null as bound \gset
-select is(public.secrets__revoke(:'s1', 'revoker') - 'secret_id',
+select public.secrets__request_revoke(:'s1', null, null, 'revoker') ->> 'revocation_id' as rev1 \gset
+select is(public.secrets__revoke(:'s1', :'rev1', 'revoker') - 'secret_id',
   '{"status": "revoked", "vault_secrets_deleted": 1, "bindings_removed": 2}'::jsonb,
   'secrets__revoke deletes the remaining vault secret and both bindings');
 select is((select status from public.secrets where id = :'s1'), 'revoked', 'the secret is revoked');
@@ -182,7 +183,7 @@ select throws_ok(format('select public.secrets__add_version(%L, %L, repeat(''ab'
   format('secret_id: secret %s is revoked; create a new secret instead', :'s1'), 'a revoked secret takes no new version');
 select throws_ok(format('select public.deployment_secrets__bind(%L, %L, %L)', :'dep_a1', 'X', :'s1'), '22023',
   format('secret_id: secret %s is revoked; bind an active secret', :'s1'), 'a revoked secret cannot be bound');
-select is(public.secrets__revoke(:'s1') ->> 'status', 'revoked', 'revoking again is harmless');
+select is(public.secrets__revoke(:'s1', :'rev1') ->> 'status', 'revoked', 'revoking again is harmless');
 
 -- ---- delete for a deployment ----------------------------------------------------------------------
 select public.secrets__create(:'org_a', 'a1-second', 'other', 'canary-secrets-a1-second', repeat('ab', 32), :'dep_a1') ->> 'secret_id' as s_a1b \gset

@@ -128,7 +128,8 @@ select is((select count(*) from pg_temp.new_log('read', 'denied') l
   1::bigint, 'and audited without an org, in the nil-uuid chain, with the deployment id as given');
 
 -- revocation removes the binding: the next read is denied
-select public.secrets__revoke(:'s_a1') is not null as revoked \gset
+select public.secrets__revoke(:'s_a1', (public.secrets__request_revoke(:'s_a1', null, null, 'test') ->> 'revocation_id')::uuid)
+  is not null as revoked \gset
 select pg_temp.mark() as marked \gset
 select is(public.deployment_secrets__read(:'dep_a1', array[:'s_a1']::uuid[], p_intent_id => pg_temp.read_intent(:'dep_a1', array[:'s_a1']::uuid[])) ->> 'reason',
   format('secret %s is revoked', :'s_a1'), 'a revoked secret is denied');

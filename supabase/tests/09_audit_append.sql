@@ -48,7 +48,8 @@ select is(
 select is(public.secret_access_log__verify(:'org') ->> 'ok', 'true', 'and the chain verifies');
 
 -- a read refused for two of three secrets: one denied row per refused secret, no success row
-select public.secrets__revoke(:'s2') is not null as ok \gset
+select public.secrets__revoke(:'s2', (public.secrets__request_revoke(:'s2', null, null, 'test') ->> 'revocation_id')::uuid)
+  is not null as ok \gset
 select public.organizations__create('Test Org Append B') ->> 'id' as org_b \gset
 select public.secrets__create(:'org_b', 'kb', 'other', 'canary-append-0004-p', repeat('ab', 32)) ->> 'secret_id' as sb \gset
 update log_mark set id = (select max(id) from public.secret_access_log);

@@ -21,7 +21,8 @@ select public.deployment_secrets__bind(:'dep_a', 'ORG_WIDE', :'w') is not null a
 select public.deployment_secrets__bind(:'dep_b', 'ORG_WIDE', :'w') is not null as ok \gset
 select public.deployment_secrets__bind(:'dep_b', 'ORG_WIDE_AGAIN', :'w') is not null as ok \gset
 -- a revoked secret of the deployment is deleted with the others
-select public.secrets__revoke(:'s2') ->> 'bindings_removed' as s2_unbound \gset
+select public.secrets__revoke(:'s2', (public.secrets__request_revoke(:'s2', null, null, 'test') ->> 'revocation_id')::uuid)
+  ->> 'bindings_removed' as s2_unbound \gset
 
 create temp table log_mark as select coalesce(max(id), 0) as id from public.secret_access_log;
 
@@ -78,8 +79,9 @@ select is((select status from public.secrets where id = :'w') || ' '
 select is(public.secret_access_log__verify(:'org') ->> 'ok', 'true', 'the org chain verifies');
 
 -- ---- secrets__revoke --------------------------------------------------------------------------------
+select public.secrets__request_revoke(:'w', null, null, 'lock-order') ->> 'revocation_id' as rev_w \gset
 update log_mark set id = (select max(id) from public.secret_access_log);
-select is(public.secrets__revoke(:'w', 'lock-order') - 'secret_id',
+select is(public.secrets__revoke(:'w', :'rev_w', 'lock-order') - 'secret_id',
   '{"status": "revoked", "vault_secrets_deleted": 1, "bindings_removed": 2}'::jsonb,
   'a revoke removes every binding of the secret, two in one deployment here');
 select is(

@@ -187,7 +187,8 @@ update public.secret_versions set created_at = now() - interval '2 hours' where 
 set local role cortex_orchestrator;
 select is((select count(*) from jsonb_array_elements(public.secrets__list_overdue(:'org_a')) e where e ->> 'secret_id' = :'s_a'),
   1::bigint, 'a key older than its max age is listed');
-select is(public.deployment_secrets__revoke(:'s_a', :'dep_a1', 'ops', 'revoke-x') ->> 'bindings_removed', '1',
+select public.secrets__request_revoke(:'s_a', :'dep_a1', null, 'ops') ->> 'revocation_id' as rev_a1 \gset
+select is(public.deployment_secrets__revoke(:'s_a', :'rev_a1', :'dep_a1', 'ops', 'revoke-x') ->> 'bindings_removed', '1',
   'revoke from one deployment removes its binding');
 reset role;
 select is((select count(*) from public.deployment_secrets where secret_id = :'s_a'), 2::bigint, 'and only its binding');

@@ -49,8 +49,9 @@ select results_eq(
   format($$values (%L::uuid, %L::uuid, null::uuid, 'success'::text, 'token:t-a'::text, %L::text, '192.0.2.7'::text, 'curl/8 (pgtap)'::text,
       'revoke requested: every deployment and the vault'::text),
     (%L::uuid, %L::uuid, %L::uuid, 'success', 'cortexctl', %L, null, null, 'revoke requested: one deployment')$$,
-    :'org_a', :'s_a', 'revoke-' || :'s_a', :'org_a', :'s_a', :'dep_a1', 'revoke-' || :'s_a' || '-' || :'dep_a1'),
-  'each row names the org, secret, token, address, user agent and job');
+    :'org_a', :'s_a', (select 'revoke-' || r.id from public.secret_revocations r where r.secret_id = :'s_a' and r.deployment_id is null),
+    :'org_a', :'s_a', :'dep_a1', (select 'revoke-' || r.id from public.secret_revocations r where r.secret_id = :'s_a' and r.deployment_id = :'dep_a1')),
+  'each row names the org, secret, token, address, user agent and job (its revocation''s: revoke-<revocation id>)');
 select is((select count(*) from public.secret_access_log l where l.id > (select id from log_mark) and l.operation = 'revoke'),
   0::bigint, 'a request is not a revoke: nothing is revoked yet');
 select is((select status from public.secrets where id = :'s_a'), 'active', 'and the secret is still active');

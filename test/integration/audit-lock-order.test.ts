@@ -60,6 +60,8 @@ interface Fixture {
   orgWide: string;
 }
 
+/** Each scoped secret's open revocation (20261204100000_revocations.sql), opened by the fixture. */
+const revocationOf = new Map<string, string>();
 const fixture = async (scopedCount = 2): Promise<Fixture> => {
   const secrets = makeSecretsService({ rpc: pg.rpc, fingerprintKey });
   const { orgId, deploymentId: depA } = await makeOrgWithDeployment(pg.rpc);
@@ -82,6 +84,12 @@ const fixture = async (scopedCount = 2): Promise<Fixture> => {
     });
     await secrets.bind(depA, `SCOPED_${i}`, meta.secretId);
     scoped.push(meta.secretId);
+    // a revoke acts only under a revocation requested (and committed) first
+    const req = await pg.rpc<{ revocation_id: string }>('secrets__request_revoke', {
+      p_secret_id: meta.secretId,
+      p_actor: 'test:lock-order',
+    });
+    revocationOf.set(meta.secretId, req.revocation_id);
   }
   const orgWide = (
     await secrets.create({ orgId, name: 'org-wide', provider: 'other', value: new Secret(canary('other')) })
@@ -111,7 +119,10 @@ const readAll = async (c: Client, depId: string) => {
   );
 };
 const revoke = (c: Client, secretId: string) =>
-  c.query(`select public.secrets__revoke($1::uuid, 'test:lock-order') as r`, [secretId]);
+  c.query(`select public.secrets__revoke($1::uuid, $2::uuid, 'test:lock-order') as r`, [
+    secretId,
+    revocationOf.get(secretId),
+  ]);
 
 const pidOf = async (c: Client): Promise<number> =>
   (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;

@@ -99,7 +99,8 @@ describe('review R7: forged jobs (someone who can write to Redis)', () => {
       { secretId: secretA, deploymentId: depB.deployment.id },
       { jobId: `forged-${randomUUID()}`, attempts: 1 },
     );
-    expect(await finished(job)).toBe('completed');
+    // a revoke job carries a revocation id alone now (20261204100000_revocations.sql): refused
+    expect(await finished(job)).toBe('failed');
     expect(await secretState(secretA)).toEqual({ status: 'active', versions: 1, vaultRows: 1 });
     const bound = await admin.query(
       `select 1 from public.deployment_secrets where deployment_id = $1 and secret_id = $2`,

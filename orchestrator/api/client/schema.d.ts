@@ -1900,6 +1900,7 @@ export interface paths {
                         "application/json": {
                             deployments: number;
                             jobId: string;
+                            revocationId: string;
                         };
                     };
                 };

@@ -149,7 +149,7 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
         params: idParams,
         body: revokeBody,
         response: {
-          202: z.object({ jobId: z.string(), deployments: z.number() }),
+          202: z.object({ jobId: z.string(), revocationId: z.string(), deployments: z.number() }),
           ...problemResponses(400, 401, 403, 404, 415),
         },
       },

@@ -13,6 +13,7 @@ import type { RotationStore } from '../../../orchestrator/rotation/rotation-stor
  */
 const log = makeLogger({ level: 'silent' });
 const SECRET = randomUUID();
+const REVOCATION = randomUUID();
 
 const world = (failReadyOnce: boolean) => {
   const id = randomUUID();
@@ -55,6 +56,10 @@ const world = (failReadyOnce: boolean) => {
       bound.value = false;
       return Promise.resolve({ bindings_removed: 1 });
     },
+    // the open revocation this job carries the id of: one deployment
+    revocation: () =>
+      Promise.resolve({ id: REVOCATION, orgId: 'o', secretId: SECRET, deploymentId: id, state: 'open' }),
+    finishRevocation: () => Promise.resolve({}),
   } as unknown as RotationStore;
   return { id, status, bound, store, rotations };
 };
@@ -78,8 +83,7 @@ const runAttempts = async (w: ReturnType<typeof world>, attempts = 3) => {
   for (let i = 1; i <= attempts; i++) {
     try {
       return await job.run({
-        secretId: SECRET,
-        deploymentId: w.id,
+        revocationId: REVOCATION,
         jobId: 'revoke-r2',
         signal: new AbortController().signal,
         finalAttempt: i === attempts,

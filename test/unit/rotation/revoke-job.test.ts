@@ -16,6 +16,7 @@ import { Secret } from '../../../orchestrator/secret';
 const log = makeLogger({ level: 'silent' });
 const SECRET = randomUUID();
 const OTHER = randomUUID();
+const REVOCATION = randomUUID();
 
 const NEXT: Partial<Record<DeploymentStatus, DeploymentStatus[]>> = {
   ready: ['rotating', 'deprovisioning'],
@@ -26,8 +27,12 @@ const NEXT: Partial<Record<DeploymentStatus, DeploymentStatus[]>> = {
 /** This run's provision wrote the env file (its `secrets` step done), or not. */
 const SECRETS_DONE = [{ run: 1, operation: 'provision', step: 'secrets', status: 'succeeded' }];
 
-const world = (initial: DeploymentStatus, steps: readonly object[] = []) => {
+const world = (initial: DeploymentStatus, steps: readonly object[] = [], whole = false) => {
   const id = randomUUID();
+  const finished: { done: boolean; result: unknown }[] = [];
+  /** Bound to the secret after the job listed its deployments (what bind now refuses). */
+  const lateBound: string[] = [];
+  let listed = 0;
   const status = { value: initial };
   const reopened: string[] = [];
   const history: DeploymentStatus[] = [initial];
@@ -73,14 +78,38 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = []) => {
         status: 'active',
         currentVersion: 1,
         maxAgeSeconds: null,
-        deployments: [{ deploymentId: id, status: status.value, envVars: ['ANTHROPIC_API_KEY'] }],
+        deployments: [
+          ...(bound.has(SECRET)
+            ? [{ deploymentId: id, status: status.value, envVars: ['ANTHROPIC_API_KEY'] }]
+            : []),
+          ...(listed++ > 0
+            ? lateBound.map((d) => ({
+                deploymentId: d,
+                status: 'provisioning',
+                envVars: ['ANTHROPIC_API_KEY'],
+              }))
+            : []),
+        ],
       }),
-    revokeBindings: (secretId: string) => {
+    revokeBindings: (secretId: string, _d: string | undefined, revocationId: string) => {
+      if (revocationId !== REVOCATION) return Promise.reject(new Error('another revocation'));
       bound.delete(secretId);
       return Promise.resolve({ bindings_removed: 1 });
     },
+    revocation: () =>
+      Promise.resolve({
+        id: REVOCATION,
+        orgId: 'o',
+        secretId: SECRET,
+        deploymentId: whole ? null : id,
+        state: 'open',
+      }),
+    finishRevocation: (_r: string, done: boolean, result: unknown) => {
+      finished.push({ done, result });
+      return Promise.resolve({});
+    },
   } as unknown as RotationStore;
-  return { id, status, history, bound, store, rotations, reopened };
+  return { id, status, history, bound, store, rotations, reopened, finished, lateBound };
 };
 
 type Swap = (shell: unknown, input: { env: ReadonlyMap<string, Secret> }) => Promise<unknown>;
@@ -101,8 +130,7 @@ const run = (w: ReturnType<typeof world>, swap: Swap, finalAttempt = true, scrub
     concurrency: 4,
     holder: 'test',
   }).run({
-    secretId: SECRET,
-    deploymentId: w.id,
+    revocationId: REVOCATION,
     jobId: 'revoke-x',
     signal: new AbortController().signal,
     finalAttempt,
@@ -235,8 +263,8 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
     expect(out.revoked).toEqual([w.id]);
   });
 
-  it('a whole-secret revoke with a deployment provisioning past its secrets step: the secret is NOT deleted (its binding would go with it and that host be lost); reported', async () => {
-    const w = world('provisioning', SECRETS_DONE);
+  it('a whole-secret revoke with a deployment provisioning past its secrets step: the secret is NOT deleted (its binding would go with it and that host be lost); reported, the revocation left open', async () => {
+    const w = world('provisioning', SECRETS_DONE, true);
     const deleted: string[] = [];
     const out = await makeRevokeJob({
       rotations: w.rotations,
@@ -257,13 +285,15 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
       concurrency: 4,
       holder: 'test',
     }).run({
-      secretId: SECRET,
+      revocationId: REVOCATION,
       jobId: 'revoke-all',
       signal: new AbortController().signal,
       finalAttempt: true,
     });
     expect(deleted).toEqual([]);
     expect(out.vaultDeleted).toBe(false);
+    expect(out.open).toBe(true);
+    expect(w.finished.map((f) => f.done)).toEqual([false]);
     expect(w.bound.has(SECRET)).toBe(true);
     expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
   });
@@ -288,13 +318,97 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
       holder: 'test',
       leaseWaitMs: 10_000,
     }).run({
-      secretId: SECRET,
-      deploymentId: w.id,
+      revocationId: REVOCATION,
       jobId: 'revoke-x',
       signal: new AbortController().signal,
       finalAttempt: true,
     });
     expect(tries).toBe(3);
     expect(out.revoked).toEqual([w.id]);
+  });
+});
+
+describe('revoke job: the revocation it carries the id of (review R7 findings 3, 4, 5)', () => {
+  const wholeJob = (w: ReturnType<typeof world>, deleted: string[]) =>
+    makeRevokeJob({
+      rotations: w.rotations,
+      secrets: {
+        revoke: (id: string, revocationId: string) => {
+          deleted.push(`${id} ${revocationId}`);
+          return Promise.resolve(undefined as never);
+        },
+      },
+      store: w.store,
+      leases: {
+        acquire: (d: string) =>
+          Promise.resolve({ deploymentId: d, held: () => true, release: () => Promise.resolve() }),
+      } as never,
+      access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
+      swap: (() => Promise.resolve({ mode: 'blue-green', healthy: true })) as never,
+      log,
+      concurrency: 4,
+      holder: 'test',
+    });
+  const go = (job: ReturnType<typeof wholeJob>) =>
+    job.run({
+      revocationId: REVOCATION,
+      jobId: 'revoke-w',
+      signal: new AbortController().signal,
+      finalAttempt: true,
+    });
+
+  it('a whole-secret revoke: every deployment off the key, then the vault, under the revocation; done', async () => {
+    const w = world('ready', [], true);
+    const deleted: string[] = [];
+    const out = await go(wholeJob(w, deleted));
+    expect(out.revoked).toEqual([w.id]);
+    expect(deleted).toEqual([`${SECRET} ${REVOCATION}`]);
+    expect(out).toMatchObject({
+      vaultDeleted: true,
+      open: false,
+      revocationId: REVOCATION,
+      secretId: SECRET,
+    });
+    expect(w.finished).toEqual([{ done: true, result: expect.objectContaining({ vault_deleted: true }) }]);
+  });
+
+  it('a deployment bound after the job listed them (finding 4): the vault copy stays, the deployment is named, the revocation stays open', async () => {
+    const w = world('ready', [], true);
+    const late = randomUUID();
+    w.lateBound.push(late);
+    const deleted: string[] = [];
+    const out = await go(wholeJob(w, deleted));
+    expect(deleted).toEqual([]);
+    expect(out.vaultDeleted).toBe(false);
+    expect(out.open).toBe(true);
+    expect(out.failed.map((f) => f.deploymentId)).toEqual([late]);
+    expect(w.finished.map((f) => f.done)).toEqual([false]);
+  });
+
+  it('a revocation already done: nothing revoked, nothing deleted', async () => {
+    const w = world('ready', [], true);
+    const rotations = {
+      ...w.rotations,
+      revocation: () =>
+        Promise.resolve({ id: REVOCATION, orgId: 'o', secretId: SECRET, deploymentId: null, state: 'done' }),
+    } as unknown as RotationStore;
+    const deleted: string[] = [];
+    const out = await go(wholeJob({ ...w, rotations }, deleted));
+    expect(out).toMatchObject({ revoked: [], vaultDeleted: false, open: false });
+    expect(deleted).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(true);
+  });
+
+  it('an id no revocation has (a forged job): not_found, nothing touched', async () => {
+    const w = world('ready', [], true);
+    const rotations = {
+      ...w.rotations,
+      revocation: () => Promise.reject(new OrchestratorError('not_found', 'revocation x not found')),
+    } as unknown as RotationStore;
+    const deleted: string[] = [];
+    await expect(go(wholeJob({ ...w, rotations }, deleted))).rejects.toMatchObject({ code: 'not_found' });
+    expect(deleted).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(w.history).toEqual(['ready']);
   });
 });

@@ -202,15 +202,18 @@ describe('rotate job', () => {
 });
 
 describe('rotation payloads, ids and key check', () => {
-  it('a rotate job carries a rotation id and nothing else; a revoke job a secret id and maybe a deployment id', () => {
+  it('a rotate job carries a rotation id and nothing else; a revoke job a revocation id and nothing else', () => {
     const id = randomUUID();
     expect(parsePayload('rotate', { rotationId: id }).ok).toBe(true);
     expect(parsePayload('rotate', { rotationId: id, value: 'sk-ant-canary-x' })).toEqual({
       ok: false,
       problem: 'payload refused for queue rotate: (root) (ids only)',
     });
-    expect(parsePayload('revoke', { secretId: id, deploymentId: id }).ok).toBe(true);
-    expect(parsePayload('revoke', { secretId: 'sk-ant-canary-x' }).ok).toBe(false);
+    expect(parsePayload('revoke', { revocationId: id }).ok).toBe(true);
+    // the old shape (a secret id, no revocation: what a forged job carried) is refused
+    expect(parsePayload('revoke', { secretId: id, deploymentId: id }).ok).toBe(false);
+    expect(parsePayload('revoke', { revocationId: id, secretId: id }).ok).toBe(false);
+    expect(parsePayload('revoke', { revocationId: 'sk-ant-canary-x' }).ok).toBe(false);
   });
 
   it('an Idempotency-Key maps to one rotation id per scope', () => {
@@ -387,20 +390,21 @@ describe('rotation failure reasons are codes (finding 7: the detail stays in the
   });
 });
 
-describe('revoke: the accepted request is audited with the caller (finding 1)', () => {
+describe('revoke: the accepted request opens a revocation, audited with the caller (finding 1; review R7 finding 3)', () => {
+  const REV = randomUUID();
   const service = (calls: string[]) =>
     makeRotationService({
       rotations: {
         secretBindings: () =>
           Promise.resolve({ provider: 'anthropic', status: 'active', deployments: [{ deploymentId: 'd' }] }),
         requestRevoke: (input: unknown, ctx: unknown) => {
-          calls.push(`audit ${JSON.stringify([input, ctx])}`);
-          return Promise.resolve();
+          calls.push(`request ${JSON.stringify([input, ctx])}`);
+          return Promise.resolve({ revocationId: REV, jobId: `revoke-${REV}`, existing: false });
         },
       } as unknown as RotationStore,
       queues: {
-        enqueue: (q: string, _d: unknown, key: string) => {
-          calls.push(`enqueue ${q}-${key}`);
+        enqueue: (q: string, d: unknown, key: string) => {
+          calls.push(`enqueue ${q}-${key} ${JSON.stringify(d)}`);
           return Promise.resolve(`${q}-${key}`);
         },
       },
@@ -408,23 +412,23 @@ describe('revoke: the accepted request is audited with the caller (finding 1)', 
       graceSeconds: 60,
     });
 
-  it('writes the audit row (actor, address, user agent, job id) before the job is queued', async () => {
+  it('opens the revocation (audited: actor, address, user agent) before its job is queued with its id alone', async () => {
     const calls: string[] = [];
     const ctx = { actor: 'token:t1', requestIp: '127.0.0.1', userAgent: 'ua/1' };
     const r = await service(calls).revoke({ secretId: SECRET, orgId: 'o' }, ctx);
-    expect(r).toEqual({ jobId: `revoke-${SECRET}`, deployments: 1 });
+    expect(r).toEqual({ jobId: `revoke-${REV}`, revocationId: REV, deployments: 1 });
     expect(calls).toEqual([
-      `audit ${JSON.stringify([
-        { secretId: SECRET, orgId: 'o' },
-        { ...ctx, jobId: `revoke-${SECRET}` },
-      ])}`,
-      `enqueue revoke-${SECRET}`,
+      `request ${JSON.stringify([{ secretId: SECRET, orgId: 'o' }, ctx])}`,
+      `enqueue revoke-${REV} ${JSON.stringify({ revocationId: REV })}`,
     ]);
   });
 
-  it('an internal caller with no actor writes no request row', async () => {
+  it('an internal caller with no actor still opens the revocation, as the orchestrator', async () => {
     const calls: string[] = [];
     await service(calls).revoke({ secretId: SECRET });
-    expect(calls).toEqual([`enqueue revoke-${SECRET}`]);
+    expect(calls).toEqual([
+      `request ${JSON.stringify([{ secretId: SECRET }, { actor: 'orchestrator' }])}`,
+      `enqueue revoke-${REV} ${JSON.stringify({ revocationId: REV })}`,
+    ]);
   });
 });

@@ -34,6 +34,7 @@ const withCtx = { p_actor: 'test:a', p_job_id: 'j1', p_request_ip: '203.0.113.5'
 const ORG = randomUUID();
 const DEP = randomUUID();
 const SID = randomUUID();
+const REV = randomUUID();
 
 describe('secrets service: what it sends', () => {
   it('create: parsed input, the checked value and its keyed fingerprint, the audit context', async () => {
@@ -97,7 +98,7 @@ describe('secrets service: what it sends', () => {
     const value = canary();
     expect((await s.addVersion(SID, new Secret(value), ctx)).version).toBe(3);
     await s.retireVersion(SID, 1);
-    await s.revoke(SID, ctx);
+    await s.revoke(SID, REV, ctx);
     await s.bind(DEP, 'OPENAI_API_KEY', SID);
     await s.unbind(DEP, 'OPENAI_API_KEY', ctx);
     expect(await s.deleteForDeployment(DEP)).toBe(2);
@@ -107,7 +108,7 @@ describe('secrets service: what it sends', () => {
         { p_secret_id: SID, p_value: value, p_fingerprint: hmacFingerprint(KEY, value), ...withCtx },
       ],
       ['secret_versions__retire', { p_secret_id: SID, p_version: 1, ...noAudit }],
-      ['secrets__revoke', { p_secret_id: SID, ...withCtx }],
+      ['secrets__revoke', { p_secret_id: SID, p_revocation_id: REV, ...withCtx }],
       [
         'deployment_secrets__bind',
         { p_deployment_id: DEP, p_env_var: 'OPENAI_API_KEY', p_secret_id: SID, ...noAudit },
@@ -124,7 +125,8 @@ describe('secrets service: what it sends', () => {
     expect(await fields(s.addVersion(SID, new Secret('')))).toBe('value');
     expect(await fields(s.retireVersion('x', 1))).toBe('secret_id');
     for (const v of [0, 1.5, -1]) expect(await fields(s.retireVersion(SID, v))).toBe('version');
-    expect(await fields(s.revoke('x'))).toBe('secret_id');
+    expect(await fields(s.revoke('x', REV))).toBe('secret_id');
+    expect(await fields(s.revoke(SID, 'x'))).toBe('revocation_id');
     expect(await fields(s.bind('x', 'A', SID))).toBe('deployment_id');
     expect(await fields(s.bind(DEP, 'PATH', SID))).toBe('env_var');
     expect(await fields(s.bind(DEP, 'A', 'x'))).toBe('secret_id');

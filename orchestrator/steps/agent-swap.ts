@@ -85,7 +85,7 @@ export interface AgentSwapInput {
 /**
  * Why a swap is not healthy, where a caller may act on it: `port_held_by_foreign_process` — the new
  * slot's port is (also) held by a process outside the new slot's unit, so its 200 proves nothing
- * (an agent of the other slot, both run as one dynamic user, can bind it first);
+ * (any process may bind a free loopback port: the other slot's agent can bind it first);
  * `rollback_unverified` — the new instance failed its soak (or its check through Caddy after the
  * switch) and traffic was routed back to the old one (the live rule checked, the new one
  * discarded), or a held restart's previous env file was put back and the unit restarted on it,
@@ -245,8 +245,8 @@ const digestsMatch = (r: ExecResult, nonce: Buffer, env: ReadonlyMap<string, Sec
 
 /**
  * Does every socket listening on the new slot's port belong to a process of `unit` (and is there
- * one)? A 200 on the port proves nothing else: both slots run as one dynamic user, so the serving
- * slot's agent could have bound the idle slot's port first (the new instance then fails with
+ * one)? A 200 on the port proves nothing else: any process may bind a free loopback port, so the
+ * serving slot's agent could have bound the idle slot's port first (the new instance then fails with
  * EADDRINUSE and the probe reaches the impostor). Read on the host as root: `ss -p` for the
  * holders, their `/proc/<pid>/cgroup` for the unit (swapCommands.portHolders).
  */

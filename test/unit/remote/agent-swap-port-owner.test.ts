@@ -42,7 +42,7 @@ describe('blue/green swap: the new slot must own its port (finding 6)', () => {
   it("blue's agent holding green's port: healthy false, traffic stays on blue, nothing of green left", async () => {
     const h = host();
     const bluePid = h.listeners.get(BLUE_PORT)?.[0]?.pid ?? 0;
-    // The impostor: a process in blue's cgroup (same dynamic user) listening on green's port.
+    // The impostor: a process in blue's cgroup (any user may bind a free loopback port) listening on green's port.
     h.listen(GREEN_PORT, 'cortex-agent@blue.service', bluePid);
     const r = await swap(h);
     expect(r).toMatchObject({

@@ -4,7 +4,7 @@ import type { Queues } from '../queues/queues';
 import type { Secret } from '../secret';
 import { parseInput, uuid, type AuditContext } from '../secrets/secret-input';
 import type { KeyValidator } from './key-validator';
-import type { AuditRead, OverdueKey, Rotation, RotationStore } from './rotation-store';
+import type { AuditRead, OverdueKey, Revocation, Rotation, RotationStore } from './rotation-store';
 
 /**
  * What the API and the CLI ask of rotation: start one (key check, new version, rotation record,
@@ -29,6 +29,40 @@ export const rotationIdFor = (scope: string, key: string): string => {
   h[8] = ((h[8] ?? 0) & 0x3f) | 0x80;
   const x = h.subarray(0, 16).toString('hex');
   return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20, 32)}`;
+};
+
+/** What a revocation's last run did, read back from its stored result (ids and reasons only). */
+export interface RevocationSummary {
+  readonly revoked: string[];
+  /** Revoked, but its agent is not healthy without the key (a result that has no such list: none). */
+  readonly unhealthy: { deploymentId: string; reason: string }[];
+  readonly failed: { deploymentId: string; reason: string }[];
+  readonly vaultDeleted: boolean;
+}
+
+const strings = (v: unknown): string[] =>
+  Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+
+/**
+ * The stored result (revoke-job.ts: `{revoked, unhealthy?, failed, vault_deleted}`) in the shape the API and
+ * the CLI show; null before any run ended. Only the known fields are read: anything else the row
+ * might hold is not passed on.
+ */
+export const revocationSummary = (r: Pick<Revocation, 'result'>): RevocationSummary | null => {
+  if (!r.result) return null;
+  const perDeployment = (v: unknown): { deploymentId: string; reason: string }[] =>
+    (Array.isArray(v) ? (v as unknown[]) : []).flatMap((f) => {
+      const x = (f ?? {}) as Record<string, unknown>;
+      return typeof x.deploymentId === 'string'
+        ? [{ deploymentId: x.deploymentId, reason: typeof x.reason === 'string' ? x.reason : 'unexpected' }]
+        : [];
+    });
+  return {
+    revoked: strings(r.result.revoked),
+    unhealthy: perDeployment(r.result.unhealthy),
+    failed: perDeployment(r.result.failed),
+    vaultDeleted: r.result.vault_deleted === true,
+  };
 };
 
 export const makeRotationService = (deps: {
@@ -112,12 +146,16 @@ export const makeRotationService = (deps: {
 
   const status = (rotationId: string, orgId?: string): Promise<Rotation> => rotations.get(rotationId, orgId);
 
+  /** A revocation and its last run's result (an org-scoped caller: another org's is not_found). */
+  const revocation = (revocationId: string, orgId?: string): Promise<Revocation> =>
+    rotations.showRevocation(revocationId, orgId);
+
   /** Every audited read of a version (the leaked one): which deployments, when, which job. */
   const readsOf = (secretId: string, version: number, orgId?: string): Promise<AuditRead[]> =>
     rotations.readsOfVersion(secretId, version, orgId);
 
   const overdue = (orgId?: string): Promise<OverdueKey[]> => rotations.overdue(orgId);
 
-  return { rotate, revoke, status, readsOf, overdue, setMaxAge: rotations.setMaxAge };
+  return { rotate, revoke, status, revocation, readsOf, overdue, setMaxAge: rotations.setMaxAge };
 };
 export type RotationService = ReturnType<typeof makeRotationService>;

@@ -92,7 +92,12 @@ export interface Revocation {
   readonly state: 'open' | 'done';
   readonly jobId: string;
   readonly attempts: number;
+  /** The last run's outcome (deployment ids, value-free reasons, vault_deleted); null before one ended. */
   readonly result: Record<string, unknown> | null;
+  readonly createdAt: string;
+  /** When a run last ended (or the revocation was opened). */
+  readonly updatedAt: string;
+  readonly finishedAt: string | null;
 }
 
 type Row = Record<string, unknown>;
@@ -131,6 +136,9 @@ const toRevocation = (r: Row): Revocation => ({
   jobId: String(r.job_id),
   attempts: Number(r.attempts),
   result: r.result && typeof r.result === 'object' ? (r.result as Record<string, unknown>) : null,
+  createdAt: String(r.created_at),
+  updatedAt: String(r.updated_at),
+  finishedAt: s(r.finished_at),
 });
 
 const graceSeconds = z.number().int().min(0).max(2_592_000);
@@ -194,6 +202,18 @@ export const makeRotationStore = (deps: {
   const revocation = async (revocationId: string): Promise<Revocation> =>
     toRevocation(
       await rpc<Row>('secret_revocations__get', { p_revocation_id: id(revocationId, 'revocation_id') }),
+    );
+
+  /**
+   * A revocation as the API and the CLI show it (secret_revocations__show): with `orgId` (an
+   * org-scoped caller) another organisation's is not_found, like an id nobody opened.
+   */
+  const showRevocation = async (revocationId: string, orgId?: string): Promise<Revocation> =>
+    toRevocation(
+      await rpc<Row>('secret_revocations__show', {
+        p_revocation_id: id(revocationId, 'revocation_id'),
+        p_org_id: orgId === undefined ? undefined : id(orgId, 'org_id'),
+      }),
     );
 
   /** The end of one job run: done, or left open (with its result) for the rotation sweep. */
@@ -429,6 +449,7 @@ export const makeRotationStore = (deps: {
     revokeBindings,
     requestRevoke,
     revocation,
+    showRevocation,
     finishRevocation,
     listOpenRevocations,
     setMaxAge,

@@ -1387,6 +1387,161 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/revocations/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A revocation: open or done, and what its last run revoked */
+        get: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody?: never;
+            responses: {
+                /** @description Default Response */
+                200: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            /** @description Job runs that reached their end */
+                            attempts: number;
+                            createdAt: string;
+                            /** @description null: the whole secret (every deployment, then the vault) */
+                            deploymentId: string | null;
+                            finishedAt: string | null;
+                            id: string;
+                            /** @description The last run's outcome; null before one ended */
+                            result: {
+                                /** @description Deployments that still held the key after the run */
+                                failed: {
+                                    deploymentId: string;
+                                    /** @description A reason code */
+                                    reason: string;
+                                }[];
+                                /** @description Deployments taken off the key */
+                                revoked: string[];
+                                /** @description Revoked deployments whose agent is not healthy without the key */
+                                unhealthy: {
+                                    deploymentId: string;
+                                    /** @description A reason code */
+                                    reason: string;
+                                }[];
+                                /** @description Every version deleted from the vault */
+                                vaultDeleted: boolean;
+                            } | null;
+                            secretId: string;
+                            /**
+                             * @description open: not finished yet (queued, running, or a provision still held the key: run again)
+                             * @enum {string}
+                             */
+                            state: "open" | "done";
+                        };
+                    };
+                };
+                /** @description Bad Request */
+                400: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": {
+                            detail?: string;
+                            errors?: {
+                                field: string;
+                                message: string;
+                            }[];
+                            field?: string;
+                            status: number;
+                            title: string;
+                            type: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description Unauthorized */
+                401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": {
+                            detail?: string;
+                            errors?: {
+                                field: string;
+                                message: string;
+                            }[];
+                            field?: string;
+                            status: number;
+                            title: string;
+                            type: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description Forbidden */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": {
+                            detail?: string;
+                            errors?: {
+                                field: string;
+                                message: string;
+                            }[];
+                            field?: string;
+                            status: number;
+                            title: string;
+                            type: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description Not Found */
+                404: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/problem+json": {
+                            detail?: string;
+                            errors?: {
+                                field: string;
+                                message: string;
+                            }[];
+                            field?: string;
+                            status: number;
+                            title: string;
+                            type: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+            };
+        };
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/rotations/{id}": {
         parameters: {
             query?: never;
@@ -1869,7 +2024,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Revoke a key from one deployment, or from all of them and the vault */
+        /**
+         * Revoke a key from one deployment, or from all of them and the vault
+         * @description 202 with the revocation (follow it at GET /v1/revocations/{id}); a repeated request while one is open: the same revocation.
+         */
         post: {
             parameters: {
                 query?: never;

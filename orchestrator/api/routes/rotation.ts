@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import { makeRotationServiceFromPipeline } from '../../rotation/rotation-from-config';
 import { reasonCodeOf } from '../../rotation/rotation-job';
-import type { Rotation } from '../../rotation/rotation-store';
+import { revocationSummary } from '../../rotation/rotation-service';
+import type { Revocation, Rotation } from '../../rotation/rotation-store';
 import { isOrchestratorError } from '../../errors';
 import { Secret } from '../../secret';
 import { auditContext, principalOf } from '../auth';
@@ -14,7 +15,7 @@ import type { ApiPlugin } from '../server';
  * failed request), revoke it from one deployment or all, and follow a rotation. The value goes in
  * once, is checked against its provider when that is configured, stored through the audited SQL
  * function, and never comes out; the job that fans out carries the rotation id only. An org-scoped
- * token sees another org's secret or rotation as absent (404).
+ * token sees another org's secret, rotation or revocation as absent (404).
  */
 const rotateBody = z
   .object({
@@ -75,6 +76,56 @@ const view = (r: Rotation): z.infer<typeof rotationSchema> => ({
     .filter((d) => d.state === 'rolled_back' || d.state === 'failed')
     .map((d) => d.deploymentId),
 });
+
+const revocationSchema = z.object({
+  id: z.string(),
+  secretId: z.string(),
+  deploymentId: z.string().nullable().describe('null: the whole secret (every deployment, then the vault)'),
+  state: z
+    .enum(['open', 'done'])
+    .describe('open: not finished yet (queued, running, or a provision still held the key: run again)'),
+  attempts: z.number().describe('Job runs that reached their end'),
+  result: z
+    .object({
+      revoked: z.array(z.string()).describe('Deployments taken off the key'),
+      unhealthy: z
+        .array(z.object({ deploymentId: z.string(), reason: z.string().describe('A reason code') }))
+        .describe('Revoked deployments whose agent is not healthy without the key'),
+      failed: z
+        .array(z.object({ deploymentId: z.string(), reason: z.string().describe('A reason code') }))
+        .describe('Deployments that still held the key after the run'),
+      vaultDeleted: z.boolean().describe('Every version deleted from the vault'),
+    })
+    .nullable()
+    .describe("The last run's outcome; null before one ended"),
+  createdAt: z.string(),
+  finishedAt: z.string().nullable(),
+});
+
+/** A stored reason as its code; a reason written as plain words (no code) gets `fallback`. */
+const codeOr = (reason: string, fallback: string): string => {
+  const c = reasonCodeOf(reason);
+  return c === null || c === 'unexpected' ? fallback : c;
+};
+
+const revocationView = (r: Revocation): z.infer<typeof revocationSchema> => {
+  const sum = revocationSummary(r);
+  return {
+    id: r.id,
+    secretId: r.secretId,
+    deploymentId: r.deploymentId,
+    state: r.state,
+    attempts: r.attempts,
+    // a reason code only, as for rotations; the detail stays in the worker's log
+    result: sum && {
+      ...sum,
+      unhealthy: sum.unhealthy.map((f) => ({ ...f, reason: codeOr(f.reason, 'unhealthy') })),
+      failed: sum.failed.map((f) => ({ ...f, reason: codeOr(f.reason, 'unexpected') })),
+    },
+    createdAt: r.createdAt,
+    finishedAt: r.finishedAt,
+  };
+};
 
 export const rotationRoutes: ApiPlugin = async (app, deps) => {
   const service = makeRotationServiceFromPipeline(deps.pipeline);
@@ -146,6 +197,8 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
       schema: {
         tags: ['rotation'],
         summary: 'Revoke a key from one deployment, or from all of them and the vault',
+        description:
+          '202 with the revocation (follow it at GET /v1/revocations/{id}); a repeated request while one is open: the same revocation.',
         params: idParams,
         body: revokeBody,
         response: {
@@ -183,6 +236,23 @@ export const rotationRoutes: ApiPlugin = async (app, deps) => {
     async (request) => {
       const p = principalOf(request);
       return view(await service.status(request.params.id, p.orgId ?? undefined));
+    },
+  );
+
+  app.get(
+    '/v1/revocations/:id',
+    {
+      config: { scopes: ['deployments:read', 'secrets:write'] },
+      schema: {
+        tags: ['rotation'],
+        summary: 'A revocation: open or done, and what its last run revoked',
+        params: idParams,
+        response: { 200: revocationSchema, ...problemResponses(400, 401, 403, 404) },
+      },
+    },
+    async (request) => {
+      const p = principalOf(request);
+      return revocationView(await service.revocation(request.params.id, p.orgId ?? undefined));
     },
   );
 

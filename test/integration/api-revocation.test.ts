@@ -1,0 +1,190 @@
+import { randomUUID } from 'node:crypto';
+import {
+  makeRotationFromPipeline,
+  type RotationWiring,
+} from '../../orchestrator/rotation/rotation-from-config';
+import { Secret } from '../../orchestrator/secret';
+import type { Workers } from '../../orchestrator/queues/workers';
+import { startTestApi, type TestApi } from '../support/api';
+import { canary } from '../support/canary';
+
+/**
+ * GET /v1/revocations/:id over a real listening API (issue 11): a revoke's state can be seen
+ * afterwards — open or done, its runs, what the last one revoked and what still holds the key —
+ * with the rules of GET /v1/rotations/:id (scopes; another organisation's is 404, the same answer
+ * as an id nobody opened), and never a value (a canary key, looked for in every answer and log line).
+ */
+jest.setTimeout(120_000);
+
+let t: TestApi;
+let workers: Workers;
+let rot: RotationWiring;
+
+beforeAll(async () => {
+  t = await startTestApi();
+  rot = makeRotationFromPipeline(t.pipeline);
+  workers = t.pipeline.makeWorkerSet(rot.maintenanceTasks, rot.processors);
+  workers.start(['revoke']);
+});
+afterAll(async () => {
+  await t?.close();
+});
+
+const keyOf = async (orgId: string, value: string): Promise<string> =>
+  (
+    await t.pipeline.secrets.create({
+      orgId,
+      name: `revoc-${Math.random().toString(36).slice(2, 8)}`,
+      provider: 'anthropic',
+      value: new Secret(value),
+    })
+  ).secretId;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface RevocationView {
+  id: string;
+  secretId: string;
+  deploymentId: string | null;
+  state: 'open' | 'done';
+  attempts: number;
+  result: {
+    revoked: string[];
+    unhealthy: { deploymentId: string; reason: string }[];
+    failed: { deploymentId: string; reason: string }[];
+    vaultDeleted: boolean;
+  } | null;
+  createdAt: string;
+  finishedAt: string | null;
+}
+
+describe('GET /v1/revocations/:id', () => {
+  it('follows a whole-secret revoke to done: its runs, the vault deleted, its end time; never the value', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['secrets:write']);
+    const value = canary();
+    const secretId = await keyOf(org, value);
+    const r = await t.call('POST', `/v1/secrets/${secretId}/revoke`, { token: tok.token, body: {} });
+    expect(r.status).toBe(202);
+    const { revocationId } = r.json as { revocationId: string };
+    const answers = [r.text];
+    let s: RevocationView | undefined;
+    for (let i = 0; i < 150 && s?.state !== 'done'; i++) {
+      const g = await t.call('GET', `/v1/revocations/${revocationId}`, { token: tok.token });
+      expect(g.status).toBe(200);
+      answers.push(g.text);
+      s = g.json as RevocationView;
+      if (s.state !== 'done') await sleep(200);
+    }
+    expect(s).toEqual({
+      id: revocationId,
+      secretId,
+      deploymentId: null,
+      state: 'done',
+      attempts: 1,
+      result: { revoked: [], unhealthy: [], failed: [], vaultDeleted: true },
+      createdAt: expect.any(String),
+      finishedAt: expect.any(String),
+    });
+    expect(Date.parse(s!.finishedAt!)).toBeGreaterThanOrEqual(Date.parse(s!.createdAt));
+    // the read scope is enough, as for rotations; an ops token sees any organisation's; the typed
+    // client (the onboarding app's) reads the same answer
+    const reader = await t.token(org, ['deployments:read']);
+    const ops = await t.token(null, ['deployments:read']);
+    for (const who of [reader, ops]) {
+      const g = await t.call('GET', `/v1/revocations/${revocationId}`, { token: who.token });
+      expect([g.status, (g.json as RevocationView).state]).toEqual([200, 'done']);
+      answers.push(g.text);
+    }
+    const typed = await t.client(reader.token).GET('/v1/revocations/{id}', {
+      params: { path: { id: revocationId } },
+    });
+    expect(typed.data?.result?.vaultDeleted).toBe(true);
+    expect(typed.data?.deploymentId).toBeNull();
+    for (const a of answers) expect(a).not.toContain(value);
+    expect(t.logs.some((l) => l.includes(value))).toBe(false);
+  });
+
+  it("another organisation's revocation is 404 like an unknown id; a malformed id is 400 naming the field; scopes as for rotations", async () => {
+    const orgA = await t.org();
+    const orgB = await t.org();
+    const tokA = await t.token(orgA, ['secrets:write', 'deployments:read']);
+    const tokB = await t.token(orgB, ['secrets:write', 'deployments:read']);
+    const value = canary();
+    const secretA = await keyOf(orgA, value);
+    const r = await t.call('POST', `/v1/secrets/${secretA}/revoke`, { token: tokA.token, body: {} });
+    expect(r.status).toBe(202);
+    const { revocationId } = r.json as { revocationId: string };
+    expect((await t.call('GET', `/v1/revocations/${revocationId}`, { token: tokA.token })).status).toBe(200);
+    const other = await t.call('GET', `/v1/revocations/${revocationId}`, { token: tokB.token });
+    const unknown = await t.call('GET', `/v1/revocations/${randomUUID()}`, { token: tokB.token });
+    expect([other.status, unknown.status]).toEqual([404, 404]);
+    // the same problem, but for the id: nothing tells B that A's revocation exists
+    const shape = (x: unknown) => {
+      const { detail: _d, instance: _i, ...rest } = x as Record<string, unknown>;
+      return rest;
+    };
+    expect(shape(other.json)).toEqual(shape(unknown.json));
+    expect(other.text).not.toContain(secretA);
+    const bad = await t.call('GET', '/v1/revocations/not-a-uuid', { token: tokA.token });
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ status: 400, field: 'path.id' });
+    expect((await t.call('GET', `/v1/revocations/${revocationId}`)).status).toBe(401);
+    const noScope = await t.token(orgA, ['audit:read']);
+    expect((await t.call('GET', `/v1/revocations/${revocationId}`, { token: noScope.token })).status).toBe(
+      403,
+    );
+    for (const a of [other, unknown, bad]) expect(a.text).not.toContain(value);
+  });
+
+  it('a revocation left open shows open, its runs, and what still holds the key as reason codes only', async () => {
+    const org = await t.org();
+    const tok = await t.token(org, ['deployments:read']);
+    const value = canary();
+    const secretId = await keyOf(org, value);
+    // opened without a job (as if its job had not run yet), then one run that a provision held
+    const { revocationId } = await rot.rotations.requestRevoke(
+      { secretId },
+      { actor: 'api-revocation-test' },
+    );
+    const before = await t.call('GET', `/v1/revocations/${revocationId}`, { token: tok.token });
+    expect(before.json).toMatchObject({ state: 'open', attempts: 0, result: null, finishedAt: null });
+    const held = randomUUID();
+    const sick = randomUUID();
+    await rot.rotations.finishRevocation(revocationId, false, {
+      revoked: [sick],
+      unhealthy: [
+        { deploymentId: sick, reason: 'the agent is not healthy without the secret: port 18123 closed' },
+      ],
+      failed: [
+        {
+          deploymentId: held,
+          reason: `stack_locked: deployment ${held} is provisioning past its secrets step; revoked once ready`,
+        },
+      ],
+      vault_deleted: false,
+    });
+    const after = await t.call('GET', `/v1/revocations/${revocationId}`, { token: tok.token });
+    expect(after.json).toEqual({
+      id: revocationId,
+      secretId,
+      deploymentId: null,
+      state: 'open',
+      attempts: 1,
+      result: {
+        revoked: [sick],
+        unhealthy: [{ deploymentId: sick, reason: 'unhealthy' }],
+        failed: [{ deploymentId: held, reason: 'stack_locked' }],
+        vaultDeleted: false,
+      },
+      createdAt: expect.any(String),
+      finishedAt: null,
+    });
+    // the detail (ports, step names) stays in the worker's log
+    expect(after.text).not.toContain('18123');
+    expect(after.text).not.toContain('provisioning past');
+    for (const a of [before, after]) expect(a.text).not.toContain(value);
+    // tidy: a whole-secret revocation left open blocks the key; end it
+    await rot.rotations.finishRevocation(revocationId, true, {});
+  });
+});

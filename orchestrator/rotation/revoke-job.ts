@@ -48,6 +48,8 @@ export interface RevokeOutcome {
   /** The revocation is still open: a provision held the secret; the rotation sweep runs it again. */
   readonly open: boolean;
   readonly revoked: string[];
+  /** Revoked, but the agent is not healthy without the secret (restarted without it anyway). */
+  readonly unhealthy: { deploymentId: string; reason: string }[];
   readonly failed: { deploymentId: string; reason: string }[];
   readonly vaultDeleted: boolean;
 }
@@ -98,6 +100,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     try {
       const dep = await deps.store.get(deploymentId);
       if (dep.status === 'ready' || dep.status === 'rotating') {
+        let unhealthy: string | undefined;
         if (dep.status === 'ready') await deps.store.setStatus(deploymentId, 'rotating');
         try {
           const rest = (await rotations.bindings(deploymentId)).filter((b) => b.secretId !== secretId);
@@ -111,16 +114,28 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           const env = new Map(values.map((v) => [v.envVar, v.value]));
           const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
           try {
-            const r = await deps.swap(
-              shell,
-              { deploymentId, runtime: dep.runtime, env },
-              { signal, ...(deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds }) },
-            );
-            if (!r.healthy)
-              throw new OrchestratorError(
-                'remote_command_failed',
-                `the agent is not healthy without the secret (${r.reason ?? 'no reason'}); it still holds it`,
-              );
+            const input = { deploymentId, runtime: dep.runtime, env };
+            const soak = deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds };
+            const r = await deps.swap(shell, input, { signal, ...soak });
+            if (!r.healthy) {
+              // Not healthy without the secret (an agent that needs the key, or another fault): the
+              // old environment was put back, so the agent still holds the withdrawn value. A revoke
+              // must take effect: the serving agent is restarted in place without it and kept so
+              // even when unhealthy (its previous env file removed), and that is reported.
+              const forced = await deps.swap(shell, input, {
+                signal,
+                ...soak,
+                mode: 'held-restart',
+                keepUnhealthy: true,
+              });
+              if (!forced.healthy) {
+                log.error(
+                  { deploymentId, secretId, reason: forced.reason },
+                  'revoked: the agent is not healthy without the secret',
+                );
+                unhealthy = `the agent is not healthy without the secret: ${r.reason ?? 'no reason'}; restarted without it anyway: ${forced.reason ?? 'no reason'}`;
+              }
+            }
           } finally {
             await shell.close().catch(() => undefined);
           }
@@ -133,7 +148,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         // so one whose binding is gone would stay `rotating` for good.
         await setReady(deploymentId);
         await rotations.revokeBindings(secretId, deploymentId, revocationId, ctx);
-        return;
+        return unhealthy;
       }
       // Not running an agent. Its host holds the secret in its env file if this run's provision
       // wrote it, and a resumed provision would start the agent on that file: a failed one has its
@@ -147,6 +162,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         );
       if (dep.status === 'failed' && secretsReached(dep)) await clearFailedHost(deps, dep, signal);
       await rotations.revokeBindings(secretId, deploymentId, revocationId, ctx);
+      return undefined;
     } finally {
       await lease.release().catch(() => undefined);
     }
@@ -164,7 +180,15 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     const deploymentId = rev.deploymentId ?? undefined;
     if (rev.state === 'done') {
       log.info({ revocationId: rev.id, secretId }, 'revoke already done');
-      return { revocationId: rev.id, secretId, open: false, revoked: [], failed: [], vaultDeleted: false };
+      return {
+        revocationId: rev.id,
+        secretId,
+        open: false,
+        revoked: [],
+        unhealthy: [],
+        failed: [],
+        vaultDeleted: false,
+      };
     }
     const found = await rotations.secretBindings(secretId, deploymentId ? { deploymentId } : {});
     const targets = found.deployments.map((d) => d.deploymentId);
@@ -213,6 +237,9 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
       secretId,
       open,
       revoked: targets.filter((_, i) => results[i]?.status === 'fulfilled'),
+      unhealthy: results.flatMap((r, i) =>
+        r.status === 'fulfilled' && r.value ? [{ deploymentId: targets[i] as string, reason: r.value }] : [],
+      ),
       failed: [
         ...failed.map(({ deploymentId: d, reason }) => ({ deploymentId: d, reason })),
         ...holding
@@ -221,9 +248,17 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
       ],
       vaultDeleted,
     };
+    // The record holds at most 16 KiB (secret_revocations__finish): the first 20 of each list, with
+    // each list's full count, and reasons cut to 120 characters.
+    const cut = (l: { deploymentId: string; reason: string }[]) =>
+      l.slice(0, 20).map((f) => ({ ...f, reason: f.reason.slice(0, 120) }));
     await rotations.finishRevocation(rev.id, !open, {
-      revoked: outcome.revoked.slice(0, 50),
-      failed: outcome.failed.slice(0, 50).map((f) => ({ ...f, reason: f.reason.slice(0, 200) })),
+      revoked: outcome.revoked.slice(0, 20),
+      revoked_count: outcome.revoked.length,
+      unhealthy: cut(outcome.unhealthy),
+      unhealthy_count: outcome.unhealthy.length,
+      failed: cut(outcome.failed),
+      failed_count: outcome.failed.length,
       vault_deleted: vaultDeleted,
     });
     log.info(
@@ -232,6 +267,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         secretId,
         revoked: outcome.revoked.length,
         failed: outcome.failed.length,
+        unhealthy: outcome.unhealthy.length,
         vaultDeleted,
         open,
       },

@@ -90,9 +90,11 @@ export interface AgentSwapInput {
  * switch) and traffic was routed back to the old one (the live rule checked, the new one
  * discarded), or a held restart's previous env file was put back and the unit restarted on it,
  * but the old environment did not answer its health check (through Caddy; held restart: also on
- * its own port) afterwards: the host is on the old environment and may not be serving.
+ * its own port) afterwards: the host is on the old environment and may not be serving;
+ * `kept_unhealthy` — a held restart with `keepUnhealthy`: the new environment stays although the
+ * agent is not healthy on it, and no previous env file is kept.
  */
-export type SwapFailureCode = 'port_held_by_foreign_process' | 'rollback_unverified';
+export type SwapFailureCode = 'port_held_by_foreign_process' | 'rollback_unverified' | 'kept_unhealthy';
 
 export interface AgentSwapResult {
   readonly mode: SwapMode;
@@ -121,6 +123,12 @@ export interface AgentSwapOptions {
    * or an operator who wants the old behaviour); `blue-green` only for a runtime that can run twice.
    */
   readonly mode?: SwapMode;
+  /**
+   * Held restart only: keep the new environment even when the agent is not healthy on it (no
+   * restore; the kept previous env file is removed), and say so (`kept_unhealthy`). For a revoke,
+   * which must take the value off the host even from an agent that cannot run without it.
+   */
+  readonly keepUnhealthy?: boolean;
 }
 
 export const swapModeOf = (runtime: RuntimeName): SwapMode => runtimeProfile(runtime).swapMode;
@@ -747,6 +755,18 @@ const heldRestart = async (
       ? { mode: 'held-restart', healthy: false, reason, slot }
       : { mode: 'held-restart', healthy: true, slot };
   const port = slotPort(profile.port, slot);
+  /** keepUnhealthy: the new environment stays; the previous env file (the old values) goes. */
+  const keepAnyway = async (reason: string): Promise<AgentSwapResult> => {
+    const [gone = NOT_RUN] = await runBatch(shell, [{ argv: swapCommands.removeEnvFiles(previous) }], o);
+    if (gone.code !== 0)
+      throw new OrchestratorError(
+        'remote_command_failed',
+        `the previous env file of slot ${slot} was not removed`,
+      );
+    return { mode: 'held-restart', healthy: false, reason, code: 'kept_unhealthy', slot };
+  };
+  const giveUp = (reason: string): Promise<AgentSwapResult> =>
+    opts.keepUnhealthy ? keepAnyway(reason) : restore(reason);
   /**
    * The previous env file put back and the unit restarted on it, then proven like the new one was
    * (its own port, its port's owner, through Caddy): `reason` is why the new one was not kept; the
@@ -791,7 +811,7 @@ const heldRestart = async (
       ...(way ? { watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0) } : {}),
     });
     const fellOver = way ? soakFailed(unit, watch) : undefined;
-    if (fellOver) return restore(fellOver);
+    if (fellOver) return giveUp(fellOver);
     return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
@@ -837,7 +857,7 @@ const heldRestart = async (
     reason = soakFailed(unit, watch);
     if (reason === undefined) return result(undefined);
   }
-  return kept ? restore(reason) : result(reason);
+  return kept ? giveUp(reason) : result(reason);
 };
 
 /**
@@ -920,6 +940,11 @@ export const swapAgentEnvironment = async (
   };
   bounded('drainSeconds', opts.drainSeconds, 3_600);
   bounded('soakSeconds', opts.soakSeconds, 600);
+  if (opts.keepUnhealthy && mode !== 'held-restart')
+    throw invalidInput(
+      'keepUnhealthy',
+      'needs mode held-restart (blue/green never keeps an unhealthy instance)',
+    );
   const session = await swapSession(shell, o);
   try {
     const sh = session.shell;

@@ -310,3 +310,80 @@ describe('rotation gaps on a real local host', () => {
     expect(await filesHolding(id, org.value)).toBe(0);
   });
 });
+
+/**
+ * A revoke must take effect even from an agent that cannot run without the key: before, the swap
+ * without it was unhealthy, the old environment was put back, and the agent kept serving the
+ * withdrawn value ("it still holds it"). Now the agent is restarted in place without it and kept
+ * so, unhealthy, and the revocation says so.
+ */
+describe('revoke of a key the agent cannot start without', () => {
+  let org: Awaited<ReturnType<typeof orgWithKey>>;
+  let id: string;
+  const NEEDS_KEY_DROP_IN = '/etc/systemd/system/cortex-agent@.service.d/zz-test-needs-key.conf';
+
+  beforeAll(async () => {
+    org = await orgWithKey(p);
+    id = await provisionOne(org.orgId, org.secretId);
+    await withShell(id, async (shell) => {
+      await shell.writeFileAtomic(
+        NEEDS_KEY_DROP_IN,
+        Buffer.from(`[Service]\nExecStartPre=/bin/sh -c 'test -n "$$${ENV}"'\n`),
+        { mode: 0o644, dirMode: 0o755 },
+      );
+      await run(shell, ['systemctl', 'daemon-reload']);
+    });
+  });
+  afterAll(async () => {
+    if (id) await destroy(id);
+  });
+
+  /**
+   * Every file under the usual trees and every process environment holding `value`, found on the
+   * host as root; the value goes in on standard input into a shell variable (never an argv).
+   */
+  const holdersOf = (host: string, value: string): Promise<string[]> =>
+    withShell(host, async (shell) => {
+      const r = await shell.exec(
+        [
+          'sh',
+          '-c',
+          'IFS= read -r v; ' +
+            'printf "%s\\n" "$v" | grep -rlsF -f - /etc /var /run /tmp /root /home /srv /opt /usr/local; ' +
+            'for e in /proc/[0-9]*/environ; do printf "%s\\n" "$v" | grep -qsF -f - "$e" && echo "$e"; done; true',
+        ],
+        { stdin: `${value}\n` },
+      );
+      return r.stdout.toString().split('\n').filter(Boolean);
+    });
+
+  it('the blue/green swap without it fails, then the agent is restarted without it anyway: the value on no disk and in no process, the binding gone, reported unhealthy', async () => {
+    expect(await agentValue(id)).toBe(org.value);
+    // the oracle finds it where it is before (positive control): the slot's env file, the agent
+    const before = await holdersOf(id, org.value);
+    expect(before.some((f) => /^\/etc\/cortex\/agent-(blue|green)\.env$/.test(f))).toBe(true);
+    expect(before.some((f) => /^\/proc\/\d+\/environ$/.test(f))).toBe(true);
+    const { revocationId } = await rot.service.revoke({ secretId: org.secretId, deploymentId: id });
+    const t0 = Date.now();
+    let rev = await rot.rotations.revocation(revocationId);
+    while (rev.state !== 'done') {
+      if (Date.now() - t0 > 300_000) throw new Error(`revocation ${revocationId} did not finish`);
+      await sleep(500);
+      rev = await rot.rotations.revocation(revocationId);
+    }
+    // both swaps ran: the runtime's blue/green (the old instance kept serving), then the forced one
+    expect(lastSwap.get(id)).toMatchObject({ mode: 'held-restart', healthy: false, code: 'kept_unhealthy' });
+    expect(rev.result).toMatchObject({
+      revoked: [id],
+      unhealthy_count: 1,
+      failed_count: 0,
+    });
+    expect(JSON.stringify(rev.result)).toContain('the agent is not healthy without the secret');
+    expect(JSON.stringify(rev.result)).not.toContain(org.value);
+    expect(await rot.rotations.bindings(id)).toEqual([]);
+    expect((await p.store.get(id)).status).toBe('ready');
+    // The oracle, as root on the host: no file anywhere holds the value, no process has it in its
+    // environment (the agent units are down or crash-looping without it).
+    expect(await holdersOf(id, org.value)).toEqual([]);
+  });
+});

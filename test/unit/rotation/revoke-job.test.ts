@@ -112,7 +112,11 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = [], whole =
   return { id, status, history, bound, store, rotations, reopened, finished, lateBound };
 };
 
-type Swap = (shell: unknown, input: { env: ReadonlyMap<string, Secret> }) => Promise<unknown>;
+type Swap = (
+  shell: unknown,
+  input: { env: ReadonlyMap<string, Secret> },
+  opts: Record<string, unknown>,
+) => Promise<unknown>;
 
 const run = (w: ReturnType<typeof world>, swap: Swap, finalAttempt = true, scrub?: () => Promise<void>) =>
   makeRevokeJob({
@@ -153,17 +157,71 @@ describe('revoke job: the deployment shows `rotating` while its agent is swapped
     expect(out.revoked).toEqual([w.id]);
   });
 
-  it('an unhealthy swap: `ready` again, the binding kept, the deployment reported', async () => {
+  it('an agent not healthy without the secret: restarted in place without it anyway (held restart, kept unhealthy), the binding removed, reported unhealthy, `ready` again', async () => {
     const w = world('ready');
     const during: DeploymentStatus[] = [];
-    const out = await run(w, () => {
+    const calls: unknown[] = [];
+    const out = await run(w, (_shell: unknown, _input: unknown, opts: Record<string, unknown>) => {
       during.push(w.status.value);
-      return Promise.resolve({ mode: 'held-restart', healthy: false, reason: 'health check timed out' });
+      calls.push({ mode: opts.mode, keepUnhealthy: opts.keepUnhealthy });
+      return Promise.resolve(
+        opts.keepUnhealthy
+          ? {
+              mode: 'held-restart',
+              healthy: false,
+              reason: 'not healthy on port 18790',
+              code: 'kept_unhealthy',
+            }
+          : { mode: 'blue-green', healthy: false, reason: 'health check timed out' },
+      );
     });
-    expect(during).toEqual(['rotating']);
+    // first the normal swap (its runtime's mode, the old environment put back on failure), then
+    // the forced one
+    expect(calls).toEqual([
+      { mode: undefined, keepUnhealthy: undefined },
+      { mode: 'held-restart', keepUnhealthy: true },
+    ]);
+    expect(during).toEqual(['rotating', 'rotating']);
+    expect(w.history).toEqual(['ready', 'rotating', 'ready']);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(out.revoked).toEqual([w.id]);
+    expect(out.failed).toEqual([]);
+    expect(out.unhealthy).toEqual([
+      {
+        deploymentId: w.id,
+        reason:
+          'the agent is not healthy without the secret: health check timed out; restarted without it anyway: not healthy on port 18790',
+      },
+    ]);
+  });
+
+  it('the forced restart recovers (a flaky first swap): revoked, nothing reported unhealthy', async () => {
+    const w = world('ready');
+    const out = await run(w, (_shell: unknown, _input: unknown, opts: Record<string, unknown>) =>
+      Promise.resolve(
+        opts.keepUnhealthy
+          ? { mode: 'held-restart', healthy: true }
+          : { mode: 'blue-green', healthy: false, reason: 'x' },
+      ),
+    );
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect([out.revoked, out.unhealthy, out.failed]).toEqual([[w.id], [], []]);
+  });
+
+  it('the forced restart throws (the env file not written): the binding kept, `ready` again, retried', async () => {
+    const w = world('ready');
+    await expect(
+      run(
+        w,
+        (_shell: unknown, _input: unknown, opts: Record<string, unknown>) =>
+          opts.keepUnhealthy
+            ? Promise.reject(Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }))
+            : Promise.resolve({ mode: 'blue-green', healthy: false, reason: 'x' }),
+        false,
+      ),
+    ).rejects.toThrow('still hold');
     expect(w.history).toEqual(['ready', 'rotating', 'ready']);
     expect(w.bound.has(SECRET)).toBe(true);
-    expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
   });
 
   it('a swap that throws (SSH dropped): `ready` again before the error reaches the retry', async () => {

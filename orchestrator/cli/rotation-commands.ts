@@ -10,12 +10,14 @@ import {
 import { OrchestratorError, invalidInput } from '../errors';
 import { makeLogger } from '../log';
 import { makeRotationFromPipeline, type RotationWiring } from '../rotation/rotation-from-config';
-import type { Rotation } from '../rotation/rotation-store';
+import { revocationSummary } from '../rotation/rotation-service';
+import type { Revocation, Rotation } from '../rotation/rotation-store';
 import { Secret } from '../secret';
+import { parseInput, uuid } from '../secrets/secret-input';
 import type { CliContext } from './cortexctl';
 
 /**
- * `cortexctl secrets rotate|revoke|rotation|max-age|overdue`: key rotation from the ops CLI.
+ * `cortexctl secrets rotate|revoke|rotation|revocation|max-age|overdue`: key rotation from the ops CLI.
  * A new value comes from a file (`--value-file`, at most 64 KiB, one trailing newline dropped) or
  * standard input / a no-echo prompt, never from argv.
  */
@@ -118,6 +120,54 @@ export const describeRotation = (ctx: CliContext, r: Rotation): void => {
   );
 };
 
+/** How to look at a revocation again (printed wherever one is left open). */
+export const followRevocationHint = (id: string): string => `cortexctl secrets revocation ${id}`;
+
+/** A revocation as `--json` prints it: the API's shape, the stored reasons in full (ops only). */
+export const revocationJson = (r: Revocation) => ({
+  id: r.id,
+  secretId: r.secretId,
+  deploymentId: r.deploymentId,
+  state: r.state,
+  attempts: r.attempts,
+  result: revocationSummary(r),
+  createdAt: r.createdAt,
+  finishedAt: r.finishedAt,
+});
+
+/**
+ * A revocation and its last run. Open means not finished: queued, running, or left open because a
+ * deployment still held the key (a provision past its `secrets` step); the rotation sweep runs its
+ * job again until it is done. The stored reasons are value-free (deployment ids, error codes).
+ */
+export const describeRevocation = (ctx: CliContext, r: Revocation): void => {
+  const scope = r.deploymentId ? `deployment ${r.deploymentId}` : 'every deployment and the vault';
+  ctx.out(
+    `revocation ${r.id}  ${r.state}  secret ${r.secretId}  (${scope})  ${r.attempts} run(s)  opened ${r.createdAt}${r.finishedAt ? `  finished ${r.finishedAt}` : ''}\n`,
+  );
+  const sum = revocationSummary(r);
+  if (sum) {
+    const unhealthy = new Map(sum.unhealthy.map((u) => [u.deploymentId, u.reason]));
+    for (const d of sum.revoked)
+      ctx.out(
+        `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key: ${unhealthy.get(d)}` : ''}\n`,
+      );
+    for (const f of sum.failed) ctx.out(`  ${f.deploymentId}  STILL HOLDS THE KEY: ${f.reason}\n`);
+    if (!r.deploymentId)
+      ctx.out(
+        sum.vaultDeleted
+          ? '  every version deleted from the vault\n'
+          : '  NOT deleted from the vault yet: the key takes no new binding and no rotation while the revocation is open\n',
+      );
+  }
+  if (r.state === 'open')
+    ctx.out(
+      sum
+        ? `  OPEN: a deployment still held the key; the rotation sweep runs it again until it is done. Follow it: ${followRevocationHint(r.id)}\n`
+        : `  OPEN: its job has not finished a run yet. Follow it: ${followRevocationHint(r.id)}\n`,
+    );
+};
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Poll the rotation until it completes (and, for a leak, until its old version is retired). */
@@ -209,9 +259,21 @@ const revoke: Sub = async (args, ctx) => {
       );
       if (!r.values.json)
         ctx.out(`revocation ${res.revocationId}, job ${res.jobId}: ${res.deployments} deployment(s)\n`);
-      if (r.values.detach) return 0;
+      if (r.values.detach) {
+        if (r.values.json) json(ctx, { revocationId: res.revocationId, jobId: res.jobId });
+        else ctx.out(`follow it: ${followRevocationHint(res.revocationId)}\n`);
+        return 0;
+      }
       const job = await p.queues.queues.revoke.getJob(res.jobId);
-      const out = (job ? await job.waitUntilFinished(events, 30 * 60_000) : undefined) as
+      const out = (
+        job
+          ? await job.waitUntilFinished(events, 30 * 60_000).catch((err: unknown) => {
+              // the revocation outlives its job (the sweep runs it again): say where to look
+              if (!r.values.json) ctx.out(`follow it: ${followRevocationHint(res.revocationId)}\n`);
+              throw err;
+            })
+          : undefined
+      ) as
         | {
             revoked: string[];
             failed: { deploymentId: string; reason: string }[];
@@ -219,20 +281,46 @@ const revoke: Sub = async (args, ctx) => {
             open?: boolean;
           }
         | undefined;
-      if (r.values.json) json(ctx, out ?? null);
-      else if (out) {
-        for (const d of out.revoked) ctx.out(`  ${d}  revoked\n`);
-        for (const f of out.failed) ctx.out(`  ${f.deploymentId}  FAILED: ${f.reason}\n`);
-        if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
-        else if (!deploymentId && out.failed.length > 0)
-          ctx.out(
-            '  NOT deleted from the vault yet: a deployment above still holds it (a provision past its secrets step, or busy); the key takes no new binding, and the revocation stays open: the rotation sweep runs it again until it is done\n',
-          );
+      // the revocation as Postgres holds it after the run: the job's answer says what this run did,
+      // the record whether the revoke is over (a run a provision held leaves it open)
+      const rev = await rot.service.revocation(res.revocationId);
+      if (r.values.json) json(ctx, { ...(out ?? {}), revocationId: rev.id, revocation: revocationJson(rev) });
+      else {
+        if (out) {
+          for (const d of out.revoked) ctx.out(`  ${d}  revoked\n`);
+          for (const f of out.failed) ctx.out(`  ${f.deploymentId}  FAILED: ${f.reason}\n`);
+          if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
+          else if (!deploymentId && out.failed.length > 0)
+            ctx.out(
+              '  NOT deleted from the vault yet: a deployment above still holds it (a provision past its secrets step, or busy); the key takes no new binding, and the revocation stays open: the rotation sweep runs it again until it is done\n',
+            );
+        }
+        ctx.out(revokeFollowUp(rev));
       }
-      return out && out.failed.length === 0 ? 0 : 1;
+      return out && out.failed.length === 0 && rev.state === 'done' ? 0 : 1;
     } finally {
       await events.close();
     }
+  });
+};
+
+/** What `secrets revoke` says last: the revocation's id, and when it is still open, how to follow it. */
+export const revokeFollowUp = (rev: Pick<Revocation, 'id' | 'state'>): string =>
+  rev.state === 'done'
+    ? `revocation ${rev.id} done\n`
+    : `revocation ${rev.id} is still OPEN: the rotation sweep runs it again until nothing holds the key; follow it: ${followRevocationHint(rev.id)}\n`;
+
+const revocation: Sub = async (args, ctx) => {
+  const r = parse(args, { json: { type: 'boolean' } }, 1);
+  // checked before any connection: a malformed id names the field
+  const id = parseInput(uuid, need(r.positionals[0], 'revocation id'), 'revocation_id');
+  return withRotation(ctx, async (_p, rot) => {
+    const rev = await rot.service.revocation(id);
+    if (r.values.json) json(ctx, revocationJson(rev));
+    else describeRevocation(ctx, rev);
+    // 0 only when it is over with nothing left holding the key (as `secrets revoke` exits)
+    const failed = revocationSummary(rev)?.failed.length ?? 0;
+    return rev.state === 'done' && failed === 0 ? 0 : 1;
   });
 };
 
@@ -281,9 +369,10 @@ export const rotationSecretCommands: Readonly<Record<string, Sub>> = {
   rotate,
   revoke,
   rotation,
+  revocation,
   'max-age': maxAge,
   overdue,
 };
 
 export const ROTATION_USAGE =
-  'secrets rotate <id> [--value-file f | --value-stdin] [--leaked] | revoke <id> [--deployment d] | rotation <rotation id> | max-age <id> <seconds|none> | overdue [--org o]';
+  'secrets rotate <id> [--value-file f | --value-stdin] [--leaked] | revoke <id> [--deployment d] [--detach] | rotation <rotation id> | revocation <revocation id> [--json] | max-age <id> <seconds|none> | overdue [--org o]';

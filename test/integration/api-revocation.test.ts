@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { runCli } from '../../orchestrator/cli/cortexctl';
 import {
   makeRotationFromPipeline,
   type RotationWiring,
@@ -7,6 +8,7 @@ import { Secret } from '../../orchestrator/secret';
 import type { Workers } from '../../orchestrator/queues/workers';
 import { startTestApi, type TestApi } from '../support/api';
 import { canary } from '../support/canary';
+import { testDatabaseUrl } from '../support/db';
 
 /**
  * GET /v1/revocations/:id over a real listening API (issue 11): a revoke's state can be seen
@@ -185,6 +187,70 @@ describe('GET /v1/revocations/:id', () => {
     expect(after.text).not.toContain('provisioning past');
     for (const a of [before, after]) expect(a.text).not.toContain(value);
     // tidy: a whole-secret revocation left open blocks the key; end it
+    await rot.rotations.finishRevocation(revocationId, true, {});
+  });
+});
+
+describe('cortexctl secrets revoke / revocation', () => {
+  const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
+    let out = '';
+    const code = await runCli(args, {
+      // the test pipeline's queues, so its worker runs the job the CLI queues
+      env: {
+        ...process.env,
+        DATABASE_URL: testDatabaseUrl(),
+        QUEUE_PREFIX: t.pipeline.config.QUEUE_PREFIX,
+        LOG_LEVEL: 'silent',
+      },
+      out: (x) => (out += x),
+    });
+    return { code, out };
+  };
+
+  it('revoke waits for its job and ends with the revocation done; revocation shows it (text and --json); never the value', async () => {
+    const org = await t.org();
+    const value = canary();
+    const secretId = await keyOf(org, value);
+    const r = await cli(['secrets', 'revoke', secretId]);
+    const id = /^revocation ([0-9a-f-]{36}), job /m.exec(r.out)?.[1];
+    expect(id).toBeDefined();
+    expect(r.out).toContain('every version deleted from the vault');
+    expect(r.out).toContain(`revocation ${id} done\n`);
+    expect(r.code).toBe(0);
+    const shown = await cli(['secrets', 'revocation', id!]);
+    expect(shown.code).toBe(0);
+    expect(shown.out).toContain(
+      `revocation ${id}  done  secret ${secretId}  (every deployment and the vault)  1 run(s)`,
+    );
+    const j = await cli(['secrets', 'revocation', id!, '--json']);
+    expect(JSON.parse(j.out)).toMatchObject({ id, secretId, state: 'done', result: { vaultDeleted: true } });
+    for (const o of [r, shown, j]) expect(o.out).not.toContain(value);
+  });
+
+  it('one left open: revocation says OPEN, what holds the key and how to follow it, and exits 1', async () => {
+    const org = await t.org();
+    const secretId = await keyOf(org, canary());
+    const { revocationId } = await rot.rotations.requestRevoke(
+      { secretId },
+      { actor: 'api-revocation-test' },
+    );
+    const held = randomUUID();
+    await rot.rotations.finishRevocation(revocationId, false, {
+      revoked: [],
+      failed: [
+        {
+          deploymentId: held,
+          reason: `stack_locked: deployment ${held} is provisioning past its secrets step`,
+        },
+      ],
+      vault_deleted: false,
+    });
+    const shown = await cli(['secrets', 'revocation', revocationId]);
+    expect(shown.code).toBe(1);
+    expect(shown.out).toContain(`${held}  STILL HOLDS THE KEY: stack_locked`);
+    expect(shown.out).toContain(`Follow it: cortexctl secrets revocation ${revocationId}`);
+    // another id nobody opened: not found
+    expect((await cli(['secrets', 'revocation', randomUUID()])).code).not.toBe(0);
     await rot.rotations.finishRevocation(revocationId, true, {});
   });
 });

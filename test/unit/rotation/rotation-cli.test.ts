@@ -3,8 +3,14 @@ import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runCli } from '../../../orchestrator/cli/cortexctl';
-import { describeRotation, readValueFile } from '../../../orchestrator/cli/rotation-commands';
-import type { Rotation } from '../../../orchestrator/rotation/rotation-store';
+import {
+  describeRevocation,
+  describeRotation,
+  readValueFile,
+  revocationJson,
+  revokeFollowUp,
+} from '../../../orchestrator/cli/rotation-commands';
+import type { Revocation, Rotation } from '../../../orchestrator/rotation/rotation-store';
 
 /** `cortexctl secrets rotate|revoke|rotation`: argument errors before any connection, value files. */
 const cli = async (
@@ -106,5 +112,119 @@ describe('cortexctl secrets rotation: what it says about the old version', () =>
     expect(said(clean)).toContain('old version kept until 2026-11-30T19:01:00Z (grace period)\n');
     expect(said(rot())).toContain('(grace period), and still used by 1 deployment(s) (d2 rolled_back)');
     expect(said(rot({ state: 'running' }))).not.toMatch(/retired|kept|NOT deleted/);
+  });
+});
+
+describe('cortexctl secrets revocation / revoke: a revocation after its job', () => {
+  const REV = '7b0c2a52-3f0e-4b8e-9a57-0d7c6f3c2b11';
+  const rev = (o: Partial<Revocation> = {}): Revocation => ({
+    id: REV,
+    orgId: 'o1',
+    secretId: 's1',
+    deploymentId: null,
+    state: 'done',
+    jobId: `revoke-${REV}`,
+    attempts: 1,
+    result: { revoked: ['d1'], failed: [], vault_deleted: true },
+    createdAt: '2026-11-30T18:00:00Z',
+    updatedAt: '2026-11-30T18:00:05Z',
+    finishedAt: '2026-11-30T18:00:05Z',
+    ...o,
+  });
+  const said = (r: Revocation): string => {
+    let out = '';
+    describeRevocation({ env: {}, out: (t) => (out += t) }, r);
+    return out;
+  };
+
+  it('argument errors name the field, before any connection', async () => {
+    expect(await cli(['secrets', 'revocation'])).toEqual({
+      code: 1,
+      out: 'cortexctl secrets: revocation id: is required\n',
+    });
+    expect(await cli(['secrets', 'revocation', 'not-a-uuid'])).toEqual({
+      code: 1,
+      out: 'cortexctl secrets: revocation_id: must be a UUID\n',
+    });
+    expect((await cli(['secrets', 'revocation', REV, 'extra'])).out).toContain('unexpected argument extra');
+    expect((await cli(['secrets', 'revocation', REV, '--deployment', 'd'])).out).toContain(
+      "Unknown option '--deployment'",
+    );
+  });
+
+  it('a done whole-secret revocation: what it revoked, the vault deleted, no follow-up', () => {
+    const out = said(rev());
+    expect(out).toContain(`revocation ${REV}  done  secret s1  (every deployment and the vault)  1 run(s)`);
+    expect(out).toContain('finished 2026-11-30T18:00:05Z');
+    expect(out).toContain('  d1  revoked\n');
+    expect(out).toContain('every version deleted from the vault');
+    expect(out).not.toMatch(/OPEN|STILL HOLDS|NOT deleted/);
+  });
+
+  it('one left open by a provision: which deployment still holds the key, the vault kept, and how to follow it', () => {
+    const out = said(
+      rev({
+        state: 'open',
+        attempts: 2,
+        finishedAt: null,
+        result: {
+          revoked: ['d1', 'd3'],
+          unhealthy: [{ deploymentId: 'd3', reason: 'the agent is not healthy without the secret' }],
+          failed: [
+            {
+              deploymentId: 'd2',
+              reason: 'stack_locked: deployment d2 is provisioning past its secrets step',
+            },
+          ],
+          vault_deleted: false,
+        },
+      }),
+    );
+    expect(out).toContain(`revocation ${REV}  open`);
+    expect(out).not.toContain('finished');
+    expect(out).toContain(
+      '  d2  STILL HOLDS THE KEY: stack_locked: deployment d2 is provisioning past its secrets step',
+    );
+    expect(out).toContain('  d3  revoked, but its agent is NOT healthy without the key');
+    expect(out).toContain('  d1  revoked\n');
+    expect(out).toContain('NOT deleted from the vault yet');
+    expect(out).toContain(
+      `OPEN: a deployment still held the key; the rotation sweep runs it again until it is done. Follow it: cortexctl secrets revocation ${REV}`,
+    );
+  });
+
+  it('one no run has ended yet, and one for a single deployment (no vault line)', () => {
+    expect(said(rev({ state: 'open', attempts: 0, result: null, finishedAt: null }))).toContain(
+      `OPEN: its job has not finished a run yet. Follow it: cortexctl secrets revocation ${REV}`,
+    );
+    const one = said(
+      rev({ deploymentId: 'd1', result: { revoked: ['d1'], failed: [], vault_deleted: false } }),
+    );
+    expect(one).toContain('(deployment d1)');
+    expect(one).not.toContain('vault');
+  });
+
+  it('secrets revoke ends with the revocation id, and when it is left open says so and how to follow it', () => {
+    expect(revokeFollowUp({ id: REV, state: 'done' })).toBe(`revocation ${REV} done\n`);
+    const open = revokeFollowUp({ id: REV, state: 'open' });
+    expect(open).toContain(`revocation ${REV} is still OPEN`);
+    expect(open).toContain(`follow it: cortexctl secrets revocation ${REV}`);
+  });
+
+  it('--json: the known fields only; anything else a stored result holds is not printed', () => {
+    const j = revocationJson(
+      rev({ result: { revoked: ['d1'], failed: [], vault_deleted: true, value: 'sk-ant-canary-x' } }),
+    );
+    expect(j).toEqual({
+      id: REV,
+      secretId: 's1',
+      deploymentId: null,
+      state: 'done',
+      attempts: 1,
+      result: { revoked: ['d1'], unhealthy: [], failed: [], vaultDeleted: true },
+      createdAt: '2026-11-30T18:00:00Z',
+      finishedAt: '2026-11-30T18:00:05Z',
+    });
+    expect(JSON.stringify(j)).not.toContain('sk-ant-canary');
   });
 });

@@ -153,6 +153,13 @@ export const describeRevocation = (ctx: CliContext, r: Revocation): void => {
         `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key: ${unhealthy.get(d)}` : ''}\n`,
       );
     for (const f of sum.failed) ctx.out(`  ${f.deploymentId}  STILL HOLDS THE KEY: ${f.reason}\n`);
+    // the stored lists keep the first 20 of each
+    const more = [
+      [sum.revokedCount - sum.revoked.length, 'revoked'],
+      [sum.unhealthyCount - sum.unhealthy.length, 'not healthy without the key'],
+      [sum.failedCount - sum.failed.length, 'still holding the key'],
+    ] as const;
+    for (const [n, what] of more) if (n > 0) ctx.out(`  … and ${n} more ${what} (not listed)\n`);
     if (!r.deploymentId)
       ctx.out(
         sum.vaultDeleted
@@ -319,7 +326,7 @@ const revocation: Sub = async (args, ctx) => {
     if (r.values.json) json(ctx, revocationJson(rev));
     else describeRevocation(ctx, rev);
     // 0 only when it is over with nothing left holding the key (as `secrets revoke` exits)
-    const failed = revocationSummary(rev)?.failed.length ?? 0;
+    const failed = revocationSummary(rev)?.failedCount ?? 0;
     return rev.state === 'done' && failed === 0 ? 0 : 1;
   });
 };

@@ -37,6 +37,10 @@ export interface RevocationSummary {
   /** Revoked, but its agent is not healthy without the key (a result that has no such list: none). */
   readonly unhealthy: { deploymentId: string; reason: string }[];
   readonly failed: { deploymentId: string; reason: string }[];
+  /** Full counts: the stored lists keep the first 20 of each (the row's 16 KiB bound). */
+  readonly revokedCount: number;
+  readonly unhealthyCount: number;
+  readonly failedCount: number;
   readonly vaultDeleted: boolean;
 }
 
@@ -44,9 +48,10 @@ const strings = (v: unknown): string[] =>
   Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
 
 /**
- * The stored result (revoke-job.ts: `{revoked, unhealthy?, failed, vault_deleted}`) in the shape the API and
- * the CLI show; null before any run ended. Only the known fields are read: anything else the row
- * might hold is not passed on.
+ * The stored result (revoke-job.ts: the `revoked`, `unhealthy` and `failed` lists, the first 20 of
+ * each, their full `<list>_count`s and `vault_deleted`) in the shape the API and the CLI show; null
+ * before any run ended. Only the known fields are read: anything else the row might hold is not
+ * passed on.
  */
 export const revocationSummary = (r: Pick<Revocation, 'result'>): RevocationSummary | null => {
   if (!r.result) return null;
@@ -57,10 +62,19 @@ export const revocationSummary = (r: Pick<Revocation, 'result'>): RevocationSumm
         ? [{ deploymentId: x.deploymentId, reason: typeof x.reason === 'string' ? x.reason : 'unexpected' }]
         : [];
     });
+  // a count never below the list it counts (a result written before counts were kept has none)
+  const count = (v: unknown, listed: number): number =>
+    typeof v === 'number' && Number.isInteger(v) && v >= listed ? v : listed;
+  const revoked = strings(r.result.revoked);
+  const unhealthy = perDeployment(r.result.unhealthy);
+  const failed = perDeployment(r.result.failed);
   return {
-    revoked: strings(r.result.revoked),
-    unhealthy: perDeployment(r.result.unhealthy),
-    failed: perDeployment(r.result.failed),
+    revoked,
+    unhealthy,
+    failed,
+    revokedCount: count(r.result.revoked_count, revoked.length),
+    unhealthyCount: count(r.result.unhealthy_count, unhealthy.length),
+    failedCount: count(r.result.failed_count, failed.length),
     vaultDeleted: r.result.vault_deleted === true,
   };
 };

@@ -84,7 +84,15 @@ describe('GET /v1/revocations/:id', () => {
       deploymentId: null,
       state: 'done',
       attempts: 1,
-      result: { revoked: [], unhealthy: [], failed: [], vaultDeleted: true },
+      result: {
+        revoked: [],
+        unhealthy: [],
+        failed: [],
+        revokedCount: 0,
+        unhealthyCount: 0,
+        failedCount: 0,
+        vaultDeleted: true,
+      },
       createdAt: expect.any(String),
       finishedAt: expect.any(String),
     });
@@ -164,6 +172,9 @@ describe('GET /v1/revocations/:id', () => {
           reason: `stack_locked: deployment ${held} is provisioning past its secrets step; revoked once ready`,
         },
       ],
+      revoked_count: 1,
+      unhealthy_count: 1,
+      failed_count: 23,
       vault_deleted: false,
     });
     const after = await t.call('GET', `/v1/revocations/${revocationId}`, { token: tok.token });
@@ -177,6 +188,9 @@ describe('GET /v1/revocations/:id', () => {
         revoked: [sick],
         unhealthy: [{ deploymentId: sick, reason: 'unhealthy' }],
         failed: [{ deploymentId: held, reason: 'stack_locked' }],
+        revokedCount: 1,
+        unhealthyCount: 1,
+        failedCount: 23,
         vaultDeleted: false,
       },
       createdAt: expect.any(String),

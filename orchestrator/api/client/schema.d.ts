@@ -1428,14 +1428,18 @@ export interface paths {
                                     /** @description A reason code */
                                     reason: string;
                                 }[];
+                                /** @description Full counts: each list above holds at most its first 20 */
+                                failedCount: number;
                                 /** @description Deployments taken off the key */
                                 revoked: string[];
+                                revokedCount: number;
                                 /** @description Revoked deployments whose agent is not healthy without the key */
                                 unhealthy: {
                                     deploymentId: string;
                                     /** @description A reason code */
                                     reason: string;
                                 }[];
+                                unhealthyCount: number;
                                 /** @description Every version deleted from the vault */
                                 vaultDeleted: boolean;
                             } | null;

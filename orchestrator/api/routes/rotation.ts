@@ -94,6 +94,9 @@ const revocationSchema = z.object({
       failed: z
         .array(z.object({ deploymentId: z.string(), reason: z.string().describe('A reason code') }))
         .describe('Deployments that still held the key after the run'),
+      revokedCount: z.number(),
+      unhealthyCount: z.number(),
+      failedCount: z.number().describe('Full counts: each list above holds at most its first 20'),
       vaultDeleted: z.boolean().describe('Every version deleted from the vault'),
     })
     .nullable()

@@ -176,6 +176,7 @@ describe('cortexctl secrets revocation / revoke: a revocation after its job', ()
               reason: 'stack_locked: deployment d2 is provisioning past its secrets step',
             },
           ],
+          failed_count: 25,
           vault_deleted: false,
         },
       }),
@@ -188,6 +189,9 @@ describe('cortexctl secrets revocation / revoke: a revocation after its job', ()
     expect(out).toContain('  d3  revoked, but its agent is NOT healthy without the key');
     expect(out).toContain('  d1  revoked\n');
     expect(out).toContain('NOT deleted from the vault yet');
+    // the stored lists keep the first 20: the rest is counted, not hidden
+    expect(out).toContain('  … and 24 more still holding the key (not listed)\n');
+    expect(out).not.toContain('more revoked');
     expect(out).toContain(
       `OPEN: a deployment still held the key; the rotation sweep runs it again until it is done. Follow it: cortexctl secrets revocation ${REV}`,
     );
@@ -221,7 +225,15 @@ describe('cortexctl secrets revocation / revoke: a revocation after its job', ()
       deploymentId: null,
       state: 'done',
       attempts: 1,
-      result: { revoked: ['d1'], unhealthy: [], failed: [], vaultDeleted: true },
+      result: {
+        revoked: ['d1'],
+        unhealthy: [],
+        failed: [],
+        revokedCount: 1,
+        unhealthyCount: 0,
+        failedCount: 0,
+        vaultDeleted: true,
+      },
       createdAt: '2026-11-30T18:00:00Z',
       finishedAt: '2026-11-30T18:00:05Z',
     });

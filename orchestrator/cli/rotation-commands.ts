@@ -283,6 +283,7 @@ const revoke: Sub = async (args, ctx) => {
       ) as
         | {
             revoked: string[];
+            unhealthy?: { deploymentId: string; reason: string }[];
             failed: { deploymentId: string; reason: string }[];
             vaultDeleted: boolean;
             open?: boolean;
@@ -294,7 +295,11 @@ const revoke: Sub = async (args, ctx) => {
       if (r.values.json) json(ctx, { ...(out ?? {}), revocationId: rev.id, revocation: revocationJson(rev) });
       else {
         if (out) {
-          for (const d of out.revoked) ctx.out(`  ${d}  revoked\n`);
+          const unhealthy = new Map((out.unhealthy ?? []).map((u) => [u.deploymentId, u.reason]));
+          for (const d of out.revoked)
+            ctx.out(
+              `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key: ${unhealthy.get(d)}` : ''}\n`,
+            );
           for (const f of out.failed) ctx.out(`  ${f.deploymentId}  FAILED: ${f.reason}\n`);
           if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
           else if (!deploymentId && out.failed.length > 0)

@@ -244,7 +244,10 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
         ...failed.map(({ deploymentId: d, reason }) => ({ deploymentId: d, reason })),
         ...holding
           .filter((d) => !failed.some((f) => f.deploymentId === d))
-          .map((d) => ({ deploymentId: d, reason: 'bound while the revoke ran; revoked on the next run' })),
+          .map((d) => ({
+            deploymentId: d,
+            reason: 'bound_during_revoke: bound while the revoke ran; revoked on the next run',
+          })),
       ],
       vaultDeleted,
     };

@@ -1,3 +1,4 @@
+import { reasonCodeOf } from '../../../orchestrator/rotation/rotation-job';
 import { randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../../../orchestrator/errors';
 import type { DeploymentStatus } from '../../../orchestrator/deployments/deployment-store';
@@ -440,6 +441,8 @@ describe('revoke job: the revocation it carries the id of (review R7 findings 3,
     expect(out.vaultDeleted).toBe(false);
     expect(out.open).toBe(true);
     expect(out.failed.map((f) => f.deploymentId)).toEqual([late]);
+    // a reason code the API can show (GET /v1/revocations/:id shows codes only)
+    expect(out.failed.map((f) => reasonCodeOf(f.reason))).toEqual(['bound_during_revoke']);
     expect(w.finished.map((f) => f.done)).toEqual([false]);
   });
 

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { openSync, closeSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import path from 'node:path';
@@ -101,8 +101,22 @@ export const ensureDemoApi = async (opts: {
 };
 
 /** SIGTERM to the demo's API (its own detached process group), then wait for it to go. */
+/**
+ * Is `pid` the demo's API (`cortexctl.ts api`, as ensureDemoApi starts it)? A saved pid may belong
+ * to another process by now (a reboot, a state file from another machine): never signal that one.
+ */
+export const isDemoApiProcess = (pid: number | undefined): boolean => {
+  if (!pid || !alive(pid)) return false;
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return argv.some((a) => a.endsWith('orchestrator/cli/cortexctl.ts')) && argv.includes('api');
+  } catch {
+    return false;
+  }
+};
+
 export const stopDemoApi = async (pid: number | undefined): Promise<boolean> => {
-  if (!alive(pid)) return false;
+  if (!isDemoApiProcess(pid)) return false;
   try {
     process.kill(-(pid as number), 'SIGTERM');
   } catch {

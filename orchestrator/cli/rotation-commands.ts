@@ -150,7 +150,7 @@ export const describeRevocation = (ctx: CliContext, r: Revocation): void => {
     const unhealthy = new Map(sum.unhealthy.map((u) => [u.deploymentId, u.reason]));
     for (const d of sum.revoked)
       ctx.out(
-        `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key: ${unhealthy.get(d)}` : ''}\n`,
+        `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key (${unhealthy.get(d)}: restarted without it anyway; details in the worker's log)` : ''}\n`,
       );
     for (const f of sum.failed) ctx.out(`  ${f.deploymentId}  STILL HOLDS THE KEY: ${f.reason}\n`);
     // the stored lists keep the first 20 of each
@@ -298,13 +298,13 @@ const revoke: Sub = async (args, ctx) => {
           const unhealthy = new Map((out.unhealthy ?? []).map((u) => [u.deploymentId, u.reason]));
           for (const d of out.revoked)
             ctx.out(
-              `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key: ${unhealthy.get(d)}` : ''}\n`,
+              `  ${d}  revoked${unhealthy.has(d) ? `, but its agent is NOT healthy without the key (${unhealthy.get(d)}: restarted without it anyway; details in the worker's log)` : ''}\n`,
             );
           for (const f of out.failed) ctx.out(`  ${f.deploymentId}  FAILED: ${f.reason}\n`);
           if (out.vaultDeleted) ctx.out('  every version deleted from the vault\n');
           else if (!deploymentId && out.failed.length > 0)
             ctx.out(
-              '  NOT deleted from the vault yet: a deployment above still holds it (a provision past its secrets step, or busy); the key takes no new binding, and the revocation stays open: the rotation sweep runs it again until it is done\n',
+              '  NOT deleted from the vault yet: a deployment above still holds it (a provision past its secrets step, a busy deployment or a host out of reach); the key takes no new binding, and the revocation stays open: the rotation sweep runs it again until it is done\n',
             );
         }
         ctx.out(revokeFollowUp(rev));

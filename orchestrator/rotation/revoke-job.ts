@@ -6,7 +6,15 @@ import type { SecretsService } from '../secrets/secrets-service';
 import type { HostAccess } from '../steps/host-access';
 import type { scrubAgentEnvironment, swapAgentEnvironment } from '../steps/agent-swap';
 import { reasonOf } from '../steps/step-runner';
-import { clearFailedHost, envFileWritten, mapLimit, ProvisionInFlight, secretsReached } from './rotation-job';
+import {
+  clearFailedHost,
+  envFileWritten,
+  mapLimit,
+  ProvisionInFlight,
+  reasonCodeOf,
+  rotationReasonCode,
+  secretsReached,
+} from './rotation-job';
 import type { RotationStore } from './rotation-store';
 
 /**
@@ -128,12 +136,21 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
                 mode: 'held-restart',
                 keepUnhealthy: true,
               });
+              // Only `kept_unhealthy` says the new environment (without the key) is on the host
+              // and running; any other unhealthy answer (its first look failed: Caddy's admin API
+              // silent, a cut) may have changed nothing, and the binding must stay (review R8 #1).
+              if (!forced.healthy && forced.code !== 'kept_unhealthy')
+                throw new OrchestratorError(
+                  'remote_command_failed',
+                  `the agent is not healthy without the secret (${r.reason ?? 'no reason'}), and restarting it without the secret did not take (${forced.reason ?? 'no reason'}); it still holds it`,
+                );
               if (!forced.healthy) {
                 log.error(
-                  { deploymentId, secretId, reason: forced.reason },
-                  'revoked: the agent is not healthy without the secret',
+                  { deploymentId, secretId, first: r.reason, forced: forced.reason },
+                  'revoked: the agent is not healthy without the secret; restarted without it anyway',
                 );
-                unhealthy = `the agent is not healthy without the secret: ${r.reason ?? 'no reason'}; restarted without it anyway: ${forced.reason ?? 'no reason'}`;
+                // a code only in the record (org members can read it); the detail is in the log
+                unhealthy = 'kept_unhealthy';
               }
             }
           } finally {
@@ -197,7 +214,14 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     );
     const failed = results.flatMap((r, i) =>
       r.status === 'rejected'
-        ? [{ deploymentId: targets[i] as string, reason: reasonOf(r.reason), err: r.reason }]
+        ? [
+            {
+              deploymentId: targets[i] as string,
+              reason: reasonOf(r.reason),
+              code: rotationReasonCode(r.reason),
+              err: r.reason,
+            },
+          ]
         : [],
     );
     const transient = failed.some((f) => classify(f.err) !== 'permanent');
@@ -213,16 +237,27 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     // again here, just before the delete). The secret stays and the revocation stays open: the
     // rotation sweep queues this job again, and it finishes once that deployment is ready.
     const holding = failed.filter((f) => f.err instanceof ProvisionInFlight).map((f) => f.deploymentId);
+    // Every deployment that still holds the key after this run is named at error level (the record
+    // keeps the first 20 only).
+    for (const f of failed)
+      log.error(
+        { revocationId: rev.id, secretId, deploymentId: f.deploymentId, reason: f.reason },
+        'revoke: this deployment still holds the secret',
+      );
+    // Any deployment that could not be revoked (a host out of reach on the last attempt, a
+    // permanent error) keeps the revocation open, and the whole secret in the vault: deleting it
+    // would delete that deployment's binding too (secrets__revoke), and nothing would ever come
+    // back to the host that still runs the key (review R8 #2). The sweep runs it again until every
+    // host is done (or the deployment is removed).
     let vaultDeleted = false;
-    if (!deploymentId && found.status === 'active') {
+    if (!deploymentId && found.status === 'active' && failed.length === 0) {
       if (holding.length === 0) {
         const listed = new Set(targets);
         const again = await rotations.secretBindings(secretId);
         for (const d of again.deployments) if (!listed.has(d.deploymentId)) holding.push(d.deploymentId);
       }
       if (holding.length === 0) {
-        // Withdrawn: every version leaves the vault even if an agent could not be switched (it is
-        // named below); the value must not stay readable because one host is down.
+        // Withdrawn from every host: every version leaves the vault.
         await deps.secrets.revoke(secretId, rev.id, { actor: 'orchestrator', jobId: input.jobId });
         vaultDeleted = true;
       } else
@@ -231,7 +266,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           'not deleted yet: a provision still holds the secret; the revocation stays open and runs again',
         );
     }
-    const open = holding.length > 0;
+    const open = holding.length > 0 || failed.length > 0;
     const outcome: RevokeOutcome = {
       revocationId: rev.id,
       secretId,
@@ -252,9 +287,14 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
       vaultDeleted,
     };
     // The record holds at most 16 KiB (secret_revocations__finish): the first 20 of each list, with
-    // each list's full count, and reasons cut to 120 characters.
+    // each list's full count. Reasons as codes only, as rotation records keep them (org members
+    // can read the row; host details stay in the worker's log: review R8 #4).
+    const codes = new Map(failed.map((f) => [f.deploymentId, f.code]));
     const cut = (l: { deploymentId: string; reason: string }[]) =>
-      l.slice(0, 20).map((f) => ({ ...f, reason: f.reason.slice(0, 120) }));
+      l.slice(0, 20).map((f) => ({
+        deploymentId: f.deploymentId,
+        reason: codes.get(f.deploymentId) ?? reasonCodeOf(f.reason) ?? 'unexpected',
+      }));
     await rotations.finishRevocation(rev.id, !open, {
       revoked: outcome.revoked.slice(0, 20),
       revoked_count: outcome.revoked.length,

@@ -271,17 +271,20 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           dlog.info({ mode: r.mode }, 'deployment switched to the new version');
           return;
         }
+        let backUnhealthy = false;
         if (resumed) {
           // An attempt before the crash may have moved the host to the new version already, and
           // this swap left it as it found it: put it back on the old one explicitly.
           const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
           const back = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts);
+          backUnhealthy = !back.healthy;
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }
         // the swap's reason (unit names, ports) is logged below, not recorded. A route back whose
-        // old instance did not answer through Caddy is rolled back (the old environment is what
-        // the host has) but not known to serve: recorded as such, logged as an error.
-        const unverified = r.code === 'rollback_unverified';
+        // old instance did not answer through Caddy, or a resumed one put back on an old
+        // environment that is not healthy either, is rolled back (the old environment is what the
+        // host has) but not known to serve: recorded as such, logged as an error (review R8 #7).
+        const unverified = r.code === 'rollback_unverified' || backUnhealthy;
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
           reason: unverified ? 'unhealthy_rollback_unverified' : 'unhealthy',
           swapMode: r.mode,

@@ -51,8 +51,10 @@ select is((:'shown_ops'::jsonb), (:'shown'::jsonb), 'an ops caller (no organisat
 select ok((:'shown'::jsonb)::text not like '%' || :'val' || '%' and (:'shown'::jsonb)::text not like '%canary%',
   'no value in the answer');
 
--- a finished run: done, its result and end time shown
+-- a finished run: done, its result and end time shown (the deployment unbound first: a
+-- revocation is done only when it is, 20261204130000_revocation_finish_checked.sql)
 set local role cortex_orchestrator;
+select public.deployment_secrets__revoke(:'sec', :'rev', :'dep', 'orchestrator', 'revoke-' || :'rev') is not null as u \gset
 select public.secret_revocations__finish(:'rev', true, jsonb_build_object('revoked', jsonb_build_array(:'dep'),
   'failed', '[]'::jsonb, 'vault_deleted', false)) is not null as f \gset
 select public.secret_revocations__show(:'rev', :'org_a') as done \gset

@@ -200,7 +200,9 @@ describe('GET /v1/revocations/:id', () => {
     expect(after.text).not.toContain('18123');
     expect(after.text).not.toContain('provisioning past');
     for (const a of [before, after]) expect(a.text).not.toContain(value);
-    // tidy: a whole-secret revocation left open blocks the key; end it
+    // tidy: a whole-secret revocation left open blocks the key; end it (done only once the secret
+    // is revoked: 20261204130000_revocation_finish_checked.sql)
+    await t.pipeline.secrets.revoke(secretId, revocationId, { actor: 'api-revocation-test' });
     await rot.rotations.finishRevocation(revocationId, true, {});
   });
 });
@@ -265,6 +267,11 @@ describe('cortexctl secrets revoke / revocation', () => {
     expect(shown.out).toContain(`Follow it: cortexctl secrets revocation ${revocationId}`);
     // another id nobody opened: not found
     expect((await cli(['secrets', 'revocation', randomUUID()])).code).not.toBe(0);
+    // a whole-secret revocation is done only once the secret is revoked
+    await expect(rot.rotations.finishRevocation(revocationId, true, {})).rejects.toMatchObject({
+      code: 'invalid_input',
+    });
+    await t.pipeline.secrets.revoke(secretId, revocationId, { actor: 'api-revocation-test' });
     await rot.rotations.finishRevocation(revocationId, true, {});
   });
 });

@@ -378,7 +378,7 @@ describe('revoke of a key the agent cannot start without', () => {
       unhealthy_count: 1,
       failed_count: 0,
     });
-    expect(JSON.stringify(rev.result)).toContain('the agent is not healthy without the secret');
+    expect(rev.result).toMatchObject({ unhealthy: [{ deploymentId: id, reason: 'kept_unhealthy' }] });
     expect(JSON.stringify(rev.result)).not.toContain(org.value);
     expect(await rot.rotations.bindings(id)).toEqual([]);
     expect((await p.store.get(id)).status).toBe('ready');

@@ -187,13 +187,8 @@ describe('revoke job: the deployment shows `rotating` while its agent is swapped
     expect(w.bound.has(SECRET)).toBe(false);
     expect(out.revoked).toEqual([w.id]);
     expect(out.failed).toEqual([]);
-    expect(out.unhealthy).toEqual([
-      {
-        deploymentId: w.id,
-        reason:
-          'the agent is not healthy without the secret: health check timed out; restarted without it anyway: not healthy on port 18790',
-      },
-    ]);
+    // a code only (the record is readable by org members); the detail goes to the log
+    expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
   });
 
   it('the forced restart recovers (a flaky first swap): revoked, nothing reported unhealthy', async () => {
@@ -388,7 +383,7 @@ describe('revoke job: a deployment that runs no agent but whose host holds the s
 });
 
 describe('revoke job: the revocation it carries the id of (review R7 findings 3, 4, 5)', () => {
-  const wholeJob = (w: ReturnType<typeof world>, deleted: string[]) =>
+  const wholeJob = (w: ReturnType<typeof world>, deleted: string[], swap?: Swap) =>
     makeRevokeJob({
       rotations: w.rotations,
       secrets: {
@@ -403,7 +398,7 @@ describe('revoke job: the revocation it carries the id of (review R7 findings 3,
           Promise.resolve({ deploymentId: d, held: () => true, release: () => Promise.resolve() }),
       } as never,
       access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
-      swap: (() => Promise.resolve({ mode: 'blue-green', healthy: true })) as never,
+      swap: (swap ?? (() => Promise.resolve({ mode: 'blue-green', healthy: true }))) as never,
       log,
       concurrency: 4,
       holder: 'test',
@@ -444,6 +439,47 @@ describe('revoke job: the revocation it carries the id of (review R7 findings 3,
     // a reason code the API can show (GET /v1/revocations/:id shows codes only)
     expect(out.failed.map((f) => reasonCodeOf(f.reason))).toEqual(['bound_during_revoke']);
     expect(w.finished.map((f) => f.done)).toEqual([false]);
+  });
+
+  it('a host out of reach on the last attempt: the vault copy stays, the binding stays, the revocation stays open for the sweep; the record keeps the code only (review R8 #2, #4)', async () => {
+    const w = world('ready', [], true);
+    const deleted: string[] = [];
+    const out = await go(
+      wholeJob(w, deleted, () =>
+        Promise.reject(new OrchestratorError('ssh_connect_failed', 'no route to host 10.213.0.9:22')),
+      ),
+    );
+    expect(deleted).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(out).toMatchObject({ vaultDeleted: false, open: true });
+    expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
+    expect(w.finished).toEqual([
+      {
+        done: false,
+        result: expect.objectContaining({
+          failed: [{ deploymentId: w.id, reason: 'ssh_connect_failed' }],
+          failed_count: 1,
+          vault_deleted: false,
+        }),
+      },
+    ]);
+    expect(JSON.stringify(w.finished)).not.toContain('10.213.0.9');
+  });
+
+  it('a forced restart that changed nothing (not healthy, not kept_unhealthy: its first look failed) keeps the binding and the revocation open (review R8 #1)', async () => {
+    const w = world('ready', [], true);
+    const deleted: string[] = [];
+    const out = await go(
+      wholeJob(w, deleted, () =>
+        Promise.resolve({ mode: 'held-restart', healthy: false, reason: "Caddy's admin API did not answer" }),
+      ),
+    );
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(deleted).toEqual([]);
+    expect(out.revoked).toEqual([]);
+    expect(out.unhealthy).toEqual([]);
+    expect(out.failed.map((f) => f.deploymentId)).toEqual([w.id]);
+    expect(out.open).toBe(true);
   });
 
   it('a revocation already done: nothing revoked, nothing deleted', async () => {

@@ -171,6 +171,16 @@ describe('rotate job', () => {
     const out = await run(job(world, swap));
     expect(envs).toEqual([VALUES[2], VALUES[1]]);
     expect(out.rolledBack).toEqual(ids);
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('unhealthy');
+  });
+
+  it('a resumed deployment put back on an old environment that is not healthy either is no clean rollback (review R8 #7)', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids, 'switching');
+    const swap: Swap = () => Promise.resolve({ mode: 'held-restart', healthy: false });
+    const out = await run(job(world, swap));
+    expect(out.rolledBack).toEqual(ids);
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('unhealthy_rollback_unverified');
   });
 
   it('skips what a crash left finished and finishes the rest', async () => {

@@ -29,8 +29,10 @@ import type { RotationStore } from './rotation-store';
  *
  * The job carries a revocation id alone (20261204100000_revocations.sql): it acts only on what
  * that open revocation names, and every revoke call names it (the SQL refuses any other), so a job
- * forged in Redis revokes nothing. A provision past its `secrets` step still holding the secret
- * leaves the revocation open (the rotation sweep queues it again); otherwise it is done.
+ * forged in Redis revokes nothing. Any deployment still holding the secret after a run (a
+ * provision past its `secrets` step, a busy deployment, a host out of reach on the last attempt)
+ * leaves the revocation open, and a whole secret in the vault (the rotation sweep queues it
+ * again); otherwise it is done.
  */
 export interface RevokeJobDeps {
   readonly rotations: RotationStore;

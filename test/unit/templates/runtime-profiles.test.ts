@@ -138,10 +138,18 @@ describe('echo runtime (python3 stdlib agent)', () => {
     expect(await exited).toBe(0);
   });
 
-  it('binds to 127.0.0.1 unless told otherwise', () => {
-    const src = readFileSync(join(TEMPLATES, 'runtimes/echo-agent.py'), 'utf8');
-    expect(src).toMatch(/add_argument\("--bind", default="127\.0\.0\.1"\)/);
+  it('binds to 127.0.0.1 unless told otherwise', async () => {
     expect(echoRuntime().execStart.join(' ')).not.toContain('--bind');
+    // 127.0.0.2 is loopback too: refused there, so it bound 127.0.0.1 alone (not 0.0.0.0).
+    const port = await freePort();
+    child = await startEcho(port, {});
+    const elsewhere = await new Promise<string | undefined>((resolve) => {
+      get({ host: '127.0.0.2', port, path: '/health' }, (res) => {
+        res.resume();
+        resolve('answered');
+      }).on('error', (e: NodeJS.ErrnoException) => resolve(e.code));
+    });
+    expect(elsewhere).toBe('ECONNREFUSED');
   });
 
   it('hides exactly the reserved names, from the one list env-file.ts refuses them by', async () => {

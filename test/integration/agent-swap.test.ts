@@ -7,7 +7,7 @@ import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-com
 import { ENV_FILE_PATH, renderEnvFile } from '../../orchestrator/remote/env-file';
 import { generateHostKeyPair } from '../../orchestrator/remote/host-keys';
 import { run, waitUntilReady, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
-import { decodeBatch, swapCommands } from '../../orchestrator/remote/swap-commands';
+import { decodeBatch, parseBatchOutput, swapCommands } from '../../orchestrator/remote/swap-commands';
 import { OrchestratorError } from '../../orchestrator/errors';
 import { Secret } from '../../orchestrator/secret';
 import { swapAgentEnvironment, type AgentSwapResult } from '../../orchestrator/steps/agent-swap';
@@ -471,5 +471,120 @@ describe('agent swap on a real local host', () => {
     await expectSettled(slot, key);
     for (const old of keys.slice(0, -1)) expect(await filesHolding(old)).toBe('');
     console.log(`held restart: ${swapMs} ms, ${seen.ok} requests, 0 failed`);
+  });
+
+  it("the helper's systemctl over D-Bus answers as systemctl does, runs no systemctl process, and waits for the job", async () => {
+    // Test units: one slow to start (a start must wait for it to be active), one whose start fails.
+    const units = {
+      'cortex-test-slow.service':
+        '[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStartPre=/bin/sleep 2\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n',
+      'cortex-test-fails.service': '[Service]\nType=oneshot\nExecStart=/bin/false\n',
+    };
+    for (const [name, body] of Object.entries(units))
+      await shell.writeFileAtomic(`/etc/systemd/system/${name}`, Buffer.from(body), {
+        mode: 0o644,
+        dirMode: 0o755,
+      });
+    // A systemctl earlier on PATH that logs each start of a process, then runs the real one.
+    await shell.writeFileAtomic(
+      '/usr/local/sbin/systemctl',
+      Buffer.from('#!/bin/sh\necho "$*" >> /run/cortex-test-systemctl.log\nexec /usr/bin/systemctl "$@"\n'),
+      { mode: 0o755, dirMode: 0o755 },
+    );
+    await run(shell, ['systemctl', 'daemon-reload']);
+    await shell.exec(['rm', '-f', '/run/cortex-test-systemctl.log']);
+    const calls = async () =>
+      (await shell.exec(['cat', '/run/cortex-test-systemctl.log'])).stdout.toString('utf8').trim();
+    const viaHelper = async (argv: string[]) => {
+      const r = await shell.exec(swapCommands.batch([{ argv }]));
+      const [answer] = parseBatchOutput(r.stdout.toString('utf8'));
+      if (!answer) throw new Error(`no answer to ${argv.join(' ')}`);
+      return { code: answer.code, out: answer.stdout.toString('utf8') };
+    };
+    const direct = async (argv: string[]) => {
+      const r = await shell.exec(argv);
+      return { code: r.code, out: r.stdout.toString('utf8') };
+    };
+    const slot = await serving();
+    const idle: AgentSlot = slot === 'blue' ? 'green' : 'blue';
+    // Reads: the same code and the same bytes, in systemctl's order (not the order asked).
+    const reads = [
+      [
+        'show',
+        '--property=NRestarts,ActiveState,SubState,ExecMainStartTimestampMonotonic',
+        agentUnitName(slot),
+      ],
+      ['show', '--property=ActiveState,SubState,Result,ExecMainStatus', '--value', agentUnitName(slot)],
+      ['show', '--property=ActiveState,MainPID', agentUnitName(idle)],
+      ['show', '--property=Id,LoadState,ActiveState', '--value', 'cortex-no-such.service'],
+      ['show', '--property=NRestarts,ActiveState,SubState,Result,ExecMainStatus', 'cortex-upstream.service'],
+    ];
+    for (const a of reads)
+      expect(await viaHelper(['systemctl', ...a])).toEqual(await direct(['systemctl', ...a]));
+    // Changes, each made by both, with the same answer and the same state after.
+    // Changes, each made by both from the same state (`before` run first each time), with the same
+    // answer and the same state after.
+    const fail = ['start', 'cortex-test-fails.service'];
+    const pairs: { argv: string[]; unit: string; before?: string[] }[] = [
+      { argv: ['stop', 'cortex-no-such.service'], unit: '' },
+      { argv: ['start', 'cortex-no-such.service'], unit: '' },
+      { argv: ['reset-failed', 'cortex-no-such.service'], unit: '' },
+      { argv: fail, unit: 'cortex-test-fails.service' },
+      {
+        argv: ['reset-failed', 'cortex-test-fails.service'],
+        unit: 'cortex-test-fails.service',
+        before: fail,
+      },
+      { argv: ['enable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
+      { argv: ['disable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
+      { argv: ['stop', agentUnitName(idle)], unit: agentUnitName(idle) },
+    ];
+    const stateOf = async (u: string) =>
+      u === ''
+        ? ''
+        : (await direct(['systemctl', 'show', '--property=ActiveState,Result', u])).out +
+          (await direct(['systemctl', 'is-enabled', u])).out;
+    for (const { argv, unit, before } of pairs) {
+      if (before) await direct(['systemctl', ...before]);
+      const h = await viaHelper(['systemctl', ...argv]);
+      const hs = await stateOf(unit);
+      if (before) await direct(['systemctl', ...before]);
+      const d = await direct(['systemctl', ...argv]);
+      expect({ argv, code: h.code, state: hs }).toEqual({ argv, code: d.code, state: await stateOf(unit) });
+    }
+    // A start returns once the job is done (the unit active after its 2 s ExecStartPre), as
+    // systemctl start does; a restart of several units waits for each.
+    const t0 = Date.now();
+    expect(await viaHelper(['systemctl', 'start', 'cortex-test-slow.service'])).toEqual({ code: 0, out: '' });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_900);
+    expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe('active');
+    expect(
+      await viaHelper(['systemctl', 'restart', 'cortex-test-slow.service', 'cortex-upstream.service']),
+    ).toEqual({ code: 0, out: '' });
+    expect(await viaHelper(['systemctl', 'stop', 'cortex-test-slow.service'])).toEqual({ code: 0, out: '' });
+    expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe(
+      'inactive',
+    );
+    // Every systemctl process the log shows came from `direct`: none from the helper's answers.
+    const logged = (await calls()).split('\n');
+    expect(logged.length).toBeGreaterThan(10); // positive control: the wrapper sees systemctl starts
+    expect(logged.filter((l) => /^(start|restart) cortex-test-slow/.test(l))).toEqual([]);
+    expect(
+      logged.filter((l) => l.startsWith('show --property=NRestarts,ActiveState,SubState,ExecMain')),
+    ).toHaveLength(1);
+    // A form the helper does not answer itself still runs systemctl (and is logged).
+    expect((await viaHelper(['systemctl', 'is-enabled', 'cortex-test-slow.service'])).out.trim()).toBe(
+      'disabled',
+    );
+    expect((await calls()).split('\n').slice(-1)).toEqual(['is-enabled cortex-test-slow.service']);
+    await shell.exec([
+      'rm',
+      '-f',
+      '/usr/local/sbin/systemctl',
+      '/run/cortex-test-systemctl.log',
+      ...Object.keys(units).map((n) => `/etc/systemd/system/${n}`),
+    ]);
+    await run(shell, ['systemctl', 'daemon-reload']);
+    await expectSettled(slot, keys[keys.length - 1] as string);
   });
 });

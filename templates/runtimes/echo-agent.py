@@ -324,7 +324,7 @@ def parse_args(argv):
         try:
             _socket.inet_pton(family, bind)
             return int(port), bind, family
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a byte no address has
             pass
     return fail("--bind must be an IPv4 or IPv6 address, not %r" % bind)
 

@@ -92,7 +92,19 @@ SHOW_PROPS = [
     ("ExecMainStartTimestampMonotonic", SD_SERVICE), ("ExecMainStatus", SD_SERVICE),
     ("Id", SD_UNIT), ("LoadState", SD_UNIT), ("ActiveState", SD_UNIT), ("SubState", SD_UNIT),
 ]
-UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@-]{1,255}\.(service|socket|target|timer|path|mount)")
+UNIT_NAME = re.compile(r"(?!-)[A-Za-z0-9:_.@-]{1,255}\.(service|socket|target|timer|path|mount)")
+SD_SOCKET = "/run/systemd/private"
+# systemctl's exit status for a refused call (translate_bus_error_to_exit_status, systemctl 252).
+SD_ERROR_EXIT = {
+    "org.freedesktop.DBus.Error.AccessDenied": 4,
+    "org.freedesktop.systemd1.OnlyByDependency": 4,
+    "org.freedesktop.systemd1.NoIsolation": 4,
+    "org.freedesktop.systemd1.TransactionIsDestructive": 4,
+    "org.freedesktop.systemd1.NoSuchUnit": 5,
+    "org.freedesktop.systemd1.JobTypeNotApplicable": 3,
+    "org.freedesktop.DBus.Error.NotSupported": 3,
+    "org.freedesktop.systemd1.LoadFailed": 6,
+}
 
 
 class BusError(Exception):
@@ -103,6 +115,10 @@ class BusError(Exception):
 
 
 class BusLost(Exception):
+    pass
+
+
+class BusLate(Exception):
     pass
 
 
@@ -215,7 +231,7 @@ class Writer:
             for x in v:
                 self.put(t[1:], x)
             self.b[at:at + 4] = self.struct.pack("<I", len(self.b) - start)
-        elif c == "(":
+        elif c in "({":
             i = 1
             for x in v:
                 j = sig_end(t, i)
@@ -236,30 +252,47 @@ class Bus:
     # A direct connection to systemd (no bus daemon between): systemd sends its signals to every
     # direct connection, JobRemoved among them, which is how a start or stop is waited for, as
     # systemctl waits. One connection serves the helper's whole session.
-    def __init__(self, timeout):
+    def __init__(self, until):
         import socket
+        self.until = until
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        s.settimeout(timeout)
-        s.connect("/run/systemd/private")
+        self.s = s
+        s.settimeout(self.left())
+        s.connect(SD_SOCKET)
         # AUTH and BEGIN in one write, as systemctl sends them, and the first message only after
         # the answer: a message that reached systemd in the same read as BEGIN was left unread
         # (the call hung: seen 1 time in 4 when BEGIN was sent after the answer, with the call).
         s.sendall(b"\0AUTH EXTERNAL " + str(os.geteuid()).encode("ascii").hex().encode("ascii") + b"\r\nBEGIN\r\n")
         got = b""
         while b"\r\n" not in got:
+            s.settimeout(self.left())
             chunk = s.recv(512)
             if not chunk or len(got) > 4096:
                 raise OSError("no answer to AUTH")
             got += chunk
         if not got.startswith(b"OK "):
             raise OSError("AUTH refused")
-        self.s = s
         self.serial = 0
         self.buf = got.partition(b"\r\n")[2]
         self.done = {}
 
+    def left(self):
+        # What is left of the command's time: one bound for the whole command (a reply, a job),
+        # however many other messages arrive meanwhile.
+        t = self.until - time.monotonic()
+        if t <= 0:
+            raise BusLate()
+        return t
+
+    def close(self):
+        try:
+            self.s.close()
+        except OSError:
+            pass
+
     def fill(self, n):
         while len(self.buf) < n:
+            self.s.settimeout(self.left())
             chunk = self.s.recv(65536)
             if not chunk:
                 raise BusLost()
@@ -301,6 +334,7 @@ class Bus:
         head.put("a(yv)", fields)
         head.align(8)
         try:
+            self.s.settimeout(self.left())
             self.s.sendall(bytes(head.b) + bytes(body.b))
             while True:
                 mtype, f, b = self.message()
@@ -308,16 +342,18 @@ class Bus:
                     if mtype == 3:
                         raise BusError(f.get(4, ""), b[0] if b and isinstance(b[0], str) else "")
                     return b
-        except OSError:
+        except TimeoutError:
+            raise BusLate()
+        except (OSError, LookupError, ValueError):
             raise BusLost()
 
-    def wait_job(self, job, until):
+    def wait_job(self, job):
         try:
             while job not in self.done:
-                if time.monotonic() >= until:
-                    return None
                 self.message()
-        except OSError:
+        except TimeoutError:
+            raise BusLate()
+        except (OSError, LookupError, ValueError):
             raise BusLost()
         return self.done.pop(job)
 
@@ -325,16 +361,28 @@ class Bus:
         return self.call(SD_PATH, SD_MANAGER, "LoadUnit", "s", [unit])[0]
 
 
-BUS = []  # [Bus] once connected, [None] when systemd's socket did not answer
+BUS = []  # [Bus] while connected, [None] when systemd's socket did not answer (systemctl then)
 
 
 def bus(timeout):
-    if not BUS:
+    until = time.monotonic() + timeout
+    if BUS and BUS[0] is not None:
+        BUS[0].until = until
+    elif not BUS:
         try:
-            BUS.append(Bus(timeout))
-        except (OSError, Bad):
+            BUS.append(Bus(until))
+        except (OSError, Bad, BusLate):
             BUS.append(None)
     return BUS[0]
+
+
+def bus_close():
+    # Between batches, and through a soak: systemd sends every signal to every direct connection,
+    # and a connection nobody reads fills its queue (past its bound systemd drops messages, a
+    # JobRemoved among them). The next command connects again (well under a millisecond).
+    if BUS and BUS[0] is not None:
+        BUS[0].close()
+    del BUS[:]
 
 
 def systemctl_fast(args, timeout):
@@ -350,6 +398,8 @@ def systemctl_fast(args, timeout):
         if not wanted or any(w not in known for w in wanted):
             return None
         units = [rest[1]]
+        if not rest[1].endswith(".service"):
+            return None  # the Service properties only; systemctl skips what another type lacks
     elif verb in ("start", "stop", "restart", "reset-failed"):
         units = args[1:]
         if not units or (verb == "reset-failed" and len(units) != 1):
@@ -385,28 +435,36 @@ def systemctl_fast(args, timeout):
             b.call(SD_PATH, SD_MANAGER, "ResetFailedUnit", "s", [units[0]])
             return 0, b"", b""
         method = {"start": "StartUnit", "stop": "StopUnit", "restart": "RestartUnit"}[verb]
-        code, err, jobs = 0, [], []
+        code, err, jobs = 0, [], {}
         for u in units:
             try:
-                jobs.append((u, b.call(SD_PATH, SD_MANAGER, method, "ss", [u, "replace"])[0]))
+                # The same job for a unit named twice (or an alias): waited for once, as systemctl does.
+                jobs.setdefault(b.call(SD_PATH, SD_MANAGER, method, "ss", [u, "replace"])[0], u)
             except BusError as e:
-                code = code or (5 if e.name in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.LoadFailed") else 1)
+                code = code or SD_ERROR_EXIT.get(e.name, 1)
                 err.append("Failed to %s %s: %s\n" % (verb, u, e.message))
-        until = time.monotonic() + timeout
-        for u, job in jobs:
-            result = b.wait_job(job, until)
-            if result is None:
-                return 124, b"", b"timed out\n"
-            if result != "done":
-                code = code or 1
+        for job, u in jobs.items():
+            result = b.wait_job(job)
+            # What systemctl counts as done (bus_wait_for_jobs): "done" and "skipped".
+            if result not in ("done", "skipped"):
+                code = 1  # a failed job wins over a refused call, as in systemctl
                 err.append("Job for %s failed (result: %s).\n" % (u, result))
         return code, b"", "".join(err).encode()
     except BusError as e:
         if verb == "show":
             return 1, b"", ("Failed to get properties: %s\n" % e.message).encode()
+        # reset-failed, enable and disable: 1, whatever the error (systemctl 252 maps only the
+        # errors of a job's start).
         return 1, b"", ("Failed to %s unit: %s\n" % (verb, e.message)).encode()
+    except BusLate:
+        # The command's time is up (what a systemctl run past it gets: 124); the connection may
+        # hold a half-read message, so the next command connects again.
+        bus_close()
+        return 124, b"", b"timed out\n"
     except (BusLost, Bad):
-        BUS[0] = None
+        # Never tried again: a job may have been queued. Later commands run systemctl.
+        bus_close()
+        BUS.append(None)
         return 1, b"", b"the connection to systemd was lost\n"
 
 
@@ -650,6 +708,7 @@ def soak(args, data):
     n = restarted(now)
     if n is not None:
         return 1, ("unhealthy restarts %d %s\n" % (n, state)).encode()
+    bus_close()  # not read until the end: no queue of signals meanwhile
     fails = 0
     while True:
         if hangup.poll(0):
@@ -810,6 +869,7 @@ def run_steps(steps, data):
         emit(json.dumps({"code": code, "out": b64(out), "err": b64(err[-2000:])}) + "\n")
         if step.get("required") and not met:
             break
+    bus_close()
 
 
 def batch(program, data):

@@ -491,100 +491,118 @@ describe('agent swap on a real local host', () => {
       Buffer.from('#!/bin/sh\necho "$*" >> /run/cortex-test-systemctl.log\nexec /usr/bin/systemctl "$@"\n'),
       { mode: 0o755, dirMode: 0o755 },
     );
-    await run(shell, ['systemctl', 'daemon-reload']);
-    await shell.exec(['rm', '-f', '/run/cortex-test-systemctl.log']);
-    const calls = async () =>
-      (await shell.exec(['cat', '/run/cortex-test-systemctl.log'])).stdout.toString('utf8').trim();
-    const viaHelper = async (argv: string[]) => {
-      const r = await shell.exec(swapCommands.batch([{ argv }]));
-      const [answer] = parseBatchOutput(r.stdout.toString('utf8'));
-      if (!answer) throw new Error(`no answer to ${argv.join(' ')}`);
-      return { code: answer.code, out: answer.stdout.toString('utf8') };
-    };
-    const direct = async (argv: string[]) => {
-      const r = await shell.exec(argv);
-      return { code: r.code, out: r.stdout.toString('utf8') };
+    const cleanUp = async () => {
+      await shell.exec([
+        'rm',
+        '-f',
+        '/usr/local/sbin/systemctl',
+        '/run/cortex-test-systemctl.log',
+        ...Object.keys(units).map((n) => `/etc/systemd/system/${n}`),
+      ]);
+      await run(shell, ['systemctl', 'daemon-reload']);
     };
     const slot = await serving();
     const idle: AgentSlot = slot === 'blue' ? 'green' : 'blue';
-    // Reads: the same code and the same bytes, in systemctl's order (not the order asked).
-    const reads = [
-      [
-        'show',
-        '--property=NRestarts,ActiveState,SubState,ExecMainStartTimestampMonotonic',
-        agentUnitName(slot),
-      ],
-      ['show', '--property=ActiveState,SubState,Result,ExecMainStatus', '--value', agentUnitName(slot)],
-      ['show', '--property=ActiveState,MainPID', agentUnitName(idle)],
-      ['show', '--property=Id,LoadState,ActiveState', '--value', 'cortex-no-such.service'],
-      ['show', '--property=NRestarts,ActiveState,SubState,Result,ExecMainStatus', 'cortex-upstream.service'],
-    ];
-    for (const a of reads)
-      expect(await viaHelper(['systemctl', ...a])).toEqual(await direct(['systemctl', ...a]));
-    // Changes, each made by both, with the same answer and the same state after.
-    // Changes, each made by both from the same state (`before` run first each time), with the same
-    // answer and the same state after.
-    const fail = ['start', 'cortex-test-fails.service'];
-    const pairs: { argv: string[]; unit: string; before?: string[] }[] = [
-      { argv: ['stop', 'cortex-no-such.service'], unit: '' },
-      { argv: ['start', 'cortex-no-such.service'], unit: '' },
-      { argv: ['reset-failed', 'cortex-no-such.service'], unit: '' },
-      { argv: fail, unit: 'cortex-test-fails.service' },
-      {
-        argv: ['reset-failed', 'cortex-test-fails.service'],
-        unit: 'cortex-test-fails.service',
-        before: fail,
-      },
-      { argv: ['enable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
-      { argv: ['disable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
-      { argv: ['stop', agentUnitName(idle)], unit: agentUnitName(idle) },
-    ];
-    const stateOf = async (u: string) =>
-      u === ''
-        ? ''
-        : (await direct(['systemctl', 'show', '--property=ActiveState,Result', u])).out +
-          (await direct(['systemctl', 'is-enabled', u])).out;
-    for (const { argv, unit, before } of pairs) {
-      if (before) await direct(['systemctl', ...before]);
-      const h = await viaHelper(['systemctl', ...argv]);
-      const hs = await stateOf(unit);
-      if (before) await direct(['systemctl', ...before]);
-      const d = await direct(['systemctl', ...argv]);
-      expect({ argv, code: h.code, state: hs }).toEqual({ argv, code: d.code, state: await stateOf(unit) });
+    try {
+      await run(shell, ['systemctl', 'daemon-reload']);
+      await shell.exec(['rm', '-f', '/run/cortex-test-systemctl.log']);
+      const calls = async () =>
+        (await shell.exec(['cat', '/run/cortex-test-systemctl.log'])).stdout.toString('utf8').trim();
+      const viaHelper = async (argv: string[]) => {
+        const r = await shell.exec(swapCommands.batch([{ argv }]));
+        const [answer] = parseBatchOutput(r.stdout.toString('utf8'));
+        if (!answer) throw new Error(`no answer to ${argv.join(' ')}`);
+        return { code: answer.code, out: answer.stdout.toString('utf8') };
+      };
+      const directCalls: string[] = [];
+      const direct = async (argv: string[]) => {
+        if (argv[0] === 'systemctl') directCalls.push(argv.slice(1).join(' '));
+        const r = await shell.exec(argv);
+        return { code: r.code, out: r.stdout.toString('utf8') };
+      };
+      // Reads: the same code and the same bytes, in systemctl's order (not the order asked).
+      const reads = [
+        [
+          'show',
+          '--property=NRestarts,ActiveState,SubState,ExecMainStartTimestampMonotonic',
+          agentUnitName(slot),
+        ],
+        ['show', '--property=ActiveState,SubState,Result,ExecMainStatus', '--value', agentUnitName(slot)],
+        ['show', '--property=ActiveState,MainPID', agentUnitName(idle)],
+        ['show', '--property=Id,LoadState,ActiveState', '--value', 'cortex-no-such.service'],
+        [
+          'show',
+          '--property=NRestarts,ActiveState,SubState,Result,ExecMainStatus',
+          'cortex-upstream.service',
+        ],
+      ];
+      for (const a of reads)
+        expect(await viaHelper(['systemctl', ...a])).toEqual(await direct(['systemctl', ...a]));
+      // Changes, each made by both, with the same answer and the same state after.
+      // Changes, each made by both from the same state (`before` run first each time), with the same
+      // answer and the same state after.
+      const fail = ['start', 'cortex-test-fails.service'];
+      const pairs: { argv: string[]; unit: string; before?: string[] }[] = [
+        { argv: ['stop', 'cortex-no-such.service'], unit: '' },
+        { argv: ['start', 'cortex-no-such.service'], unit: '' },
+        { argv: ['reset-failed', 'cortex-no-such.service'], unit: '' },
+        { argv: fail, unit: 'cortex-test-fails.service' },
+        {
+          argv: ['reset-failed', 'cortex-test-fails.service'],
+          unit: 'cortex-test-fails.service',
+          before: fail,
+        },
+        { argv: ['enable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
+        { argv: ['disable', '--no-reload', 'cortex-test-slow.service'], unit: 'cortex-test-slow.service' },
+        { argv: ['stop', agentUnitName(idle)], unit: agentUnitName(idle) },
+      ];
+      const stateOf = async (u: string) =>
+        u === ''
+          ? ''
+          : (await direct(['systemctl', 'show', '--property=ActiveState,Result', u])).out +
+            (await direct(['systemctl', 'is-enabled', u])).out;
+      for (const { argv, unit, before } of pairs) {
+        if (before) await direct(['systemctl', ...before]);
+        const h = await viaHelper(['systemctl', ...argv]);
+        const hs = await stateOf(unit);
+        if (before) await direct(['systemctl', ...before]);
+        const d = await direct(['systemctl', ...argv]);
+        expect({ argv, code: h.code, state: hs }).toEqual({ argv, code: d.code, state: await stateOf(unit) });
+      }
+      // A start returns once the job is done (the unit active after its 2 s ExecStartPre), as
+      // systemctl start does; a restart of several units waits for each.
+      const t0 = Date.now();
+      expect(await viaHelper(['systemctl', 'start', 'cortex-test-slow.service'])).toEqual({
+        code: 0,
+        out: '',
+      });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(1_900);
+      expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe(
+        'active',
+      );
+      expect(
+        await viaHelper(['systemctl', 'restart', 'cortex-test-slow.service', 'cortex-upstream.service']),
+      ).toEqual({ code: 0, out: '' });
+      expect(await viaHelper(['systemctl', 'stop', 'cortex-test-slow.service'])).toEqual({
+        code: 0,
+        out: '',
+      });
+      expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe(
+        'inactive',
+      );
+      // Every systemctl process the log shows is one `direct` started: none for any of the helper's
+      // answers (the wrapper logs each start; the direct calls are the positive control).
+      const logged = (await calls()).split('\n');
+      expect(logged.length).toBeGreaterThan(10);
+      expect([...logged].sort()).toEqual([...directCalls].sort());
+      // A form the helper does not answer itself still runs systemctl (and is logged).
+      expect((await viaHelper(['systemctl', 'is-enabled', 'cortex-test-slow.service'])).out.trim()).toBe(
+        'disabled',
+      );
+      expect((await calls()).split('\n').slice(-1)).toEqual(['is-enabled cortex-test-slow.service']);
+    } finally {
+      await cleanUp();
     }
-    // A start returns once the job is done (the unit active after its 2 s ExecStartPre), as
-    // systemctl start does; a restart of several units waits for each.
-    const t0 = Date.now();
-    expect(await viaHelper(['systemctl', 'start', 'cortex-test-slow.service'])).toEqual({ code: 0, out: '' });
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(1_900);
-    expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe('active');
-    expect(
-      await viaHelper(['systemctl', 'restart', 'cortex-test-slow.service', 'cortex-upstream.service']),
-    ).toEqual({ code: 0, out: '' });
-    expect(await viaHelper(['systemctl', 'stop', 'cortex-test-slow.service'])).toEqual({ code: 0, out: '' });
-    expect((await direct(['systemctl', 'is-active', 'cortex-test-slow.service'])).out.trim()).toBe(
-      'inactive',
-    );
-    // Every systemctl process the log shows came from `direct`: none from the helper's answers.
-    const logged = (await calls()).split('\n');
-    expect(logged.length).toBeGreaterThan(10); // positive control: the wrapper sees systemctl starts
-    expect(logged.filter((l) => /^(start|restart) cortex-test-slow/.test(l))).toEqual([]);
-    expect(
-      logged.filter((l) => l.startsWith('show --property=NRestarts,ActiveState,SubState,ExecMain')),
-    ).toHaveLength(1);
-    // A form the helper does not answer itself still runs systemctl (and is logged).
-    expect((await viaHelper(['systemctl', 'is-enabled', 'cortex-test-slow.service'])).out.trim()).toBe(
-      'disabled',
-    );
-    expect((await calls()).split('\n').slice(-1)).toEqual(['is-enabled cortex-test-slow.service']);
-    await shell.exec([
-      'rm',
-      '-f',
-      '/usr/local/sbin/systemctl',
-      '/run/cortex-test-systemctl.log',
-      ...Object.keys(units).map((n) => `/etc/systemd/system/${n}`),
-    ]);
-    await run(shell, ['systemctl', 'daemon-reload']);
     await expectSettled(slot, keys[keys.length - 1] as string);
   });
 });

@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+import { helperScriptWithoutBus } from '../../support/swap-helper';
+
+const SWAP_HOST_SCRIPT = helperScriptWithoutBus();
 
 /**
  * Review R2 (issue 11): the helper's `wait-healthy` probe runs as root on the agent's host against

@@ -11,6 +11,7 @@ import {
   swapCommands,
 } from '../../../orchestrator/remote/swap-commands';
 import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+import { helperScriptWithoutBus } from '../../support/swap-helper';
 
 /**
  * The swap's host helper, run here with python3 against a temporary directory in place of
@@ -26,7 +27,8 @@ const helper = (args: readonly string[], stdin = '') =>
 beforeEach(() => {
   dir = mkdtempSync(join(tmpdir(), 'swap-helper-'));
   chmodSync(dir, 0o755);
-  script = SWAP_HOST_SCRIPT.replace('ENV_DIR = "/etc/cortex"', `ENV_DIR = "${dir}/cortex"`)
+  script = helperScriptWithoutBus()
+    .replace('ENV_DIR = "/etc/cortex"', `ENV_DIR = "${dir}/cortex"`)
     .replace('LOCK = "/run/cortex-swap.lock"', `LOCK = "${dir}/lock"`)
     .replace('SESSION_IDLE_S = 60', 'SESSION_IDLE_S = 1');
   expect(script).not.toBe(SWAP_HOST_SCRIPT);

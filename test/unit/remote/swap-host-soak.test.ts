@@ -4,7 +4,9 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { SWAP_HOST_SCRIPT } from '../../../orchestrator/remote/swap-host-script';
+import { helperScriptWithoutBus } from '../../support/swap-helper';
+
+const SWAP_HOST_SCRIPT = helperScriptWithoutBus();
 
 /**
  * The host helper's `soak` mode (issue 11, health after the switch), run here with python3: a

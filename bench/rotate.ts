@@ -11,6 +11,7 @@
  * process (ROTATE_CONCURRENCY, default 8). Deployments are removed afterwards.
  * Target (issue 11): 50 deployments in under 15 s with zero failed requests.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:https';
 import { loadavg } from 'node:os';
@@ -188,6 +189,15 @@ export const run = async (args: string[]): Promise<void> => {
       const before = { requests, failed };
       const cpu0 = idle1;
       const units0 = await sampleHostUnits();
+      // BENCH_PERF=<file>: a system-wide `perf record` (with each sample's cgroup) from the request
+      // until all have switched, to see which processes of which units the time goes to
+      // (`perf report -i <file> --sort cgroup,comm`). Off by default; perf is not a dependency.
+      const perf = process.env.BENCH_PERF
+        ? spawn('perf', ['record', '-a', '--all-cgroups', '-F', '499', '-o', process.env.BENCH_PERF], {
+            stdio: 'ignore',
+          })
+        : undefined;
+      if (perf) await sleep(300);
       const t0 = Date.now();
       const loadAtStart = loadavg()[0] ?? 0;
       const started = await rot.service.rotate(
@@ -195,6 +205,10 @@ export const run = async (args: string[]): Promise<void> => {
         { actor: 'bench' },
       );
       const switchedAt = await Promise.all(watchers);
+      if (perf) {
+        perf.kill('SIGINT');
+        await new Promise((r) => perf.once('exit', r));
+      }
       const cpu1 = await sampleCpu();
       const units1 = await sampleHostUnits();
       const loadAtSwitch = loadavg()[0] ?? 0;

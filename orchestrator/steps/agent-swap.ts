@@ -450,20 +450,49 @@ const settle = async (
   } else if (route.length === 1 && r[0]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
   if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
-  const listing = r[route.length + rest.length - (opts.probe ? 2 : 1)] ?? NOT_RUN;
-  const leftovers = listing.stdout
-    .toString('utf8')
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(
-      (f) => AGENT_SLOTS.some((s) => isTempNameFor(`agent-${s}.env`, f)) || isTempNameFor('active-slot', f),
+  // The old slot's clean-up is checked, not assumed (review R8 #6): its instance stopped (it holds
+  // the old environment in memory) and no env file of it, nor a kept previous one, left on disk.
+  // Otherwise the swap throws (the old value may still be on the host): the job's retry settles
+  // again, and a last attempt is recorded failed, keeping the old version in the vault.
+  const stopped = r[route.length + rest.indexOf(discard[0] as BatchStep)] ?? NOT_RUN;
+  if (stopped.code !== 0)
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `slot ${old} did not stop (exit ${stopped.code}): its instance may still hold the old environment`,
     );
-  if (leftovers.length > 0)
-    await runBatch(
+  const listing = r[route.length + rest.length - (opts.probe ? 2 : 1)] ?? NOT_RUN;
+  const names = (l: ExecResult): string[] =>
+    l.stdout
+      .toString('utf8')
+      .split('\n')
+      .map((f) => f.trim());
+  const oldFiles = (l: ExecResult): string[] =>
+    names(l).filter(
+      (f) => f === `agent-${old}.env` || AGENT_SLOTS.some((s) => f === `agent-${s}.env.previous`),
+    );
+  const leftovers = names(listing).filter(
+    (f) => AGENT_SLOTS.some((s) => isTempNameFor(`agent-${s}.env`, f)) || isTempNameFor('active-slot', f),
+  );
+  const stale = [...oldFiles(listing), ...leftovers];
+  if (listing.code !== 0 || stale.length > 0) {
+    const again = await runBatch(
       shell,
-      leftovers.map((f) => ({ argv: agentCommands.removeFile(`${ENV_DIR}/${f}`) })),
+      [
+        ...stale.map((f) => ({ argv: agentCommands.removeFile(`${ENV_DIR}/${f}`) })),
+        { argv: agentCommands.listDir(ENV_DIR) },
+      ],
       o,
     );
+    const now = again[again.length - 1] ?? NOT_RUN;
+    const still = oldFiles(now);
+    if (now.code !== 0 || still.length > 0)
+      throw new OrchestratorError(
+        'remote_command_failed',
+        now.code !== 0
+          ? `the env file directory could not be listed (exit ${now.code}): the old slot's clean-up is not known`
+          : `the old slot's env file could not be removed: ${still.join(', ')}`,
+      );
+  }
   return { probe: opts.probe ? (r[r.length - 1] ?? NOT_RUN) : NOT_RUN, watch };
 };
 

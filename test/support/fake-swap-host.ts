@@ -33,6 +33,8 @@ export const makeSwapHost = (
     restartsAfterHealthy?: string;
     /** While this says so, HTTPS through Caddy answers 502 (Caddy up, its upstream not answering). */
     caddyFails?: () => boolean;
+    /** `systemctl stop` of this unit fails and leaves it running (a stop job that failed). */
+    stopFails?: string;
     /** The shell can hold the helper's session (`openLines`), as the SSH adapter can. */
     session?: boolean;
     /** The session's helper is gone after this many requests (later ones end with no answer). */
@@ -124,6 +126,7 @@ export const makeSwapHost = (
       return ok();
     }
     if (verb === 'stop') {
+      if (u === o.stopFails) return no(1);
       stopUnit(u);
       return ok();
     }

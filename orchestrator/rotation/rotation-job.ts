@@ -4,7 +4,7 @@ import type { Deployment, DeploymentStore } from '../deployments/deployment-stor
 import type { Leases } from '../queues/deployment-lease';
 import type { Secret } from '../secret';
 import type { HostAccess } from '../steps/host-access';
-import { scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
+import { SwapCleanupError, scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
 import { PROVISION_STEPS } from '../steps/provision-steps';
 import { reasonOf } from '../steps/step-runner';
 import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
@@ -305,6 +305,23 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       }
     } catch (err) {
       if (err instanceof ProvisionInFlight) throw err;
+      // The new environment serves (proven) and only the old slot's clean-up is not verified: the
+      // last attempt records what serves, `switched` (following the new version; `failed` would pin
+      // the old one, which a later rebuild of this environment would put back into service), and
+      // says loudly that the old value may still be on the host (review R10 F2).
+      if (err instanceof SwapCleanupError && finalAttempt) {
+        await rotations
+          .setState(rot.id, d.deploymentId, 'switched', {
+            ...(err.mode ? { swapMode: err.mode } : {}),
+            ...ctx,
+          })
+          .catch((e: unknown) => dlog.error({ reason: reasonOf(e) }, 'could not record the switch'));
+        dlog.error(
+          { reason: err.message },
+          "deployment switched to the new version, but the old slot's clean-up is not verified: the old value may remain on the host",
+        );
+        return;
+      }
       // The swap contract leaves the host on the old environment or the new one. A transient
       // failure (SSH dropped, the database away) stays `switching` for the retry; the last
       // attempt records `failed` (pinned to the old version).

@@ -106,6 +106,21 @@ export interface AgentSwapResult {
   readonly slot?: AgentSlot;
 }
 
+/**
+ * The new environment serves (health-checked, soaked) but the old slot's clean-up is not verified:
+ * its instance did not stop, or its env file (or a kept previous one) is still on disk (review R8
+ * #6). Retried like any remote failure (the re-run settles again); a rotation's last attempt records
+ * the deployment `switched`, since that is what serves (review R10 F2), and logs this as an error.
+ */
+export class SwapCleanupError extends OrchestratorError {
+  constructor(
+    message: string,
+    readonly mode?: SwapMode,
+  ) {
+    super('remote_command_failed', message);
+  }
+}
+
 export interface AgentSwapOptions {
   readonly signal?: AbortSignal;
   /** How long the old instance may finish the requests in flight (blue-green); default 30. */
@@ -456,8 +471,7 @@ const settle = async (
   // again, and a last attempt is recorded failed, keeping the old version in the vault.
   const stopped = r[route.length + rest.indexOf(discard[0] as BatchStep)] ?? NOT_RUN;
   if (stopped.code !== 0)
-    throw new OrchestratorError(
-      'remote_command_failed',
+    throw new SwapCleanupError(
       `slot ${old} did not stop (exit ${stopped.code}): its instance may still hold the old environment`,
     );
   const listing = r[route.length + rest.length - (opts.probe ? 2 : 1)] ?? NOT_RUN;
@@ -466,14 +480,15 @@ const settle = async (
       .toString('utf8')
       .split('\n')
       .map((f) => f.trim());
+  // The old slot's env file, a kept previous one, or the temp file of a cut write of either slot's
+  // (it may hold a value): none may be left.
   const oldFiles = (l: ExecResult): string[] =>
     names(l).filter(
-      (f) => f === `agent-${old}.env` || AGENT_SLOTS.some((s) => f === `agent-${s}.env.previous`),
+      (f) =>
+        f === `agent-${old}.env` ||
+        AGENT_SLOTS.some((s) => f === `agent-${s}.env.previous` || isTempNameFor(`agent-${s}.env`, f)),
     );
-  const leftovers = names(listing).filter(
-    (f) => AGENT_SLOTS.some((s) => isTempNameFor(`agent-${s}.env`, f)) || isTempNameFor('active-slot', f),
-  );
-  const stale = [...oldFiles(listing), ...leftovers];
+  const stale = [...oldFiles(listing), ...names(listing).filter((f) => isTempNameFor('active-slot', f))];
   if (listing.code !== 0 || stale.length > 0) {
     const again = await runBatch(
       shell,
@@ -486,8 +501,7 @@ const settle = async (
     const now = again[again.length - 1] ?? NOT_RUN;
     const still = oldFiles(now);
     if (now.code !== 0 || still.length > 0)
-      throw new OrchestratorError(
-        'remote_command_failed',
+      throw new SwapCleanupError(
         now.code !== 0
           ? `the env file directory could not be listed (exit ${now.code}): the old slot's clean-up is not known`
           : `the old slot's env file could not be removed: ${still.join(', ')}`,
@@ -982,6 +996,8 @@ export const swapAgentEnvironment = async (
     return await (mode === 'blue-green'
       ? blueGreen(sh, input, opts, at, o)
       : heldRestart(sh, input, opts, at, o));
+  } catch (err) {
+    throw err instanceof SwapCleanupError ? new SwapCleanupError(err.message, mode) : err;
   } finally {
     session.end();
   }

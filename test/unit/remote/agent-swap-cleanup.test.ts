@@ -1,6 +1,10 @@
 import { OrchestratorError } from '../../../orchestrator/errors';
 import { Secret } from '../../../orchestrator/secret';
-import { swapAgentEnvironment, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
+import {
+  SwapCleanupError,
+  swapAgentEnvironment,
+  type AgentSwapOptions,
+} from '../../../orchestrator/steps/agent-swap';
 import { slotEnvFilePath } from '../../../templates/agent-slots';
 import { makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
 
@@ -50,6 +54,33 @@ describe("the old slot's clean-up after a swap", () => {
     });
     expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
     expect(h.fake.files.has(slotEnvFilePath('blue'))).toBe(false);
+  });
+
+  it('the temp file of a cut env write that stays is no clean-up either (review R10 F3)', async () => {
+    const h = makeSwapHost();
+    const temp = `/etc/cortex/.agent-green.env.tmp-${'a'.repeat(16)}`;
+    h.fake.files.set(temp, { content: Buffer.from('K=cut\n'), mode: 0o600, uid: 0, gid: 0 });
+    h.fake.on('rm', (argv) => {
+      for (const p of argv.slice(argv.indexOf('--') + 1)) if (p !== temp) h.fake.files.delete(p);
+      return { code: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+    });
+    const err = await swap(h, 'sk-new').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SwapCleanupError);
+    expect((err as SwapCleanupError).mode).toBe('blue-green');
+    expect((err as Error).message).toContain('.agent-green.env.tmp-');
+  });
+
+  it('held restart: a kept previous file that stays, or the other slot not stopping, is no clean-up (review R10 F4)', async () => {
+    const h = makeSwapHost();
+    h.fake.on('rm', () => ({ code: 0, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) }));
+    const err = await swap(h, 'sk-new', { mode: 'held-restart' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SwapCleanupError);
+    expect((err as SwapCleanupError).mode).toBe('held-restart');
+    expect((err as Error).message).toBe(
+      "the old slot's env file could not be removed: agent-blue.env.previous",
+    );
+    const h2 = makeSwapHost({ stopFails: 'cortex-agent@green.service' });
+    await expect(swap(h2, 'sk-new', { mode: 'held-restart' })).rejects.toThrow(/^slot green did not stop/);
   });
 
   it('an old instance that did not stop: the swap throws (it still holds the old environment)', async () => {

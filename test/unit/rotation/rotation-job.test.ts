@@ -18,6 +18,7 @@ import type {
   RotationStore,
 } from '../../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../../orchestrator/secret';
+import { SwapCleanupError } from '../../../orchestrator/steps/agent-swap';
 
 /**
  * The rotate job against a fake of the contract that keeps the same state machine as
@@ -208,6 +209,36 @@ describe('rotate job', () => {
     const out = await run(job(world, broken), true);
     expect(out.failed).toEqual(ids);
     expect(world.pins.get(ids[0] as string)).toBe(1);
+  });
+
+  it("the old slot's clean-up not verified (the new version serves): retried; the last attempt records it switched, not pinned to the old version (review R10 F2)", async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids);
+    const lines: string[] = [];
+    const logged = makeLogger({ level: 'error' }, { write: (l: string) => lines.push(l) });
+    const leftover: Swap = () =>
+      Promise.reject(
+        new SwapCleanupError("the old slot's env file could not be removed: agent-blue.env", 'held-restart'),
+      );
+    const j = () =>
+      makeRotationJob({
+        rotations: world.store,
+        store,
+        leases,
+        access,
+        swap: leftover as never,
+        log: logged,
+        concurrency: 8,
+        holder: 'test',
+      });
+    await expect(run(j())).rejects.toThrow('not done yet');
+    expect(world.rows.get(ids[0] as string)?.state).toBe('switching');
+    const out = await run(j(), true);
+    expect(out.failed).toEqual([]);
+    expect(world.rows.get(ids[0] as string)?.state).toBe('switched');
+    expect(world.pins.get(ids[0] as string)).toBeNull();
+    expect(lines.join('')).toMatch(/the old value may remain on the host/);
+    expect(lines.join('')).toMatch(/agent-blue\.env/);
   });
 });
 

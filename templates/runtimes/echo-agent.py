@@ -6,7 +6,8 @@ variables, reserved ones hidden; nothing derived from a value (no value, hash, l
 GET /slow?ms=N (0-10000, default 1000, the last wins) answers after N ms. 404 other paths, 501
 other methods, 400 malformed. HTTP/1.0 (no keep-alive to hold a drain), JSON, no-store.
 Every byte is hostile: heads over 8 KiB get 414/431, heads not sent within 10 s 408, at most 512
-connections. SIGTERM: closes the listening socket, finishes what is in flight, exits 0.
+connections, at most 256 of them waiting in /slow (503 beyond; a client that hangs up frees its
+place at once). SIGTERM: closes the listening socket, finishes what is in flight, exits 0.
 
 One epoll loop, no thread, over C modules (_socket, _signal, _json): socket, signal, threading,
 json, http.server cost 100 ms of CPU in imports, and one process starts per blue/green swap.
@@ -30,9 +31,13 @@ TIMEOUT = 10.0  # to send the request head; to take the answer
 DRAIN_TIMEOUT = 2.0  # to send the head once SIGTERM came
 LINGER = 2.0, 65536  # after answering a request with a body: read and drop it this long, this much
 MAX_CONNECTIONS = 512
+# /slow holds its connection for up to SLOW_MAX_MS: at most half the connections may wait in it (503
+# beyond), so /health always has room, whatever a client holds open through Caddy (review R10 F1).
+MAX_SLOW = MAX_CONNECTIONS // 2
 READ, WAIT, WRITE, DROP = range(4)
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 414: "URI Too Long"}
-REASONS.update({431: "Request Header Fields Too Large", 501: "Not Implemented", 505: "HTTP Version Not Supported"})
+REASONS.update({431: "Request Header Fields Too Large", 501: "Not Implemented", 503: "Service Unavailable"})
+REASONS[505] = "HTTP Version Not Supported"
 BAD_SLOW = b'{"status": "bad_request", "error": "ms must be 0-%d"}' % SLOW_MAX_MS
 HEX = frozenset(b"0123456789abcdefABCDEF")
 LOG_ESCAPES = {i: "\\x%02x" % i for i in (*range(32), 127)}
@@ -201,6 +206,10 @@ class Server:
             self.read_head(c)
         elif c.state == WRITE:
             self.write(c)
+        elif c.state == WAIT:
+            # Registered for the peer's hang-up only: the client left before its answer, and its
+            # connection is not held to the end of the wait.
+            self.close(c)
         elif c.state == DROP:
             try:
                 data = c.sock.recv(65536)
@@ -262,8 +271,10 @@ class Server:
         c.ms = slow_ms(query)
         if c.ms is None:
             return self.respond(c, 400, BAD_SLOW)
+        if sum(1 for o in self.conns.values() if o.state == WAIT) >= MAX_SLOW:
+            return self.respond(c, 503)
         c.state = WAIT
-        self.want(c, 0)
+        self.want(c, select.EPOLLRDHUP)
         return self.set_deadline(c, time.monotonic() + c.ms / 1000)
 
     def respond(self, c, status, body=None):

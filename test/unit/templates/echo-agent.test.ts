@@ -291,6 +291,34 @@ describe('echo agent: hostile clients, drain, logs, cost', () => {
     for (const s of idle) s.destroy();
   });
 
+  it('/slow cannot starve /health (review R10 F1): clients that hang up free their place at once, and at most 256 wait', async () => {
+    const a = await start();
+    // 512 clients ask for a 10 s /slow and hang up at once: their places are freed, not held 10 s.
+    const gone: Promise<Answer>[] = [];
+    for (let i = 0; i < 512; i++)
+      gone.push(
+        raw(a.port, ['GET /slow?ms=10000 HTTP/1.1\r\n\r\n'], {
+          onConnect: (s) => setTimeout(() => s.destroy(), 50),
+        }),
+      );
+    await Promise.all(gone);
+    await sleep(300);
+    const t0 = Date.now();
+    expect((await get(a.port, '/health')).status).toBe(200);
+    expect(Date.now() - t0).toBeLessThan(3_000);
+    // 300 clients wait in /slow and stay: 256 are held, the rest answered 503 at once, and /health
+    // is still served meanwhile.
+    const held = Array.from({ length: 300 }, () => get(a.port, '/slow?ms=4000'));
+    await sleep(1_000);
+    const t1 = Date.now();
+    expect((await get(a.port, '/health')).status).toBe(200);
+    expect(Date.now() - t1).toBeLessThan(3_000);
+    const answers = await Promise.all(held);
+    const count = (status: number) => answers.filter((r) => r.status === status).length;
+    expect({ ok: count(200), busy: count(503) }).toEqual({ ok: 256, busy: 44 });
+    expect(answers.find((r) => r.status === 503)?.body).toBe('{"status": "service_unavailable"}');
+  });
+
   it('on SIGTERM serves what was queued and in flight (a /slow included), refuses new clients, bounds a slowloris to 2 s, exits 0', async () => {
     const a = await start();
     const slow = get(a.port, '/slow?ms=1500');

@@ -276,7 +276,14 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           // An attempt before the crash may have moved the host to the new version already, and
           // this swap left it as it found it: put it back on the old one explicitly.
           const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
-          const back = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts);
+          // (Its clean-up failing is no switch to the new version: a plain failure, pinned old.)
+          const back = await deps
+            .swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts)
+            .catch((e: unknown) => {
+              throw e instanceof SwapCleanupError
+                ? new OrchestratorError('remote_command_failed', e.message)
+                : e;
+            });
           backUnhealthy = !back.healthy;
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }

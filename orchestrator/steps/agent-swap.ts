@@ -467,8 +467,8 @@ const settle = async (
   if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
   // The old slot's clean-up is checked, not assumed (review R8 #6): its instance stopped (it holds
   // the old environment in memory) and no env file of it, nor a kept previous one, left on disk.
-  // Otherwise the swap throws (the old value may still be on the host): the job's retry settles
-  // again, and a last attempt is recorded failed, keeping the old version in the vault.
+  // Otherwise the swap throws SwapCleanupError (the old value may still be on the host): the job's
+  // retry settles again; what a last attempt records is the caller's (rotation-job.ts).
   const stopped = r[route.length + rest.indexOf(discard[0] as BatchStep)] ?? NOT_RUN;
   if (stopped.code !== 0)
     throw new SwapCleanupError(

@@ -211,6 +211,28 @@ describe('rotate job', () => {
     expect(world.pins.get(ids[0] as string)).toBe(1);
   });
 
+  it('a resumed deployment put back on the OLD version whose clean-up is not verified is no switch: the last attempt records it failed, pinned old (review R10 F2, the back swap)', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids, 'switching');
+    const envs: string[] = [];
+    const swap: Swap = (_s, input) => {
+      envs.push(input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '');
+      return envs.length % 2 === 1
+        ? Promise.resolve({ mode: 'held-restart', healthy: false })
+        : Promise.reject(
+            new SwapCleanupError(
+              "the old slot's env file could not be removed: agent-green.env",
+              'held-restart',
+            ),
+          );
+    };
+    const out = await run(job(world, swap), true);
+    expect(envs).toEqual([VALUES[2], VALUES[1]]);
+    expect(out.failed).toEqual(ids);
+    expect(world.rows.get(ids[0] as string)?.state).toBe('failed');
+    expect(world.pins.get(ids[0] as string)).toBe(1);
+  });
+
   it("the old slot's clean-up not verified (the new version serves): retried; the last attempt records it switched, not pinned to the old version (review R10 F2)", async () => {
     const ids = [randomUUID()];
     const world = fakeWorld(ids);

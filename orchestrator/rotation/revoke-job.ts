@@ -90,6 +90,26 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
     }
   };
 
+  /**
+   * The deployment's event stream and its org's webhooks say the agent runs unhealthy (review R8
+   * #5), recorded while the binding still exists (the SQL requires it) and before the status goes
+   * back to `ready`, so a client following the swap sees it before its stream ends. A transient
+   * failure fails this deployment's revoke (retried: the binding stays, so the retry records it;
+   * the SQL is idempotent per revocation and deployment). A refusal is logged and the revoke goes
+   * on: a notification must never keep a withdrawn key bound or in the vault.
+   */
+  const recordUnhealthy = async (deploymentId: string, revocationId: string): Promise<void> => {
+    try {
+      await rotations.recordHealth(deploymentId, revocationId, 'kept_unhealthy');
+    } catch (err) {
+      if (classify(err) !== 'permanent') throw err;
+      log.error(
+        { deploymentId, revocationId, reason: reasonOf(err) },
+        'revoke: the unhealthy agent could not be recorded as a health event; the revoke goes on',
+      );
+    }
+  };
+
   const revokeOne = async (
     secretId: string,
     revocationId: string,
@@ -153,6 +173,7 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
                 );
                 // a code only in the record (org members can read it); the detail is in the log
                 unhealthy = 'kept_unhealthy';
+                await recordUnhealthy(deploymentId, revocationId);
               }
             }
           } finally {

@@ -41,6 +41,12 @@ export interface Rotation {
 export interface Binding {
   readonly envVar: string;
   readonly secretId: string;
+  /**
+   * The version the deployment RUNS: its pin or the current version, except while a rotation of
+   * the secret runs and has not moved this deployment yet (`pending`, `switching`): that rotation's
+   * old version (20261205090000_bindings_running_version.sql, review R8 finding 8). A revoke or a
+   * rotation of another secret rebuilds the environment from it.
+   */
   readonly version: number;
   readonly pinned: boolean;
 }
@@ -388,6 +394,26 @@ export const makeRotationStore = (deps: {
       ...auditArgs(ctx),
     });
 
+  /**
+   * A deployment whose agent the revoke job restarted without the revoked key and kept running
+   * although unhealthy (20261205100000_health_events.sql): one `health` event in its stream and one
+   * webhook delivery per active endpoint of its org. Only under an open revocation of a secret still
+   * bound to it (so before the binding is removed); once per (revocation, deployment): a repeat
+   * returns the first event with `existing`.
+   */
+  const recordHealth = async (
+    deploymentId: string,
+    revocationId: string,
+    reasonCode: 'kept_unhealthy',
+  ): Promise<{ eventId: string; existing: boolean }> => {
+    const r = await rpc<{ id: number | string; existing: boolean }>('deployment_events__record_health', {
+      p_deployment_id: id(deploymentId, 'deployment_id'),
+      p_revocation_id: id(revocationId, 'revocation_id'),
+      p_reason_code: reasonCode,
+    });
+    return { eventId: String(r.id), existing: r.existing };
+  };
+
   const setMaxAge = async (
     secretId: string,
     maxAgeSeconds: number | null,
@@ -447,6 +473,7 @@ export const makeRotationStore = (deps: {
     readVersions,
     setVersion,
     revokeBindings,
+    recordHealth,
     requestRevoke,
     revocation,
     showRevocation,

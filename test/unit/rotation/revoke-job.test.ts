@@ -38,6 +38,15 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = [], whole =
   const reopened: string[] = [];
   const history: DeploymentStatus[] = [initial];
   const bound = new Set<string>([SECRET, OTHER]);
+  /** Health events recorded (deployment_events__record_health), with the status at the time. */
+  const health: {
+    deploymentId: string;
+    revocationId: string;
+    reasonCode: string;
+    status: DeploymentStatus;
+  }[] = [];
+  /** Errors the next recordHealth calls throw, in order (after their event is written, or not). */
+  const healthFails: { err: Error; written: boolean }[] = [];
   const store: RevokeJobDeps['store'] = {
     get: () => Promise.resolve({ id, status: status.value, runtime: 'echo', steps, currentRun: 1 } as never),
     reopenSteps: (_d: string, steps: readonly string[]) => {
@@ -97,6 +106,22 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = [], whole =
       bound.delete(secretId);
       return Promise.resolve({ bindings_removed: 1 });
     },
+    // the contract of deployment_events__record_health: only under the open revocation, while the
+    // secret is still bound and the deployment runs its agent; once per (revocation, deployment)
+    recordHealth: (d: string, revocationId: string, reasonCode: string) => {
+      if (revocationId !== REVOCATION || d !== id || !bound.has(SECRET))
+        return Promise.reject(
+          new OrchestratorError('invalid_input', 'revocation_id: not an open revocation'),
+        );
+      if (status.value !== 'ready' && status.value !== 'rotating')
+        return Promise.reject(new OrchestratorError('invalid_input', 'deployment_id: runs no agent'));
+      const fail = healthFails.shift();
+      const existing = health.some((h) => h.deploymentId === d && h.revocationId === revocationId);
+      if (!existing && (!fail || fail.written))
+        health.push({ deploymentId: d, revocationId, reasonCode, status: status.value });
+      if (fail) return Promise.reject(fail.err);
+      return Promise.resolve({ eventId: String(health.length), existing });
+    },
     revocation: () =>
       Promise.resolve({
         id: REVOCATION,
@@ -110,7 +135,7 @@ const world = (initial: DeploymentStatus, steps: readonly object[] = [], whole =
       return Promise.resolve({});
     },
   } as unknown as RotationStore;
-  return { id, status, history, bound, store, rotations, reopened, finished, lateBound };
+  return { id, status, history, bound, store, rotations, reopened, finished, lateBound, health, healthFails };
 };
 
 type Swap = (
@@ -255,6 +280,72 @@ describe('revoke job: the deployment shows `rotating` while its agent is swapped
     expect(swapped).toBe(false);
     expect(w.history).toEqual(['failed']);
     expect(w.bound.has(SECRET)).toBe(false);
+  });
+});
+
+/** The first swap unhealthy (the old environment put back), the forced one kept unhealthy. */
+const keptUnhealthy: Swap = (_shell, _input, opts) =>
+  Promise.resolve(
+    opts.keepUnhealthy
+      ? { mode: 'held-restart', healthy: false, reason: 'not healthy on port 18790', code: 'kept_unhealthy' }
+      : { mode: 'blue-green', healthy: false, reason: 'health check timed out' },
+  );
+
+describe('revoke job: an agent kept running unhealthy without the key is a health event (review R8 #5)', () => {
+  it('kept_unhealthy: one health event, recorded while the binding exists and the deployment shows `rotating`', async () => {
+    const w = world('ready');
+    const out = await run(w, keptUnhealthy);
+    expect(w.health).toEqual([
+      { deploymentId: w.id, revocationId: REVOCATION, reasonCode: 'kept_unhealthy', status: 'rotating' },
+    ]);
+    expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(w.history).toEqual(['ready', 'rotating', 'ready']);
+  });
+
+  it('a healthy revoke, and a forced restart that recovers, record no health event', async () => {
+    const healthy = world('ready');
+    await run(healthy, () => Promise.resolve({ mode: 'blue-green', healthy: true }));
+    const recovered = world('ready');
+    await run(recovered, (_shell, _input, opts) =>
+      Promise.resolve(
+        opts.keepUnhealthy ? { mode: 'held-restart', healthy: true } : { mode: 'blue-green', healthy: false },
+      ),
+    );
+    expect([healthy.health, recovered.health]).toEqual([[], []]);
+    expect([healthy.bound.has(SECRET), recovered.bound.has(SECRET)]).toEqual([false, false]);
+  });
+
+  it('the record fails transiently: `ready` again, the binding kept, the job retried; the retry records it, once', async () => {
+    const w = world('ready');
+    // the first call's event committed but its answer was lost; the second's did not commit
+    w.healthFails.push(
+      { err: Object.assign(new Error('connection reset'), { code: 'ECONNRESET' }), written: true },
+      { err: new OrchestratorError('db_unavailable', 'the database is restarting'), written: false },
+    );
+    await expect(run(w, keptUnhealthy, false)).rejects.toThrow('still hold');
+    expect(w.history).toEqual(['ready', 'rotating', 'ready']);
+    expect(w.bound.has(SECRET)).toBe(true);
+    await expect(run(w, keptUnhealthy, false)).rejects.toThrow('still hold');
+    expect(w.bound.has(SECRET)).toBe(true);
+    const out = await run(w, keptUnhealthy, false);
+    expect(w.health).toHaveLength(1);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
+    expect(w.status.value).toBe('ready');
+  });
+
+  it('the record refused (a permanent error): logged, and the revoke goes on (the binding removed, the whole secret deleted)', async () => {
+    const w = world('ready', [], true);
+    w.healthFails.push({
+      err: new OrchestratorError('invalid_input', 'revocation_id: refused'),
+      written: false,
+    });
+    const out = await run(w, keptUnhealthy);
+    expect(w.health).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(out).toMatchObject({ open: false, vaultDeleted: true, failed: [] });
+    expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
   });
 });
 

@@ -28,11 +28,19 @@ export interface WebhookDelivery {
   readonly finishedAt: string | null;
 }
 
+/**
+ * What deployment_events.kind admits: a status change and a step change (written by triggers), and
+ * a health event (deployment_events__record_health: an agent kept running unhealthy, today by a
+ * revoke: 20261205100000_health_events.sql). Status and health events are sent to webhooks.
+ */
+export const EVENT_KINDS = ['status', 'step', 'health'] as const;
+export type EventKind = (typeof EVENT_KINDS)[number];
+
 export interface DeploymentEvent {
   readonly id: string;
   readonly deploymentId: string;
   readonly at: string;
-  readonly kind: 'status' | 'step';
+  readonly kind: EventKind;
   readonly payload: Readonly<Record<string, unknown>>;
 }
 
@@ -66,11 +74,18 @@ export const camelKeys = (o: Readonly<Record<string, unknown>>): Record<string, 
     Object.entries(o).map(([k, v]) => [k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase()), v]),
   );
 
+const kindOf = (v: unknown): EventKind => {
+  // a kind this code does not know is a schema newer than the code: said, not relabelled
+  if (!EVENT_KINDS.includes(v as EventKind))
+    throw new OrchestratorError('internal', `deployment event of unknown kind ${JSON.stringify(v)}`);
+  return v as EventKind;
+};
+
 export const eventOf = (r: Row): DeploymentEvent => ({
   id: s(r.id),
   deploymentId: s(r.deployment_id),
   at: s(r.at),
-  kind: r.kind === 'step' ? 'step' : 'status',
+  kind: kindOf(r.kind),
   payload: (r.payload ?? {}) as Record<string, unknown>,
 });
 

@@ -8,7 +8,8 @@ import type { ApiPlugin } from '../server';
 
 /**
  * GET /v1/deployments/:id/events — a deployment's progress as server-sent events: every status
- * change and step change, oldest first, `id:` = the event id. Resumable: with `Last-Event-ID` the
+ * change and step change, and health events (an agent kept running unhealthy), oldest first,
+ * `id:` = the event id. Resumable: with `Last-Event-ID` the
  * stream starts after that event (no repeat). It ends once the deployment is in a final state
  * (ready, failed, deleted), its operation has stopped writing (deployment_events__settled: the
  * `ready` step's own end comes just after the status) and every event up to it has been sent; a
@@ -38,7 +39,8 @@ const lastEventId = z
 const eventsHeaders = z.looseObject({ 'last-event-id': lastEventId });
 const eventsQuery = z.object({ lastEventId }).strict();
 
-const frame = (e: DeploymentEvent): string =>
+/** One event as an SSE frame: `event:` is its kind (status, step, health). */
+export const eventFrame = (e: DeploymentEvent): string =>
   `id: ${e.id}\nevent: ${e.kind}\ndata: ${JSON.stringify({
     id: Number(e.id),
     deploymentId: e.deploymentId,
@@ -80,7 +82,7 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         tags: ['deployments'],
         summary: "Follow a deployment's progress (server-sent events)",
         description:
-          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, …; never a value). Ends at ready, failed or deleted; 204 when resuming after the end.',
+          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent runs but is not healthy (state unhealthy, operation revoke, reasonCode kept_unhealthy: restarted without a revoked key). Ends at ready, failed or deleted; 204 when resuming after the end.',
         params: z.object({ id: z.uuid({ error: 'must be a UUID' }) }).strict(),
         headers: eventsHeaders,
         querystring: eventsQuery,
@@ -166,7 +168,7 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
       const take = (b: EventBatch): void => {
         if (ended) return;
         for (const e of b.events) {
-          res.write(frame(e));
+          res.write(eventFrame(e));
           cursor = e.id;
         }
         sub.after = cursor;

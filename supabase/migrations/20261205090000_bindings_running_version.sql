@@ -7,13 +7,22 @@
 -- host later, rolled it "back" to what the host then ran (A's new version) and pinned the binding
 -- to the old one: the record said old, the host ran new.
 --
--- Now each binding's `version` is the version the deployment RUNS: while a rotation of that secret
--- runs and the deployment's row in it is `pending` or `switching` (not moved yet, or a swap cut
--- short), that row's from_version; otherwise its pin or the current version, as before. A
--- `switching` row may already run the new version on its host; the old one is still one of the two
--- the record allows (secret_versions__allowed), and the rotation's retry moves it to the new one.
--- `follows` is the version the binding follows (the former `version`), for whoever needs it.
---
+-- Now each binding's `version` is the version the deployment RUNS. While a rotation of that secret
+-- runs and the deployment's row in it has not moved (review R11 of the first version of this file
+-- found the cases):
+-- - `pending`: the row's from_version, unless the deployment has read the rotation's new version
+--   (a successful audited `read` of to_version: only its provisioning read can, since the rotation's
+--   own read comes after `switching` and a revoke's or another rotation's after this listing): a
+--   deployment provisioned after the rotation started runs the new version, and is listed so;
+-- - `switching` (a swap under way, or cut short: the host may run either): from_version, or
+--   to_version when the rotation is a leak response, so that a rebuild never puts a leaked key back
+--   on a host that may have left it; the rotation's retry swaps it to the new version again either
+--   way (and explicitly back to the old one if that is unhealthy);
+-- otherwise its pin or the current version, as before. `follows` is the version the binding
+-- follows (the former `version`), for whoever needs it. Every listed version is one
+-- secret_versions__allowed lets the deployment read, and one secret_versions__users counts as in
+-- use (not retired under it).
+
 -- Same signature, same rules (20261201120000_rotation.sql): security definer, `search_path =
 -- pg_catalog, pg_temp`, fully qualified names, no value returned, EXECUTE for cortex_orchestrator
 -- only (re-stated below: `create or replace` keeps the grants, this makes the file say so).
@@ -32,14 +41,23 @@ begin
   return coalesce((
     select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
       'env_var', b.env_var, 'secret_id', b.secret_id,
-      'version', coalesce(mid.from_version, b.version, s.current_version),
+      'version', coalesce(mid.runs, b.version, s.current_version),
       'follows', coalesce(b.version, s.current_version),
       'pinned', b.version is not null, 'status', s.status) order by b.env_var)
     from public.deployment_secrets b
     join public.secrets s on s.id = b.secret_id
     -- at most one running rotation per secret (secret_rotations_one_running), one row per deployment
     left join lateral (
-      select rd.from_version from public.secret_rotation_deployments rd
+      select case
+        when rd.state = 'pending' and exists (
+          select 1 from public.secret_access_log l
+          where l.deployment_id = rd.deployment_id and l.secret_id = r.secret_id
+            and l.operation = 'read' and l.outcome = 'success' and l.version = r.to_version)
+          then r.to_version
+        when rd.state = 'switching' and r.leaked then r.to_version
+        else rd.from_version
+      end as runs
+      from public.secret_rotation_deployments rd
       join public.secret_rotations r on r.id = rd.rotation_id
       where rd.deployment_id = b.deployment_id and r.secret_id = b.secret_id and r.state = 'running'
         and rd.state in ('pending', 'switching')

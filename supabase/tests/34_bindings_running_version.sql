@@ -6,7 +6,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(14);
+select plan(20);
 \ir support/read_intent.psql
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
@@ -33,6 +33,10 @@ select bool_and(public.deployment_secrets__bind(d, 'ANTHROPIC_API_KEY', :'sa') i
 select public.deployment_secrets__bind(:'d1', 'OPENAI_API_KEY', :'sb') is not null as b \gset
 update public.deployments set status = 'provisioning' where id in (:'d1', :'d2', :'d3');
 update public.deployments set status = 'ready' where id in (:'d1', :'d2', :'d3');
+-- d4 is provisioning when the rotation starts, before its `secrets` step (review R11 finding 1)
+select public.deployments__create(:'org', 'R8 F8 four', 'r8f8d-' || substr(md5(random()::text), 1, 6)) ->> 'id' as d4 \gset
+select public.deployment_secrets__bind(:'d4', 'ANTHROPIC_API_KEY', :'sa') is not null as b \gset
+update public.deployments set status = 'provisioning' where id = :'d4';
 
 set local role cortex_orchestrator;
 select is(pg_temp.listed(:'d1', :'sa'), 1, 'no rotation running: the current version');
@@ -46,6 +50,16 @@ select is(pg_temp.listed(:'d1', :'sa'), 1,
   'R8 FINDING 8: a deployment pending in a running rotation is listed at the version it runs (the old one)');
 select is(pg_temp.listed(:'d1', :'sa', 'follows'), 2, 'and at the version its binding follows (the new one) as follows');
 select is(pg_temp.listed(:'d1', :'sb'), 1, 'another secret of it, not rotating: its current version');
+-- R11 finding 1: d4's `secrets` step runs after the start and reads (and writes) the new version
+select is(pg_temp.listed(:'d4', :'sa'), 1, 'd4 before its secrets step: the old version (nothing of the new one read)');
+select public.deployment_secrets__read(:'d4', null, 'r8', 'provision-d4', p_intent_id => pg_temp.read_intent(:'d4', null)) as r4 \gset
+select is(((:'r4'::jsonb) #>> '{secrets,0,version}')::integer, 2, 'set-up: its provisioning read gives the new version');
+select is(pg_temp.listed(:'d4', :'sa'), 2,
+  'R11 FINDING 1: a deployment that read the new version in its provisioning is listed at it (not the old one it never ran)');
+reset role;
+select is((select state from public.secret_rotation_deployments where rotation_id = :'rot' and deployment_id = :'d4'), 'pending',
+  'its row in the rotation is still pending (the rotation moves it later, a no-op)');
+set local role cortex_orchestrator;
 -- what a revoke of B on d1 reads for A: the listed version, which the contract lets it read
 select public.deployment_secrets__read_versions(:'d1', array[:'sa']::uuid[], array[pg_temp.listed(:'d1', :'sa')], 'r8',
   p_intent_id => pg_temp.read_intent(:'d1', array[:'sa']::uuid[])) as r1 \gset
@@ -64,8 +78,24 @@ select is(pg_temp.listed(:'d3', :'sa', 'follows'), 1, 'and follows it (its pin)'
 -- d1 switches; the rotation completes: every listing is the binding's own version again
 select public.secret_rotation_deployments__set_state(:'rot', :'d1', 'switching', null) is not null as x \gset
 select public.secret_rotation_deployments__set_state(:'rot', :'d1', 'switched', null) is not null as x \gset
+select public.secret_rotation_deployments__set_state(:'rot', :'d4', 'skipped', 'deployment_provisioning') is not null as x \gset
 select public.secret_rotations__finish(:'rot') is not null as x \gset
 select is(pg_temp.listed(:'d1', :'sa'), 2, 'after the rotation: the current version');
+
+-- R11 finding 3: a leak response's `switching` row (the host may already run the new version) is
+-- listed at the new version, so that no rebuild puts the leaked key back; a plain rotation's at the old
+select public.deployments__create(:'org', 'R8 F8 five', 'r8f8e-' || substr(md5(random()::text), 1, 6)) ->> 'id' as d5 \gset
+reset role;
+select public.secrets__create(:'org', 'anthropic-leaked', 'anthropic', 'canary-r8-c-v1-' || md5(random()::text), pg_temp.fp('c1')) ->> 'secret_id' as sc \gset
+select public.deployment_secrets__bind(:'d5', 'ANTHROPIC_API_KEY', :'sc') is not null as b \gset
+update public.deployments set status = 'provisioning' where id = :'d5';
+update public.deployments set status = 'ready' where id = :'d5';
+set local role cortex_orchestrator;
+select gen_random_uuid() as rot2 \gset
+select public.secret_rotations__start(:'rot2', :'sc', 'canary-r8-c-v2-' || md5(random()::text), pg_temp.fp('c2'), 0, true) is not null as x \gset
+select is(pg_temp.listed(:'d5', :'sc'), 1, 'a leak response, pending: the old version the host runs');
+select public.secret_rotation_deployments__set_state(:'rot2', :'d5', 'switching', null) is not null as x \gset
+select is(pg_temp.listed(:'d5', :'sc'), 2, 'R11 FINDING 3: a leak response, switching: the new version');
 reset role;
 
 -- the grants: the orchestrator's role only

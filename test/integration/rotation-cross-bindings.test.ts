@@ -1,5 +1,3 @@
-import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
-import { run, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import type { Workers } from '../../orchestrator/queues/workers';
 import {
@@ -7,8 +5,7 @@ import {
   type RotationWiring,
 } from '../../orchestrator/rotation/rotation-from-config';
 import { Secret } from '../../orchestrator/secret';
-import { servingAgentUnit } from '../../orchestrator/steps/agent-swap';
-import { agentProbes, parseEnviron } from '../support/agent-probes';
+import { agentEnv, envFilesHolding } from '../support/host-oracle';
 import { canary } from '../support/canary';
 import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
 
@@ -42,36 +39,6 @@ afterAll(async () => {
   await p?.close(5_000);
 });
 
-const withShell = async <T>(id: string, fn: (s: RemoteShell) => Promise<T>): Promise<T> => {
-  const { shell } = await p.access.connect(await p.store.get(id));
-  try {
-    return await fn(shell);
-  } finally {
-    await shell.close();
-  }
-};
-
-/** The serving agent's environment (the oracle): variable → value. */
-const agentEnv = (id: string): Promise<Map<string, string>> =>
-  withShell(id, async (shell) => {
-    const unit = await servingAgentUnit(shell);
-    const pid = parseMainPid((await run(shell, agentCommands.mainPid(unit))).stdout.toString());
-    const env = parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout);
-    return new Map([...env].map(([k, v]) => [k, v.toString('utf8')]));
-  });
-
-/** How many files under /etc/cortex hold `value`. */
-const filesHolding = (id: string, value: string): Promise<number> =>
-  withShell(id, async (shell) => {
-    const files = (await run(shell, ['find', '/etc/cortex', '-type', 'f'])).stdout
-      .toString()
-      .split('\n')
-      .filter(Boolean);
-    let n = 0;
-    for (const f of files) if ((await run(shell, agentProbes.readFile(f))).stdout.includes(value)) n++;
-    return n;
-  });
-
 it('a revoke of B during a rotation of A that has not reached the deployment keeps A at the version the host runs; the rotation then moves it', async () => {
   const org = await orgWithKey(p, 'anthropic');
   const bValue = canary('openai');
@@ -93,7 +60,7 @@ it('a revoke of B during a rotation of A that has not reached the deployment kee
   try {
     const d = await p.service.watch(id, () => undefined, { timeoutMs: 600_000 });
     expect([d.status, d.failureReason]).toEqual(['ready', null]);
-    const before = await agentEnv(id);
+    const before = await agentEnv(p, id);
     expect([before.get(A), before.get(B)]).toEqual([org.value, bValue]);
 
     // A's rotation starts; nothing moves it yet (no rotate worker)
@@ -113,12 +80,12 @@ it('a revoke of B during a rotation of A that has not reached the deployment kee
       rev = await rot.rotations.revocation(revocationId);
     }
     expect(rev.result).toMatchObject({ revoked: [id], unhealthy_count: 0, failed_count: 0 });
-    const mid = await agentEnv(id);
+    const mid = await agentEnv(p, id);
     // B is gone; A is the version A's record says the host runs (pending: the old one)
     expect(mid.has(B)).toBe(false);
     expect(mid.get(A)).toBe(org.value);
-    expect(await filesHolding(id, aNew)).toBe(0);
-    expect(await filesHolding(id, bValue)).toBe(0);
+    expect(await envFilesHolding(p, id, aNew)).toBe(0);
+    expect(await envFilesHolding(p, id, bValue)).toBe(0);
     expect((await rot.service.status(started.id)).deployments).toMatchObject([
       { deploymentId: id, state: 'pending' },
     ]);
@@ -133,7 +100,7 @@ it('a revoke of B during a rotation of A that has not reached the deployment kee
       s = await rot.service.status(started.id);
     }
     expect(s.deployments).toMatchObject([{ deploymentId: id, state: 'switched' }]);
-    const after = await agentEnv(id);
+    const after = await agentEnv(p, id);
     expect([after.get(A), after.has(B)]).toEqual([aNew, false]);
   } finally {
     await p.service.destroy(id).catch(() => undefined);

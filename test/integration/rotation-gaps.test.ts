@@ -1,4 +1,4 @@
-import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
+import { agentCommands } from '../../orchestrator/remote/agent-commands';
 import { run, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import type { Workers } from '../../orchestrator/queues/workers';
@@ -15,7 +15,7 @@ import {
 } from '../../orchestrator/steps/agent-swap';
 import { httpsGet } from '../../orchestrator/steps/https-health';
 import { caddyLocalRootCaPath } from '../../templates/caddyfile';
-import { agentProbes, parseEnviron } from '../support/agent-probes';
+import { agentValue as oracleValue, envFilesHolding, withShell as hostShell } from '../support/host-oracle';
 import { canary } from '../support/canary';
 import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
 
@@ -104,36 +104,13 @@ const destroy = async (id: string): Promise<void> => {
     .catch(() => undefined);
 };
 
-const withShell = async <T>(id: string, fn: (s: RemoteShell) => Promise<T>): Promise<T> => {
-  const { shell } = await p.access.connect(await p.store.get(id));
-  try {
-    return await fn(shell);
-  } finally {
-    await shell.close();
-  }
-};
+const withShell = <T>(id: string, fn: (s: RemoteShell) => Promise<T>): Promise<T> => hostShell(p, id, fn);
 
 /** The variable as the serving agent process has it (the oracle), or undefined. */
-const agentValue = (id: string): Promise<string | undefined> =>
-  withShell(id, async (shell) => {
-    const unit = await servingAgentUnit(shell);
-    const pid = parseMainPid((await run(shell, agentCommands.mainPid(unit))).stdout.toString());
-    return parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout)
-      .get(ENV)
-      ?.toString('utf8');
-  });
+const agentValue = (id: string): Promise<string | undefined> => oracleValue(p, id, ENV);
 
 /** How many files under /etc/cortex hold `value`. */
-const filesHolding = (id: string, value: string): Promise<number> =>
-  withShell(id, async (shell) => {
-    const files = (await run(shell, ['find', '/etc/cortex', '-type', 'f'])).stdout
-      .toString()
-      .split('\n')
-      .filter(Boolean);
-    let n = 0;
-    for (const f of files) if ((await run(shell, agentProbes.readFile(f))).stdout.includes(value)) n++;
-    return n;
-  });
+const filesHolding = (id: string, value: string): Promise<number> => envFilesHolding(p, id, value);
 
 /** A client looping on the agent's health URL through Caddy (verified HTTPS) until stopped. */
 const loopClient = async (id: string) => {
@@ -382,6 +359,20 @@ describe('revoke of a key the agent cannot start without', () => {
     expect(JSON.stringify(rev.result)).not.toContain(org.value);
     expect(await rot.rotations.bindings(id)).toEqual([]);
     expect((await p.store.get(id)).status).toBe('ready');
+    // review R8 #5: the deployment's event stream says so too (and so its org's webhooks), once,
+    // before the status goes back to `ready`
+    const { events } = await p.db.rpc<{ events: { kind: string; payload: Record<string, unknown> }[] }>(
+      'deployment_events__list',
+      { p_deployment_id: id, p_after_id: 0, p_limit: 1000 },
+    );
+    const at = events.findIndex((e) => e.kind === 'health');
+    expect(events.filter((e) => e.kind === 'health').map((e) => e.payload)).toEqual([
+      { state: 'unhealthy', operation: 'revoke', reason_code: 'kept_unhealthy', revocation_id: revocationId },
+    ]);
+    expect(events.slice(at).find((e) => e.kind === 'status')?.payload).toMatchObject({
+      status: 'ready',
+      previous_status: 'rotating',
+    });
     // The oracle, as root on the host: no file anywhere holds the value, no process has it in its
     // environment (the agent units are down or crash-looping without it).
     expect(await holdersOf(id, org.value)).toEqual([]);

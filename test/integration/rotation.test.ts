@@ -2,16 +2,14 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { Pipeline } from '../../orchestrator/deployments/pipeline-from-config';
 import type { Workers } from '../../orchestrator/queues/workers';
-import { agentCommands, parseMainPid } from '../../orchestrator/remote/agent-commands';
-import { run, type RemoteShell } from '../../orchestrator/remote/ssh-shell';
 import {
   makeRotationFromPipeline,
   type RotationWiring,
 } from '../../orchestrator/rotation/rotation-from-config';
 import type { Rotation } from '../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../orchestrator/secret';
-import { servingAgentUnit, swapAgentEnvironment } from '../../orchestrator/steps/agent-swap';
-import { agentProbes, parseEnviron } from '../support/agent-probes';
+import { swapAgentEnvironment } from '../../orchestrator/steps/agent-swap';
+import { agentValue as oracleValue, envFilesHolding, withShell } from '../support/host-oracle';
 import { canary } from '../support/canary';
 import { adminPool, auditRows, testDatabaseUrl } from '../support/db';
 import { orgWithKey, startTestPipeline, uniqueSubdomain } from '../support/pipeline';
@@ -94,36 +92,8 @@ const untilCompleted = async (r: RotationWiring, id: string, timeoutMs = 300_000
   }
 };
 
-const withShell = async <T>(pl: Pipeline, id: string, fn: (s: RemoteShell) => Promise<T>): Promise<T> => {
-  const { shell } = await pl.access.connect(await pl.store.get(id));
-  try {
-    return await fn(shell);
-  } finally {
-    await shell.close();
-  }
-};
-
 /** The variable as the serving agent process has it (the oracle), or undefined. */
-const agentValue = (pl: Pipeline, id: string): Promise<string | undefined> =>
-  withShell(pl, id, async (shell) => {
-    const unit = await servingAgentUnit(shell);
-    const pid = parseMainPid((await run(shell, agentCommands.mainPid(unit))).stdout.toString());
-    return parseEnviron((await run(shell, agentProbes.processEnviron(pid))).stdout)
-      .get(ENV)
-      ?.toString('utf8');
-  });
-
-/** How many files under /etc/cortex hold `value` (env files of every slot). */
-const filesHolding = (pl: Pipeline, id: string, value: string): Promise<number> =>
-  withShell(pl, id, async (shell) => {
-    const files = (await run(shell, ['find', '/etc/cortex', '-type', 'f'])).stdout
-      .toString()
-      .split('\n')
-      .filter(Boolean);
-    let n = 0;
-    for (const f of files) if ((await run(shell, agentProbes.readFile(f))).stdout.includes(value)) n++;
-    return n;
-  });
+const agentValue = (pl: Pipeline, id: string): Promise<string | undefined> => oracleValue(pl, id, ENV);
 
 /**
  * Every file on the host, outside /proc, /sys, /dev and the system's own /usr, that holds `value`
@@ -247,8 +217,8 @@ describe('rotation on real local hosts', () => {
       );
       expect(deletes.map((r) => [r.outcome, r.actor])).toEqual([['success', 'maintenance']]);
       expect(await agentValue(p, id)).toBe(next);
-      expect(await filesHolding(p, id, org.value)).toBe(0);
-      expect(await filesHolding(p, id, next)).toBeGreaterThan(0);
+      expect(await envFilesHolding(p, id, org.value)).toBe(0);
+      expect(await envFilesHolding(p, id, next)).toBeGreaterThan(0);
       // nor anywhere else on the host: logs, state, runtime files
       expect(await hostFilesHolding(p, id, org.value)).toEqual([]);
     } finally {
@@ -330,7 +300,7 @@ describe('a deployment whose provision failed past its secrets step', () => {
     const id = ids[0] as string;
     try {
       await failAtHealth(id);
-      expect(await filesHolding(p, id, org.value)).toBe(1);
+      expect(await envFilesHolding(p, id, org.value)).toBe(1);
       const next = canary('anthropic');
       const started = await rot.service.rotate({
         secretId: org.secretId,

@@ -1,4 +1,4 @@
-import { classify, OrchestratorError } from '../errors';
+import { classify, isOrchestratorError, OrchestratorError, TRANSIENT_SYSTEM_CODES } from '../errors';
 import type { Logger } from '../log';
 import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
@@ -66,6 +66,24 @@ export interface RevokeOutcome {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Whether a failed health-event write is worth a retry of the deployment's revoke: only a database
+ * out of reach or timed out, a serialization failure or a deadlock (mapDbError keeps the SQLSTATE
+ * in the message), or a connection error. `db_error` alone is also what a missing function
+ * (42883) maps to, and `internal` a missing grant: retrying those would swap the agent again and
+ * keep the key bound and in the vault for good.
+ */
+export const healthRetryable = (err: unknown): boolean => {
+  if (isOrchestratorError(err))
+    return (
+      err.code === 'db_unavailable' ||
+      err.code === 'timeout' ||
+      (err.code === 'db_error' && /\(SQLSTATE (40001|40P01|57014)\)$/.test(err.message))
+    );
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && TRANSIENT_SYSTEM_CODES.has(code);
+};
+
 export const makeRevokeJob = (deps: RevokeJobDeps) => {
   const { rotations, log } = deps;
 
@@ -93,16 +111,18 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
   /**
    * The deployment's event stream and its org's webhooks say the agent runs unhealthy (review R8
    * #5), recorded while the binding still exists (the SQL requires it) and before the status goes
-   * back to `ready`, so a client following the swap sees it before its stream ends. A transient
-   * failure fails this deployment's revoke (retried: the binding stays, so the retry records it;
-   * the SQL is idempotent per revocation and deployment). A refusal is logged and the revoke goes
-   * on: a notification must never keep a withdrawn key bound or in the vault.
+   * back to `ready`, so a client following the swap sees it before its stream ends. A failure that
+   * a retry can fix (the database out of reach, a query timed out, a serialization failure or a
+   * deadlock) fails this deployment's revoke (retried: the binding stays, so the retry records it;
+   * the SQL is idempotent per revocation and deployment). Anything else (a refusal, and also a
+   * function or grant that is missing, which no retry fixes: review R12 finding 1) is logged and
+   * the revoke goes on: a notification must never keep a withdrawn key bound or in the vault.
    */
   const recordUnhealthy = async (deploymentId: string, revocationId: string): Promise<void> => {
     try {
       await rotations.recordHealth(deploymentId, revocationId, 'kept_unhealthy');
     } catch (err) {
-      if (classify(err) !== 'permanent') throw err;
+      if (healthRetryable(err)) throw err;
       log.error(
         { deploymentId, revocationId, reason: reasonOf(err) },
         'revoke: the unhealthy agent could not be recorded as a health event; the revoke goes on',

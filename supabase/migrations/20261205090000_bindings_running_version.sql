@@ -10,10 +10,11 @@
 -- Now each binding's `version` is the version the deployment RUNS. While a rotation of that secret
 -- runs and the deployment's row in it has not moved (review R11 of the first version of this file
 -- found the cases):
--- - `pending`: the row's from_version, unless the deployment has read the rotation's new version
---   (a successful audited `read` of to_version: only its provisioning read can, since the rotation's
---   own read comes after `switching` and a revoke's or another rotation's after this listing): a
---   deployment provisioned after the rotation started runs the new version, and is listed so;
+-- - `pending`: the row's from_version, unless the deployment read the rotation's new version while
+--   it was provisioning (a successful audited `read` of to_version made while one of its provision
+--   steps ran: its `secrets` step): a deployment provisioned after the rotation started runs the
+--   new version, and is listed so. A read of it by anyone else (the demo's verify read of a ready
+--   deployment: review R12 finding 3) does not count: the host still runs the old one;
 -- - `switching` (a swap under way, or cut short: the host may run either): from_version, or
 --   to_version when the rotation is a leak response, so that a rebuild never puts a leaked key back
 --   on a host that may have left it; the rotation's retry swaps it to the new version again either
@@ -51,8 +52,12 @@ begin
       select case
         when rd.state = 'pending' and exists (
           select 1 from public.secret_access_log l
+          join public.deployment_steps st on st.deployment_id = l.deployment_id
           where l.deployment_id = rd.deployment_id and l.secret_id = r.secret_id
-            and l.operation = 'read' and l.outcome = 'success' and l.version = r.to_version)
+            and l.operation = 'read' and l.outcome = 'success' and l.version = r.to_version
+            -- made during one of its provision steps (its `secrets` step), not by a later reader
+            and st.operation = 'provision' and st.started_at <= l.at
+            and l.at <= coalesce(st.finished_at, 'infinity'::timestamptz))
           then r.to_version
         when rd.state = 'switching' and r.leaked then r.to_version
         else rd.from_version

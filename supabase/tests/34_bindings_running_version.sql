@@ -6,7 +6,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(20);
+select plan(22);
 \ir support/read_intent.psql
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
@@ -50,9 +50,24 @@ select is(pg_temp.listed(:'d1', :'sa'), 1,
   'R8 FINDING 8: a deployment pending in a running rotation is listed at the version it runs (the old one)');
 select is(pg_temp.listed(:'d1', :'sa', 'follows'), 2, 'and at the version its binding follows (the new one) as follows');
 select is(pg_temp.listed(:'d1', :'sb'), 1, 'another secret of it, not rotating: its current version');
+-- R12 finding 3: a read of the new version by a ready deployment (the demo's verify read) changes
+-- nothing on its host, and nothing in the listing
+select public.deployment_secrets__read(:'d1', null, 'demo-verify', null, p_intent_id => pg_temp.read_intent(:'d1', null)) as r1v \gset
+select is((:'r1v'::jsonb) ->> 'status', 'ok', 'set-up: a ready deployment''s own read (the demo''s verify) works');
+select is(pg_temp.listed(:'d1', :'sa'), 1,
+  'R12 FINDING 3: it does not move the listing: the host still runs the old version');
 -- R11 finding 1: d4's `secrets` step runs after the start and reads (and writes) the new version
 select is(pg_temp.listed(:'d4', :'sa'), 1, 'd4 before its secrets step: the old version (nothing of the new one read)');
+reset role;
+-- its `secrets` step (as the step runner records it) around its provisioning read
+insert into public.deployment_steps (deployment_id, run, step, status, started_at, operation)
+values (:'d4', 1, 'secrets', 'running', clock_timestamp(), 'provision');
+set local role cortex_orchestrator;
 select public.deployment_secrets__read(:'d4', null, 'r8', 'provision-d4', p_intent_id => pg_temp.read_intent(:'d4', null)) as r4 \gset
+reset role;
+update public.deployment_steps set status = 'succeeded', finished_at = clock_timestamp()
+where deployment_id = :'d4' and run = 1 and step = 'secrets';
+set local role cortex_orchestrator;
 select is(((:'r4'::jsonb) #>> '{secrets,0,version}')::integer, 2, 'set-up: its provisioning read gives the new version');
 select is(pg_temp.listed(:'d4', :'sa'), 2,
   'R11 FINDING 1: a deployment that read the new version in its provisioning is listed at it (not the old one it never ran)');

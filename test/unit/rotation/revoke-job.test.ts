@@ -3,7 +3,11 @@ import { randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../../../orchestrator/errors';
 import type { DeploymentStatus } from '../../../orchestrator/deployments/deployment-store';
 import { makeLogger } from '../../../orchestrator/log';
-import { makeRevokeJob, type RevokeJobDeps } from '../../../orchestrator/rotation/revoke-job';
+import {
+  healthRetryable,
+  makeRevokeJob,
+  type RevokeJobDeps,
+} from '../../../orchestrator/rotation/revoke-job';
 import type { RotationStore } from '../../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../../orchestrator/secret';
 
@@ -346,6 +350,51 @@ describe('revoke job: an agent kept running unhealthy without the key is a healt
     expect(w.bound.has(SECRET)).toBe(false);
     expect(out).toMatchObject({ open: false, vaultDeleted: true, failed: [] });
     expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
+  });
+
+  it('the record fails in a way no retry fixes (the function or its grant missing: review R12 finding 1): logged, and the revoke goes on', async () => {
+    for (const err of [
+      new OrchestratorError(
+        'db_error',
+        'deployment_events__record_health: function does not exist (SQLSTATE 42883)',
+      ),
+      new OrchestratorError(
+        'internal',
+        'deployment_events__record_health: permission denied (SQLSTATE 42501)',
+      ),
+    ]) {
+      const w = world('ready', [], true);
+      w.healthFails.push({ err, written: false });
+      const out = await run(w, keptUnhealthy, false);
+      expect(w.health).toEqual([]);
+      expect(w.bound.has(SECRET)).toBe(false);
+      expect(out).toMatchObject({ open: false, vaultDeleted: true, failed: [] });
+    }
+  });
+
+  it('which failures of the record are retried', () => {
+    const db = (sqlstate: string) => new OrchestratorError('db_error', `f: x (SQLSTATE ${sqlstate})`);
+    expect(
+      [
+        new OrchestratorError('db_unavailable', 'down'),
+        new OrchestratorError('timeout', 'slow'),
+        db('40001'),
+        db('40P01'),
+        db('57014'),
+        Object.assign(new Error('reset'), { code: 'ECONNRESET' }),
+      ].map(healthRetryable),
+    ).toEqual([true, true, true, true, true, true]);
+    expect(
+      [
+        db('42883'),
+        db('XX000'),
+        new OrchestratorError('internal', 'grant'),
+        new OrchestratorError('invalid_input', 'revocation_id: refused'),
+        new OrchestratorError('not_found', 'gone'),
+        new Error('bug'),
+        Object.assign(new Error('x'), { code: '42883' }),
+      ].map(healthRetryable),
+    ).toEqual([false, false, false, false, false, false, false]);
   });
 });
 

@@ -16,6 +16,7 @@ import { startTestApi } from '../support/api';
 import { testDatabaseUrl } from '../support/db';
 import { startTestPipeline } from '../support/pipeline';
 import { openSse } from '../support/sse';
+import { freePort } from '../support/free-port';
 
 /**
  * The API's token cache (orchestrator/api/token-cache.ts) against real Redis and Postgres, with two
@@ -69,14 +70,6 @@ const redisProxy = async (target: { host: string; port: number }) => {
     restore: listen,
   };
 };
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0));
-    });
-  });
 
 const waitFor = async (what: string, check: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> => {
   const deadline = Date.now() + ms;

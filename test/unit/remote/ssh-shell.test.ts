@@ -13,6 +13,7 @@ import {
 import { Secret } from '../../../orchestrator/secret';
 import { rejection } from '../../support/rejection';
 import { startTestSshServer, type TestSshServer } from '../../support/ssh-test-server';
+import { freePort } from '../../support/free-port';
 
 /**
  * The adapter against an in-process SSH server (test/support/ssh-test-server.ts) that runs each
@@ -31,13 +32,6 @@ const strangerKey = pair();
 const pubLine = (k: { public: string }): string => k.public;
 
 const portOf = (s: { address(): string | AddressInfo | null }): number => (s.address() as AddressInfo).port;
-const freePort = async (): Promise<number> => {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const p = portOf(s);
-  await new Promise((r) => s.close(r));
-  return p;
-};
 /**
  * A connection to a port nobody listens on. freePort() closes its probe before the port is used,
  * so another process may take it in between: then try another port, a few times.

@@ -1,11 +1,12 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readdirSync, readlinkSync } from 'node:fs';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { generateHostKeyPair } from '../../../orchestrator/remote/host-keys';
 import { buildUserData, renderUserData, type UserDataInput } from '../../../templates/cloud-init';
 import { echoRuntime } from '../../../templates/runtime-profiles';
 import { canary } from '../../support/canary';
+import { freePort } from '../../support/free-port';
 
 /**
  * The echo agent (templates/runtimes/echo-agent.py) against hostile clients, its drain on SIGTERM,
@@ -13,14 +14,6 @@ import { canary } from '../../support/canary';
  * the contract tests of its answers are in runtime-profiles.test.ts.
  */
 const AGENT = join(__dirname, '../../../templates/runtimes/echo-agent.py');
-
-const freePort = async (): Promise<number> => {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const p = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
-};
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

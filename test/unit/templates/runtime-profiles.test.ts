@@ -11,7 +11,6 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { get } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../../../orchestrator/remote/env-file';
@@ -25,16 +24,9 @@ import {
   runtimeProfile,
 } from '../../../templates/runtime-profiles';
 import { canary } from '../../support/canary';
+import { freePort } from '../../support/free-port';
 
 const TEMPLATES = join(__dirname, '../../../templates');
-
-const freePort = async (): Promise<number> => {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const p = (s.address() as AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return p;
-};
 
 const fetchText = (port: number, path: string): Promise<{ status: number; body: string }> =>
   new Promise((resolve, reject) => {

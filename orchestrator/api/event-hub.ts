@@ -1,7 +1,7 @@
 import type { Rpc } from '../db/rpc';
 import type { Logger } from '../log';
 import { reasonOf } from '../steps/step-runner';
-import { eventOf, type DeploymentEvent } from '../webhooks/webhook-store';
+import { streamEventsOf, type DeploymentEvent } from '../webhooks/webhook-store';
 
 /**
  * Live progress for the API's event streams: ONE poller per API process. Every `pollMs` it asks
@@ -21,6 +21,11 @@ export interface EventBatch {
   readonly events: readonly DeploymentEvent[];
   /** The page was full: more events may follow at once. */
   readonly more: boolean;
+  /**
+   * The id of the page's last event, also when it is of a kind this code does not know and was
+   * left out of `events` (streamEventsOf): the stream's cursor moves to it.
+   */
+  readonly lastId?: string;
 }
 
 export interface Subscription {
@@ -41,6 +46,8 @@ export const makeEventHub = (deps: { rpc: Rpc; log: Logger }, s: { pollMs: numbe
   let timer: NodeJS.Timeout | undefined;
   let running = false;
   let failures = 0;
+  /** Kinds already warned about (once per process). */
+  const unknownKinds = new Set<string>();
 
   const tick = async (): Promise<void> => {
     const open = [...subs];
@@ -57,12 +64,22 @@ export const makeEventHub = (deps: { rpc: Rpc; log: Logger }, s: { pollMs: numbe
       });
       const byPair = new Map<string, EventBatch>();
       for (const r of rows) {
-        const events = (r.events as Record<string, unknown>[]).map(eventOf);
+        const rows = r.events as Record<string, unknown>[];
+        const { events, lastId, unknown } = streamEventsOf(rows);
+        for (const kind of unknown)
+          if (!unknownKinds.has(kind)) {
+            unknownKinds.add(kind);
+            deps.log.warn(
+              { kind },
+              'deployment events of a kind this code does not know are left out of streams',
+            );
+          }
         byPair.set(`${String(r.deployment_id)}/${String(r.after_id)}`, {
           status: String(r.status),
           settled: r.settled === true,
           events,
-          more: events.length >= s.pageSize,
+          more: rows.length >= s.pageSize,
+          ...(lastId === undefined ? {} : { lastId }),
         });
       }
       for (const sub of open) {

@@ -89,6 +89,26 @@ export const eventOf = (r: Row): DeploymentEvent => ({
   payload: (r.payload ?? {}) as Record<string, unknown>,
 });
 
+/**
+ * A page of event rows for a live stream: the events of the kinds this code knows, and the id of
+ * the last row read whatever its kind, so that a stream's cursor moves past an event of a kind a
+ * newer schema added (left out, and named in `unknown`) instead of ending the stream, or every
+ * stream of the process (review R12 finding 5). A webhook delivery of such an event still fails
+ * (eventOf) and is retried until code that knows the kind sends it.
+ */
+export const streamEventsOf = (
+  rows: readonly Row[],
+): { events: DeploymentEvent[]; lastId: string | undefined; unknown: string[] } => {
+  const events: DeploymentEvent[] = [];
+  const unknown: string[] = [];
+  for (const r of rows) {
+    if (EVENT_KINDS.includes(r.kind as EventKind)) events.push(eventOf(r));
+    else unknown.push(String(r.kind).slice(0, 40));
+  }
+  const last = rows.at(-1);
+  return { events, lastId: last === undefined ? undefined : s(last.id), unknown };
+};
+
 const deliveryOf = (r: Row): WebhookDelivery => ({
   id: s(r.id),
   endpointId: s(r.endpoint_id),

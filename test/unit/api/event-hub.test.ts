@@ -81,3 +81,57 @@ it('ends the streams after five failed polls in a row', async () => {
   expect(n).toBe(5);
   unsub();
 });
+
+it('an event of a kind this code does not know is left out, the cursor moves past it, and no stream ends (review R12 finding 5)', async () => {
+  const calls: string[] = [];
+  // the schema is newer than the code: a `future` event among known ones, then one alone
+  const pages: Record<string, Record<string, unknown>[]> = {
+    '0': [
+      { id: '1', deployment_id: 'd', at: 'now', kind: 'future', payload: {} },
+      { id: '2', deployment_id: 'd', at: 'now', kind: 'health', payload: { state: 'unhealthy' } },
+    ],
+    '2': [{ id: '3', deployment_id: 'd', at: 'now', kind: 'future', payload: {} }],
+  };
+  const rpc = (async (_fn: string, args: Record<string, unknown>) => {
+    const after = (args.p_after_ids as string[])[0] ?? '';
+    calls.push(after);
+    return [
+      {
+        deployment_id: 'd',
+        after_id: after,
+        status: 'provisioning',
+        settled: true,
+        events: pages[after] ?? [],
+      },
+    ];
+  }) as Rpc;
+  const warned: unknown[] = [];
+  const wlog = { ...log, warn: (o: unknown) => void warned.push(o) } as unknown as typeof log;
+  const hub = makeEventHub({ rpc, log: wlog }, { pollMs: 10, pageSize: 100 });
+  const got: EventBatch[] = [];
+  let ended = false;
+  const sub = {
+    deploymentId: 'd',
+    after: '0',
+    onBatch: (b: EventBatch) => {
+      got.push(b);
+      // as the events route moves its cursor
+      sub.after = b.events.at(-1)?.id ?? sub.after;
+      sub.after = b.lastId ?? sub.after;
+    },
+    onError: () => (ended = true),
+  };
+  const unsub = hub.subscribe(sub);
+  try {
+    for (let i = 0; i < 500 && !calls.includes('3'); i++) await sleep(10);
+    expect(got[0]?.events.map((e) => [e.id, e.kind])).toEqual([['2', 'health']]);
+    expect(got[0]?.lastId).toBe('2');
+    expect(got[1]?.events).toEqual([]);
+    expect(got[1]?.lastId).toBe('3');
+    expect(calls.slice(0, 3)).toEqual(['0', '2', '3']);
+    expect(ended).toBe(false);
+    expect(warned).toEqual([{ kind: 'future' }]);
+  } finally {
+    unsub();
+  }
+});

@@ -1,4 +1,4 @@
-import { classify, isOrchestratorError, OrchestratorError, TRANSIENT_SYSTEM_CODES } from '../errors';
+import { classify, OrchestratorError } from '../errors';
 import type { Logger } from '../log';
 import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
@@ -15,6 +15,7 @@ import {
   rotationReasonCode,
   secretsReached,
 } from './rotation-job';
+import { healthRetryable } from './health-retry';
 import type { RotationStore } from './rotation-store';
 
 /**
@@ -66,23 +67,8 @@ export interface RevokeOutcome {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/**
- * Whether a failed health-event write is worth a retry of the deployment's revoke: only a database
- * out of reach or timed out, a serialization failure or a deadlock (mapDbError keeps the SQLSTATE
- * in the message), or a connection error. `db_error` alone is also what a missing function
- * (42883) maps to, and `internal` a missing grant: retrying those would swap the agent again and
- * keep the key bound and in the vault for good.
- */
-export const healthRetryable = (err: unknown): boolean => {
-  if (isOrchestratorError(err))
-    return (
-      err.code === 'db_unavailable' ||
-      err.code === 'timeout' ||
-      (err.code === 'db_error' && /\(SQLSTATE (40001|40P01|57014)\)$/.test(err.message))
-    );
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && TRANSIENT_SYSTEM_CODES.has(code);
-};
+// moved to health-retry.ts (the rotation job uses it too); exported here as before
+export { healthRetryable };
 
 export const makeRevokeJob = (deps: RevokeJobDeps) => {
   const { rotations, log } = deps;

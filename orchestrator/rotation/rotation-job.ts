@@ -7,6 +7,7 @@ import type { HostAccess } from '../steps/host-access';
 import { SwapCleanupError, scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
 import { PROVISION_STEPS } from '../steps/provision-steps';
 import { reasonOf } from '../steps/step-runner';
+import { retryHealthWrite } from './health-retry';
 import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
 /**
@@ -38,6 +39,8 @@ export interface RotationJobDeps {
   readonly drainSeconds?: number;
   /** How long a switched agent must stay healthy before the swap is final (ROTATION_SOAK_SECONDS). */
   readonly soakSeconds?: number;
+  /** The waits before each retry of a health-event write that failed transiently (default 250, 1000 ms). */
+  readonly healthRetryMs?: readonly number[];
 }
 
 export interface RotationOutcome {
@@ -297,12 +300,27 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           swapMode: r.mode,
           ...ctx,
         });
-        if (unverified)
+        if (unverified) {
           dlog.error(
             { mode: r.mode, reason: r.reason },
             'deployment not healthy on the new version: routed back, but the old environment did not answer through Caddy',
           );
-        else
+          // The event stream and the org's webhooks say it may not be serving (the SQL requires the
+          // record above, so after it). Never thrown: a notification must not change what the
+          // rotation records or does (the catch below would record `failed`). Nor can it be left to
+          // the job's retry, as the revoke job does: this row is final, and a retry resumes only
+          // `pending` and `switching` ones. So a failure a retry can fix is retried here, briefly
+          // (idempotent per rotation and deployment); any other, or the last, is logged.
+          const h = await retryHealthWrite(
+            () => rotations.recordRotationHealth(d.deploymentId, rot.id, 'rollback_unverified'),
+            { waitsMs: deps.healthRetryMs ?? [250, 1_000], signal },
+          );
+          if (!h.ok)
+            dlog.error(
+              { reason: reasonOf(h.err), retryable: h.retryable, attempts: h.attempts },
+              'the rollback not verified could not be recorded as a health event: no webhook says this deployment may not be serving',
+            );
+        } else
           dlog.warn(
             { mode: r.mode, reason: r.reason },
             'deployment not healthy on the new version: rolled back',

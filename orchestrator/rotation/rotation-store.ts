@@ -414,6 +414,29 @@ export const makeRotationStore = (deps: {
     return { eventId: String(r.id), existing: r.existing };
   };
 
+  /**
+   * A deployment the rotation job routed back to its old environment whose old instance did not
+   * answer afterwards (20261205120000_rotation_health_events.sql): one `health` event in its stream
+   * and one webhook delivery per active endpoint of its org. Only once the rotation has recorded it
+   * `rolled_back` with reason `unhealthy_rollback_unverified`; once per (rotation, deployment): a
+   * repeat returns the first event with `existing`.
+   */
+  const recordRotationHealth = async (
+    deploymentId: string,
+    rotationId: string,
+    reasonCode: 'rollback_unverified',
+  ): Promise<{ eventId: string; existing: boolean }> => {
+    const r = await rpc<{ id: number | string; existing: boolean }>(
+      'deployment_events__record_rotation_health',
+      {
+        p_deployment_id: id(deploymentId, 'deployment_id'),
+        p_rotation_id: id(rotationId, 'rotation_id'),
+        p_reason_code: reasonCode,
+      },
+    );
+    return { eventId: String(r.id), existing: r.existing };
+  };
+
   const setMaxAge = async (
     secretId: string,
     maxAgeSeconds: number | null,
@@ -474,6 +497,7 @@ export const makeRotationStore = (deps: {
     setVersion,
     revokeBindings,
     recordHealth,
+    recordRotationHealth,
     requestRevoke,
     revocation,
     showRevocation,

@@ -60,6 +60,12 @@ const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = '
     pending: ['switching', 'skipped', 'failed'],
     switching: ['switching', 'switched', 'rolled_back', 'failed'],
   };
+  /** Every record in order: `<state>:<deployment>` and `health:<deployment>`. */
+  const calls: string[] = [];
+  /** Health events written (deployment_events__record_rotation_health). */
+  const health: { deploymentId: string; rotationId: string; reasonCode: string }[] = [];
+  /** Errors the next recordRotationHealth calls throw, in order (after their event is written, or not). */
+  const healthFails: { err: Error; written: boolean }[] = [];
   const store = {
     get: () => Promise.resolve(rotation()),
     setState: (_r: string, dep: string, to: RotationDeploymentState, o: { reason?: string } = {}) => {
@@ -68,6 +74,7 @@ const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = '
         return Promise.reject(
           new OrchestratorError('invalid_input', `state: cannot change from ${row?.state} to ${to}`),
         );
+      calls.push(`${to}:${dep}`);
       row.state = to;
       row.reason = o.reason ?? null;
       if (to === 'switched') pins.set(dep, null);
@@ -81,6 +88,26 @@ const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = '
       return Promise.resolve(rotation());
     },
     retireOld: () => Promise.resolve({ retired: [1], kept: [] }),
+    // the contract of deployment_events__record_rotation_health: only for a deployment this
+    // rotation recorded rolled_back with reason unhealthy_rollback_unverified; once per
+    // (rotation, deployment)
+    recordRotationHealth: (dep: string, rotationId: string, reasonCode: string) => {
+      calls.push(`health:${dep}`);
+      const row = rows.get(dep);
+      if (
+        rotationId !== 'r1' ||
+        row?.state !== 'rolled_back' ||
+        row.reason !== 'unhealthy_rollback_unverified'
+      )
+        return Promise.reject(
+          new OrchestratorError('invalid_input', 'rotation_id: not rolled back unverified'),
+        );
+      const fail = healthFails.shift();
+      const existing = health.some((h) => h.deploymentId === dep && h.rotationId === rotationId);
+      if (!existing && (!fail || fail.written)) health.push({ deploymentId: dep, rotationId, reasonCode });
+      if (fail) return Promise.reject(fail.err);
+      return Promise.resolve({ eventId: String(health.length), existing });
+    },
     bindings: () =>
       Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version: 2, pinned: false }]),
     readVersions: (_d: string, wanted: { secretId: string; version: number }[]) =>
@@ -93,7 +120,7 @@ const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = '
         })),
       ),
   } as unknown as RotationStore;
-  return { store, rows, pins };
+  return { store, rows, pins, calls, health, healthFails };
 };
 
 const leases = {
@@ -451,6 +478,134 @@ describe('rotation failure reasons are codes (finding 7: the detail stays in the
     expect(reasonCodeOf('deployment is deleted')).toBe('unexpected');
     expect(reasonCodeOf(DETAIL)).toBe('unexpected');
   });
+});
+
+describe('a rollback not verified is a health event (20261205120000_rotation_health_events)', () => {
+  type Line = { level: number; msg: string; rotationId?: string; deploymentId?: string };
+  const UNVERIFIED = { mode: 'blue-green', healthy: false, code: 'rollback_unverified' } as const;
+  const setup = (ids: string[], initial: RotationDeploymentState = 'pending') => {
+    const world = fakeWorld(ids, initial);
+    const lines: string[] = [];
+    const logged = (): Line[] => lines.map((l) => JSON.parse(l) as Line);
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases,
+      access,
+      swap: ((_s: unknown, input: { deploymentId: string }) =>
+        Promise.resolve(
+          input.deploymentId === ids[0]
+            ? UNVERIFIED
+            : input.deploymentId === ids[1]
+              ? { mode: 'blue-green', healthy: false }
+              : { mode: 'blue-green', healthy: true },
+        )) as never,
+      log: makeLogger({ level: 'info' }, { write: (l: string) => void lines.push(l) }),
+      concurrency: 3,
+      holder: 'test',
+      healthRetryMs: [0, 0],
+    });
+    return { world, j, lines, logged };
+  };
+  const healthCalls = (w: ReturnType<typeof fakeWorld>) => w.calls.filter((c) => c.startsWith('health:'));
+
+  it('records exactly one health event, after the rolled_back record; a clean rollback and a switch record none', async () => {
+    const ids = [randomUUID(), randomUUID(), randomUUID()];
+    const { world, j } = setup(ids);
+    const out = await run(j);
+    expect(out.state).toBe('completed');
+    expect(out.rolledBack.sort()).toEqual([ids[0], ids[1]].sort());
+    expect(world.rows.get(ids[1] as string)?.reason).toBe('unhealthy');
+    expect(world.health).toEqual([
+      { deploymentId: ids[0], rotationId: 'r1', reasonCode: 'rollback_unverified' },
+    ]);
+    expect(healthCalls(world)).toEqual([`health:${ids[0]}`]);
+    const recorded = world.calls.indexOf(`rolled_back:${ids[0]}`);
+    expect(recorded).toBeGreaterThanOrEqual(0);
+    expect(world.calls.indexOf(`health:${ids[0]}`)).toBeGreaterThan(recorded);
+  });
+
+  it('a resumed deployment put back on an old environment that is not healthy either records one too', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids, 'switching');
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases,
+      access,
+      swap: (() => Promise.resolve({ mode: 'held-restart', healthy: false })) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    const out = await run(j);
+    expect(out.rolledBack).toEqual(ids);
+    expect(world.health).toEqual([
+      { deploymentId: ids[0], rotationId: 'r1', reasonCode: 'rollback_unverified' },
+    ]);
+  });
+
+  it('a failure a retry fixes is retried in place to exactly one event, the rotation recorded as it would be', async () => {
+    const ids = [randomUUID(), randomUUID(), randomUUID()];
+    const { world, j, logged } = setup(ids);
+    world.healthFails.push(
+      { err: new OrchestratorError('db_unavailable', 'database unreachable'), written: false },
+      {
+        err: new OrchestratorError('db_error', 'could not serialize access (SQLSTATE 40001)'),
+        written: true,
+      },
+    );
+    const out = await run(j);
+    expect(healthCalls(world)).toHaveLength(3);
+    expect(world.health).toEqual([
+      { deploymentId: ids[0], rotationId: 'r1', reasonCode: 'rollback_unverified' },
+    ]);
+    expect(out.state).toBe('completed');
+    expect(world.rows.get(ids[0] as string)).toEqual({
+      state: 'rolled_back',
+      reason: 'unhealthy_rollback_unverified',
+    });
+    expect(logged().filter((l) => /health event/.test(l.msg))).toEqual([]);
+  });
+
+  it.each([
+    [
+      'a transient failure on every try',
+      () => new OrchestratorError('db_unavailable', 'database unreachable'),
+      3,
+    ],
+    [
+      'a missing function (42883), which no retry fixes',
+      () => new OrchestratorError('db_error', 'function does not exist (SQLSTATE 42883)'),
+      1,
+    ],
+    ['a refusal', () => new OrchestratorError('invalid_input', 'rotation_id: not rolled back unverified'), 1],
+    ['an error that is not ours', () => new Error('boom'), 1],
+  ])(
+    'a failing record (%s) leaves the rotation as it would be, does not throw, and is logged as an error with both ids',
+    async (_name, err, attempts) => {
+      const ids = [randomUUID(), randomUUID(), randomUUID()];
+      const clean = setup(ids);
+      const cleanOut = await run(clean.j);
+      const { world, j, logged } = setup(ids);
+      world.healthFails.push(...Array.from({ length: 3 }, () => ({ err: err(), written: false })));
+      const out = await run(j);
+      expect(healthCalls(world)).toHaveLength(attempts);
+      expect(world.health).toEqual([]);
+      // what the rotation records and does: as with a record that worked
+      expect(out).toEqual(cleanOut);
+      expect(world.calls.filter((c) => !c.startsWith('health:'))).toEqual(
+        clean.world.calls.filter((c) => !c.startsWith('health:')),
+      );
+      expect([...world.rows]).toEqual([...clean.world.rows]);
+      expect([...world.pins]).toEqual([...clean.world.pins]);
+      const errors = logged().filter(
+        (l) => l.level >= 50 && /could not be recorded as a health event/.test(l.msg),
+      );
+      expect(errors.map((l) => [l.rotationId, l.deploymentId])).toEqual([['r1', ids[0]]]);
+      expect(logged().some((l) => /rotation failed on this deployment/.test(l.msg))).toBe(false);
+    },
+  );
 });
 
 describe('revoke: the accepted request opens a revocation, audited with the caller (finding 1; review R7 finding 3)', () => {

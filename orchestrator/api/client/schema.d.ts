@@ -923,7 +923,7 @@ export interface paths {
         };
         /**
          * Follow a deployment's progress (server-sent events)
-         * @description text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent runs but is not healthy (state unhealthy, operation revoke, reasonCode kept_unhealthy: restarted without a revoked key). Ends at ready, failed or deleted; 204 when resuming after the end.
+         * @description text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, reasonCode rollback_unverified, rotationId: rolled back, but the old environment did not answer). Ends at ready, failed or deleted; 204 when resuming after the end.
          */
         get: {
             parameters: {
@@ -2686,7 +2686,7 @@ export interface paths {
         put?: never;
         /**
          * Register a webhook endpoint for the organisation's deployment status changes and health events
-         * @description Each status change (type deployment.status) and health event (deployment.health: an agent kept running unhealthy) of a deployment of the organisation is POSTed, signed with the Standard Webhooks scheme (headers webhook-id = the event id, webhook-timestamp, webhook-signature). The answer holds the signing secret, once.
+         * @description Each status change (type deployment.status) and health event (deployment.health: an agent that may not be serving, after a revoke or a rollback of a rotation) of a deployment of the organisation is POSTed, signed with the Standard Webhooks scheme (headers webhook-id = the event id, webhook-timestamp, webhook-signature). The answer holds the signing secret, once.
          */
         post: {
             parameters: {

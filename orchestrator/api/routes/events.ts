@@ -8,7 +8,7 @@ import type { ApiPlugin } from '../server';
 
 /**
  * GET /v1/deployments/:id/events — a deployment's progress as server-sent events: every status
- * change and step change, and health events (an agent kept running unhealthy), oldest first,
+ * change and step change, and health events (an agent that may not be serving), oldest first,
  * `id:` = the event id. Resumable: with `Last-Event-ID` the
  * stream starts after that event (no repeat). It ends once the deployment is in a final state
  * (ready, failed, deleted), its operation has stopped writing (deployment_events__settled: the
@@ -82,7 +82,7 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         tags: ['deployments'],
         summary: "Follow a deployment's progress (server-sent events)",
         description:
-          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent runs but is not healthy (state unhealthy, operation revoke, reasonCode kept_unhealthy: restarted without a revoked key). Ends at ready, failed or deleted; 204 when resuming after the end.',
+          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, reasonCode rollback_unverified, rotationId: rolled back, but the old environment did not answer). Ends at ready, failed or deleted; 204 when resuming after the end.',
         params: z.object({ id: z.uuid({ error: 'must be a UUID' }) }).strict(),
         headers: eventsHeaders,
         querystring: eventsQuery,

@@ -51,7 +51,7 @@ export const webhookRoutes: ApiPlugin = async (app, deps) => {
         summary:
           "Register a webhook endpoint for the organisation's deployment status changes and health events",
         description:
-          'Each status change (type deployment.status) and health event (deployment.health: an agent kept running unhealthy) of a deployment of the organisation is POSTed, signed with the Standard Webhooks scheme (headers webhook-id = the event id, webhook-timestamp, webhook-signature). The answer holds the signing secret, once.',
+          'Each status change (type deployment.status) and health event (deployment.health: an agent that may not be serving, after a revoke or a rollback of a rotation) of a deployment of the organisation is POSTed, signed with the Standard Webhooks scheme (headers webhook-id = the event id, webhook-timestamp, webhook-signature). The answer holds the signing secret, once.',
         body: z
           .object({
             url: z.string().min(1, 'is required').max(2000, 'must be at most 2000 characters'),

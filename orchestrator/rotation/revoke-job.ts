@@ -14,7 +14,7 @@ import {
   reasonCodeOf,
   rotationReasonCode,
   secretsReached,
-} from './rotation-job';
+} from './rotation-common';
 import { healthRetryable } from './health-retry';
 import type { RotationStore } from './rotation-store';
 

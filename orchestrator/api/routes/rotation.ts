@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { makeRotationServiceFromPipeline } from '../../rotation/rotation-from-config';
-import { reasonCodeOf } from '../../rotation/rotation-job';
+import { reasonCodeOf } from '../../rotation/rotation-common';
 import { revocationSummary } from '../../rotation/rotation-service';
 import type { Revocation, Rotation } from '../../rotation/rotation-store';
 import { isOrchestratorError } from '../../errors';

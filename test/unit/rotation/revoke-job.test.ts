@@ -1,4 +1,4 @@
-import { reasonCodeOf } from '../../../orchestrator/rotation/rotation-job';
+import { reasonCodeOf } from '../../../orchestrator/rotation/rotation-common';
 import { randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../../../orchestrator/errors';
 import type { DeploymentStatus } from '../../../orchestrator/deployments/deployment-store';

@@ -1,13 +1,20 @@
-import { classify, isOrchestratorError, OrchestratorError } from '../errors';
+import { classify, OrchestratorError } from '../errors';
 import type { Logger } from '../log';
-import type { Deployment, DeploymentStore } from '../deployments/deployment-store';
+import type { DeploymentStore } from '../deployments/deployment-store';
 import type { Leases } from '../queues/deployment-lease';
 import type { Secret } from '../secret';
 import type { HostAccess } from '../steps/host-access';
 import { SwapCleanupError, scrubAgentEnvironment, type swapAgentEnvironment } from '../steps/agent-swap';
-import { PROVISION_STEPS } from '../steps/provision-steps';
 import { reasonOf } from '../steps/step-runner';
 import { retryHealthWrite } from './health-retry';
+import {
+  clearFailedHost,
+  envFileWritten,
+  mapLimit,
+  ProvisionInFlight,
+  rotationReasonCode,
+  secretsReached,
+} from './rotation-common';
 import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
 /**
@@ -54,102 +61,7 @@ export interface RotationOutcome {
   readonly retired: number[];
 }
 
-/**
- * What a rotation record keeps of a failure, and GET /v1/rotations/:id shows: a code only (an
- * OrchestratorError's code, else `unexpected`). The message (host key fingerprints, unit names,
- * ports) goes to the worker's log, never into the record.
- */
-export const rotationReasonCode = (err: unknown): string =>
-  isOrchestratorError(err) ? err.code : 'unexpected';
-
-const CODE = /^[a-z][a-z0-9_]{0,62}$/;
-const PREFIXED = /^([a-z][a-z0-9_]{0,62}): /;
-
-/**
- * A stored reason as a code, as deployment_events__reason_code does for events: a code as it is,
- * `code: detail` (a record written before codes) as its code, anything else `unexpected`.
- */
-export const reasonCodeOf = (reason: string | null): string | null => {
-  if (reason === null) return null;
-  if (CODE.test(reason)) return reason;
-  return PREFIXED.exec(reason)?.[1] ?? 'unexpected';
-};
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/**
- * Did this run of the deployment's provision write its env file (its `secrets` step done)? A
- * resumed provision does not write it again, so that file holds what was bound then.
- */
-export const envFileWritten = (dep: Pick<Deployment, 'steps' | 'currentRun'>): boolean =>
-  dep.steps.some(
-    (s) =>
-      s.run === dep.currentRun &&
-      s.operation === 'provision' &&
-      s.step === 'secrets' &&
-      s.status === 'succeeded',
-  );
-
-/**
- * Did this run of the deployment's provision reach its `secrets` step (any record: a step that
- * failed after its write, or one reopened, may have left the env file on the host)?
- */
-export const secretsReached = (dep: Pick<Deployment, 'steps' | 'currentRun'>): boolean =>
-  dep.steps.some((s) => s.run === dep.currentRun && s.operation === 'provision' && s.step === 'secrets');
-
-/** What a failed provision's retry must run again to write its env file anew: `secrets` and every later step. */
-export const REWRITE_STEPS: readonly string[] = PROVISION_STEPS.slice(PROVISION_STEPS.indexOf('secrets'));
-
-/**
- * Take the agent environment off the host of a deployment whose provision failed past `secrets`:
- * its steps from `secrets` on are reopened FIRST (deployment_steps__reopen), so that a crash
- * before the host is cleared leaves a provision whose retry writes the file anew (never one that
- * resumes past a removed file and fails for good), then the host is scrubbed
- * (scrubAgentEnvironment). Both are idempotent: a retry does them again. Returns how many steps
- * were reopened.
- */
-export const clearFailedHost = async (
-  deps: {
-    readonly store: Pick<DeploymentStore, 'reopenSteps'>;
-    readonly access: HostAccess;
-    readonly scrub?: typeof scrubAgentEnvironment;
-  },
-  dep: Deployment,
-  signal: AbortSignal,
-): Promise<number> => {
-  const reopened = await deps.store.reopenSteps(dep.id, REWRITE_STEPS);
-  const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
-  try {
-    await (deps.scrub ?? scrubAgentEnvironment)(shell, { signal });
-  } finally {
-    await shell.close().catch(() => undefined);
-  }
-  return reopened;
-};
-
-/** A deployment whose provision is past its `secrets` step: waited for, never recorded failed for it. */
-export class ProvisionInFlight extends OrchestratorError {}
-
-/** Run `fn` over `items`, at most `limit` at once; every item runs, errors are collected. */
-export const mapLimit = async <T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<R>,
-): Promise<PromiseSettledResult<R>[]> => {
-  const results: PromiseSettledResult<R>[] = new Array<PromiseSettledResult<R>>(items.length);
-  let next = 0;
-  const lane = async (): Promise<void> => {
-    for (let i = next++; i < items.length; i = next++) {
-      try {
-        results[i] = { status: 'fulfilled', value: await fn(items[i] as T) };
-      } catch (reason) {
-        results[i] = { status: 'rejected', reason };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane));
-  return results;
-};
 
 export const outcomeOf = (r: Rotation, retired: number[] = []): RotationOutcome => {
   const by = (s: RotationDeployment['state']): string[] =>
@@ -293,8 +205,11 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         // the swap's reason (unit names, ports) is logged below, not recorded. A route back whose
         // old instance did not answer through Caddy, or a resumed one put back on an old
         // environment that is not healthy either, is rolled back (the old environment is what the
-        // host has) but not known to serve: recorded as such, logged as an error (review R8 #7).
-        const unverified = r.code === 'rollback_unverified' || backUnhealthy;
+        // host has) but not known to serve: recorded as such, logged as an error (review R8 #7). A
+        // resumed one is judged by its swap back alone: that swap put the old environment back and
+        // checked it through Caddy, so the first swap's `rollback_unverified` no longer holds (review
+        // R13 finding 2: it sent a "may not be serving" webhook for a verified rollback).
+        const unverified = resumed ? backUnhealthy : r.code === 'rollback_unverified';
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
           reason: unverified ? 'unhealthy_rollback_unverified' : 'unhealthy',
           swapMode: r.mode,
@@ -305,12 +220,14 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
             { mode: r.mode, reason: r.reason },
             'deployment not healthy on the new version: routed back, but the old environment did not answer through Caddy',
           );
-          // The event stream and the org's webhooks say it may not be serving (the SQL requires the
-          // record above, so after it). Never thrown: a notification must not change what the
-          // rotation records or does (the catch below would record `failed`). Nor can it be left to
-          // the job's retry, as the revoke job does: this row is final, and a retry resumes only
-          // `pending` and `switching` ones. So a failure a retry can fix is retried here, briefly
-          // (idempotent per rotation and deployment); any other, or the last, is logged.
+          // The event stream and the org's webhooks say it may not be serving. The record above
+          // wrote the event already, in its own transaction and before the deployment's `ready`
+          // (20261205130000); this call finds it (`existing`) and is what says so to a database
+          // whose set_state predates that (idempotent per rotation and deployment). Never thrown:
+          // a notification must not change what the rotation records or does (the catch below would
+          // record `failed`). Nor can it be left to the job's retry, as the revoke job does: this row
+          // is final, and a retry resumes only `pending` and `switching` ones. So a failure a retry
+          // can fix is retried here, briefly; any other, or the last, is logged.
           const h = await retryHealthWrite(
             () => rotations.recordRotationHealth(d.deploymentId, rot.id, 'rollback_unverified'),
             { waitsMs: deps.healthRetryMs ?? [250, 1_000], signal },

@@ -16,9 +16,10 @@
 -- (secret_rotation_deployments__set_state stores the reason as given; an end state never changes
 -- again, so the check cannot go stale): a holder of the orchestrator's role cannot make an
 -- unrelated deployment's customers see a made-up health event without first recording a rollback
--- of it in a rotation, which is audited. The rotation may be running or completed (the job records
--- the event before it finishes the rotation; a late call finds it completed). Idempotent per
--- (rotation, deployment): a repeat sends no second webhook.
+-- of it in a rotation, which is audited. The rotation must still run (the event is recorded before
+-- the rotation finishes: since 20261205130000 by set_state itself), so that an old rotation's row
+-- cannot send a fresh webhook today (review R13 finding 3). Idempotent per (rotation, deployment):
+-- a repeat sends no second webhook.
 --
 -- Same rules as the rest of the contract: security definer, `search_path = pg_catalog, pg_temp`,
 -- fully qualified names, EXECUTE for cortex_orchestrator only, errors '<field>: <what is wrong>'
@@ -60,12 +61,12 @@ begin
     raise exception using errcode = 'P0002', message = pg_catalog.format('deployment %s not found', p_deployment_id);
   end if;
   select * into v_rot from public.secret_rotations r where r.id = p_rotation_id;
-  if not found or v_rot.org_id <> v_dep.org_id
+  if not found or v_rot.org_id <> v_dep.org_id or v_rot.state <> 'running'
      or not exists (select 1 from public.secret_rotation_deployments rd
                     where rd.rotation_id = p_rotation_id and rd.deployment_id = p_deployment_id
                       and rd.state = 'rolled_back' and rd.reason = 'unhealthy_rollback_unverified') then
     raise exception using errcode = '22023', message = pg_catalog.format(
-      'rotation_id: %s is not a rotation of this organisation that rolled deployment %s back unverified',
+      'rotation_id: %s is not a running rotation of this organisation that rolled deployment %s back unverified',
       p_rotation_id, p_deployment_id);
   end if;
   -- set_state's end states put a `rotating` deployment back to `ready`; `rotating` here is another

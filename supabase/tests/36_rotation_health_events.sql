@@ -8,7 +8,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(36);
+select plan(40);
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
 $$;
@@ -98,7 +98,16 @@ select is((select array_agg(d.status order by d.status) from public.deployments 
 set local role cortex_orchestrator;
 select public.deployment_events__record_rotation_health(:'dep', :'rot', 'rollback_unverified') as first \gset
 reset role;
-select is((:'first'::jsonb) ->> 'existing', 'false', 'the first call records the event');
+select is((:'first'::jsonb) ->> 'existing', 'true',
+  'set_state recorded it already, with the rolled_back record (20261205130000): the job''s own call finds it');
+select is((select count(*) from public.deployment_events where deployment_id = :'dep' and kind = 'health'
+           and payload ->> 'rotation_id' = :'rot'), 1::bigint, 'one event of this rotation for the deployment');
+select ok((select min(id) from public.deployment_events where deployment_id = :'dep' and kind = 'health' and payload ->> 'rotation_id' = :'rot')
+  < (select min(id) from public.deployment_events where deployment_id = :'dep' and kind = 'status'
+     and payload ->> 'status' = 'ready' and payload ->> 'previous_status' = 'rotating'),
+  'R13 FINDING 1: the event comes before the `ready` status event of the rollback (a stream ends at that ready)');
+select is((select count(*) from public.deployment_events where deployment_id = :'dep_clean' and kind = 'health'), 0::bigint,
+  'a verified rollback (reason unhealthy) records none');
 select is((select kind || ' ' || org_id from public.deployment_events where id = ((:'first'::jsonb) ->> 'id')::bigint),
   'health ' || :'org', 'one `health` event, of the deployment''s organisation');
 select is((select payload from public.deployment_events where id = ((:'first'::jsonb) ->> 'id')::bigint),
@@ -119,7 +128,8 @@ select public.webhook_deliveries__begin(:delivery) as plan \gset
 select public.deployment_events__list(:'dep', 0, 1000) as listed \gset
 reset role;
 select is((:'plan'::jsonb) #>> '{event,kind}', 'health', 'the delivery worker gets the health event to send');
-select is((:'listed'::jsonb) -> 'events' -> -1 ->> 'kind', 'health', 'and the event stream lists it (deployment_events__list)');
+select ok(exists (select 1 from jsonb_array_elements((:'listed'::jsonb) -> 'events') e where e ->> 'kind' = 'health'),
+  'and the event stream lists it (deployment_events__list)');
 
 -- a repeat: the same event, no second delivery
 set local role cortex_orchestrator;
@@ -127,10 +137,10 @@ select public.deployment_events__record_rotation_health(:'dep', :'rot', 'rollbac
 reset role;
 select is((:'again'::jsonb) ->> 'existing', 'true', 'a second call for the same (rotation, deployment) says existing');
 select is((:'again'::jsonb) ->> 'id', (:'first'::jsonb) ->> 'id', 'and returns the first event');
-select is((select count(*) from public.deployment_events where deployment_id = :'dep' and kind = 'health')
+select is((select count(*) from public.deployment_events where deployment_id = :'dep' and kind = 'health' and payload ->> 'rotation_id' = :'rot')
           || ' ' || (select count(*) from public.webhook_deliveries w join public.deployment_events e on e.id = w.event_id
-                     where e.deployment_id = :'dep' and e.kind = 'health'),
-  '1 2', 'idempotent: still one health event and two deliveries');
+                     where e.deployment_id = :'dep' and e.kind = 'health' and e.payload ->> 'rotation_id' = :'rot'),
+  '1 2', 'idempotent: still one health event of the rotation and two deliveries');
 
 -- another rotation (of another secret) that rolled the same deployment back unverified records its
 -- own, also while the deployment shows `rotating` (another operation's swap)
@@ -138,8 +148,8 @@ update public.deployments set status = 'rotating' where id = :'dep';
 set local role cortex_orchestrator;
 select public.deployment_events__record_rotation_health(:'dep', :'rot2', 'rollback_unverified') as other \gset
 reset role;
-select is((:'other'::jsonb) ->> 'existing' || ' ' || ((:'other'::jsonb) #>> '{payload,rotation_id}'), 'false ' || :'rot2',
-  'idempotence is per rotation: another rotation records its own event, also while the deployment is rotating');
+select is((:'other'::jsonb) ->> 'existing' || ' ' || ((:'other'::jsonb) #>> '{payload,rotation_id}'), 'true ' || :'rot2',
+  'idempotence is per rotation: another rotation has its own event (its set_state wrote it), found while the deployment is rotating');
 update public.deployments set status = 'ready' where id = :'dep';
 
 -- ---- refusals ------------------------------------------------------------------------------------------
@@ -174,8 +184,15 @@ select throws_ok(format('select public.deployment_events__record_rotation_health
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone', :'rot', 'rollback_unverified'),
   '22023', null, 'a deployment that no longer runs its agent (deprovisioning) is refused');
 reset role;
-select is((select count(*) from public.deployment_events where kind = 'health' and deployment_id <> :'dep'),
-  0::bigint, 'no refused call wrote an event');
+select is((select array_agg(deployment_id::text) from public.deployment_events where kind = 'health' and deployment_id <> :'dep'),
+  array[:'dep_gone'], 'no refused call wrote an event (dep_gone''s is its set_state''s, written while it still ran its agent)');
+-- R13 finding 3: once the rotation has finished, its rows no longer make events
+update public.secret_rotation_deployments set state = 'failed' where rotation_id = :'rot' and deployment_id = :'dep_pend';
+set local role cortex_orchestrator;
+select public.secret_rotations__finish(:'rot', 'r36', 'rotate-r36') is not null as x \gset
+select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'rollback_unverified'),
+  '22023', null, 'R13 FINDING 3: a finished rotation is refused (an old row cannot send a fresh webhook)');
+reset role;
 select is((select count(*) from public.webhook_deliveries where endpoint_id = :'ep_b'), 0::bigint,
   'and the other organisation''s endpoint got nothing');
 

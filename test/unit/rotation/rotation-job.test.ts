@@ -5,12 +5,8 @@ import { OrchestratorError } from '../../../orchestrator/errors';
 import { makeLogger } from '../../../orchestrator/log';
 import { parsePayload } from '../../../orchestrator/queues/job-payloads';
 import { makeHttpKeyValidator } from '../../../orchestrator/rotation/key-validator';
-import {
-  makeRotationJob,
-  mapLimit,
-  reasonCodeOf,
-  rotationReasonCode,
-} from '../../../orchestrator/rotation/rotation-job';
+import { mapLimit, reasonCodeOf, rotationReasonCode } from '../../../orchestrator/rotation/rotation-common';
+import { makeRotationJob } from '../../../orchestrator/rotation/rotation-job';
 import { makeRotationService, rotationIdFor } from '../../../orchestrator/rotation/rotation-service';
 import type {
   Rotation,
@@ -543,6 +539,28 @@ describe('a rollback not verified is a health event (20261205120000_rotation_hea
     expect(world.health).toEqual([
       { deploymentId: ids[0], rotationId: 'r1', reasonCode: 'rollback_unverified' },
     ]);
+  });
+
+  it('a resumed deployment whose swap back to the old environment is healthy is a clean rollback, with no health event, whatever the first swap said (review R13 finding 2)', async () => {
+    const ids = [randomUUID()];
+    const world = fakeWorld(ids, 'switching');
+    let n = 0;
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases,
+      access,
+      // the first swap (to the new version) routes back unverified; the explicit swap back is healthy
+      swap: (() => Promise.resolve(n++ === 0 ? UNVERIFIED : { mode: 'blue-green', healthy: true })) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    const out = await run(j);
+    expect(n).toBe(2);
+    expect(out.rolledBack).toEqual(ids);
+    expect(world.rows.get(ids[0] as string)?.reason).toBe('unhealthy');
+    expect(world.health).toEqual([]);
   });
 
   it('a failure a retry fixes is retried in place to exactly one event, the rotation recorded as it would be', async () => {

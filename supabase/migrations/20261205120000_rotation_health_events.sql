@@ -55,13 +55,14 @@ begin
   -- the deployment's row lock first, as the status and step triggers (and record_health) take it:
   -- event ids of one deployment are drawn in commit order, and two calls for the same (rotation,
   -- deployment) run one after the other, so the second finds the first's event below. The rotation
-  -- rows are read without a lock: the one that matters is in an end state, which never changes.
+  -- and its rows are read without a lock: the row that matters is in an end state, which never
+  -- changes; the rotation's state, below.
   select * into v_dep from public.deployments d where d.id = p_deployment_id for no key update;
   if not found then
     raise exception using errcode = 'P0002', message = pg_catalog.format('deployment %s not found', p_deployment_id);
   end if;
   select * into v_rot from public.secret_rotations r where r.id = p_rotation_id;
-  if not found or v_rot.org_id <> v_dep.org_id or v_rot.state <> 'running'
+  if not found or v_rot.org_id <> v_dep.org_id
      or not exists (select 1 from public.secret_rotation_deployments rd
                     where rd.rotation_id = p_rotation_id and rd.deployment_id = p_deployment_id
                       and rd.state = 'rolled_back' and rd.reason = 'unhealthy_rollback_unverified') then
@@ -69,19 +70,28 @@ begin
       'rotation_id: %s is not a running rotation of this organisation that rolled deployment %s back unverified',
       p_rotation_id, p_deployment_id);
   end if;
-  -- set_state's end states put a `rotating` deployment back to `ready`; `rotating` here is another
-  -- operation's swap (a revoke, a rotation of another secret), and the agent still runs
-  if v_dep.status not in ('ready', 'rotating') then
-    raise exception using errcode = '22023', message = pg_catalog.format(
-      'deployment_id: deployment %s is %s; a health event is for a deployment that runs its agent', p_deployment_id, v_dep.status);
-  end if;
-
+  -- recorded already (by set_state, since 20261205130000): the same event, whatever has happened
+  -- since (the rotation finished, the deployment deprovisioned): nothing new is sent, and the
+  -- caller is not told it failed (review R14 finding 2)
   select * into v_event from public.deployment_events x
   where x.deployment_id = p_deployment_id and x.kind = 'health' and x.payload ->> 'operation' = 'rotate'
     and x.payload ->> 'rotation_id' = p_rotation_id::text
   order by x.id limit 1;
   if found then
     return public.deployment_events__json(v_event) || pg_catalog.jsonb_build_object('existing', true);
+  end if;
+  -- a NEW event only while the rotation runs (an old rotation's row cannot send a fresh webhook:
+  -- review R13 finding 3; its state is read without a lock: at worst one event for a rotation that
+  -- is just finishing) and the deployment runs its agent (set_state's end states put a `rotating`
+  -- deployment back to `ready`; `rotating` here is another operation's swap)
+  if v_rot.state <> 'running' then
+    raise exception using errcode = '22023', message = pg_catalog.format(
+      'rotation_id: %s is not a running rotation of this organisation that rolled deployment %s back unverified',
+      p_rotation_id, p_deployment_id);
+  end if;
+  if v_dep.status not in ('ready', 'rotating') then
+    raise exception using errcode = '22023', message = pg_catalog.format(
+      'deployment_id: deployment %s is %s; a health event is for a deployment that runs its agent', p_deployment_id, v_dep.status);
   end if;
   insert into public.deployment_events (deployment_id, org_id, kind, payload)
   values (p_deployment_id, v_dep.org_id, 'health', pg_catalog.jsonb_build_object(

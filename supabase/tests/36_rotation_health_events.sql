@@ -8,7 +8,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(40);
+select plan(43);
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
 $$;
@@ -181,18 +181,44 @@ select throws_ok(format('select public.deployment_events__record_rotation_health
   '22023', null, 'a deployment rolled back with another reason (a verified rollback) is refused');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_fail', :'rot', 'rollback_unverified'),
   '22023', null, 'a deployment recorded failed (not rolled back), even with the unverified reason, is refused');
-select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone', :'rot', 'rollback_unverified'),
-  '22023', null, 'a deployment that no longer runs its agent (deprovisioning) is refused');
+reset role;
+-- dep_gone2: rolled back unverified with no event yet (a row put in by hand), then deprovisioning
+select public.deployments__create(:'org', 'R36 9', 'r36j-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_gone2 \gset
+select public.deployment_secrets__bind(:'dep_gone2', 'ANTHROPIC_API_KEY', :'s') is not null as b \gset
+update public.deployments set status = 'provisioning' where id = :'dep_gone2';
+update public.deployments set status = 'ready' where id = :'dep_gone2';
+insert into public.secret_rotation_deployments (rotation_id, deployment_id, from_version, state, reason)
+values (:'rot', :'dep_gone2', 1, 'rolled_back', 'unhealthy_rollback_unverified');
+update public.deployments set status = 'deprovisioning' where id = :'dep_gone2';
+set local role cortex_orchestrator;
+select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone2', :'rot', 'rollback_unverified'),
+  '22023', null, 'a deployment that no longer runs its agent (deprovisioning) gets no new event');
 reset role;
 select is((select array_agg(deployment_id::text) from public.deployment_events where kind = 'health' and deployment_id <> :'dep'),
   array[:'dep_gone'], 'no refused call wrote an event (dep_gone''s is its set_state''s, written while it still ran its agent)');
--- R13 finding 3: once the rotation has finished, its rows no longer make events
+-- R13 finding 3: once the rotation has finished, its rows no longer make NEW events. dep_late's row
+-- (rolled back unverified, no event: put in by hand, as no function writes one without its event)
+select public.deployments__create(:'org', 'R36 8', 'r36i-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_late \gset
+select public.deployment_secrets__bind(:'dep_late', 'ANTHROPIC_API_KEY', :'s') is not null as b \gset
+update public.deployments set status = 'provisioning' where id = :'dep_late';
+update public.deployments set status = 'ready' where id = :'dep_late';
+insert into public.secret_rotation_deployments (rotation_id, deployment_id, from_version, state, reason)
+values (:'rot', :'dep_late', 1, 'rolled_back', 'unhealthy_rollback_unverified');
 update public.secret_rotation_deployments set state = 'failed' where rotation_id = :'rot' and deployment_id = :'dep_pend';
 set local role cortex_orchestrator;
 select public.secret_rotations__finish(:'rot', 'r36', 'rotate-r36') is not null as x \gset
-select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'rollback_unverified'),
-  '22023', null, 'R13 FINDING 3: a finished rotation is refused (an old row cannot send a fresh webhook)');
+select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_late', :'rot', 'rollback_unverified'),
+  '22023', null, 'R13 FINDING 3: a finished rotation makes no new event (an old row cannot send a fresh webhook)');
+-- R14 finding 2: but an event it made is still found (existing), whatever happened since
+select public.deployment_events__record_rotation_health(:'dep', :'rot', 'rollback_unverified') as late \gset
+select public.deployment_events__record_rotation_health(:'dep_gone', :'rot', 'rollback_unverified') as gone \gset
 reset role;
+select is((:'late'::jsonb) ->> 'existing' || ' ' || ((:'late'::jsonb) ->> 'id'), 'true ' || ((:'first'::jsonb) ->> 'id'),
+  'R14 FINDING 2: the job''s late call after the rotation finished finds the event set_state wrote (no false failure)');
+select is((:'gone'::jsonb) ->> 'existing', 'true',
+  'and so does one for a deployment deprovisioned since (its event was written while it ran its agent)');
+select is((select count(*) from public.deployment_events where kind = 'health' and deployment_id = :'dep_late'), 0::bigint,
+  'nothing was written for the refused one');
 select is((select count(*) from public.webhook_deliveries where endpoint_id = :'ep_b'), 0::bigint,
   'and the other organisation''s endpoint got nothing');
 

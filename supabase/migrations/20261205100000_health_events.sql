@@ -36,6 +36,32 @@ alter table public.deployment_events add constraint deployment_events_kind_check
 -- A deployment's agent is running but not healthy, and stays so: recorded by the operation that
 -- left it so. Today one operation and one reason: the revoke job restarted the agent without the
 -- revoked key and kept it running unhealthy (`kept_unhealthy`, orchestrator/rotation/revoke-job.ts).
+-- Internal (no role may call it): a `health` event of a deployment and one webhook delivery per
+-- active endpoint of its organisation, as deployment_events__on_status writes a status event's.
+-- Its callers (deployment_events__record_health, __record_rotation_health) decide who may record
+-- what, and hold the deployment's row lock. Runs as its caller (security invoker): only security
+-- definer functions of the contract reach it.
+create function public.deployment_events__append_health(p_deployment_id uuid, p_org_id uuid, p_payload jsonb)
+returns public.deployment_events
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_event public.deployment_events%rowtype;
+begin
+  insert into public.deployment_events (deployment_id, org_id, kind, payload)
+  values (p_deployment_id, p_org_id, 'health', p_payload)
+  returning * into v_event;
+  insert into public.webhook_deliveries (endpoint_id, event_id, org_id)
+  select e.id, v_event.id, p_org_id
+  from public.webhook_endpoints e
+  where e.org_id = p_org_id and e.disabled_at is null
+  order by e.id;
+  return v_event;
+end
+$$;
+revoke all on function public.deployment_events__append_health(uuid, uuid, jsonb) from public, anon, authenticated, service_role;
+
 -- Returns the event (deployment_events__json) and `existing`: true when this revocation already
 -- recorded it for this deployment (nothing new written, no second delivery).
 create function public.deployment_events__record_health(
@@ -85,19 +111,12 @@ begin
   if found then
     return public.deployment_events__json(v_event) || pg_catalog.jsonb_build_object('existing', true);
   end if;
-  insert into public.deployment_events (deployment_id, org_id, kind, payload)
-  values (p_deployment_id, v_dep.org_id, 'health', pg_catalog.jsonb_build_object(
-    'state', 'unhealthy',
-    'operation', 'revoke',
-    'reason_code', p_reason_code,
-    'revocation_id', p_revocation_id))
-  returning * into v_event;
-  -- one outbox row per active endpoint, as deployment_events__on_status writes them
-  insert into public.webhook_deliveries (endpoint_id, event_id, org_id)
-  select e.id, v_event.id, v_dep.org_id
-  from public.webhook_endpoints e
-  where e.org_id = v_dep.org_id and e.disabled_at is null
-  order by e.id;
+  select * into v_event from public.deployment_events__append_health(p_deployment_id, v_dep.org_id,
+    pg_catalog.jsonb_build_object(
+      'state', 'unhealthy',
+      'operation', 'revoke',
+      'reason_code', p_reason_code,
+      'revocation_id', p_revocation_id));
   return public.deployment_events__json(v_event) || pg_catalog.jsonb_build_object('existing', false);
 end
 $$;

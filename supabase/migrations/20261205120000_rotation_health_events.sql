@@ -93,19 +93,13 @@ begin
     raise exception using errcode = '22023', message = pg_catalog.format(
       'deployment_id: deployment %s is %s; a health event is for a deployment that runs its agent', p_deployment_id, v_dep.status);
   end if;
-  insert into public.deployment_events (deployment_id, org_id, kind, payload)
-  values (p_deployment_id, v_dep.org_id, 'health', pg_catalog.jsonb_build_object(
-    'state', 'unhealthy',
-    'operation', 'rotate',
-    'reason_code', p_reason_code,
-    'rotation_id', p_rotation_id))
-  returning * into v_event;
-  -- one outbox row per active endpoint, as deployment_events__on_status writes them
-  insert into public.webhook_deliveries (endpoint_id, event_id, org_id)
-  select e.id, v_event.id, v_dep.org_id
-  from public.webhook_endpoints e
-  where e.org_id = v_dep.org_id and e.disabled_at is null
-  order by e.id;
+  -- the event and its deliveries (20261205100000_health_events.sql)
+  select * into v_event from public.deployment_events__append_health(p_deployment_id, v_dep.org_id,
+    pg_catalog.jsonb_build_object(
+      'state', 'unhealthy',
+      'operation', 'rotate',
+      'reason_code', p_reason_code,
+      'rotation_id', p_rotation_id));
   return public.deployment_events__json(v_event) || pg_catalog.jsonb_build_object('existing', false);
 end
 $$;

@@ -33,9 +33,6 @@ alter table public.deployment_events drop constraint deployment_events_kind_chec
 alter table public.deployment_events add constraint deployment_events_kind_check
   check (kind in ('status', 'step', 'health')) not valid;
 
--- A deployment's agent is running but not healthy, and stays so: recorded by the operation that
--- left it so. Today one operation and one reason: the revoke job restarted the agent without the
--- revoked key and kept it running unhealthy (`kept_unhealthy`, orchestrator/rotation/revoke-job.ts).
 -- Internal (no role may call it): a `health` event of a deployment and one webhook delivery per
 -- active endpoint of its organisation, as deployment_events__on_status writes a status event's.
 -- Its callers (deployment_events__record_health, __record_rotation_health) decide who may record
@@ -62,6 +59,9 @@ end
 $$;
 revoke all on function public.deployment_events__append_health(uuid, uuid, jsonb) from public, anon, authenticated, service_role;
 
+-- A deployment's agent is running but not healthy, and stays so: recorded by the operation that
+-- left it so. Today one operation and one reason: the revoke job restarted the agent without the
+-- revoked key and kept it running unhealthy (`kept_unhealthy`, orchestrator/rotation/revoke-job.ts).
 -- Returns the event (deployment_events__json) and `existing`: true when this revocation already
 -- recorded it for this deployment (nothing new written, no second delivery).
 create function public.deployment_events__record_health(

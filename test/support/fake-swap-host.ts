@@ -1,6 +1,8 @@
 import { createHmac } from 'node:crypto';
 import type { ExecResult, LineSession } from '../../orchestrator/remote/ssh-shell';
 import { SESSION_END_LINE, decodeBatch, swapCommands } from '../../orchestrator/remote/swap-commands';
+import { Secret } from '../../orchestrator/secret';
+import { swapAgentEnvironment, type AgentSwapOptions } from '../../orchestrator/steps/agent-swap';
 import { ACTIVE_SLOT_PATH, slotEnvFilePath } from '../../templates/agent-slots';
 import { makeFakeShell } from './fake-shell';
 
@@ -360,3 +362,14 @@ export const makeSwapHost = (
 };
 
 export type SwapHost = ReturnType<typeof makeSwapHost>;
+
+/** One bound key: the environment a swap writes in these tests. */
+export const keyEnv = (v: string): Map<string, Secret> => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
+
+/** Swap the fake host's echo agent onto `keyEnv(v)`, with the fake's short bounds (2 s health, 1 s drain). */
+export const swapOn = (h: SwapHost, v: string, o: AgentSwapOptions = {}) =>
+  swapAgentEnvironment(
+    h.shell,
+    { deploymentId: 'd', runtime: 'echo', env: keyEnv(v) },
+    { healthTimeoutMs: 2_000, drainSeconds: 1, ...o },
+  );

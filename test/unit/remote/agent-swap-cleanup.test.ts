@@ -1,25 +1,14 @@
 import { OrchestratorError } from '../../../orchestrator/errors';
-import { Secret } from '../../../orchestrator/secret';
-import {
-  SwapCleanupError,
-  swapAgentEnvironment,
-  type AgentSwapOptions,
-} from '../../../orchestrator/steps/agent-swap';
+import { SwapCleanupError, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
 import { slotEnvFilePath } from '../../../templates/agent-slots';
-import { makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
+import { makeSwapHost, swapOn, type SwapHost } from '../../support/fake-swap-host';
 
 /**
  * Review R8 #6: a swap's clean-up of the old slot is checked, not assumed. The old instance holds
  * the old environment in memory and its env file holds it on disk; a swap that leaves either must
  * not say it is done (the rotation would retire the old version with the value still on the host).
  */
-const envOf = (v: string) => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
-const swap = (h: SwapHost, v: string, o: AgentSwapOptions = {}) =>
-  swapAgentEnvironment(
-    h.shell,
-    { deploymentId: 'd', runtime: 'echo', env: envOf(v) },
-    { healthTimeoutMs: 2_000, drainSeconds: 1, soakSeconds: 0, ...o },
-  );
+const swap = (h: SwapHost, v: string, o: AgentSwapOptions = {}) => swapOn(h, v, { soakSeconds: 0, ...o });
 const rmCalls = (h: SwapHost): string[][] => h.fake.calls.filter((c) => c[0] === 'rm');
 
 describe("the old slot's clean-up after a swap", () => {

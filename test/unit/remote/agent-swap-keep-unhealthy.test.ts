@@ -1,7 +1,5 @@
-import { Secret } from '../../../orchestrator/secret';
-import { swapAgentEnvironment, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
 import { slotEnvFilePath } from '../../../templates/agent-slots';
-import { makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
+import { makeSwapHost, swapOn, type SwapHost } from '../../support/fake-swap-host';
 
 /**
  * `keepUnhealthy` (a revoke that must take effect): a held restart whose agent is not healthy on
@@ -9,13 +7,7 @@ import { makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
  * (it holds the withdrawn value) — and says so (`kept_unhealthy`). Without it the same swap puts
  * the old environment back, as every other swap does.
  */
-const envOf = (v: string) => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
-const swap = (h: SwapHost, v: string, o: AgentSwapOptions = {}) =>
-  swapAgentEnvironment(
-    h.shell,
-    { deploymentId: 'd', runtime: 'echo', env: envOf(v) },
-    { healthTimeoutMs: 2_000, drainSeconds: 1, ...o },
-  );
+const swap = swapOn;
 const BLUE = slotEnvFilePath('blue');
 const inner = (h: SwapHost): string[] =>
   h.fake.calls.map((c) => (c[0] === 'python3' ? ['python3', ...c.slice(4)] : c).join(' '));

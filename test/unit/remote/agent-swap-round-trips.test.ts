@@ -1,7 +1,5 @@
-import { Secret } from '../../../orchestrator/secret';
-import { swapAgentEnvironment } from '../../../orchestrator/steps/agent-swap';
 import { slotEnvFilePath } from '../../../templates/agent-slots';
-import { GREEN_PORT, makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
+import { GREEN_PORT, makeSwapHost, swapOn, type SwapHost } from '../../support/fake-swap-host';
 
 /**
  * The rotation benchmark's lever (issue 11): a swap's cost on a loaded host was its SSH round
@@ -13,13 +11,7 @@ import { GREEN_PORT, makeSwapHost, type SwapHost } from '../../support/fake-swap
  * (agent-swap.ts at 44beff9 against this fake host, whose health check answers at the first probe;
  * on a real host every further health probe cost 3 more, every drain probe 1 more).
  */
-const envOf = (v: string) => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
-const swap = (h: SwapHost, v: string, mode?: 'held-restart') =>
-  swapAgentEnvironment(
-    h.shell,
-    { deploymentId: 'd', runtime: 'echo', env: envOf(v) },
-    { healthTimeoutMs: 2_000, drainSeconds: 1, ...(mode ? { mode } : {}) },
-  );
+const swap = (h: SwapHost, v: string, mode?: 'held-restart') => swapOn(h, v, mode ? { mode } : {});
 const kinds = (h: SwapHost) => h.sent.map((c) => c[0]);
 
 describe('round trips per swap', () => {

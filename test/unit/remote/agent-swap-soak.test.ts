@@ -1,13 +1,15 @@
 import { OrchestratorError } from '../../../orchestrator/errors';
 import { decodeBatch } from '../../../orchestrator/remote/swap-commands';
-import { Secret } from '../../../orchestrator/secret';
-import {
-  DEFAULT_SOAK_SECONDS,
-  swapAgentEnvironment,
-  type AgentSwapOptions,
-} from '../../../orchestrator/steps/agent-swap';
+import { DEFAULT_SOAK_SECONDS, swapAgentEnvironment } from '../../../orchestrator/steps/agent-swap';
 import { ACTIVE_SLOT_PATH, slotEnvFilePath } from '../../../templates/agent-slots';
-import { BLUE_PORT, GREEN_PORT, makeSwapHost, type SwapHost } from '../../support/fake-swap-host';
+import {
+  BLUE_PORT,
+  GREEN_PORT,
+  keyEnv,
+  makeSwapHost,
+  swapOn,
+  type SwapHost,
+} from '../../support/fake-swap-host';
 
 /**
  * Health after the switch (issue 11): a new instance that answers its first health checks and
@@ -16,13 +18,7 @@ import { BLUE_PORT, GREEN_PORT, makeSwapHost, type SwapHost } from '../../suppor
  * (blue/green) or its previous env file is still kept (held restart); failing meanwhile puts the
  * old environment back and the swap says `healthy: false`, so the rotation rolls back.
  */
-const envOf = (v: string) => new Map([['ANTHROPIC_API_KEY', new Secret(v)]]);
-const swap = (h: SwapHost, v: string, o: AgentSwapOptions = {}) =>
-  swapAgentEnvironment(
-    h.shell,
-    { deploymentId: 'd', runtime: 'echo', env: envOf(v) },
-    { healthTimeoutMs: 2_000, drainSeconds: 1, ...o },
-  );
+const swap = swapOn;
 /** The helper's mode and arguments of every helper step run on the host (not the script itself). */
 const helperCalls = (h: SwapHost, mode: string): string[][] =>
   h.fake.calls.filter((c) => c[0] === 'python3' && c[4] === mode).map((c) => c.slice(5));
@@ -164,7 +160,7 @@ describe('the soak after the switch', () => {
     };
   };
   const cutThenRerun = async (h: SwapHost, mode?: 'held-restart') => {
-    const input = { deploymentId: 'd', runtime: 'echo' as const, env: envOf('sk-new') };
+    const input = { deploymentId: 'd', runtime: 'echo' as const, env: keyEnv('sk-new') };
     const o = { healthTimeoutMs: 2_000, drainSeconds: 1, ...(mode ? { mode } : {}) };
     await expect(swapAgentEnvironment(cutAtSoak(h), input, o)).rejects.toThrow('cut');
     const before = helperCalls(h, 'soak').length;

@@ -67,9 +67,6 @@ export interface RevokeOutcome {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-// moved to health-retry.ts (the rotation job uses it too); exported here as before
-export { healthRetryable };
-
 export const makeRevokeJob = (deps: RevokeJobDeps) => {
   const { rotations, log } = deps;
 

@@ -9,9 +9,10 @@ import { camelKeys, type DeploymentEvent, type WebhookStore } from './webhook-st
 /**
  * The webhook side of a worker process. The dispatcher moves pending outbox rows (one per status
  * or health event and endpoint, written in the event's own transaction: by the status trigger, or
- * by deployment_events__record_health) to the `webhooks` queue, one job per delivery with a
+ * by deployment_events__append_health) to the `webhooks` queue, one job per delivery with a
  * deterministic id; the delivery worker reads the endpoint's signing secret through the audited
- * function, signs, POSTs, and records the outcome (metadata only). Retries: exponential backoff over `attempts`; the last failed attempt records
+ * function, signs, POSTs, and records the outcome (metadata only). Retries: exponential backoff
+ * over `attempts`; the last failed attempt records
  * the delivery `failed`. At least once: a worker that dies between the POST and its record sends
  * again with the same webhook-id (the event id), which receivers use to drop the duplicate.
  */

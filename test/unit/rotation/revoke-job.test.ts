@@ -3,11 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { OrchestratorError } from '../../../orchestrator/errors';
 import type { DeploymentStatus } from '../../../orchestrator/deployments/deployment-store';
 import { makeLogger } from '../../../orchestrator/log';
-import {
-  healthRetryable,
-  makeRevokeJob,
-  type RevokeJobDeps,
-} from '../../../orchestrator/rotation/revoke-job';
+import { healthRetryable } from '../../../orchestrator/rotation/health-retry';
+import { makeRevokeJob, type RevokeJobDeps } from '../../../orchestrator/rotation/revoke-job';
 import type { RotationStore } from '../../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../../orchestrator/secret';
 

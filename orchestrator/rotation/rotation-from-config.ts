@@ -6,7 +6,8 @@ import { makeHttpKeyValidator, noKeyValidation, type KeyValidator } from './key-
 import { makeRevokeJob } from './revoke-job';
 import { makeRotationJob } from './rotation-job';
 import { makeRotationService } from './rotation-service';
-import { makeRotationStore, type OverdueKey } from './rotation-store';
+import { makeRotationStore } from './rotation-store';
+import type { OverdueKey } from './secret-binding-store';
 import { makeRotationMaintenance, makeRotationProcessors } from './rotation-workers';
 
 /** Key validation from the configuration: the providers over HTTP (hcloud's default) or off (local mode's). */

@@ -4,7 +4,9 @@ import type { Queues } from '../queues/queues';
 import type { Secret } from '../secret';
 import { parseInput, uuid, type AuditContext } from '../secrets/secret-input';
 import type { KeyValidator } from './key-validator';
-import type { AuditRead, OverdueKey, Revocation, Rotation, RotationStore } from './rotation-store';
+import type { Revocation } from './revocation-store';
+import type { Rotation, RotationStore } from './rotation-store';
+import type { AuditRead, OverdueKey } from './secret-binding-store';
 
 /**
  * What the API and the CLI ask of rotation: start one (key check, new version, rotation record,

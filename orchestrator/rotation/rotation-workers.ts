@@ -7,7 +7,8 @@ import { reasonOf } from '../steps/step-runner';
 import type { RevokeJob } from './revoke-job';
 import { rotationMetrics } from './rotation-metrics';
 import type { RotationJob } from './rotation-job';
-import type { OverdueKey, RotationStore } from './rotation-store';
+import type { RotationStore } from './rotation-store';
+import type { OverdueKey } from './secret-binding-store';
 
 /**
  * BullMQ processors of the `rotate` and `revoke` queues, and rotation's maintenance tasks:

@@ -10,7 +10,8 @@ import {
   revocationJson,
   revokeFollowUp,
 } from '../../../orchestrator/cli/rotation-commands';
-import type { Revocation, Rotation } from '../../../orchestrator/rotation/rotation-store';
+import type { Revocation } from '../../../orchestrator/rotation/revocation-store';
+import type { Rotation } from '../../../orchestrator/rotation/rotation-store';
 
 /** `cortexctl secrets rotate|revoke|rotation`: argument errors before any connection, value files. */
 const cli = async (

@@ -162,9 +162,12 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
                 keepUnhealthy: true,
               });
               // Only `kept_unhealthy` says the new environment (without the key) is on the host
-              // and running; any other unhealthy answer (its first look failed: Caddy's admin API
-              // silent, a cut) may have changed nothing, and the binding must stay (review R8 #1).
-              if (!forced.healthy && forced.code !== 'kept_unhealthy')
+              // and running, or `requested_unverified`: it already was when this restart began (a
+              // re-run after a cut past the restart), the kept previous file removed; any other
+              // unhealthy answer (its first look failed: Caddy's admin API silent, a cut) may have
+              // changed nothing, and the binding must stay (review R8 #1).
+              const without = forced.code === 'kept_unhealthy' || forced.code === 'requested_unverified';
+              if (!forced.healthy && !without)
                 throw new OrchestratorError(
                   'remote_command_failed',
                   `the agent is not healthy without the secret (${r.reason ?? 'no reason'}), and restarting it without the secret did not take (${forced.reason ?? 'no reason'}); it still holds it`,

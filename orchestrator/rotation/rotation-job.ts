@@ -186,8 +186,12 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           dlog.info({ mode: r.mode }, 'deployment switched to the new version');
           return;
         }
+        // The host already ran the new environment when this swap began (a cut attempt had switched
+        // it, or the deployment was provisioned on the new version) and still does, unverified
+        // through Caddy: "left as found" is the NEW version here (review R14 finding 4).
+        const foundOnNew = r.code === 'requested_unverified';
         let backUnhealthy = false;
-        if (resumed) {
+        if (resumed || foundOnNew) {
           // An attempt before the crash may have moved the host to the new version already, and
           // this swap left it as it found it: put it back on the old one explicitly.
           const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
@@ -202,6 +206,22 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           backUnhealthy = !back.healthy;
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }
+        if (foundOnNew && backUnhealthy) {
+          // The swap back left the host as it found it: on the NEW version. Recorded as what the host
+          // runs, `switched` (the binding follows the new version: `rolled_back` would pin the old
+          // one, which a later rebuild of this environment would put back), with a reason that says
+          // it is not known to serve. (Before: `rolled_back`, pinned old, while the host ran the new.)
+          await rotations.setState(rot.id, d.deploymentId, 'switched', {
+            reason: 'unhealthy_switch_unverified',
+            swapMode: r.mode,
+            ...ctx,
+          });
+          dlog.error(
+            { mode: r.mode, reason: r.reason },
+            'deployment left on the new version: it did not answer through Caddy, and the old environment is not healthy either',
+          );
+          return;
+        }
         // the swap's reason (unit names, ports) is logged below, not recorded. A route back whose
         // old instance did not answer through Caddy, or a resumed one put back on an old
         // environment that is not healthy either, is rolled back (the old environment is what the
@@ -209,7 +229,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         // resumed one is judged by its swap back alone: that swap put the old environment back and
         // checked it through Caddy, so the first swap's `rollback_unverified` no longer holds (review
         // R13 finding 2: it sent a "may not be serving" webhook for a verified rollback).
-        const unverified = resumed ? backUnhealthy : r.code === 'rollback_unverified';
+        const unverified = resumed || foundOnNew ? backUnhealthy : r.code === 'rollback_unverified';
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
           reason: unverified ? 'unhealthy_rollback_unverified' : 'unhealthy',
           swapMode: r.mode,

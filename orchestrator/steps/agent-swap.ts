@@ -64,7 +64,9 @@ import {
  * was not healthy and the host is as before (the old instance serving with the old environment,
  * nothing of the new attempt left running or on disk), so a rollback is only a database change;
  * where the old environment had to be put back (routed back to, or its previous file restored),
- * it is checked through Caddy again, and `code: 'rollback_unverified'` says it did not answer. A
+ * it is checked through Caddy again, and `code: 'rollback_unverified'` says it did not answer. One
+ * exception: `code: 'requested_unverified'` — the requested environment was already serving when
+ * the swap began (a re-run after the switch), so the host is as before, on the REQUESTED one. A
  * thrown error (SSH dropped, aborted) means "not known": run the swap again with the same input.
  *
  * Crash safety: every step is re-entrant. A swap first reads where it is — the slot the live nft
@@ -92,9 +94,14 @@ export interface AgentSwapInput {
  * but the old environment did not answer its health check (through Caddy; held restart: also on
  * its own port) afterwards: the host is on the old environment and may not be serving;
  * `kept_unhealthy` — a held restart with `keepUnhealthy`: the new environment stays although the
- * agent is not healthy on it, and no previous env file is kept.
+ * agent is not healthy on it, and no previous env file is kept; `requested_unverified` — the
+ * requested environment was ALREADY serving when the swap began (a re-run after a cut past the
+ * switch or restart, or a deployment that already ran it) and still serves, the old one cleaned
+ * up, but it did not answer through Caddy: "as before" is then the requested environment, not the
+ * old one, and a caller that wants the old one back must swap to it (review R14 finding 4).
  */
-export type SwapFailureCode = 'port_held_by_foreign_process' | 'rollback_unverified' | 'kept_unhealthy';
+export type SwapFailureCode =
+  'port_held_by_foreign_process' | 'rollback_unverified' | 'kept_unhealthy' | 'requested_unverified';
 
 export interface AgentSwapResult {
   readonly mode: SwapMode;
@@ -685,7 +692,7 @@ const blueGreen = async (
         await routeBack(shell, at, profile.healthPath, other, serving, base, drainSeconds, o),
       );
     const reason = throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS);
-    return reason ? failed(reason) : done(serving);
+    return reason ? failed(reason, 'requested_unverified') : done(serving);
   }
 
   // 1. The idle slot, from scratch, with the new environment (written on the host from standard
@@ -855,7 +862,10 @@ const heldRestart = async (
     });
     const fellOver = way ? soakFailed(unit, watch) : undefined;
     if (fellOver) return giveUp(fellOver);
-    return result(throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS));
+    const reason = throughCaddyFailed(probe, THROUGH_CADDY_TIMEOUT_MS);
+    return reason
+      ? { mode: 'held-restart', healthy: false, reason, code: 'requested_unverified', slot }
+      : result(undefined);
   }
   const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
   // The previous file stays (a second name for the same inode, root-only) until the new one is

@@ -7,6 +7,9 @@ import { healthRetryable } from '../../../orchestrator/rotation/health-retry';
 import { makeRevokeJob, type RevokeJobDeps } from '../../../orchestrator/rotation/revoke-job';
 import type { RotationStore } from '../../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../../orchestrator/secret';
+import { swapAgentEnvironment, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
+import { slotEnvFilePath } from '../../../templates/agent-slots';
+import { GREEN_PORT, makeSwapHost } from '../../support/fake-swap-host';
 
 /**
  * The revoke job marks a running deployment `rotating` while it swaps the agent onto its
@@ -302,6 +305,40 @@ describe('revoke job: an agent kept running unhealthy without the key is a healt
     expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
     expect(w.bound.has(SECRET)).toBe(false);
     expect(w.history).toEqual(['ready', 'rotating', 'ready']);
+  });
+
+  it('a re-run after a cut past the swap finds the agent already without the key, not answering through Caddy (requested_unverified): revoked, kept unhealthy, not "still holds it" (review R14 finding 4)', async () => {
+    const w = world('rotating');
+    let caddyDown = false;
+    const h = makeSwapHost({ caddyFails: () => caddyDown });
+    const swap = (_s: unknown, input: Parameters<typeof swapAgentEnvironment>[1], o: AgentSwapOptions) =>
+      swapAgentEnvironment(h.shell, input, { ...o, healthTimeoutMs: 2_000, drainSeconds: 1 });
+    const codes: (string | undefined)[] = [];
+    const recording: Swap = async (sh, input, o) => {
+      const r = await swap(sh, input as never, o as AgentSwapOptions);
+      codes.push(r.code);
+      return r;
+    };
+    // the cut attempt: the agent moved onto the environment without the key, then the worker died
+    const without = new Map([['OPENAI_API_KEY', new Secret(`value-of-${OTHER}`)]]);
+    expect(await swap(h.shell, { deploymentId: w.id, runtime: 'echo', env: without }, {})).toMatchObject({
+      healthy: true,
+      slot: 'green',
+    });
+    caddyDown = true;
+    const out = await run(w, recording);
+    expect(codes).toEqual(['requested_unverified', 'requested_unverified']);
+    // the oracle: the host serves green without the key, nothing of the old environment left
+    expect(h.route()).toBe(GREEN_PORT);
+    const files = [...h.fake.files].filter(([f]) => f.startsWith('/etc/cortex/'));
+    expect(files.map(([f]) => f).sort()).toEqual(['/etc/cortex/active-slot', slotEnvFilePath('green')]);
+    expect(files.map(([, v]) => v.content.toString()).join('')).not.toContain('ANTHROPIC_API_KEY');
+    expect(out.failed).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(false);
+    expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);
+    expect(w.health).toEqual([
+      { deploymentId: w.id, revocationId: REVOCATION, reasonCode: 'kept_unhealthy', status: 'rotating' },
+    ]);
   });
 
   it('a healthy revoke, and a forced restart that recovers, record no health event', async () => {

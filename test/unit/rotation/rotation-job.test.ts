@@ -8,151 +8,26 @@ import { makeHttpKeyValidator } from '../../../orchestrator/rotation/key-validat
 import { mapLimit, reasonCodeOf, rotationReasonCode } from '../../../orchestrator/rotation/rotation-common';
 import { makeRotationJob } from '../../../orchestrator/rotation/rotation-job';
 import { makeRotationService, rotationIdFor } from '../../../orchestrator/rotation/rotation-service';
-import type {
-  Rotation,
-  RotationDeploymentState,
-  RotationStore,
-} from '../../../orchestrator/rotation/rotation-store';
+import type { RotationDeploymentState, RotationStore } from '../../../orchestrator/rotation/rotation-store';
 import { Secret } from '../../../orchestrator/secret';
 import { SwapCleanupError } from '../../../orchestrator/steps/agent-swap';
+import {
+  SECRET,
+  VALUES,
+  access,
+  fakeWorld,
+  job,
+  leases,
+  log,
+  run,
+  store,
+  type Swap,
+} from '../../support/rotation-world';
 
 /**
- * The rotate job against a fake of the contract that keeps the same state machine as
- * secret_rotation_deployments__set_state (pending → switching → switched | rolled_back | failed),
- * and a fake swap whose outcome each test chooses. The real thing runs in
- * test/integration/rotation.test.ts.
+ * The rotate job against the fake contract of test/support/rotation-world.ts and a fake swap whose
+ * outcome each test chooses. The real thing runs in test/integration/rotation.test.ts.
  */
-const log = makeLogger({ level: 'silent' });
-const SECRET = randomUUID();
-const VALUES: Record<number, string> = { 1: 'old-value-xxxxxxxxxxxxxxxx', 2: 'new-value-xxxxxxxxxxxxxxxx' };
-
-const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = 'pending') => {
-  const rows = new Map(deploymentIds.map((id) => [id, { state: initial, reason: null as string | null }]));
-  const pins = new Map<string, number | null>(deploymentIds.map((id) => [id, null]));
-  let state: Rotation['state'] = 'running';
-  const rotation = (): Rotation => ({
-    id: 'r1',
-    orgId: 'o',
-    secretId: SECRET,
-    fromVersion: 1,
-    toVersion: 2,
-    state,
-    leaked: false,
-    graceSeconds: 60,
-    jobId: null,
-    createdAt: '',
-    finishedAt: null,
-    retireAfter: null,
-    oldRetiredAt: null,
-    deployments: [...rows].map(([deploymentId, r]) => ({
-      deploymentId,
-      fromVersion: 1,
-      state: r.state,
-      reason: r.reason,
-      swapMode: null,
-    })),
-  });
-  const allowed: Record<string, RotationDeploymentState[]> = {
-    pending: ['switching', 'skipped', 'failed'],
-    switching: ['switching', 'switched', 'rolled_back', 'failed'],
-  };
-  /** Every record in order: `<state>:<deployment>` and `health:<deployment>`. */
-  const calls: string[] = [];
-  /** Health events written (deployment_events__record_rotation_health). */
-  const health: { deploymentId: string; rotationId: string; reasonCode: string }[] = [];
-  /** Errors the next recordRotationHealth calls throw, in order (after their event is written, or not). */
-  const healthFails: { err: Error; written: boolean }[] = [];
-  const store = {
-    get: () => Promise.resolve(rotation()),
-    setState: (_r: string, dep: string, to: RotationDeploymentState, o: { reason?: string } = {}) => {
-      const row = rows.get(dep);
-      if (!row || !(allowed[row.state] ?? []).includes(to))
-        return Promise.reject(
-          new OrchestratorError('invalid_input', `state: cannot change from ${row?.state} to ${to}`),
-        );
-      calls.push(`${to}:${dep}`);
-      row.state = to;
-      row.reason = o.reason ?? null;
-      if (to === 'switched') pins.set(dep, null);
-      if (to === 'rolled_back' || to === 'failed') pins.set(dep, 1);
-      return Promise.resolve(rotation());
-    },
-    finish: () => {
-      if ([...rows.values()].some((r) => r.state === 'pending' || r.state === 'switching'))
-        return Promise.reject(new OrchestratorError('invalid_input', 'rotation_id: not done'));
-      state = 'completed';
-      return Promise.resolve(rotation());
-    },
-    retireOld: () => Promise.resolve({ retired: [1], kept: [] }),
-    // the contract of deployment_events__record_rotation_health: only for a deployment this
-    // rotation recorded rolled_back with reason unhealthy_rollback_unverified; once per
-    // (rotation, deployment)
-    recordRotationHealth: (dep: string, rotationId: string, reasonCode: string) => {
-      calls.push(`health:${dep}`);
-      const row = rows.get(dep);
-      if (
-        rotationId !== 'r1' ||
-        row?.state !== 'rolled_back' ||
-        row.reason !== 'unhealthy_rollback_unverified'
-      )
-        return Promise.reject(
-          new OrchestratorError('invalid_input', 'rotation_id: not rolled back unverified'),
-        );
-      const fail = healthFails.shift();
-      const existing = health.some((h) => h.deploymentId === dep && h.rotationId === rotationId);
-      if (!existing && (!fail || fail.written)) health.push({ deploymentId: dep, rotationId, reasonCode });
-      if (fail) return Promise.reject(fail.err);
-      return Promise.resolve({ eventId: String(health.length), existing });
-    },
-    bindings: () =>
-      Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version: 2, pinned: false }]),
-    readVersions: (_d: string, wanted: { secretId: string; version: number }[]) =>
-      Promise.resolve(
-        wanted.map((w) => ({
-          envVar: 'ANTHROPIC_API_KEY',
-          secretId: w.secretId,
-          version: w.version,
-          value: new Secret(VALUES[w.version] ?? ''),
-        })),
-      ),
-  } as unknown as RotationStore;
-  return { store, rows, pins, calls, health, healthFails };
-};
-
-const leases = {
-  acquire: (id: string) =>
-    Promise.resolve({ deploymentId: id, held: () => true, release: () => Promise.resolve() }),
-  holder: () => Promise.resolve(undefined),
-  key: (id: string) => id,
-} as never;
-const store = { get: (id: string) => Promise.resolve({ id, status: 'ready', runtime: 'echo' }) } as never;
-const access = {
-  connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() }, key: 'current' }),
-} as never;
-
-type Swap = (
-  s: unknown,
-  input: { deploymentId: string; env: ReadonlyMap<string, Secret> },
-) => Promise<{
-  mode: 'held-restart';
-  healthy: boolean;
-  reason?: string;
-}>;
-
-const job = (world: ReturnType<typeof fakeWorld>, swap: Swap, concurrency = 8) =>
-  makeRotationJob({
-    rotations: world.store,
-    store,
-    leases,
-    access,
-    swap: swap as never,
-    log,
-    concurrency,
-    holder: 'test',
-  });
-const run = (j: ReturnType<typeof job>, finalAttempt = false) =>
-  j.run({ rotationId: 'r1', jobId: 'rotate-r1', signal: new AbortController().signal, finalAttempt });
-
 describe('rotate job', () => {
   it('switches every deployment at most `concurrency` at a time, rolls back the unhealthy one and reports it', async () => {
     const ids = Array.from({ length: 10 }, () => randomUUID());

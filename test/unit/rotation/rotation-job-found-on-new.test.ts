@@ -1,0 +1,118 @@
+import { randomUUID } from 'node:crypto';
+import { makeRotationJob } from '../../../orchestrator/rotation/rotation-job';
+import type { RotationDeploymentState } from '../../../orchestrator/rotation/rotation-store';
+import { swapAgentEnvironment, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
+import { ACTIVE_SLOT_PATH, slotEnvFilePath } from '../../../templates/agent-slots';
+import { BLUE_PORT, GREEN_PORT, makeSwapHost, swapOn, type SwapHost } from '../../support/fake-swap-host';
+import { VALUES, access, fakeWorld, leases, log, run, store } from '../../support/rotation-world';
+
+/**
+ * Review R14 finding 4: a swap that finds the host ALREADY serving the new environment (a resumed
+ * rotation whose cut attempt had switched it) and cannot verify it through Caddy leaves it there.
+ * When the explicit swap back to the old environment is not healthy either, the host is still on
+ * the NEW version; the record must say so (`switched`, reason `unhealthy_switch_unverified`, the
+ * binding following the new version), not `rolled_back` pinned to an old version the host does not
+ * run (which a later rebuild of the environment would put back). The rotate job runs here with the
+ * real swap against the fake host of test/support/fake-swap-host.ts, which is the oracle.
+ */
+const setup = (initial: RotationDeploymentState) => {
+  const id = randomUUID();
+  const world = fakeWorld([id], initial);
+  let caddyDown = false;
+  const h = makeSwapHost({ caddyFails: () => caddyDown });
+  const swaps: { key: string; healthy: boolean; code?: string }[] = [];
+  const j = makeRotationJob({
+    rotations: world.store,
+    store,
+    leases,
+    access,
+    swap: (async (_s: unknown, input: Parameters<typeof swapAgentEnvironment>[1], o: AgentSwapOptions) => {
+      const r = await swapAgentEnvironment(h.shell, input, { ...o, healthTimeoutMs: 2_000, drainSeconds: 1 });
+      swaps.push({
+        key: input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '',
+        healthy: r.healthy,
+        ...(r.code ? { code: r.code } : {}),
+      });
+      return r;
+    }) as never,
+    log,
+    concurrency: 1,
+    holder: 'test',
+    healthRetryMs: [0, 0],
+  });
+  return { id, world, h, j, swaps, caddy: (down: boolean) => void (caddyDown = down) };
+};
+/** What the fake host serves: the port the live route leads to and the key in that slot's env file. */
+const serving = (h: SwapHost): { port: number; key: string | undefined } => {
+  const slot = h.route() === GREEN_PORT ? 'green' : 'blue';
+  const file = h.fake.files.get(slotEnvFilePath(slot))?.content.toString() ?? '';
+  return { port: h.route(), key: /^ANTHROPIC_API_KEY="([^"\n]*)"$/m.exec(file)?.[1] };
+};
+
+describe('a resumed rotation that finds the host on the new version (review R14 finding 4)', () => {
+  it('the swap back to the old version not healthy either: recorded switched (unverified), as the host runs, not rolled back pinned old', async () => {
+    const { id, world, h, j, swaps, caddy } = setup('switching');
+    // The cut attempt: switched the host to the new version, then the worker died before recording.
+    expect(await swapOn(h, VALUES[2] as string)).toMatchObject({ healthy: true, slot: 'green' });
+    caddy(true);
+    const out = await run(j);
+    expect(swaps).toEqual([
+      { key: VALUES[2], healthy: false, code: 'requested_unverified' },
+      { key: VALUES[1], healthy: false, code: 'rollback_unverified' },
+    ]);
+    // the oracle: the host serves the new version on green, the old slot stopped, no old env file
+    expect(serving(h)).toEqual({ port: GREEN_PORT, key: VALUES[2] });
+    expect(h.fake.files.get(ACTIVE_SLOT_PATH)?.content.toString()).toBe('green\n');
+    expect(h.active.has('cortex-agent@blue.service')).toBe(false);
+    expect(h.fake.files.has(slotEnvFilePath('blue'))).toBe(false);
+    // the record says the same
+    expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+    expect(world.pins.get(id)).toBeNull();
+    expect(out.rolledBack).toEqual([]);
+  });
+
+  it('the swap back healthy (Caddy answers again): rolled back, pinned old, and the host on the old version', async () => {
+    const { id, world, h, j, swaps, caddy } = setup('switching');
+    await swapOn(h, VALUES[2] as string);
+    caddy(true);
+    // Caddy recovers once the first swap has answered
+    const first = h.shell.exec.bind(h.shell);
+    let seen = 0;
+    h.shell.exec = (argv, o) => {
+      if (swaps.length >= 1 && seen++ === 0) caddy(false);
+      return first(argv, o);
+    };
+    const out = await run(j);
+    expect(swaps.map((s) => [s.key, s.healthy])).toEqual([
+      [VALUES[2], false],
+      [VALUES[1], true],
+    ]);
+    expect(serving(h)).toEqual({ port: BLUE_PORT, key: VALUES[1] });
+    expect(world.rows.get(id)).toEqual({ state: 'rolled_back', reason: 'unhealthy' });
+    expect(world.pins.get(id)).toBe(1);
+    expect(out.rolledBack).toEqual([id]);
+  });
+
+  it('a deployment not resumed that already runs the new version is swapped back too when it is not verified (it was provisioned on it)', async () => {
+    const { id, world, h, j, swaps, caddy } = setup('pending');
+    await swapOn(h, VALUES[2] as string);
+    caddy(true);
+    await run(j);
+    expect(swaps.map((s) => s.key)).toEqual([VALUES[2], VALUES[1]]);
+    expect(serving(h).key).toBe(VALUES[2]);
+    expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+  });
+
+  it('a host found on the OLD version whose swaps are not verified stays rolled back, unverified, pinned old (unchanged)', async () => {
+    const { id, world, h, j, swaps, caddy } = setup('switching');
+    await swapOn(h, VALUES[1] as string);
+    caddy(true);
+    await run(j);
+    expect(swaps[0]).toMatchObject({ key: VALUES[2], healthy: false });
+    expect(swaps[0]?.code).not.toBe('requested_unverified');
+    expect(swaps[1]).toMatchObject({ key: VALUES[1], healthy: false, code: 'requested_unverified' });
+    expect(serving(h).key).toBe(VALUES[1]);
+    expect(world.rows.get(id)).toEqual({ state: 'rolled_back', reason: 'unhealthy_rollback_unverified' });
+    expect(world.pins.get(id)).toBe(1);
+  });
+});

@@ -106,6 +106,29 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
   ): Promise<void> => {
     const dlog = log.child({ rotationId: rot.id, deploymentId: d.deploymentId });
     const ctx = { actor: 'orchestrator', jobId };
+    /**
+     * After a record that says the deployment may not be serving (`rolled_back` with reason
+     * `unhealthy_rollback_unverified`, or `switched` with reason `unhealthy_switch_unverified`): the
+     * event stream and the org's webhooks say so. The record wrote the event already, in its own
+     * transaction and before the deployment's `ready` (20261205130000, 20261206100000); this call
+     * finds it (`existing`) and is what says so to a database whose set_state predates that
+     * (idempotent per rotation and deployment). Never thrown: a notification must not change what
+     * the rotation records or does (the catch below would record `failed`). Nor can it be left to
+     * the job's retry, as the revoke job does: the row is final, and a retry resumes only `pending`
+     * and `switching` ones. So a failure a retry can fix is retried here, briefly; any other, or
+     * the last, is logged.
+     */
+    const recordHealth = async (reasonCode: 'rollback_unverified' | 'switch_unverified'): Promise<void> => {
+      const h = await retryHealthWrite(
+        () => rotations.recordRotationHealth(d.deploymentId, rot.id, reasonCode),
+        { waitsMs: deps.healthRetryMs ?? [250, 1_000], signal },
+      );
+      if (!h.ok)
+        dlog.error(
+          { reason: reasonOf(h.err), retryable: h.retryable, attempts: h.attempts, reasonCode },
+          `the ${reasonCode === 'rollback_unverified' ? 'rollback' : 'switch'} not verified could not be recorded as a health event: no webhook says this deployment may not be serving`,
+        );
+    };
     const deadline = Date.now() + (deps.leaseWaitMs ?? 120_000);
     let lease = await deps.leases.acquire(d.deploymentId, deps.holder);
     while (!lease && Date.now() < deadline && !signal.aborted) {
@@ -220,6 +243,8 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
             { mode: r.mode, reason: r.reason },
             'deployment left on the new version: it did not answer through Caddy, and the old environment is not healthy either',
           );
+          // it may not be serving: a health event, as for a rollback not verified below
+          await recordHealth('switch_unverified');
           return;
         }
         // the swap's reason (unit names, ports) is logged below, not recorded. A route back whose
@@ -240,23 +265,8 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
             { mode: r.mode, reason: r.reason },
             'deployment not healthy on the new version: routed back, but the old environment did not answer through Caddy',
           );
-          // The event stream and the org's webhooks say it may not be serving. The record above
-          // wrote the event already, in its own transaction and before the deployment's `ready`
-          // (20261205130000); this call finds it (`existing`) and is what says so to a database
-          // whose set_state predates that (idempotent per rotation and deployment). Never thrown:
-          // a notification must not change what the rotation records or does (the catch below would
-          // record `failed`). Nor can it be left to the job's retry, as the revoke job does: this row
-          // is final, and a retry resumes only `pending` and `switching` ones. So a failure a retry
-          // can fix is retried here, briefly; any other, or the last, is logged.
-          const h = await retryHealthWrite(
-            () => rotations.recordRotationHealth(d.deploymentId, rot.id, 'rollback_unverified'),
-            { waitsMs: deps.healthRetryMs ?? [250, 1_000], signal },
-          );
-          if (!h.ok)
-            dlog.error(
-              { reason: reasonOf(h.err), retryable: h.retryable, attempts: h.attempts },
-              'the rollback not verified could not be recorded as a health event: no webhook says this deployment may not be serving',
-            );
+          // the event stream and the org's webhooks say it may not be serving (recordHealth above)
+          await recordHealth('rollback_unverified');
         } else
           dlog.warn(
             { mode: r.mode, reason: r.reason },

@@ -149,16 +149,20 @@ export const makeRotationStore = (deps: {
     rpc('secret_rotations__retire_old', { p_rotation_id: id(rotationId, 'rotation_id'), ...auditArgs(ctx) });
 
   /**
-   * A deployment the rotation job routed back to its old environment whose old instance did not
-   * answer afterwards (20261205120000_rotation_health_events.sql): one `health` event in its stream
-   * and one webhook delivery per active endpoint of its org. Only once the rotation has recorded it
-   * `rolled_back` with reason `unhealthy_rollback_unverified`; once per (rotation, deployment): a
-   * repeat returns the first event with `existing`.
+   * A deployment the rotation job left not known to serve: one `health` event in its stream and one
+   * webhook delivery per active endpoint of its org. `rollback_unverified`: routed back to its old
+   * environment, whose old instance did not answer afterwards
+   * (20261205120000_rotation_health_events.sql); only once the rotation has recorded it
+   * `rolled_back` with reason `unhealthy_rollback_unverified`. `switch_unverified`: found on the new
+   * environment, which did not answer, and not healthy on the old one either (review R14 finding 4,
+   * 20261206100000_rotation_switch_unverified.sql); only once recorded `switched` with reason
+   * `unhealthy_switch_unverified`. Once per (rotation, deployment): a repeat returns the first event
+   * with `existing`.
    */
   const recordRotationHealth = async (
     deploymentId: string,
     rotationId: string,
-    reasonCode: 'rollback_unverified',
+    reasonCode: 'rollback_unverified' | 'switch_unverified',
   ): Promise<{ eventId: string; existing: boolean }> => {
     const r = await rpc<{ id: number | string; existing: boolean }>(
       'deployment_events__record_rotation_health',

@@ -161,9 +161,9 @@ select throws_ok(format('select public.deployment_events__record_rotation_health
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, null)', :'dep', :'rot'),
   '22023', 'reason_code: is required', 'a null reason code is refused, naming the field');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'kept_unhealthy'),
-  '22023', 'reason_code: must be rollback_unverified', 'a reason code off the allow-list is refused (even the revoke''s)');
+  '22023', 'reason_code: must be rollback_unverified or switch_unverified', 'a reason code off the allow-list is refused (even the revoke''s)');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot',
-  'rollback_unverified: agent at 203.0.113.9 said ' || :'v'), '22023', 'reason_code: must be rollback_unverified',
+  'rollback_unverified: agent at 203.0.113.9 said ' || :'v'), '22023', 'reason_code: must be rollback_unverified or switch_unverified',
   'free text is refused (org members read events; webhooks send them out)');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', gen_random_uuid(), :'rot', 'rollback_unverified'),
   'P0002', null, 'an unknown deployment is not found');

@@ -22,6 +22,12 @@ export const VALUES: Record<number, string> = {
   2: 'new-value-xxxxxxxxxxxxxxxx',
 };
 
+/** The rotation's record of the deployment each health reason code requires. */
+const HEALTH_RECORDS: Record<string, { state: RotationDeploymentState; reason: string } | undefined> = {
+  rollback_unverified: { state: 'rolled_back', reason: 'unhealthy_rollback_unverified' },
+  switch_unverified: { state: 'switched', reason: 'unhealthy_switch_unverified' },
+};
+
 export const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = 'pending') => {
   const rows = new Map(deploymentIds.map((id) => [id, { state: initial, reason: null as string | null }]));
   const pins = new Map<string, number | null>(deploymentIds.map((id) => [id, null]));
@@ -80,19 +86,24 @@ export const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentSt
       return Promise.resolve(rotation());
     },
     retireOld: () => Promise.resolve({ retired: [1], kept: [] }),
-    // the contract of deployment_events__record_rotation_health: only for a deployment this
-    // rotation recorded rolled_back with reason unhealthy_rollback_unverified; once per
-    // (rotation, deployment)
+    // the contract of deployment_events__record_rotation_health: reason code rollback_unverified
+    // only for a deployment this rotation recorded rolled_back with reason
+    // unhealthy_rollback_unverified, switch_unverified only for one recorded switched with reason
+    // unhealthy_switch_unverified (20261206100000); once per (rotation, deployment)
     recordRotationHealth: (dep: string, rotationId: string, reasonCode: string) => {
       calls.push(`health:${dep}`);
-      const row = rows.get(dep);
-      if (
-        rotationId !== 'r1' ||
-        row?.state !== 'rolled_back' ||
-        row.reason !== 'unhealthy_rollback_unverified'
-      )
+      const required = HEALTH_RECORDS[reasonCode];
+      if (!required)
         return Promise.reject(
-          new OrchestratorError('invalid_input', 'rotation_id: not rolled back unverified'),
+          new OrchestratorError(
+            'invalid_input',
+            'reason_code: must be rollback_unverified or switch_unverified',
+          ),
+        );
+      const row = rows.get(dep);
+      if (rotationId !== 'r1' || row?.state !== required.state || row.reason !== required.reason)
+        return Promise.reject(
+          new OrchestratorError('invalid_input', `rotation_id: not ${required.state} (${required.reason})`),
         );
       const fail = healthFails.shift();
       const existing = health.some((h) => h.deploymentId === dep && h.rotationId === rotationId);

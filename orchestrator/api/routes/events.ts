@@ -82,7 +82,7 @@ export const eventRoutes: ApiPlugin = async (app, deps) => {
         tags: ['deployments'],
         summary: "Follow a deployment's progress (server-sent events)",
         description:
-          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, reasonCode rollback_unverified, rotationId: rolled back, but the old environment did not answer). Ends at ready, failed or deleted; 204 when resuming after the end.',
+          'text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, rotationId, reasonCode rollback_unverified: rolled back, but the old environment did not answer, or switch_unverified: left on the new version, which did not answer, the old one not healthy either). Ends at ready, failed or deleted; 204 when resuming after the end.',
         params: z.object({ id: z.uuid({ error: 'must be a UUID' }) }).strict(),
         headers: eventsHeaders,
         querystring: eventsQuery,

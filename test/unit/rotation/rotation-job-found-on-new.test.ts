@@ -69,6 +69,13 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
     expect(world.pins.get(id)).toBeNull();
     expect(out.rolledBack).toEqual([]);
+    // and the deployment's events and webhooks say it may not be serving: one health event,
+    // switch_unverified, asked for after the switched record
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'switch_unverified' }]);
+    expect(world.calls.filter((c) => c.endsWith(`:${id}`)).slice(-2)).toEqual([
+      `switched:${id}`,
+      `health:${id}`,
+    ]);
   });
 
   it('the swap back healthy (Caddy answers again): rolled back, pinned old, and the host on the old version', async () => {
@@ -91,6 +98,9 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)).toEqual({ state: 'rolled_back', reason: 'unhealthy' });
     expect(world.pins.get(id)).toBe(1);
     expect(out.rolledBack).toEqual([id]);
+    // verified on the old version: no health event
+    expect(world.health).toEqual([]);
+    expect(world.calls).not.toContain(`health:${id}`);
   });
 
   it('a deployment not resumed that already runs the new version is swapped back too when it is not verified (it was provisioned on it)', async () => {
@@ -101,6 +111,7 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(swaps.map((s) => s.key)).toEqual([VALUES[2], VALUES[1]]);
     expect(serving(h).key).toBe(VALUES[2]);
     expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'switch_unverified' }]);
   });
 
   it('a host found on the OLD version whose swaps are not verified stays rolled back, unverified, pinned old (unchanged)', async () => {
@@ -114,5 +125,7 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(serving(h).key).toBe(VALUES[1]);
     expect(world.rows.get(id)).toEqual({ state: 'rolled_back', reason: 'unhealthy_rollback_unverified' });
     expect(world.pins.get(id)).toBe(1);
+    // the rollback's own event, as before; no switch_unverified one
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'rollback_unverified' }]);
   });
 });

@@ -6,7 +6,8 @@
 -- first's event; under REPEATABLE READ (or SERIALIZABLE) a transaction whose snapshot predates the
 -- first's commit does not, and inserted a second event with a second set of webhook deliveries.
 --
--- The unique indexes of 20261206090000_health_events_unique.sql now refuse the second event, and
+-- The unique indexes of 20261206090000_health_events_unique.sql and
+-- 20261206090050_health_events_unique_rotation.sql now refuse the second event, and
 -- deployment_events__append_health inserts it with ON CONFLICT DO NOTHING and, on a conflict,
 -- writes no delivery and returns null. What the second caller gets:
 --   * READ COMMITTED: as before, the lookup finds the first event (`existing: true`); should a
@@ -30,7 +31,7 @@ declare
   v_event public.deployment_events%rowtype;
 begin
   -- one health event per (deployment, revocation) and per (deployment, rotation): the unique
-  -- indexes of 20261206090000 are the arbiters. A conflict inserts nothing and sends nothing: the
+  -- indexes of 20261206090000/090050 are the arbiters. A conflict inserts nothing and sends nothing: the
   -- caller returns the event already there (see the callers below for when this happens). No
   -- conflict target: every unique index of the table is an arbiter (the primary key, an identity,
   -- never conflicts)

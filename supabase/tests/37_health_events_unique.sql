@@ -1,4 +1,4 @@
--- Review R12 finding 4 (issue 11; 20261206090000_health_events_unique.sql,
+-- Review R12 finding 4 (issue 11; 20261206090000_health_events_unique.sql, 20261206090050,
 -- 20261206090100_health_events_on_conflict.sql): one `health` event per (deployment, revocation)
 -- and per (deployment, rotation) is a unique index now, not only the functions' look-up (which
 -- holds under READ COMMITTED only). Here, in one session: the indexes, what they refuse and allow,

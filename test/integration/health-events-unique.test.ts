@@ -10,7 +10,7 @@ import { testDatabaseUrl } from '../support/db';
  * under REPEATABLE READ a transaction whose snapshot predates the other's commit does not see that
  * event. Two sessions as cortex_orchestrator, each in a REPEATABLE READ transaction with its
  * snapshot taken: the first records the event, the second calls while the first holds the row lock
- * (and so waits), the first commits, the second goes on. Since 20261206090000/090100 the second
+ * (and so waits), the first commits, the second goes on. Since 20261206090000/090050/090100 the second
  * gets 40001 (retried by the callers: healthRetryable) and nothing is written; its retry gets
  * `existing`. Before, it wrote a second event and a second set of deliveries.
  */

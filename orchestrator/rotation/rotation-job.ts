@@ -213,8 +213,14 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         // it, or the deployment was provisioned on the new version) and still does, unverified
         // through Caddy: "left as found" is the NEW version here (review R14 finding 4).
         const foundOnNew = r.code === 'requested_unverified';
+        // Put back on the old version explicitly only what was on it when this rotation began: a
+        // resumed deployment (a cut attempt may have moved it), unless it is found on the new one in
+        // a leak response (the leaked key is never started again on a host that left it). One found
+        // on the new version and not resumed was provisioned on it: the old value was never there
+        // (review R16 finding 2: it got the old, maybe leaked, key and was pinned to it).
+        const swapBack = resumed && !(foundOnNew && rot.leaked);
         let backUnhealthy = false;
-        if (resumed || foundOnNew) {
+        if (swapBack) {
           // An attempt before the crash may have moved the host to the new version already, and
           // this swap left it as it found it: put it back on the old one explicitly.
           const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
@@ -229,11 +235,12 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           backUnhealthy = !back.healthy;
           if (!back.healthy) dlog.error({ reason: back.reason }, 'the old environment is not healthy either');
         }
-        if (foundOnNew && backUnhealthy) {
-          // The swap back left the host as it found it: on the NEW version. Recorded as what the host
-          // runs, `switched` (the binding follows the new version: `rolled_back` would pin the old
-          // one, which a later rebuild of this environment would put back), with a reason that says
-          // it is not known to serve. (Before: `rolled_back`, pinned old, while the host ran the new.)
+        if (foundOnNew && (backUnhealthy || !swapBack)) {
+          // The host is on the NEW version (no swap back, or one that left it as it found it).
+          // Recorded as what the host runs, `switched` (the binding follows the new version:
+          // `rolled_back` would pin the old one, which a later rebuild of this environment would put
+          // back), with a reason that says it is not known to serve. (Before: `rolled_back`, pinned
+          // old, while the host ran the new.)
           await rotations.setState(rot.id, d.deploymentId, 'switched', {
             reason: 'unhealthy_switch_unverified',
             swapMode: r.mode,
@@ -241,7 +248,9 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           });
           dlog.error(
             { mode: r.mode, reason: r.reason },
-            'deployment left on the new version: it did not answer through Caddy, and the old environment is not healthy either',
+            swapBack
+              ? 'deployment left on the new version: it did not answer through Caddy, and the old environment is not healthy either'
+              : 'deployment left on the new version it already ran: it did not answer through Caddy',
           );
           // it may not be serving: a health event, as for a rollback not verified below
           await recordHealth('switch_unverified');
@@ -254,7 +263,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         // resumed one is judged by its swap back alone: that swap put the old environment back and
         // checked it through Caddy, so the first swap's `rollback_unverified` no longer holds (review
         // R13 finding 2: it sent a "may not be serving" webhook for a verified rollback).
-        const unverified = resumed || foundOnNew ? backUnhealthy : r.code === 'rollback_unverified';
+        const unverified = swapBack ? backUnhealthy : r.code === 'rollback_unverified';
         await rotations.setState(rot.id, d.deploymentId, 'rolled_back', {
           reason: unverified ? 'unhealthy_rollback_unverified' : 'unhealthy',
           swapMode: r.mode,

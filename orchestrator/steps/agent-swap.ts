@@ -330,6 +330,10 @@ const routeFailed = (r: readonly ExecResult[], slot: AgentSlot, basePort: number
   return undefined;
 };
 
+/** The env file a swap writes for `input` (validated; the values only inside the Secret). */
+const envFileOf = (input: AgentSwapInput): Secret =>
+  renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
+
 /** Stop a slot and forget its failures; its env file is removed (no value of an idle slot stays on disk). */
 const discardSteps = (slot: AgentSlot, alsoRemove: readonly string[] = []): BatchStep[] => [
   { argv: swapCommands.disable(agentUnitName(slot)) },
@@ -337,6 +341,23 @@ const discardSteps = (slot: AgentSlot, alsoRemove: readonly string[] = []): Batc
   { argv: agentCommands.resetFailed(agentUnitName(slot)) },
   { argv: swapCommands.removeEnvFiles(slotEnvFilePath(slot), ...alsoRemove) },
 ];
+
+/**
+ * A discard (discardSteps' answers, in order) checked, not assumed (review R16 finding 3): a slot
+ * given up on must not keep running, nor keep its env file, with an environment nobody records
+ * (after a swap back, the old and maybe leaked key). Throws "not known" (retried): the job's
+ * retry looks again and discards again.
+ */
+const mustBeDiscarded = (slot: AgentSlot, answers: readonly ExecResult[], why: string): void => {
+  const [, stopped = NOT_RUN, , removed = NOT_RUN] = answers;
+  const left =
+    stopped.code !== 0
+      ? `slot ${slot} did not stop (exit ${stopped.code})`
+      : removed.code !== 0
+        ? `the env file of slot ${slot} was not removed (exit ${removed.code})`
+        : undefined;
+  if (left) throw new OrchestratorError('remote_command_failed', `${left} after ${why}`);
+};
 
 interface Where {
   readonly serving: AgentSlot;
@@ -430,6 +451,13 @@ const settle = async (
     readonly probe?: BatchStep;
     /** A soak (soakStep): it runs first, as a required step, for up to `boundMs`. */
     readonly watch?: { readonly step: BatchStep; readonly boundMs: number };
+    /**
+     * The serving slot's env file rewritten with this content first (a required step), for a swap
+     * that found its environment already running: the running process was checked (digests), its
+     * file was not, and a run cut mid-restore may have put the old file back under it (review R16
+     * finding 1: a revoke then accepted a host whose file still held the revoked key).
+     */
+    readonly rewrite?: Secret;
   },
 ): Promise<{ readonly probe: ExecResult; readonly watch: ExecResult }> => {
   const old = otherSlot(serving);
@@ -444,10 +472,16 @@ const settle = async (
     old,
     AGENT_SLOTS.map((s) => `${slotEnvFilePath(s)}.previous`),
   );
+  const rewrite: BatchStep | undefined =
+    opts.rewrite === undefined
+      ? undefined
+      : { argv: swapCommands.writeEnvFile(serving), stdin: true, required: true };
+  const watchStep: BatchStep | undefined = opts.watch ? { ...opts.watch.step, required: true } : undefined;
   const rest: BatchStep[] = [
+    ...(rewrite ? [rewrite] : []),
     // The serving instance watched while the old one drains (a required step: when it fails the
     // batch stops here, the old slot still enabled, running and holding its env file).
-    ...(opts.watch ? [{ ...opts.watch.step, required: true }] : []),
+    ...(watchStep ? [watchStep] : []),
     // (a swap that just routed enabled the serving slot then)
     ...(opts.routed ? [] : [{ argv: swapCommands.enable(agentUnitName(serving)) }]),
     ...(disable ? [disable] : []),
@@ -464,13 +498,23 @@ const settle = async (
     { argv: agentCommands.listDir(ENV_DIR) },
     ...(opts.probe ? [opts.probe] : []),
   ];
-  const r = await runBatch(shell, [...route, ...rest], o, { boundMs: opts.watch?.boundMs ?? 0 });
-  const watch = opts.watch ? (r[route.length] ?? NOT_RUN) : NOT_RUN;
+  const r = await runBatch(shell, [...route, ...rest], o, {
+    boundMs: opts.watch?.boundMs ?? 0,
+    ...(opts.rewrite !== undefined ? { stdin: opts.rewrite } : {}),
+  });
+  const resultOf = (step: BatchStep | undefined): ExecResult =>
+    step ? (r[route.length + rest.indexOf(step)] ?? NOT_RUN) : NOT_RUN;
+  const watch = resultOf(watchStep);
   if (route.length > 1) {
     const reason = routeFailed(r, serving, basePort);
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
   } else if (route.length === 1 && r[0]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
+  if (rewrite && resultOf(rewrite).code !== 0)
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `the env file of slot ${serving} was not rewritten (exit ${resultOf(rewrite).code})`,
+    );
   if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
   // The old slot's clean-up is checked, not assumed (review R8 #6): its instance stopped (it holds
   // the old environment in memory) and no env file of it, nor a kept previous one, left on disk.
@@ -619,6 +663,8 @@ const routeBack = async (
   );
   const reason = routeFailed(back, to, basePort);
   if (reason) throw new OrchestratorError('remote_command_failed', reason);
+  const route = routeSteps(to, basePort).length;
+  mustBeDiscarded(from, back.slice(route + 2), 'the route back');
   return throughCaddyFailed(back[back.length - 1] ?? NOT_RUN, ROUTE_BACK_PROBE_MS);
 };
 
@@ -670,6 +716,7 @@ const blueGreen = async (
     const way = at.active(other);
     const { probe, watch } = await settle(shell, at, serving, base, drainSeconds, o, {
       routed: false,
+      rewrite: envFileOf(input),
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
       ...(way
         ? {
@@ -701,7 +748,7 @@ const blueGreen = async (
   const target = otherSlot(serving);
   const unit = agentUnitName(target);
   const port = slotPort(base, target);
-  const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
+  const content = envFileOf(input);
   const started = await runBatch(
     shell,
     [
@@ -719,7 +766,7 @@ const blueGreen = async (
     throw new OrchestratorError('remote_command_failed', `the env file of slot ${target} was not written`);
   const unhealthy = slotUnhealthy(unit, port, healthMs, started.slice(3));
   if (unhealthy) {
-    await runBatch(shell, discardSteps(target), o);
+    mustBeDiscarded(target, await runBatch(shell, discardSteps(target), o), 'it was not healthy');
     return failed(unhealthy.reason, unhealthy.code);
   }
 
@@ -753,6 +800,7 @@ const blueGreen = async (
     );
     const reason = routeFailed(back, serving, base);
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
+    mustBeDiscarded(target, back.slice(routeSteps(serving, base).length), 'the route back');
     return routedBack(
       notSwitched,
       serving,
@@ -857,6 +905,7 @@ const heldRestart = async (
     const way = at.previousKept(slot);
     const { probe, watch } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
       routed: false,
+      rewrite: envFileOf(input),
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
       ...(way ? { watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0) } : {}),
     });
@@ -867,7 +916,7 @@ const heldRestart = async (
       ? { mode: 'held-restart', healthy: false, reason, code: 'requested_unverified', slot }
       : result(undefined);
   }
-  const content = renderEnvFile([...input.env].map(([name, value]) => ({ name, value })));
+  const content = envFileOf(input);
   // The previous file stays (a second name for the same inode, root-only) until the new one is
   // proven; the new one is written on the host from standard input (on no command line).
   // While it restarts no instance serves and Caddy holds requests for lb_try_duration only: a unit

@@ -28,7 +28,11 @@ const HEALTH_RECORDS: Record<string, { state: RotationDeploymentState; reason: s
   switch_unverified: { state: 'switched', reason: 'unhealthy_switch_unverified' },
 };
 
-export const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentState = 'pending') => {
+export const fakeWorld = (
+  deploymentIds: string[],
+  initial: RotationDeploymentState = 'pending',
+  o: { readonly leaked?: boolean } = {},
+) => {
   const rows = new Map(deploymentIds.map((id) => [id, { state: initial, reason: null as string | null }]));
   const pins = new Map<string, number | null>(deploymentIds.map((id) => [id, null]));
   let state: Rotation['state'] = 'running';
@@ -39,7 +43,7 @@ export const fakeWorld = (deploymentIds: string[], initial: RotationDeploymentSt
     fromVersion: 1,
     toVersion: 2,
     state,
-    leaked: false,
+    leaked: o.leaked ?? false,
     graceSeconds: 60,
     jobId: null,
     createdAt: '',

@@ -341,6 +341,51 @@ describe('revoke job: an agent kept running unhealthy without the key is a healt
     ]);
   });
 
+  it('a held restart whose restore was cut after the old env file was put back: the re-run finds the process without the key and rewrites the file too, so no file keeps the revoked key (review R16 finding 1)', async () => {
+    const w = world('ready');
+    const h = makeSwapHost({ caddyFails: () => true });
+    const file = (): string => h.fake.files.get(slotEnvFilePath('blue'))?.content.toString() ?? '';
+    // as provisioned: blue runs with both keys
+    h.fake.files.set(slotEnvFilePath('blue'), {
+      content: Buffer.from(`ANTHROPIC_API_KEY="value-of-${SECRET}"\nOPENAI_API_KEY="value-of-${OTHER}"\n`),
+      mode: 0o600,
+      uid: 0,
+      gid: 0,
+    });
+    await h.fake.shell.exec(['systemctl', 'restart', 'cortex-agent@blue.service']);
+    // the cut: once the restore's `mv <previous> <file>` ran, the connection is lost
+    let moved = false;
+    let cut = true;
+    const exec = h.fake.shell.exec.bind(h.fake.shell);
+    h.fake.shell.exec = (argv, o) => {
+      if (cut && argv[0] === 'mv') moved = true;
+      else if (cut && moved) {
+        cut = false;
+        return Promise.reject(new OrchestratorError('remote_command_failed', 'ssh: connection lost'));
+      }
+      return exec(argv, o);
+    };
+    // an openclaw-like runtime: every swap a held restart
+    const swap: Swap = (_s, input, o) =>
+      swapAgentEnvironment(h.shell, input as never, {
+        ...(o as AgentSwapOptions),
+        mode: 'held-restart',
+        healthTimeoutMs: 2_000,
+        drainSeconds: 1,
+      });
+    await expect(run(w, swap, false)).rejects.toThrow();
+    // after the cut: the file holds the key again, the process runs without it
+    expect(file()).toContain(`value-of-${SECRET}`);
+    expect(w.bound.has(SECRET)).toBe(true);
+    const out = await run(w, swap);
+    expect(out.failed).toEqual([]);
+    expect(w.bound.has(SECRET)).toBe(false);
+    // the binding is gone: so is the key, from every file on the host
+    const files = [...h.fake.files].filter(([f]) => f.startsWith('/etc/cortex/'));
+    expect(files.map(([, v]) => v.content.toString()).join('')).not.toContain(`value-of-${SECRET}`);
+    expect(file()).toContain(`value-of-${OTHER}`);
+  });
+
   it('a healthy revoke, and a forced restart that recovers, record no health event', async () => {
     const healthy = world('ready');
     await run(healthy, () => Promise.resolve({ mode: 'blue-green', healthy: true }));

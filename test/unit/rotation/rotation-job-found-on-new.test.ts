@@ -15,19 +15,29 @@ import { VALUES, access, fakeWorld, leases, log, run, store } from '../../suppor
  * run (which a later rebuild of the environment would put back). The rotate job runs here with the
  * real swap against the fake host of test/support/fake-swap-host.ts, which is the oracle.
  */
-const setup = (initial: RotationDeploymentState) => {
+const setup = (
+  initial: RotationDeploymentState,
+  o: { readonly leaked?: boolean; readonly beforeSwap?: (n: number) => void } = {},
+) => {
   const id = randomUUID();
-  const world = fakeWorld([id], initial);
+  const world = fakeWorld([id], initial, { leaked: o.leaked ?? false });
   let caddyDown = false;
-  const h = makeSwapHost({ caddyFails: () => caddyDown });
+  /** The fake host's options, read on every command: a test may change them between swaps. */
+  const hostOptions: Parameters<typeof makeSwapHost>[0] = { caddyFails: () => caddyDown };
+  const h = makeSwapHost(hostOptions);
   const swaps: { key: string; healthy: boolean; code?: string }[] = [];
   const j = makeRotationJob({
     rotations: world.store,
     store,
     leases,
     access,
-    swap: (async (_s: unknown, input: Parameters<typeof swapAgentEnvironment>[1], o: AgentSwapOptions) => {
-      const r = await swapAgentEnvironment(h.shell, input, { ...o, healthTimeoutMs: 2_000, drainSeconds: 1 });
+    swap: (async (_s: unknown, input: Parameters<typeof swapAgentEnvironment>[1], so: AgentSwapOptions) => {
+      o.beforeSwap?.(swaps.length);
+      const r = await swapAgentEnvironment(h.shell, input, {
+        ...so,
+        healthTimeoutMs: 2_000,
+        drainSeconds: 1,
+      });
       swaps.push({
         key: input.env.get('ANTHROPIC_API_KEY')?.reveal() ?? '',
         healthy: r.healthy,
@@ -40,7 +50,7 @@ const setup = (initial: RotationDeploymentState) => {
     holder: 'test',
     healthRetryMs: [0, 0],
   });
-  return { id, world, h, j, swaps, caddy: (down: boolean) => void (caddyDown = down) };
+  return { id, world, h, j, swaps, hostOptions, caddy: (down: boolean) => void (caddyDown = down) };
 };
 /** What the fake host serves: the port the live route leads to and the key in that slot's env file. */
 const serving = (h: SwapHost): { port: number; key: string | undefined } => {
@@ -103,15 +113,55 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.calls).not.toContain(`health:${id}`);
   });
 
-  it('a deployment not resumed that already runs the new version is swapped back too when it is not verified (it was provisioned on it)', async () => {
+  it('a deployment not resumed that already runs the new version (provisioned on it) is NOT put on the old one, which it never ran: switched, unverified (review R16 finding 2)', async () => {
     const { id, world, h, j, swaps, caddy } = setup('pending');
     await swapOn(h, VALUES[2] as string);
     caddy(true);
     await run(j);
-    expect(swaps.map((s) => s.key)).toEqual([VALUES[2], VALUES[1]]);
-    expect(serving(h).key).toBe(VALUES[2]);
+    expect(swaps.map((s) => s.key)).toEqual([VALUES[2]]);
+    expect(serving(h)).toEqual({ port: GREEN_PORT, key: VALUES[2] });
+    // the old value was never on this host and is not now: in no file, in no running unit
+    const onHost = [...h.fake.files.values()].map((f) => f.content.toString()).join('\n');
+    expect(onHost).not.toContain(VALUES[1]);
+    expect(h.active.has('cortex-agent@blue.service')).toBe(false);
     expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+    expect(world.pins.get(id)).toBeNull();
     expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'switch_unverified' }]);
+  });
+
+  it('a leak response resumed on the new version is not put back on the leaked key: switched, unverified (review R16 finding 2)', async () => {
+    const { id, world, h, j, swaps, caddy } = setup('switching', { leaked: true });
+    await swapOn(h, VALUES[2] as string);
+    caddy(true);
+    await run(j);
+    expect(swaps.map((s) => s.key)).toEqual([VALUES[2]]);
+    const onHost = [...h.fake.files.values()].map((f) => f.content.toString()).join('\n');
+    expect(onHost).not.toContain(VALUES[1]);
+    expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+  });
+
+  it('a swap back whose failed slot does not stop is no record of either version: thrown and retried, never switched with the old instance still running (review R16 finding 3)', async () => {
+    // from the swap back on, a stop of blue fails (its instance keeps running)
+    let hostOptions: { stopFails?: string } = {};
+    const { id, world, h, j, swaps, caddy, ...rest } = setup('switching', {
+      beforeSwap: (n) => void (n === 1 && (hostOptions.stopFails = 'cortex-agent@blue.service')),
+    });
+    hostOptions = rest.hostOptions as { stopFails?: string };
+    await swapOn(h, VALUES[2] as string);
+    caddy(true);
+    // the swap back starts blue on the old key, switches, is not healthy through Caddy, routes back
+    // to green and cannot stop blue: "not known", left `switching` for the job's retry
+    await expect(run(j)).rejects.toThrow(/slot blue did not stop \(exit 1\) after the route back/);
+    expect(swaps.map((s) => s.key)).toEqual([VALUES[2]]);
+    expect(h.active.has('cortex-agent@blue.service')).toBe(true);
+    expect(world.rows.get(id)?.state).toBe('switching');
+    expect(world.calls).not.toContain(`switched:${id}`);
+    // The last attempt: its first swap finds green serving the new key and blue still running, and
+    // cannot stop it either (SwapCleanupError): recorded as what serves, switched, with the old
+    // instance logged as an error (review R10 F2, unchanged); never rolled back onto blue.
+    await run(j, true);
+    expect(serving(h)).toEqual({ port: GREEN_PORT, key: VALUES[2] });
+    expect(world.rows.get(id)?.state).toBe('switched');
   });
 
   it('a host found on the OLD version whose swaps are not verified stays rolled back, unverified, pinned old (unchanged)', async () => {

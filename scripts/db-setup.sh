@@ -89,29 +89,4 @@ if [ "$(psql -X -q -At -d "$URL" -c "select to_regprocedure('public.deployments_
   } | psql -X -q -v ON_ERROR_STOP=1 -d "$URL" >/dev/null
 fi
 sep='?'; case "$URL" in *\?*) sep='&' ;; esac
-# 20261206090000_health_events_unique.sql built two indexes until review R16 F8 moved the rotation
-# one into 20261206090050 (one index per file). A database that ran the old file holds that index,
-# valid (the old file was recorded only once both builds had succeeded), but lists no 20261206090050:
-# the CLI would refuse it as a migration before the last one applied, or build it again (42P07).
-# Record it as applied where its index is there and valid. Where it is not and later versions are
-# recorded, say what to do; otherwise (a new database, or one whose 20261206090050 failed: see
-# that file's end) `migration up` runs the file as any other.
-if [ "$(psql -X -q -At -d "$URL" -c "select exists (select 1 from supabase_migrations.schema_migrations where version = '20261206090000')
-      and not exists (select 1 from supabase_migrations.schema_migrations where version = '20261206090050')" 2>/dev/null)" = t ]; then
-  if [ "$(psql -X -q -At -d "$URL" -c "select coalesce((select i.indisvalid from pg_catalog.pg_index i
-      where i.indexrelid = to_regclass('public.deployment_events_health_rotation_key')), false)")" = t ]; then
-    echo "db-setup: deployment_events_health_rotation_key is there, valid, 20261206090050 unrecorded (built by 20261206090000 before the split of review R16 F8); recording 20261206090050 as applied" >&2
-    npx --no-install supabase migration repair --status applied 20261206090050 --db-url "${URL}${sep}sslmode=disable" 2>&1 | grep -v '^$' || { echo "migration repair failed" >&2; exit 1; }
-  elif [ "$(psql -X -q -At -d "$URL" -c "select exists (select 1 from supabase_migrations.schema_migrations where version > '20261206090050')")" = t ]; then
-    cat >&2 <<'MSG'
-db-setup: later migrations are recorded but not 20261206090050, and deployment_events_health_rotation_key
-  is missing or invalid. Drop any leftover, build it with its own file, then record it:
-    psql <url> -c 'drop index concurrently if exists public.deployment_events_health_rotation_key'
-    psql <url> -v ON_ERROR_STOP=1 -f supabase/migrations/20261206090050_health_events_unique_rotation.sql
-    npx supabase migration repair --status applied 20261206090050 --db-url '<url>?sslmode=disable'
-  (a 23505 from the build: see that file's end first)
-MSG
-    exit 1
-  fi
-fi
 npx --no-install supabase migration up --db-url "${URL}${sep}sslmode=disable" 2>&1 | grep -v '^$' || { echo "migration up failed" >&2; exit 1; }

@@ -21,6 +21,8 @@ export interface SendInput {
   readonly timeoutMs: number;
   /** Local mode: loopback receivers allowed. */
   readonly allowLoopback: boolean;
+  /** Name servers for the host's lookup (`ip` or `ip:port`); the system's when absent. */
+  readonly dnsServers?: readonly string[];
 }
 
 export type SendResult =
@@ -90,7 +92,17 @@ export const sendWebhook = async (input: SendInput): Promise<SendResult> => {
   return new Promise<SendResult>((resolve) => {
     const req = (https ? httpsRequest : httpRequest)(
       url,
-      { method: 'POST', headers, signal, lookup: guardedLookup(input.allowLoopback) as never, agent: false },
+      {
+        method: 'POST',
+        headers,
+        signal,
+        lookup: guardedLookup(input.allowLoopback, {
+          signal,
+          timeoutMs: input.timeoutMs,
+          dnsServers: input.dnsServers,
+        }) as never,
+        agent: false,
+      },
       (res: IncomingMessage) => {
         let seen = 0;
         res.on('data', (chunk: Buffer) => {

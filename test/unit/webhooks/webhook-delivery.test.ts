@@ -25,15 +25,26 @@ describe('addresses a webhook may reach (the SQL list, again at delivery time)',
     '::ffff:10.0.0.1',
     '64:ff9b::a00:1',
     'not-an-ip',
+    // review R15 F5: IPv4-compatible ::/96 and IPv4-translated ::ffff:0:0:0/96
+    '::a9fe:a9fe',
+    '::7f00:1',
+    '::a00:1',
+    '::169.254.169.254',
+    '::ffff:0:a9fe:a9fe',
+    '::ffff:0:7f00:1',
+    '::ffff:0:5db8:d70e',
+    '::ffff:a9fe:a9fe',
   ])('refuses %s', (a) => expect(addressAllowed(a, false)).toBe(false));
 
-  it.each(['93.184.215.14', '1.1.1.1', '2606:4700:4700::1111'])('allows the public %s', (a) =>
-    expect(addressAllowed(a, false)).toBe(true),
+  it.each(['93.184.215.14', '1.1.1.1', '2606:4700:4700::1111', '2001:4860:4860::8888', '::1:0:0:1'])(
+    'allows the public %s',
+    (a) => expect(addressAllowed(a, false)).toBe(true),
   );
 
   it('local mode adds loopback, and only loopback', () => {
     expect(addressAllowed('127.0.0.1', true)).toBe(true);
     expect(addressAllowed('::1', true)).toBe(true);
+    expect(addressAllowed('::7f00:1', true)).toBe(false);
     expect(addressAllowed('10.0.0.1', true)).toBe(false);
     expect(addressAllowed('169.254.169.254', true)).toBe(false);
   });

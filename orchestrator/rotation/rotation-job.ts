@@ -215,10 +215,20 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         const foundOnNew = r.code === 'requested_unverified';
         // Put back on the old version explicitly only what was on it when this rotation began: a
         // resumed deployment (a cut attempt may have moved it), unless it is found on the new one in
-        // a leak response (the leaked key is never started again on a host that left it). One found
-        // on the new version and not resumed was provisioned on it: the old value was never there
-        // (review R16 finding 2: it got the old, maybe leaked, key and was pinned to it).
-        const swapBack = resumed && !(foundOnNew && rot.leaked);
+        // a leak response (the leaked key is never started again on a host that left it) or was
+        // provisioned on the new version (the old value was never there: review R16 finding 2; it
+        // got the old, maybe leaked, key and was pinned to it). One not resumed and found on the
+        // new version was provisioned on it; one resumed is so when its bindings list says it
+        // runs the new version (its provisioning read it: 20261206120000, review R17 finding 1:
+        // an attempt that failed before its swap made it look resumed).
+        const provisionedOnNew =
+          foundOnNew &&
+          resumed &&
+          !rot.leaked &&
+          (await rotations.bindings(d.deploymentId)).some(
+            (b) => b.secretId === rot.secretId && b.version === rot.toVersion,
+          );
+        const swapBack = resumed && !(foundOnNew && (rot.leaked || provisionedOnNew));
         let backUnhealthy = false;
         if (swapBack) {
           // An attempt before the crash may have moved the host to the new version already, and

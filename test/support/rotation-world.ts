@@ -31,7 +31,11 @@ const HEALTH_RECORDS: Record<string, { state: RotationDeploymentState; reason: s
 export const fakeWorld = (
   deploymentIds: string[],
   initial: RotationDeploymentState = 'pending',
-  o: { readonly leaked?: boolean } = {},
+  o: {
+    readonly leaked?: boolean;
+    /** Deployments whose provisioning read the new version (deployment_secrets__list lists them at it). */
+    readonly provisionedOnNew?: readonly string[];
+  } = {},
 ) => {
   const rows = new Map(deploymentIds.map((id) => [id, { state: initial, reason: null as string | null }]));
   const pins = new Map<string, number | null>(deploymentIds.map((id) => [id, null]));
@@ -115,8 +119,17 @@ export const fakeWorld = (
       if (fail) return Promise.reject(fail.err);
       return Promise.resolve({ eventId: String(health.length), existing });
     },
-    bindings: () =>
-      Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version: 2, pinned: false }]),
+    // deployment_secrets__list: the version the deployment runs (20261205090000, 20261206120000)
+    bindings: (dep: string) => {
+      const row = rows.get(dep);
+      const moving = row?.state === 'pending' || row?.state === 'switching';
+      const version = moving
+        ? (o.provisionedOnNew ?? []).includes(dep) || (row?.state === 'switching' && (o.leaked ?? false))
+          ? 2
+          : 1
+        : (pins.get(dep) ?? 2);
+      return Promise.resolve([{ envVar: 'ANTHROPIC_API_KEY', secretId: SECRET, version, pinned: false }]);
+    },
     readVersions: (_d: string, wanted: { secretId: string; version: number }[]) =>
       Promise.resolve(
         wanted.map((w) => ({

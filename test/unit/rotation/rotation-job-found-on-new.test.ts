@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { OrchestratorError } from '../../../orchestrator/errors';
 import { makeRotationJob } from '../../../orchestrator/rotation/rotation-job';
 import type { RotationDeploymentState } from '../../../orchestrator/rotation/rotation-store';
 import { swapAgentEnvironment, type AgentSwapOptions } from '../../../orchestrator/steps/agent-swap';
@@ -17,10 +18,18 @@ import { VALUES, access, fakeWorld, leases, log, run, store } from '../../suppor
  */
 const setup = (
   initial: RotationDeploymentState,
-  o: { readonly leaked?: boolean; readonly beforeSwap?: (n: number) => void } = {},
+  o: {
+    readonly leaked?: boolean;
+    readonly beforeSwap?: (n: number) => void;
+    /** Its provisioning read the new version (deployment_secrets__list lists it at the new one). */
+    readonly provisionedOnNew?: boolean;
+  } = {},
 ) => {
   const id = randomUUID();
-  const world = fakeWorld([id], initial, { leaked: o.leaked ?? false });
+  const world = fakeWorld([id], initial, {
+    leaked: o.leaked ?? false,
+    provisionedOnNew: o.provisionedOnNew ? [id] : [],
+  });
   let caddyDown = false;
   /** The fake host's options, read on every command: a test may change them between swaps. */
   const hostOptions: Parameters<typeof makeSwapHost>[0] = { caddyFails: () => caddyDown };
@@ -127,6 +136,29 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
     expect(world.pins.get(id)).toBeNull();
     expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'switch_unverified' }]);
+  });
+
+  it('a deployment provisioned on the new version whose first attempt failed before its swap (so it looks resumed) is not put on the old one either (review R17 finding 1)', async () => {
+    let failFirst = true;
+    const { id, world, h, j, swaps, caddy } = setup('pending', {
+      provisionedOnNew: true,
+      beforeSwap: () => {
+        if (failFirst) {
+          failFirst = false;
+          throw new OrchestratorError('remote_command_failed', 'ssh: connection lost');
+        }
+      },
+    });
+    await swapOn(h, VALUES[2] as string);
+    await expect(run(j)).rejects.toThrow(/not done yet/);
+    expect(world.rows.get(id)?.state).toBe('switching');
+    caddy(true);
+    await run(j);
+    expect(swaps.map((s) => s.key)).toEqual([VALUES[2]]);
+    const onHost = [...h.fake.files.values()].map((f) => f.content.toString()).join('\n');
+    expect(onHost).not.toContain(VALUES[1]);
+    expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+    expect(world.pins.get(id)).toBeNull();
   });
 
   it('a leak response resumed on the new version is not put back on the leaked key: switched, unverified (review R16 finding 2)', async () => {

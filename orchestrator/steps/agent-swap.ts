@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { OrchestratorError, invalidInput } from '../errors';
-import { agentCommands } from '../remote/agent-commands';
+import { agentCommands, parseMainPid } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
 import type { ExecOptions, ExecResult, LineSession, RemoteShell } from '../remote/ssh-shell';
@@ -372,6 +372,8 @@ interface Where {
   readonly active: (slot: AgentSlot) => boolean;
   /** Is the slot's previous env file (kept by a held restart until proven) on the host? */
   readonly previousKept: (slot: AgentSlot) => boolean;
+  /** The slot's main process when its digests were read (0: none, or not read). */
+  readonly mainPid: (slot: AgentSlot) => number;
 }
 
 /**
@@ -393,6 +395,9 @@ const look = async (
       { argv: swapCommands.activeSlot() },
       { argv: swapCommands.upstreamRoute() },
       { argv: agentCommands.stat(caddyLocalRootCaPath()) },
+      // each slot's main process BEFORE its digests: a restart in between changes the digests'
+      // process, so a process whose digests match is the one whose pid was read
+      ...(env ? AGENT_SLOTS.map((s) => ({ argv: agentCommands.mainPid(agentUnitName(s)) })) : []),
       ...(env
         ? AGENT_SLOTS.map((s) => ({ argv: swapCommands.unitDigests(agentUnitName(s)), stdin: true }))
         : []),
@@ -404,6 +409,9 @@ const look = async (
     env ? { stdin: `${nonce.toString('hex')}\n` } : {},
   );
   const [caddyAnswer = NOT_RUN, record = NOT_RUN, rule = NOT_RUN, ca = NOT_RUN] = r;
+  const n = AGENT_SLOTS.length;
+  const slotAnswer = (group: number, slot: AgentSlot): ExecResult =>
+    r[4 + group * n + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN;
   const caddy = parseCaddy(caddyAnswer);
   if (!caddy) return { reason: "Caddy's admin API did not answer with the agent's site" };
   const port = rule.code === 0 ? parseUpstreamRoute(rule.stdout.toString('utf8'), basePort) : undefined;
@@ -413,11 +421,13 @@ const look = async (
     live,
     caddy,
     localCa: ca.code === 0,
-    runs: (slot) =>
-      env !== undefined && digestsMatch(r[4 + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN, nonce, env),
-    active: (slot) => env !== undefined && (r[4 + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN).code === 0,
-    previousKept: (slot) =>
-      env !== undefined && (r[4 + AGENT_SLOTS.length + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN).code === 0,
+    runs: (slot) => env !== undefined && digestsMatch(slotAnswer(1, slot), nonce, env),
+    active: (slot) => env !== undefined && slotAnswer(1, slot).code === 0,
+    previousKept: (slot) => env !== undefined && slotAnswer(2, slot).code === 0,
+    mainPid: (slot) => {
+      const a = slotAnswer(0, slot);
+      return env !== undefined && a.code === 0 ? parseMainPid(a.stdout.toString('utf8')) : 0;
+    },
   };
 };
 
@@ -476,9 +486,14 @@ const settle = async (
     opts.rewrite === undefined
       ? undefined
       : { argv: swapCommands.writeEnvFile(serving), stdin: true, required: true };
+  // Still the process whose digests matched, read AFTER the rewrite: a restart between the look and
+  // the rewrite would run the file as it was then (review R17 finding 2); one after it, the new file.
+  const samePid: BatchStep | undefined = rewrite
+    ? { argv: agentCommands.mainPid(agentUnitName(serving)) }
+    : undefined;
   const watchStep: BatchStep | undefined = opts.watch ? { ...opts.watch.step, required: true } : undefined;
   const rest: BatchStep[] = [
-    ...(rewrite ? [rewrite] : []),
+    ...(rewrite && samePid ? [rewrite, samePid] : []),
     // The serving instance watched while the old one drains (a required step: when it fails the
     // batch stops here, the old slot still enabled, running and holding its env file).
     ...(watchStep ? [watchStep] : []),
@@ -510,10 +525,23 @@ const settle = async (
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
   } else if (route.length === 1 && r[0]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
+  // The process runs the requested environment (its digests): a file not rewritten is a clean-up
+  // not verified (review R17 finding 3: a plain failure let a rotation's last attempt pin the old
+  // version while the host ran the new one).
   if (rewrite && resultOf(rewrite).code !== 0)
+    throw new SwapCleanupError(
+      `the env file of slot ${serving} was not rewritten (exit ${resultOf(rewrite).code}): it may not hold the environment its agent runs`,
+    );
+  const pidNow = resultOf(samePid);
+  if (
+    samePid &&
+    (pidNow.code !== 0 ||
+      parseMainPid(pidNow.stdout.toString('utf8')) === 0 ||
+      parseMainPid(pidNow.stdout.toString('utf8')) !== at.mainPid(serving))
+  )
     throw new OrchestratorError(
       'remote_command_failed',
-      `the env file of slot ${serving} was not rewritten (exit ${resultOf(rewrite).code})`,
+      `${agentUnitName(serving)} restarted while its env file was rewritten: what it runs is not known`,
     );
   if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
   // The old slot's clean-up is checked, not assumed (review R8 #6): its instance stopped (it holds
@@ -752,7 +780,9 @@ const blueGreen = async (
   const started = await runBatch(
     shell,
     [
-      { argv: swapCommands.stop(unit) },
+      // required: `start` of a unit still active does nothing, so a stale instance that did not
+      // stop would answer for the new environment (review R17 finding 4)
+      { argv: swapCommands.stop(unit), required: true },
       { argv: agentCommands.resetFailed(unit) },
       { argv: swapCommands.writeEnvFile(target), stdin: true, required: true },
       { argv: swapCommands.start(unit) },
@@ -762,6 +792,11 @@ const blueGreen = async (
     o,
     { stdin: content, boundMs: healthMs },
   );
+  if (started[0]?.code !== 0)
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `slot ${target} did not stop before its start (exit ${started[0]?.code ?? 'none'})`,
+    );
   if (started[2]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', `the env file of slot ${target} was not written`);
   const unhealthy = slotUnhealthy(unit, port, healthMs, started.slice(3));

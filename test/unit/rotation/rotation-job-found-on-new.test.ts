@@ -173,12 +173,16 @@ describe('a resumed rotation that finds the host on the new version (review R14 
   });
 
   it('a swap back whose failed slot does not stop is no record of either version: thrown and retried, never switched with the old instance still running (review R16 finding 3)', async () => {
-    // from the swap back on, a stop of blue fails (its instance keeps running)
-    let hostOptions: { stopFails?: string } = {};
-    const { id, world, h, j, swaps, caddy, ...rest } = setup('switching', {
-      beforeSwap: (n) => void (n === 1 && (hostOptions.stopFails = 'cortex-agent@blue.service')),
+    // from the swap back on, a stop of blue fails while it runs (its instance keeps running; a stop
+    // of an inactive unit succeeds, as systemd's does)
+    let armed = false;
+    const { id, world, h, j, swaps, caddy, hostOptions } = setup('switching', {
+      beforeSwap: (n) => void (armed = n === 1),
     });
-    hostOptions = rest.hostOptions as { stopFails?: string };
+    Object.defineProperty(hostOptions, 'stopFails', {
+      get: () =>
+        armed && h.active.has('cortex-agent@blue.service') ? 'cortex-agent@blue.service' : undefined,
+    });
     await swapOn(h, VALUES[2] as string);
     caddy(true);
     // the swap back starts blue on the old key, switches, is not healthy through Caddy, routes back

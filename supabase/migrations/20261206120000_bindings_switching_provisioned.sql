@@ -12,8 +12,16 @@
 -- swap back a deployment so listed. Any other `switching` row: from_version, or to_version in a
 -- leak response, as before.
 --
--- Same function as 20261205090000_bindings_running_version.sql with only that `when` changed:
--- same signature, security definer, search_path, grants (re-stated below).
+-- The read must also fall in the deployment's `secrets` step, the only provision step that reads
+-- (review R18 finding 1): any provision step counted before, and a later step's row can stay
+-- `running` with no finished_at on a ready deployment (a worker that died between setting `ready`
+-- and recording the step), so the rotate job's own read of to_version for a switching row (every
+-- attempt makes one) would have listed a deployment provisioned before the rotation at the new
+-- version. The `secrets` step cannot stay open on a ready deployment: the runner runs it again
+-- before any later step.
+--
+-- Same function as 20261205090000_bindings_running_version.sql with only those two changes (the
+-- `when` and the step): same signature, security definer, search_path, grants (re-stated below).
 
 set local lock_timeout = '5s';
 set local statement_timeout = '60s';
@@ -43,7 +51,7 @@ begin
           where l.deployment_id = rd.deployment_id and l.secret_id = r.secret_id
             and l.operation = 'read' and l.outcome = 'success' and l.version = r.to_version
             -- made during one of its provision steps (its `secrets` step), not by a later reader
-            and st.operation = 'provision' and st.started_at <= l.at
+            and st.operation = 'provision' and st.step = 'secrets' and st.started_at <= l.at
             and l.at <= coalesce(st.finished_at, 'infinity'::timestamptz))
           then r.to_version
         when rd.state = 'switching' and r.leaked then r.to_version

@@ -7,7 +7,7 @@ begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(7);
+select plan(9);
 \ir support/read_intent.psql
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
@@ -56,6 +56,17 @@ select public.secret_rotation_deployments__set_state(:'rot', :'d2', 'switching',
 select is(pg_temp.listed(:'d2', :'sa'), 2,
   'R17 FINDING 1: switching, provisioned on the new version: still listed at the new version (it never ran the old one)');
 select is(pg_temp.listed(:'d1', :'sa'), 1, 'switching, provisioned before the rotation: the old version (unchanged)');
+-- R18 finding 1: d1's `ready` step row left `running` (a worker died between setting `ready` and
+-- recording the step), and the rotate job's own read of the new version for its switching row
+reset role;
+insert into public.deployment_steps (deployment_id, run, step, status, started_at, operation)
+values (:'d1', 1, 'ready', 'running', clock_timestamp() - interval '1 hour', 'provision');
+set local role cortex_orchestrator;
+select public.deployment_secrets__read_versions(:'d1', array[:'sa']::uuid[], array[2], 'r18',
+  p_intent_id => pg_temp.read_intent(:'d1', array[:'sa']::uuid[])) as r1 \gset
+select is((:'r1'::jsonb) ->> 'status', 'ok', 'set-up: the rotate job''s read of the new version for d1 works');
+select is(pg_temp.listed(:'d1', :'sa'), 1,
+  'R18 FINDING 1: a read outside its `secrets` step (here: the rotation job''s, during a `ready` step row left open) does not list it at the new version');
 select is(pg_temp.listed(:'d2', :'sl'), 1, 'another secret of d2, not rotating: its current version');
 -- once switched, both follow the current version
 select public.secret_rotation_deployments__set_state(:'rot', :'d2', 'switched', null) is not null as x \gset

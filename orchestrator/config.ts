@@ -164,6 +164,18 @@ export const configSchema = z
     API_STREAMS_PER_TOKEN: z.coerce.number().int().min(1).max(5_000).default(20),
     /** An event stream ends after this long; EventSource reconnects with Last-Event-ID and authenticates again. */
     API_STREAM_MAX_MS: z.coerce.number().int().min(1_000).max(86_400_000).default(600_000),
+    /**
+     * How long an API process shares an audit chain found intact (per organisation) before it
+     * verifies again; concurrent requests share one run either way (review R15 F2). 0: no sharing
+     * after a run ends.
+     */
+    API_AUDIT_VERIFY_MEMO_MS: z.coerce.number().int().min(0).max(300_000).default(30_000),
+    /**
+     * A request must have ARRIVED (headers and body) within this long, or the API answers 408 and
+     * closes the connection (review R15 F4). Responses are not bounded by it: an event stream
+     * stays open.
+     */
+    API_REQUEST_TIMEOUT_MS: z.coerce.number().int().min(1_000).max(600_000).default(30_000),
     /** Webhook deliveries: attempts (exponential backoff from WEBHOOK_BACKOFF_MS) and the timeout of one POST. */
     WEBHOOK_ATTEMPTS: z.coerce.number().int().min(1).max(30).default(8),
     WEBHOOK_BACKOFF_MS: z.coerce.number().int().min(100).max(3_600_000).default(5_000),

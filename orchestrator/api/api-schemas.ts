@@ -156,6 +156,11 @@ export const chainSchema = z.object({
   rowsChecked: z.number().int(),
   firstBadId: z.number().int().nullable(),
   problem: z.enum(['changed', 'removed', 'reordered']).nullable(),
+  verifiedAt: z
+    .string()
+    .describe(
+      'ISO 8601 time the verification started; one intact result is shared for up to API_AUDIT_VERIFY_MEMO_MS (30 s by default) after it ends',
+    ),
 });
 
 export const auditQuery = z

@@ -71,6 +71,14 @@ export const ROUTES: readonly ApiPlugin[] = [
 /** A key is far smaller; nothing the API takes comes near this. */
 export const BODY_LIMIT_BYTES = 64 * 1024;
 
+/**
+ * How often Node looks for requests past `requestTimeout` (its default, 30 s, would let one live
+ * up to twice the timeout): a quarter of it, between 250 ms and 5 s. Each look walks only the
+ * connections whose request is still arriving.
+ */
+export const connectionsCheckingInterval = (requestTimeoutMs: number): number =>
+  Math.min(5_000, Math.max(250, Math.floor(requestTimeoutMs / 4)));
+
 export const buildApi = async (
   deps: ApiDeps,
   opts: { routes?: readonly ApiPlugin[] } = {},
@@ -91,6 +99,22 @@ export const buildApi = async (
       },
     ) as FastifyBaseLogger,
     bodyLimit: BODY_LIMIT_BYTES,
+    // Review R15 F4: Fastify's default is 0 (none), so a request whose Content-Length promised a
+    // body that never came held its socket forever. Node's requestTimeout is "the timeout for
+    // receiving the entire request from the client" (node:http docs): it stops once the whole
+    // message (headers and body) has arrived, so a response that streams for minutes (SSE) is not
+    // cut. Past it Node emits clientError ERR_HTTP_REQUEST_TIMEOUT: clientErrorProblem answers 408
+    // and closes. test/unit/api/api-request-timeout.test.ts holds both.
+    // Given to the server's constructor too, with headersTimeout no larger: Fastify only sets the
+    // requestTimeout property after Node has defaulted headersTimeout to 60 s, and Node's check
+    // (ConnectionsList::Expired) swaps the two when headersTimeout is the larger, so a body could
+    // take 60 s to arrive (the test's 1 s bound then never fires: checked).
+    requestTimeout: deps.pipeline.config.API_REQUEST_TIMEOUT_MS,
+    http: {
+      requestTimeout: deps.pipeline.config.API_REQUEST_TIMEOUT_MS,
+      headersTimeout: Math.min(60_000, deps.pipeline.config.API_REQUEST_TIMEOUT_MS),
+      connectionsCheckingInterval: connectionsCheckingInterval(deps.pipeline.config.API_REQUEST_TIMEOUT_MS),
+    },
     // a client-supplied request id would be logged verbatim: always our own
     requestIdHeader: false,
     routerOptions: { maxParamLength: 200 },

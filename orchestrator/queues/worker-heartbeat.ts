@@ -31,10 +31,20 @@ export const startHeartbeat = (
   };
 };
 
-/** Is any worker process alive under this prefix? (SCAN, not KEYS: never blocks Redis.) */
-export const workersAlive = async (redis: Pick<Redis, 'scan'>, prefix: string): Promise<boolean> => {
+/**
+ * Is any worker process alive under this prefix? (SCAN, not KEYS: never blocks Redis.) The scan
+ * walks the whole keyspace when no worker is alive; `signal` stops it between pages once the
+ * caller has given up (/readyz's timeout), so an answer already sent does not keep it scanning
+ * (review R15 F3). Aborted: rejects with the signal's reason.
+ */
+export const workersAlive = async (
+  redis: Pick<Redis, 'scan'>,
+  prefix: string,
+  signal?: AbortSignal,
+): Promise<boolean> => {
   let cursor = '0';
   do {
+    signal?.throwIfAborted();
     const [next, keys] = await redis.scan(cursor, 'MATCH', heartbeatPattern(prefix), 'COUNT', 100);
     if (keys.length > 0) return true;
     cursor = next;

@@ -802,6 +802,8 @@ export interface paths {
                                 ok: boolean;
                                 problem: ("changed" | "removed" | "reordered") | null;
                                 rowsChecked: number;
+                                /** @description ISO 8601 time the verification started; one intact result is shared for up to API_AUDIT_VERIFY_MEMO_MS (30 s by default) after it ends */
+                                verifiedAt: string;
                             };
                             deploymentId: string;
                             entries: {
@@ -1275,6 +1277,8 @@ export interface paths {
                                 ok: boolean;
                                 problem: ("changed" | "removed" | "reordered") | null;
                                 rowsChecked: number;
+                                /** @description ISO 8601 time the verification started; one intact result is shared for up to API_AUDIT_VERIFY_MEMO_MS (30 s by default) after it ends */
+                                verifiedAt: string;
                             };
                             entries: {
                                 actor: string | null;

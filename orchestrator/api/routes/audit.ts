@@ -3,16 +3,36 @@ import { canSee, principalOf } from '../auth';
 import { auditEntrySchema, auditQuery, chainSchema, idParams, orgParams } from '../api-schemas';
 import { problems, problemResponses } from '../problems';
 import type { ApiPlugin } from '../server';
+import { makeSingleFlightMemo } from '../single-flight-memo';
 
 /**
  * The audit trail of a deployment and of an organisation, with the verification of the
  * organisation's hash chain (every row's hash, the links between rows, the chain's head).
+ *
+ * The verification walks every row of the chain since its anchor, whatever `limit` the request
+ * asks, and an organisation can lengthen its own chain cheaply (each denied binding is a row).
+ * So it is not run per request (review R15 F2): per API process and organisation, concurrent
+ * requests share one run, and a chain found intact is kept for `API_AUDIT_VERIFY_MEMO_MS` after
+ * its run ends (the response's `chain.verifiedAt` says when the run started). A failed run, or a
+ * chain found broken, is kept for no one: the next request verifies again. At most
+ * AUDIT_VERIFY_MEMO_MAX_ORGS organisations' results are kept per process.
  */
+export const AUDIT_VERIFY_MEMO_MAX_ORGS = 10_000;
+
 type Row = Record<string, unknown>;
 const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
 export const auditRoutes: ApiPlugin = async (app, deps) => {
   const { store, secrets, db } = deps.pipeline;
+  const verifications = makeSingleFlightMemo((orgId) => secrets.verifyAuditLog(orgId), {
+    ttlMs: deps.pipeline.config.API_AUDIT_VERIFY_MEMO_MS,
+    maxKeys: AUDIT_VERIFY_MEMO_MAX_ORGS,
+    keep: (v) => v.ok,
+  });
+  const verifyChain = async (orgId: string) => {
+    const { value, at } = await verifications.get(orgId);
+    return { ...value, verifiedAt: new Date(at).toISOString() };
+  };
 
   app.get(
     '/v1/deployments/:id/audit',
@@ -38,7 +58,7 @@ export const auditRoutes: ApiPlugin = async (app, deps) => {
       if (!canSee(p, d.orgId)) throw problems.notFound('deployment');
       const [entries, chain] = await Promise.all([
         store.audit(d.id, request.query.limit ?? 1000),
-        secrets.verifyAuditLog(d.orgId),
+        verifyChain(d.orgId),
       ]);
       return { deploymentId: d.id, entries: entries.map((e) => ({ ...e, deploymentId: d.id })), chain };
     },
@@ -73,7 +93,7 @@ export const auditRoutes: ApiPlugin = async (app, deps) => {
           if ((err as { code?: string }).code === 'not_found') throw problems.notFound('organization');
           throw err;
         });
-      const chain = await secrets.verifyAuditLog(orgId);
+      const chain = await verifyChain(orgId);
       return {
         orgId,
         chain,

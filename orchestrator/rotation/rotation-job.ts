@@ -301,16 +301,27 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       // the old one, which a later rebuild of this environment would put back into service), and
       // says loudly that the old value may still be on the host (review R10 F2).
       if (err instanceof SwapCleanupError && finalAttempt) {
-        await rotations
+        // A serving file that may be stale (its rewrite failed: review R18 finding 3) was never
+        // probed nor soaked, and its next restart may run the old value: not a clean switch.
+        const stale = err.servingFileStale;
+        const recorded = await rotations
           .setState(rot.id, d.deploymentId, 'switched', {
+            ...(stale ? { reason: 'unhealthy_switch_unverified' } : {}),
             ...(err.mode ? { swapMode: err.mode } : {}),
             ...ctx,
           })
-          .catch((e: unknown) => dlog.error({ reason: reasonOf(e) }, 'could not record the switch'));
+          .then(() => true)
+          .catch((e: unknown) => {
+            dlog.error({ reason: reasonOf(e) }, 'could not record the switch');
+            return false;
+          });
         dlog.error(
           { reason: err.message },
-          "deployment switched to the new version, but the old slot's clean-up is not verified: the old value may remain on the host",
+          stale
+            ? 'deployment runs the new version, but its own env file could not be rewritten: a restart may run the old value'
+            : "deployment switched to the new version, but the old slot's clean-up is not verified: the old value may remain on the host",
         );
+        if (stale && recorded) await recordHealth('switch_unverified');
         return;
       }
       // The swap contract leaves the host on the old environment or the new one. A transient

@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { OrchestratorError, invalidInput } from '../errors';
-import { agentCommands, parseMainPid } from '../remote/agent-commands';
+import { agentCommands } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
 import type { ExecOptions, ExecResult, LineSession, RemoteShell } from '../remote/ssh-shell';
@@ -123,6 +123,11 @@ export class SwapCleanupError extends OrchestratorError {
   constructor(
     message: string,
     readonly mode?: SwapMode,
+    /**
+     * The serving slot's OWN env file may not hold the environment its agent runs (a rewrite that
+     * failed: review R18 finding 3): its next restart may run another, maybe the old, value.
+     */
+    readonly servingFileStale = false,
   ) {
     super('remote_command_failed', message);
   }
@@ -372,8 +377,6 @@ interface Where {
   readonly active: (slot: AgentSlot) => boolean;
   /** Is the slot's previous env file (kept by a held restart until proven) on the host? */
   readonly previousKept: (slot: AgentSlot) => boolean;
-  /** The slot's main process when its digests were read (0: none, or not read). */
-  readonly mainPid: (slot: AgentSlot) => number;
 }
 
 /**
@@ -395,9 +398,6 @@ const look = async (
       { argv: swapCommands.activeSlot() },
       { argv: swapCommands.upstreamRoute() },
       { argv: agentCommands.stat(caddyLocalRootCaPath()) },
-      // each slot's main process BEFORE its digests: a restart in between changes the digests'
-      // process, so a process whose digests match is the one whose pid was read
-      ...(env ? AGENT_SLOTS.map((s) => ({ argv: agentCommands.mainPid(agentUnitName(s)) })) : []),
       ...(env
         ? AGENT_SLOTS.map((s) => ({ argv: swapCommands.unitDigests(agentUnitName(s)), stdin: true }))
         : []),
@@ -409,9 +409,8 @@ const look = async (
     env ? { stdin: `${nonce.toString('hex')}\n` } : {},
   );
   const [caddyAnswer = NOT_RUN, record = NOT_RUN, rule = NOT_RUN, ca = NOT_RUN] = r;
-  const n = AGENT_SLOTS.length;
   const slotAnswer = (group: number, slot: AgentSlot): ExecResult =>
-    r[4 + group * n + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN;
+    r[4 + group * AGENT_SLOTS.length + AGENT_SLOTS.indexOf(slot)] ?? NOT_RUN;
   const caddy = parseCaddy(caddyAnswer);
   if (!caddy) return { reason: "Caddy's admin API did not answer with the agent's site" };
   const port = rule.code === 0 ? parseUpstreamRoute(rule.stdout.toString('utf8'), basePort) : undefined;
@@ -421,13 +420,9 @@ const look = async (
     live,
     caddy,
     localCa: ca.code === 0,
-    runs: (slot) => env !== undefined && digestsMatch(slotAnswer(1, slot), nonce, env),
-    active: (slot) => env !== undefined && slotAnswer(1, slot).code === 0,
-    previousKept: (slot) => env !== undefined && slotAnswer(2, slot).code === 0,
-    mainPid: (slot) => {
-      const a = slotAnswer(0, slot);
-      return env !== undefined && a.code === 0 ? parseMainPid(a.stdout.toString('utf8')) : 0;
-    },
+    runs: (slot) => env !== undefined && digestsMatch(slotAnswer(0, slot), nonce, env),
+    active: (slot) => env !== undefined && slotAnswer(0, slot).code === 0,
+    previousKept: (slot) => env !== undefined && slotAnswer(1, slot).code === 0,
   };
 };
 
@@ -441,6 +436,49 @@ const caddyProbe = (at: Where, path: string, forMs: number): BatchStep => ({
   match: '^200$',
   poll: { everyMs: POLL_EVERY_MS, forMs },
 });
+
+/**
+ * For a swap that found the requested environment already running in `serving` (its process's
+ * digests): that slot's env file is rewritten from it, since only the process was checked and a
+ * run cut mid-restore may have put the old file back under it (review R16 finding 1: a revoke then
+ * accepted a host whose file still held the revoked key). Then the process is checked again: one
+ * started between the look and the rewrite runs the file as it was then (review R17 finding 2), so
+ * digests of anything else than the requested environment throw "not known" (the retry looks
+ * again); no process (between two restarts) passes, since whatever starts next reads the new file,
+ * and the probe through Caddy that follows judges it (review R18 finding 2: a check by pid
+ * refused a crash-looping agent that ran the right file). A rewrite that fails is a clean-up not
+ * verified whose serving file may be stale (SwapCleanupError; R17 finding 3, R18 finding 3).
+ */
+const rewriteServing = async (
+  shell: RemoteShell,
+  serving: AgentSlot,
+  want: { readonly content: Secret; readonly env: ReadonlyMap<string, Secret> },
+  o: ExecOptions,
+): Promise<void> => {
+  const unit = agentUnitName(serving);
+  const [written = NOT_RUN] = await runBatch(
+    shell,
+    [{ argv: swapCommands.writeEnvFile(serving), stdin: true, required: true }],
+    o,
+    { stdin: want.content },
+  );
+  if (written.code !== 0)
+    throw new SwapCleanupError(
+      `the env file of slot ${serving} was not rewritten (exit ${written.code}): it may not hold the environment its agent runs`,
+      undefined,
+      true,
+    );
+  const nonce = randomBytes(32);
+  const [now = NOT_RUN] = await runBatch(shell, [{ argv: swapCommands.unitDigests(unit), stdin: true }], o, {
+    stdin: `${nonce.toString('hex')}\n`,
+  });
+  // exit 3: the unit runs no process now (the helper's digests mode)
+  if (now.code !== 3 && !digestsMatch(now, nonce, want.env))
+    throw new OrchestratorError(
+      'remote_command_failed',
+      `${unit} no longer runs the environment it was found running (restarted before its env file was rewritten?): not known`,
+    );
+};
 
 /**
  * The end state around a serving slot, in one round trip (two when a cut write left a temp file):
@@ -462,15 +500,14 @@ const settle = async (
     /** A soak (soakStep): it runs first, as a required step, for up to `boundMs`. */
     readonly watch?: { readonly step: BatchStep; readonly boundMs: number };
     /**
-     * The serving slot's env file rewritten with this content first (a required step), for a swap
-     * that found its environment already running: the running process was checked (digests), its
-     * file was not, and a run cut mid-restore may have put the old file back under it (review R16
-     * finding 1: a revoke then accepted a host whose file still held the revoked key).
+     * For a swap that found its environment already running: the serving slot's env file is
+     * rewritten first (rewriteServing), since only the running process was checked.
      */
-    readonly rewrite?: Secret;
+    readonly rewrite?: { readonly content: Secret; readonly env: ReadonlyMap<string, Secret> };
   },
 ): Promise<{ readonly probe: ExecResult; readonly watch: ExecResult }> => {
   const old = otherSlot(serving);
+  if (opts.rewrite) await rewriteServing(shell, serving, opts.rewrite, o);
   // A flushed ruleset, or a record a cut run left pointing elsewhere, is put right (the record is
   // what the upstream unit applies at boot).
   const route: BatchStep[] = opts.routed
@@ -482,18 +519,8 @@ const settle = async (
     old,
     AGENT_SLOTS.map((s) => `${slotEnvFilePath(s)}.previous`),
   );
-  const rewrite: BatchStep | undefined =
-    opts.rewrite === undefined
-      ? undefined
-      : { argv: swapCommands.writeEnvFile(serving), stdin: true, required: true };
-  // Still the process whose digests matched, read AFTER the rewrite: a restart between the look and
-  // the rewrite would run the file as it was then (review R17 finding 2); one after it, the new file.
-  const samePid: BatchStep | undefined = rewrite
-    ? { argv: agentCommands.mainPid(agentUnitName(serving)) }
-    : undefined;
   const watchStep: BatchStep | undefined = opts.watch ? { ...opts.watch.step, required: true } : undefined;
   const rest: BatchStep[] = [
-    ...(rewrite && samePid ? [rewrite, samePid] : []),
     // The serving instance watched while the old one drains (a required step: when it fails the
     // batch stops here, the old slot still enabled, running and holding its env file).
     ...(watchStep ? [watchStep] : []),
@@ -513,10 +540,7 @@ const settle = async (
     { argv: agentCommands.listDir(ENV_DIR) },
     ...(opts.probe ? [opts.probe] : []),
   ];
-  const r = await runBatch(shell, [...route, ...rest], o, {
-    boundMs: opts.watch?.boundMs ?? 0,
-    ...(opts.rewrite !== undefined ? { stdin: opts.rewrite } : {}),
-  });
+  const r = await runBatch(shell, [...route, ...rest], o, { boundMs: opts.watch?.boundMs ?? 0 });
   const resultOf = (step: BatchStep | undefined): ExecResult =>
     step ? (r[route.length + rest.indexOf(step)] ?? NOT_RUN) : NOT_RUN;
   const watch = resultOf(watchStep);
@@ -525,24 +549,6 @@ const settle = async (
     if (reason) throw new OrchestratorError('remote_command_failed', reason);
   } else if (route.length === 1 && r[0]?.code !== 0)
     throw new OrchestratorError('remote_command_failed', 'the active-slot record was not written');
-  // The process runs the requested environment (its digests): a file not rewritten is a clean-up
-  // not verified (review R17 finding 3: a plain failure let a rotation's last attempt pin the old
-  // version while the host ran the new one).
-  if (rewrite && resultOf(rewrite).code !== 0)
-    throw new SwapCleanupError(
-      `the env file of slot ${serving} was not rewritten (exit ${resultOf(rewrite).code}): it may not hold the environment its agent runs`,
-    );
-  const pidNow = resultOf(samePid);
-  if (
-    samePid &&
-    (pidNow.code !== 0 ||
-      parseMainPid(pidNow.stdout.toString('utf8')) === 0 ||
-      parseMainPid(pidNow.stdout.toString('utf8')) !== at.mainPid(serving))
-  )
-    throw new OrchestratorError(
-      'remote_command_failed',
-      `${agentUnitName(serving)} restarted while its env file was rewritten: what it runs is not known`,
-    );
   if (opts.watch && watch.code !== 0) return { probe: NOT_RUN, watch };
   // The old slot's clean-up is checked, not assumed (review R8 #6): its instance stopped (it holds
   // the old environment in memory) and no env file of it, nor a kept previous one, left on disk.
@@ -744,7 +750,7 @@ const blueGreen = async (
     const way = at.active(other);
     const { probe, watch } = await settle(shell, at, serving, base, drainSeconds, o, {
       routed: false,
-      rewrite: envFileOf(input),
+      rewrite: { content: envFileOf(input), env: input.env },
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
       ...(way
         ? {
@@ -940,7 +946,7 @@ const heldRestart = async (
     const way = at.previousKept(slot);
     const { probe, watch } = await settle(shell, at, slot, profile.port, drainSeconds, o, {
       routed: false,
-      rewrite: envFileOf(input),
+      rewrite: { content: envFileOf(input), env: input.env },
       probe: caddyProbe(at, profile.healthPath, THROUGH_CADDY_TIMEOUT_MS),
       ...(way ? { watch: soakStep(unit, port, profile.healthPath, soakSeconds, 0, 0) } : {}),
     });
@@ -1091,7 +1097,9 @@ export const swapAgentEnvironment = async (
       ? blueGreen(sh, input, opts, at, o)
       : heldRestart(sh, input, opts, at, o));
   } catch (err) {
-    throw err instanceof SwapCleanupError ? new SwapCleanupError(err.message, mode) : err;
+    throw err instanceof SwapCleanupError
+      ? new SwapCleanupError(err.message, mode, err.servingFileStale)
+      : err;
   } finally {
     session.end();
   }

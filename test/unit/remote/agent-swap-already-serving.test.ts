@@ -48,7 +48,7 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
       return exec(argv, o);
     };
     await expect(swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' })).rejects.toThrow(
-      /restarted while its env file was rewritten/,
+      /no longer runs the environment it was found running/,
     );
     expect(
       await runningKey(h, 'cortex-agent@blue.service', [
@@ -58,6 +58,26 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
     ).toBe('OLDKEY-xxxxxxxxxxxxxxxx');
     // the retry looks again: the process runs the old key, so it swaps for real and ends on the new one
     h.shell.exec = exec;
+    expect(await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' })).toMatchObject({
+      healthy: true,
+    });
+    expect(
+      await runningKey(h, 'cortex-agent@blue.service', [
+        'OLDKEY-xxxxxxxxxxxxxxxx',
+        'NEWKEY-xxxxxxxxxxxxxxxx',
+      ]),
+    ).toBe('NEWKEY-xxxxxxxxxxxxxxxx');
+  });
+
+  it('a crash-looping agent restarted right after the rewrite runs the new file: healthy, not refused (R18 F2: a check by pid refused it)', async () => {
+    const h = makeSwapHost();
+    await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
+    const exec = h.fake.shell.exec.bind(h.fake.shell);
+    h.fake.shell.exec = async (argv, o) => {
+      const r = await exec(argv, o);
+      if (argv.includes('write-env')) await exec(['systemctl', 'restart', 'cortex-agent@blue.service']);
+      return r;
+    };
     expect(await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' })).toMatchObject({
       healthy: true,
     });
@@ -92,7 +112,11 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
       argv.includes('write-env')
         ? Promise.resolve({ code: 1, stdout: Buffer.alloc(0), stderr: Buffer.from('OSError\n') })
         : exec(argv, o);
-    await expect(swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx')).rejects.toBeInstanceOf(SwapCleanupError);
+    const err = await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SwapCleanupError);
+    // the serving slot's own file may be stale: not a clean switch for the caller (R18 F3)
+    expect((err as SwapCleanupError).servingFileStale).toBe(true);
+    expect((err as SwapCleanupError).mode).toBe('blue-green');
   });
 
   it('a stale instance in the idle slot that does not stop: thrown before anything is written or started, never healthy on it (R17 F4)', async () => {

@@ -43,13 +43,14 @@ describe('round trips per swap', () => {
     expect([...order].sort((a, b) => a - b)).toEqual(order);
   });
 
-  it('a re-run with the environment already serving: 2 (look, settle + HTTPS check), nothing restarted', async () => {
+  it('a re-run with the environment already serving: 4 (look, its env file rewritten, its process checked again, settle + HTTPS check), nothing restarted', async () => {
     const h = makeSwapHost();
     await swap(h, 'sk-new');
     h.sent.length = 0;
     const calls = h.fake.calls.length;
     expect(await swap(h, 'sk-new')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
-    expect(kinds(h)).toEqual(['batch', 'batch']);
+    // the rewrite and the check after it (reviews R16 F1, R17 F2, R18 F2): the rare path only
+    expect(kinds(h)).toEqual(['batch', 'batch', 'batch', 'batch']);
     expect(h.fake.calls.slice(calls).map((c) => c.join(' '))).not.toContain(
       'systemctl start cortex-agent@green.service',
     );

@@ -161,6 +161,21 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.pins.get(id)).toBeNull();
   });
 
+  it('a host found on the new version whose own env file cannot be rewritten: the last attempt records it switched but unverified, with a health event, not a clean switch (review R18 finding 3)', async () => {
+    const { id, world, h, j } = setup('pending');
+    await swapOn(h, VALUES[2] as string);
+    const exec = h.fake.shell.exec.bind(h.fake.shell);
+    h.fake.shell.exec = (argv, o) =>
+      argv.includes('write-env')
+        ? Promise.resolve({ code: 1, stdout: Buffer.alloc(0), stderr: Buffer.from('OSError\n') })
+        : exec(argv, o);
+    await expect(run(j)).rejects.toThrow(/not rewritten/);
+    expect(world.rows.get(id)?.state).toBe('switching');
+    await run(j, true);
+    expect(world.rows.get(id)).toEqual({ state: 'switched', reason: 'unhealthy_switch_unverified' });
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'switch_unverified' }]);
+  });
+
   it('a leak response resumed on the new version is not put back on the leaked key: switched, unverified (review R16 finding 2)', async () => {
     const { id, world, h, j, swaps, caddy } = setup('switching', { leaked: true });
     await swapOn(h, VALUES[2] as string);

@@ -318,7 +318,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         dlog.error(
           { reason: err.message },
           stale
-            ? 'deployment runs the new version, but its own env file could not be rewritten: a restart may run the old value'
+            ? 'deployment runs the new version, but its own env file could not be rewritten: a restart may run the old value, and the old slot or a kept previous file may still hold it'
             : "deployment switched to the new version, but the old slot's clean-up is not verified: the old value may remain on the host",
         );
         if (stale && recorded) await recordHealth('switch_unverified');

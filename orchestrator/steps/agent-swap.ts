@@ -1,6 +1,6 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { OrchestratorError, invalidInput } from '../errors';
-import { agentCommands } from '../remote/agent-commands';
+import { agentCommands, parseMainPid } from '../remote/agent-commands';
 import { RESERVED_ENV_NAMES, RESERVED_PREFIXES, renderEnvFile } from '../remote/env-file';
 import { isTempNameFor } from '../remote/remote-file';
 import type { ExecOptions, ExecResult, LineSession, RemoteShell } from '../remote/ssh-shell';
@@ -468,16 +468,32 @@ const rewriteServing = async (
       undefined,
       true,
     );
-  const nonce = randomBytes(32);
-  const [now = NOT_RUN] = await runBatch(shell, [{ argv: swapCommands.unitDigests(unit), stdin: true }], o, {
-    stdin: `${nonce.toString('hex')}\n`,
-  });
-  // exit 3: the unit runs no process now (the helper's digests mode)
-  if (now.code !== 3 && !digestsMatch(now, nonce, want.env))
-    throw new OrchestratorError(
-      'remote_command_failed',
-      `${unit} no longer runs the environment it was found running (restarted before its env file was rewritten?): not known`,
+  let last = NOT_RUN;
+  for (let tries = 0; tries < 2; tries++) {
+    const nonce = randomBytes(32);
+    // the digests (exit 3: not active or no process, by what the helper read), then the main pid
+    // as systemd answers it: exit 3 also comes from a service manager that did not answer, so "no
+    // process" counts only when systemd itself says MainPID 0 (review R19 finding 1)
+    const [now = NOT_RUN, pid = NOT_RUN] = await runBatch(
+      shell,
+      [{ argv: swapCommands.unitDigests(unit), stdin: true }, { argv: agentCommands.mainPid(unit) }],
+      o,
+      { stdin: `${nonce.toString('hex')}\n` },
     );
+    last = now;
+    if (now.code === 0 && digestsMatch(now, nonce, want.env)) return;
+    if (now.code === 0)
+      throw new OrchestratorError(
+        'remote_command_failed',
+        `${unit} no longer runs the environment it was found running (restarted before its env file was rewritten?): not known`,
+      );
+    if (now.code === 3 && pid.code === 0 && parseMainPid(pid.stdout.toString('utf8')) === 0) return;
+    // a process started between the two reads (it read the new file), or no answer: once more
+  }
+  throw new OrchestratorError(
+    'remote_command_failed',
+    `what ${unit} runs after its env file was rewritten is not known (digests exit ${last.code})`,
+  );
 };
 
 /**

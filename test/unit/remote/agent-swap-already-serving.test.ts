@@ -89,6 +89,33 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
     ).toBe('NEWKEY-xxxxxxxxxxxxxxxx');
   });
 
+  it('after the rewrite, a digests read that says "no process" while systemd does not answer either is not taken as no process: not known, thrown (R19 F1)', async () => {
+    const h = makeSwapHost();
+    await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
+    h.fake.files.set(slotEnvFilePath('blue'), {
+      content: keyFile('OLDKEY-xxxxxxxxxxxxxxxx'),
+      mode: 0o600,
+      uid: 0,
+      gid: 0,
+    });
+    const exec = h.fake.shell.exec.bind(h.fake.shell);
+    let written = false;
+    h.fake.shell.exec = async (argv, o) => {
+      const none = { code: 3, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
+      if (argv.includes('write-env')) {
+        // the unit restarted on the old file just before the rewrite
+        await exec(['systemctl', 'restart', 'cortex-agent@blue.service']);
+        written = true;
+      } else if (written && argv[0] === 'python3' && argv[4] === 'digests') return none;
+      else if (written && argv[0] === 'systemctl' && argv.includes('--property=MainPID'))
+        return { code: 1, stdout: Buffer.alloc(0), stderr: Buffer.from('Failed to connect to bus\n') };
+      return exec(argv, o);
+    };
+    await expect(swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' })).rejects.toThrow(
+      /is not known \(digests exit 3\)/,
+    );
+  });
+
   it('no restart: the rewrite replaces the old file and the swap is healthy (R16 F1)', async () => {
     const h = makeSwapHost();
     await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });

@@ -14,6 +14,9 @@ import { makeSwapHost, swapOn, type SwapHost } from '../../support/fake-swap-hos
  */
 const keyFile = (v: string): Buffer =>
   Buffer.from(renderEnvFile([{ name: 'ANTHROPIC_API_KEY', value: new Secret(v) }]).reveal(), 'utf8');
+/** A slot's env file holding `v`, root 0600, as a cut write or a stale instance left it. */
+const putKeyFile = (h: SwapHost, slot: 'blue' | 'green', v: string): void =>
+  void h.fake.files.set(slotEnvFilePath(slot), { content: keyFile(v), mode: 0o600, uid: 0, gid: 0 });
 /** The key the unit's running process holds, by the helper's digests (as the swap reads them). */
 const runningKey = async (h: SwapHost, unit: string, candidates: string[]): Promise<string | undefined> => {
   const nonce = randomBytes(32);
@@ -34,12 +37,7 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
     await swapOn(h, 'OLDKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
     await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
     // a cut restore put the old file back under the process running the new key
-    h.fake.files.set(slotEnvFilePath('blue'), {
-      content: keyFile('OLDKEY-xxxxxxxxxxxxxxxx'),
-      mode: 0o600,
-      uid: 0,
-      gid: 0,
-    });
+    putKeyFile(h, 'blue', 'OLDKEY-xxxxxxxxxxxxxxxx');
     // systemd restarts the unit right after the re-run's look (before its rewrite)
     const exec = h.shell.exec.bind(h.shell);
     let n = 0;
@@ -92,12 +90,7 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
   it('after the rewrite, a digests read that says "no process" while systemd does not answer either is not taken as no process: not known, thrown (R19 F1)', async () => {
     const h = makeSwapHost();
     await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
-    h.fake.files.set(slotEnvFilePath('blue'), {
-      content: keyFile('OLDKEY-xxxxxxxxxxxxxxxx'),
-      mode: 0o600,
-      uid: 0,
-      gid: 0,
-    });
+    putKeyFile(h, 'blue', 'OLDKEY-xxxxxxxxxxxxxxxx');
     const exec = h.fake.shell.exec.bind(h.fake.shell);
     let written = false;
     h.fake.shell.exec = async (argv, o) => {
@@ -119,12 +112,7 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
   it('no restart: the rewrite replaces the old file and the swap is healthy (R16 F1)', async () => {
     const h = makeSwapHost();
     await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' });
-    h.fake.files.set(slotEnvFilePath('blue'), {
-      content: keyFile('OLDKEY-xxxxxxxxxxxxxxxx'),
-      mode: 0o600,
-      uid: 0,
-      gid: 0,
-    });
+    putKeyFile(h, 'blue', 'OLDKEY-xxxxxxxxxxxxxxxx');
     expect(await swapOn(h, 'NEWKEY-xxxxxxxxxxxxxxxx', { mode: 'held-restart' })).toMatchObject({
       healthy: true,
     });
@@ -149,12 +137,7 @@ describe('a swap that finds its environment already running (reviews R16 F1, R17
   it('a stale instance in the idle slot that does not stop: thrown before anything is written or started, never healthy on it (R17 F4)', async () => {
     const h = makeSwapHost({ stopFails: 'cortex-agent@green.service' });
     // green runs a stale environment (a discard that failed), its env file gone
-    h.fake.files.set(slotEnvFilePath('green'), {
-      content: keyFile('STALEKEY-xxxxxxxxxxxxxxx'),
-      mode: 0o600,
-      uid: 0,
-      gid: 0,
-    });
+    putKeyFile(h, 'green', 'STALEKEY-xxxxxxxxxxxxxxx');
     await h.fake.shell.exec(['systemctl', 'start', 'cortex-agent@green.service']);
     h.fake.files.delete(slotEnvFilePath('green'));
     // systemd's `start` of an active unit does nothing (the fake's would re-read the file)

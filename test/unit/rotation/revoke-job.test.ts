@@ -319,6 +319,15 @@ describe('revoke job: an agent kept running unhealthy without the key is a healt
       codes.push(r.code);
       return r;
     };
+    // as provisioned: blue runs with both keys (the positive control for the oracle below)
+    h.fake.files.set(slotEnvFilePath('blue'), {
+      content: Buffer.from(`ANTHROPIC_API_KEY="value-of-${SECRET}"\nOPENAI_API_KEY="value-of-${OTHER}"\n`),
+      mode: 0o600,
+      uid: 0,
+      gid: 0,
+    });
+    await h.fake.shell.exec(['systemctl', 'restart', 'cortex-agent@blue.service']);
+    expect(h.fake.files.get(slotEnvFilePath('blue'))?.content.toString()).toContain(`value-of-${SECRET}`);
     // the cut attempt: the agent moved onto the environment without the key, then the worker died
     const without = new Map([['OPENAI_API_KEY', new Secret(`value-of-${OTHER}`)]]);
     expect(await swap(h.shell, { deploymentId: w.id, runtime: 'echo', env: without }, {})).toMatchObject({
@@ -332,7 +341,7 @@ describe('revoke job: an agent kept running unhealthy without the key is a healt
     expect(h.route()).toBe(GREEN_PORT);
     const files = [...h.fake.files].filter(([f]) => f.startsWith('/etc/cortex/'));
     expect(files.map(([f]) => f).sort()).toEqual(['/etc/cortex/active-slot', slotEnvFilePath('green')]);
-    expect(files.map(([, v]) => v.content.toString()).join('')).not.toContain('ANTHROPIC_API_KEY');
+    expect(files.map(([, v]) => v.content.toString()).join('')).not.toContain(`value-of-${SECRET}`);
     expect(out.failed).toEqual([]);
     expect(w.bound.has(SECRET)).toBe(false);
     expect(out.unhealthy).toEqual([{ deploymentId: w.id, reason: 'kept_unhealthy' }]);

@@ -215,6 +215,43 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)?.state).toBe('switched');
   });
 
+  it('a swap back that throws on the last attempt: recorded failed, pinned old, and a health event says what the host runs is not known (review R16 finding 4)', async () => {
+    // every second swap (the swap back) loses its connection before it answers
+    let n = 0;
+    const { id, world, h, j, swaps, caddy } = setup('switching', {
+      beforeSwap: () => {
+        if (n++ % 2 === 1) throw new OrchestratorError('ssh_connect_failed', 'host:22: connection closed');
+      },
+    });
+    await swapOn(h, VALUES[2] as string);
+    caddy(true);
+    // not the last attempt: left `switching` for the retry, nothing recorded, no event
+    await expect(run(j)).rejects.toThrow(/not done yet: .*connection closed/);
+    expect(world.rows.get(id)?.state).toBe('switching');
+    expect(world.health).toEqual([]);
+    // the last: the first swap finds the new version again, the swap back throws again
+    await run(j, true);
+    expect(swaps).toEqual([
+      { key: VALUES[2], healthy: false, code: 'requested_unverified' },
+      { key: VALUES[2], healthy: false, code: 'requested_unverified' },
+    ]);
+    expect(world.rows.get(id)).toEqual({ state: 'failed', reason: 'ssh_connect_failed' });
+    expect(world.pins.get(id)).toBe(1);
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'rotation_failed' }]);
+  });
+
+  it('a swap that throws on the last attempt of a deployment that was not switching yet: failed, and the same event (its swap began)', async () => {
+    const { id, world, h, j } = setup('pending', {
+      beforeSwap: () => {
+        throw new OrchestratorError('ssh_connect_failed', 'host:22: connection closed');
+      },
+    });
+    await swapOn(h, VALUES[1] as string);
+    await run(j, true);
+    expect(world.rows.get(id)).toEqual({ state: 'failed', reason: 'ssh_connect_failed' });
+    expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'rotation_failed' }]);
+  });
+
   it('a host found on the OLD version whose swaps are not verified stays rolled back, unverified, pinned old (unchanged)', async () => {
     const { id, world, h, j, swaps, caddy } = setup('switching');
     await swapOn(h, VALUES[1] as string);

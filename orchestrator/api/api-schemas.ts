@@ -45,7 +45,20 @@ export const stepSchema = z.object({
   startedAt: iso.nullable(),
   finishedAt: iso.nullable(),
   durationMs: z.number().nullable(),
-  error: z.string().nullable(),
+  error: z
+    .string()
+    .nullable()
+    .describe(
+      "A failed step: one fixed sentence for its errorCode (docs/api.md, 'Failure codes'); never the failure's own text",
+    ),
+  errorCode: z
+    .string()
+    .nullable()
+    .describe("A failed step: the reason code, the same as the event stream's reasonCode"),
+  errorDetail: z
+    .string()
+    .optional()
+    .describe('The failure as recorded (provider and host details): only for an ops token with admin'),
 });
 
 export const deploymentSchema = z.object({
@@ -64,7 +77,17 @@ export const deploymentSchema = z.object({
   currentOperation: z.enum(['provision', 'deprovision']).nullable(),
   currentRun: z.number().int(),
   failedStep: z.string().nullable(),
-  failureReason: z.string().nullable(),
+  failureReason: z
+    .string()
+    .nullable()
+    .describe(
+      "One fixed sentence for failureCode (docs/api.md, 'Failure codes'); never the failure's own text",
+    ),
+  failureCode: z.string().nullable().describe("The failed step's reason code (as its errorCode)"),
+  failureDetail: z
+    .string()
+    .optional()
+    .describe('The failure as recorded (provider and host details): only for an ops token with admin'),
   createdAt: iso,
   updatedAt: iso,
   steps: z.array(stepSchema),

@@ -148,7 +148,7 @@ export const followViaApi = async (
       printed.add(key);
       const took = s.durationMs === null ? '' : ` ${(s.durationMs / 1000).toFixed(1)} s`;
       ctx.out(
-        `  ${mark(s.status)} ${s.operation === 'deprovision' ? 'teardown ' : ''}${s.step}${took}${s.status === 'skipped' ? ' (already done)' : ''}${s.error ? `: ${s.error}` : ''}\n`,
+        `  ${mark(s.status)} ${s.operation === 'deprovision' ? 'teardown ' : ''}${s.step}${took}${s.status === 'skipped' ? ' (already done)' : ''}${s.errorCode ? `: ${s.errorCode} (${s.error ?? ''})` : ''}\n`,
       );
     }
     if (until(data)) {

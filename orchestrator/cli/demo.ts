@@ -284,7 +284,9 @@ export const runDemo = async (args: readonly string[], ctx: CliContext): Promise
     );
     if (d.status !== 'ready') {
       ctx.out(
-        `the deployment is ${d.status}${d.failedStep ? ` at step ${d.failedStep}: ${d.failureReason ?? ''}` : ''}\n` +
+        `the deployment is ${d.status}${d.failedStep ? ` at step ${d.failedStep}: ${d.failureCode ?? ''} (${d.failureReason ?? ''})` : ''}\n` +
+          // the API tells the demo organisation's token a code and a fixed sentence; the recorded text is ops'
+          `the recorded error: npm run cortexctl -- status ${d.id}\n` +
           `retry with: npm run cortexctl -- retry ${d.id}   (with a worker running: npm run cortexctl -- worker)\n`,
       );
       return 1;

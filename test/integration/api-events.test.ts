@@ -205,6 +205,47 @@ it('ends at failed with the failed step and a reason code, never the reason text
   expect(frames.map((x) => x.data).join('\n')).not.toContain(f.tag);
 });
 
+it("review R15 finding 7: a failure's recorded text (host, address, port, provider words) is in neither the stream nor the JSON of an organisation's token; an ops admin token reads it", async () => {
+  const f = await fixture();
+  const host = `canary-${f.tag}.hel1.hetzner.example`;
+  const provider = `resource_limit_exceeded_${f.tag}`;
+  const reason =
+    `ssh_connect_failed: ssh to ${host} (198.51.100.73:2222) failed after ` +
+    `hcloud said ${provider}; pulumi stack agent-${f.tag}`;
+  const canaries = [host, '198.51.100.73', ':2222', provider, `agent-${f.tag}`];
+  await f.drive.begin();
+  await f.drive.step('host');
+  await f.drive.step('ssh', 'failed', reason);
+
+  const s = await openSse(url(f.deploymentId), auth(f.token));
+  const stream = (await s.rest()).map((x) => x.data).join('\n');
+  expect(stream).toContain('"reasonCode":"ssh_connect_failed"');
+  for (const c of canaries) expect(stream).not.toContain(c);
+
+  const mine = await t.client(f.token).GET('/v1/deployments/{id}', {
+    params: { path: { id: f.deploymentId } },
+  });
+  const text = JSON.stringify(mine.data);
+  for (const c of canaries) expect(text).not.toContain(c);
+  const message = 'The server could not be reached.';
+  expect(mine.data).toMatchObject({
+    failedStep: 'ssh',
+    failureCode: 'ssh_connect_failed',
+    failureReason: message,
+  });
+  expect(mine.data?.steps.map((x) => [x.step, x.status, x.errorCode, x.error, x.errorDetail])).toEqual([
+    ['host', 'succeeded', null, null, undefined],
+    ['ssh', 'failed', 'ssh_connect_failed', message, undefined],
+  ]);
+  expect(mine.data?.failureDetail).toBeUndefined();
+
+  const ops = await t.token(null, ['deployments:read', 'admin']);
+  const theirs = await t.client(ops.token).GET('/v1/deployments/{id}', {
+    params: { path: { id: f.deploymentId } },
+  });
+  expect([theirs.data?.failureDetail, theirs.data?.steps.at(-1)?.errorDetail]).toEqual([reason, reason]);
+});
+
 it('is a 404 for another organisation, 401 without a token, 403 without deployments:read', async () => {
   const a = await fixture();
   const b = await fixture();

@@ -506,6 +506,11 @@ export interface paths {
                             currentRun: number;
                             dnsName: string | null;
                             failedStep: string | null;
+                            /** @description The failed step's reason code (as its errorCode) */
+                            failureCode: string | null;
+                            /** @description The failure as recorded (provider and host details): only for an ops token with admin */
+                            failureDetail?: string;
+                            /** @description One fixed sentence for failureCode (docs/api.md, 'Failure codes'); never the failure's own text */
                             failureReason: string | null;
                             /** Format: uuid */
                             id: string;
@@ -525,7 +530,12 @@ export interface paths {
                             steps: {
                                 attempt: number;
                                 durationMs: number | null;
+                                /** @description A failed step: one fixed sentence for its errorCode (docs/api.md, 'Failure codes'); never the failure's own text */
                                 error: string | null;
+                                /** @description A failed step: the reason code, the same as the event stream's reasonCode */
+                                errorCode: string | null;
+                                /** @description The failure as recorded (provider and host details): only for an ops token with admin */
+                                errorDetail?: string;
                                 finishedAt: string | null;
                                 /** @enum {string} */
                                 operation: "provision" | "deprovision";

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { Deployment } from '../../deployments/deployment-store';
+import type { Deployment, StepRecord } from '../../deployments/deployment-store';
 import { jobIdFor } from '../../queues/job-payloads';
 import { auditContext, canSee, principalOf, targetOrg } from '../auth';
 import {
@@ -8,15 +8,66 @@ import {
   deploymentSchema,
   deploymentSummarySchema,
   idParams,
+  stepSchema,
   idempotencyHeaders,
   listDeploymentsQuery,
   operationAcceptedSchema,
 } from '../api-schemas';
 import { makeDeploymentRequests } from '../deployment-requests';
+import { mayReadFailureDetail, publicFailure } from '../failure-catalogue';
 import { makeReadCoalescer } from '../read-coalescer';
 import { problems, problemResponses } from '../problems';
 import type { ApiPlugin } from '../server';
 import type { ApiPrincipal } from '../api-tokens';
+
+/**
+ * A failure as the API shows it: the code and the catalogue's sentence (failure-catalogue.ts); the
+ * recorded text (provider answers, host names, addresses) only with `detail` (an ops admin token).
+ */
+const stepView = (s: StepRecord, detail: boolean): z.infer<typeof stepSchema> => {
+  const f = publicFailure(s.error);
+  return {
+    run: s.run,
+    operation: s.operation,
+    step: s.step,
+    status: s.status,
+    attempt: s.attempt,
+    startedAt: s.startedAt,
+    finishedAt: s.finishedAt,
+    durationMs: s.durationMs,
+    error: f?.message ?? null,
+    errorCode: f?.code ?? null,
+    ...(detail && s.error !== null ? { errorDetail: s.error } : {}),
+  };
+};
+
+/** Field by field (no spread of the record): what is not named here never reaches a response. */
+const deploymentView = (d: Deployment, detail: boolean): z.infer<typeof deploymentSchema> => {
+  const f = publicFailure(d.failureReason);
+  return {
+    id: d.id,
+    orgId: d.orgId,
+    name: d.name,
+    subdomain: d.subdomain,
+    provider: d.provider,
+    region: d.region,
+    serverType: d.serverType,
+    runtime: d.runtime,
+    status: d.status,
+    ipv4: d.ipv4,
+    ipv6: d.ipv6,
+    dnsName: d.dnsName,
+    currentOperation: d.currentOperation,
+    currentRun: d.currentRun,
+    failedStep: d.failedStep,
+    failureReason: f?.message ?? null,
+    failureCode: f?.code ?? null,
+    ...(detail && d.failureReason !== null ? { failureDetail: d.failureReason } : {}),
+    createdAt: d.createdAt,
+    updatedAt: d.updatedAt,
+    steps: d.steps.map((s) => stepView(s, detail)),
+  };
+};
 
 /**
  * Deployments: request one (with an optional Idempotency-Key), read it with its steps, list, retry,
@@ -112,8 +163,9 @@ export const deploymentRoutes: ApiPlugin = async (app, deps) => {
       },
     },
     async (request) => {
-      const d = await visible(principalOf(request), request.params.id, reads.read);
-      return { ...d, steps: [...d.steps] };
+      const p = principalOf(request);
+      const d = await visible(p, request.params.id, reads.read);
+      return deploymentView(d, mayReadFailureDetail(p));
     },
   );
 

@@ -180,6 +180,20 @@ export const configSchema = z
     WEBHOOK_ATTEMPTS: z.coerce.number().int().min(1).max(30).default(8),
     WEBHOOK_BACKOFF_MS: z.coerce.number().int().min(100).max(3_600_000).default(5_000),
     WEBHOOK_TIMEOUT_MS: z.coerce.number().int().min(500).max(60_000).default(10_000),
+    /**
+     * Deliveries of one endpoint, and of one organisation, queued at once (waiting, running or
+     * between attempts), cluster-wide: what the dispatcher holds back stays pending (review R15 F6).
+     */
+    WEBHOOK_PER_ENDPOINT_CONCURRENCY: z.coerce.number().int().min(1).max(100).default(2),
+    WEBHOOK_PER_ORG_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(5),
+    /**
+     * An endpoint's circuit breaker: after this many failures in a row (timeout, connection, TLS or
+     * DNS failure, 5xx, 408, 429) its deliveries are held for WEBHOOK_BREAKER_COOLDOWN_MS, doubling
+     * with each opening in a row up to WEBHOOK_BREAKER_MAX_COOLDOWN_MS; a 2xx closes it.
+     */
+    WEBHOOK_BREAKER_FAILURES: z.coerce.number().int().min(1).max(1_000).default(5),
+    WEBHOOK_BREAKER_COOLDOWN_MS: z.coerce.number().int().min(100).max(86_400_000).default(30_000),
+    WEBHOOK_BREAKER_MAX_COOLDOWN_MS: z.coerce.number().int().min(100).max(86_400_000).default(900_000),
 
     // ---- the provisioning pipeline (queues, workers) ----
     /** Redis key prefix of the BullMQ queues and leases. */
@@ -273,6 +287,19 @@ export const configSchema = z
         code: 'custom',
         path: ['DATABASE_QUERY_TIMEOUT_MS'],
         message: 'must be greater than DATABASE_STATEMENT_TIMEOUT_MS (the server should answer first)',
+      });
+    if (c.WEBHOOK_PER_ORG_CONCURRENCY < c.WEBHOOK_PER_ENDPOINT_CONCURRENCY)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['WEBHOOK_PER_ORG_CONCURRENCY'],
+        message:
+          'must be at least WEBHOOK_PER_ENDPOINT_CONCURRENCY (an endpoint is part of its organisation)',
+      });
+    if (c.WEBHOOK_BREAKER_MAX_COOLDOWN_MS < c.WEBHOOK_BREAKER_COOLDOWN_MS)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['WEBHOOK_BREAKER_MAX_COOLDOWN_MS'],
+        message: 'must be at least WEBHOOK_BREAKER_COOLDOWN_MS (the cool-down grows up to it)',
       });
     if (c.NODE_ENV === 'production' && c.PIPELINE_PAUSE_AT_STEP)
       ctx.addIssue({

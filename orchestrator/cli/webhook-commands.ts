@@ -80,7 +80,15 @@ export const webhookCommands: Record<string, CliCommand> = {
           ctx.out(
             json
               ? `${JSON.stringify(list)}\n`
-              : list.map((e) => `${e.id}  ${e.createdAt}  ${e.url}`).join('\n') + (list.length ? '\n' : ''),
+              : list
+                  .map(
+                    (e) =>
+                      `${e.id}  ${e.createdAt}  ${e.url}` +
+                      (e.breakerOpenUntil && Date.parse(e.breakerOpenUntil) > Date.now()
+                        ? `  held until ${e.breakerOpenUntil} (${e.consecutiveFailures} failures in a row)`
+                        : ''),
+                  )
+                  .join('\n') + (list.length ? '\n' : ''),
           );
           return 0;
         });

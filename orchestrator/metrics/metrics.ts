@@ -48,6 +48,12 @@ export const metrics = {
     labelNames: ['provider', 'method', 'status'] as const,
     registers: [processRegistry],
   }),
+  /** Webhook endpoints' circuit breakers opened (review R15 F6); GET /v1/webhooks shows which, until when. */
+  webhookBreakerOpened: new Counter({
+    name: 'cortex_webhook_breaker_opened_total',
+    help: "Openings of a webhook endpoint's circuit breaker (its deliveries held for a cool-down)",
+    registers: [processRegistry],
+  }),
 };
 
 let defaultsStarted = false;

@@ -14,6 +14,10 @@ export interface WebhookEndpoint {
   readonly url: string;
   readonly createdAt: string;
   readonly disabledAt: string | null;
+  /** Failures in a row that count for the circuit breaker (reset by a 2xx). */
+  readonly consecutiveFailures: number;
+  /** While in the future, the endpoint's deliveries are held (its circuit breaker is open). */
+  readonly breakerOpenUntil: string | null;
 }
 
 export interface WebhookDelivery {
@@ -48,6 +52,8 @@ export interface DeploymentEvent {
 
 export type DeliveryPlan =
   | { action: 'skip'; state: string }
+  /** The endpoint's circuit breaker is open: no POST, no attempt; try again at `until`. */
+  | { action: 'hold'; endpointId: string; until: Date }
   | {
       action: 'deliver';
       deliveryId: string;
@@ -68,7 +74,29 @@ const endpointOf = (r: Row): WebhookEndpoint => ({
   url: s(r.url),
   createdAt: s(r.created_at),
   disabledAt: sn(r.disabled_at),
+  consecutiveFailures: Number(r.consecutive_failures ?? 0),
+  breakerOpenUntil: sn(r.breaker_open_until),
 });
+
+/** The dispatcher's caps: deliveries queued at once per endpoint and per organisation. */
+export interface ClaimCaps {
+  readonly perEndpoint: number;
+  readonly perOrg: number;
+}
+
+/** The circuit breaker's policy (webhook_deliveries__record applies it). */
+export interface BreakerPolicy {
+  readonly failures: number;
+  readonly cooldownMs: number;
+  readonly maxCooldownMs: number;
+}
+
+export interface RecordResult {
+  readonly consecutiveFailures: number;
+  readonly breakerOpenUntil: string | null;
+  /** This outcome opened the breaker. */
+  readonly breakerOpened: boolean;
+}
 
 /** An event payload's keys as the API spells them (`reason_code` → `reasonCode`). */
 export const camelKeys = (o: Readonly<Record<string, unknown>>): Record<string, unknown> =>
@@ -179,16 +207,20 @@ export const makeWebhookStore = (deps: { rpc: Rpc }) => {
         })
       ).map(deliveryOf);
     },
-    /** Pending deliveries → queued; their ids. */
-    async claim(limit: number, requeueAfterSeconds: number): Promise<string[]> {
+    /** Pending deliveries → queued, within the caps and while their endpoint's breaker is closed; their ids. */
+    async claim(limit: number, requeueAfterSeconds: number, caps: ClaimCaps): Promise<string[]> {
       const ids = await rpc<(number | string)[]>('webhook_deliveries__claim', {
         p_limit: limit,
         p_requeue_after_seconds: requeueAfterSeconds,
+        p_per_endpoint: caps.perEndpoint,
+        p_per_org: caps.perOrg,
       });
       return ids.map(String);
     },
     async begin(deliveryId: string): Promise<DeliveryPlan> {
       const r = await rpc<Row>('webhook_deliveries__begin', { p_delivery_id: deliveryId });
+      if (r.action === 'hold')
+        return { action: 'hold', endpointId: s(r.endpoint_id), until: new Date(s(r.until)) };
       if (r.action !== 'deliver') return { action: 'skip', state: s(r.state) };
       return {
         action: 'deliver',
@@ -203,15 +235,24 @@ export const makeWebhookStore = (deps: { rpc: Rpc }) => {
     async record(
       deliveryId: string,
       outcome: 'delivered' | 'retry' | 'failed',
-      httpStatus?: number,
-      error?: string,
-    ): Promise<void> {
-      await rpc('webhook_deliveries__record', {
+      httpStatus: number | undefined,
+      error: string | undefined,
+      breaker: BreakerPolicy,
+    ): Promise<RecordResult> {
+      const r = await rpc<Row>('webhook_deliveries__record', {
         p_delivery_id: deliveryId,
         p_outcome: outcome,
         p_http_status: httpStatus,
         p_error: error,
+        p_breaker_failures: breaker.failures,
+        p_breaker_cooldown_ms: breaker.cooldownMs,
+        p_breaker_max_cooldown_ms: breaker.maxCooldownMs,
       });
+      return {
+        consecutiveFailures: Number(r.consecutive_failures ?? 0),
+        breakerOpenUntil: sn(r.breaker_open_until),
+        breakerOpened: r.breaker_opened === true,
+      };
     },
     /**
      * The audited read: an intent committed in a call of its own, then the read against it (a read

@@ -1,10 +1,16 @@
-import { Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { DelayedError, Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Logger } from '../log';
 import { failedJobOutcome, metrics } from '../metrics/metrics';
 import { reasonOf } from '../steps/step-runner';
 import { WEBHOOKS_QUEUE, parseWebhookJob, webhookJobId } from './webhook-payloads';
 import { sendWebhook, type SendInput, type SendResult } from './webhook-sender';
-import { camelKeys, type DeploymentEvent, type WebhookStore } from './webhook-store';
+import {
+  camelKeys,
+  type BreakerPolicy,
+  type ClaimCaps,
+  type DeploymentEvent,
+  type WebhookStore,
+} from './webhook-store';
 
 /**
  * The webhook side of a worker process. The dispatcher moves pending outbox rows (one per status
@@ -15,6 +21,12 @@ import { camelKeys, type DeploymentEvent, type WebhookStore } from './webhook-st
  * over `attempts`; the last failed attempt records
  * the delivery `failed`. At least once: a worker that dies between the POST and its record sends
  * again with the same webhook-id (the event id), which receivers use to drop the duplicate.
+ *
+ * Fairness (review R15 F6): the claim queues a delivery only while its endpoint and organisation
+ * are under their caps of queued deliveries (counted in Postgres, so across worker processes), and
+ * never while the endpoint's circuit breaker is open; a job whose endpoint's breaker opened after it
+ * was queued waits (BullMQ delayed, no slot held, no attempt spent) until it closes. An attempt is
+ * a POST: `attempts` in the row counts them, and the delivery fails after `attempts` of them.
  */
 export interface WebhookSettings {
   readonly connection: ConnectionOptions;
@@ -26,11 +38,15 @@ export interface WebhookSettings {
   /** How often the dispatcher looks for new deliveries. */
   readonly dispatchEveryMs: number;
   readonly concurrency: number;
+  readonly caps: ClaimCaps;
+  readonly breaker: BreakerPolicy;
 }
 
 const CLAIM_BATCH = 100;
 /** A queued delivery whose job Redis lost is queued again after this long (the job id dedupes). */
 const REQUEUE_AFTER_SECONDS = 900;
+/** A finished job frees a slot: the next pass runs this soon instead of at the next tick. */
+const KICK_AFTER_MS = 50;
 
 /** The JSON body receivers get (the Standard Webhooks envelope: type, timestamp, data). */
 export const webhookBody = (event: DeploymentEvent, orgId: string): string =>
@@ -49,13 +65,16 @@ export const makeWebhookWorkers = (
   const queue = new Queue(WEBHOOKS_QUEUE, { connection: s.connection, prefix: s.prefix });
   let worker: Worker | undefined;
   let timer: NodeJS.Timeout | undefined;
+  let kickTimer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let again = false;
   let stopped = false;
 
   /** One pass: claim pending deliveries and queue them; returns how many. */
   const dispatch = async (): Promise<number> => {
     let total = 0;
     for (;;) {
-      const ids = await deps.store.claim(CLAIM_BATCH, REQUEUE_AFTER_SECONDS);
+      const ids = await deps.store.claim(CLAIM_BATCH, REQUEUE_AFTER_SECONDS, s.caps);
       for (const deliveryId of ids)
         await queue.add(
           'deliver',
@@ -73,16 +92,40 @@ export const makeWebhookWorkers = (
     }
   };
 
-  const loop = (): void => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      dispatch()
-        .catch((err: unknown) => log.warn({ reason: reasonOf(err) }, 'webhook dispatch failed; trying again'))
-        .finally(loop);
-    }, s.dispatchEveryMs);
+  /** One pass at a time in this process; a pass asked for meanwhile runs right after it. */
+  const pass = (): Promise<void> => {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = dispatch()
+      .then(() => undefined)
+      .catch((err: unknown) => log.warn({ reason: reasonOf(err) }, 'webhook dispatch failed; trying again'))
+      .finally(() => {
+        running = undefined;
+        if (again && !stopped) {
+          again = false;
+          void pass();
+        }
+      });
+    return running;
   };
 
-  const deliver = async (job: Job): Promise<{ outcome: string }> => {
+  const loop = (): void => {
+    if (stopped) return;
+    timer = setTimeout(() => void pass().finally(loop), s.dispatchEveryMs);
+  };
+
+  // the caps hold deliveries back until a slot frees: fill it now rather than at the next tick
+  const kick = (): void => {
+    if (stopped || kickTimer) return;
+    kickTimer = setTimeout(() => {
+      kickTimer = undefined;
+      void pass();
+    }, KICK_AFTER_MS);
+  };
+
+  const deliver = async (job: Job, token?: string): Promise<{ outcome: string }> => {
     const parsed = parseWebhookJob(job.data);
     if (!parsed.ok) {
       await job.updateData({}).catch(() => undefined);
@@ -91,7 +134,15 @@ export const makeWebhookWorkers = (
     const { deliveryId } = parsed.payload;
     const plan = await deps.store.begin(deliveryId);
     if (plan.action === 'skip') return { outcome: plan.state };
-    const final = job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+    if (plan.action === 'hold') {
+      // the breaker opened after this job was queued: wait for it without a slot or an attempt
+      // (the row stays queued, so its endpoint's cap stays taken and nothing else of it is queued)
+      log.debug({ deliveryId, endpointId: plan.endpointId, until: plan.until }, 'webhook delivery held');
+      await job.moveToDelayed(Math.max(plan.until.getTime(), Date.now() + 1), token);
+      throw new DelayedError();
+    }
+    // the last POST (counted in the row: a held job made none), or BullMQ's last try
+    const final = plan.attempt >= s.attempts || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
     const secret = await deps.store.readSecret(plan.endpointId, {
       actor: 'webhooks',
       jobId: job.id ?? 'unknown',
@@ -112,11 +163,24 @@ export const makeWebhookWorkers = (
       attempt: plan.attempt,
     });
     if (result.ok) {
-      await deps.store.record(deliveryId, 'delivered', result.status);
+      await deps.store.record(deliveryId, 'delivered', result.status, undefined, s.breaker);
       dlog.info({ status: result.status }, 'webhook delivered');
       return { outcome: 'delivered' };
     }
-    await deps.store.record(deliveryId, final ? 'failed' : 'retry', result.status, result.error);
+    const recorded = await deps.store.record(
+      deliveryId,
+      final ? 'failed' : 'retry',
+      result.status,
+      result.error,
+      s.breaker,
+    );
+    if (recorded.breakerOpened) {
+      metrics.webhookBreakerOpened.inc();
+      dlog.warn(
+        { consecutiveFailures: recorded.consecutiveFailures, until: recorded.breakerOpenUntil },
+        "webhook endpoint's circuit breaker opened: its deliveries are held until then",
+      );
+    }
     if (final) {
       dlog.warn({ status: result.status, error: result.error }, 'webhook delivery failed for good');
       return { outcome: 'failed' };
@@ -133,17 +197,23 @@ export const makeWebhookWorkers = (
       concurrency: s.concurrency,
     });
     worker.on('error', (err) => log.error({ reason: reasonOf(err) }, 'webhook worker error'));
-    worker.on('failed', (job, err) =>
-      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: failedJobOutcome(job, err) }),
-    );
-    worker.on('completed', () => metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: 'completed' }));
+    worker.on('failed', (job, err) => {
+      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: failedJobOutcome(job, err) });
+      kick();
+    });
+    worker.on('completed', () => {
+      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: 'completed' });
+      kick();
+    });
     loop();
   };
 
   const close = async (): Promise<void> => {
     stopped = true;
     if (timer) clearTimeout(timer);
+    if (kickTimer) clearTimeout(kickTimer);
     if (worker) await worker.close();
+    await running;
     await queue.close();
   };
 

@@ -23,5 +23,14 @@ export const makeWebhookWorkersFromConfig = (config: Config, rpc: Rpc, log: Logg
       allowLoopback: config.HOST_PROVIDER === 'local',
       dispatchEveryMs: WEBHOOK_DISPATCH_EVERY_MS,
       concurrency: 10,
+      caps: {
+        perEndpoint: config.WEBHOOK_PER_ENDPOINT_CONCURRENCY,
+        perOrg: config.WEBHOOK_PER_ORG_CONCURRENCY,
+      },
+      breaker: {
+        failures: config.WEBHOOK_BREAKER_FAILURES,
+        cooldownMs: config.WEBHOOK_BREAKER_COOLDOWN_MS,
+        maxCooldownMs: config.WEBHOOK_BREAKER_MAX_COOLDOWN_MS,
+      },
     },
   );

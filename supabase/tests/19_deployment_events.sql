@@ -156,11 +156,12 @@ select is(
   'one delivery per status event to the org''s endpoint (steps are not webhooks)');
 select is((select count(*) from public.webhook_deliveries w join public.deployment_events e on e.id = w.event_id
    where e.deployment_id = :'dep' and w.endpoint_id <> :'ep_id'), 0::bigint, 'none to another organisation''s endpoint');
-select public.webhook_deliveries__claim(100, 900) as claimed \gset
+-- caps above this endpoint's four (the caps and the breaker: 41_webhook_fair_dispatch.sql)
+select public.webhook_deliveries__claim(100, 900, 10, 10) as claimed \gset
 select ok((select count(*) from jsonb_array_elements_text(:'claimed'::jsonb) i
    join public.webhook_deliveries w on w.id = i::bigint where w.endpoint_id = :'ep_id') = 4,
   'the claim takes the pending deliveries');
-select is(jsonb_array_length(public.webhook_deliveries__claim(100, 900)), 0, 'a second claim takes none of them again');
+select is(jsonb_array_length(public.webhook_deliveries__claim(100, 900, 10, 10)), 0, 'a second claim takes none of them again');
 select min(id) as del_id from public.webhook_deliveries where endpoint_id = :'ep_id' \gset
 select public.webhook_deliveries__begin(:del_id) as begun \gset
 select is((:'begun'::jsonb) - 'event', jsonb_build_object('action', 'deliver', 'delivery_id', :del_id, 'endpoint_id', :'ep_id',

@@ -26,7 +26,17 @@ const admin = adminPool();
 const endpoints: { orgId: string; id: string; token: string }[] = [];
 
 beforeAll(async () => {
-  t = await startTestApi({ WEBHOOK_ATTEMPTS: '4', WEBHOOK_BACKOFF_MS: '200', WEBHOOK_TIMEOUT_MS: '3000' });
+  t = await startTestApi({
+    WEBHOOK_ATTEMPTS: '4',
+    WEBHOOK_BACKOFF_MS: '200',
+    WEBHOOK_TIMEOUT_MS: '3000',
+    // the caps' defaults, said here because the fairness tests count on them
+    WEBHOOK_PER_ENDPOINT_CONCURRENCY: '2',
+    WEBHOOK_PER_ORG_CONCURRENCY: '5',
+    WEBHOOK_BREAKER_FAILURES: '3',
+    WEBHOOK_BREAKER_COOLDOWN_MS: '2000',
+    WEBHOOK_BREAKER_MAX_COOLDOWN_MS: '4000',
+  });
   webhooks = makeWebhookWorkersFromConfig(t.pipeline.config, t.pipeline.db.rpc, t.log);
   webhooks.start();
 });
@@ -79,6 +89,41 @@ const receiver = async (opts: { failFirst?: number; alwaysFail?: boolean } = {})
     url: `http://127.0.0.1:${port}/hooks/cortex`,
     got,
     close: () => new Promise((r) => server.close(r)),
+  };
+};
+
+/**
+ * A receiver that takes each POST and never answers (a silent host holding the connection until the
+ * sender's timeout): it counts the requests open at once, in all and per path.
+ */
+const silentReceiver = async () => {
+  let open = 0;
+  let maxOpen = 0;
+  let total = 0;
+  const openByPath = new Map<string, number>();
+  const maxByPath = new Map<string, number>();
+  const server = createServer((req, res) => {
+    const p = req.url ?? '';
+    total += 1;
+    open += 1;
+    maxOpen = Math.max(maxOpen, open);
+    openByPath.set(p, (openByPath.get(p) ?? 0) + 1);
+    maxByPath.set(p, Math.max(maxByPath.get(p) ?? 0, openByPath.get(p) ?? 0));
+    req.resume();
+    res.on('close', () => {
+      open -= 1;
+      openByPath.set(p, (openByPath.get(p) ?? 1) - 1);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stats: () => ({ open, maxOpen, total, maxByPath: Object.fromEntries(maxByPath) }),
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((r) => server.close(r));
+    },
   };
 };
 
@@ -257,6 +302,109 @@ describe('delivery', () => {
     ]);
     expect(Number((vault.rows[0] as { n: string }).n)).toBe(0);
     await r.close();
+  });
+});
+
+describe('fairness (review R15 finding 6)', () => {
+  it("one organisation's silent endpoints take at most 2 slots each and 5 in all; another organisation's webhook goes out meanwhile", async () => {
+    const silent = await silentReceiver();
+    const r = await receiver();
+    try {
+      const a = await setup(`${silent.url}/a1`);
+      for (const path of ['a2', 'a3']) {
+        const more = await t.call('POST', '/v1/webhooks', {
+          token: a.token,
+          body: { url: `${silent.url}/${path}` },
+        });
+        expect(more.status).toBe(201);
+        endpoints.push({ orgId: a.orgId, id: (more.json as { id: string }).id, token: a.token });
+      }
+      // four deployments: twelve deliveries to org A's three silent endpoints
+      for (let i = 0; i < 4; i++)
+        await t.pipeline.db.rpc('deployments__create', {
+          p_org_id: a.orgId,
+          p_name: `Silent ${i}`,
+          p_subdomain: `wh-${a.tag}-${i}`,
+        });
+      await until('org A holding its five slots', () => (silent.stats().maxOpen >= 5 ? true : undefined));
+
+      const b = await setup(r.url);
+      await b.newDeployment();
+      await until("org B's delivery", () => (r.got.length >= 1 ? true : undefined));
+      // B's went out while A's backlog was still held back: not behind it
+      const held = await admin.query<{ n: string }>(
+        `select count(*) as n from public.webhook_deliveries where org_id = $1 and state = 'pending'`,
+        [a.orgId],
+      );
+      expect(Number(held.rows[0]?.n)).toBeGreaterThan(0);
+      expect((await deliveries(b.token, b.endpoint.id)).map((d) => [d.state, d.attempts])).toEqual([
+        ['delivered', 1],
+      ]);
+      // without the caps the worker's ten slots would all have gone to org A's twelve deliveries
+      const st = silent.stats();
+      expect(st.maxOpen).toBe(5);
+      expect(Math.max(...Object.values(st.maxByPath))).toBe(2);
+    } finally {
+      await silent.close();
+      await r.close();
+    }
+  });
+
+  it('a failing endpoint opens its breaker: its delivery is held for the cool-down (no attempt spent), then delivered', async () => {
+    const got: number[] = [];
+    const failFirst = 3; // = WEBHOOK_BREAKER_FAILURES
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        got.push(Date.now());
+        res.writeHead(got.length <= failFirst ? 503 : 204).end();
+      });
+    });
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+    try {
+      const s = await setup(`http://127.0.0.1:${(server.address() as AddressInfo).port}/flaky`);
+      await s.newDeployment();
+      const done = await until('the delivery delivered', async () => {
+        const d = (await deliveries(s.token, s.endpoint.id))[0];
+        return d?.state === 'delivered' ? d : undefined;
+      });
+      // four POSTs (WEBHOOK_ATTEMPTS): the hold in between made none and spent none
+      expect([done.attempts, done.lastStatus, got.length]).toEqual([4, 204, 4]);
+      // BullMQ's backoff before the fourth try is 800 ms; the breaker held it for 2000 ms from the third's record
+      expect((got[3] ?? 0) - (got[2] ?? 0)).toBeGreaterThanOrEqual(2_000);
+      const opened = t.logs.filter((l) => l.includes('circuit breaker opened') && l.includes(s.endpoint.id));
+      expect(opened).toHaveLength(1);
+      // a 2xx closed and reset it
+      const list = (await t.call('GET', '/v1/webhooks', { token: s.token })).json as {
+        endpoints: { id: string; consecutiveFailures: number; breakerOpenUntil: string | null }[];
+      };
+      expect(list.endpoints.find((e) => e.id === s.endpoint.id)).toMatchObject({
+        consecutiveFailures: 0,
+        breakerOpenUntil: null,
+      });
+    } finally {
+      server.closeAllConnections();
+      await new Promise((res) => server.close(res));
+    }
+  });
+
+  it('GET /v1/webhooks shows an open breaker while it holds the deliveries', async () => {
+    const r = await receiver({ alwaysFail: true });
+    try {
+      const s = await setup(r.url);
+      await s.newDeployment();
+      const open = await until('the breaker open', async () => {
+        const list = (await t.call('GET', '/v1/webhooks', { token: s.token })).json as {
+          endpoints: { id: string; consecutiveFailures: number; breakerOpenUntil: string | null }[];
+        };
+        const e = list.endpoints.find((x) => x.id === s.endpoint.id);
+        return e?.breakerOpenUntil ? e : undefined;
+      });
+      expect(open.consecutiveFailures).toBeGreaterThanOrEqual(3);
+      expect(Date.parse(open.breakerOpenUntil ?? '')).toBeGreaterThan(0);
+    } finally {
+      await r.close();
+    }
   });
 });
 

@@ -2579,6 +2579,10 @@ export interface paths {
                     content: {
                         "application/json": {
                             endpoints: {
+                                /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                                breakerOpenUntil: string | null;
+                                /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                                consecutiveFailures: number;
                                 createdAt: string;
                                 disabledAt: string | null;
                                 /** Format: uuid */
@@ -2726,6 +2730,10 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
+                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                            breakerOpenUntil: string | null;
+                            /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                            consecutiveFailures: number;
                             createdAt: string;
                             disabledAt: string | null;
                             /** Format: uuid */
@@ -2924,6 +2932,10 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
+                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                            breakerOpenUntil: string | null;
+                            /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                            consecutiveFailures: number;
                             createdAt: string;
                             disabledAt: string | null;
                             /** Format: uuid */

@@ -19,6 +19,16 @@ const endpointSchema = z.object({
   url: z.string(),
   createdAt: z.string(),
   disabledAt: z.string().nullable(),
+  consecutiveFailures: z
+    .number()
+    .int()
+    .describe('Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it'),
+  breakerOpenUntil: z
+    .string()
+    .nullable()
+    .describe(
+      "While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then",
+    ),
 });
 const createdSchema = endpointSchema.extend({
   secret: z
@@ -74,6 +84,8 @@ export const webhookRoutes: ApiPlugin = async (app, deps) => {
         url: e.url,
         createdAt: e.createdAt,
         disabledAt: e.disabledAt,
+        consecutiveFailures: e.consecutiveFailures,
+        breakerOpenUntil: e.breakerOpenUntil,
         secret: e.secret.reveal(),
       });
     },

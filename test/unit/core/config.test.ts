@@ -35,6 +35,30 @@ describe('config', () => {
     expect(msg).toMatch(/SUPABASE_SERVICE_ROLE_KEY: is required/);
   });
 
+  it('webhook caps and breaker: defaults, bounds, and their relations, by name (review R15 F6)', () => {
+    const c = loadConfig({});
+    expect([
+      c.WEBHOOK_PER_ENDPOINT_CONCURRENCY,
+      c.WEBHOOK_PER_ORG_CONCURRENCY,
+      c.WEBHOOK_BREAKER_FAILURES,
+      c.WEBHOOK_BREAKER_COOLDOWN_MS,
+      c.WEBHOOK_BREAKER_MAX_COOLDOWN_MS,
+    ]).toEqual([2, 5, 5, 30_000, 900_000]);
+    expect(failure({ WEBHOOK_PER_ENDPOINT_CONCURRENCY: '0' })).toMatch(
+      /^ {2}WEBHOOK_PER_ENDPOINT_CONCURRENCY: /m,
+    );
+    expect(failure({ WEBHOOK_PER_ENDPOINT_CONCURRENCY: 'two' })).toContain(
+      'WEBHOOK_PER_ENDPOINT_CONCURRENCY',
+    );
+    expect(failure({ WEBHOOK_PER_ENDPOINT_CONCURRENCY: '8', WEBHOOK_PER_ORG_CONCURRENCY: '4' })).toContain(
+      'WEBHOOK_PER_ORG_CONCURRENCY: must be at least WEBHOOK_PER_ENDPOINT_CONCURRENCY',
+    );
+    expect(failure({ WEBHOOK_BREAKER_FAILURES: '0' })).toContain('WEBHOOK_BREAKER_FAILURES');
+    expect(
+      failure({ WEBHOOK_BREAKER_COOLDOWN_MS: '60000', WEBHOOK_BREAKER_MAX_COOLDOWN_MS: '1000' }),
+    ).toContain('WEBHOOK_BREAKER_MAX_COOLDOWN_MS: must be at least WEBHOOK_BREAKER_COOLDOWN_MS');
+  });
+
   it('parses SSH CIDR lists and rejects a bad one by name', () => {
     expect(
       loadConfig({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8, 2001:db8::/32' }).ORCHESTRATOR_SSH_CIDRS,

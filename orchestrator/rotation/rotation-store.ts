@@ -14,9 +14,6 @@ import { makeSecretBindingStore } from './secret-binding-store';
 export type RotationDeploymentState =
   'pending' | 'switching' | 'switched' | 'rolled_back' | 'failed' | 'skipped';
 
-/** The reason codes of a rotation's `health` event (deployment_events__record_rotation_health). */
-export type RotationHealthCode = 'rollback_unverified' | 'switch_unverified' | 'rotation_failed';
-
 export interface RotationDeployment {
   readonly deploymentId: string;
   readonly fromVersion: number;
@@ -159,15 +156,13 @@ export const makeRotationStore = (deps: {
    * `rolled_back` with reason `unhealthy_rollback_unverified`. `switch_unverified`: found on the new
    * environment, which did not answer, and not healthy on the old one either (review R14 finding 4,
    * 20261206100000_rotation_switch_unverified.sql); only once recorded `switched` with reason
-   * `unhealthy_switch_unverified`. `rotation_failed` (payload `state: unknown`): recorded `failed`
-   * (any reason) after its swap began, so what the host runs is not known (review R16 finding 4,
-   * 20261207090000_rotation_failed_health.sql). Once per (rotation, deployment): a repeat returns the
-   * first event with `existing`.
+   * `unhealthy_switch_unverified`. Once per (rotation, deployment): a repeat returns the first event
+   * with `existing`.
    */
   const recordRotationHealth = async (
     deploymentId: string,
     rotationId: string,
-    reasonCode: RotationHealthCode,
+    reasonCode: 'rollback_unverified' | 'switch_unverified',
   ): Promise<{ eventId: string; existing: boolean }> => {
     const r = await rpc<{ id: number | string; existing: boolean }>(
       'deployment_events__record_rotation_health',

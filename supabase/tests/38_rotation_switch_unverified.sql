@@ -133,7 +133,7 @@ select throws_ok(format('select public.deployment_events__record_rotation_health
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'rollback_unverified'),
   '22023', null, 'a switched (unverified) row is refused for rollback_unverified, though its own event exists');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'switched_unverified'),
-  '22023', 'reason_code: must be rollback_unverified, switch_unverified or rotation_failed', 'an unknown reason code is refused, naming the allow-list');
+  '22023', 'reason_code: must be rollback_unverified or switch_unverified', 'an unknown reason code is refused, naming the allow-list');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone', :'rot', 'switch_unverified'),
   '22023', null, 'a deployment that no longer runs its agent gets no new event');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_b', :'rot', 'switch_unverified'),

@@ -15,7 +15,7 @@ import {
   rotationReasonCode,
   secretsReached,
 } from './rotation-common';
-import type { Rotation, RotationDeployment, RotationHealthCode, RotationStore } from './rotation-store';
+import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
 /**
  * The `rotate` job: fan a rotation out over every deployment bound to the secret, at most
@@ -63,13 +63,6 @@ export interface RotationOutcome {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** What each rotation health code reports, for the log line when it cannot be recorded. */
-const HEALTH_WHAT: Record<RotationHealthCode, string> = {
-  rollback_unverified: 'the rollback not verified',
-  switch_unverified: 'the switch not verified',
-  rotation_failed: 'the failed rotation (host state not known)',
-};
-
 export const outcomeOf = (r: Rotation, retired: number[] = []): RotationOutcome => {
   const by = (s: RotationDeployment['state']): string[] =>
     r.deployments.filter((d) => d.state === s).map((d) => d.deploymentId);
@@ -115,10 +108,9 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
     const ctx = { actor: 'orchestrator', jobId };
     /**
      * After a record that says the deployment may not be serving (`rolled_back` with reason
-     * `unhealthy_rollback_unverified`, `switched` with reason `unhealthy_switch_unverified`, or
-     * `failed` after its swap began: review R16 finding 4): the event stream and the org's webhooks
-     * say so. The record wrote the event already, in its own transaction and before the
-     * deployment's `ready` (20261205130000, 20261206100000, 20261207090000); this call
+     * `unhealthy_rollback_unverified`, or `switched` with reason `unhealthy_switch_unverified`): the
+     * event stream and the org's webhooks say so. The record wrote the event already, in its own
+     * transaction and before the deployment's `ready` (20261205130000, 20261206100000); this call
      * finds it (`existing`) and is what says so to a database whose set_state predates that
      * (idempotent per rotation and deployment). Never thrown: a notification must not change what
      * the rotation records or does (the catch below would record `failed`). Nor can it be left to
@@ -126,7 +118,7 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
      * and `switching` ones. So a failure a retry can fix is retried here, briefly; any other, or
      * the last, is logged.
      */
-    const recordHealth = async (reasonCode: RotationHealthCode): Promise<void> => {
+    const recordHealth = async (reasonCode: 'rollback_unverified' | 'switch_unverified'): Promise<void> => {
       const h = await retryHealthWrite(
         () => rotations.recordRotationHealth(d.deploymentId, rot.id, reasonCode),
         { waitsMs: deps.healthRetryMs ?? [250, 1_000], signal },
@@ -134,10 +126,10 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       if (!h.ok)
         dlog.error(
           { reason: reasonOf(h.err), retryable: h.retryable, attempts: h.attempts, reasonCode },
-          `${HEALTH_WHAT[reasonCode]} could not be recorded as a health event: no webhook says this deployment may not be serving`,
+          `the ${reasonCode === 'rollback_unverified' ? 'rollback' : 'switch'} not verified could not be recorded as a health event: no webhook says this deployment may not be serving`,
         );
     };
-    /** The row is `switching` (a cut attempt's, or this one's): a swap may have moved the host. */
+    /** The row is `switching` (a cut attempt's, or this one's right before its swap): a swap may have moved the host. */
     let switching = d.state === 'switching';
     const deadline = Date.now() + (deps.leaseWaitMs ?? 120_000);
     let lease = await deps.leases.acquire(d.deploymentId, deps.holder);
@@ -192,25 +184,29 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         return;
       }
       const resumed = d.state === 'switching';
-      await rotations.setState(rot.id, d.deploymentId, 'switching', ctx);
-      switching = true;
       let env: Map<string, Secret>;
       try {
         env = await environment(rot, d.deploymentId, rot.toVersion, jobId);
       } catch (err) {
-        // nothing touched the host in this attempt (a resumed one may have: see below)
+        // nothing touched the host in this attempt (a resumed one's cut attempt may have: its
+        // `failed` gets the health event below; a fresh one's, from `pending`, none)
         if (classify(err) !== 'permanent' && !finalAttempt) throw err;
         dlog.error({ reason: reasonOf(err) }, 'could not read the environment; rotation failed here');
         await rotations.setState(rot.id, d.deploymentId, 'failed', {
           reason: rotationReasonCode(err),
           ...ctx,
         });
-        // a failure after `switching` (this attempt's swap did not begin, a cut one's may have)
-        await recordHealth('rotation_failed');
         return;
       }
       const { shell } = await deps.access.connect(dep, { signal, waitMs: 30_000 });
       try {
+        // `switching` (and the deployment `rotating`) only now, right before the swap: from here a
+        // swap may move the host, so a `failed` from `switching` is "not known" and set_state gives
+        // it a health event (20261207090000, review R16 finding 4). A failure to read the
+        // environment or to connect leaves a fresh row `pending` (`failed` from `pending` on the
+        // last attempt): its host is untouched, and no event says otherwise (review R20 finding 1).
+        await rotations.setState(rot.id, d.deploymentId, 'switching', ctx);
+        switching = true;
         const opts = {
           signal,
           ...(deps.drainSeconds === undefined ? {} : { drainSeconds: deps.drainSeconds }),
@@ -338,26 +334,21 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         return;
       }
       // The swap contract leaves the host on the old environment or the new one. A transient
-      // failure (SSH dropped, the database away) stays `switching` for the retry; the last
-      // attempt records `failed` (pinned to the old version). After `switching`, a swap (this
-      // attempt's, its swap back, or a cut attempt's) may have moved the host: which environment
-      // it runs, and whether it serves, is not known, and the record alone does not say so (review
-      // R16 finding 4): a health event (`rotation_failed`, state unknown; set_state writes it).
+      // failure (SSH dropped, the database away) stays as it is for the retry; the last attempt
+      // records `failed` (pinned to the old version). From `switching`, a swap (this attempt's,
+      // its swap back, or a cut attempt's) may have moved the host: which environment it runs, and
+      // whether it serves, is not known, and set_state writes a health event that says so
+      // (`rotation_failed`, state unknown; review R16 finding 4).
       if (classify(err) === 'permanent' || finalAttempt) {
-        const recorded = await rotations
+        await rotations
           .setState(rot.id, d.deploymentId, 'failed', { reason: rotationReasonCode(err), ...ctx })
-          .then(() => true)
-          .catch((e: unknown) => {
-            dlog.error({ reason: reasonOf(e) }, 'could not record the failure');
-            return false;
-          });
+          .catch((e: unknown) => dlog.error({ reason: reasonOf(e) }, 'could not record the failure'));
         dlog.error(
           { reason: reasonOf(err) },
           switching
             ? 'rotation failed on this deployment after its swap began: which version its host runs, and whether it serves, is not known'
             : 'rotation failed on this deployment',
         );
-        if (switching && recorded) await recordHealth('rotation_failed');
         return;
       }
       throw err;

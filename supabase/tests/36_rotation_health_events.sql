@@ -194,8 +194,12 @@ set local role cortex_orchestrator;
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone2', :'rot', 'rollback_unverified'),
   '22023', null, 'a deployment that no longer runs its agent (deprovisioning) gets no new event');
 reset role;
-select is((select array_agg(deployment_id::text) from public.deployment_events where kind = 'health' and deployment_id <> :'dep'),
-  array[:'dep_gone'], 'no refused call wrote an event (dep_gone''s is its set_state''s, written while it still ran its agent)');
+-- (dep_fail's is its set_state's too: since 20261207090000 a `failed` after `switching` writes a
+-- `rotation_failed` event, 42_rotation_failed_health.sql; not a rollback_unverified one)
+select is((select array_agg(deployment_id::text || ' ' || (payload ->> 'reason_code') order by deployment_id::text)
+           from public.deployment_events where kind = 'health' and deployment_id <> :'dep'),
+  (select array_agg(x order by x) from unnest(array[:'dep_gone' || ' rollback_unverified', :'dep_fail' || ' rotation_failed']) x),
+  'no refused call wrote an event (dep_gone''s and dep_fail''s are their set_state''s, written while they still ran their agent)');
 -- R13 finding 3: once the rotation has finished, its rows no longer make NEW events. dep_late's row
 -- (rolled back unverified, no event: put in by hand, as no function writes one without its event)
 select public.deployments__create(:'org', 'R36 8', 'r36i-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_late \gset

@@ -4,18 +4,20 @@
 -- now writes a `health` event for it (reason code `rotation_failed`, state `unknown`) and one webhook
 -- delivery per active endpoint, in the record's transaction and before the deployment's `ready`;
 -- a `failed` from `pending`, or of a deployment that no longer runs its agent, gets none.
--- deployment_events__record_rotation_health (the job's follow-up call) finds it.
+-- Only set_state writes it: deployment_events__record_rotation_health refuses `rotation_failed`
+-- (review R20 finding 2: a later call cannot tell a `failed` from `pending` from one after
+-- `switching`), and its two codes refuse a failed row.
 begin;
 create extension if not exists pgtap with schema extensions;
 set local search_path = extensions, public;
 grant usage on schema extensions to cortex_orchestrator;
-select plan(26);
+select plan(25);
 create function pg_temp.fp(p_value text) returns text language sql immutable as $$
   select encode(extensions.hmac(convert_to(p_value, 'UTF8'), convert_to('pgtap-fingerprint-key', 'UTF8'), 'sha256'), 'hex')
 $$;
 grant execute on function pg_temp.fp(text) to cortex_orchestrator;
 
--- ---- privileges (re-stated by the migration) ------------------------------------------------------
+-- ---- privileges ------------------------------------------------------
 select ok(not has_function_privilege(r, f, 'execute'), r || ' may not execute ' || f)
 from unnest(array['anon', 'authenticated', 'service_role']) r,
      unnest(array['public.deployment_events__record_rotation_health(uuid, uuid, text)',
@@ -29,12 +31,12 @@ from unnest(array['public.deployment_events__record_rotation_health(uuid, uuid, 
 -- ---- fixtures ---------------------------------------------------------------------------------------
 -- org A's secret s bound to: `dep` failed after switching (the case), `dep_p` failed from pending,
 -- `dep_gone` failed after switching while deprovisioning, `dep_sw` switched plainly.
-select public.organizations__create('R41 A') ->> 'id' as org \gset
-select public.deployments__create(:'org', 'R41 1', 'r41a-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep \gset
-select public.deployments__create(:'org', 'R41 2', 'r41b-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_p \gset
-select public.deployments__create(:'org', 'R41 3', 'r41c-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_gone \gset
-select public.deployments__create(:'org', 'R41 4', 'r41d-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_sw \gset
-select 'canary-r41-' || md5(random()::text) as v \gset
+select public.organizations__create('R42 A') ->> 'id' as org \gset
+select public.deployments__create(:'org', 'R42 1', 'r42a-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep \gset
+select public.deployments__create(:'org', 'R42 2', 'r42b-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_p \gset
+select public.deployments__create(:'org', 'R42 3', 'r42c-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_gone \gset
+select public.deployments__create(:'org', 'R42 4', 'r42d-' || substr(md5(random()::text), 1, 6)) ->> 'id' as dep_sw \gset
+select 'canary-r42-' || md5(random()::text) as v \gset
 select public.secrets__create(:'org', 'anthropic', 'anthropic', :'v', pg_temp.fp(:'v')) ->> 'secret_id' as s \gset
 select bool_and(public.deployment_secrets__bind(d, 'ANTHROPIC_API_KEY', :'s') is not null) as b
 from unnest(array[:'dep', :'dep_p', :'dep_gone', :'dep_sw']::uuid[]) d \gset
@@ -45,20 +47,20 @@ select public.webhook_endpoints__create(:'org', 'https://hooks.example.com/a2') 
 select public.webhook_endpoints__create(:'org', 'https://hooks.example.com/a3') ->> 'id' as ep3 \gset
 select public.webhook_endpoints__disable(:'org', :'ep3') is not null as x \gset
 select gen_random_uuid() as rot \gset
-select 'canary-r41-new-' || md5(random()::text) as v_new \gset
+select 'canary-r42-new-' || md5(random()::text) as v_new \gset
 set local role cortex_orchestrator;
-select public.secret_rotations__start(:'rot', :'s', :'v_new', pg_temp.fp(:'v_new'), 3600, false, 'r41', 'rotate-r41',
+select public.secret_rotations__start(:'rot', :'s', :'v_new', pg_temp.fp(:'v_new'), 3600, false, 'r42', 'rotate-r42',
   p_org_id => :'org') is not null as x \gset
-select bool_and(public.secret_rotation_deployments__set_state(:'rot', d, 'switching', p_actor => 'r41', p_job_id => 'rotate-r41') is not null) as x
+select bool_and(public.secret_rotation_deployments__set_state(:'rot', d, 'switching', p_actor => 'r42', p_job_id => 'rotate-r42') is not null) as x
 from unnest(array[:'dep', :'dep_gone', :'dep_sw']::uuid[]) d \gset
 reset role;
 update public.deployments set status = 'deprovisioning' where id = :'dep_gone';
 set local role cortex_orchestrator;
 select bool_and(public.secret_rotation_deployments__set_state(:'rot', d, 'failed', 'ssh_connect_failed',
-  p_actor => 'r41', p_job_id => 'rotate-r41') is not null) as x
+  p_actor => 'r42', p_job_id => 'rotate-r42') is not null) as x
 from unnest(array[:'dep', :'dep_p', :'dep_gone']::uuid[]) d \gset
 select public.secret_rotation_deployments__set_state(:'rot', :'dep_sw', 'switched', null, 'blue-green',
-  p_actor => 'r41', p_job_id => 'rotate-r41') is not null as x \gset
+  p_actor => 'r42', p_job_id => 'rotate-r42') is not null as x \gset
 reset role;
 
 -- ---- the event set_state writes with the failed record ------------------------------------------------
@@ -80,14 +82,11 @@ select is((select array_agg(endpoint_id::text order by endpoint_id) from public.
   (select array_agg(e order by e) from unnest(array[:'ep1', :'ep2']) e),
   'one delivery per ACTIVE endpoint of the organisation (not the disabled one)');
 
--- the job's follow-up call finds it; a repeated record writes nothing
+-- a repeated record (a lost answer) writes nothing
 set local role cortex_orchestrator;
-select public.deployment_events__record_rotation_health(:'dep', :'rot', 'rotation_failed') as first \gset
 select public.secret_rotation_deployments__set_state(:'rot', :'dep', 'failed', 'ssh_connect_failed',
-  p_actor => 'r41', p_job_id => 'rotate-r41') is not null as x \gset
+  p_actor => 'r42', p_job_id => 'rotate-r42') is not null as x \gset
 reset role;
-select is((:'first'::jsonb) ->> 'existing' || ' ' || ((:'first'::jsonb) ->> 'id'), 'true ' || :ev,
-  'the job''s call (rotation_failed) finds the event set_state wrote');
 select is((select count(*) from public.deployment_events where deployment_id = :'dep' and kind = 'health')
           || ' ' || (select count(*) from public.webhook_deliveries where event_id = :ev),
   '1 2', 'a repeated failed record writes no second event nor delivery');
@@ -100,21 +99,22 @@ select is((select count(*) from public.deployment_events where deployment_id = :
 select is((select count(*) from public.deployment_events where deployment_id = :'dep_sw' and kind = 'health'), 0::bigint,
   'nor a plain switch');
 set local role cortex_orchestrator;
-select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_sw', :'rot', 'rotation_failed'),
-  '22023', null, 'rotation_failed for a switched row is refused');
+select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_p', :'rot', 'rotation_failed'),
+  '22023', 'reason_code: must be rollback_unverified or switch_unverified',
+  'rotation_failed is not for a direct call: refused for a row failed from pending (which set_state gave none)');
+select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'rotation_failed'),
+  '22023', 'reason_code: must be rollback_unverified or switch_unverified',
+  'and for the row set_state gave one');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'rollback_unverified'),
   '22023', null, 'a failed row is refused for rollback_unverified');
 select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'switch_unverified'),
   '22023', null, 'and for switch_unverified');
-select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep', :'rot', 'failed'),
-  '22023', 'reason_code: must be rollback_unverified, switch_unverified or rotation_failed',
-  'an unknown reason code is refused, naming the allow-list');
-select throws_ok(format('select public.deployment_events__record_rotation_health(%L, %L, %L)', :'dep_gone', :'rot', 'rotation_failed'),
-  '22023', null, 'a deployment that no longer runs its agent gets no new event');
 reset role;
 select is((select array_agg(deployment_id::text) from public.deployment_events where kind = 'health'
            and deployment_id in (:'dep', :'dep_p', :'dep_gone', :'dep_sw')),
   array[:'dep'], 'no refused call wrote an event: only dep''s (its set_state''s)');
+select is((select count(*) from public.deployment_events where deployment_id = :'dep' and kind = 'health'), 1::bigint,
+  'still one for dep');
 select is((select count(*) from public.webhook_deliveries where endpoint_id = :'ep3'), 0::bigint,
   'the disabled endpoint got nothing');
 

@@ -23,11 +23,9 @@ export const VALUES: Record<number, string> = {
 };
 
 /** The rotation's record of the deployment each health reason code requires. */
-const HEALTH_RECORDS: Record<string, { state: RotationDeploymentState; reason?: string } | undefined> = {
+const HEALTH_RECORDS: Record<string, { state: RotationDeploymentState; reason: string } | undefined> = {
   rollback_unverified: { state: 'rolled_back', reason: 'unhealthy_rollback_unverified' },
   switch_unverified: { state: 'switched', reason: 'unhealthy_switch_unverified' },
-  // any reason (the error's code): 20261207090000, review R16 finding 4
-  rotation_failed: { state: 'failed' },
 };
 
 export const fakeWorld = (
@@ -83,6 +81,10 @@ export const fakeWorld = (
           new OrchestratorError('invalid_input', `state: cannot change from ${row?.state} to ${to}`),
         );
       calls.push(`${to}:${dep}`);
+      // set_state's own event: a `failed` from `switching` of a deployment that runs its agent (the
+      // shared `store` says ready) writes `rotation_failed` (20261207090000, review R16 finding 4)
+      if (to === 'failed' && row.state === 'switching' && !health.some((h) => h.deploymentId === dep))
+        health.push({ deploymentId: dep, rotationId: 'r1', reasonCode: 'rotation_failed' });
       row.state = to;
       row.reason = o.reason ?? null;
       if (to === 'switched') pins.set(dep, null);
@@ -99,8 +101,7 @@ export const fakeWorld = (
     // the contract of deployment_events__record_rotation_health: reason code rollback_unverified
     // only for a deployment this rotation recorded rolled_back with reason
     // unhealthy_rollback_unverified, switch_unverified only for one recorded switched with reason
-    // unhealthy_switch_unverified (20261206100000), rotation_failed for one recorded failed
-    // (20261207090000); once per (rotation, deployment)
+    // unhealthy_switch_unverified (20261206100000); once per (rotation, deployment)
     recordRotationHealth: (dep: string, rotationId: string, reasonCode: string) => {
       calls.push(`health:${dep}`);
       const required = HEALTH_RECORDS[reasonCode];
@@ -108,15 +109,11 @@ export const fakeWorld = (
         return Promise.reject(
           new OrchestratorError(
             'invalid_input',
-            'reason_code: must be rollback_unverified, switch_unverified or rotation_failed',
+            'reason_code: must be rollback_unverified or switch_unverified',
           ),
         );
       const row = rows.get(dep);
-      if (
-        rotationId !== 'r1' ||
-        row?.state !== required.state ||
-        (required.reason !== undefined && row.reason !== required.reason)
-      )
+      if (rotationId !== 'r1' || row?.state !== required.state || row.reason !== required.reason)
         return Promise.reject(
           new OrchestratorError('invalid_input', `rotation_id: not ${required.state} (${required.reason})`),
         );

@@ -23,6 +23,10 @@ const setup = (
     readonly beforeSwap?: (n: number) => void;
     /** Its provisioning read the new version (deployment_secrets__list lists it at the new one). */
     readonly provisionedOnNew?: boolean;
+    /** The SSH connect fails with this. */
+    readonly connectFails?: Error;
+    /** Reading the environment fails with this. */
+    readonly readFails?: Error;
   } = {},
 ) => {
   const id = randomUUID();
@@ -30,6 +34,10 @@ const setup = (
     leaked: o.leaked ?? false,
     provisionedOnNew: o.provisionedOnNew ? [id] : [],
   });
+  if (o.readFails) {
+    const err = o.readFails;
+    (world.store as { readVersions: unknown }).readVersions = () => Promise.reject(err);
+  }
   let caddyDown = false;
   /** The fake host's options, read on every command: a test may change them between swaps. */
   const hostOptions: Parameters<typeof makeSwapHost>[0] = { caddyFails: () => caddyDown };
@@ -39,7 +47,7 @@ const setup = (
     rotations: world.store,
     store,
     leases,
-    access,
+    access: o.connectFails ? ({ connect: () => Promise.reject(o.connectFails) } as never) : access,
     swap: (async (_s: unknown, input: Parameters<typeof swapAgentEnvironment>[1], so: AgentSwapOptions) => {
       o.beforeSwap?.(swaps.length);
       const r = await swapAgentEnvironment(h.shell, input, {
@@ -215,7 +223,7 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)?.state).toBe('switched');
   });
 
-  it('a swap back that throws on the last attempt: recorded failed, pinned old, and a health event says what the host runs is not known (review R16 finding 4)', async () => {
+  it('a swap back that throws on the last attempt: recorded failed from switching (set_state writes the rotation_failed event), pinned old (review R16 finding 4)', async () => {
     // every second swap (the swap back) loses its connection before it answers
     let n = 0;
     const { id, world, h, j, swaps, caddy } = setup('switching', {
@@ -240,7 +248,7 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'rotation_failed' }]);
   });
 
-  it('a swap that throws on the last attempt of a deployment that was not switching yet: failed, and the same event (its swap began)', async () => {
+  it('a swap that throws on the last attempt of a fresh deployment: switching was recorded right before it, so failed from switching (the event)', async () => {
     const { id, world, h, j } = setup('pending', {
       beforeSwap: () => {
         throw new OrchestratorError('ssh_connect_failed', 'host:22: connection closed');
@@ -251,6 +259,24 @@ describe('a resumed rotation that finds the host on the new version (review R14 
     expect(world.rows.get(id)).toEqual({ state: 'failed', reason: 'ssh_connect_failed' });
     expect(world.health).toEqual([{ deploymentId: id, rotationId: 'r1', reasonCode: 'rotation_failed' }]);
   });
+
+  it.each([
+    [
+      'the SSH connect is refused for good',
+      { connectFails: new OrchestratorError('ssh_host_key_mismatch', 'host') },
+    ],
+    ['the environment cannot be read', { readFails: new OrchestratorError('secret_denied', 'denied') }],
+  ])(
+    'a fresh deployment whose %s: failed from pending, no swap, no switching, no event (review R20 finding 1: its host is untouched)',
+    async (_what, o) => {
+      const { id, world, j, swaps } = setup('pending', o);
+      await run(j, true);
+      expect(swaps).toEqual([]);
+      expect(world.calls).toEqual([`failed:${id}`]);
+      expect(world.rows.get(id)?.state).toBe('failed');
+      expect(world.health).toEqual([]);
+    },
+  );
 
   it('a host found on the OLD version whose swaps are not verified stays rolled back, unverified, pinned old (unchanged)', async () => {
     const { id, world, h, j, swaps, caddy } = setup('switching');

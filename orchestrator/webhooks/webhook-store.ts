@@ -35,8 +35,9 @@ export interface WebhookDelivery {
 /**
  * What deployment_events.kind admits: a status change and a step change (written by triggers), and
  * a health event (an agent that may not be serving: a revoke's kept_unhealthy, a rotation's
- * rollback_unverified or switch_unverified; 20261205100000_health_events.sql,
- * 20261205120000_rotation_health_events.sql, 20261206100000_rotation_switch_unverified.sql).
+ * rollback_unverified or switch_unverified, state unhealthy; a rotation's rotation_failed, state
+ * unknown; 20261205100000_health_events.sql, 20261205120000_rotation_health_events.sql,
+ * 20261206100000_rotation_switch_unverified.sql, 20261207090000_rotation_failed_health.sql).
  * Status and health events are sent to webhooks.
  */
 export const EVENT_KINDS = ['status', 'step', 'health'] as const;

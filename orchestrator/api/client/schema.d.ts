@@ -935,7 +935,7 @@ export interface paths {
         };
         /**
          * Follow a deployment's progress (server-sent events)
-         * @description text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, rotationId, reasonCode rollback_unverified: rolled back, but the old environment did not answer, or switch_unverified: left on the new version, which did not answer, the old one not healthy either). Ends at ready, failed or deleted; 204 when resuming after the end.
+         * @description text/event-stream. Each event: `id:` (resume with the Last-Event-ID header or ?lastEventId=), `event: status|step|health`, `data:` JSON (status, previousStatus, step, state, attempt, reasonCode, revocationId, …; never a value). `health`: the agent may not be serving (state unhealthy; operation revoke, reasonCode kept_unhealthy, revocationId: restarted without a revoked key; or operation rotate, rotationId, reasonCode rollback_unverified: rolled back, but the old environment did not answer, or switch_unverified: left on the new version, which did not answer, the old one not healthy either; or state unknown, operation rotate, rotationId, reasonCode rotation_failed: the rotation failed after its swap began, so which version the host runs and whether it serves is not known). Ends at ready, failed or deleted; 204 when resuming after the end.
          */
         get: {
             parameters: {

@@ -65,6 +65,9 @@ const errorOf = (err: NodeJS.ErrnoException): Exclude<SendResult, { ok: true }>[
   return 'connection_failed';
 };
 
+/** The ports a webhook may use (`URL.port` is '' for the scheme's default, 443). */
+const WEBHOOK_PORTS = new Set(['', '443', '8443']);
+
 export const sendWebhook = async (input: SendInput): Promise<SendResult> => {
   let url: URL;
   try {
@@ -81,6 +84,13 @@ export const sendWebhook = async (input: SendInput): Promise<SendResult> => {
     return { ok: false, error: 'address_refused' };
   if (!https && !(isIP(host) && addressAllowed(host, true) && !addressAllowed(host, false)))
     return { ok: false, error: 'bad_url' }; // plain http only to a loopback literal
+  // HTTPS ports only (the default 443, or 8443), as webhook_endpoints__check_url requires since
+  // 20261207120000: a webhook must not make the orchestrator knock on any port of a host, whose
+  // error codes (connection_failed, timeout, tls_failed) would tell open from closed. Checked
+  // again here for an endpoint registered before that. Local mode (allowLoopback: its receivers
+  // listen on loopback, on any port) is exempt here; its registrations still are not, but for a
+  // loopback literal.
+  if (!input.allowLoopback && !WEBHOOK_PORTS.has(url.port)) return { ok: false, error: 'bad_url' };
 
   const headers = {
     ...signatureHeaders(input.secret, input.msgId, input.timestamp, input.body),

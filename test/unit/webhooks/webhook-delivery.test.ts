@@ -122,6 +122,37 @@ describe('signing', () => {
       error: 'bad_url',
     });
   });
+
+  it('sends to HTTPS ports only (443, 8443): any other port is bad_url before any connection, local mode excepted (port scanning through webhooks)', async () => {
+    const base = {
+      msgId: '1',
+      timestamp: new Date(),
+      body: '{}',
+      secret: new Secret(secret),
+      timeoutMs: 1000,
+    };
+    for (const url of [
+      'https://93.184.215.14:22/x',
+      'https://hooks.example.com:6379/x',
+      'https://[2606:2800:220:1::1]:5432/x',
+      'https://hooks.example.com:80/x',
+      'https://hooks.example.com:8080/x',
+    ])
+      expect({ url, r: await sendWebhook({ ...base, url, allowLoopback: false }) }).toEqual({
+        url,
+        r: { ok: false, error: 'bad_url' },
+      });
+    // a loopback literal on any port is local mode's receiver: refused outside local mode for its
+    // address, not its port; in local mode the port rule does not apply (nothing listens on :9; a
+    // name answering 127.0.0.1 on any port: webhook-dns.test.ts)
+    expect(await sendWebhook({ ...base, url: 'https://127.0.0.1:9/x', allowLoopback: false })).toEqual({
+      ok: false,
+      error: 'address_refused',
+    });
+    const local = await sendWebhook({ ...base, url: 'http://127.0.0.1:9/x', allowLoopback: true });
+    expect(local).toMatchObject({ ok: false });
+    expect(local).not.toMatchObject({ error: 'bad_url' });
+  });
 });
 
 describe('API_RATE_LIMIT', () => {

@@ -95,6 +95,10 @@ export const registerAuth = (
       throw problems.unauthorized();
     }
     request.principal = principal;
+    // Every authenticated answer depends on the token (its organisation, its scopes: an admin's
+    // GET /v1/deployments/:id holds the recorded failure text): no shared cache may store it, nor
+    // serve it to another token (review R22 finding 2). A route may still set its own.
+    void reply.header('cache-control', 'no-store').header('vary', 'authorization');
   });
   // The scope check comes after the per-token rate limit (an onRequest hook registered after this
   // one), so requests refused 403 count against the token's limit too: probing routes outside its

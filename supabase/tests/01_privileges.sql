@@ -153,8 +153,16 @@ from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'orga
   'platform_secret_versions', 'platform_secrets', 'secret_access_log', 'secret_access_log_chains', 'secret_read_intents',
   'secret_versions', 'secrets']) t;
 select table_privs_are('public', t, 'authenticated', array['SELECT'], 'authenticated may only select from ' || t)
-from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',
+from unnest(array['deployment_secrets', 'organization_members', 'organizations',
   'secret_access_log', 'secret_access_log_chains', 'secret_read_intents', 'secret_versions', 'secrets']) t;
+-- deployments and deployment_steps: no table-wide privilege, SELECT on named columns only (not the
+-- recorded failure text nor the fencing token: 20261207130000, 44_rls_failure_text.sql)
+select ok(not exists (select 1 from information_schema.table_privileges where table_schema = 'public' and table_name = t
+                      and grantee = 'authenticated')
+          and not exists (select 1 from information_schema.column_privileges where table_schema = 'public' and table_name = t
+                          and grantee = 'authenticated' and privilege_type <> 'SELECT'),
+  'authenticated may only select some columns of ' || t)
+from unnest(array['deployment_steps', 'deployments']) t;
 select table_privs_are('public', t, 'service_role', array['SELECT'],
   'service_role may only select from ' || t || ': the functions are the only way in')
 from unnest(array['deployment_secrets', 'deployment_steps', 'deployments', 'organization_members', 'organizations',

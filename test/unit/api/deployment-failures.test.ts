@@ -135,6 +135,9 @@ const start = async () => {
       headers: { authorization: `Bearer ${t}` },
     });
     expect(r.statusCode).toBe(200);
+    // the answer depends on the token: no shared cache stores it (review R22 finding 2)
+    expect(r.headers['cache-control']).toBe('no-store');
+    expect(r.headers.vary).toBe('authorization');
     return {
       text: r.body,
       json: JSON.parse(r.body) as Record<string, unknown> & { steps: Record<string, unknown>[] },

@@ -23,7 +23,7 @@ select is(
      and (p.proname like 'deployment\_events\_\_%' or p.proname like 'webhook\_%')),
   array['deployment_events__list', 'deployment_events__poll', 'deployment_events__record_health',
         'deployment_events__record_rotation_health', 'webhook_deliveries__begin', 'webhook_deliveries__claim',
-        'webhook_deliveries__list', 'webhook_deliveries__record', 'webhook_endpoints__create', 'webhook_endpoints__disable',
+        'webhook_deliveries__list', 'webhook_deliveries__record', 'webhook_deliveries__release', 'webhook_endpoints__create', 'webhook_endpoints__disable',
         'webhook_endpoints__intend_read', 'webhook_endpoints__list', 'webhook_endpoints__read_secret']::text[],
   'cortex_orchestrator executes exactly the contract functions (no trigger or helper)');
 select is(

@@ -13,16 +13,16 @@ select plan(47);
 -- ---- privileges and shape --------------------------------------------------------------------------
 select ok(not has_function_privilege(r, f, 'execute'), r || ' may not execute ' || f)
 from unnest(array['anon', 'authenticated', 'service_role']) r,
-     unnest(array['public.webhook_deliveries__claim(integer, integer, integer, integer)',
+     unnest(array['public.webhook_deliveries__claim(integer, integer, integer, integer, integer)',
                   'public.webhook_deliveries__record(bigint, text, integer, text, integer, integer, integer)',
-                  'public.webhook_deliveries__begin(bigint)']) f;
+                  'public.webhook_deliveries__begin(bigint, integer)']) f;
 select ok(has_function_privilege('cortex_orchestrator', f, 'execute'), 'cortex_orchestrator executes ' || f)
-from unnest(array['public.webhook_deliveries__claim(integer, integer, integer, integer)',
+from unnest(array['public.webhook_deliveries__claim(integer, integer, integer, integer, integer)',
                   'public.webhook_deliveries__record(bigint, text, integer, text, integer, integer, integer)']) f;
 select ok((select bool_and(p.prosecdef and p.proconfig @> array['search_path=pg_catalog, pg_temp']) from pg_proc p
-           where p.oid in ('public.webhook_deliveries__claim(integer, integer, integer, integer)'::regprocedure,
+           where p.oid in ('public.webhook_deliveries__claim(integer, integer, integer, integer, integer)'::regprocedure,
                            'public.webhook_deliveries__record(bigint, text, integer, text, integer, integer, integer)'::regprocedure,
-                           'public.webhook_deliveries__begin(bigint)'::regprocedure)),
+                           'public.webhook_deliveries__begin(bigint, integer)'::regprocedure)),
   'claim, begin and record are security definer with search_path = pg_catalog, pg_temp');
 select ok(to_regprocedure('public.webhook_deliveries__claim(integer, integer)') is null
           and to_regprocedure('public.webhook_deliveries__record(bigint, text, integer, text)') is null,
@@ -103,16 +103,17 @@ select is((select (e ->> 'consecutive_failures')::int from jsonb_array_elements(
 select ok((select (e ->> 'breaker_open_until') is not null from jsonb_array_elements(public.webhook_endpoints__list(:'org_c')) e
            where e ->> 'id' = :'c1'), 'and until when the breaker is open');
 
-select is(public.webhook_deliveries__begin(:c_1) ->> 'action', 'hold', 'a job of an open endpoint holds (no POST)');
-select is((select attempts || ':' || state from public.webhook_deliveries where id = :c_1), '2:queued',
-  'a hold spends no attempt and keeps the row queued');
+-- 20261207140000 (review R21 F3): the held row goes back to pending (no slot kept) and the job is skipped
+select is(public.webhook_deliveries__begin(:c_1) ->> 'action', 'skip', 'a job of an open endpoint makes no POST');
+select is((select attempts || ':' || state from public.webhook_deliveries where id = :c_1), '2:pending',
+  'a hold spends no attempt and puts the row back to pending');
 select is(public.webhook_deliveries__record(:c_1, 'retry', null, 'connection_failed', 2, 1000, 8000) -> 'breaker_open_until',
   (select to_jsonb(breaker_open_until) from public.webhook_endpoints where id = :'c1'),
   'a failure of an attempt already under way does not extend an open breaker');
 select is(public.webhook_deliveries__record(:c_2, 'failed', 503, 'http_status', 2, 1000, 8000) ->> 'state', 'failed',
   'C1''s second delivery fails for good: a slot frees');
 select public.webhook_deliveries__claim(100, 900, 2, 5) as claimed \gset
-select is(pg_temp.queued(:'c1'), 1::bigint, 'no pending delivery of an endpoint whose breaker is open is queued');
+select is(pg_temp.queued(:'c1'), 0::bigint, 'no pending delivery of an endpoint whose breaker is open is queued');
 
 -- the cool-down ends (moved into the past: time does not pass inside one transaction)
 update public.webhook_endpoints set breaker_open_until = now() - interval '1 millisecond' where id = :'c1';

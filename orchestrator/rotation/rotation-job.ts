@@ -99,11 +99,12 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
 
   const switchOne = async (
     rot: Rotation,
-    d: RotationDeployment,
+    given: RotationDeployment,
     jobId: string,
     signal: AbortSignal,
     finalAttempt: boolean,
   ): Promise<void> => {
+    let d = given;
     const dlog = log.child({ rotationId: rot.id, deploymentId: d.deploymentId });
     const ctx = { actor: 'orchestrator', jobId };
     /**
@@ -140,6 +141,18 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
     // busy (a provision, a deprovision): left pending, the job's retry comes back for it
     if (!lease) throw new OrchestratorError('stack_locked', `deployment ${d.deploymentId} is busy`);
     try {
+      // The row as it is now, under the lease: `run` read the rotation before the fan-out, and the
+      // row may have ended since (a stalled job run twice by BullMQ, or another attempt that held
+      // the lease while this one waited). An ended row is left as it is, before any secret is read
+      // or the host connected (review R23 finding 1: since `switching` is recorded right before the
+      // swap, it no longer refuses such an attempt first).
+      const now = (await rotations.get(rot.id)).deployments.find((x) => x.deploymentId === d.deploymentId);
+      if (!now || (now.state !== 'pending' && now.state !== 'switching')) {
+        dlog.info({ state: now?.state }, 'deployment already done in this rotation: nothing to do');
+        return;
+      }
+      d = now;
+      switching = d.state === 'switching';
       const dep = await deps.store.get(d.deploymentId);
       if (dep.status !== 'ready' && dep.status !== 'rotating') {
         // Not running an agent now. Its host holds the old version only if this run's `secrets`

@@ -55,6 +55,50 @@ describe('rotate job', () => {
     expect(JSON.stringify(out)).not.toContain('value-');
   });
 
+  it('a row that ended while this attempt waited for its lease is left as it is: no secret read, no SSH, no swap (review R23 finding 1)', async () => {
+    const id = randomUUID();
+    const world = fakeWorld([id]);
+    let reads = 0;
+    const readVersions = world.store.readVersions.bind(world.store);
+    world.store.readVersions = (...a: Parameters<typeof readVersions>) => {
+      reads++;
+      return readVersions(...a);
+    };
+    let connects = 0;
+    let swaps = 0;
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      // another run of this rotation (BullMQ ran a stalled job twice) switched the deployment
+      // while this one waited for the lease
+      leases: {
+        acquire: (dep: string) => {
+          const row = world.rows.get(dep);
+          if (row) row.state = 'switched';
+          return Promise.resolve({ deploymentId: dep, held: () => true, release: () => Promise.resolve() });
+        },
+      } as never,
+      access: {
+        connect: () => {
+          connects++;
+          return Promise.resolve({ shell: { close: () => Promise.resolve() }, key: 'current' });
+        },
+      } as never,
+      swap: (() => {
+        swaps++;
+        return Promise.resolve({ mode: 'held-restart', healthy: true });
+      }) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    const out = await run(j, true);
+    expect({ reads, connects, swaps }).toEqual({ reads: 0, connects: 0, swaps: 0 });
+    expect(world.calls).toEqual([]);
+    expect(world.rows.get(id)?.state).toBe('switched');
+    expect(out.state).toBe('completed');
+  });
+
   it('resumes a deployment left `switching` by a crash; when the new version is unhealthy it puts the host back on the old one', async () => {
     const ids = [randomUUID()];
     const world = fakeWorld(ids, 'switching');

@@ -188,12 +188,19 @@ export const configSchema = z
     WEBHOOK_PER_ORG_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(5),
     /**
      * An endpoint's circuit breaker: after this many failures in a row (timeout, connection, TLS or
-     * DNS failure, 5xx, 408, 429) its deliveries are held for WEBHOOK_BREAKER_COOLDOWN_MS, doubling
+     * DNS failure, 5xx, 408; not 429, review R21 F6) its deliveries are held for WEBHOOK_BREAKER_COOLDOWN_MS, doubling
      * with each opening in a row up to WEBHOOK_BREAKER_MAX_COOLDOWN_MS; a 2xx closes it.
      */
     WEBHOOK_BREAKER_FAILURES: z.coerce.number().int().min(1).max(1_000).default(5),
     WEBHOOK_BREAKER_COOLDOWN_MS: z.coerce.number().int().min(100).max(86_400_000).default(30_000),
     WEBHOOK_BREAKER_MAX_COOLDOWN_MS: z.coerce.number().int().min(100).max(86_400_000).default(900_000),
+    /**
+     * A delivery not sent this long after its event ends `failed`, error `expired`, instead of being
+     * sent (review R21 F1: a dead endpoint's backlog drains; SQL bounds: 60 s to 30 days).
+     */
+    WEBHOOK_MAX_AGE_SECONDS: z.coerce.number().int().min(60).max(2_592_000).default(86_400),
+    /** Deliveries one worker process runs at once (at least WEBHOOK_PER_ORG_CONCURRENCY). */
+    WEBHOOK_CONCURRENCY: z.coerce.number().int().min(1).max(1_000).default(10),
 
     // ---- the provisioning pipeline (queues, workers) ----
     /** Redis key prefix of the BullMQ queues and leases. */
@@ -294,6 +301,13 @@ export const configSchema = z
         path: ['WEBHOOK_PER_ORG_CONCURRENCY'],
         message:
           'must be at least WEBHOOK_PER_ENDPOINT_CONCURRENCY (an endpoint is part of its organisation)',
+      });
+    if (c.WEBHOOK_PER_ORG_CONCURRENCY > c.WEBHOOK_CONCURRENCY)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['WEBHOOK_PER_ORG_CONCURRENCY'],
+        message:
+          'must be at most WEBHOOK_CONCURRENCY (one organisation may not take every slot of a worker process)',
       });
     if (c.WEBHOOK_BREAKER_MAX_COOLDOWN_MS < c.WEBHOOK_BREAKER_COOLDOWN_MS)
       ctx.addIssue({

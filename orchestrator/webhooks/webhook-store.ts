@@ -52,9 +52,12 @@ export interface DeploymentEvent {
 }
 
 export type DeliveryPlan =
-  | { action: 'skip'; state: string }
-  /** The endpoint's circuit breaker is open: no POST, no attempt; try again at `until`. */
-  | { action: 'hold'; endpointId: string; until: Date }
+  /**
+   * Nothing to send: the delivery is final (`state`, e.g. `failed` when it `expired`), or its
+   * endpoint's circuit breaker is open (`state` pending, `heldUntil` set): the row went back to
+   * pending, holding no slot, and the claim queues it again once the breaker closes (review R21 F3).
+   */
+  | { action: 'skip'; state: string; heldUntil?: string }
   | {
       action: 'deliver';
       deliveryId: string;
@@ -208,21 +211,40 @@ export const makeWebhookStore = (deps: { rpc: Rpc }) => {
         })
       ).map(deliveryOf);
     },
-    /** Pending deliveries → queued, within the caps and while their endpoint's breaker is closed; their ids. */
-    async claim(limit: number, requeueAfterSeconds: number, caps: ClaimCaps): Promise<string[]> {
+    /**
+     * Pending deliveries → queued, within the caps and while their endpoint's breaker is closed; their
+     * ids. Pending ones older than `maxAgeSeconds` end failed/expired instead. [] when another claim
+     * holds the claims' lock (it is queueing; the next pass comes soon).
+     */
+    async claim(
+      limit: number,
+      requeueAfterSeconds: number,
+      caps: ClaimCaps,
+      maxAgeSeconds: number,
+    ): Promise<string[]> {
       const ids = await rpc<(number | string)[]>('webhook_deliveries__claim', {
         p_limit: limit,
         p_requeue_after_seconds: requeueAfterSeconds,
         p_per_endpoint: caps.perEndpoint,
         p_per_org: caps.perOrg,
+        p_max_age_seconds: maxAgeSeconds,
       });
       return ids.map(String);
     },
-    async begin(deliveryId: string): Promise<DeliveryPlan> {
-      const r = await rpc<Row>('webhook_deliveries__begin', { p_delivery_id: deliveryId });
-      if (r.action === 'hold')
-        return { action: 'hold', endpointId: s(r.endpoint_id), until: new Date(s(r.until)) };
-      if (r.action !== 'deliver') return { action: 'skip', state: s(r.state) };
+    /** Queued deliveries with no live job (queue.add failed, or the job failed for good) → pending. */
+    async release(deliveryIds: readonly string[]): Promise<string[]> {
+      const ids = await rpc<(number | string)[]>('webhook_deliveries__release', { p_ids: deliveryIds });
+      return ids.map(String);
+    },
+    async begin(deliveryId: string, maxAgeSeconds: number): Promise<DeliveryPlan> {
+      const r = await rpc<Row>('webhook_deliveries__begin', {
+        p_delivery_id: deliveryId,
+        p_max_age_seconds: maxAgeSeconds,
+      });
+      if (r.action !== 'deliver')
+        return r.held_until === undefined || r.held_until === null
+          ? { action: 'skip', state: s(r.state) }
+          : { action: 'skip', state: s(r.state), heldUntil: s(r.held_until) };
       return {
         action: 'deliver',
         deliveryId: s(r.delivery_id),

@@ -1,4 +1,4 @@
-import { DelayedError, Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
+import { Queue, UnrecoverableError, Worker, type ConnectionOptions, type Job } from 'bullmq';
 import type { Logger } from '../log';
 import { failedJobOutcome, metrics } from '../metrics/metrics';
 import { reasonOf } from '../steps/step-runner';
@@ -22,11 +22,15 @@ import {
  * the delivery `failed`. At least once: a worker that dies between the POST and its record sends
  * again with the same webhook-id (the event id), which receivers use to drop the duplicate.
  *
- * Fairness (review R15 F6): the claim queues a delivery only while its endpoint and organisation
- * are under their caps of queued deliveries (counted in Postgres, so across worker processes), and
- * never while the endpoint's circuit breaker is open; a job whose endpoint's breaker opened after it
- * was queued waits (BullMQ delayed, no slot held, no attempt spent) until it closes. An attempt is
- * a POST: `attempts` in the row counts them, and the delivery fails after `attempts` of them.
+ * Fairness (review R15 F6, R21): the claim queues a delivery only while its endpoint and
+ * organisation are under their caps of queued deliveries (counted in Postgres, so across worker
+ * processes), and never while the endpoint's circuit breaker is open; a job whose endpoint's breaker
+ * opened after it was queued ends at once and its row goes back to pending (begin does it: no slot
+ * held, no attempt spent), to be queued again once the breaker closes. An attempt is a POST:
+ * `attempts` in the row counts them, and the delivery fails after `attempts` of them, or `expired`
+ * once older than `maxAgeSeconds`. A row the dispatcher could not give a job, or whose job failed for
+ * good without recording it, goes back to pending (release); a stale queued row whose job ended in
+ * Redis gets a new job (BullMQ ignores an add under an existing id).
  */
 export interface WebhookSettings {
   readonly connection: ConnectionOptions;
@@ -37,13 +41,19 @@ export interface WebhookSettings {
   readonly allowLoopback: boolean;
   /** How often the dispatcher looks for new deliveries. */
   readonly dispatchEveryMs: number;
+  /** Deliveries this process runs at once (WEBHOOK_CONCURRENCY). */
   readonly concurrency: number;
   readonly caps: ClaimCaps;
+  /** An undelivered delivery older than this ends failed/expired (WEBHOOK_MAX_AGE_SECONDS). */
+  readonly maxAgeSeconds: number;
   readonly breaker: BreakerPolicy;
 }
 
 const CLAIM_BATCH = 100;
-/** A queued delivery whose job Redis lost is queued again after this long (the job id dedupes). */
+/**
+ * A queued delivery whose job Redis lost (or whose job ended without recording it) is claimed again
+ * after this long; a job that still runs or waits is left alone, one that ended is replaced.
+ */
 const REQUEUE_AFTER_SECONDS = 900;
 /** A finished job frees a slot: the next pass runs this soon instead of at the next tick. */
 const KICK_AFTER_MS = 50;
@@ -70,23 +80,52 @@ export const makeWebhookWorkers = (
   let again = false;
   let stopped = false;
 
+  /**
+   * A job for a claimed delivery. BullMQ ignores an add under an id it still holds, so a job that
+   * ended (failed for good, kept 24 h; or completed) is removed first: the row is queued again
+   * because that job no longer delivers it. A job still waiting, delayed or running is left alone.
+   */
+  const enqueue = async (deliveryId: string): Promise<void> => {
+    const jobId = webhookJobId(deliveryId);
+    const existing = await queue.getJob(jobId);
+    if (existing) {
+      const state = await existing.getState();
+      if (state !== 'completed' && state !== 'failed' && state !== 'unknown') return;
+      await existing.remove();
+    }
+    await queue.add(
+      'deliver',
+      { deliveryId },
+      {
+        jobId,
+        attempts: s.attempts,
+        backoff: { type: 'exponential', delay: s.backoffMs },
+        removeOnComplete: true,
+        removeOnFail: { age: 24 * 3600 },
+      },
+    );
+  };
+
   /** One pass: claim pending deliveries and queue them; returns how many. */
   const dispatch = async (): Promise<number> => {
     let total = 0;
     for (;;) {
-      const ids = await deps.store.claim(CLAIM_BATCH, REQUEUE_AFTER_SECONDS, s.caps);
-      for (const deliveryId of ids)
-        await queue.add(
-          'deliver',
-          { deliveryId },
-          {
-            jobId: webhookJobId(deliveryId),
-            attempts: s.attempts,
-            backoff: { type: 'exponential', delay: s.backoffMs },
-            removeOnComplete: true,
-            removeOnFail: { age: 24 * 3600 },
-          },
-        );
+      const ids = await deps.store.claim(CLAIM_BATCH, REQUEUE_AFTER_SECONDS, s.caps, s.maxAgeSeconds);
+      for (const [i, deliveryId] of ids.entries()) {
+        try {
+          await enqueue(deliveryId);
+        } catch (err) {
+          // no job for this one and the rest (Redis is likely down): back to pending, so they hold
+          // no slot of their endpoint and organisation until a later pass queues them (review R21 F2)
+          const rest = ids.slice(i);
+          await deps.store
+            .release(rest)
+            .catch((e: unknown) =>
+              log.warn({ reason: reasonOf(e), count: rest.length }, 'webhook release failed; requeued later'),
+            );
+          throw err;
+        }
+      }
       total += ids.length;
       if (ids.length < CLAIM_BATCH || stopped) return total;
     }
@@ -125,23 +164,20 @@ export const makeWebhookWorkers = (
     }, KICK_AFTER_MS);
   };
 
-  const deliver = async (job: Job, token?: string): Promise<{ outcome: string }> => {
+  const deliver = async (job: Job): Promise<{ outcome: string }> => {
     const parsed = parseWebhookJob(job.data);
     if (!parsed.ok) {
       await job.updateData({}).catch(() => undefined);
       throw new UnrecoverableError(parsed.problem);
     }
     const { deliveryId } = parsed.payload;
-    const plan = await deps.store.begin(deliveryId);
-    if (plan.action === 'skip') return { outcome: plan.state };
-    if (plan.action === 'hold') {
-      // the breaker opened after this job was queued: wait for it without a slot or an attempt
-      // (the row stays queued, so its endpoint's cap stays taken and nothing else of it is queued)
-      log.debug({ deliveryId, endpointId: plan.endpointId, until: plan.until }, 'webhook delivery held');
-      await job.moveToDelayed(Math.max(plan.until.getTime(), Date.now() + 1), token);
-      throw new DelayedError();
+    const plan = await deps.store.begin(deliveryId, s.maxAgeSeconds);
+    if (plan.action === 'skip') {
+      // the breaker opened after this job was queued: the row is pending again (no slot, no attempt)
+      if (plan.heldUntil) log.debug({ deliveryId, until: plan.heldUntil }, 'webhook delivery held');
+      return { outcome: plan.state };
     }
-    // the last POST (counted in the row: a held job made none), or BullMQ's last try
+    // the last POST (counted in the row: a held delivery made none), or BullMQ's last try
     const final = plan.attempt >= s.attempts || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
     const secret = await deps.store.readSecret(plan.endpointId, {
       actor: 'webhooks',
@@ -198,8 +234,22 @@ export const makeWebhookWorkers = (
     });
     worker.on('error', (err) => log.error({ reason: reasonOf(err) }, 'webhook worker error'));
     worker.on('failed', (job, err) => {
-      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: failedJobOutcome(job, err) });
-      kick();
+      const outcome = failedJobOutcome(job, err);
+      metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome });
+      // failed for good without recording the row (an error before or around the POST): the row
+      // would stay queued with no job, holding its slots; back to pending (review R21 F2)
+      const parsed = job && outcome === 'failed' ? parseWebhookJob(job.data) : undefined;
+      if (parsed?.ok)
+        void deps.store
+          .release([parsed.payload.deliveryId])
+          .catch((e: unknown) =>
+            log.warn(
+              { reason: reasonOf(e), deliveryId: parsed.payload.deliveryId },
+              'webhook release failed',
+            ),
+          )
+          .finally(kick);
+      else kick();
     });
     worker.on('completed', () => {
       metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome: 'completed' });

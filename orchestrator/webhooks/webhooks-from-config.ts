@@ -22,11 +22,12 @@ export const makeWebhookWorkersFromConfig = (config: Config, rpc: Rpc, log: Logg
       // local mode: receivers on 127.0.0.1 (the tests', a developer's); never with hcloud
       allowLoopback: config.HOST_PROVIDER === 'local',
       dispatchEveryMs: WEBHOOK_DISPATCH_EVERY_MS,
-      concurrency: 10,
+      concurrency: config.WEBHOOK_CONCURRENCY,
       caps: {
         perEndpoint: config.WEBHOOK_PER_ENDPOINT_CONCURRENCY,
         perOrg: config.WEBHOOK_PER_ORG_CONCURRENCY,
       },
+      maxAgeSeconds: config.WEBHOOK_MAX_AGE_SECONDS,
       breaker: {
         failures: config.WEBHOOK_BREAKER_FAILURES,
         cooldownMs: config.WEBHOOK_BREAKER_COOLDOWN_MS,

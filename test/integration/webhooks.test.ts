@@ -408,6 +408,148 @@ describe('fairness (review R15 finding 6)', () => {
   });
 });
 
+describe('fairness fixes (review R21)', () => {
+  it("an organisation's dead endpoints do not starve its healthy one: a held delivery goes back to pending, holding no slot (F3)", async () => {
+    const silent = await silentReceiver();
+    const r = await receiver();
+    try {
+      const a = await setup(`${silent.url}/d1`);
+      const deadIds = [a.endpoint.id];
+      for (const path of ['d2', 'd3']) {
+        const more = await t.call('POST', '/v1/webhooks', {
+          token: a.token,
+          body: { url: `${silent.url}/${path}` },
+        });
+        expect(more.status).toBe(201);
+        const id = (more.json as { id: string }).id;
+        endpoints.push({ orgId: a.orgId, id, token: a.token });
+        deadIds.push(id);
+      }
+      // three deployments: nine deliveries to the three dead endpoints; five of them in flight
+      for (let i = 0; i < 3; i++)
+        await t.pipeline.db.rpc('deployments__create', {
+          p_org_id: a.orgId,
+          p_name: `Dead ${i}`,
+          p_subdomain: `wh-${a.tag}-d${i}`,
+        });
+      await until('org A holding its five slots', () => (silent.stats().maxOpen >= 5 ? true : undefined));
+      // their breakers open (as after their failures) while those five are in flight
+      await admin.query(
+        `update public.webhook_endpoints set breaker_open_until = now() + interval '1 hour' where id = any($1::uuid[])`,
+        [deadIds],
+      );
+      const healthy = await t.call('POST', '/v1/webhooks', { token: a.token, body: { url: r.url } });
+      expect(healthy.status).toBe(201);
+      const healthyId = (healthy.json as { id: string }).id;
+      endpoints.push({ orgId: a.orgId, id: healthyId, token: a.token });
+      await a.newDeployment();
+      // before: the five timed out, their jobs waited in BullMQ's delayed set for the hour with their
+      // rows queued, so the organisation's five slots stayed taken and this never came
+      await until("the healthy endpoint's delivery", () => (r.got.length >= 1 ? true : undefined), 30_000);
+      expect((await deliveries(a.token, healthyId)).map((d) => [d.state, d.attempts])).toEqual([
+        ['delivered', 1],
+      ]);
+      const dead = await admin.query<{ state: string; n: string }>(
+        `select state, count(*) as n from public.webhook_deliveries where endpoint_id = any($1::uuid[]) group by 1`,
+        [deadIds],
+      );
+      // all twelve of theirs wait pending (none queued: no slot held), none lost
+      expect(Object.fromEntries(dead.rows.map((x) => [x.state, Number(x.n)]))).toEqual({ pending: 12 });
+    } finally {
+      await silent.close();
+      await r.close();
+    }
+  });
+
+  it('a 429 does not open the breaker (F6)', async () => {
+    let got = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        got += 1;
+        res.writeHead(429).end();
+      });
+    });
+    await new Promise<void>((res) => server.listen(0, '127.0.0.1', res));
+    try {
+      const s = await setup(`http://127.0.0.1:${(server.address() as AddressInfo).port}/busy`);
+      await s.newDeployment();
+      const failed = await until('the delivery failed', async () => {
+        const d = (await deliveries(s.token, s.endpoint.id))[0];
+        return d?.state === 'failed' ? d : undefined;
+      });
+      // four POSTs (WEBHOOK_ATTEMPTS), more than WEBHOOK_BREAKER_FAILURES (3), and the breaker never opened
+      expect([failed.attempts, failed.lastStatus, got]).toEqual([4, 429, 4]);
+      const list = (await t.call('GET', '/v1/webhooks', { token: s.token })).json as {
+        endpoints: { id: string; consecutiveFailures: number; breakerOpenUntil: string | null }[];
+      };
+      expect(list.endpoints.find((e) => e.id === s.endpoint.id)).toMatchObject({
+        consecutiveFailures: 0,
+        breakerOpenUntil: null,
+      });
+    } finally {
+      server.closeAllConnections();
+      await new Promise((res) => server.close(res));
+    }
+  });
+
+  it("a dead endpoint's backlog drains: a delivery older than WEBHOOK_MAX_AGE_SECONDS ends failed, expired, unsent (F1)", async () => {
+    const r = await receiver();
+    try {
+      const s = await setup(r.url);
+      // the breaker open (as after failures): the delivery waits pending, then grows old
+      await admin.query(
+        `update public.webhook_endpoints set breaker_open_until = now() + interval '1 hour' where id = $1`,
+        [s.endpoint.id],
+      );
+      await s.newDeployment();
+      await admin.query(
+        `update public.webhook_deliveries set created_at = now() - interval '25 hours' where endpoint_id = $1`,
+        [s.endpoint.id],
+      );
+      const expired = await until(
+        'the delivery expired',
+        async () => {
+          const d = (await deliveries(s.token, s.endpoint.id))[0];
+          return d?.state === 'failed' ? d : undefined;
+        },
+        20_000,
+      );
+      expect([expired.attempts, expired.lastError]).toEqual([0, 'expired']);
+      expect(r.got).toHaveLength(0);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('a job that fails for good without recording its delivery frees its slots and gets a new job (F2)', async () => {
+    const r = await receiver();
+    try {
+      const s = await setup(r.url);
+      // the signing secret gone: each try fails before any POST (secret_denied), nothing recorded
+      await admin.query(`delete from vault.secrets where name = $1`, [`webhook:${s.orgId}:${s.endpoint.id}`]);
+      await s.newDeployment();
+      const intents = async () =>
+        Number(
+          (
+            await admin.query<{ n: string }>(
+              `select count(*) as n from public.secret_read_intents where platform_name = $1`,
+              [`webhook-${s.endpoint.id}`],
+            )
+          ).rows[0]?.n,
+        );
+      // one job tries WEBHOOK_ATTEMPTS (4) times; more tries than that are a second job, which before
+      // never came (the row stayed queued with a failed job that BullMQ would not replace)
+      await until('a second job', async () => ((await intents()) > 4 ? true : undefined), 30_000);
+      expect(r.got).toHaveLength(0);
+      const d = (await deliveries(s.token, s.endpoint.id))[0];
+      expect(d?.attempts).toBe(0);
+    } finally {
+      await r.close();
+    }
+  });
+});
+
 describe('endpoints over the API', () => {
   it('refuses URLs that are not https to a public host (loopback only in local mode), naming the field', async () => {
     const orgId = await t.org();

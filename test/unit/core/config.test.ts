@@ -59,6 +59,19 @@ describe('config', () => {
     ).toContain('WEBHOOK_BREAKER_MAX_COOLDOWN_MS: must be at least WEBHOOK_BREAKER_COOLDOWN_MS');
   });
 
+  it('webhook maximum age and worker concurrency: defaults, bounds, per-org cap within it, by name (review R21)', () => {
+    const c = loadConfig({});
+    expect([c.WEBHOOK_MAX_AGE_SECONDS, c.WEBHOOK_CONCURRENCY]).toEqual([86_400, 10]);
+    expect(loadConfig({ WEBHOOK_MAX_AGE_SECONDS: '3600' }).WEBHOOK_MAX_AGE_SECONDS).toBe(3_600);
+    expect(failure({ WEBHOOK_MAX_AGE_SECONDS: '59' })).toMatch(/^ {2}WEBHOOK_MAX_AGE_SECONDS: /m);
+    expect(failure({ WEBHOOK_MAX_AGE_SECONDS: '2592001' })).toContain('WEBHOOK_MAX_AGE_SECONDS');
+    expect(failure({ WEBHOOK_CONCURRENCY: '0' })).toMatch(/^ {2}WEBHOOK_CONCURRENCY: /m);
+    expect(failure({ WEBHOOK_CONCURRENCY: '4' })).toContain(
+      'WEBHOOK_PER_ORG_CONCURRENCY: must be at most WEBHOOK_CONCURRENCY',
+    );
+    expect(loadConfig({ WEBHOOK_CONCURRENCY: '5' }).WEBHOOK_CONCURRENCY).toBe(5);
+  });
+
   it('parses SSH CIDR lists and rejects a bad one by name', () => {
     expect(
       loadConfig({ ORCHESTRATOR_SSH_CIDRS: '10.0.0.0/8, 2001:db8::/32' }).ORCHESTRATOR_SSH_CIDRS,

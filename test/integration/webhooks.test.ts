@@ -445,16 +445,35 @@ describe('fairness fixes (review R21)', () => {
       await a.newDeployment();
       // before: the five timed out, their jobs waited in BullMQ's delayed set for the hour with their
       // rows queued, so the organisation's five slots stayed taken and this never came
-      await until("the healthy endpoint's delivery", () => (r.got.length >= 1 ? true : undefined), 30_000);
-      expect((await deliveries(a.token, healthyId)).map((d) => [d.state, d.attempts])).toEqual([
-        ['delivered', 1],
-      ]);
-      const dead = await admin.query<{ state: string; n: string }>(
-        `select state, count(*) as n from public.webhook_deliveries where endpoint_id = any($1::uuid[]) group by 1`,
-        [deadIds],
+      const done = await until(
+        "the healthy endpoint's delivery",
+        async () => {
+          const d = (await deliveries(a.token, healthyId))[0];
+          return d?.state === 'delivered' ? d : undefined;
+        },
+        30_000,
       );
-      // all twelve of theirs wait pending (none queued: no slot held), none lost
-      expect(Object.fromEntries(dead.rows.map((x) => [x.state, Number(x.n)]))).toEqual({ pending: 12 });
+      expect([done.attempts, r.got.length]).toEqual([1, 1]);
+      // all twelve of theirs end up pending (none queued: no slot held), none lost; the five that were
+      // in flight go back one by one as their timed-out attempts end
+      const deadStates = async () =>
+        Object.fromEntries(
+          (
+            await admin.query<{ state: string; n: string }>(
+              `select state, count(*) as n from public.webhook_deliveries where endpoint_id = any($1::uuid[]) group by 1`,
+              [deadIds],
+            )
+          ).rows.map((x) => [x.state, Number(x.n)]),
+        );
+      const settled = await until(
+        "the dead endpoints' rows pending",
+        async () => {
+          const st = await deadStates();
+          return st.queued ? undefined : st;
+        },
+        15_000,
+      );
+      expect(settled).toEqual({ pending: 12 });
     } finally {
       await silent.close();
       await r.close();

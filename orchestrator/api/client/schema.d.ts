@@ -2579,9 +2579,9 @@ export interface paths {
                     content: {
                         "application/json": {
                             endpoints: {
-                                /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                                /** @description While in the future, the endpoint's circuit breaker is open: its deliveries wait, pending, until then (one older than WEBHOOK_MAX_AGE_SECONDS ends failed, error expired) */
                                 breakerOpenUntil: string | null;
-                                /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                                /** @description Failed deliveries in a row (timeouts, connection, TLS and DNS failures, 5xx, 408; not 429); a 2xx resets it */
                                 consecutiveFailures: number;
                                 createdAt: string;
                                 disabledAt: string | null;
@@ -2730,9 +2730,9 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
-                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries wait, pending, until then (one older than WEBHOOK_MAX_AGE_SECONDS ends failed, error expired) */
                             breakerOpenUntil: string | null;
-                            /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                            /** @description Failed deliveries in a row (timeouts, connection, TLS and DNS failures, 5xx, 408; not 429); a 2xx resets it */
                             consecutiveFailures: number;
                             createdAt: string;
                             disabledAt: string | null;
@@ -2932,9 +2932,9 @@ export interface paths {
                     };
                     content: {
                         "application/json": {
-                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then */
+                            /** @description While in the future, the endpoint's circuit breaker is open: its deliveries wait, pending, until then (one older than WEBHOOK_MAX_AGE_SECONDS ends failed, error expired) */
                             breakerOpenUntil: string | null;
-                            /** @description Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it */
+                            /** @description Failed deliveries in a row (timeouts, connection, TLS and DNS failures, 5xx, 408; not 429); a 2xx resets it */
                             consecutiveFailures: number;
                             createdAt: string;
                             disabledAt: string | null;

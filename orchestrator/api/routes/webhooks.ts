@@ -22,12 +22,14 @@ const endpointSchema = z.object({
   consecutiveFailures: z
     .number()
     .int()
-    .describe('Failed deliveries in a row (timeouts, connection failures, 5xx); a 2xx resets it'),
+    .describe(
+      'Failed deliveries in a row (timeouts, connection, TLS and DNS failures, 5xx, 408; not 429); a 2xx resets it',
+    ),
   breakerOpenUntil: z
     .string()
     .nullable()
     .describe(
-      "While in the future, the endpoint's circuit breaker is open: its deliveries are held (not dropped) until then",
+      "While in the future, the endpoint's circuit breaker is open: its deliveries wait, pending, until then (one older than WEBHOOK_MAX_AGE_SECONDS ends failed, error expired)",
     ),
 });
 const createdSchema = endpointSchema.extend({

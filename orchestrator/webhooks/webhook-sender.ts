@@ -37,6 +37,7 @@ export type SendResult =
         | 'dns_failed'
         | 'tls_failed'
         | 'connection_failed'
+        | 'bad_status'
         | 'bad_url';
     };
 
@@ -124,7 +125,11 @@ export const sendWebhook = async (input: SendInput): Promise<SendResult> => {
           resolve(
             status >= 200 && status < 300
               ? { ok: true, status }
-              : { ok: false, status, error: 'http_status' },
+              : // Node's parser takes any three digits; the record takes 100-599 only, and a status
+                // it refused made every try fail unrecorded (review R24 finding 1)
+                status < 100 || status > 599
+                ? { ok: false, error: 'bad_status' }
+                : { ok: false, status, error: 'http_status' },
           );
         };
         res.on('end', done);

@@ -28,9 +28,10 @@ import {
  * opened after it was queued ends at once and its row goes back to pending (begin does it: no slot
  * held, no attempt spent), to be queued again once the breaker closes. An attempt is a POST:
  * `attempts` in the row counts them, and the delivery fails after `attempts` of them, or `expired`
- * once older than `maxAgeSeconds`. A row the dispatcher could not give a job, or whose job failed for
- * good without recording it, goes back to pending (release); a stale queued row whose job ended in
- * Redis gets a new job (BullMQ ignores an add under an existing id).
+ * once older than `maxAgeSeconds`. A row the dispatcher could not give a job goes back to pending
+ * (release); one whose job failed for good without recording it ends `failed` (`job_failed`); a
+ * stale queued row whose job ended in Redis gets a new job (BullMQ ignores an add under an existing
+ * id).
  */
 export interface WebhookSettings {
   readonly connection: ConnectionOptions;
@@ -115,9 +116,12 @@ export const makeWebhookWorkers = (
         try {
           await enqueue(deliveryId);
         } catch (err) {
-          // no job for this one and the rest (Redis is likely down): back to pending, so they hold
-          // no slot of their endpoint and organisation until a later pass queues them (review R21 F2)
-          const rest = ids.slice(i);
+          // no job for the rest (Redis is likely down): back to pending, so they hold no slot of
+          // their endpoint and organisation until a later pass queues them (review R21 F2). Not this
+          // one: its add may have reached Redis before the error (a lost reply), and a live job must
+          // not lose its row's slot; the stale requeue gives it a job if it has none (review R24
+          // finding 2)
+          const rest = ids.slice(i + 1);
           await deps.store
             .release(rest)
             .catch((e: unknown) =>
@@ -237,15 +241,18 @@ export const makeWebhookWorkers = (
       const outcome = failedJobOutcome(job, err);
       metrics.jobs.inc({ queue: WEBHOOKS_QUEUE, outcome });
       // failed for good without recording the row (an error before or around the POST): the row
-      // would stay queued with no job, holding its slots; back to pending (review R21 F2)
+      // would stay queued with no job, holding its slots (review R21 F2). It ends `failed`
+      // (`job_failed`), not back to pending: a release gave it a new job with all its tries again,
+      // for as long as the cause lasted — every try a POST when the record was what failed
+      // (review R24 finding 1). A final row is left as it is by the record.
       const parsed = job && outcome === 'failed' ? parseWebhookJob(job.data) : undefined;
       if (parsed?.ok)
         void deps.store
-          .release([parsed.payload.deliveryId])
+          .record(parsed.payload.deliveryId, 'failed', undefined, 'job_failed', s.breaker)
           .catch((e: unknown) =>
             log.warn(
               { reason: reasonOf(e), deliveryId: parsed.payload.deliveryId },
-              'webhook release failed',
+              'could not record the failed job: its row is requeued later',
             ),
           )
           .finally(kick);

@@ -541,7 +541,7 @@ describe('fairness fixes (review R21)', () => {
     }
   });
 
-  it('a job that fails for good without recording its delivery frees its slots and gets a new job (F2)', async () => {
+  it('a job that fails for good without recording its delivery frees its slots: the row ends failed (job_failed), with no second job (F2; review R24 finding 1)', async () => {
     const r = await receiver();
     try {
       const s = await setup(r.url);
@@ -557,12 +557,20 @@ describe('fairness fixes (review R21)', () => {
             )
           ).rows[0]?.n,
         );
-      // one job tries WEBHOOK_ATTEMPTS (4) times; more tries than that are a second job, which before
-      // never came (the row stayed queued with a failed job that BullMQ would not replace)
-      await until('a second job', async () => ((await intents()) > 4 ? true : undefined), 30_000);
+      // one job tries WEBHOOK_ATTEMPTS (4) times, then its row is recorded failed: before R21 it
+      // stayed queued with a failed job BullMQ would not replace (its slots held); after R21's first
+      // fix it went back to pending and got a new job with 4 more tries, without end (R24 F1)
+      const d = await until(
+        'the delivery failed',
+        async () => {
+          const x = (await deliveries(s.token, s.endpoint.id))[0];
+          return x?.state === 'failed' ? x : undefined;
+        },
+        30_000,
+      );
+      expect([d.lastError, d.attempts]).toEqual(['job_failed', 1]);
+      expect(await intents()).toBe(4);
       expect(r.got).toHaveLength(0);
-      const d = (await deliveries(s.token, s.endpoint.id))[0];
-      expect(d?.attempts).toBe(0);
     } finally {
       await r.close();
     }

@@ -1,3 +1,4 @@
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { parseRateLimit } from '../../../orchestrator/api/rate-limit';
 import { Secret } from '../../../orchestrator/secret';
@@ -121,6 +122,29 @@ describe('signing', () => {
       ok: false,
       error: 'bad_url',
     });
+  });
+
+  it('a status outside 100-599 (Node takes any three digits) is bad_status, with no status: the record would refuse it (review R24 finding 1)', async () => {
+    const srv = createNetServer((c) => {
+      c.once('data', () => c.end('HTTP/1.1 999 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n'));
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    try {
+      const port = (srv.address() as AddressInfo).port;
+      expect(
+        await sendWebhook({
+          url: `http://127.0.0.1:${port}/x`,
+          msgId: '1',
+          timestamp: new Date(),
+          body: '{}',
+          secret: new Secret(secret),
+          timeoutMs: 2000,
+          allowLoopback: true,
+        }),
+      ).toEqual({ ok: false, error: 'bad_status' });
+    } finally {
+      await new Promise((r) => srv.close(r));
+    }
   });
 
   it('sends to HTTPS ports only (443, 8443): any other port is bad_url before any connection, local mode excepted (port scanning through webhooks)', async () => {

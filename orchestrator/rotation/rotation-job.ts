@@ -218,6 +218,10 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         // it a health event (20261207090000, review R16 finding 4). A failure to read the
         // environment or to connect leaves a fresh row `pending` (`failed` from `pending` on the
         // last attempt): its host is untouched, and no event says otherwise (review R20 finding 1).
+        // the lease fences the swap: one lost meanwhile (Redis away, the loop blocked past its TTL)
+        // may be another attempt's now (review R25 finding 4)
+        if (!lease.held())
+          throw new OrchestratorError('stack_locked', `deployment ${d.deploymentId}: its lease was lost`);
         await rotations.setState(rot.id, d.deploymentId, 'switching', ctx);
         switching = true;
         const opts = {

@@ -116,12 +116,13 @@ export const makeWebhookWorkers = (
         try {
           await enqueue(deliveryId);
         } catch (err) {
-          // no job for the rest (Redis is likely down): back to pending, so they hold no slot of
-          // their endpoint and organisation until a later pass queues them (review R21 F2). Not this
-          // one: its add may have reached Redis before the error (a lost reply), and a live job must
-          // not lose its row's slot; the stale requeue gives it a job if it has none (review R24
-          // finding 2)
-          const rest = ids.slice(i + 1);
+          // no job for this one and the rest (Redis refused or is down): back to pending, so they
+          // hold no slot of their endpoint and organisation until a later pass queues them (review
+          // R21 F2). This one too, though its add may have reached Redis (a lost reply): left queued
+          // it held its slots for 15 minutes, one more each failing pass (review R25 finding 1),
+          // while a live job whose row is pending still delivers once (begin takes `pending`; the
+          // next claim's add sees the job and adds none)
+          const rest = ids.slice(i);
           await deps.store
             .release(rest)
             .catch((e: unknown) =>

@@ -99,6 +99,32 @@ describe('rotate job', () => {
     expect(out.state).toBe('completed');
   });
 
+  it('a lease lost before the swap: nothing recorded, no swap, left for the retry (review R25 finding 4)', async () => {
+    const id = randomUUID();
+    const world = fakeWorld([id]);
+    let swaps = 0;
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases: {
+        acquire: (dep: string) =>
+          Promise.resolve({ deploymentId: dep, held: () => false, release: () => Promise.resolve() }),
+      } as never,
+      access,
+      swap: (() => {
+        swaps++;
+        return Promise.resolve({ mode: 'held-restart', healthy: true });
+      }) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    await expect(run(j)).rejects.toThrow(/lease was lost/);
+    expect(swaps).toBe(0);
+    expect(world.calls).toEqual([]);
+    expect(world.rows.get(id)?.state).toBe('pending');
+  });
+
   it('resumes a deployment left `switching` by a crash; when the new version is unhealthy it puts the host back on the old one', async () => {
     const ids = [randomUUID()];
     const world = fakeWorld(ids, 'switching');

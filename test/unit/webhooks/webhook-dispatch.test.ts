@@ -45,9 +45,8 @@ describe('webhook dispatch without Redis', () => {
     w.queue.on('error', () => undefined); // the closed port, said once per try
     try {
       await expect(w.dispatch()).rejects.toThrow();
-      // not '11', whose add failed: it may have reached Redis (a lost reply), and the stale requeue
-      // gives it a job if it has none (review R24 finding 2)
-      expect(released).toEqual([['12', '13']]);
+      // '11' too, whose add failed: left queued it would hold its slots 15 minutes (review R25)
+      expect(released).toEqual([['11', '12', '13']]);
     } finally {
       await w.queue.close().catch(() => undefined);
     }

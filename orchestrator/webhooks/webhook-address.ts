@@ -1,5 +1,6 @@
 import { promises as dnsPromises, type LookupAddress } from 'node:dns';
 import { BlockList, isIP } from 'node:net';
+import type { Config } from '../config';
 
 /**
  * Where a webhook may be sent: the same list as the SQL check of registered URLs
@@ -156,3 +157,13 @@ export const guardedLookup =
       (err: NodeJS.ErrnoException) => callback(err, ''),
     );
   };
+
+/**
+ * May webhooks go to loopback (http and https to 127.0.0.0/8 and [::1], any port)? Only in the
+ * embedded local mode: local hosts AND the local Postgres adapter, the tests' and the demo's set-up.
+ * HOST_PROVIDER defaults to `local`, so an API started against a real Supabase project without it
+ * would otherwise let any organisation point a webhook at the orchestrator machine's own services
+ * (review R23, info).
+ */
+export const webhookLoopbackAllowed = (config: Pick<Config, 'HOST_PROVIDER' | 'RPC_ADAPTER'>): boolean =>
+  config.HOST_PROVIDER === 'local' && config.RPC_ADAPTER === 'postgres';

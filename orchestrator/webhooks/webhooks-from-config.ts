@@ -3,6 +3,7 @@ import type { Config } from '../config';
 import type { Rpc } from '../db/rpc';
 import { redisOptionsFromUrl } from '../deployments/pipeline-from-config';
 import type { Logger } from '../log';
+import { webhookLoopbackAllowed } from './webhook-address';
 import { makeWebhookStore } from './webhook-store';
 import { makeWebhookWorkers, type WebhookWorkers } from './webhook-workers';
 
@@ -19,8 +20,8 @@ export const makeWebhookWorkersFromConfig = (config: Config, rpc: Rpc, log: Logg
       attempts: config.WEBHOOK_ATTEMPTS,
       backoffMs: config.WEBHOOK_BACKOFF_MS,
       timeoutMs: config.WEBHOOK_TIMEOUT_MS,
-      // local mode: receivers on 127.0.0.1 (the tests', a developer's); never with hcloud
-      allowLoopback: config.HOST_PROVIDER === 'local',
+      // local mode: receivers on 127.0.0.1 (the tests', a developer's); never with hcloud or Supabase
+      allowLoopback: webhookLoopbackAllowed(config),
       dispatchEveryMs: WEBHOOK_DISPATCH_EVERY_MS,
       concurrency: config.WEBHOOK_CONCURRENCY,
       caps: {

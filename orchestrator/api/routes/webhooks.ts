@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { makeWebhookStore } from '../../webhooks/webhook-store';
+import { webhookLoopbackAllowed } from '../../webhooks/webhook-address';
 import { auditContext, principalOf, targetOrg } from '../auth';
 import { problemResponses } from '../problems';
 import type { ApiPlugin } from '../server';
@@ -8,7 +9,7 @@ import type { ApiPlugin } from '../server';
  * Webhook endpoints of an organisation: register (the signing secret is in the 201 answer and in
  * no later one), list, remove, and the recent deliveries (metadata only). An org token acts on its
  * own organisation; an ops (admin) token names one. Another organisation's endpoint is a 404.
- * URLs: https to a public host; in local mode (HOST_PROVIDER=local) also http://127.0.0.1.
+ * URLs: https to a public host; in local mode (HOST_PROVIDER=local, RPC_ADAPTER=postgres: webhookLoopbackAllowed) also http://127.0.0.1.
  */
 const uuid = z.uuid({ error: 'must be a UUID' });
 const orgQuery = z.object({ orgId: uuid.optional() }).strict();
@@ -51,7 +52,7 @@ const deliverySchema = z.object({
 
 export const webhookRoutes: ApiPlugin = async (app, deps) => {
   const store = makeWebhookStore({ rpc: deps.pipeline.db.rpc });
-  const allowLoopback = deps.pipeline.config.HOST_PROVIDER === 'local';
+  const allowLoopback = webhookLoopbackAllowed(deps.pipeline.config);
   const scopes = ['admin', 'deployments:write'] as const;
 
   app.post(

@@ -2,7 +2,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { parseRateLimit } from '../../../orchestrator/api/rate-limit';
 import { Secret } from '../../../orchestrator/secret';
-import { addressAllowed } from '../../../orchestrator/webhooks/webhook-address';
+import { addressAllowed, webhookLoopbackAllowed } from '../../../orchestrator/webhooks/webhook-address';
 import { parseWebhookJob, webhookJobId } from '../../../orchestrator/webhooks/webhook-payloads';
 import { sendWebhook, signatureHeaders } from '../../../orchestrator/webhooks/webhook-sender';
 import { webhookBody } from '../../../orchestrator/webhooks/webhook-workers';
@@ -176,6 +176,15 @@ describe('signing', () => {
     const local = await sendWebhook({ ...base, url: 'http://127.0.0.1:9/x', allowLoopback: true });
     expect(local).toMatchObject({ ok: false });
     expect(local).not.toMatchObject({ error: 'bad_url' });
+  });
+});
+
+describe('loopback webhooks', () => {
+  it('only in the embedded local mode: local hosts and the local Postgres adapter, not with a real Supabase nor hcloud (review R23)', () => {
+    expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'local', RPC_ADAPTER: 'postgres' })).toBe(true);
+    expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'local', RPC_ADAPTER: 'supabase' })).toBe(false);
+    expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'hcloud', RPC_ADAPTER: 'postgres' })).toBe(false);
+    expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'hcloud', RPC_ADAPTER: 'supabase' })).toBe(false);
   });
 });
 

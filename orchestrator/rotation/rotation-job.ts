@@ -146,7 +146,8 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
       // the lease while this one waited). An ended row is left as it is, before any secret is read
       // or the host connected (review R23 finding 1: since `switching` is recorded right before the
       // swap, it no longer refuses such an attempt first).
-      const now = (await rotations.get(rot.id)).deployments.find((x) => x.deploymentId === d.deploymentId);
+      // (one row: secret_rotation_deployments__get, not the rotation with every deployment's row)
+      const now = await rotations.getDeployment(rot.id, d.deploymentId);
       if (!now || (now.state !== 'pending' && now.state !== 'switching')) {
         dlog.info({ state: now?.state }, 'deployment already done in this rotation: nothing to do');
         return;

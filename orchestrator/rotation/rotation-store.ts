@@ -44,6 +44,14 @@ export interface Rotation {
 type Row = Record<string, unknown>;
 const s = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
+const toRotationDeployment = (d: Row): RotationDeployment => ({
+  deploymentId: String(d.deployment_id),
+  fromVersion: Number(d.from_version),
+  state: d.state as RotationDeploymentState,
+  reason: s(d.reason),
+  swapMode: s(d.swap_mode),
+});
+
 export const toRotation = (r: Row): Rotation => ({
   id: String(r.id),
   orgId: String(r.org_id),
@@ -58,13 +66,7 @@ export const toRotation = (r: Row): Rotation => ({
   finishedAt: s(r.finished_at),
   retireAfter: s(r.retire_after),
   oldRetiredAt: s(r.old_retired_at),
-  deployments: ((r.deployments as Row[] | undefined) ?? []).map((d) => ({
-    deploymentId: String(d.deployment_id),
-    fromVersion: Number(d.from_version),
-    state: d.state as RotationDeploymentState,
-    reason: s(d.reason),
-    swapMode: s(d.swap_mode),
-  })),
+  deployments: ((r.deployments as Row[] | undefined) ?? []).map(toRotationDeployment),
   ...(typeof r.existing === 'boolean' ? { existing: r.existing } : {}),
 });
 
@@ -110,14 +112,32 @@ export const makeRotationStore = (deps: {
       }),
     );
 
+  /**
+   * One deployment's row in a rotation (the rotate job's re-read under its lease): one row, not the
+   * rotation's document with every deployment's (secret_rotations__get), which made a rotation over
+   * N deployments O(N²) (migration 20261208090000). Unknown rotation: not_found.
+   */
+  const getDeployment = async (
+    rotationId: string,
+    deploymentId: string,
+  ): Promise<RotationDeployment | null> => {
+    const row = await rpc<Row | null>('secret_rotation_deployments__get', {
+      p_rotation_id: id(rotationId, 'rotation_id'),
+      p_deployment_id: id(deploymentId, 'deployment_id'),
+    });
+    // null: the deployment is not (or no longer: removed, its row cascaded away) in the rotation
+    return row === null || row === undefined ? null : toRotationDeployment(row);
+  };
+
+  /** Records one deployment's step; returns that deployment's row as recorded (not the rotation's). */
   const setState = async (
     rotationId: string,
     deploymentId: string,
     state: Exclude<RotationDeploymentState, 'pending'>,
     opts: { reason?: string; swapMode?: string } & AuditContext = {},
-  ): Promise<Rotation> => {
+  ): Promise<RotationDeployment> => {
     const { reason, swapMode, ...ctx } = opts;
-    return toRotation(
+    return toRotationDeployment(
       await rpc<Row>('secret_rotation_deployments__set_state', {
         p_rotation_id: id(rotationId, 'rotation_id'),
         p_deployment_id: id(deploymentId, 'deployment_id'),
@@ -178,6 +198,7 @@ export const makeRotationStore = (deps: {
   return {
     start,
     get,
+    getDeployment,
     setState,
     finish,
     listAttention,

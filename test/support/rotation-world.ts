@@ -72,8 +72,11 @@ export const fakeWorld = (
   const health: { deploymentId: string; rotationId: string; reasonCode: string }[] = [];
   /** Errors the next recordRotationHealth calls throw, in order (after their event is written, or not). */
   const healthFails: { err: Error; written: boolean }[] = [];
+  /** One deployment's row, as secret_rotation_deployments__get (and set_state) return it. */
+  const rowOf = (dep: string) => rotation().deployments.find((x) => x.deploymentId === dep) ?? null;
   const store = {
     get: () => Promise.resolve(rotation()),
+    getDeployment: (_r: string, dep: string) => Promise.resolve(rowOf(dep)),
     setState: (_r: string, dep: string, to: RotationDeploymentState, o: { reason?: string } = {}) => {
       const row = rows.get(dep);
       if (!row || !(allowed[row.state] ?? []).includes(to))
@@ -89,7 +92,7 @@ export const fakeWorld = (
       row.reason = o.reason ?? null;
       if (to === 'switched') pins.set(dep, null);
       if (to === 'rolled_back' || to === 'failed') pins.set(dep, 1);
-      return Promise.resolve(rotation());
+      return Promise.resolve(rowOf(dep));
     },
     finish: () => {
       if ([...rows.values()].some((r) => r.state === 'pending' || r.state === 'switching'))

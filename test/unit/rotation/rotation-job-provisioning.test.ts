@@ -79,13 +79,14 @@ const world = (
   });
   const rotations = {
     get: () => Promise.resolve(rotation()),
+    getDeployment: () => Promise.resolve(rotation().deployments[0]),
     setState: (_r: string, _d: string, to: RotationDeploymentState) => {
       if (!(allowed[state] ?? []).includes(to))
         return Promise.reject(new OrchestratorError('invalid_input', `state: ${state} -> ${to}`));
       state = to;
       if (to === 'switched' || to === 'skipped') pin = null;
       if (to === 'rolled_back' || to === 'failed') pin = 1;
-      return Promise.resolve(rotation());
+      return Promise.resolve(rotation().deployments[0]);
     },
     finish: () => {
       if (state === 'pending' || state === 'switching')

@@ -99,6 +99,53 @@ describe('rotate job', () => {
     expect(out.state).toBe('completed');
   });
 
+  it('reads the whole rotation a fixed number of times, whatever the number of deployments: each re-reads its own row (migration 20261208090000)', async () => {
+    const count = async (n: number) => {
+      const world = fakeWorld(Array.from({ length: n }, () => randomUUID()));
+      const calls = { get: 0, getDeployment: [] as string[] };
+      const get = world.store.get.bind(world.store);
+      world.store.get = (...a: Parameters<typeof get>) => {
+        calls.get++;
+        return get(...a);
+      };
+      const getDeployment = world.store.getDeployment.bind(world.store);
+      world.store.getDeployment = (r: string, dep: string) => {
+        calls.getDeployment.push(dep);
+        return getDeployment(r, dep);
+      };
+      const out = await run(job(world, () => Promise.resolve({ mode: 'held-restart', healthy: true })));
+      expect(out.state).toBe('completed');
+      expect([...calls.getDeployment].sort()).toEqual([...world.rows.keys()].sort());
+      return calls.get;
+    };
+    const [one, forty] = [await count(1), await count(40)];
+    expect(one).toBeGreaterThan(0);
+    expect(forty).toBe(one);
+  });
+
+  it('a deployment no longer in the rotation (its row gone) is left alone: no read, no SSH, no record', async () => {
+    const [gone, kept] = [randomUUID(), randomUUID()];
+    const world = fakeWorld([gone, kept]);
+    // removed after the fan-out read the rotation: its row went with it (on delete cascade)
+    const getDeployment = world.store.getDeployment.bind(world.store);
+    world.store.getDeployment = (r: string, dep: string) => {
+      if (dep === gone) world.rows.delete(gone);
+      return getDeployment(r, dep);
+    };
+    const swapped: string[] = [];
+    const out = await run(
+      job(world, (_s, input) => {
+        swapped.push(input.deploymentId);
+        return Promise.resolve({ mode: 'held-restart', healthy: true });
+      }),
+      true,
+    );
+    expect(swapped).toEqual([kept]);
+    expect(world.calls.filter((c) => c.endsWith(gone))).toEqual([]);
+    expect(out.state).toBe('completed');
+    expect(world.rows.get(kept)?.state).toBe('switched');
+  });
+
   it('a lease lost before the swap: nothing recorded, no swap, left for the retry (review R25 finding 4)', async () => {
     const id = randomUUID();
     const world = fakeWorld([id]);

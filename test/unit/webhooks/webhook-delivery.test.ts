@@ -1,11 +1,21 @@
+import { randomUUID } from 'node:crypto';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import Fastify from 'fastify';
+import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { Webhook } from 'standardwebhooks';
+import { generateToken } from '../../../orchestrator/api/api-tokens';
+import { registerAuth } from '../../../orchestrator/api/auth';
+import { makeErrorHandler } from '../../../orchestrator/api/problems';
 import { parseRateLimit } from '../../../orchestrator/api/rate-limit';
+import { webhookRoutes } from '../../../orchestrator/api/routes/webhooks';
+import { loadConfig, type Config } from '../../../orchestrator/config';
+import { makeLogger } from '../../../orchestrator/log';
 import { Secret } from '../../../orchestrator/secret';
 import { addressAllowed, webhookLoopbackAllowed } from '../../../orchestrator/webhooks/webhook-address';
 import { parseWebhookJob, webhookJobId } from '../../../orchestrator/webhooks/webhook-payloads';
 import { sendWebhook, signatureHeaders } from '../../../orchestrator/webhooks/webhook-sender';
 import { webhookBody } from '../../../orchestrator/webhooks/webhook-workers';
+import { webhookWorkerOptions } from '../../../orchestrator/webhooks/webhooks-from-config';
 
 /** The webhook parts that need no service: addresses, payloads, signatures, the rate-limit setting. */
 describe('addresses a webhook may reach (the SQL list, again at delivery time)', () => {
@@ -186,6 +196,81 @@ describe('loopback webhooks', () => {
     expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'hcloud', RPC_ADAPTER: 'postgres' })).toBe(false);
     expect(webhookLoopbackAllowed({ HOST_PROVIDER: 'hcloud', RPC_ADAPTER: 'supabase' })).toBe(false);
   });
+
+  // Its two callers, from a loaded configuration: the registration route (what it asks the SQL
+  // contract, whose `p_allow_loopback` alone lets http://127.0.0.1 in: pgTAP 39/43) and the
+  // delivery workers' options (what the sender gets).
+  const configs: [string, boolean, Config][] = [
+    ['local mode (the default)', true, loadConfig({})],
+    [
+      'HOST_PROVIDER left at its default with a real Supabase',
+      false,
+      loadConfig({
+        RPC_ADAPTER: 'supabase',
+        SUPABASE_URL: 'https://example.supabase.co',
+        SUPABASE_SERVICE_ROLE_KEY: 'x'.repeat(40),
+      }),
+    ],
+    [
+      'hcloud',
+      false,
+      loadConfig({
+        HOST_PROVIDER: 'hcloud',
+        HCLOUD_TOKEN: 'h'.repeat(64),
+        DNS_ZONE: 'agents.example.com',
+        ORCHESTRATOR_SSH_CIDRS: '192.0.2.0/24',
+      }),
+    ],
+  ];
+
+  it.each(configs)('%s: the delivery workers get allowLoopback %s', (_name, allowed, config) => {
+    expect(webhookWorkerOptions(config).allowLoopback).toBe(allowed);
+  });
+
+  it.each(configs)(
+    '%s: POST /v1/webhooks asks the contract with allow_loopback %s',
+    async (_name, allowed, config) => {
+      const orgId = randomUUID();
+      const token = generateToken();
+      const calls: { fn: string; args: Record<string, unknown> }[] = [];
+      const rpc = async (fn: string, args: Record<string, unknown>) => {
+        calls.push({ fn, args });
+        return {
+          id: randomUUID(),
+          org_id: orgId,
+          url: args.p_url,
+          created_at: new Date().toISOString(),
+          disabled_at: null,
+          consecutive_failures: 0,
+          breaker_open_until: null,
+          secret: 'whsec_' + 'a'.repeat(32),
+        };
+      };
+      const app = Fastify();
+      app.setValidatorCompiler(validatorCompiler);
+      app.setSerializerCompiler(serializerCompiler);
+      app.setErrorHandler(makeErrorHandler(makeLogger({ level: 'silent' })));
+      registerAuth(app, {
+        authenticate: async (t: string) =>
+          t === token ? { tokenId: randomUUID(), orgId, scopes: ['deployments:write'] } : undefined,
+      });
+      await app.register(async (scope) =>
+        webhookRoutes(scope, { pipeline: { db: { rpc }, config } } as never),
+      );
+      await app.ready();
+      const r = await app.inject({
+        method: 'POST',
+        url: '/v1/webhooks',
+        headers: { authorization: `Bearer ${token}` },
+        payload: { url: 'http://127.0.0.1:9000/hook' },
+      });
+      await app.close();
+      expect(r.statusCode).toBe(201);
+      expect(calls.map((c) => [c.fn, c.args.p_allow_loopback])).toEqual([
+        ['webhook_endpoints__create', allowed],
+      ]);
+    },
+  );
 });
 
 describe('API_RATE_LIMIT', () => {

@@ -4,6 +4,7 @@ import { makeRpcFromConfig } from '../db/rpc-from-config';
 import { OrchestratorError, invalidInput } from '../errors';
 import { makeWebhookStore, type WebhookStore } from '../webhooks/webhook-store';
 import type { CliCommand, CliContext } from './cortexctl';
+import { webhookLoopbackAllowed } from '../webhooks/webhook-address';
 
 /**
  * `cortexctl webhooks add|list|remove|deliveries`: an organisation's webhook endpoints, as the API's
@@ -42,7 +43,8 @@ const withStore = async <T>(
   const config = loadConfig({ LOG_LEVEL: 'warn', ...ctx.env });
   const db = makeRpcFromConfig(config);
   try {
-    return await fn(makeWebhookStore({ rpc: db.rpc }), config.HOST_PROVIDER === 'local');
+    // loopback receivers only in the embedded local mode, as the API and the sender decide it
+    return await fn(makeWebhookStore({ rpc: db.rpc }), webhookLoopbackAllowed(config));
   } finally {
     await db.close();
   }

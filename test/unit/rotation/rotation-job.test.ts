@@ -132,15 +132,37 @@ describe('rotate job', () => {
       if (dep === gone) world.rows.delete(gone);
       return getDeployment(r, dep);
     };
+    const read: string[] = [];
+    const readVersions = world.store.readVersions.bind(world.store);
+    world.store.readVersions = (...a: Parameters<typeof readVersions>) => {
+      read.push(a[0]);
+      return readVersions(...a);
+    };
+    const connected: string[] = [];
     const swapped: string[] = [];
     const out = await run(
-      job(world, (_s, input) => {
-        swapped.push(input.deploymentId);
-        return Promise.resolve({ mode: 'held-restart', healthy: true });
+      makeRotationJob({
+        rotations: world.store,
+        store,
+        leases,
+        access: {
+          connect: (dep: { id: string }) => {
+            connected.push(dep.id);
+            return Promise.resolve({ shell: { close: () => Promise.resolve() }, key: 'current' });
+          },
+        } as never,
+        swap: ((_s: unknown, input: { deploymentId: string }) => {
+          swapped.push(input.deploymentId);
+          return Promise.resolve({ mode: 'held-restart', healthy: true });
+        }) as never,
+        log,
+        concurrency: 1,
+        holder: 'test',
       }),
       true,
     );
-    expect(swapped).toEqual([kept]);
+    // (review R26 finding B: the name's "no read, no SSH" is what is counted)
+    expect({ read, connected, swapped }).toEqual({ read: [kept], connected: [kept], swapped: [kept] });
     expect(world.calls.filter((c) => c.endsWith(gone))).toEqual([]);
     expect(out.state).toBe('completed');
     expect(world.rows.get(kept)?.state).toBe('switched');

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import Fastify from 'fastify';
 import { serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
@@ -8,6 +9,7 @@ import { registerAuth } from '../../../orchestrator/api/auth';
 import { makeErrorHandler } from '../../../orchestrator/api/problems';
 import { parseRateLimit } from '../../../orchestrator/api/rate-limit';
 import { webhookRoutes } from '../../../orchestrator/api/routes/webhooks';
+import { webhookCommands } from '../../../orchestrator/cli/webhook-commands';
 import { loadConfig, type Config } from '../../../orchestrator/config';
 import { makeLogger } from '../../../orchestrator/log';
 import { Secret } from '../../../orchestrator/secret';
@@ -271,6 +273,62 @@ describe('loopback webhooks', () => {
       ]);
     },
   );
+
+  // the third caller, `cortexctl webhooks add` (review R26 finding A: it still asked for loopback
+  // whenever HOST_PROVIDER was local), through a stand-in for PostgREST's RPC endpoint
+  it.each([
+    ['local hosts with a real Supabase', false, {}],
+    [
+      'hcloud with a real Supabase',
+      false,
+      {
+        HOST_PROVIDER: 'hcloud',
+        HCLOUD_TOKEN: 'h'.repeat(64),
+        DNS_ZONE: 'agents.example.com',
+        ORCHESTRATOR_SSH_CIDRS: '192.0.2.0/24',
+      },
+    ],
+  ])('%s: cortexctl webhooks add asks the contract with allow_loopback %s', async (_name, allowed, extra) => {
+    const bodies: { url?: string; body: Record<string, unknown> }[] = [];
+    const srv = createHttpServer((req, res) => {
+      let b = '';
+      req.on('data', (c: Buffer) => (b += c.toString()));
+      req.on('end', () => {
+        bodies.push({ url: req.url, body: JSON.parse(b || '{}') as Record<string, unknown> });
+        res.setHeader('content-type', 'application/json');
+        res.end(
+          JSON.stringify({
+            id: randomUUID(),
+            org_id: randomUUID(),
+            url: 'http://127.0.0.1:9000/hook',
+            created_at: new Date().toISOString(),
+            disabled_at: null,
+            consecutive_failures: 0,
+            breaker_open_until: null,
+            secret: 'whsec_' + 'a'.repeat(32),
+          }),
+        );
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    const env = {
+      RPC_ADAPTER: 'supabase',
+      SUPABASE_URL: `http://127.0.0.1:${(srv.address() as AddressInfo).port}`,
+      SUPABASE_SERVICE_ROLE_KEY: 'x'.repeat(40),
+      ...extra,
+    };
+    try {
+      await webhookCommands.webhooks?.run(
+        ['add', '--org', randomUUID(), '--url', 'http://127.0.0.1:9000/hook', '--json'],
+        { env, out: () => undefined },
+      );
+    } finally {
+      await new Promise((r) => srv.close(r));
+    }
+    expect(bodies.map((b) => [b.url?.replace(/[?].*$/, ''), b.body.p_allow_loopback])).toEqual([
+      ['/rest/v1/rpc/webhook_endpoints__create', allowed],
+    ]);
+  });
 });
 
 describe('API_RATE_LIMIT', () => {

@@ -28,7 +28,10 @@
  *   `drain ms` have passed: `drained`, `drain-timeout <left>` or `soaked` (exit 0). Three failed
  *   probes in a row, a restart of the unit (NRestarts or its main process's start, read at the
  *   start and the end, no longer what wait-healthy's `baseline` was: a restart between the health
- *   check and the soak counts; `-` or none: the soak's start is the baseline) or a unit not
+ *   check and the soak counts; `-` or none, a re-run after a cut: what wait-healthy judged healthy
+ *   for that slot as the host remembers it (/run/cortex-swap.healthy-<slot>, written with the
+ *   answer, removed when the slot's unit is started or restarted, gone with a reboot), else the
+ *   soak's start) or a unit not
  *   active/running at the end: `unhealthy probes|restarts|state <n> <state>` (exit 1), the old
  *   instance still there to go back to.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
@@ -64,6 +67,11 @@ HTTP_PATH = re.compile(r"/[A-Za-z0-9._~/-]{0,200}")
 ENV_DIR = "/etc/cortex"
 RECORD = ENV_DIR + "/active-slot"
 LOCK = "/run/cortex-swap.lock"
+# What wait-healthy judged healthy, per slot ("<NRestarts>:<main start>"), for the soak of a re-run
+# after a cut, whose first run's answer is gone (review R19 finding 4). In /run: gone with a reboot
+# (a new boot's instance has no health check to compare with). Removed when the slot's unit is
+# started or restarted (a new instance), written when wait-healthy answers healthy.
+HEALTHY_AT = "/run/cortex-swap.healthy-"
 STATE_WORD = re.compile(r"[a-z0-9-]{1,32}")
 
 
@@ -468,7 +476,59 @@ def systemctl_fast(args, timeout):
         return 1, b"", b"the connection to systemd was lost\n"
 
 
+def healthy_path(unit):
+    m = UNIT.fullmatch(unit)
+    return HEALTHY_AT + m.group(1) if m else None
+
+
+def forget_healthy(argv):
+    # A start or restart of an agent slot makes a new instance: what its last health check judged
+    # no longer describes it.
+    if len(argv) > 2 and argv[0] == "systemctl" and argv[1] in ("start", "restart"):
+        for u in argv[2:]:
+            path = healthy_path(u)
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def remember_healthy(unit, ident):
+    path = healthy_path(unit)
+    if not path or not BASELINE.fullmatch(ident):
+        return
+    tmp = path + ".tmp-" + os.urandom(8).hex()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, (ident + "\n").encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        # not remembered: a re-run's soak then starts from what it finds, as before
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def remembered_healthy(unit):
+    path = healthy_path(unit)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (OSError, TypeError):
+        return "-"
+    try:
+        v = os.read(fd, 64).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    return v if BASELINE.fullmatch(v) else "-"
+
+
 def run(argv, data=None, timeout=60):
+    forget_healthy(argv)
     if argv and argv[0] == "systemctl" and data is None:
         fast = systemctl_fast(list(argv[1:]), timeout)
         if fast is not None:
@@ -617,7 +677,9 @@ def wait_healthy(args, data):
             # process's start), read at once (a crash after the answer is restarted RestartSec, 1 s,
             # later at the earliest), for the soak to compare with: a restart between this answer
             # and the soak's start (during the route switch) is a restart after the health check.
-            return 0, ("healthy %s\n" % identity(props(unit, IDENTITY))[0]).encode()
+            ident = identity(props(unit, IDENTITY))[0]
+            remember_healthy(unit, ident)
+            return 0, ("healthy %s\n" % ident).encode()
         now = time.monotonic()
         late = now >= until
         if now >= next_state or late:
@@ -663,8 +725,9 @@ def soak(args, data):
     # After traffic moved to a new instance: it must stay healthy while the old one drains. GET
     # <path> on its port every 250 ms; SOAK_FAILS failed probes in a row, or any restart of its unit
     # since 'baseline' (what wait-healthy printed when it judged the instance healthy: NRestarts and
-    # the main process's start; '-' or absent: read at the soak's start, as a re-run after a cut
-    # must, the first run's answer being gone), or a unit not active/running at the end, is
+    # the main process's start; '-' or absent, a re-run after a cut whose first run's answer is
+    # gone: what this host remembers wait-healthy judged healthy for the slot (HEALTHY_AT), else
+    # read at the soak's start), or a unit not active/running at the end, is
     # 'unhealthy ...' (exit 1: the old instance still runs, the swap routes back to it). A restart
     # before the soak starts (between the health check and the route switch) fails it at once.
     # Otherwise it ends once 'soak ms' have passed and no connection is left to 'old port'
@@ -684,6 +747,10 @@ def soak(args, data):
     baseline = args[6] if len(args) > 6 else "-"
     if baseline != "-" and not BASELINE.fullmatch(baseline):
         raise Bad("baseline")
+    if baseline == "-":
+        # a re-run after a cut: what the cut run's health check judged healthy, when this host
+        # remembers it for this slot (and the unit was not started again since)
+        baseline = remembered_healthy(unit)
 
     def restarted(now):
         # None when 'now' is the process judged healthy, else the restarts to report (-1: unknown).

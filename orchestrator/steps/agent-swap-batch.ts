@@ -230,7 +230,9 @@ export const mustBeDiscarded = (slot: AgentSlot, answers: readonly ExecResult[],
  * is asked again until it answers or fails three times in a row). `baseline`: the instance its
  * health wait judged healthy (parseHealthyBaseline), so that a restart between that answer and the
  * soak (during the route switch) fails it; a re-run after a cut has none (that answer went with
- * the cut run) and the soak's own start is the baseline: a restart before it is not seen then.
+ * the cut run) and the helper compares with what the host remembered for the slot
+ * (/run/cortex-swap.healthy-<slot>; review R19 finding 4), or, when nothing is, with the soak's own
+ * start: a restart before it is not seen then.
  */
 export const soakStep = (
   unit: string,

@@ -212,10 +212,18 @@ describe('the env file stays write-only', () => {
 
   it("the swap's host helper reads no file it is told, and a batch runs no reader", () => {
     const script = swapCommands.portHolders(1)[3] as string;
-    // every open() in the helper: the two /proc files by pid, the kernel's TCP tables (by a fixed
-    // name, below), a new temp file, the record's directory (to fsync it), the batch lock (write-only)
+    // every open() in the helper: the remembered health answer per slot (a new temp file, then the
+    // file itself read, its name fixed but for the slot: HEALTHY_AT + blue|green from the unit
+    // pattern; review R19 finding 4), the two /proc files by pid, the kernel's TCP tables (by a
+    // fixed name, below), a new temp file, the record's directory (to fsync it), the batch lock
+    // (write-only)
     expect(script).toContain('for name in ("/proc/net/tcp", "/proc/net/tcp6"):');
+    expect(script).toContain('HEALTHY_AT = "/run/cortex-swap.healthy-"');
+    expect(script).toContain('return HEALTHY_AT + m.group(1) if m else None');
+    expect(script).toContain('UNIT = re.compile(r"cortex-agent@(blue|green)\\.service")');
     expect([...script.matchAll(/\bopen\(([^,)]*)/g)].map((m) => m[1])).toEqual([
+      'tmp',
+      'path',
       '"/proc/%d/environ" % pid',
       'name',
       '"/proc/%d/cgroup" % pid',

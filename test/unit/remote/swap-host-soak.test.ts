@@ -1,12 +1,17 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { helperScriptWithoutBus } from '../../support/swap-helper';
 
-const SWAP_HOST_SCRIPT = helperScriptWithoutBus();
+/** The helper, remembering what wait-healthy judged healthy under this test's directory. */
+const script = (): string =>
+  helperScriptWithoutBus(join(dir, 'healthy-')).replace(
+    'LOCK = "/run/cortex-swap.lock"',
+    `LOCK = "${dir}/lock"`,
+  );
 
 /**
  * The host helper's `soak` mode (issue 11, health after the switch), run here with python3: a
@@ -28,7 +33,7 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }));
 const helper = (mode: string, args: readonly string[]) =>
   new Promise<{ code: number | null; stdout: string; ms: number }>((resolve) => {
     const t0 = performance.now();
-    const p = spawn('python3', ['-I', '-c', SWAP_HOST_SCRIPT, mode, ...args], {
+    const p = spawn('python3', ['-I', '-c', script(), mode, ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { PATH: `${dir}:/usr/bin:/bin` },
     });
@@ -187,7 +192,7 @@ describe('the host helper: soak', () => {
       const t0 = performance.now();
       const p = spawn(
         'python3',
-        ['-I', '-c', SWAP_HOST_SCRIPT, 'soak', UNIT, String(a.port), '/health', '60000', '0', '0'],
+        ['-I', '-c', script(), 'soak', UNIT, String(a.port), '/health', '60000', '0', '0'],
         {
           stdio: ['ignore', 'pipe', 'ignore'],
           env: { PATH: `${dir}:/usr/bin:/bin` },
@@ -262,14 +267,75 @@ describe('the host helper: soak', () => {
       }
     });
 
-    it('no baseline (a re-run after a cut): the soak starts from what it finds, so a restart before it is not seen (documented limit)', async () => {
+    // Review R19 finding 4: a re-run after a cut has no answer of the cut run's health check; the
+    // host remembers it per slot (HEALTHY_AT), and the soak of a re-run compares with that.
+    it("a re-run after a cut (no baseline passed): the soak compares with what wait-healthy remembered, so a restart between the cut run's health check and the re-run is seen", async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(0, 5_000_000);
+        expect((await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000'])).code).toBe(0);
+        expect(readFileSync(join(dir, 'healthy-green'), 'utf8')).toBe('0:5000000\n');
+        expect(statSync(join(dir, 'healthy-green')).mode & 0o777).toBe(0o600);
+        // the run is cut; the instance crashes and systemd starts it again before the re-run
+        unitIs(1, 9_000_000);
+        const r = await soak([UNIT, String(a.port), '/health', '3000', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
+        expect(r.ms).toBeLessThan(3_000);
+        const dash = await soak([UNIT, String(a.port), '/health', '300', '0', '0', '-']);
+        expect([dash.code, dash.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('a re-run after a cut, the same instance throughout: soaked', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(1, 5_000_000);
+        expect((await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000'])).code).toBe(0);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it("only the slot it was judged for: blue's remembered answer is not green's", async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(0, 5_000_000);
+        await helper('wait-healthy', ['cortex-agent@blue.service', String(a.port), '/health', '2000']);
+        unitIs(1, 9_000_000);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it("a start or restart of the slot's unit forgets it (a new instance): a stale answer never fails a later swap's soak", async () => {
+      for (const verb of ['start', 'restart']) {
+        writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
+        writeFileSync(join(dir, 'healthy-blue'), '0:5000000\n', { mode: 0o600 });
+        const program = JSON.stringify({ steps: [{ argv: ['systemctl', verb, UNIT] }] });
+        const r = await helper('batch', [program]);
+        expect(r.code).toBe(0);
+        expect(existsSync(join(dir, 'healthy-green'))).toBe(false);
+        // the other slot's is kept
+        expect(existsSync(join(dir, 'healthy-blue'))).toBe(true);
+      }
+    });
+
+    it('nothing remembered (a reboot empties /run; a host whose last swap predates this): the soak starts from what it finds, the limit left', async () => {
       const a = await agent(() => true);
       try {
         unitIs(1, 9_000_000);
         const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
         expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
-        const dash = await soak([UNIT, String(a.port), '/health', '300', '0', '0', '-']);
-        expect([dash.code, dash.stdout]).toEqual([0, 'soaked\n']);
+        // a remembered value that is not a baseline is ignored, not trusted
+        writeFileSync(join(dir, 'healthy-green'), 'garbage', { mode: 0o600 });
+        const g = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([g.code, g.stdout]).toEqual([0, 'soaked\n']);
       } finally {
         await close(a.server);
       }

@@ -15,7 +15,7 @@ import {
   rotationReasonCode,
   secretsReached,
 } from './rotation-common';
-import type { PendingRotation, Rotation, RotationDeployment, RotationStore } from './rotation-store';
+import type { Rotation, RotationDeployment, RotationStore } from './rotation-store';
 
 /**
  * The `rotate` job: fan a rotation out over every deployment bound to the secret, at most
@@ -81,38 +81,20 @@ export const outcomeOf = (r: Rotation, retired: number[] = []): RotationOutcome 
 export const makeRotationJob = (deps: RotationJobDeps) => {
   const { rotations, log } = deps;
 
-  /**
-   * The deployment's full environment with the rotated secret at `version`, each other binding at
-   * the version it runs, or at the version `carried` names for it (a joint swap's).
-   */
+  /** The deployment's full environment with the rotated secret at `version`. */
   const environment = async (
     rot: Rotation,
     deploymentId: string,
     version: number,
     jobId: string,
-    carried: readonly PendingRotation[] = [],
   ): Promise<Map<string, Secret>> => {
     const bound = await rotations.bindings(deploymentId);
-    const along = new Map(carried.map((j) => [j.secretId, j.toVersion]));
     const wanted = [...new Map(bound.map((b) => [b.secretId, b.version])).entries()].map(([secretId, v]) => ({
       secretId,
-      version: secretId === rot.secretId ? version : (along.get(secretId) ?? v),
+      version: secretId === rot.secretId ? version : v,
     }));
     const values = await rotations.readVersions(deploymentId, wanted, { actor: 'orchestrator', jobId });
     return new Map(values.map((v) => [v.envVar, v.value]));
-  };
-
-  /**
-   * The other running rotations this deployment's swap may carry (review R11 finding 2): those in
-   * which it is still `pending`, of another secret it is bound to now.
-   */
-  const jointRotations = async (rot: Rotation, deploymentId: string): Promise<PendingRotation[]> => {
-    const pending = (await rotations.pendingForDeployment(deploymentId)).filter(
-      (j) => j.rotationId !== rot.id && j.secretId !== rot.secretId,
-    );
-    if (pending.length === 0) return [];
-    const bound = new Set((await rotations.bindings(deploymentId)).map((b) => b.secretId));
-    return pending.filter((j) => bound.has(j.secretId));
   };
 
   const switchOne = async (
@@ -148,29 +130,6 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           `the ${reasonCode === 'rollback_unverified' ? 'rollback' : 'switch'} not verified could not be recorded as a health event: no webhook says this deployment may not be serving`,
         );
     };
-    /**
-     * The carried rotations' rows once the joint environment serves: `switched` (reason
-     * `joint_swap`; the binding follows the new version, audited with this job's id). A failure is
-     * logged, not thrown: the row stays `switching`, and its own rotation resumes it on a host that
-     * already runs its new version.
-     */
-    const jointSwitched = async (mode: string | undefined): Promise<void> => {
-      for (const j of joint)
-        await rotations
-          .setState(j.rotationId, d.deploymentId, 'switched', {
-            reason: 'joint_swap',
-            ...(mode ? { swapMode: mode } : {}),
-            ...ctx,
-          })
-          .then(() => dlog.info({ carried: j.rotationId }, 'switched with this swap (joint)'))
-          .catch((e: unknown) =>
-            dlog.error(
-              { carried: j.rotationId, reason: reasonOf(e) },
-              'could not record the joint switch: that rotation resumes this deployment itself',
-            ),
-          );
-    };
-    let joint: readonly PendingRotation[] = [];
     /** The row is `switching` (a cut attempt's, or this one's right before its swap): a swap may have moved the host. */
     let switching = d.state === 'switching';
     const deadline = Date.now() + (deps.leaseWaitMs ?? 120_000);
@@ -239,15 +198,9 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         return;
       }
       const resumed = d.state === 'switching';
-      // A joint swap (review R11 finding 2): the other running rotations in which this deployment is
-      // still `pending`, of secrets it is bound to, ride along with this swap, so that two keys
-      // rotated at once (both old ones revoked at the provider, an agent that refuses a dead key at
-      // start) do not each fail on the other's old key. Only for a fresh row: a resumed one is put
-      // back on its own versions first (below). `joint` holds what this swap carries.
       let env: Map<string, Secret>;
       try {
-        if (!resumed) joint = await jointRotations(rot, d.deploymentId);
-        env = await environment(rot, d.deploymentId, rot.toVersion, jobId, joint);
+        env = await environment(rot, d.deploymentId, rot.toVersion, jobId);
       } catch (err) {
         // nothing touched the host in this attempt (a resumed one's cut attempt may have: its
         // `failed` gets the health event below; a fresh one's, from `pending`, none)
@@ -272,38 +225,12 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
           throw new OrchestratorError('stack_locked', `deployment ${d.deploymentId}: its lease was lost`);
         await rotations.setState(rot.id, d.deploymentId, 'switching', ctx);
         switching = true;
-        // The carried rotations' rows are `switching` too, before the swap: a crash or a failure
-        // from here leaves each to resume itself (its job's retry, or the rotation sweep), and the
-        // bindings list gives a `switching` row of a leak response its new version, so no rebuild
-        // puts a leaked key back on a host this swap may have moved off it.
-        for (const j of joint) await rotations.setState(j.rotationId, d.deploymentId, 'switching', ctx);
         const opts = {
           signal,
           ...(deps.drainSeconds === undefined ? {} : { drainSeconds: deps.drainSeconds }),
           ...(deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds }),
         };
-        let r = await deps
-          .swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env }, opts)
-          .catch(async (e: unknown) => {
-            // the joint environment serves (proven); only the old slot's clean-up is not verified
-            if (e instanceof SwapCleanupError && !e.servingFileStale) await jointSwitched(e.mode);
-            throw e;
-          });
-        if (joint.length > 0) {
-          if (r.healthy) await jointSwitched(r.mode);
-          else {
-            // Not healthy with every new version together (or not known to be): this rotation's
-            // version alone, as without a joint swap. The carried rows stay `switching`; each
-            // rotation resumes its own (with this one's outcome recorded by then).
-            dlog.warn(
-              { mode: r.mode, code: r.code, carried: joint.map((j) => j.rotationId) },
-              'joint swap not healthy: switching this rotation alone',
-            );
-            joint = [];
-            const own = await environment(rot, d.deploymentId, rot.toVersion, jobId);
-            r = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: own }, opts);
-          }
-        }
+        const r = await deps.swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env }, opts);
         if (r.healthy) {
           await rotations.setState(rot.id, d.deploymentId, 'switched', { swapMode: r.mode, ...ctx });
           dlog.info({ mode: r.mode }, 'deployment switched to the new version');

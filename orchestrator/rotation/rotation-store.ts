@@ -41,15 +41,6 @@ export interface Rotation {
   readonly existing?: boolean;
 }
 
-/** A running rotation in which a deployment is still `pending` (secret_rotations__pending_for_deployment). */
-export interface PendingRotation {
-  readonly rotationId: string;
-  readonly secretId: string;
-  readonly fromVersion: number;
-  readonly toVersion: number;
-  readonly leaked: boolean;
-}
-
 type Row = Record<string, unknown>;
 const s = (v: unknown): string | null => (typeof v === 'string' ? v : null);
 
@@ -138,23 +129,6 @@ export const makeRotationStore = (deps: {
     return row === null || row === undefined ? null : toRotationDeployment(row);
   };
 
-  /**
-   * The running rotations in which the deployment's row is still `pending`, oldest first: what a
-   * rotate job's swap may carry along (a joint swap: migration 20261208100000, review R11 finding 2).
-   */
-  const pendingForDeployment = async (deploymentId: string): Promise<PendingRotation[]> =>
-    (
-      await rpc<Row[]>('secret_rotations__pending_for_deployment', {
-        p_deployment_id: id(deploymentId, 'deployment_id'),
-      })
-    ).map((r) => ({
-      rotationId: String(r.rotation_id),
-      secretId: String(r.secret_id),
-      fromVersion: Number(r.from_version),
-      toVersion: Number(r.to_version),
-      leaked: r.leaked === true,
-    }));
-
   /** Records one deployment's step; returns that deployment's row as recorded (not the rotation's). */
   const setState = async (
     rotationId: string,
@@ -225,7 +199,6 @@ export const makeRotationStore = (deps: {
     start,
     get,
     getDeployment,
-    pendingForDeployment,
     setState,
     finish,
     listAttention,

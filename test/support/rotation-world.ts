@@ -77,8 +77,6 @@ export const fakeWorld = (
   const store = {
     get: () => Promise.resolve(rotation()),
     getDeployment: (_r: string, dep: string) => Promise.resolve(rowOf(dep)),
-    // no other rotation running (a joint swap's own tests: rotation-job-joint.test.ts)
-    pendingForDeployment: () => Promise.resolve([]),
     setState: (_r: string, dep: string, to: RotationDeploymentState, o: { reason?: string } = {}) => {
       const row = rows.get(dep);
       if (!row || !(allowed[row.state] ?? []).includes(to))

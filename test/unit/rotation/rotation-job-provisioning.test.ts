@@ -80,7 +80,6 @@ const world = (
   const rotations = {
     get: () => Promise.resolve(rotation()),
     getDeployment: () => Promise.resolve(rotation().deployments[0]),
-    pendingForDeployment: () => Promise.resolve([]),
     setState: (_r: string, _d: string, to: RotationDeploymentState) => {
       if (!(allowed[state] ?? []).includes(to))
         return Promise.reject(new OrchestratorError('invalid_input', `state: ${state} -> ${to}`));

@@ -194,6 +194,33 @@ describe('rotate job', () => {
     expect(world.rows.get(id)?.state).toBe('pending');
   });
 
+  it('a lease lost during the first swap of a resumed row: no swap back without it, left for the retry (review R27 finding 5)', async () => {
+    const id = randomUUID();
+    const world = fakeWorld([id], 'switching');
+    let checks = 0;
+    let swaps = 0;
+    const j = makeRotationJob({
+      rotations: world.store,
+      store,
+      leases: {
+        // held for the first swap's fence, lost by the time the swap back would run
+        acquire: (dep: string) =>
+          Promise.resolve({ deploymentId: dep, held: () => ++checks <= 1, release: () => Promise.resolve() }),
+      } as never,
+      access,
+      swap: (() => {
+        swaps++;
+        return Promise.resolve({ mode: 'held-restart', healthy: false });
+      }) as never,
+      log,
+      concurrency: 1,
+      holder: 'test',
+    });
+    await expect(run(j)).rejects.toThrow(/lease was lost/);
+    expect(swaps).toBe(1);
+    expect(world.rows.get(id)?.state).toBe('switching');
+  });
+
   it('resumes a deployment left `switching` by a crash; when the new version is unhealthy it puts the host back on the old one', async () => {
     const ids = [randomUUID()];
     const world = fakeWorld(ids, 'switching');

@@ -149,12 +149,21 @@ export const makeRevokeJob = (deps: RevokeJobDeps) => {
           try {
             const input = { deploymentId, runtime: dep.runtime, env };
             const soak = deps.soakSeconds === undefined ? {} : { soakSeconds: deps.soakSeconds };
+            // The lease fences each swap on the host (review R28 finding 1): one lost (Redis away
+            // past its TTL, the loop blocked) may be another job's now, whose swap would interleave
+            // with this one's, batch by batch, and could rebuild the environment with the key.
+            const fence = (): void => {
+              if (!lease.held())
+                throw new OrchestratorError('stack_locked', `deployment ${deploymentId}: its lease was lost`);
+            };
+            fence();
             const r = await deps.swap(shell, input, { signal, ...soak });
             if (!r.healthy) {
               // Not healthy without the secret (an agent that needs the key, or another fault): the
               // old environment was put back, so the agent still holds the withdrawn value. A revoke
               // must take effect: the serving agent is restarted in place without it and kept so
               // even when unhealthy (its previous env file removed), and that is reported.
+              fence();
               const forced = await deps.swap(shell, input, {
                 signal,
                 ...soak,

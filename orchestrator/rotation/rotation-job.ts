@@ -260,11 +260,11 @@ export const makeRotationJob = (deps: RotationJobDeps) => {
         if (swapBack) {
           // An attempt before the crash may have moved the host to the new version already, and
           // this swap left it as it found it: put it back on the old one explicitly.
-          const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
           // A second swap on the host: the lease fences it too (review R27 finding 5; one lost
-          // during the first swap may be another attempt's now)
+          // during the first swap may be another attempt's now), before its values are read
           if (!lease.held())
             throw new OrchestratorError('stack_locked', `deployment ${d.deploymentId}: its lease was lost`);
+          const old = await environment(rot, d.deploymentId, d.fromVersion, jobId);
           // (Its clean-up failing is no switch to the new version: a plain failure, pinned old.)
           const back = await deps
             .swap(shell, { deploymentId: dep.id, runtime: dep.runtime, env: old }, opts)

@@ -148,15 +148,20 @@ type Swap = (
   opts: Record<string, unknown>,
 ) => Promise<unknown>;
 
-const run = (w: ReturnType<typeof world>, swap: Swap, finalAttempt = true, scrub?: () => Promise<void>) =>
+const run = (
+  w: ReturnType<typeof world>,
+  swap: Swap,
+  finalAttempt = true,
+  scrub?: () => Promise<void>,
+  held: () => boolean = () => true,
+) =>
   makeRevokeJob({
     ...(scrub ? { scrub } : {}),
     rotations: w.rotations,
     secrets: { revoke: () => Promise.resolve(undefined as never) },
     store: w.store,
     leases: {
-      acquire: (d: string) =>
-        Promise.resolve({ deploymentId: d, held: () => true, release: () => Promise.resolve() }),
+      acquire: (d: string) => Promise.resolve({ deploymentId: d, held, release: () => Promise.resolve() }),
     } as never,
     access: { connect: () => Promise.resolve({ shell: { close: () => Promise.resolve() } }) } as never,
     swap: swap as never,
@@ -735,5 +740,52 @@ describe('revoke job: the revocation it carries the id of (review R7 findings 3,
     expect(deleted).toEqual([]);
     expect(w.bound.has(SECRET)).toBe(true);
     expect(w.history).toEqual(['ready']);
+  });
+});
+
+// Review R28 finding 1: the lease fences each swap on the host, as in the rotate job (R25 F4, R27 F5)
+describe('revoke job: no swap without the deployment lease', () => {
+  const unhealthyThenKept: Swap = (_s, _i, opts) =>
+    Promise.resolve(
+      opts.keepUnhealthy
+        ? { mode: 'held-restart', healthy: false, code: 'kept_unhealthy' }
+        : { mode: 'blue-green', healthy: false, reason: 'health check timed out' },
+    );
+
+  it('a lease lost before the swap: no swap, the binding kept, not revoked', async () => {
+    const w = world('ready');
+    let swaps = 0;
+    const out = await run(
+      w,
+      (...a) => {
+        swaps++;
+        return unhealthyThenKept(...a);
+      },
+      false,
+      undefined,
+      () => false,
+    ).catch((e: unknown) => e);
+    expect(swaps).toBe(0);
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(out).not.toMatchObject({ revoked: [w.id] });
+  });
+
+  it('a lease lost during the first swap: no forced restart without it, the binding kept, not revoked', async () => {
+    const w = world('ready');
+    let checks = 0;
+    let swaps = 0;
+    const out = await run(
+      w,
+      (...a) => {
+        swaps++;
+        return unhealthyThenKept(...a);
+      },
+      false,
+      undefined,
+      () => ++checks <= 1,
+    ).catch((e: unknown) => e);
+    expect(swaps).toBe(1);
+    expect(w.bound.has(SECRET)).toBe(true);
+    expect(out).not.toMatchObject({ revoked: [w.id] });
   });
 });

@@ -30,8 +30,8 @@
  *   start and the end, no longer what wait-healthy's `baseline` was: a restart between the health
  *   check and the soak counts; `-` or none, a re-run after a cut: what wait-healthy judged healthy
  *   for that slot as the host remembers it (/run/cortex-swap.healthy-<slot>, written with the
- *   answer, removed when the slot's unit is started or restarted, gone with a reboot), else the
- *   soak's start) or a unit not
+ *   answer, removed by a helper command that may start the slot again and once a soak of it has
+ *   answered, gone with a reboot), else the soak's start) or a unit not
  *   active/running at the end: `unhealthy probes|restarts|state <n> <state>` (exit 1), the old
  *   instance still there to go back to.
  * - `write-record <slot>`: the active-slot record written atomically, as the SFTP writer does
@@ -51,9 +51,10 @@
  * an idle local host, ~30 loaded; a swap ran ~15): any other form, or no answer on the socket, runs
  * systemctl. Checked against systemctl itself on a real host (test/integration/agent-swap.test.ts).
  *
- * Nothing here reads a file but /proc/<pid>/environ (digests only), /proc/<pid>/cgroup and /proc/net/tcp{,6}, and no
- * mode takes a path: the env files stay write-only for the orchestrator (`write-env` writes one,
- * named by its slot).
+ * Nothing here reads a file but /proc/<pid>/environ (digests only), /proc/<pid>/cgroup,
+ * /proc/net/tcp{,6} and its own /run/cortex-swap.healthy-<slot> (a regular file only, never
+ * blocking), and no mode takes a path: the env files stay write-only for the orchestrator
+ * (`write-env` writes one, named by its slot).
  */
 export const SWAP_HOST_SCRIPT = String.raw`import binascii, json, os, re, subprocess, sys, time
 
@@ -481,17 +482,30 @@ def healthy_path(unit):
     return HEALTHY_AT + m.group(1) if m else None
 
 
+def forget_slot(unit):
+    path = healthy_path(unit)
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # not a file (only root can put one there): never trusted either (remembered_healthy
+            # reads a regular file only)
+            pass
+
+
+# systemctl verbs that change no unit: every other one naming an agent slot (start, restart,
+# reload-or-restart, try-restart, enable --now, ...) may make a new instance
+READ_ONLY_VERBS = ("show", "status", "is-active", "is-failed", "is-enabled", "cat", "list-units")
+
+
 def forget_healthy(argv):
-    # A start or restart of an agent slot makes a new instance: what its last health check judged
-    # no longer describes it.
-    if len(argv) > 2 and argv[0] == "systemctl" and argv[1] in ("start", "restart"):
+    # What an agent slot's last health check judged no longer describes it once a command may have
+    # started it again (review R28 finding 5: not only start and restart).
+    if len(argv) > 1 and argv[0] == "systemctl" and argv[1] not in READ_ONLY_VERBS:
         for u in argv[2:]:
-            path = healthy_path(u)
-            if path:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            forget_slot(u)
 
 
 def remember_healthy(unit, ident):
@@ -515,13 +529,22 @@ def remember_healthy(unit, ident):
 
 
 def remembered_healthy(unit):
+    # A regular file only, opened without blocking (a FIFO there must not hold the helper, nor the
+    # host's swap lock: review R28 finding 3); anything else, or nothing, is "-".
+    import stat
     path = healthy_path(unit)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except (OSError, TypeError):
+    if not path:
         return "-"
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "-"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "-"
         v = os.read(fd, 64).decode("ascii", "replace").strip()
+    except OSError:
+        return "-"
     finally:
         os.close(fd)
     return v if BASELINE.fullmatch(v) else "-"
@@ -722,6 +745,15 @@ SOAK_FAILS = 3
 
 
 def soak(args, data):
+    # Once answered, the remembered health answer has served this instance's soak: a later soak
+    # (of a later swap) compares only with a later answer (review R28 finding 2). A soak cut before
+    # it answers (the connection gone: os._exit below) leaves it for the re-run.
+    r = soak_checks(args, data)
+    forget_slot(args[0])
+    return r
+
+
+def soak_checks(args, data):
     # After traffic moved to a new instance: it must stay healthy while the old one drains. GET
     # <path> on its port every 250 ms; SOAK_FAILS failed probes in a row, or any restart of its unit
     # since 'baseline' (what wait-healthy printed when it judged the instance healthy: NRestarts and

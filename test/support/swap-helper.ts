@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SWAP_HOST_SCRIPT } from '../../orchestrator/remote/swap-host-script';
@@ -7,6 +7,29 @@ const SOCKET_LINE = 'SD_SOCKET = "/run/systemd/private"';
 const HEALTHY_LINE = 'HEALTHY_AT = "/run/cortex-swap.healthy-"';
 
 let defaultHealthyAt: string | undefined;
+
+let defaultDirCreated: string | undefined;
+
+/**
+ * This test file's temporary HEALTHY_AT prefix. Its directory goes with the file's last test
+ * (jest's afterAll, registered when this module loads: each test file loads it afresh); an
+ * exit handler would not run, jest ends its workers without one.
+ */
+const defaultDir = (): string => {
+  if (defaultHealthyAt === undefined) {
+    defaultDirCreated = mkdtempSync(join(tmpdir(), 'swap-healthy-'));
+    defaultHealthyAt = join(defaultDirCreated, 'healthy-');
+  }
+  return defaultHealthyAt;
+};
+
+if (typeof afterAll === 'function') {
+  afterAll(() => {
+    if (defaultDirCreated !== undefined) rmSync(defaultDirCreated, { recursive: true, force: true });
+    defaultDirCreated = undefined;
+    defaultHealthyAt = undefined;
+  });
+}
 
 /**
  * The swap helper with systemd's D-Bus socket pointed at a path that does not exist, so that its
@@ -18,8 +41,7 @@ let defaultHealthyAt: string | undefined;
 export const helperScriptWithoutBus = (healthyAt?: string): string => {
   if (!SWAP_HOST_SCRIPT.includes(SOCKET_LINE)) throw new Error('the helper names no systemd socket');
   if (!SWAP_HOST_SCRIPT.includes(HEALTHY_LINE)) throw new Error('the helper names no HEALTHY_AT');
-  const at =
-    healthyAt ?? (defaultHealthyAt ??= join(mkdtempSync(join(tmpdir(), 'swap-healthy-')), 'healthy-'));
+  const at = healthyAt ?? defaultDir();
   return SWAP_HOST_SCRIPT.replace(
     SOCKET_LINE,
     'SD_SOCKET = "/nonexistent/cortex-test/systemd-private"',

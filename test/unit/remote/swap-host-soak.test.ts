@@ -1,5 +1,14 @@
-import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -281,6 +290,9 @@ describe('the host helper: soak', () => {
         const r = await soak([UNIT, String(a.port), '/health', '3000', '0', '0']);
         expect([r.code, r.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
         expect(r.ms).toBeLessThan(3_000);
+        // answered: forgotten (review R28 finding 2), so a later soak compares with a later answer only
+        expect(existsSync(join(dir, 'healthy-green'))).toBe(false);
+        writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
         const dash = await soak([UNIT, String(a.port), '/health', '300', '0', '0', '-']);
         expect([dash.code, dash.stdout]).toEqual([1, 'unhealthy restarts 1 active/running\n']);
       } finally {
@@ -313,8 +325,43 @@ describe('the host helper: soak', () => {
       }
     });
 
+    it("a soak that answers forgets it (soaked here): a later swap's soak never compares with this answer", async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(1, 5_000_000);
+        await helper('wait-healthy', [UNIT, String(a.port), '/health', '2000']);
+        expect(existsSync(join(dir, 'healthy-green'))).toBe(true);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+        expect(existsSync(join(dir, 'healthy-green'))).toBe(false);
+      } finally {
+        await close(a.server);
+      }
+    });
+
+    it('not a regular file there (a FIFO, a directory; only root can put one): not trusted, never waited on, and a batch that starts the slot still answers', async () => {
+      const a = await agent(() => true);
+      try {
+        unitIs(1, 9_000_000);
+        execFileSync('mkfifo', ['-m', '600', join(dir, 'healthy-green')]);
+        const r = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([r.code, r.stdout]).toEqual([0, 'soaked\n']);
+        rmSync(join(dir, 'healthy-green'), { force: true }); // (the answered soak unlinked it)
+        mkdirSync(join(dir, 'healthy-green'));
+        const d = await soak([UNIT, String(a.port), '/health', '300', '0', '0']);
+        expect([d.code, d.stdout]).toEqual([0, 'soaked\n']);
+        const b = await helper('batch', [
+          JSON.stringify({ steps: [{ argv: ['systemctl', 'start', UNIT] }] }),
+        ]);
+        expect(b.code).toBe(0);
+        expect(JSON.parse(b.stdout.trim())).toMatchObject({ code: 0 });
+      } finally {
+        await close(a.server);
+      }
+    });
+
     it("a start or restart of the slot's unit forgets it (a new instance): a stale answer never fails a later swap's soak", async () => {
-      for (const verb of ['start', 'restart']) {
+      for (const verb of ['start', 'restart', 'reload-or-restart', 'try-restart']) {
         writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
         writeFileSync(join(dir, 'healthy-blue'), '0:5000000\n', { mode: 0o600 });
         const program = JSON.stringify({ steps: [{ argv: ['systemctl', verb, UNIT] }] });
@@ -324,6 +371,13 @@ describe('the host helper: soak', () => {
         // the other slot's is kept
         expect(existsSync(join(dir, 'healthy-blue'))).toBe(true);
       }
+      // a command that changes no unit keeps it
+      writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
+      const show = await helper('batch', [
+        JSON.stringify({ steps: [{ argv: ['systemctl', 'show', '--property=NRestarts', UNIT] }] }),
+      ]);
+      expect(show.code).toBe(0);
+      expect(existsSync(join(dir, 'healthy-green'))).toBe(true);
     });
 
     it('nothing remembered (a reboot empties /run; a host whose last swap predates this): the soak starts from what it finds, the limit left', async () => {

@@ -495,15 +495,25 @@ def forget_slot(unit):
             pass
 
 
-# systemctl verbs that change no unit: every other one naming an agent slot (start, restart,
-# reload-or-restart, try-restart, enable --now, ...) may make a new instance
+# systemctl verbs that change no unit, and those that change only what starts at boot unless given
+# --now (the blue/green swap enables the new slot between its health check and its soak: that
+# must keep the answer). Every other verb naming an agent slot (start, restart, reload-or-restart,
+# try-restart, enable --now, ...) may make a new instance.
 READ_ONLY_VERBS = ("show", "status", "is-active", "is-failed", "is-enabled", "cat", "list-units")
+BOOT_VERBS = ("enable", "disable", "reenable")
+
+
+def may_start(argv):
+    verb = argv[1]
+    if verb in READ_ONLY_VERBS:
+        return False
+    return not (verb in BOOT_VERBS and "--now" not in argv[2:])
 
 
 def forget_healthy(argv):
     # What an agent slot's last health check judged no longer describes it once a command may have
     # started it again (review R28 finding 5: not only start and restart).
-    if len(argv) > 1 and argv[0] == "systemctl" and argv[1] not in READ_ONLY_VERBS:
+    if len(argv) > 1 and argv[0] == "systemctl" and may_start(argv):
         for u in argv[2:]:
             forget_slot(u)
 

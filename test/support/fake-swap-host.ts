@@ -59,6 +59,25 @@ export const makeSwapHost = (
   const mainStart = new Map<string, number>();
   let clock = 1_000_000;
   const instance = (u: string): string => `${restarts.get(u) ?? 0}:${mainStart.get(u) ?? 0}`;
+  /**
+   * What the helper's health wait judged healthy, per unit (/run/cortex-swap.healthy-<slot> on a
+   * host): forgotten by a helper-run systemctl that may start the unit again, and once a soak of it
+   * has answered; a soak given no baseline compares with it (review R19 finding 4, R28).
+   */
+  const remembered = new Map<string, string>();
+  /** As the helper's may_start: a verb that may start the unit again (enable/disable with --now). */
+  const mayStart = (argv: readonly string[]): boolean =>
+    !READ_ONLY_VERBS.has(argv[1] ?? '') &&
+    !(['enable', 'disable', 'reenable'].includes(argv[1] ?? '') && !argv.slice(2).includes('--now'));
+  const READ_ONLY_VERBS = new Set([
+    'show',
+    'status',
+    'is-active',
+    'is-failed',
+    'is-enabled',
+    'cat',
+    'list-units',
+  ]);
   let route = BLUE_PORT;
   let nextPid = 1000;
   /** What the outer shell was sent: one entry per SSH round trip (`write <path>` for an SFTP write). */
@@ -214,6 +233,8 @@ export const makeSwapHost = (
         let r: ExecResult;
         let met: boolean;
         // A poll is tried a few times (the model answers at once; nothing changes between tries).
+        if (step.argv[0] === 'systemctl' && mayStart(step.argv))
+          for (const u of step.argv.slice(2)) remembered.delete(u);
         for (let attempt = 0; ; attempt++) {
           r = await fake.shell.exec(step.argv, step.stdin && stdin ? { stdin } : {});
           met =
@@ -240,6 +261,7 @@ export const makeSwapHost = (
       const [u = '', port = ''] = args;
       if ((listeners.get(Number(port)) ?? []).length === 0) return no(2, 'timeout active/running\n');
       const healthy = ok(`healthy ${instance(u)}\n`);
+      remembered.set(u, instance(u));
       if (u === o.restartsAfterHealthy) {
         restarts.set(u, (restarts.get(u) ?? 0) + 1);
         mainStart.set(u, (clock += 1_000));
@@ -248,9 +270,12 @@ export const makeSwapHost = (
     }
     if (mode === 'soak') {
       // [unit, port, path, soakMs, oldPort, drainMs, baseline?]: healthy while something listens on
-      // its port and the unit is not the one that falls over, and (given a baseline) it is still
-      // that instance; the old port has nothing left to drain.
-      const [u = '', p = '', , , oldPort = '0', , baseline] = args;
+      // its port and the unit is not the one that falls over, and it is still the instance of its
+      // baseline (none given: the one remembered, if any); the old port has nothing left to drain.
+      // Once answered, the remembered answer is forgotten.
+      const [u = '', p = '', , , oldPort = '0', , given] = args;
+      const baseline = given ?? remembered.get(u);
+      remembered.delete(u);
       if (u === o.fallsOver || !active.has(u) || (listeners.get(Number(p)) ?? []).length === 0)
         return no(1, 'unhealthy probes 3 active/running\n');
       if (baseline !== undefined && baseline !== instance(u))
@@ -357,6 +382,8 @@ export const makeSwapHost = (
     route: () => route,
     /** A unit's running instance as `systemctl show` would tell it: `<NRestarts>:<main start>`. */
     instance,
+    /** What the host remembers its health wait judged healthy, per unit (read only). */
+    remembered: (): ReadonlyMap<string, string> => new Map(remembered),
     openSessions: () => openSessions,
   };
 };

@@ -263,9 +263,10 @@ describe('the soak after the switch', () => {
     expect(h.fake.files.has(`${slotEnvFilePath('blue')}.previous`)).toBe(false);
   });
 
-  it("a re-run after a cut has no health wait's answer: its soak takes its own start as the baseline (no seventh argument)", async () => {
+  it("a re-run after a cut has no health wait's answer of its own: its soak is given no baseline (no seventh argument; the host compares with what it remembers)", async () => {
     const h = makeSwapHost();
     await cutThenRerun(h);
+    expect(h.remembered().size).toBe(0); // the re-run's soak answered: forgotten
     expect(helperCalls(h, 'soak')).toEqual([
       [
         'cortex-agent@green.service',
@@ -402,5 +403,36 @@ describe('the soak after the switch', () => {
     expect(err).toBeInstanceOf(OrchestratorError);
     expect((err as Error).message).toMatch(new RegExp(`^${field}: `));
     expect(h.sent).toEqual([]);
+  });
+
+  // Review R19 finding 4, modelled (R28 finding 4): the cut run's health answer is remembered on
+  // the host, and the re-run's soak (given no baseline) compares with it.
+  it("blue/green, a run cut before its soak and the new slot restarted by systemd meanwhile: the re-run soaks against the cut run's health answer and routes back; not healthy", async () => {
+    const h = makeSwapHost({ restartsAfterHealthy: 'cortex-agent@green.service' });
+    const { r, soaks } = await cutThenRerun(h);
+    expect(soaks).toBe(1);
+    expect(helperCalls(h, 'soak').at(-1)).toHaveLength(6); // no baseline from the orchestrator
+    expect(r).toEqual({
+      mode: 'blue-green',
+      healthy: false,
+      reason: 'cortex-agent@green.service restarted after the switch (active/running)',
+      slot: 'blue',
+    });
+    expect(h.route()).toBe(BLUE_PORT);
+    expect(h.active.has('cortex-agent@blue.service')).toBe(true);
+    expect(h.active.has('cortex-agent@green.service')).toBe(false);
+    expect(h.remembered().size).toBe(0);
+  });
+
+  it('a complete swap leaves nothing remembered (the answered soak forgot it), and a later swap is soaked against its own answer', async () => {
+    const h = makeSwapHost();
+    expect(await swap(h, 'sk-1')).toEqual({ mode: 'blue-green', healthy: true, slot: 'green' });
+    expect(h.remembered().size).toBe(0);
+    expect(await swap(h, 'sk-2')).toEqual({ mode: 'blue-green', healthy: true, slot: 'blue' });
+    expect(h.remembered().size).toBe(0);
+    const soaks = helperCalls(h, 'soak');
+    expect(soaks).toHaveLength(2);
+    expect(soaks.map((a) => a[0])).toEqual(['cortex-agent@green.service', 'cortex-agent@blue.service']);
+    for (const a of soaks) expect(a[6]).toMatch(/^\d+:\d+$/);
   });
 });

@@ -13,6 +13,7 @@ import { createServer as createHttpServer, type Server } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { swapCommands } from '../../../orchestrator/remote/swap-commands';
 import { helperScriptWithoutBus } from '../../support/swap-helper';
 
 /** The helper, remembering what wait-healthy judged healthy under this test's directory. */
@@ -361,10 +362,17 @@ describe('the host helper: soak', () => {
     });
 
     it("a start or restart of the slot's unit forgets it (a new instance): a stale answer never fails a later swap's soak", async () => {
-      for (const verb of ['start', 'restart', 'reload-or-restart', 'try-restart']) {
+      for (const argv of [
+        ['start', UNIT],
+        ['restart', UNIT],
+        ['reload-or-restart', UNIT],
+        ['try-restart', UNIT],
+        ['enable', '--now', UNIT],
+        ['reenable', '--now', UNIT],
+      ]) {
         writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
         writeFileSync(join(dir, 'healthy-blue'), '0:5000000\n', { mode: 0o600 });
-        const program = JSON.stringify({ steps: [{ argv: ['systemctl', verb, UNIT] }] });
+        const program = JSON.stringify({ steps: [{ argv: ['systemctl', ...argv] }] });
         const r = await helper('batch', [program]);
         expect(r.code).toBe(0);
         expect(existsSync(join(dir, 'healthy-green'))).toBe(false);
@@ -378,6 +386,18 @@ describe('the host helper: soak', () => {
       ]);
       expect(show.code).toBe(0);
       expect(existsSync(join(dir, 'healthy-green'))).toBe(true);
+    });
+
+    // Found by the fake host's model of this (R28 finding 4): the blue/green swap enables the new
+    // slot between its health check and its soak; a helper that forgot on that never had the
+    // answer for a re-run's soak.
+    it('enabling the slot for boot, as the swap does between the health check and the soak, keeps it; so does disabling it (only with --now may either start it)', async () => {
+      writeFileSync(join(dir, 'healthy-green'), '0:5000000\n', { mode: 0o600 });
+      for (const argv of [swapCommands.enable(UNIT), swapCommands.disable(UNIT)]) {
+        const r = await helper('batch', [JSON.stringify({ steps: [{ argv }] })]);
+        expect(r.code).toBe(0);
+        expect(existsSync(join(dir, 'healthy-green'))).toBe(true);
+      }
     });
 
     it('nothing remembered (a reboot empties /run; a host whose last swap predates this): the soak starts from what it finds, the limit left', async () => {
